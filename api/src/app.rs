@@ -1,0 +1,205 @@
+//! Assembling the service: the OpenAPI document, the endpoint tree with its
+//! middleware, the server with graceful shutdown, and background jobs.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::Ledger;
+use infra::metrics::{metrics, render};
+use infra::{Config, Database};
+use poem::http::Method;
+use poem::listener::TcpAcceptor;
+use poem::middleware::Cors;
+use poem::web::Data;
+use poem::{Endpoint, EndpointExt, Response, Route, handler};
+use poem_openapi::OpenApiService;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::middleware::observe;
+use crate::routes::health::HealthApi;
+use crate::routes::users::UsersApi;
+use crate::routes::wallets::WalletsApi;
+use crate::state::AppState;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const DESCRIPTION: &str = "\
+Financial ledger for trading frontends: live and demo wallets, deposits, withdrawals, transfers.
+
+* Money is a JSON **string** in plain decimal notation (`\"100.5\"`), at most 8 decimals, no sign, \
+no exponent, greater than zero, at most `92233720368.54775807`. A JSON number is refused (400). \
+Arithmetic is exact.
+* Every `POST` that creates something or moves money requires `Idempotency-Key` (1–255 printable \
+ASCII). The same key with the same body replays the stored response exactly, with \
+`idempotent-replayed: true`; with another body: 422 `idempotency_key_reused`; while the first is \
+still running: 409 `idempotency_in_flight` with `Retry-After`. Business refusals (4xx) are stored and \
+replayed; transient failures (5xx) are not, so the client may retry with the same key. Keys expire \
+after a configurable TTL (default 24 h).
+* Errors are `application/problem+json` with a stable `code`. A refused request changes nothing.
+* Every response carries `x-request-id` (echoed when the client sent a valid one).
+* Lists are newest first: `limit` (default 50, max 500) and `before_id` (cursor).
+* Authentication: `Authorization: Bearer <JWT>` (HS256; claims `sub`, `role` of user|service|admin, `exp`).";
+
+pub type Apis = (HealthApi, UsersApi, WalletsApi);
+
+pub fn openapi() -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        (HealthApi, UsersApi, WalletsApi),
+        "Ledger API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(DESCRIPTION)
+}
+
+#[handler]
+fn metrics_endpoint(state: Data<&Arc<AppState>>) -> Response {
+    let stats = state.ledger.db.pool_stats();
+    let m = metrics();
+    m.pool_size.set(i64::from(stats.size));
+    m.pool_idle.set(i64::from(stats.idle));
+    m.pool_max.set(i64::from(stats.max));
+    Response::builder()
+        .content_type("text/plain; version=0.0.4")
+        .body(render())
+}
+
+fn cors(config: &Config) -> Option<Cors> {
+    let origins = config.cors_allowed_origins.trim();
+    if origins.is_empty() {
+        return None;
+    }
+    let mut cors = Cors::new()
+        .allow_methods([
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
+        .allow_headers([
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "x-request-id",
+        ])
+        .expose_headers(["x-request-id", "idempotent-replayed", "retry-after"])
+        .max_age(600);
+    if origins != "*" {
+        for origin in origins.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+            cors = cors.allow_origin(origin);
+        }
+    }
+    Some(cors)
+}
+
+pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
+    let api = openapi();
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    let route = Route::new()
+        .at("/metrics", metrics_endpoint)
+        .at("/openapi.json", spec)
+        .nest("/docs", docs)
+        .nest("/", api);
+    let cors = cors(&state.config);
+    route
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .around(observe)
+        .data(state)
+}
+
+/// Connects, migrates and builds the services.
+pub async fn prepare(config: Config) -> Result<Arc<AppState>, BoxError> {
+    let db = Database::connect(&config).await?;
+    db.migrate().await?;
+    let ledger = Ledger::new(db, &config)?;
+    Ok(Arc::new(AppState::new(config, ledger)))
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<io::Result<()>>,
+    jobs: Vec<JoinHandle<()>>,
+}
+
+pub async fn start(state: Arc<AppState>, listener: tokio::net::TcpListener) -> io::Result<Server> {
+    let addr = listener.local_addr()?;
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let grace = Duration::from_secs(state.config.shutdown_timeout_secs);
+    let server = poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
+        endpoint(Arc::clone(&state)),
+        async move {
+            let _ = stopped.await;
+        },
+        Some(grace),
+    );
+    let task = tokio::spawn(server);
+    let jobs = spawn_jobs(&state);
+    Ok(Server {
+        addr,
+        state,
+        stop,
+        task,
+        jobs,
+    })
+}
+
+fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
+    let mut jobs = Vec::new();
+    let every = Duration::from_secs(state.config.idempotency_cleanup_interval_secs.max(1));
+    let s = Arc::clone(state);
+    jobs.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match s.ledger.idempotency.cleanup_expired().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
+                Err(e) => tracing::warn!(error = %e, "idempotency cleanup failed"),
+            }
+        }
+    }));
+    if state.limiter.is_some() {
+        let s = Arc::clone(state);
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                if let Some(limiter) = &s.limiter {
+                    limiter.forget_idle();
+                }
+            }
+        }));
+    }
+    jobs
+}
+
+impl Server {
+    /// Readiness turns 503 at once; after `drain` the listener closes and
+    /// in-flight requests finish (up to the configured timeout); then the
+    /// pool closes.
+    pub async fn shutdown(self, drain: Duration) {
+        self.state.start_draining();
+        tracing::info!(drain_ms = drain.as_millis() as u64, "draining");
+        tokio::time::sleep(drain).await;
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "server stopped with an error"),
+            Err(e) => tracing::warn!(error = %e, "server task failed"),
+        }
+        for job in self.jobs {
+            job.abort();
+        }
+        self.state.ledger.db.close().await;
+        tracing::info!("stopped");
+    }
+}

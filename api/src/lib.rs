@@ -1,0 +1,11 @@
+//! HTTP edge: poem + poem-openapi. Routes turn HTTP into a domain call and a
+//! result into HTTP; nothing here holds a business rule.
+
+pub mod app;
+pub mod auth;
+pub mod error;
+pub mod middleware;
+pub mod replay;
+pub mod routes;
+pub mod state;
+pub mod types;

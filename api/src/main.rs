@@ -1,0 +1,187 @@
+//! The `ledger` binary: serve (default), migrate, openapi, token, reconcile.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use api::app::{self, BoxError};
+use api::auth::{Role, Tokens};
+use clap::{Parser, Subcommand};
+use infra::{Config, Database};
+
+#[derive(Parser)]
+#[command(name = "ledger", version, about = "Financial ledger backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP server (the default). Migrations run first.
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document (JSON) to stdout.
+    Openapi,
+    /// Mint a bearer token signed with the configured secret.
+    Token {
+        /// Subject: a user id, or a service name.
+        #[arg(long)]
+        sub: String,
+        /// user, service or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Lifetime: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Check every wallet against its journal (sums and hash chains).
+    Reconcile,
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s).ok_or_else(|| format!("unknown role {s:?}: expected user, service or admin"))
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3_600,
+        "d" => n * 86_400,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn load_config() -> Result<Config, BoxError> {
+    let mut config = Config::load()?;
+    if let Some(path) = config.resolve_jwt_secret()? {
+        tracing::info!(path = %path.display(), "JWT secret read from (or generated into) this file");
+    }
+    Ok(config)
+}
+
+fn raise_fd_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+async fn serve() -> Result<(), BoxError> {
+    let config = load_config()?;
+    tracing::info!(config = ?config, "configuration");
+    raise_fd_limit();
+    let listener = tokio::net::TcpListener::bind(&config.listen).await?;
+    let drain = Duration::from_millis(config.shutdown_drain_ms);
+    let state = app::prepare(config).await?;
+    let server = app::start(state, listener).await?;
+    tracing::info!(addr = %server.addr, "listening");
+    shutdown_signal().await;
+    server.shutdown(drain).await;
+    Ok(())
+}
+
+async fn run(command: Command) -> Result<ExitCode, BoxError> {
+    match command {
+        Command::Serve => serve().await?,
+        Command::Migrate => {
+            let config = Config::load()?;
+            let db = Database::connect(&config).await?;
+            db.migrate().await?;
+            db.close().await;
+            tracing::info!("migrations applied");
+        }
+        Command::Openapi => println!("{}", app::openapi().spec()),
+        Command::Token { sub, role, ttl } => {
+            let config = load_config()?;
+            println!(
+                "{}",
+                Tokens::new(config.jwt_secret.expose()).mint(&sub, role, ttl)?
+            );
+        }
+        Command::Reconcile => {
+            let config = Config::load()?;
+            let db = Database::connect(&config).await?;
+            let report = domain::reconcile::check_all(&db.conn).await?;
+            db.close().await;
+            println!(
+                "wallets checked: {}, journal entries: {}",
+                report.wallets, report.entries
+            );
+            for d in &report.discrepancies {
+                println!("wallet {}: {}", d.wallet_id, d.problem);
+            }
+            if !report.is_clean() {
+                println!("{} discrepancies", report.discrepancies.len());
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("books balance");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let format = Config::load()
+        .map(|c| c.log_format)
+        .unwrap_or(infra::config::LogFormat::Text);
+    infra::telemetry::init(format);
+    let command = Cli::parse().command.unwrap_or(Command::Serve);
+    match run(command).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = %e, "ledger failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_ttl("1h"), Ok(Duration::from_secs(3_600)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_ttl("30"), Ok(Duration::from_secs(30)));
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}

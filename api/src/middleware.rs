@@ -1,0 +1,122 @@
+//! One middleware around every request: request id in and out (task-local,
+//! so error bodies carry it), body size limit, one span and one log line per
+//! request, metrics by route and status, and every error rendered as a problem.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use infra::metrics::metrics;
+use poem::http::{HeaderValue, StatusCode};
+use poem::{Endpoint, IntoResponse, Request, Response};
+use poem_openapi::OperationId;
+use tracing::Instrument;
+
+use crate::error::{ApiError, from_poem_error};
+use crate::state::AppState;
+
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+tokio::task_local! {
+    static REQUEST_ID: String;
+}
+
+/// The id of the request being served ("" outside a request).
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+/// A client's id is echoed when it is 1–128 visible ASCII characters;
+/// anything else is replaced by a fresh UUID.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+async fn limit_body(req: &mut Request, max: usize) -> Result<(), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Payload too large",
+            format!("request body exceeds {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    if declared.is_none() {
+        // Chunked or undeclared: read at most `max` bytes.
+        let bytes = req
+            .take_body()
+            .into_bytes_limit(max)
+            .await
+            .map_err(|_| too_large())?;
+        req.set_body(bytes);
+    }
+    Ok(())
+}
+
+pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
+    let id = request_id(&req);
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let max_body = req
+        .data::<Arc<AppState>>()
+        .map(|s| s.config.max_body_bytes)
+        .unwrap_or(64 * 1024);
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), async move {
+            if let Err(e) = limit_body(&mut req, max_body).await {
+                return e.into_response();
+            }
+            match next.call(req).await {
+                Ok(resp) => resp.into_response(),
+                Err(err) => {
+                    let route = err.data::<OperationId>().copied();
+                    let mut resp = from_poem_error(err);
+                    if let Some(route) = route {
+                        resp.set_data(route);
+                    }
+                    resp
+                }
+            }
+        })
+        .instrument(span.clone())
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let route = resp
+        .data::<OperationId>()
+        .map(|op| op.0)
+        .unwrap_or("unmatched");
+    let status = resp.status();
+    let elapsed = started.elapsed();
+    let m = metrics();
+    m.http_requests
+        .with_label_values(&[route, status.as_str()])
+        .inc();
+    m.http_latency
+        .with_label_values(&[route])
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            status = status.as_u16(),
+            route,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    Ok(resp)
+}

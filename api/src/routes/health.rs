@@ -1,0 +1,81 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::web::Data;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use crate::error::ApiError;
+use crate::routes::ApiTags;
+use crate::state::AppState;
+use crate::types::{Health, PoolInfo, Readiness};
+
+pub struct HealthApi;
+
+#[derive(ApiResponse)]
+pub enum ReadyResponse {
+    /// The database answers and the server takes work.
+    #[oai(status = 200)]
+    Ready(Json<Readiness>),
+}
+
+/// A readiness probe must answer quickly even when the pool is saturated.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[OpenApi]
+impl HealthApi {
+    /// Liveness: 200 while the process runs.
+    #[oai(
+        path = "/health",
+        method = "get",
+        operation_id = "health",
+        tag = "ApiTags::Operations"
+    )]
+    async fn health(&self) -> Json<Health> {
+        Json(Health {
+            status: "ok".into(),
+        })
+    }
+
+    /// Readiness: 200 when the database answers; 503 when it does not or the
+    /// server is draining.
+    #[oai(
+        path = "/health/ready",
+        method = "get",
+        operation_id = "ready",
+        tag = "ApiTags::Operations"
+    )]
+    async fn ready(&self, state: Data<&Arc<AppState>>) -> Result<ReadyResponse, ApiError> {
+        if state.is_draining() {
+            return Err(ApiError::new(
+                poem::http::StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Draining",
+                "the server is shutting down",
+            )
+            .retry_after(1));
+        }
+        let db = &state.ledger.db;
+        match tokio::time::timeout(PING_TIMEOUT, db.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: database ping failed");
+                return Err(ApiError::unavailable());
+            }
+            Err(_) => {
+                tracing::warn!("readiness: database ping timed out");
+                return Err(ApiError::unavailable());
+            }
+        }
+        let stats = db.pool_stats();
+        Ok(ReadyResponse::Ready(Json(Readiness {
+            status: "ready".into(),
+            database: "ok".into(),
+            pool: PoolInfo {
+                size: stats.size,
+                idle: stats.idle,
+                max: stats.max,
+            },
+        })))
+    }
+}

@@ -1,0 +1,80 @@
+use std::sync::Arc;
+
+use domain::users::{self, Email, NewUser, ReferralCode};
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+
+use crate::auth::{Auth, Role};
+use crate::error::ApiError;
+use crate::replay::Stored;
+use crate::routes::{ApiTags, run_idempotent};
+use crate::state::AppState;
+use crate::types::{CreateUserRequest, User};
+
+pub struct UsersApi;
+
+#[OpenApi]
+impl UsersApi {
+    /// Create a user with a `live` wallet at 0 and a `demo` wallet at the
+    /// configured demo balance. With `referral_code`, that code's owner
+    /// becomes the referrer. Roles: service, admin.
+    #[oai(
+        path = "/api/v1/users",
+        method = "post",
+        operation_id = "create_user",
+        tag = "ApiTags::Users"
+    )]
+    async fn create_user(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<CreateUserRequest>,
+    ) -> Result<Stored<User, 201>, ApiError> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let cmd = NewUser {
+            email: Email::parse(&body.email)?,
+            referral_code: body
+                .referral_code
+                .as_deref()
+                .map(ReferralCode::parse)
+                .transpose()?,
+        };
+        let demo_balance = state.ledger.demo_balance;
+        run_idempotent(
+            &state,
+            &auth.0,
+            "/api/v1/users",
+            "create_user",
+            key.0,
+            &body.0,
+            |txn| {
+                let cmd = &cmd;
+                async move { users::create_user(&txn, demo_balance, cmd).await }
+            },
+            |u: &domain::users::UserView| User::from(u),
+        )
+        .await
+    }
+
+    /// A user with its wallets. Roles: the user itself, service, admin.
+    #[oai(
+        path = "/api/v1/users/:id",
+        method = "get",
+        operation_id = "get_user",
+        tag = "ApiTags::Users"
+    )]
+    async fn get_user(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+    ) -> Result<Json<User>, ApiError> {
+        auth.0
+            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        let user = users::get_user(&state.ledger.db.conn, id.0).await?;
+        Ok(Json(User::from(&user)))
+    }
+}

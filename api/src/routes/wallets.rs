@@ -1,0 +1,198 @@
+use std::sync::Arc;
+
+use domain::wallets::{self, Deposit, TransferRequest as TransferCmd, Withdrawal};
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+
+use crate::auth::{Auth, Role};
+use crate::error::ApiError;
+use crate::replay::Stored;
+use crate::routes::{ApiTags, parse_amount, run_idempotent};
+use crate::state::AppState;
+use crate::types::{
+    DepositRequest, JournalEntry, JournalPage, Operation, Transfer, TransferRequest, Wallet,
+    WalletBody, WithdrawRequest,
+};
+
+pub struct WalletsApi;
+
+#[OpenApi]
+impl WalletsApi {
+    /// The user's wallets. Roles: the user itself, service, admin.
+    #[oai(
+        path = "/api/v1/users/:id/wallets",
+        method = "get",
+        operation_id = "list_wallets",
+        tag = "ApiTags::Wallets"
+    )]
+    async fn list_wallets(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+    ) -> Result<Json<Vec<WalletBody>>, ApiError> {
+        auth.0
+            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        let wallets = wallets::list_wallets(&state.ledger.db.conn, id.0).await?;
+        Ok(Json(wallets.iter().map(WalletBody::from).collect()))
+    }
+
+    /// Credit a deposit. Roles: service, admin. Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/wallets/deposit",
+        method = "post",
+        operation_id = "deposit",
+        tag = "ApiTags::Wallets"
+    )]
+    async fn deposit(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<DepositRequest>,
+    ) -> Result<Stored<Operation, 200>, ApiError> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let cmd = Deposit {
+            user_id: body.user_id,
+            wallet: body.wallet.into(),
+            amount: parse_amount(&body.amount)?,
+            payment_method: body.payment_method.clone(),
+            reference: body.reference.clone(),
+        };
+        let backend = state.ledger.db.backend;
+        run_idempotent(
+            &state,
+            &auth.0,
+            "/api/v1/wallets/deposit",
+            "deposit",
+            key.0,
+            &body.0,
+            |txn| {
+                let cmd = &cmd;
+                async move { wallets::deposit(&txn, backend, cmd).await }
+            },
+            |o: &wallets::Operation| Operation::from(o),
+        )
+        .await
+    }
+
+    /// Withdraw at most the free margin (`balance - margin`); 422
+    /// `insufficient_funds` otherwise. Roles: the user itself, service, admin.
+    /// Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/wallets/withdraw",
+        method = "post",
+        operation_id = "withdraw",
+        tag = "ApiTags::Wallets"
+    )]
+    async fn withdraw(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<WithdrawRequest>,
+    ) -> Result<Stored<Operation, 200>, ApiError> {
+        auth.0
+            .require_self_or(body.user_id, &[Role::Service, Role::Admin])?;
+        let cmd = Withdrawal {
+            user_id: body.user_id,
+            wallet: body.wallet.into(),
+            amount: parse_amount(&body.amount)?,
+            destination: body.destination.clone(),
+        };
+        let backend = state.ledger.db.backend;
+        run_idempotent(
+            &state,
+            &auth.0,
+            "/api/v1/wallets/withdraw",
+            "withdraw",
+            key.0,
+            &body.0,
+            |txn| {
+                let cmd = &cmd;
+                async move { wallets::withdraw(&txn, backend, cmd).await }
+            },
+            |o: &wallets::Operation| Operation::from(o),
+        )
+        .await
+    }
+
+    /// Move money between two users' wallets of the same kind, atomically.
+    /// 422 `insufficient_funds`, 422 `same_account`, 404 unknown recipient.
+    /// Roles: the sender itself, admin. Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/wallets/transfer",
+        method = "post",
+        operation_id = "transfer",
+        tag = "ApiTags::Wallets"
+    )]
+    async fn transfer(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<TransferRequest>,
+    ) -> Result<Stored<Transfer, 200>, ApiError> {
+        auth.0.require_self_or(body.from_user_id, &[Role::Admin])?;
+        let cmd = TransferCmd {
+            from_user_id: body.from_user_id,
+            to_user_id: body.to_user_id,
+            wallet: body.wallet.into(),
+            amount: parse_amount(&body.amount)?,
+        };
+        let backend = state.ledger.db.backend;
+        run_idempotent(
+            &state,
+            &auth.0,
+            "/api/v1/wallets/transfer",
+            "transfer",
+            key.0,
+            &body.0,
+            |txn| {
+                let cmd = &cmd;
+                async move { wallets::transfer(&txn, backend, cmd).await }
+            },
+            |t: &wallets::Transfer| Transfer::from(t),
+        )
+        .await
+    }
+
+    /// The user's journal, newest first. `before_id` is the cursor from
+    /// `next_before_id`. Roles: the user itself, service, admin.
+    #[oai(
+        path = "/api/v1/users/:id/transactions",
+        method = "get",
+        operation_id = "list_transactions",
+        tag = "ApiTags::Wallets"
+    )]
+    async fn list_transactions(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        /// 1 to 500, default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<u64>>,
+        /// Only entries with an id below this.
+        before_id: Query<Option<i64>>,
+        /// Only this wallet's entries.
+        wallet: Query<Option<Wallet>>,
+    ) -> Result<Json<JournalPage>, ApiError> {
+        auth.0
+            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        let page = wallets::list_journal(
+            &state.ledger.db.conn,
+            id.0,
+            wallet.0.map(Into::into),
+            limit.0.unwrap_or(50),
+            before_id.0,
+        )
+        .await?;
+        Ok(Json(JournalPage {
+            items: page.items.iter().map(JournalEntry::from).collect(),
+            next_before_id: page.next_before_id,
+        }))
+    }
+}

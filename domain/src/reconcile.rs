@@ -1,0 +1,114 @@
+//! Reconciliation: for every wallet, balance, margin and profit equal the
+//! sums of its journal deltas, every entry's values-after follow from the one
+//! before, and the hash chain verifies up to the wallet's `last_hash`.
+
+use infra::entities::{journal_entry, wallet};
+use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use crate::error::DomainResult;
+use crate::financial::{GENESIS_HASH, chain_hash};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discrepancy {
+    pub wallet_id: i64,
+    pub problem: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    pub wallets: u64,
+    pub entries: u64,
+    pub discrepancies: Vec<Discrepancy>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.discrepancies.is_empty()
+    }
+}
+
+const PAGE: u64 = 1_000;
+
+/// Checks one wallet's journal, page by page.
+pub async fn check_wallet<C: ConnectionTrait>(
+    conn: &C,
+    w: &wallet::Model,
+) -> DomainResult<(u64, Vec<Discrepancy>)> {
+    let mut problems = Vec::new();
+    let mut problem = |p: String| {
+        problems.push(Discrepancy {
+            wallet_id: w.id,
+            problem: p,
+        })
+    };
+    let (mut balance, mut margin, mut profit) = (0i64, 0i64, 0i64);
+    let mut prev = GENESIS_HASH.to_owned();
+    let mut after_id = 0i64;
+    let mut count = 0u64;
+    loop {
+        let entries = journal_entry::Entity::find()
+            .filter(journal_entry::Column::WalletId.eq(w.id))
+            .filter(journal_entry::Column::Id.gt(after_id))
+            .order_by_asc(journal_entry::Column::Id)
+            .limit(PAGE)
+            .all(conn)
+            .await?;
+        let n = entries.len() as u64;
+        for e in entries {
+            count += 1;
+            after_id = e.id;
+            balance = balance.wrapping_add(e.balance_delta);
+            margin = margin.wrapping_add(e.margin_delta);
+            profit = profit.wrapping_add(e.profit_delta);
+            if (balance, margin, profit) != (e.balance_after, e.margin_after, e.profit_after) {
+                problem(format!(
+                    "entry {}: values after do not follow from the deltas",
+                    e.id
+                ));
+            }
+            let expected = chain_hash(&prev, &e);
+            if expected != e.hash {
+                problem(format!("entry {}: hash does not verify", e.id));
+            }
+            prev = e.hash;
+        }
+        if n < PAGE {
+            break;
+        }
+    }
+    if (balance, margin, profit) != (w.balance, w.margin, w.profit) {
+        problem(format!(
+            "wallet holds ({}, {}, {}) but its journal sums to ({balance}, {margin}, {profit})",
+            w.balance, w.margin, w.profit
+        ));
+    }
+    if prev != w.last_hash {
+        problem("last_hash is not the hash of the last journal entry".into());
+    }
+    Ok((count, problems))
+}
+
+pub async fn check_all<C: ConnectionTrait>(conn: &C) -> DomainResult<Report> {
+    let mut report = Report::default();
+    let mut after_id = 0i64;
+    loop {
+        let wallets = wallet::Entity::find()
+            .filter(wallet::Column::Id.gt(after_id))
+            .order_by_asc(wallet::Column::Id)
+            .limit(PAGE)
+            .all(conn)
+            .await?;
+        let n = wallets.len() as u64;
+        for w in &wallets {
+            after_id = w.id;
+            let (entries, problems) = check_wallet(conn, w).await?;
+            report.wallets += 1;
+            report.entries += entries;
+            report.discrepancies.extend(problems);
+        }
+        if n < PAGE {
+            break;
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,337 @@
+//! TransactionService: every write runs inside `execute_with_retry`. On a
+//! retryable failure the transaction is rolled back and the whole closure runs
+//! again; nothing outside the database happens inside the closure.
+//!
+//! The closure receives the transaction as `Arc<DatabaseTransaction>` so that
+//! it can borrow from its surroundings without higher-ranked lifetimes; it
+//! must not keep the `Arc` past its own future.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backoff::backoff::Backoff;
+use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
+use infra::entities::wallet;
+use infra::metrics::metrics;
+use infra::{Backend, Config, Database};
+use sea_orm::{
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+
+use crate::db_error::{DbErrorKind, classify};
+use crate::error::{DomainError, DomainResult};
+use crate::wallets::WalletKind;
+
+/// How often and how patiently a transaction is re-run.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first one included.
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub multiplier: f64,
+    /// Each delay is drawn from `[d*(1-jitter), d*(1+jitter)]`.
+    pub jitter: f64,
+    /// Re-run after a lost connection. Only safe where the outcome of an
+    /// in-flight COMMIT is checked on the next attempt (the idempotency key).
+    pub retry_connection_loss: bool,
+}
+
+impl RetryPolicy {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            max_attempts: config.retry_max_attempts,
+            initial: Duration::from_millis(config.retry_initial_ms),
+            multiplier: config.retry_multiplier,
+            jitter: config.retry_jitter,
+            retry_connection_loss: false,
+        }
+    }
+
+    pub fn with_connection_loss_retry(mut self) -> Self {
+        self.retry_connection_loss = true;
+        self
+    }
+
+    fn backoff(&self) -> ExponentialBackoff {
+        ExponentialBackoffBuilder::new()
+            .with_initial_interval(self.initial)
+            .with_multiplier(self.multiplier)
+            .with_randomization_factor(self.jitter)
+            .with_max_interval(Duration::from_secs(2))
+            .with_max_elapsed_time(None)
+            .build()
+    }
+
+    /// The delays between attempts: `max_attempts - 1` of them.
+    pub fn delays(&self) -> Vec<Duration> {
+        let mut backoff = self.backoff();
+        (1..self.max_attempts)
+            .map(|_| backoff.next_backoff().unwrap_or(self.initial))
+            .collect()
+    }
+
+    fn should_retry(&self, kind: &DbErrorKind) -> bool {
+        match kind {
+            DbErrorKind::Retryable(_) => true,
+            DbErrorKind::ConnectionLost => self.retry_connection_loss,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TransactionService {
+    db: Database,
+    policy: RetryPolicy,
+}
+
+fn cause_of(kind: &DbErrorKind) -> &'static str {
+    match kind {
+        DbErrorKind::Retryable(cause) => cause,
+        DbErrorKind::ConnectionLost => "connection_lost",
+        _ => "other",
+    }
+}
+
+impl TransactionService {
+    pub fn new(db: Database, policy: RetryPolicy) -> Self {
+        Self { db, policy }
+    }
+
+    pub fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    async fn begin(&self) -> Result<DatabaseTransaction, sea_orm::DbErr> {
+        let options = TransactionOptions {
+            // SQLite has no row locks: a writer takes the database write lock
+            // at BEGIN, so two writers never both read-then-write.
+            sqlite_transaction_mode: (self.db.backend == Backend::Sqlite)
+                .then_some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        };
+        self.db.conn.begin_with_options(options).await
+    }
+
+    pub async fn execute_with_retry<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        op: F,
+    ) -> DomainResult<T>
+    where
+        F: Fn(Arc<DatabaseTransaction>) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        self.execute_with_policy(operation, &self.policy, op).await
+    }
+
+    pub async fn execute_with_policy<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        policy: &RetryPolicy,
+        op: F,
+    ) -> DomainResult<T>
+    where
+        F: Fn(Arc<DatabaseTransaction>) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        let m = metrics();
+        let mut delays = policy.delays().into_iter();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            m.tx_attempts.with_label_values(&[operation]).inc();
+            tracing::debug!(operation, attempt, "transaction_start");
+            let error = match self.attempt(&op).await {
+                Ok(value) => {
+                    tracing::debug!(operation, attempt, "transaction_success");
+                    return Ok(value);
+                }
+                Err(e) => e,
+            };
+            let DomainError::Database(db_err) = error else {
+                tracing::debug!(operation, attempt, error = %error, "transaction_failure");
+                return Err(error);
+            };
+            let kind = classify(&db_err);
+            if policy.should_retry(&kind) {
+                if let Some(delay) = delays.next() {
+                    let cause = cause_of(&kind);
+                    m.tx_retries.with_label_values(&[operation, cause]).inc();
+                    tracing::warn!(
+                        operation,
+                        attempt,
+                        cause,
+                        delay_ms = delay.as_millis() as u64,
+                        "transaction_retry"
+                    );
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+                m.tx_giveups.with_label_values(&[operation]).inc();
+                tracing::error!(operation, attempt, error = %db_err, "transaction_failure: retries exhausted");
+                return Err(DomainError::Unavailable(db_err));
+            }
+            tracing::warn!(operation, attempt, error = %db_err, ?kind, "transaction_failure");
+            return Err(match kind {
+                DbErrorKind::Unavailable | DbErrorKind::ConnectionLost => {
+                    DomainError::Unavailable(db_err)
+                }
+                _ => DomainError::Database(db_err),
+            });
+        }
+    }
+
+    async fn attempt<T, F, Fut>(&self, op: &F) -> DomainResult<T>
+    where
+        F: Fn(Arc<DatabaseTransaction>) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        let txn = Arc::new(self.begin().await?);
+        let result = op(Arc::clone(&txn)).await;
+        let txn = Arc::try_unwrap(txn).map_err(|_| {
+            DomainError::Unexpected("transaction handle kept past its closure".into())
+        })?;
+        match result {
+            Ok(value) => {
+                txn.commit().await?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = txn.rollback().await {
+                    tracing::warn!(error = %rollback, "rollback failed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs `op` in a retried transaction with the user's wallet of `kind`
+    /// locked (`SELECT … FOR UPDATE`; on SQLite the write lock is already held).
+    pub async fn execute_with_user_lock<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        user_id: i64,
+        kind: WalletKind,
+        op: F,
+    ) -> DomainResult<T>
+    where
+        F: Fn(Arc<DatabaseTransaction>, wallet::Model) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        let backend = self.db.backend;
+        self.execute_with_retry(operation, |txn| {
+            let op = &op;
+            async move {
+                let wallet = lock_wallet(&txn, backend, user_id, kind).await?;
+                op(txn, wallet).await
+            }
+        })
+        .await
+    }
+}
+
+fn locking<S: QuerySelect>(query: S, backend: Backend) -> S {
+    match backend {
+        Backend::Postgres => query.lock_exclusive(),
+        Backend::Sqlite => query,
+    }
+}
+
+/// Locks one user's wallet of one kind.
+pub async fn lock_wallet(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    user_id: i64,
+    kind: WalletKind,
+) -> DomainResult<wallet::Model> {
+    let query = wallet::Entity::find()
+        .filter(wallet::Column::UserId.eq(user_id))
+        .filter(wallet::Column::Kind.eq(kind.as_str()));
+    locking(query, backend)
+        .one(txn)
+        .await?
+        .ok_or(DomainError::NotFound("wallet"))
+}
+
+/// Locks several users' wallets of one kind, always in ascending wallet id
+/// order (one statement: PostgreSQL sorts, then locks rows as it returns
+/// them), so that two transactions touching the same wallets never wait on
+/// each other in a cycle. Returns them in that order; missing ones are absent.
+pub async fn lock_wallets_in_order(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    user_ids: &[i64],
+    kind: WalletKind,
+) -> DomainResult<Vec<wallet::Model>> {
+    let query = wallet::Entity::find()
+        .filter(wallet::Column::UserId.is_in(user_ids.iter().copied()))
+        .filter(wallet::Column::Kind.eq(kind.as_str()))
+        .order_by_asc(wallet::Column::Id);
+    Ok(locking(query, backend).all(txn).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(jitter: f64) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            initial: Duration::from_millis(10),
+            multiplier: 2.0,
+            jitter,
+            retry_connection_loss: false,
+        }
+    }
+
+    #[test]
+    fn three_attempts_mean_two_doubling_delays() {
+        let delays = policy(0.0).delays();
+        assert_eq!(
+            delays,
+            vec![Duration::from_millis(10), Duration::from_millis(20)]
+        );
+        let four = RetryPolicy {
+            max_attempts: 4,
+            ..policy(0.0)
+        }
+        .delays();
+        assert_eq!(four[2], Duration::from_millis(40));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_band() {
+        for _ in 0..200 {
+            let d = policy(0.5).delays();
+            assert!(
+                d[0] >= Duration::from_millis(5) && d[0] <= Duration::from_millis(15),
+                "{d:?}"
+            );
+            assert!(
+                d[1] >= Duration::from_millis(10) && d[1] <= Duration::from_millis(30),
+                "{d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_retryable_kinds_are_retried() {
+        let p = policy(0.0);
+        assert!(p.should_retry(&DbErrorKind::Retryable("deadlock")));
+        assert!(!p.should_retry(&DbErrorKind::ConnectionLost));
+        assert!(!p.should_retry(&DbErrorKind::Unavailable));
+        assert!(!p.should_retry(&DbErrorKind::UniqueViolation(None)));
+        assert!(!p.should_retry(&DbErrorKind::Other));
+        assert!(
+            p.with_connection_loss_retry()
+                .should_retry(&DbErrorKind::ConnectionLost)
+        );
+    }
+}

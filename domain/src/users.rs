@@ -1,0 +1,252 @@
+//! Users: creation (with both wallets and, when a referral code is given, the
+//! referrer link) and reads.
+
+use chrono::{DateTime, Utc};
+use infra::entities::{user, wallet};
+use rand::Rng;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, Set,
+    TransactionTrait,
+};
+use uuid::Uuid;
+use validator::ValidateEmail;
+
+use crate::db_error::{DbErrorKind, classify};
+use crate::error::{DomainError, DomainResult};
+use crate::financial::{self, GENESIS_HASH, Posting, kinds};
+use crate::wallets::{WalletKind, WalletView};
+
+/// A syntactically valid email address, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Email(String);
+
+impl Email {
+    pub fn parse(input: &str) -> DomainResult<Self> {
+        if input.len() > 320 || !input.validate_email() {
+            return Err(DomainError::invalid(
+                "email",
+                "must be a valid email address",
+            ));
+        }
+        Ok(Self(input.to_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const CODE_LEN: usize = 8;
+
+/// A referral code as typed by a person: 4 to 32 letters and digits,
+/// compared case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReferralCode(String);
+
+impl ReferralCode {
+    pub fn parse(input: &str) -> DomainResult<Self> {
+        if !(4..=32).contains(&input.len()) || !input.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(DomainError::invalid(
+                "referral_code",
+                "must be 4 to 32 letters or digits",
+            ));
+        }
+        Ok(Self(input.to_ascii_uppercase()))
+    }
+
+    fn generate() -> Self {
+        let mut rng = rand::rng();
+        Self(
+            (0..CODE_LEN)
+                .map(|_| char::from(CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())]))
+                .collect(),
+        )
+    }
+}
+
+/// Twelve digits, the first one never zero.
+fn generate_account_number() -> String {
+    let n: u64 = rand::rng().random_range(100_000_000_000..1_000_000_000_000);
+    n.to_string()
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub email: Email,
+    pub referral_code: Option<ReferralCode>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    pub id: i64,
+    pub email: String,
+    pub account_number: String,
+    pub referral_code: String,
+    pub referrer_id: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub wallets: Vec<WalletView>,
+}
+
+fn view(u: user::Model, wallets: &[wallet::Model]) -> UserView {
+    UserView {
+        id: u.id,
+        email: u.email,
+        account_number: u.account_number,
+        referral_code: u.referral_code,
+        referrer_id: u.referrer_id,
+        created_at: u.created_at,
+        wallets: wallets.iter().map(WalletView::from).collect(),
+    }
+}
+
+/// Creates the user, a `live` wallet at zero and a `demo` wallet holding
+/// `demo_balance` (journaled as its opening balance), in the caller's
+/// transaction.
+pub async fn create_user(
+    txn: &DatabaseTransaction,
+    demo_balance: i64,
+    cmd: &NewUser,
+) -> DomainResult<UserView> {
+    let referrer_id = match &cmd.referral_code {
+        Some(code) => Some(
+            user::Entity::find()
+                .filter(user::Column::ReferralCode.eq(code.0.clone()))
+                .one(txn)
+                .await?
+                .ok_or(DomainError::UnknownReferralCode)?
+                .id,
+        ),
+        None => None,
+    };
+    let at = financial::now();
+    // Each attempt runs in a savepoint, so a collision of the generated codes
+    // can be retried without aborting the transaction (PostgreSQL); the email
+    // is the one unique column a person chooses, so its collision is final.
+    let mut created = None;
+    for _ in 0..8 {
+        let savepoint = txn.begin().await?;
+        let inserted = user::Entity::insert(user::ActiveModel {
+            email: Set(cmd.email.0.clone()),
+            account_number: Set(generate_account_number()),
+            referral_code: Set(ReferralCode::generate().0),
+            referrer_id: Set(referrer_id),
+            created_at: Set(at),
+            ..Default::default()
+        })
+        .exec_with_returning(&savepoint)
+        .await;
+        match inserted {
+            Ok(u) => {
+                savepoint.commit().await?;
+                created = Some(u);
+                break;
+            }
+            Err(e) => {
+                savepoint.rollback().await?;
+                match classify(&e) {
+                    DbErrorKind::UniqueViolation(Some(c)) if c.contains("email") => {
+                        return Err(DomainError::DuplicateEmail);
+                    }
+                    DbErrorKind::UniqueViolation(_) => continue,
+                    _ => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let user = created
+        .ok_or_else(|| DomainError::Unexpected("could not allocate unique user codes".into()))?;
+    let new_wallet = |kind: WalletKind| wallet::ActiveModel {
+        user_id: Set(user.id),
+        kind: Set(kind.as_str().into()),
+        currency: Set("USD".into()),
+        balance: Set(0),
+        margin: Set(0),
+        profit: Set(0),
+        version: Set(0),
+        last_hash: Set(GENESIS_HASH.into()),
+        created_at: Set(at),
+        updated_at: Set(at),
+        ..Default::default()
+    };
+    let mut wallets =
+        wallet::Entity::insert_many([new_wallet(WalletKind::Live), new_wallet(WalletKind::Demo)])
+            .exec_with_returning(txn)
+            .await?;
+    wallets.sort_by_key(|w| w.id);
+    if demo_balance > 0
+        && let Some(demo) = wallets
+            .iter_mut()
+            .find(|w| w.kind == WalletKind::Demo.as_str())
+    {
+        financial::post(
+            txn,
+            Uuid::new_v4(),
+            vec![Posting {
+                wallet: demo,
+                deltas: financial::Deltas::balance(demo_balance),
+                kind: kinds::OPENING_BALANCE,
+                reference: None,
+                metadata: None,
+            }],
+        )
+        .await?;
+    }
+    Ok(view(user, &wallets))
+}
+
+pub async fn get_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<UserView> {
+    let user = user::Entity::find_by_id(user_id)
+        .one(conn)
+        .await?
+        .ok_or(DomainError::NotFound("user"))?;
+    let wallets = wallet::Entity::find()
+        .filter(wallet::Column::UserId.eq(user_id))
+        .order_by_asc(wallet::Column::Id)
+        .all(conn)
+        .await?;
+    Ok(view(user, &wallets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_validated_and_lower_cased() {
+        assert_eq!(
+            Email::parse("Ann@Example.COM").unwrap().as_str(),
+            "ann@example.com"
+        );
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "a b@example.com",
+            "ann@exa mple.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(Email::parse(&format!("{}@example.com", "a".repeat(320))).is_err());
+    }
+
+    #[test]
+    fn referral_codes_are_normalized() {
+        assert_eq!(ReferralCode::parse("abcd1234").unwrap().0, "ABCD1234");
+        assert!(ReferralCode::parse("abc").is_err());
+        assert!(ReferralCode::parse("ab-cd").is_err());
+        assert!(ReferralCode::parse(&"A".repeat(33)).is_err());
+        let generated = ReferralCode::generate();
+        assert_eq!(ReferralCode::parse(&generated.0).unwrap(), generated);
+    }
+
+    #[test]
+    fn account_numbers_have_twelve_digits() {
+        for _ in 0..100 {
+            let n = generate_account_number();
+            assert_eq!(n.len(), 12);
+            assert!(n.bytes().all(|b| b.is_ascii_digit()));
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! One typed configuration, loaded once at start-up: built-in defaults, then an
+//! optional TOML file (`LEDGER_CONFIG`), then `LEDGER_*` environment variables
+//! (and `DATABASE_URL`). Validated before anything uses it; logged with the
+//! secret redacted.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+/// A value that must never reach a log line.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("<unset>")
+        } else {
+            f.write_str("<redacted>")
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the HTTP server binds to.
+    pub listen: String,
+    /// `sqlite://path` or `postgres://…`.
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub db_min_connections: u32,
+    pub db_acquire_timeout_ms: u64,
+    pub db_idle_timeout_ms: u64,
+    /// SQLite only: how long a writer waits for the database write lock.
+    pub sqlite_busy_timeout_ms: u64,
+    /// Attempts per transaction, first one included.
+    pub retry_max_attempts: u32,
+    pub retry_initial_ms: u64,
+    pub retry_multiplier: f64,
+    /// 0.5 means each delay is drawn from [50 %, 150 %] of its nominal value.
+    pub retry_jitter: f64,
+    pub idempotency_ttl_secs: u64,
+    /// How long a `processing` claim is honoured before another request may
+    /// take it over (the first one is presumed dead).
+    pub idempotency_lease_ms: u64,
+    pub idempotency_cleanup_interval_secs: u64,
+    /// Starting balance of every new demo wallet, a decimal string.
+    pub demo_balance: String,
+    /// HS256 signing secret. Required with PostgreSQL; generated and kept
+    /// beside the database file for the SQLite default when unset.
+    pub jwt_secret: Secret,
+    /// Requests per second per authenticated principal; 0 turns it off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    pub max_body_bytes: usize,
+    /// Comma-separated origins allowed by CORS; `*` for any; empty for none.
+    pub cors_allowed_origins: String,
+    pub log_format: LogFormat,
+    /// How long `/health/ready` reports 503 before the listener closes, so
+    /// load balancers stop sending new work first.
+    pub shutdown_drain_ms: u64,
+    /// Upper bound on waiting for in-flight requests at shutdown.
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:3000".into(),
+            database_url: "sqlite://data/ledger.db".into(),
+            db_max_connections: 50,
+            db_min_connections: 0,
+            db_acquire_timeout_ms: 30_000,
+            db_idle_timeout_ms: 10_000,
+            sqlite_busy_timeout_ms: 5_000,
+            retry_max_attempts: 3,
+            retry_initial_ms: 10,
+            retry_multiplier: 2.0,
+            retry_jitter: 0.5,
+            idempotency_ttl_secs: 86_400,
+            idempotency_lease_ms: 60_000,
+            idempotency_cleanup_interval_secs: 300,
+            demo_balance: "10000".into(),
+            jwt_secret: Secret::default(),
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            max_body_bytes: 64 * 1024,
+            cors_allowed_origins: String::new(),
+            log_format: LogFormat::Text,
+            shutdown_drain_ms: 2_000,
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("jwt secret file {path}: {source}")]
+    SecretFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Config {
+    /// Defaults, then `LEDGER_CONFIG` (a TOML file) if set, then the
+    /// environment. `DATABASE_URL` is honoured as well as `LEDGER_DATABASE_URL`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Ok(path) = std::env::var("LEDGER_CONFIG") {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment
+            .merge(Env::raw().only(&["DATABASE_URL"]))
+            .merge(Env::prefixed("LEDGER_").ignore(&["CONFIG"]));
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
+        if self.db_max_connections == 0 {
+            return bad("db_max_connections must be at least 1");
+        }
+        if self.db_min_connections > self.db_max_connections {
+            return bad("db_min_connections must not exceed db_max_connections");
+        }
+        if self.db_acquire_timeout_ms == 0 {
+            return bad("db_acquire_timeout_ms must be positive");
+        }
+        if self.retry_max_attempts == 0 {
+            return bad("retry_max_attempts must be at least 1");
+        }
+        if self.retry_multiplier.is_nan() || self.retry_multiplier < 1.0 {
+            return bad("retry_multiplier must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.retry_jitter) {
+            return bad("retry_jitter must be within 0..=1");
+        }
+        if self.idempotency_ttl_secs == 0 || self.idempotency_lease_ms == 0 {
+            return bad("idempotency_ttl_secs and idempotency_lease_ms must be positive");
+        }
+        match self.demo_balance.parse::<Decimal>() {
+            Ok(d) if d >= Decimal::ZERO && d.scale() <= 8 => {}
+            _ => return bad("demo_balance must be a non-negative decimal with at most 8 decimals"),
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("max_body_bytes must be at least 1024");
+        }
+        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+            return bad("rate_limit_burst must be positive when rate limiting is on");
+        }
+        if !self.is_sqlite() && !self.database_url.starts_with("postgres") {
+            return bad("database_url must start with sqlite:// or postgres://");
+        }
+        if !self.jwt_secret.is_empty() && self.jwt_secret.expose().len() < 16 {
+            return bad("jwt_secret must be at least 16 characters");
+        }
+        Ok(())
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.starts_with("sqlite:")
+    }
+
+    /// The database file of a SQLite URL (`sqlite://data/ledger.db` -> `data/ledger.db`).
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    /// Seconds a client should wait before retrying after a 503.
+    pub fn retry_after_secs(&self) -> u64 {
+        1
+    }
+
+    /// Resolves the signing secret. When none is configured and the database
+    /// is the SQLite default, one is generated once and kept in
+    /// `jwt-secret` beside the database file (mode 0600), so `ledger token`
+    /// and `ledger serve` agree. PostgreSQL deployments must configure it.
+    pub fn resolve_jwt_secret(&mut self) -> Result<Option<PathBuf>, ConfigError> {
+        if !self.jwt_secret.is_empty() {
+            return Ok(None);
+        }
+        let Some(db_path) = self.sqlite_path() else {
+            return Err(ConfigError::Invalid(
+                "LEDGER_JWT_SECRET must be set unless the database is a SQLite file".into(),
+            ));
+        };
+        let dir = db_path.parent().unwrap_or_else(|| Path::new("."));
+        let path = dir.join("jwt-secret");
+        let io = |source| ConfigError::SecretFile {
+            path: path.clone(),
+            source,
+        };
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            let existing = existing.trim();
+            if existing.len() >= 16 {
+                self.jwt_secret = Secret::new(existing);
+                return Ok(Some(path));
+            }
+        }
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let secret: String = {
+            use rand::Rng;
+            let bytes: [u8; 32] = rand::rng().random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        write_private(&path, &secret).map_err(io)?;
+        self.jwt_secret = Secret::new(secret);
+        Ok(Some(path))
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_documented_values() {
+        let c = Config::default();
+        c.validate().unwrap();
+        assert_eq!(c.listen, "0.0.0.0:3000");
+        assert_eq!(c.database_url, "sqlite://data/ledger.db");
+        assert_eq!((c.db_max_connections, c.db_min_connections), (50, 0));
+        assert_eq!(
+            (c.db_acquire_timeout_ms, c.db_idle_timeout_ms),
+            (30_000, 10_000)
+        );
+        assert_eq!((c.retry_max_attempts, c.retry_initial_ms), (3, 10));
+        assert_eq!(c.idempotency_ttl_secs, 86_400);
+        assert_eq!(c.demo_balance, "10000");
+    }
+
+    #[test]
+    fn secret_is_redacted_in_debug_output() {
+        let c = Config {
+            jwt_secret: Secret::new("super-secret-value-123"),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("super-secret-value-123"));
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let cases = [
+            Config {
+                db_max_connections: 0,
+                ..Config::default()
+            },
+            Config {
+                db_min_connections: 60,
+                ..Config::default()
+            },
+            Config {
+                retry_max_attempts: 0,
+                ..Config::default()
+            },
+            Config {
+                demo_balance: "-1".into(),
+                ..Config::default()
+            },
+            Config {
+                demo_balance: "1.123456789".into(),
+                ..Config::default()
+            },
+            Config {
+                database_url: "mysql://x".into(),
+                ..Config::default()
+            },
+            Config {
+                jwt_secret: Secret::new("short"),
+                ..Config::default()
+            },
+        ];
+        for c in cases {
+            assert!(c.validate().is_err(), "{c:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn sqlite_path_is_taken_from_the_url() {
+        let c = Config::default();
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("data/ledger.db")));
+        let c = Config {
+            database_url: "sqlite:///tmp/x.db?mode=rwc".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("/tmp/x.db")));
+        let c = Config {
+            database_url: "postgres://h/db".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.sqlite_path(), None);
+    }
+
+    #[test]
+    fn a_generated_secret_is_kept_beside_the_database_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/ledger.db", dir.path().display());
+        let mut first = Config {
+            database_url: url.clone(),
+            ..Config::default()
+        };
+        let path = first.resolve_jwt_secret().unwrap().unwrap();
+        assert_eq!(path, dir.path().join("jwt-secret"));
+        let mut second = Config {
+            database_url: url,
+            ..Config::default()
+        };
+        second.resolve_jwt_secret().unwrap();
+        assert_eq!(first.jwt_secret, second.jwt_secret);
+        assert_eq!(first.jwt_secret.expose().len(), 64);
+    }
+
+    #[test]
+    fn postgres_without_a_secret_is_refused() {
+        let mut c = Config {
+            database_url: "postgres://h/db".into(),
+            ..Config::default()
+        };
+        assert!(c.resolve_jwt_secret().is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Every table, index and constraint of the ledger, for PostgreSQL and SQLite.
+//!
+//! Money columns are `BIGINT` minor units at scale 8 (1 unit = 0.00000001), so
+//! `balance = balance + delta` is exact on both engines. Times that the code
+//! compares (leases, expiries) are epoch milliseconds, which compare the same
+//! way everywhere; times shown to people are timestamps.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_core;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_core::Migration)]
+    }
+}

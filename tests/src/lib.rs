@@ -1,0 +1,376 @@
+//! Test harness: spawns the real app on port 0 against a fresh database per
+//! test — a temporary SQLite file, or on PostgreSQL a database of its own
+//! created from `TEST_DATABASE_URL` — so tests run in parallel.
+//! Tracing is silent unless `TEST_LOG=1`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use api::app::{self, Server};
+use api::auth::{Role, Tokens};
+use api::state::AppState;
+use infra::Config;
+use infra::config::Secret;
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::Value;
+
+pub const SECRET: &str = "integration-test-secret-0123456789";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+pub fn admin_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// `postgres://h:5432/postgres?x` -> `postgres://h:5432/{name}?x`
+pub fn database_url(admin: &str, name: &str) -> String {
+    let (base, query) = admin
+        .split_once('?')
+        .map_or((admin, None), |(b, q)| (b, Some(q)));
+    let root = base.rsplit_once('/').map_or(base, |(r, _)| r);
+    match query {
+        Some(q) => format!("{root}/{name}?{q}"),
+        None => format!("{root}/{name}"),
+    }
+}
+
+fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
+            infra::telemetry::init(infra::config::LogFormat::Text);
+        }
+    });
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub body: Value,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    #[track_caller]
+    pub fn expect(&self, status: u16) -> &Self {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.text
+        );
+        self
+    }
+
+    /// Asserts a problem+json error with this status and code.
+    #[track_caller]
+    pub fn problem(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json"),
+            "body: {}",
+            self.text
+        );
+        assert_eq!(self.body["status"], status);
+        assert!(self.body["title"].is_string() && self.body["detail"].is_string());
+        assert_eq!(self.body["type"], "about:blank");
+        assert!(!self.body["request_id"].as_str().unwrap_or("").is_empty());
+        self
+    }
+}
+
+pub struct TestApp {
+    pub engine: Engine,
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: Arc<AppState>,
+    pub database_url: String,
+    server: Option<Server>,
+    pg_database: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestApp {
+    pub async fn spawn(engine: Engine) -> Self {
+        Self::spawn_with(engine, |_| {}).await
+    }
+
+    pub async fn spawn_with(engine: Engine, tweak: impl FnOnce(&mut Config)) -> Self {
+        init_tracing();
+        let mut dir = None;
+        let mut pg_database = None;
+        let database_url = match engine {
+            Engine::Sqlite => {
+                let d = tempfile::tempdir().unwrap();
+                let url = format!("sqlite://{}/ledger.db", d.path().display());
+                dir = Some(d);
+                url
+            }
+            Engine::Postgres => {
+                let name = format!("ledger_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = Database::connect(admin_url())
+                    .await
+                    .expect("PostgreSQL must be reachable at TEST_DATABASE_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .unwrap();
+                admin.close().await.unwrap();
+                pg_database = Some(name.clone());
+                database_url(&admin_url(), &name)
+            }
+        };
+        let mut config = Config {
+            listen: "127.0.0.1:0".into(),
+            database_url: database_url.clone(),
+            db_max_connections: 20,
+            jwt_secret: Secret::new(SECRET),
+            rate_limit_per_second: 0,
+            shutdown_drain_ms: 0,
+            ..Config::default()
+        };
+        tweak(&mut config);
+        config.validate().unwrap();
+        Self::start(engine, config, dir, pg_database).await
+    }
+
+    /// A second server on the same database (two processes behind one balancer).
+    pub async fn sibling(&self) -> TestApp {
+        let config = Config {
+            ..self.state.config.clone()
+        };
+        Self::start(self.engine, config, None, None).await
+    }
+
+    async fn start(
+        engine: Engine,
+        config: Config,
+        dir: Option<tempfile::TempDir>,
+        pg_database: Option<String>,
+    ) -> Self {
+        let database_url = config.database_url.clone();
+        let state = app::prepare(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = app::start(Arc::clone(&state), listener).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build()
+            .unwrap();
+        Self {
+            engine,
+            base,
+            client,
+            state,
+            database_url,
+            server: Some(server),
+            pg_database,
+            _dir: dir,
+        }
+    }
+
+    /// The PostgreSQL database of this test, if any.
+    pub fn pg_database(&self) -> Option<&str> {
+        self.pg_database.as_deref()
+    }
+
+    pub fn token(&self, sub: &str, role: Role) -> String {
+        Tokens::new(SECRET)
+            .mint(sub, role, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    pub fn admin(&self) -> String {
+        self.token("root", Role::Admin)
+    }
+
+    pub fn service(&self) -> String {
+        self.token("backoffice", Role::Service)
+    }
+
+    pub fn user(&self, id: i64) -> String {
+        self.token(&id.to_string(), Role::User)
+    }
+
+    pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
+        let resp = req.send().await.expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    /// POST a raw body (for malformed-input tests).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+        body: &str,
+    ) -> Reply {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_owned());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("Idempotency-Key", k);
+        }
+        self.send(req).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, key: Option<&str>, body: Value) -> Reply {
+        self.post_raw(path, Some(token), key, &body.to_string())
+            .await
+    }
+
+    /// Creates a user through the API and returns its id.
+    pub async fn create_user(&self, email: &str) -> i64 {
+        let r = self
+            .post(
+                "/api/v1/users",
+                &self.service(),
+                Some(&fresh_key()),
+                serde_json::json!({ "email": email }),
+            )
+            .await;
+        r.expect(201);
+        r.body["id"].as_i64().unwrap()
+    }
+
+    pub async fn deposit(&self, user_id: i64, amount: &str, wallet: &str) -> Reply {
+        self.post(
+            "/api/v1/wallets/deposit",
+            &self.service(),
+            Some(&fresh_key()),
+            serde_json::json!({ "user_id": user_id, "amount": amount, "wallet": wallet }),
+        )
+        .await
+    }
+
+    /// The wallet's balance as the API reports it.
+    pub async fn balance(&self, user_id: i64, wallet: &str) -> String {
+        let r = self
+            .get(
+                &format!("/api/v1/users/{user_id}/wallets"),
+                Some(&self.admin()),
+            )
+            .await;
+        r.expect(200);
+        r.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == wallet)
+            .map(|w| w["balance"].as_str().unwrap().to_owned())
+            .unwrap()
+    }
+
+    /// Balances equal journal sums and hash chains verify, for every wallet.
+    pub async fn assert_books_balance(&self) -> domain::reconcile::Report {
+        let report = domain::reconcile::check_all(&self.state.ledger.db.conn)
+            .await
+            .unwrap();
+        assert!(
+            report.is_clean(),
+            "reconciliation failed: {:?}",
+            report.discrepancies
+        );
+        report
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown(Duration::ZERO).await;
+        }
+        if let Some(name) = self.pg_database.take() {
+            let admin = Database::connect(admin_url()).await.unwrap();
+            admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await
+                .unwrap();
+            admin.close().await.unwrap();
+        }
+    }
+}
+
+pub fn fresh_key() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Declares one test per engine from one async body taking an `Engine`.
+#[macro_export]
+macro_rules! both_engines {
+    ($($name:ident),* $(,)?) => {
+        pub mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::Engine::Sqlite).await
+                }
+            )*
+        }
+        pub mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name($crate::Engine::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_url_swaps_the_database_name() {
+        assert_eq!(
+            super::database_url("postgres://postgres@127.0.0.1:5432/postgres", "t1"),
+            "postgres://postgres@127.0.0.1:5432/t1"
+        );
+        assert_eq!(
+            super::database_url("postgres://h/db?sslmode=disable", "t2"),
+            "postgres://h/t2?sslmode=disable"
+        );
+    }
+}

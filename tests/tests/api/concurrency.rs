@@ -1,0 +1,161 @@
+//! Real parallel requests against one app, each test stating its invariant.
+//! PostgreSQL runs the counts of the contract; SQLite, whose writers
+//! serialize, the same invariants at lower counts.
+
+use futures::future::join_all;
+use serde_json::json;
+use tests::{Engine, Reply, TestApp, both_engines, fresh_key};
+
+fn scale(engine: Engine, postgres: usize, sqlite: usize) -> usize {
+    match engine {
+        Engine::Postgres => postgres,
+        Engine::Sqlite => sqlite,
+    }
+}
+
+fn assert_no_5xx(replies: &[Reply]) {
+    for r in replies {
+        assert!(r.status < 500, "server error: {} {}", r.status, r.text);
+    }
+}
+
+/// Invariant: N concurrent deposits of 0.01 into one wallet leave exactly
+/// N × 0.01 and exactly N deposit journal entries (no lost update).
+async fn concurrent_deposits_are_all_counted(engine: Engine) {
+    let n = scale(engine, 200, 40);
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("hot@x.io").await;
+    let replies = join_all((0..n).map(|_| app.deposit(u, "0.01", "live"))).await;
+    assert_no_5xx(&replies);
+    assert!(replies.iter().all(|r| r.status == 200));
+    let expected = format!("{}", rust_decimal::Decimal::new(n as i64, 2).normalize());
+    assert_eq!(app.balance(u, "live").await, expected);
+    let journal = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?wallet=live&limit=500"),
+            Some(&app.admin()),
+        )
+        .await;
+    let deposits = journal.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "deposit")
+        .count();
+    assert_eq!(deposits, n);
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+/// Invariant: no double spend. 2N concurrent withdrawals of 10 from 10 × N:
+/// exactly N succeed, N get 422, the balance ends at exactly 0, never below.
+async fn concurrent_withdrawals_never_overdraw(engine: Engine) {
+    let half = scale(engine, 50, 10);
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("spend@x.io").await;
+    app.deposit(u, &format!("{}", half * 10), "live")
+        .await
+        .expect(200);
+    let token = app.user(u);
+    let keys: Vec<String> = (0..half * 2).map(|_| fresh_key()).collect();
+    let replies = join_all(keys.iter().map(|key| {
+        app.post(
+            "/api/v1/wallets/withdraw",
+            &token,
+            Some(key),
+            json!({"user_id": u, "amount": "10", "wallet": "live"}),
+        )
+    }))
+    .await;
+    assert_no_5xx(&replies);
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let refused = replies
+        .iter()
+        .filter(|r| r.status == 422 && r.code() == "insufficient_funds")
+        .count();
+    assert_eq!((ok, refused), (half, half));
+    assert_eq!(app.balance(u, "live").await, "0");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+/// Invariant: interleaved transfers A→B and B→A (ascending lock order, no
+/// deadlock surfaces) never create or destroy money and never go negative.
+async fn crossing_transfers_conserve_the_sum(engine: Engine) {
+    let n = scale(engine, 100, 20);
+    let app = TestApp::spawn(engine).await;
+    let a = app.create_user("a@x.io").await;
+    let b = app.create_user("b@x.io").await;
+    app.deposit(a, "1000", "live").await.expect(200);
+    app.deposit(b, "1000", "live").await.expect(200);
+    let (ta, tb) = (app.user(a), app.user(b));
+    let keys: Vec<String> = (0..n).map(|_| fresh_key()).collect();
+    let replies = join_all(keys.iter().enumerate().map(|(i, key)| {
+        let (from, to, token) = if i % 2 == 0 { (a, b, &ta) } else { (b, a, &tb) };
+        let amount = format!("{}.5", i % 7 + 1);
+        app.post(
+            "/api/v1/wallets/transfer",
+            token,
+            Some(key),
+            json!({"from_user_id": from, "to_user_id": to, "amount": amount, "wallet": "live"}),
+        )
+    }))
+    .await;
+    assert_no_5xx(&replies);
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "every transfer fits"
+    );
+    let ba: rust_decimal::Decimal = app.balance(a, "live").await.parse().unwrap();
+    let bb: rust_decimal::Decimal = app.balance(b, "live").await.parse().unwrap();
+    assert_eq!(ba + bb, rust_decimal::Decimal::from(2000));
+    assert!(ba >= rust_decimal::Decimal::ZERO && bb >= rust_decimal::Decimal::ZERO);
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+/// Invariant: one execution per idempotency key. N identical concurrent
+/// requests move the money once; every answer is the original response
+/// (replayed byte for byte) or 409 in flight.
+async fn one_key_many_requests_execute_once(engine: Engine) {
+    let n = scale(engine, 50, 20);
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("once@x.io").await;
+    let key = fresh_key();
+    let token = app.service();
+    let body = json!({"user_id": u, "amount": "25", "wallet": "live"});
+    let replies = join_all(
+        (0..n).map(|_| app.post("/api/v1/wallets/deposit", &token, Some(&key), body.clone())),
+    )
+    .await;
+    assert_no_5xx(&replies);
+    let originals: Vec<&Reply> = replies.iter().filter(|r| r.status == 200).collect();
+    assert!(!originals.is_empty());
+    let executed = originals
+        .iter()
+        .filter(|r| r.header("idempotent-replayed").is_none())
+        .count();
+    assert!(executed <= 1, "{executed} requests executed");
+    assert!(
+        originals.iter().all(|r| r.text == originals[0].text),
+        "replays differ from the original"
+    );
+    for r in replies.iter().filter(|r| r.status != 200) {
+        r.problem(409, "idempotency_in_flight");
+    }
+    // after the dust settles the key answers with the original
+    let last = app
+        .post("/api/v1/wallets/deposit", &token, Some(&key), body)
+        .await;
+    assert_eq!(last.text, originals[0].text);
+    assert_eq!(app.balance(u, "live").await, "25");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+both_engines!(
+    concurrent_deposits_are_all_counted,
+    concurrent_withdrawals_never_overdraw,
+    crossing_transfers_conserve_the_sum,
+    one_key_many_requests_execute_once
+);

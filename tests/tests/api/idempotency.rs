@@ -1,0 +1,207 @@
+use api::types::{DecimalString, DepositRequest, Wallet};
+use domain::idempotency::{fingerprint, storage_key};
+use infra::entities::idempotency_key as key;
+use poem_openapi::types::ToJSON;
+use sea_orm::sea_query::Expr;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
+use serde_json::json;
+use tests::{Engine, TestApp, both_engines, fresh_key};
+
+const DEPOSIT: &str = "/api/v1/wallets/deposit";
+const WITHDRAW: &str = "/api/v1/wallets/withdraw";
+
+async fn same_key_same_body_replays_exactly(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("i@x.io").await;
+    let k = fresh_key();
+    let body = json!({"user_id": u, "amount": "7", "wallet": "live"});
+    let first = app
+        .post(DEPOSIT, &app.service(), Some(&k), body.clone())
+        .await;
+    first.expect(200);
+    // same JSON, other key order and spacing: the same request
+    let reordered = format!(r#"{{ "wallet": "live", "amount": "7",  "user_id": {u} }}"#);
+    let again = app
+        .post_raw(DEPOSIT, Some(&app.service()), Some(&k), &reordered)
+        .await;
+    again.expect(200);
+    assert_eq!(again.text, first.text, "replay must be byte for byte");
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(app.balance(u, "live").await, "7");
+    // same key, different body
+    app.post(
+        DEPOSIT,
+        &app.service(),
+        Some(&k),
+        json!({"user_id": u, "amount": "8", "wallet": "live"}),
+    )
+    .await
+    .problem(422, "idempotency_key_reused");
+    // the same client key from another principal is another key
+    let admin = app
+        .post(DEPOSIT, &app.admin(), Some(&k), body.clone())
+        .await;
+    admin.expect(200);
+    assert!(admin.header("idempotent-replayed").is_none());
+    assert_eq!(app.balance(u, "live").await, "14");
+    // ... and on another route too
+    let w = app.post(WITHDRAW, &app.service(), Some(&k), body).await;
+    w.expect(200);
+    assert_eq!(w.body["kind"], "withdrawal");
+    assert_eq!(app.balance(u, "live").await, "7");
+    app.stop().await;
+}
+
+async fn refusals_are_stored_and_replayed(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("r@x.io").await;
+    let k = fresh_key();
+    let body = json!({"user_id": u, "amount": "5", "wallet": "live"});
+    let refused = app
+        .post(WITHDRAW, &app.service(), Some(&k), body.clone())
+        .await;
+    refused.problem(422, "insufficient_funds");
+    // money arrives, but the key's answer stays the stored refusal
+    app.deposit(u, "100", "live").await.expect(200);
+    let replay = app.post(WITHDRAW, &app.service(), Some(&k), body).await;
+    replay.problem(422, "insufficient_funds");
+    assert_eq!(replay.text, refused.text);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(app.balance(u, "live").await, "100");
+    // validation errors are not stored: the same key may be used once the body is right
+    let k2 = fresh_key();
+    app.post(
+        DEPOSIT,
+        &app.service(),
+        Some(&k2),
+        json!({"user_id": u, "amount": "-1", "wallet": "live"}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    app.post(
+        DEPOSIT,
+        &app.service(),
+        Some(&k2),
+        json!({"user_id": u, "amount": "1", "wallet": "live"}),
+    )
+    .await
+    .expect(200);
+    app.stop().await;
+}
+
+fn deposit_fingerprint(user_id: i64, amount: &str) -> String {
+    let request = DepositRequest {
+        user_id,
+        amount: DecimalString(amount.into()),
+        wallet: Wallet::Live,
+        payment_method: None,
+        reference: None,
+    };
+    fingerprint(&request.to_json().unwrap())
+}
+
+async fn in_flight_then_stale_claims(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("s@x.io").await;
+    let client_key = fresh_key();
+    let stored_key = storage_key("service:backoffice", "POST", DEPOSIT, &client_key);
+    let now = chrono::Utc::now().timestamp_millis();
+    // a request that claimed the key and is still within its lease
+    key::Entity::insert(key::ActiveModel {
+        key: Set(stored_key.clone()),
+        principal: Set("service:backoffice".into()),
+        route: Set(format!("POST {DEPOSIT}")),
+        request_hash: Set(deposit_fingerprint(u, "3")),
+        status: Set("processing".into()),
+        claim_token: Set(uuid::Uuid::new_v4()),
+        response_status: Set(None),
+        response_body: Set(None),
+        locked_until_ms: Set(now + 60_000),
+        expires_at_ms: Set(now + 3_600_000),
+        created_at: Set(chrono::Utc::now()),
+    })
+    .exec_without_returning(&app.state.ledger.db.conn)
+    .await
+    .unwrap();
+    let body = json!({"user_id": u, "amount": "3", "wallet": "live"});
+    let busy = app
+        .post(DEPOSIT, &app.service(), Some(&client_key), body.clone())
+        .await;
+    busy.problem(409, "idempotency_in_flight");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert_eq!(app.balance(u, "live").await, "0");
+    // its owner died: the lease runs out, and the next request takes the key over
+    key::Entity::update_many()
+        .col_expr(key::Column::LockedUntilMs, Expr::value(now - 1))
+        .filter(key::Column::Key.eq(stored_key.clone()))
+        .exec(&app.state.ledger.db.conn)
+        .await
+        .unwrap();
+    let done = app
+        .post(DEPOSIT, &app.service(), Some(&client_key), body.clone())
+        .await;
+    done.expect(200);
+    assert!(done.header("idempotent-replayed").is_none());
+    let replay = app
+        .post(DEPOSIT, &app.service(), Some(&client_key), body)
+        .await;
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.text, done.text);
+    assert_eq!(app.balance(u, "live").await, "3");
+    app.stop().await;
+}
+
+async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("x@x.io").await;
+    let k = fresh_key();
+    let body = json!({"user_id": u, "amount": "2", "wallet": "live"});
+    app.post(DEPOSIT, &app.service(), Some(&k), body.clone())
+        .await
+        .expect(200);
+    let conn = &app.state.ledger.db.conn;
+    // nothing has expired yet
+    assert_eq!(
+        app.state
+            .ledger
+            .idempotency
+            .cleanup_expired()
+            .await
+            .unwrap(),
+        0
+    );
+    key::Entity::update_many()
+        .col_expr(key::Column::ExpiresAtMs, Expr::value(0_i64))
+        .exec(conn)
+        .await
+        .unwrap();
+    // an expired key is free even before the cleanup job runs
+    let r = app
+        .post(DEPOSIT, &app.service(), Some(&k), body.clone())
+        .await;
+    r.expect(200);
+    assert!(r.header("idempotent-replayed").is_none());
+    assert_eq!(app.balance(u, "live").await, "4");
+    key::Entity::update_many()
+        .col_expr(key::Column::ExpiresAtMs, Expr::value(0_i64))
+        .exec(conn)
+        .await
+        .unwrap();
+    let removed = app
+        .state
+        .ledger
+        .idempotency
+        .cleanup_expired()
+        .await
+        .unwrap();
+    assert!(removed >= 2, "removed {removed}");
+    assert_eq!(key::Entity::find().all(conn).await.unwrap().len(), 0);
+    app.stop().await;
+}
+
+both_engines!(
+    same_key_same_body_replays_exactly,
+    refusals_are_stored_and_replayed,
+    in_flight_then_stale_claims,
+    expired_keys_are_cleaned_up_and_free_again
+);

@@ -1,0 +1,224 @@
+use std::time::{Duration, Instant};
+
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::json;
+use tests::{Engine, TestApp, admin_url, both_engines, fresh_key};
+
+async fn health_metrics_and_docs(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let r = app.get("/health", None).await;
+    r.expect(200);
+    assert_eq!(r.body, json!({"status": "ok"}));
+    let r = app.get("/health/ready", None).await;
+    r.expect(200);
+    assert_eq!(
+        (r.body["status"].as_str(), r.body["database"].as_str()),
+        (Some("ready"), Some("ok"))
+    );
+    assert_eq!(r.body["pool"]["max"], 20);
+    assert!(r.body["pool"]["size"].as_u64().unwrap() >= r.body["pool"]["idle"].as_u64().unwrap());
+    let spec = app.get("/openapi.json", None).await;
+    spec.expect(200);
+    for path in [
+        "/api/v1/users",
+        "/api/v1/users/{id}",
+        "/api/v1/users/{id}/wallets",
+        "/api/v1/wallets/deposit",
+        "/api/v1/wallets/withdraw",
+        "/api/v1/wallets/transfer",
+        "/api/v1/users/{id}/transactions",
+    ] {
+        assert!(
+            spec.body["paths"][path].is_object(),
+            "{path} missing from the spec"
+        );
+    }
+    let docs = app.get("/docs", None).await;
+    docs.expect(200);
+    assert!(docs.text.to_lowercase().contains("swagger"));
+    // traffic shows up in the metrics by route and status
+    let u = app.create_user("m@x.io").await;
+    app.deposit(u, "1", "live").await.expect(200);
+    let metrics = app.get("/metrics", None).await;
+    metrics.expect(200);
+    assert!(
+        metrics
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    for needle in [
+        "ledger_http_requests_total{route=\"deposit\",status=\"200\"}",
+        "ledger_http_request_duration_seconds_bucket",
+        "ledger_db_transaction_attempts_total{operation=\"deposit\"}",
+        "ledger_db_pool_max 20",
+        "ledger_db_pool_size",
+        "ledger_db_pool_idle",
+    ] {
+        assert!(metrics.text.contains(needle), "metrics lack {needle}");
+    }
+    app.get("/nowhere", None).await.problem(404, "not_found");
+    app.stop().await;
+}
+
+async fn request_ids_are_echoed_or_generated(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let r = app
+        .send(
+            app.client
+                .get(format!("{}/health", app.base))
+                .header("x-request-id", "trace-123"),
+        )
+        .await;
+    assert_eq!(r.header("x-request-id"), Some("trace-123"));
+    let r = app.get("/health", None).await;
+    let generated = r.header("x-request-id").unwrap();
+    assert!(uuid::Uuid::parse_str(generated).is_ok());
+    // errors carry the same id in the body
+    let r = app
+        .send(
+            app.client
+                .get(format!("{}/api/v1/users/1", app.base))
+                .header("x-request-id", "abc-9"),
+        )
+        .await;
+    r.problem(401, "unauthorized");
+    assert_eq!(r.body["request_id"], "abc-9");
+    assert_eq!(r.header("x-request-id"), Some("abc-9"));
+    app.stop().await;
+}
+
+async fn oversized_bodies_are_refused(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("big@x.io").await;
+    let padding = "x".repeat(70 * 1024);
+    let body = format!(r#"{{"user_id":{u},"amount":"1","wallet":"live","reference":"{padding}"}}"#);
+    let r = app
+        .post_raw(
+            "/api/v1/wallets/deposit",
+            Some(&app.service()),
+            Some(&fresh_key()),
+            &body,
+        )
+        .await;
+    r.problem(413, "payload_too_large");
+    assert_eq!(app.balance(u, "live").await, "0");
+    app.stop().await;
+}
+
+async fn rate_limit_per_principal(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| {
+        c.rate_limit_per_second = 1;
+        c.rate_limit_burst = 3;
+    })
+    .await;
+    let token = app.admin();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        statuses.push(app.get("/api/v1/users/1", Some(&token)).await);
+    }
+    let limited = statuses
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("the burst must run out");
+    limited.problem(429, "rate_limited");
+    assert!(
+        limited
+            .header("retry-after")
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // another principal is not affected; health is never limited
+    app.get("/api/v1/users/1", Some(&app.service()))
+        .await
+        .problem(404, "not_found");
+    app.get("/health", None).await.expect(200);
+    app.stop().await;
+}
+
+async fn draining_turns_readiness_off(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    app.state.start_draining();
+    let r = app.get("/health/ready", None).await;
+    r.problem(503, "unavailable");
+    assert!(r.header("retry-after").is_some());
+    app.get("/health", None).await.expect(200);
+    app.stop().await;
+}
+
+both_engines!(
+    health_metrics_and_docs,
+    request_ids_are_echoed_or_generated,
+    oversized_bodies_are_refused,
+    rate_limit_per_principal,
+    draining_turns_readiness_off
+);
+
+/// PostgreSQL goes away: requests get 503 + Retry-After within the acquire
+/// timeout, never a hang and never SQL in the body; the failed request's key
+/// is not stored, so the same key works once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_outage_gives_503_and_recovers() {
+    let app = TestApp::spawn_with(Engine::Postgres, |c| c.db_acquire_timeout_ms = 1_500).await;
+    let u = app.create_user("outage@x.io").await;
+    app.deposit(u, "1", "live").await.expect(200);
+    let name = app.pg_database().unwrap().to_owned();
+    let admin = Database::connect(admin_url()).await.unwrap();
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+        .await
+        .unwrap();
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+
+    let key = fresh_key();
+    let body = json!({"user_id": u, "amount": "2", "wallet": "live"});
+    let started = Instant::now();
+    let r = app
+        .post(
+            "/api/v1/wallets/deposit",
+            &app.service(),
+            Some(&key),
+            body.clone(),
+        )
+        .await;
+    r.problem(503, "unavailable");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let lower = r.text.to_lowercase();
+    for leak in ["select", "insert", "sqlx", "postgres", "database \""] {
+        assert!(!lower.contains(leak), "body leaks {leak}: {}", r.text);
+    }
+    app.get("/health/ready", None)
+        .await
+        .problem(503, "unavailable");
+    app.get(&format!("/api/v1/users/{u}/wallets"), Some(&app.admin()))
+        .await
+        .problem(503, "unavailable");
+    app.get("/health", None).await.expect(200);
+
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let r = app
+        .post("/api/v1/wallets/deposit", &app.service(), Some(&key), body)
+        .await;
+    r.expect(200);
+    assert!(r.header("idempotent-replayed").is_none());
+    assert_eq!(app.balance(u, "live").await, "3");
+    app.get("/health/ready", None).await.expect(200);
+    app.assert_books_balance().await;
+    app.stop().await;
+}

@@ -1,0 +1,368 @@
+use serde_json::json;
+use tests::{Engine, TestApp, both_engines, fresh_key};
+
+const DEPOSIT: &str = "/api/v1/wallets/deposit";
+const WITHDRAW: &str = "/api/v1/wallets/withdraw";
+const TRANSFER: &str = "/api/v1/wallets/transfer";
+
+async fn deposit_contract(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("d@x.io").await;
+    let r = app
+        .post(
+            DEPOSIT,
+            &app.service(),
+            Some(&fresh_key()),
+            json!({"user_id": u, "amount": "100.5", "wallet": "live", "payment_method": "card", "reference": "psp-1"}),
+        )
+        .await;
+    r.expect(200);
+    assert!(
+        r.header("content-type")
+            .unwrap()
+            .starts_with("application/json")
+    );
+    assert!(r.header("idempotent-replayed").is_none());
+    let b = &r.body;
+    assert_eq!(
+        uuid::Uuid::parse_str(b["operation_id"].as_str().unwrap())
+            .unwrap()
+            .get_version_num(),
+        4
+    );
+    assert_eq!(
+        (
+            b["user_id"].as_i64(),
+            b["wallet"].as_str(),
+            b["kind"].as_str()
+        ),
+        (Some(u), Some("live"), Some("deposit"))
+    );
+    assert_eq!(
+        (
+            b["amount"].as_str(),
+            b["balance_before"].as_str(),
+            b["balance_after"].as_str()
+        ),
+        (Some("100.5"), Some("0"), Some("100.5"))
+    );
+    assert!(b["created_at"].as_str().unwrap().ends_with('Z'));
+    // into the demo wallet too
+    let r = app.deposit(u, "5", "demo").await;
+    r.expect(200);
+    assert_eq!(r.body["balance_after"], "10005");
+    // roles: a user may not credit itself; unknown user is 404
+    app.post(
+        DEPOSIT,
+        &app.user(u),
+        Some(&fresh_key()),
+        json!({"user_id": u, "amount": "1", "wallet": "live"}),
+    )
+    .await
+    .problem(403, "forbidden");
+    app.deposit(999_999, "1", "live")
+        .await
+        .problem(404, "not_found");
+    assert_eq!(app.balance(u, "live").await, "100.5");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn bad_amounts_are_refused_and_change_nothing(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("v@x.io").await;
+    app.deposit(u, "10", "live").await.expect(200);
+    let token = app.service();
+    let bodies = [
+        format!(r#"{{"user_id":{u},"amount":"-1","wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"0","wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"0.000000001","wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":10,"wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":10.5,"wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"1e3","wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"92233720368.54775808","wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"abc","wallet":"live"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"1","wallet":"savings"}}"#),
+        format!(r#"{{"user_id":{u},"amount":"1","wallet":"live","surprise":1}}"#),
+        format!(r#"{{"user_id":{u},"wallet":"live"}}"#),
+        format!(r#"{{"user_id":"{u}","amount":"1","wallet":"live"}}"#),
+        "not json".to_string(),
+    ];
+    for body in &bodies {
+        for path in [DEPOSIT, WITHDRAW] {
+            let r = app
+                .post_raw(path, Some(&token), Some(&fresh_key()), body)
+                .await;
+            r.problem(400, "invalid_request");
+        }
+    }
+    // missing key
+    app.post(
+        DEPOSIT,
+        &token,
+        None,
+        json!({"user_id": u, "amount": "1", "wallet": "live"}),
+    )
+    .await
+    .problem(400, "idempotency_key_missing");
+    // a key that is not printable ASCII
+    app.post(
+        DEPOSIT,
+        &token,
+        Some(&"k".repeat(256)),
+        json!({"user_id": u, "amount": "1", "wallet": "live"}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    assert_eq!(app.balance(u, "live").await, "10");
+    let journal = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?wallet=live"),
+            Some(&app.admin()),
+        )
+        .await;
+    assert_eq!(journal.body["items"].as_array().unwrap().len(), 1);
+    app.stop().await;
+}
+
+async fn amounts_are_exact(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("e@x.io").await;
+    for _ in 0..10 {
+        app.deposit(u, "0.1", "live").await.expect(200);
+    }
+    assert_eq!(app.balance(u, "live").await, "1");
+    let big = app.create_user("big@x.io").await;
+    let r = app.deposit(big, "92233720368.54775807", "live").await;
+    r.expect(200);
+    assert_eq!(r.body["balance_after"], "92233720368.54775807");
+    assert_eq!(app.balance(big, "live").await, "92233720368.54775807");
+    // one more unit would overflow: refused, nothing changes
+    app.deposit(big, "0.00000001", "live")
+        .await
+        .problem(422, "balance_limit_exceeded");
+    assert_eq!(app.balance(big, "live").await, "92233720368.54775807");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn withdraw_contract(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("w@x.io").await;
+    let other = app.create_user("o@x.io").await;
+    app.deposit(u, "10", "live").await.expect(200);
+    let r = app
+        .post(
+            WITHDRAW,
+            &app.user(u),
+            Some(&fresh_key()),
+            json!({"user_id": u, "amount": "3.25", "wallet": "live", "destination": "iban:DE00"}),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(
+        (
+            r.body["kind"].as_str(),
+            r.body["balance_before"].as_str(),
+            r.body["balance_after"].as_str()
+        ),
+        (Some("withdrawal"), Some("10"), Some("6.75"))
+    );
+    let r = app
+        .post(
+            WITHDRAW,
+            &app.user(u),
+            Some(&fresh_key()),
+            json!({"user_id": u, "amount": "25", "wallet": "live"}),
+        )
+        .await;
+    r.problem(422, "insufficient_funds");
+    assert_eq!(r.body["detail"], "free balance 6.75 < requested 25");
+    // another user may not withdraw from u; service may
+    app.post(
+        WITHDRAW,
+        &app.user(other),
+        Some(&fresh_key()),
+        json!({"user_id": u, "amount": "1", "wallet": "live"}),
+    )
+    .await
+    .problem(403, "forbidden");
+    app.post(
+        WITHDRAW,
+        &app.service(),
+        Some(&fresh_key()),
+        json!({"user_id": u, "amount": "6.75", "wallet": "live"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(app.balance(u, "live").await, "0");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn transfer_contract(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let a = app.create_user("a@x.io").await;
+    let b = app.create_user("b@x.io").await;
+    app.deposit(a, "50", "live").await.expect(200);
+    let r = app
+        .post(
+            TRANSFER,
+            &app.user(a),
+            Some(&fresh_key()),
+            json!({"from_user_id": a, "to_user_id": b, "amount": "20", "wallet": "live"}),
+        )
+        .await;
+    r.expect(200);
+    let body = &r.body;
+    assert_eq!(
+        (body["wallet"].as_str(), body["amount"].as_str()),
+        (Some("live"), Some("20"))
+    );
+    assert_eq!(
+        body["from"],
+        json!({"user_id": a, "balance_before": "50", "balance_after": "30"})
+    );
+    assert_eq!(
+        body["to"],
+        json!({"user_id": b, "balance_before": "0", "balance_after": "20"})
+    );
+    assert!(body["operation_id"].is_string() && body["created_at"].is_string());
+    // refusals
+    let send = |from: i64, to: i64, amount: &str, token: String| {
+        let body =
+            json!({"from_user_id": from, "to_user_id": to, "amount": amount, "wallet": "live"});
+        let app = &app;
+        async move { app.post(TRANSFER, &token, Some(&fresh_key()), body).await }
+    };
+    send(a, a, "1", app.user(a))
+        .await
+        .problem(422, "same_account");
+    send(a, 999_999, "1", app.user(a))
+        .await
+        .problem(404, "not_found");
+    send(a, b, "30.00000001", app.user(a))
+        .await
+        .problem(422, "insufficient_funds");
+    send(a, b, "1", app.user(b)).await.problem(403, "forbidden");
+    send(a, b, "1", app.service())
+        .await
+        .problem(403, "forbidden");
+    send(a, b, "1", app.admin()).await.expect(200);
+    // demo wallets move separately
+    let r = app
+        .post(
+            TRANSFER,
+            &app.user(a),
+            Some(&fresh_key()),
+            json!({"from_user_id": a, "to_user_id": b, "amount": "100", "wallet": "demo"}),
+        )
+        .await;
+    r.expect(200);
+    assert_eq!(app.balance(a, "live").await, "29");
+    assert_eq!(app.balance(b, "live").await, "21");
+    assert_eq!(app.balance(a, "demo").await, "9900");
+    assert_eq!(app.balance(b, "demo").await, "10100");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn journal_is_paginated_newest_first(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("j@x.io").await;
+    for i in 1..=5 {
+        app.post(DEPOSIT, &app.service(), Some(&fresh_key()), json!({"user_id": u, "amount": format!("{i}"), "wallet": "live", "reference": format!("r{i}")}))
+            .await
+            .expect(200);
+    }
+    let page = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?limit=2&wallet=live"),
+            Some(&app.user(u)),
+        )
+        .await;
+    page.expect(200);
+    let items = page.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    assert_eq!(items[0]["balance_delta"], "5");
+    assert_eq!(items[0]["balance_after"], "15");
+    assert_eq!(items[0]["reference"], "r5");
+    assert_eq!(items[0]["kind"], "deposit");
+    assert_eq!(items[0]["wallet"], "live");
+    assert_eq!(items[0]["margin_delta"], "0");
+    assert_eq!(items[0]["hash"].as_str().unwrap().len(), 64);
+    assert!(items[0]["id"].as_i64().unwrap() > items[1]["id"].as_i64().unwrap());
+    let mut seen = 2;
+    let mut cursor = page.body["next_before_id"].as_i64().unwrap();
+    loop {
+        let page = app
+            .get(
+                &format!("/api/v1/users/{u}/transactions?limit=2&wallet=live&before_id={cursor}"),
+                Some(&app.user(u)),
+            )
+            .await;
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.iter().all(|e| e["id"].as_i64().unwrap() < cursor));
+        seen += items.len();
+        match page.body["next_before_id"].as_i64() {
+            Some(next) => cursor = next,
+            None => break,
+        }
+    }
+    assert_eq!(seen, 5);
+    // both wallets: 5 deposits + the demo opening balance; null reference shows as null
+    let all = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions"),
+            Some(&app.admin()),
+        )
+        .await;
+    let items = all.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 6);
+    assert!(all.body["next_before_id"].is_null());
+    let opening = items
+        .iter()
+        .find(|e| e["kind"] == "opening_balance")
+        .unwrap();
+    assert!(opening["reference"].is_null());
+    assert_eq!(opening["wallet"], "demo");
+    // validation and ownership
+    let other = app.create_user("k@x.io").await;
+    app.get(
+        &format!("/api/v1/users/{u}/transactions"),
+        Some(&app.user(other)),
+    )
+    .await
+    .problem(403, "forbidden");
+    app.get(
+        &format!("/api/v1/users/{u}/transactions?limit=0"),
+        Some(&app.admin()),
+    )
+    .await
+    .problem(400, "invalid_request");
+    app.get(
+        &format!("/api/v1/users/{u}/transactions?limit=501"),
+        Some(&app.admin()),
+    )
+    .await
+    .problem(400, "invalid_request");
+    app.get(
+        &format!("/api/v1/users/{u}/transactions?wallet=gold"),
+        Some(&app.admin()),
+    )
+    .await
+    .problem(400, "invalid_request");
+    app.get("/api/v1/users/999999/transactions", Some(&app.admin()))
+        .await
+        .problem(404, "not_found");
+    app.stop().await;
+}
+
+both_engines!(
+    deposit_contract,
+    bad_amounts_are_refused_and_change_nothing,
+    amounts_are_exact,
+    withdraw_contract,
+    transfer_contract,
+    journal_is_paginated_newest_first
+);
