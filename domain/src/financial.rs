@@ -270,25 +270,28 @@ pub async fn update_wallet_balance<C: ConnectionTrait>(
     .await
 }
 
+/// A fresh wallet for unit tests of the rules that take one.
+#[cfg(test)]
+pub fn test_wallet(balance: i64, margin: i64) -> wallet::Model {
+    wallet::Model {
+        id: 7,
+        user_id: 3,
+        kind: "live".into(),
+        currency: "USD".into(),
+        balance,
+        margin,
+        profit: 0,
+        version: 0,
+        last_hash: GENESIS_HASH.into(),
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_wallet as wallet;
     use super::*;
-
-    fn wallet(balance: i64, margin: i64) -> wallet::Model {
-        wallet::Model {
-            id: 7,
-            user_id: 3,
-            kind: "live".into(),
-            currency: "USD".into(),
-            balance,
-            margin,
-            profit: 0,
-            version: 0,
-            last_hash: GENESIS_HASH.into(),
-            created_at: now(),
-            updated_at: now(),
-        }
-    }
 
     fn posting(w: &mut wallet::Model, deltas: Deltas) -> Posting<'_> {
         Posting {

@@ -334,4 +334,103 @@ mod tests {
                 .should_retry(&DbErrorKind::ConnectionLost)
         );
     }
+
+    /// A PostgreSQL error carrying only a SQLSTATE, for driving the loop.
+    #[derive(Debug)]
+    struct Sqlstate(&'static str);
+
+    impl std::fmt::Display for Sqlstate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sqlstate {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Sqlstate {}
+
+    impl sea_orm::sqlx::error::DatabaseError for Sqlstate {
+        fn message(&self) -> &str {
+            "injected"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sea_orm::sqlx::error::ErrorKind {
+            sea_orm::sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn injected(code: &'static str) -> DomainError {
+        let e = sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code)));
+        DomainError::Database(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+            Arc::new(e),
+        )))
+    }
+
+    async fn service(dir: &tempfile::TempDir) -> TransactionService {
+        let config = Config {
+            database_url: format!("sqlite://{}/t.db", dir.path().display()),
+            ..Config::default()
+        };
+        TransactionService::new(Database::connect(&config).await.unwrap(), policy(0.0))
+    }
+
+    #[tokio::test]
+    async fn a_deadlock_reruns_the_whole_closure() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir).await;
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result = svc
+            .execute_with_retry("test", |_txn| {
+                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { if n < 2 { Err(injected("40P01")) } else { Ok(n) } }
+            })
+            .await;
+        assert_eq!(result.unwrap(), 2);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn retries_give_up_as_unavailable_and_fatal_errors_are_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir).await;
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result: DomainResult<()> = svc
+            .execute_with_retry("test", |_txn| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Err(injected("40001")) }
+            })
+            .await;
+        assert!(matches!(result, Err(DomainError::Unavailable(_))));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let result: DomainResult<()> = svc
+            .execute_with_retry("test", |_txn| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Err(injected("23505")) }
+            })
+            .await;
+        assert!(matches!(result, Err(DomainError::Database(_))));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // a business refusal is returned as it is, at once
+        calls.store(0, std::sync::atomic::Ordering::SeqCst);
+        let result: DomainResult<()> = svc
+            .execute_with_retry("test", |_txn| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async { Err(DomainError::SameAccount) }
+            })
+            .await;
+        assert!(matches!(result, Err(DomainError::SameAccount)));
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }

@@ -155,34 +155,73 @@ async fn lock_user_wallet(
         })
 }
 
-pub async fn deposit(
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// A deposit: money in.
+    Credit,
+    /// A withdrawal: money out, at most the free margin.
+    Debit,
+}
+
+/// A deposit or withdrawal: one balance change on one locked wallet.
+async fn single_wallet_operation(
     txn: &DatabaseTransaction,
     backend: Backend,
-    cmd: &Deposit,
+    target: (i64, WalletKind),
+    amount: Amount,
+    direction: Direction,
+    reference: Option<String>,
+    metadata: Option<serde_json::Value>,
 ) -> DomainResult<Operation> {
-    let mut w = lock_user_wallet(txn, backend, cmd.user_id, cmd.wallet).await?;
+    let (user_id, wallet) = target;
+    let mut w = lock_user_wallet(txn, backend, user_id, wallet).await?;
+    let (delta, kind) = match direction {
+        Direction::Credit => (amount.units(), kinds::DEPOSIT),
+        Direction::Debit => {
+            check_withdrawable(&w, amount)?;
+            (-amount.units(), kinds::WITHDRAWAL)
+        }
+    };
     let before = w.balance;
     let operation_id = Uuid::new_v4();
     let entry = financial::update_wallet_balance(
         txn,
         &mut w,
-        cmd.amount.units(),
-        kinds::DEPOSIT,
+        delta,
+        kind,
         operation_id,
-        cmd.reference.clone(),
-        metadata(&[("payment_method", &cmd.payment_method)]),
+        reference,
+        metadata,
     )
     .await?;
     Ok(Operation {
         operation_id,
-        user_id: cmd.user_id,
-        wallet: cmd.wallet,
-        kind: kinds::DEPOSIT,
-        amount: cmd.amount.units(),
+        user_id,
+        wallet,
+        kind,
+        amount: amount.units(),
         balance_before: before,
         balance_after: entry.balance_after,
         created_at: entry.created_at,
     })
+}
+
+pub async fn deposit(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    cmd: &Deposit,
+) -> DomainResult<Operation> {
+    let metadata = metadata(&[("payment_method", &cmd.payment_method)]);
+    single_wallet_operation(
+        txn,
+        backend,
+        (cmd.user_id, cmd.wallet),
+        cmd.amount,
+        Direction::Credit,
+        cmd.reference.clone(),
+        metadata,
+    )
+    .await
 }
 
 /// A withdrawal may take at most the free margin (`balance - margin`).
@@ -198,30 +237,17 @@ pub async fn withdraw(
     backend: Backend,
     cmd: &Withdrawal,
 ) -> DomainResult<Operation> {
-    let mut w = lock_user_wallet(txn, backend, cmd.user_id, cmd.wallet).await?;
-    check_withdrawable(&w, cmd.amount)?;
-    let before = w.balance;
-    let operation_id = Uuid::new_v4();
-    let entry = financial::update_wallet_balance(
+    let metadata = metadata(&[("destination", &cmd.destination)]);
+    single_wallet_operation(
         txn,
-        &mut w,
-        -cmd.amount.units(),
-        kinds::WITHDRAWAL,
-        operation_id,
+        backend,
+        (cmd.user_id, cmd.wallet),
+        cmd.amount,
+        Direction::Debit,
         None,
-        metadata(&[("destination", &cmd.destination)]),
+        metadata,
     )
-    .await?;
-    Ok(Operation {
-        operation_id,
-        user_id: cmd.user_id,
-        wallet: cmd.wallet,
-        kind: kinds::WITHDRAWAL,
-        amount: cmd.amount.units(),
-        balance_before: before,
-        balance_after: entry.balance_after,
-        created_at: entry.created_at,
-    })
+    .await
 }
 
 pub fn check_distinct_accounts(from: i64, to: i64) -> DomainResult<()> {
@@ -422,23 +448,8 @@ pub async fn list_journal<C: ConnectionTrait>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::financial::{GENESIS_HASH, now};
 
-    fn wallet(balance: i64, margin: i64) -> wallet::Model {
-        wallet::Model {
-            id: 1,
-            user_id: 1,
-            kind: "live".into(),
-            currency: "USD".into(),
-            balance,
-            margin,
-            profit: 0,
-            version: 0,
-            last_hash: GENESIS_HASH.into(),
-            created_at: now(),
-            updated_at: now(),
-        }
-    }
+    use crate::financial::test_wallet as wallet;
 
     #[test]
     fn withdrawal_is_limited_by_free_margin() {

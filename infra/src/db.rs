@@ -6,10 +6,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use migration::MigratorTrait;
-use sea_orm::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sea_orm::sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
-};
+use sea_orm::sqlx::pool::PoolOptions;
+use sea_orm::sqlx::postgres::PgConnectOptions;
+use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+use sea_orm::sqlx::{Postgres, Sqlite};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector,
 };
@@ -43,12 +43,18 @@ const PG_LOCK_TIMEOUT: &str = "5s";
 /// No statement may run longer than this; a runaway query is an error, not a hang.
 const PG_STATEMENT_TIMEOUT: &str = "30s";
 
+/// The pool settings both engines share.
+fn pool_options<DB: sea_orm::sqlx::Database>(config: &Config) -> PoolOptions<DB> {
+    PoolOptions::<DB>::new()
+        .max_connections(config.db_max_connections)
+        .min_connections(config.db_min_connections)
+        .acquire_timeout(config.acquire_timeout())
+        .idle_timeout(Duration::from_millis(config.db_idle_timeout_ms))
+}
+
 impl Database {
     pub async fn connect(config: &Config) -> Result<Self, DbErr> {
-        let acquire = config.acquire_timeout();
-        let idle = Duration::from_millis(config.db_idle_timeout_ms);
         let max = config.db_max_connections;
-        let min = config.db_min_connections;
         let sqlx_err =
             |e: sea_orm::sqlx::Error| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()));
         if config.is_sqlite() {
@@ -66,11 +72,7 @@ impl Database {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_millis(config.sqlite_busy_timeout_ms))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(max)
-                .min_connections(min)
-                .acquire_timeout(acquire)
-                .idle_timeout(idle)
+            let pool = pool_options::<Sqlite>(config)
                 .connect_with(options)
                 .await
                 .map_err(sqlx_err)?;
@@ -87,11 +89,7 @@ impl Database {
                     ("lock_timeout", PG_LOCK_TIMEOUT),
                     ("statement_timeout", PG_STATEMENT_TIMEOUT),
                 ]);
-            let pool = PgPoolOptions::new()
-                .max_connections(max)
-                .min_connections(min)
-                .acquire_timeout(acquire)
-                .idle_timeout(idle)
+            let pool = pool_options::<Postgres>(config)
                 .connect_with(options)
                 .await
                 .map_err(sqlx_err)?;

@@ -77,6 +77,33 @@ fn big(col: impl IntoIden) -> ColumnDef {
         .to_owned()
 }
 
+fn id(col: impl IntoIden) -> ColumnDef {
+    ColumnDef::new(col)
+        .big_integer()
+        .not_null()
+        .auto_increment()
+        .primary_key()
+        .to_owned()
+}
+
+async fn index<T: IntoIden, C: IntoIden>(
+    manager: &SchemaManager<'_>,
+    name: &str,
+    table: T,
+    cols: Vec<C>,
+    unique: bool,
+) -> Result<(), DbErr> {
+    let mut index = Index::create();
+    index.name(name).table(table);
+    for col in cols {
+        index.col(col);
+    }
+    if unique {
+        index.unique();
+    }
+    manager.create_index(index.to_owned()).await
+}
+
 fn ts(col: impl IntoIden) -> ColumnDef {
     ColumnDef::new(col)
         .timestamp_with_time_zone()
@@ -91,13 +118,7 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Users::Table)
-                    .col(
-                        ColumnDef::new(Users::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(id(Users::Id))
                     .col(ColumnDef::new(Users::Email).string_len(320).not_null())
                     .col(
                         ColumnDef::new(Users::AccountNumber)
@@ -129,38 +150,22 @@ impl MigrationTrait for Migration {
             ("ux_users_account_number", Users::AccountNumber),
             ("ux_users_referral_code", Users::ReferralCode),
         ] {
-            manager
-                .create_index(
-                    Index::create()
-                        .name(name)
-                        .table(Users::Table)
-                        .col(col)
-                        .unique()
-                        .to_owned(),
-                )
-                .await?;
+            index(manager, name, Users::Table, vec![col], true).await?;
         }
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_users_referrer")
-                    .table(Users::Table)
-                    .col(Users::ReferrerId)
-                    .to_owned(),
-            )
-            .await?;
+        index(
+            manager,
+            "ix_users_referrer",
+            Users::Table,
+            vec![Users::ReferrerId],
+            false,
+        )
+        .await?;
 
         manager
             .create_table(
                 Table::create()
                     .table(Wallets::Table)
-                    .col(
-                        ColumnDef::new(Wallets::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(id(Wallets::Id))
                     .col(ColumnDef::new(Wallets::UserId).big_integer().not_null())
                     .col(ColumnDef::new(Wallets::Kind).string_len(8).not_null())
                     .col(
@@ -201,29 +206,20 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ux_wallets_user_kind")
-                    .table(Wallets::Table)
-                    .col(Wallets::UserId)
-                    .col(Wallets::Kind)
-                    .unique()
-                    .to_owned(),
-            )
-            .await?;
+        index(
+            manager,
+            "ux_wallets_user_kind",
+            Wallets::Table,
+            vec![Wallets::UserId, Wallets::Kind],
+            true,
+        )
+        .await?;
 
         manager
             .create_table(
                 Table::create()
                     .table(JournalEntries::Table)
-                    .col(
-                        ColumnDef::new(JournalEntries::Id)
-                            .big_integer()
-                            .not_null()
-                            .auto_increment()
-                            .primary_key(),
-                    )
+                    .col(id(JournalEntries::Id))
                     .col(
                         ColumnDef::new(JournalEntries::OperationId)
                             .uuid()
@@ -276,38 +272,34 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_journal_wallet_id")
-                    .table(JournalEntries::Table)
-                    .col(JournalEntries::WalletId)
-                    .col(JournalEntries::Id)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_journal_user_id")
-                    .table(JournalEntries::Table)
-                    .col(JournalEntries::UserId)
-                    .col(JournalEntries::Id)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ux_journal_operation_wallet_kind")
-                    .table(JournalEntries::Table)
-                    .col(JournalEntries::OperationId)
-                    .col(JournalEntries::WalletId)
-                    .col(JournalEntries::Kind)
-                    .unique()
-                    .to_owned(),
-            )
-            .await?;
+        index(
+            manager,
+            "ix_journal_wallet_id",
+            JournalEntries::Table,
+            vec![JournalEntries::WalletId, JournalEntries::Id],
+            false,
+        )
+        .await?;
+        index(
+            manager,
+            "ix_journal_user_id",
+            JournalEntries::Table,
+            vec![JournalEntries::UserId, JournalEntries::Id],
+            false,
+        )
+        .await?;
+        index(
+            manager,
+            "ux_journal_operation_wallet_kind",
+            JournalEntries::Table,
+            vec![
+                JournalEntries::OperationId,
+                JournalEntries::WalletId,
+                JournalEntries::Kind,
+            ],
+            true,
+        )
+        .await?;
 
         manager
             .create_table(
@@ -368,15 +360,14 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_idempotency_expires")
-                    .table(IdempotencyKeys::Table)
-                    .col(IdempotencyKeys::ExpiresAtMs)
-                    .to_owned(),
-            )
-            .await?;
+        index(
+            manager,
+            "ix_idempotency_expires",
+            IdempotencyKeys::Table,
+            vec![IdempotencyKeys::ExpiresAtMs],
+            false,
+        )
+        .await?;
         Ok(())
     }
 

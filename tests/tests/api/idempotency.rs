@@ -203,5 +203,66 @@ both_engines!(
     same_key_same_body_replays_exactly,
     refusals_are_stored_and_replayed,
     in_flight_then_stale_claims,
-    expired_keys_are_cleaned_up_and_free_again
+    expired_keys_are_cleaned_up_and_free_again,
+    transient_failures_release_the_key
 );
+
+/// A transient failure after the key was claimed is not stored: the claim is
+/// released, and the same key executes once the failure has passed.
+async fn transient_failures_release_the_key(engine: Engine) {
+    use domain::DomainError;
+    use domain::idempotency::{IdempotentRequest, StoredResponse};
+
+    let app = TestApp::spawn(engine).await;
+    let idem = &app.state.ledger.idempotency;
+    let req = IdempotentRequest::new("service:test", "POST", "/test", "k-1", &json!({"n": 1}));
+    let ok = |v: &i32| StoredResponse {
+        status: 200,
+        body: v.to_string(),
+    };
+    let refused = |_: &DomainError| StoredResponse {
+        status: 422,
+        body: "refused".into(),
+    };
+    let failed = idem
+        .run(
+            "test",
+            &req,
+            |_txn| async {
+                Err::<i32, _>(DomainError::Unavailable(sea_orm::DbErr::Custom(
+                    "down".into(),
+                )))
+            },
+            ok,
+            refused,
+        )
+        .await;
+    assert!(matches!(failed, Err(DomainError::Unavailable(_))));
+    let conn = &app.state.ledger.db.conn;
+    assert!(
+        key::Entity::find_by_id(req.key.clone())
+            .one(conn)
+            .await
+            .unwrap()
+            .is_none(),
+        "a 5xx must not be stored"
+    );
+    let done = idem
+        .run("test", &req, |_txn| async { Ok(42) }, ok, refused)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            done.response.status,
+            done.response.body.as_str(),
+            done.replayed
+        ),
+        (200, "42", false)
+    );
+    let again = idem
+        .run("test", &req, |_txn| async { Ok(7) }, ok, refused)
+        .await
+        .unwrap();
+    assert_eq!((again.response.body.as_str(), again.replayed), ("42", true));
+    app.stop().await;
+}

@@ -153,7 +153,9 @@ both_engines!(
     request_ids_are_echoed_or_generated,
     oversized_bodies_are_refused,
     rate_limit_per_principal,
-    draining_turns_readiness_off
+    draining_turns_readiness_off,
+    cors_allows_configured_origins,
+    reconciliation_detects_tampering
 );
 
 /// PostgreSQL goes away: requests get 503 + Retry-After within the acquire
@@ -220,5 +222,115 @@ async fn postgres_outage_gives_503_and_recovers() {
     assert_eq!(app.balance(u, "live").await, "3");
     app.get("/health/ready", None).await.expect(200);
     app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn cors_allows_configured_origins(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| {
+        c.cors_allowed_origins = "https://app.example".into()
+    })
+    .await;
+    let preflight = app
+        .send(
+            app.client
+                .request(
+                    reqwest::Method::OPTIONS,
+                    format!("{}/api/v1/wallets/deposit", app.base),
+                )
+                .header("origin", "https://app.example")
+                .header("access-control-request-method", "POST")
+                .header(
+                    "access-control-request-headers",
+                    "authorization,content-type,idempotency-key",
+                ),
+        )
+        .await;
+    assert!(
+        preflight.status < 300,
+        "preflight: {} {}",
+        preflight.status,
+        preflight.text
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let r = app
+        .send(
+            app.client
+                .get(format!("{}/health", app.base))
+                .header("origin", "https://app.example"),
+        )
+        .await;
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    let other = app
+        .send(
+            app.client
+                .get(format!("{}/health", app.base))
+                .header("origin", "https://evil.example"),
+        )
+        .await;
+    assert_ne!(
+        other.header("access-control-allow-origin"),
+        Some("https://evil.example")
+    );
+    app.stop().await;
+}
+
+/// Reconciliation is not a formality: a journal row changed behind the
+/// ledger's back, or a balance changed without a journal entry, is found.
+async fn reconciliation_detects_tampering(engine: Engine) {
+    use infra::entities::{journal_entry, wallet};
+    use sea_orm::sea_query::{Expr, ExprTrait};
+    use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
+
+    let app = TestApp::spawn(engine).await;
+    let u = app.create_user("t@x.io").await;
+    app.deposit(u, "10", "live").await.expect(200);
+    app.deposit(u, "5", "live").await.expect(200);
+    app.assert_books_balance().await;
+    let conn = &app.state.ledger.db.conn;
+    let first = journal_entry::Entity::find()
+        .filter(journal_entry::Column::UserId.eq(u))
+        .filter(journal_entry::Column::Kind.eq("deposit"))
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap();
+    journal_entry::Entity::update_many()
+        .col_expr(journal_entry::Column::Reference, Expr::value("edited"))
+        .filter(journal_entry::Column::Id.eq(first.id))
+        .exec(conn)
+        .await
+        .unwrap();
+    let report = domain::reconcile::check_all(conn).await.unwrap();
+    assert!(
+        report
+            .discrepancies
+            .iter()
+            .any(|d| d.problem.contains("hash does not verify")),
+        "{report:?}"
+    );
+    // a balance moved without a journal entry
+    wallet::Entity::update_many()
+        .col_expr(
+            wallet::Column::Balance,
+            Expr::col(wallet::Column::Balance).add(1),
+        )
+        .filter(wallet::Column::Id.eq(first.wallet_id))
+        .exec(conn)
+        .await
+        .unwrap();
+    let report = domain::reconcile::check_all(conn).await.unwrap();
+    assert!(
+        report
+            .discrepancies
+            .iter()
+            .any(|d| d.problem.contains("journal sums to")),
+        "{report:?}"
+    );
     app.stop().await;
 }
