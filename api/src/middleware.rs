@@ -36,6 +36,9 @@ fn request_id(req: &Request) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
+/// Oversized bodies up to this multiple of the limit are drained, not cut off.
+const DRAIN_FACTOR: usize = 16;
+
 async fn limit_body(req: &mut Request, max: usize) -> Result<(), ApiError> {
     let too_large = || {
         ApiError::new(
@@ -50,7 +53,18 @@ async fn limit_body(req: &mut Request, max: usize) -> Result<(), ApiError> {
         .get(poem::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > max) {
+    if let Some(n) = declared.filter(|n| *n > max) {
+        // Read and discard a moderately oversized body so the client, still
+        // writing, gets the 413 instead of a reset connection; past the cap
+        // the connection is simply closed.
+        if n <= max.saturating_mul(DRAIN_FACTOR) {
+            let reader = req.take_body().into_async_read();
+            let _ = tokio::io::copy(
+                &mut tokio::io::AsyncReadExt::take(reader, n as u64),
+                &mut tokio::io::sink(),
+            )
+            .await;
+        }
         return Err(too_large());
     }
     if declared.is_none() {
