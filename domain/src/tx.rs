@@ -398,39 +398,35 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
     }
 
+    /// Runs a closure that always fails with `error()`; returns the result
+    /// and how many times the closure ran.
+    async fn always_failing(
+        svc: &TransactionService,
+        error: fn() -> DomainError,
+    ) -> (DomainResult<()>, u32) {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let result = svc
+            .execute_with_retry("test", |_txn| {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { Err(error()) }
+            })
+            .await;
+        (result, calls.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
     #[tokio::test]
     async fn retries_give_up_as_unavailable_and_fatal_errors_are_not_retried() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(&dir).await;
-        let calls = std::sync::atomic::AtomicU32::new(0);
-        let result: DomainResult<()> = svc
-            .execute_with_retry("test", |_txn| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async { Err(injected("40001")) }
-            })
-            .await;
+        let (result, calls) = always_failing(&svc, || injected("40001")).await;
         assert!(matches!(result, Err(DomainError::Unavailable(_))));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
-
-        calls.store(0, std::sync::atomic::Ordering::SeqCst);
-        let result: DomainResult<()> = svc
-            .execute_with_retry("test", |_txn| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async { Err(injected("23505")) }
-            })
-            .await;
+        assert_eq!(calls, 3);
+        let (result, calls) = always_failing(&svc, || injected("23505")).await;
         assert!(matches!(result, Err(DomainError::Database(_))));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
-
+        assert_eq!(calls, 1);
         // a business refusal is returned as it is, at once
-        calls.store(0, std::sync::atomic::Ordering::SeqCst);
-        let result: DomainResult<()> = svc
-            .execute_with_retry("test", |_txn| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async { Err(DomainError::SameAccount) }
-            })
-            .await;
+        let (result, calls) = always_failing(&svc, || DomainError::SameAccount).await;
         assert!(matches!(result, Err(DomainError::SameAccount)));
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(calls, 1);
     }
 }
