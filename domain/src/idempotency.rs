@@ -25,7 +25,6 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
-use crate::financial::now;
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";
@@ -258,7 +257,7 @@ impl IdempotencyService {
                 response_body: Set(None),
                 locked_until_ms: Set(now + millis(self.lease)),
                 expires_at_ms: Set(now + millis(self.ttl)),
-                created_at: Set(now_utc()),
+                created_at: Set(crate::financial::now()),
             })
             .on_conflict_do_nothing_on([key::Column::Key])
             .exec_without_returning(conn)
@@ -370,10 +369,6 @@ impl IdempotencyService {
             .await?;
         Ok(result.rows_affected)
     }
-}
-
-fn now_utc() -> chrono::DateTime<Utc> {
-    now()
 }
 
 fn classify_claim_error(e: sea_orm::DbErr) -> DomainError {
