@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
+use crate::financial::now;
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";
@@ -244,7 +245,7 @@ impl IdempotencyService {
         // A few rounds at most: each round either decides or loses a race to
         // a request that just changed the row.
         for _ in 0..4 {
-            let now = now_ms();
+            let at_ms = now_ms();
             let token = Uuid::new_v4();
             let inserted = key::Entity::insert(key::ActiveModel {
                 key: Set(req.key.clone()),
@@ -255,9 +256,9 @@ impl IdempotencyService {
                 claim_token: Set(token),
                 response_status: Set(None),
                 response_body: Set(None),
-                locked_until_ms: Set(now + millis(self.lease)),
-                expires_at_ms: Set(now + millis(self.ttl)),
-                created_at: Set(crate::financial::now()),
+                locked_until_ms: Set(at_ms + millis(self.lease)),
+                expires_at_ms: Set(at_ms + millis(self.ttl)),
+                created_at: Set(now()),
             })
             .on_conflict_do_nothing_on([key::Column::Key])
             .exec_without_returning(conn)
@@ -273,9 +274,9 @@ impl IdempotencyService {
             else {
                 continue; // deleted meanwhile (released or cleaned up): claim again
             };
-            if row.expires_at_ms <= now {
+            if row.expires_at_ms <= at_ms {
                 // Past its TTL but not yet cleaned up: the key is free again.
-                if self.take_over(&row, req, now, token, true).await? {
+                if self.take_over(&row, req, at_ms, token, true).await? {
                     return Ok(Claim::Claimed(token));
                 }
                 continue;
@@ -286,12 +287,12 @@ impl IdempotencyService {
             if row.status == COMPLETED {
                 return Ok(Claim::Replay(stored(&row)?));
             }
-            if row.locked_until_ms > now {
+            if row.locked_until_ms > at_ms {
                 return Err(DomainError::IdempotencyInFlight);
             }
             // A stale claim: its owner stopped before committing anything.
             tracing::warn!(route = %row.route, "taking over a stale idempotency claim");
-            if self.take_over(&row, req, now, token, false).await? {
+            if self.take_over(&row, req, at_ms, token, false).await? {
                 return Ok(Claim::Claimed(token));
             }
         }
@@ -304,7 +305,7 @@ impl IdempotencyService {
         &self,
         row: &key::Model,
         req: &IdempotentRequest,
-        now: i64,
+        at_ms: i64,
         token: Uuid,
         expired: bool,
     ) -> DomainResult<bool> {
@@ -313,7 +314,7 @@ impl IdempotencyService {
             .col_expr(key::Column::Status, Expr::value(PROCESSING))
             .col_expr(
                 key::Column::LockedUntilMs,
-                Expr::value(now + millis(self.lease)),
+                Expr::value(at_ms + millis(self.lease)),
             )
             .filter(key::Column::Key.eq(row.key.clone()))
             .filter(key::Column::ClaimToken.eq(row.claim_token));
@@ -333,13 +334,13 @@ impl IdempotencyService {
                 )
                 .col_expr(
                     key::Column::ExpiresAtMs,
-                    Expr::value(now + millis(self.ttl)),
+                    Expr::value(at_ms + millis(self.ttl)),
                 )
-                .filter(key::Column::ExpiresAtMs.lte(now));
+                .filter(key::Column::ExpiresAtMs.lte(at_ms));
         } else {
             update = update
                 .filter(key::Column::Status.eq(PROCESSING))
-                .filter(key::Column::LockedUntilMs.lte(now));
+                .filter(key::Column::LockedUntilMs.lte(at_ms));
         }
         let result = update
             .exec(&self.tx.db().conn)

@@ -335,6 +335,9 @@ mod tests {
         );
     }
 
+    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::Ordering::SeqCst;
+
     /// A PostgreSQL error carrying only a SQLSTATE, for driving the loop.
     #[derive(Debug)]
     struct Sqlstate(&'static str);
@@ -387,15 +390,15 @@ mod tests {
     async fn a_deadlock_reruns_the_whole_closure() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(&dir).await;
-        let calls = std::sync::atomic::AtomicU32::new(0);
+        let calls = AtomicU32::new(0);
         let result = svc
             .execute_with_retry("test", |_txn| {
-                let n = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let n = calls.fetch_add(1, SeqCst);
                 async move { if n < 2 { Err(injected("40P01")) } else { Ok(n) } }
             })
             .await;
         assert_eq!(result.unwrap(), 2);
-        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(calls.load(SeqCst), 3);
     }
 
     /// Runs a closure that always fails with `error()`; returns the result
@@ -404,14 +407,14 @@ mod tests {
         svc: &TransactionService,
         error: fn() -> DomainError,
     ) -> (DomainResult<()>, u32) {
-        let calls = std::sync::atomic::AtomicU32::new(0);
+        let calls = AtomicU32::new(0);
         let result = svc
             .execute_with_retry("test", |_txn| {
-                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                calls.fetch_add(1, SeqCst);
                 async move { Err(error()) }
             })
             .await;
-        (result, calls.load(std::sync::atomic::Ordering::SeqCst))
+        (result, calls.load(SeqCst))
     }
 
     #[tokio::test]

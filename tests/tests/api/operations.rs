@@ -279,6 +279,17 @@ async fn cors_allows_configured_origins(engine: Engine) {
     app.stop().await;
 }
 
+async fn assert_reconciliation_reports(conn: &sea_orm::DatabaseConnection, problem: &str) {
+    let report = domain::reconcile::check_all(conn).await.unwrap();
+    assert!(
+        report
+            .discrepancies
+            .iter()
+            .any(|d| d.problem.contains(problem)),
+        "expected a discrepancy containing {problem:?}: {report:?}"
+    );
+}
+
 /// Reconciliation is not a formality: a journal row changed behind the
 /// ledger's back, or a balance changed without a journal entry, is found.
 async fn reconciliation_detects_tampering(engine: Engine) {
@@ -305,14 +316,7 @@ async fn reconciliation_detects_tampering(engine: Engine) {
         .exec(conn)
         .await
         .unwrap();
-    let report = domain::reconcile::check_all(conn).await.unwrap();
-    assert!(
-        report
-            .discrepancies
-            .iter()
-            .any(|d| d.problem.contains("hash does not verify")),
-        "{report:?}"
-    );
+    assert_reconciliation_reports(conn, "hash does not verify").await;
     // a balance moved without a journal entry
     wallet::Entity::update_many()
         .col_expr(
@@ -323,13 +327,6 @@ async fn reconciliation_detects_tampering(engine: Engine) {
         .exec(conn)
         .await
         .unwrap();
-    let report = domain::reconcile::check_all(conn).await.unwrap();
-    assert!(
-        report
-            .discrepancies
-            .iter()
-            .any(|d| d.problem.contains("journal sums to")),
-        "{report:?}"
-    );
+    assert_reconciliation_reports(conn, "journal sums to").await;
     app.stop().await;
 }
