@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 
 use crate::middleware::observe;
 use crate::routes::health::HealthApi;
+use crate::routes::orders::OrdersApi;
+use crate::routes::prices::PricesApi;
+use crate::routes::referrals::ReferralsApi;
 use crate::routes::users::UsersApi;
 use crate::routes::wallets::WalletsApi;
 use crate::state::AppState;
@@ -27,7 +30,8 @@ use crate::state::AppState;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const DESCRIPTION: &str = "\
-Financial ledger for trading frontends: live and demo wallets, deposits, withdrawals, transfers.
+Financial ledger for trading frontends: live and demo wallets, deposits, withdrawals, transfers, \
+leveraged market orders with margin and P&L, referral bonuses and commissions.
 
 * Money is a JSON **string** in plain decimal notation (`\"100.5\"`), at most 8 decimals, no sign, \
 no exponent, greater than zero, at most `92233720368.54775807`. A JSON number is refused (400). \
@@ -41,13 +45,31 @@ after a configurable TTL (default 24 h).
 * Errors are `application/problem+json` with a stable `code`. A refused request changes nothing.
 * Every response carries `x-request-id` (echoed when the client sent a valid one).
 * Lists are newest first: `limit` (default 50, max 500) and `before_id` (cursor).
-* Authentication: `Authorization: Bearer <JWT>` (HS256; claims `sub`, `role` of user|service|admin, `exp`).";
+* Authentication: `Authorization: Bearer <JWT>` (HS256; claims `sub`, `role` of user|service|admin, `exp`).
+* Derived amounts (margin, fees, P&L, commissions) are computed exactly and rounded once, half to \
+even (banker's rounding), to 8 decimals.
+* Referral commissions accrue on the fees of live-wallet orders only (demo money earns nothing) and \
+are credited to referrers' live wallets by settlement.";
 
-pub type Apis = (HealthApi, UsersApi, WalletsApi);
+pub type Apis = (
+    HealthApi,
+    UsersApi,
+    WalletsApi,
+    PricesApi,
+    OrdersApi,
+    ReferralsApi,
+);
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (HealthApi, UsersApi, WalletsApi),
+        (
+            HealthApi,
+            UsersApi,
+            WalletsApi,
+            PricesApi,
+            OrdersApi,
+            ReferralsApi,
+        ),
         "Ledger API",
         env!("CARGO_PKG_VERSION"),
     )
@@ -167,6 +189,24 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             }
         }
     }));
+    if state.config.referral_settle_interval_ms > 0 {
+        let every = Duration::from_millis(state.config.referral_settle_interval_ms);
+        let s = Arc::clone(state);
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let ledger = &s.ledger;
+                if let Err(e) =
+                    domain::referrals::settle_pending(&ledger.tx, ledger.settle_batch, 100).await
+                {
+                    tracing::warn!(error = %e, "referral settlement failed");
+                }
+            }
+        }));
+    }
     if state.limiter.is_some() {
         let s = Arc::clone(state);
         jobs.push(tokio::spawn(async move {

@@ -153,6 +153,23 @@ impl From<&DomainError> for ApiError {
                 unprocessable("insufficient_funds", "Insufficient funds")
             }
             DomainError::SameAccount => unprocessable("same_account", "Same account"),
+            DomainError::InsufficientMargin { .. } => {
+                unprocessable("insufficient_margin", "Insufficient margin")
+            }
+            DomainError::NoPrice(_) => unprocessable("no_price", "No price"),
+            DomainError::OrderNotOpen(_) => Self::new(
+                S::CONFLICT,
+                "order_not_open",
+                "Order not open",
+                e.to_string(),
+            ),
+            DomainError::CooldownActive { retry_after_ms, .. } => Self::new(
+                S::TOO_MANY_REQUESTS,
+                "cooldown_active",
+                "Trade cooldown active",
+                e.to_string(),
+            )
+            .retry_after(retry_after_ms.div_ceil(1000).max(1)),
             DomainError::UnknownReferralCode => {
                 unprocessable("unknown_referral_code", "Unknown referral code")
             }
@@ -229,10 +246,13 @@ const DOCUMENTED: &[(u16, &str)] = &[
         403,
         "The token's role or subject may not do this (`forbidden`)",
     ),
-    (404, "Unknown user, wallet or route (`not_found`)"),
+    (
+        404,
+        "Unknown user, wallet, order, symbol or route (`not_found`)",
+    ),
     (
         409,
-        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After)",
+        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`)",
     ),
     (
         413,
@@ -240,11 +260,11 @@ const DOCUMENTED: &[(u16, &str)] = &[
     ),
     (
         422,
-        "A business rule refuses the request (`insufficient_funds`, `same_account`, `unknown_referral_code`, `balance_limit_exceeded`), or the Idempotency-Key was used with a different body (`idempotency_key_reused`)",
+        "A business rule refuses the request (`insufficient_funds`, `insufficient_margin`, `no_price`, `same_account`, `unknown_referral_code`, `balance_limit_exceeded`), or the Idempotency-Key was used with a different body (`idempotency_key_reused`)",
     ),
     (
         429,
-        "Rate limit for this principal (`rate_limited`, with Retry-After)",
+        "Rate limit for this principal (`rate_limited`), or trade cooldown for this user and symbol (`cooldown_active`); both with Retry-After and neither stored under the Idempotency-Key",
     ),
     (500, "A bug; the body never carries internals (`internal`)"),
     (

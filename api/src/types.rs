@@ -3,6 +3,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::money::format_units;
+use domain::orders::{OrderStatus as DomainOrderStatus, OrderView};
+use domain::prices::PriceView;
+use domain::referrals::{ReferralStats as ReferralStatsView, Settlement as SettlementView};
+use domain::trading::Side as TradeSide;
 use domain::users::UserView;
 use domain::wallets::{
     JournalView, Operation as OperationView, Transfer as TransferView, TransferSide, WalletKind,
@@ -334,4 +338,203 @@ pub struct JournalPage {
     pub items: Vec<JournalEntry>,
     /// Pass as `before_id` for the next (older) page; null on the last page.
     pub next_before_id: Option<i64>,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct PriceRequest {
+    pub price: DecimalString,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct Price {
+    pub symbol: String,
+    pub price: String,
+    pub updated_at: String,
+}
+
+impl From<&PriceView> for Price {
+    fn from(p: &PriceView) -> Self {
+        Self {
+            symbol: p.symbol.clone(),
+            price: format_units(p.price),
+            updated_at: timestamp(p.updated_at),
+        }
+    }
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+/// `buy` profits when the price rises, `sell` when it falls.
+#[oai(rename_all = "lowercase")]
+pub enum Side {
+    Buy,
+    Sell,
+}
+
+impl From<Side> for TradeSide {
+    fn from(s: Side) -> Self {
+        match s {
+            Side::Buy => TradeSide::Buy,
+            Side::Sell => TradeSide::Sell,
+        }
+    }
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum OrderStatus {
+    Open,
+    Closed,
+}
+
+impl From<OrderStatus> for DomainOrderStatus {
+    fn from(s: OrderStatus) -> Self {
+        match s {
+            OrderStatus::Open => DomainOrderStatus::Open,
+            OrderStatus::Closed => DomainOrderStatus::Closed,
+        }
+    }
+}
+
+/// A market order at the current price of `symbol`.
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct OpenOrderRequest {
+    pub user_id: i64,
+    /// `^[A-Z0-9]{2,20}$`, a symbol with a price.
+    #[oai(validator(max_length = 20))]
+    pub symbol: String,
+    pub side: Side,
+    /// Greater than zero, at most 8 decimals.
+    pub quantity: DecimalString,
+    /// 1 to the configured maximum (100 by default).
+    #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+    pub leverage: u32,
+    pub wallet: Wallet,
+}
+
+/// No fields: `{}`.
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+#[derive(Object, Debug, Clone)]
+pub struct Order {
+    pub id: i64,
+    pub user_id: i64,
+    pub wallet: String,
+    pub symbol: String,
+    pub side: String,
+    pub quantity: String,
+    pub leverage: i32,
+    /// `open` or `closed`.
+    pub status: String,
+    pub open_price: String,
+    pub close_price: Option<String>,
+    /// Held while open: `quantity * open_price / leverage`.
+    pub margin: String,
+    /// `quantity * open_price * fee_rate`.
+    pub open_fee: String,
+    /// `quantity * close_price * fee_rate`.
+    pub close_fee: Option<String>,
+    /// Buy: `(close - open) * quantity`; sell: `(open - close) * quantity`.
+    pub pnl: Option<String>,
+    /// The part of the loss and close fee that the free balance could not
+    /// cover, written off so that the balance never goes below zero.
+    pub written_off: Option<String>,
+    pub opened_at: String,
+    pub closed_at: Option<String>,
+}
+
+impl From<&OrderView> for Order {
+    fn from(o: &OrderView) -> Self {
+        Self {
+            id: o.id,
+            user_id: o.user_id,
+            wallet: o.wallet.clone(),
+            symbol: o.symbol.clone(),
+            side: o.side.clone(),
+            quantity: format_units(o.quantity),
+            leverage: o.leverage,
+            status: o.status.clone(),
+            open_price: format_units(o.open_price),
+            close_price: o.close_price.map(format_units),
+            margin: format_units(o.margin),
+            open_fee: format_units(o.open_fee),
+            close_fee: o.close_fee.map(format_units),
+            pnl: o.pnl.map(format_units),
+            written_off: o.written_off.map(format_units),
+            opened_at: timestamp(o.opened_at),
+            closed_at: o.closed_at.map(timestamp),
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct OrderPage {
+    pub items: Vec<Order>,
+    /// Pass as `before_id` for the next (older) page; null on the last page.
+    pub next_before_id: Option<i64>,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ReferralLevel {
+    /// 1 = direct referees, 2 = their referees, …
+    pub level: i32,
+    pub referees: i64,
+    pub commission_paid: String,
+    pub commission_pending: String,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ReferralStats {
+    pub referral_code: String,
+    /// Direct referees (level 1).
+    pub referees: i64,
+    pub by_level: Vec<ReferralLevel>,
+    /// Signup bonuses this user earned as a referrer.
+    pub signup_bonus_paid: String,
+    /// Commissions credited to the live wallet.
+    pub commission_paid: String,
+    /// Commissions accrued and not yet settled.
+    pub commission_pending: String,
+}
+
+impl From<&ReferralStatsView> for ReferralStats {
+    fn from(s: &ReferralStatsView) -> Self {
+        Self {
+            referral_code: s.referral_code.clone(),
+            referees: s.referees,
+            by_level: s
+                .by_level
+                .iter()
+                .map(|l| ReferralLevel {
+                    level: l.level,
+                    referees: l.referees,
+                    commission_paid: format_units(l.commission_paid),
+                    commission_pending: format_units(l.commission_pending),
+                })
+                .collect(),
+            signup_bonus_paid: format_units(s.signup_bonus_paid),
+            commission_paid: format_units(s.commission_paid),
+            commission_pending: format_units(s.commission_pending),
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct Settlement {
+    /// Commissions credited by this call.
+    pub settled: u64,
+    /// Their total.
+    pub amount: String,
+}
+
+impl From<&SettlementView> for Settlement {
+    fn from(s: &SettlementView) -> Self {
+        Self {
+            settled: s.settled,
+            amount: format_units(s.amount),
+        }
+    }
 }

@@ -14,6 +14,17 @@ pub enum DomainError {
         available: String,
         requested: String,
     },
+    #[error("free margin {available} < required {required} (margin plus open fee)")]
+    InsufficientMargin { available: String, required: String },
+    #[error("no price has been set for {0}")]
+    NoPrice(String),
+    #[error("order {0} is not open")]
+    OrderNotOpen(i64),
+    /// Another order by the same user on the same symbol is too recent.
+    #[error(
+        "an order on {symbol} was placed less than the cooldown ago; retry in {retry_after_ms} ms"
+    )]
+    CooldownActive { symbol: String, retry_after_ms: u64 },
     #[error("sender and recipient are the same account")]
     SameAccount,
     #[error("a user with this email already exists")]
@@ -40,11 +51,15 @@ pub enum DomainError {
 impl DomainError {
     /// A business refusal: the request was understood and refused, nothing
     /// changed, and the refusal is the final answer for its idempotency key.
+    /// A cooldown is not one: it passes, so the same key may be retried.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
             Self::NotFound(_)
                 | Self::InsufficientFunds { .. }
+                | Self::InsufficientMargin { .. }
+                | Self::NoPrice(_)
+                | Self::OrderNotOpen(_)
                 | Self::SameAccount
                 | Self::DuplicateEmail
                 | Self::UnknownReferralCode

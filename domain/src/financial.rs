@@ -17,13 +17,30 @@ use crate::money::format_units;
 /// The `prev_hash` of a wallet's first journal entry.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// Journal entry kinds written by the wallet use cases.
+/// Journal entry kinds: every movement of money has its own.
 pub mod kinds {
     pub const OPENING_BALANCE: &str = "opening_balance";
     pub const DEPOSIT: &str = "deposit";
     pub const WITHDRAWAL: &str = "withdrawal";
     pub const TRANSFER_OUT: &str = "transfer_out";
     pub const TRANSFER_IN: &str = "transfer_in";
+    /// Margin set aside for an opened order (margin up, balance unchanged).
+    pub const MARGIN_HOLD: &str = "margin_hold";
+    /// The fee charged when an order opens (balance down).
+    pub const ORDER_OPEN_FEE: &str = "order_open_fee";
+    /// An order's margin given back when it closes.
+    pub const MARGIN_RELEASE: &str = "margin_release";
+    /// The part of a closing loss (and its fee) that the free balance could
+    /// not cover, credited so that the balance never goes below zero.
+    pub const LOSS_WRITE_OFF: &str = "loss_write_off";
+    /// Realised profit or loss of a closed order (balance and profit).
+    pub const PNL: &str = "pnl";
+    /// The fee charged when an order closes (balance down).
+    pub const CLOSE_FEE: &str = "close_fee";
+    /// Paid to a referrer, or to a referee, when the referee signs up.
+    pub const SIGNUP_BONUS: &str = "signup_bonus";
+    /// Settled referral commissions credited to a referrer.
+    pub const REFERRAL_COMMISSION: &str = "referral_commission";
 }
 
 /// Minor-unit changes applied together under one lock.
@@ -43,14 +60,51 @@ impl Deltas {
     }
 }
 
-/// One change to one locked wallet.
+/// One journaled change: its kind, deltas and annotations.
+#[derive(Debug, Clone)]
+pub struct Leg {
+    pub kind: &'static str,
+    pub deltas: Deltas,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl Leg {
+    pub fn new(kind: &'static str, deltas: Deltas) -> Self {
+        Self {
+            kind,
+            deltas,
+            reference: None,
+            metadata: None,
+        }
+    }
+
+    pub fn reference(mut self, reference: Option<String>) -> Self {
+        self.reference = reference;
+        self
+    }
+
+    pub fn metadata(mut self, metadata: Option<serde_json::Value>) -> Self {
+        self.metadata = metadata;
+        self
+    }
+}
+
+/// The changes of one operation to one locked wallet, applied in order; each
+/// leg becomes one journal entry and must leave the wallet valid.
 #[derive(Debug)]
 pub struct Posting<'w> {
     pub wallet: &'w mut wallet::Model,
-    pub deltas: Deltas,
-    pub kind: &'static str,
-    pub reference: Option<String>,
-    pub metadata: Option<serde_json::Value>,
+    pub legs: Vec<Leg>,
+}
+
+impl<'w> Posting<'w> {
+    pub fn new(wallet: &'w mut wallet::Model, leg: Leg) -> Self {
+        Self {
+            wallet,
+            legs: vec![leg],
+        }
+    }
 }
 
 /// The fields a journal entry's hash covers, in a fixed order, as a JSON
@@ -91,16 +145,16 @@ fn apply(current: i64, delta: i64) -> DomainResult<i64> {
     current.checked_add(delta).ok_or(DomainError::BalanceLimit)
 }
 
-/// Computes the new state of the posting's wallet and its journal entry,
-/// refusing anything that would break `balance >= 0`, `margin >= 0` or
-/// `balance >= margin`. Pure: nothing is written.
+/// Computes the journal entry of one leg applied to `w` (the wallet as the
+/// previous leg left it), refusing anything that would break `balance >= 0`,
+/// `margin >= 0` or `balance >= margin`. Pure: nothing is written.
 pub fn prepare(
-    posting: &Posting<'_>,
+    w: &wallet::Model,
+    leg: &Leg,
     operation_id: Uuid,
     at: DateTime<Utc>,
 ) -> DomainResult<journal_entry::Model> {
-    let w = &*posting.wallet;
-    let d = posting.deltas;
+    let d = leg.deltas;
     let balance = apply(w.balance, d.balance)?;
     let margin = apply(w.margin, d.margin)?;
     let profit = apply(w.profit, d.profit)?;
@@ -116,15 +170,15 @@ pub fn prepare(
         wallet_id: w.id,
         user_id: w.user_id,
         wallet_kind: w.kind.clone(),
-        kind: posting.kind.to_owned(),
+        kind: leg.kind.to_owned(),
         balance_delta: d.balance,
         margin_delta: d.margin,
         profit_delta: d.profit,
         balance_after: balance,
         margin_after: margin,
         profit_after: profit,
-        reference: posting.reference.clone(),
-        metadata: posting.metadata.as_ref().map(|m| m.to_string()),
+        reference: leg.reference.clone(),
+        metadata: leg.metadata.as_ref().map(|m| m.to_string()),
         created_at: at,
         hash: String::new(),
     };
@@ -132,36 +186,72 @@ pub fn prepare(
     Ok(entry)
 }
 
-/// Applies every posting of one operation. Several postings may touch the
-/// same wallet; each sees the state the previous one left.
+/// Applies every posting of one operation: per wallet one `UPDATE` (all its
+/// legs summed, guarded by the version read under the lock), then one
+/// multi-row journal `INSERT` for all legs of all wallets.
 pub async fn post<C: ConnectionTrait>(
     conn: &C,
     operation_id: Uuid,
     postings: Vec<Posting<'_>>,
 ) -> DomainResult<Vec<journal_entry::Model>> {
     let at = now();
-    let mut entries = Vec::with_capacity(postings.len());
+    let mut entries = Vec::new();
     for posting in postings {
-        let entry = prepare(&posting, operation_id, at)?;
         let w = posting.wallet;
+        let mut next = w.clone();
+        let mut total = Deltas::default();
+        for leg in &posting.legs {
+            let entry = prepare(&next, leg, operation_id, at)?;
+            total = Deltas {
+                balance: apply(total.balance, leg.deltas.balance)?,
+                margin: apply(total.margin, leg.deltas.margin)?,
+                profit: apply(total.profit, leg.deltas.profit)?,
+            };
+            next.balance = entry.balance_after;
+            next.margin = entry.margin_after;
+            next.profit = entry.profit_after;
+            next.last_hash = entry.hash.clone();
+            tracing::info!(
+                target: "financial",
+                operation_id = %operation_id,
+                wallet_id = w.id,
+                user_id = w.user_id,
+                wallet = %w.kind,
+                kind = leg.kind,
+                old_balance = %format_units(entry.balance_after - leg.deltas.balance),
+                new_balance = %format_units(entry.balance_after),
+                old_margin = %format_units(entry.margin_after - leg.deltas.margin),
+                new_margin = %format_units(entry.margin_after),
+                old_profit = %format_units(entry.profit_after - leg.deltas.profit),
+                new_profit = %format_units(entry.profit_after),
+                "financial"
+            );
+            entries.push(entry);
+        }
+        if posting.legs.is_empty() {
+            continue;
+        }
         let updated = wallet::Entity::update_many()
             .col_expr(
                 wallet::Column::Balance,
-                Expr::col(wallet::Column::Balance).add(entry.balance_delta),
+                Expr::col(wallet::Column::Balance).add(total.balance),
             )
             .col_expr(
                 wallet::Column::Margin,
-                Expr::col(wallet::Column::Margin).add(entry.margin_delta),
+                Expr::col(wallet::Column::Margin).add(total.margin),
             )
             .col_expr(
                 wallet::Column::Profit,
-                Expr::col(wallet::Column::Profit).add(entry.profit_delta),
+                Expr::col(wallet::Column::Profit).add(total.profit),
             )
             .col_expr(
                 wallet::Column::Version,
                 Expr::col(wallet::Column::Version).add(1),
             )
-            .col_expr(wallet::Column::LastHash, Expr::value(entry.hash.clone()))
+            .col_expr(
+                wallet::Column::LastHash,
+                Expr::value(next.last_hash.clone()),
+            )
             .col_expr(wallet::Column::UpdatedAt, Expr::value(at))
             .filter(wallet::Column::Id.eq(w.id))
             .filter(wallet::Column::Version.eq(w.version))
@@ -174,28 +264,12 @@ pub async fn post<C: ConnectionTrait>(
                 w.id
             )));
         }
-        tracing::info!(
-            target: "financial",
-            operation_id = %operation_id,
-            wallet_id = w.id,
-            user_id = w.user_id,
-            wallet = %w.kind,
-            kind = posting.kind,
-            old_balance = %format_units(w.balance),
-            new_balance = %format_units(entry.balance_after),
-            old_margin = %format_units(w.margin),
-            new_margin = %format_units(entry.margin_after),
-            old_profit = %format_units(w.profit),
-            new_profit = %format_units(entry.profit_after),
-            "financial"
-        );
-        w.balance = entry.balance_after;
-        w.margin = entry.margin_after;
-        w.profit = entry.profit_after;
-        w.version += 1;
-        w.last_hash = entry.hash.clone();
-        w.updated_at = at;
-        entries.push(entry);
+        next.version += 1;
+        next.updated_at = at;
+        *w = next;
+    }
+    if entries.is_empty() {
+        return Ok(entries);
     }
     let rows = entries.iter().map(|e| journal_entry::ActiveModel {
         operation_id: Set(e.operation_id),
@@ -231,18 +305,10 @@ pub async fn perform_combined_operation<C: ConnectionTrait>(
     reference: Option<String>,
     metadata: Option<serde_json::Value>,
 ) -> DomainResult<journal_entry::Model> {
-    let mut entries = post(
-        conn,
-        operation_id,
-        vec![Posting {
-            wallet,
-            deltas,
-            kind,
-            reference,
-            metadata,
-        }],
-    )
-    .await?;
+    let leg = Leg::new(kind, deltas)
+        .reference(reference)
+        .metadata(metadata);
+    let mut entries = post(conn, operation_id, vec![Posting::new(wallet, leg)]).await?;
     entries
         .pop()
         .ok_or_else(|| DomainError::Unexpected("posting produced no entry".into()))
@@ -293,22 +359,16 @@ mod tests {
     use super::test_wallet as wallet;
     use super::*;
 
-    fn posting(w: &mut wallet::Model, deltas: Deltas) -> Posting<'_> {
-        Posting {
-            wallet: w,
-            deltas,
-            kind: kinds::DEPOSIT,
-            reference: None,
-            metadata: None,
-        }
+    fn leg(deltas: Deltas) -> Leg {
+        Leg::new(kinds::DEPOSIT, deltas)
     }
 
     #[test]
     fn prepare_computes_values_after_and_a_chained_hash() {
-        let mut w = wallet(100, 0);
+        let w = wallet(100, 0);
         let at = now();
         let op = Uuid::new_v4();
-        let e = prepare(&posting(&mut w, Deltas::balance(50)), op, at).unwrap();
+        let e = prepare(&w, &leg(Deltas::balance(50)), op, at).unwrap();
         assert_eq!(
             (e.balance_after, e.margin_after, e.profit_after),
             (150, 0, 0)
@@ -319,33 +379,33 @@ mod tests {
 
     #[test]
     fn invariants_are_enforced() {
-        let mut w = wallet(100, 40);
+        let w = wallet(100, 40);
         let at = now();
         let op = Uuid::new_v4();
         // balance may not drop below margin
         assert!(matches!(
-            prepare(&posting(&mut w, Deltas::balance(-61)), op, at),
+            prepare(&w, &leg(Deltas::balance(-61)), op, at),
             Err(DomainError::InsufficientFunds { .. })
         ));
-        assert!(prepare(&posting(&mut w, Deltas::balance(-60)), op, at).is_ok());
+        assert!(prepare(&w, &leg(Deltas::balance(-60)), op, at).is_ok());
         // margin may not go negative
         let d = Deltas {
             margin: -41,
             ..Deltas::default()
         };
-        assert!(prepare(&posting(&mut w, d), op, at).is_err());
+        assert!(prepare(&w, &leg(d), op, at).is_err());
         // overflow is refused, never wrapped
-        let mut full = wallet(i64::MAX, 0);
+        let full = wallet(i64::MAX, 0);
         assert!(matches!(
-            prepare(&posting(&mut full, Deltas::balance(1)), op, at),
+            prepare(&full, &leg(Deltas::balance(1)), op, at),
             Err(DomainError::BalanceLimit)
         ));
     }
 
     #[test]
     fn any_change_to_an_entry_changes_its_hash() {
-        let mut w = wallet(100, 0);
-        let e = prepare(&posting(&mut w, Deltas::balance(5)), Uuid::new_v4(), now()).unwrap();
+        let w = wallet(100, 0);
+        let e = prepare(&w, &leg(Deltas::balance(5)), Uuid::new_v4(), now()).unwrap();
         let mut tampered = e.clone();
         tampered.balance_after += 1;
         assert_ne!(chain_hash(GENESIS_HASH, &tampered), e.hash);
@@ -358,8 +418,8 @@ mod tests {
 
     #[test]
     fn none_and_empty_reference_hash_differently() {
-        let mut w = wallet(100, 0);
-        let mut a = prepare(&posting(&mut w, Deltas::balance(5)), Uuid::new_v4(), now()).unwrap();
+        let w = wallet(100, 0);
+        let mut a = prepare(&w, &leg(Deltas::balance(5)), Uuid::new_v4(), now()).unwrap();
         let h1 = chain_hash(GENESIS_HASH, &a);
         a.reference = Some(String::new());
         assert_ne!(h1, chain_hash(GENESIS_HASH, &a));

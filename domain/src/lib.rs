@@ -1,24 +1,35 @@
 //! Business rules and services. Nothing here knows HTTP.
 //!
-//! Where is the deposit rule? `wallets.rs`. The money-moving primitive?
-//! `financial.rs`. Retries and locks? `tx.rs`. Exactly-once? `idempotency.rs`.
+//! Where is the deposit rule? `wallets.rs`. Margin, fees and P&L?
+//! `trading.rs` (arithmetic) and `orders.rs` (under the lock). Bonuses and
+//! commissions? `referrals.rs`. The money-moving primitive? `financial.rs`.
+//! Retries and locks? `tx.rs`. Exactly-once? `idempotency.rs`.
 
 pub mod db_error;
 pub mod error;
 pub mod financial;
 pub mod idempotency;
 pub mod money;
+pub mod orders;
+pub mod prices;
 pub mod reconcile;
+pub mod referrals;
+pub mod sql;
+pub mod trading;
 pub mod tx;
 pub mod users;
 pub mod wallets;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{DomainError, DomainResult};
 use infra::{Config, Database};
 
 use crate::idempotency::IdempotencyService;
+use crate::money::Rate;
+use crate::referrals::ReferralRules;
+use crate::trading::TradingRules;
 use crate::tx::{RetryPolicy, TransactionService};
 
 /// The services the API calls, built once from the configuration.
@@ -29,6 +40,20 @@ pub struct Ledger {
     pub idempotency: IdempotencyService,
     /// Opening balance of new demo wallets, minor units.
     pub demo_balance: i64,
+    pub trading: Arc<TradingRules>,
+    pub referral: Arc<ReferralRules>,
+    /// Commissions settled per transaction.
+    pub settle_batch: u64,
+}
+
+fn setting_units(name: &'static str, value: &str) -> DomainResult<i64> {
+    let d = infra::config::parse_decimal_setting(name, value)
+        .map_err(|e| DomainError::invalid(name, e))?;
+    money::to_units(d).map_err(|e| DomainError::invalid(name, e))
+}
+
+fn setting_rate(name: &'static str, value: rust_decimal::Decimal) -> DomainResult<Rate> {
+    Rate::from_decimal(value).map_err(|e| DomainError::invalid(name, e))
 }
 
 impl Ledger {
@@ -39,17 +64,31 @@ impl Ledger {
             Duration::from_secs(config.idempotency_ttl_secs),
             Duration::from_millis(config.idempotency_lease_ms),
         );
-        let demo = config
-            .demo_balance
-            .parse()
-            .map_err(|_| DomainError::invalid("demo_balance", "not a decimal"))?;
-        let demo_balance =
-            money::to_units(demo).map_err(|e| DomainError::invalid("demo_balance", e))?;
+        let fee_rate =
+            infra::config::parse_decimal_setting("trade_fee_rate", &config.trade_fee_rate)
+                .map_err(|e| DomainError::invalid("trade_fee_rate", e))?;
+        let rates = config
+            .commission_rates()
+            .map_err(|e| DomainError::invalid("referral_commission_rates", e))?
+            .into_iter()
+            .map(|r| setting_rate("referral_commission_rates", r))
+            .collect::<DomainResult<Vec<_>>>()?;
         Ok(Self {
             db,
             tx,
             idempotency,
-            demo_balance,
+            demo_balance: setting_units("demo_balance", &config.demo_balance)?,
+            trading: Arc::new(TradingRules {
+                fee_rate: setting_rate("trade_fee_rate", fee_rate)?,
+                max_leverage: config.max_leverage,
+                cooldown_ms: config.trade_cooldown_ms,
+            }),
+            referral: Arc::new(ReferralRules {
+                referrer_bonus: setting_units("referrer_bonus", &config.referrer_bonus)?,
+                referee_bonus: setting_units("referee_bonus", &config.referee_bonus)?,
+                rates,
+            }),
+            settle_batch: u64::from(config.referral_settle_batch.max(1)),
         })
     }
 }

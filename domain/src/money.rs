@@ -112,9 +112,59 @@ pub fn format_units(units: i64) -> String {
     from_units(units).to_string()
 }
 
+/// [`format_units`] for sums that may exceed an amount (up to 96 bits).
+pub fn from_units_i128(units: i128) -> String {
+    Decimal::try_from_i128_with_scale(units, SCALE)
+        .map(|d| d.normalize().to_string())
+        .unwrap_or_else(|_| "more than the largest amount".into())
+}
+
 /// The one rounding rule for derived values: half to even at 8 decimals.
 pub fn round(value: Decimal) -> Decimal {
     value.round_dp_with_strategy(SCALE, RoundingStrategy::MidpointNearestEven)
+}
+
+/// Minor units in one whole unit (10^8).
+pub const UNIT: i128 = 100_000_000;
+
+/// `n / d` rounded half to even, the integer form of [`round`]: derived
+/// values are computed exactly in `i128` minor units at a higher scale and
+/// rounded once, here. `d` must be positive.
+pub fn div_round(n: i128, d: i128) -> i128 {
+    debug_assert!(d > 0);
+    let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
+    match (2 * r).cmp(&d) {
+        std::cmp::Ordering::Less => q,
+        std::cmp::Ordering::Greater => q + 1,
+        std::cmp::Ordering::Equal if q % 2 == 0 => q,
+        std::cmp::Ordering::Equal => q + 1,
+    }
+}
+
+/// A rate such as a fee or commission rate: `0..=1`, at most 8 decimals,
+/// kept as minor units (0.001 = 100_000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate(i64);
+
+impl Rate {
+    pub fn from_decimal(value: Decimal) -> Result<Self, MoneyError> {
+        let units = to_units(value)?;
+        if !(0..=100_000_000).contains(&units) {
+            return Err(MoneyError::TooLarge);
+        }
+        Ok(Self(units))
+    }
+
+    pub fn units(self) -> i64 {
+        self.0
+    }
+
+    /// `amount * rate`, rounded by the one rule. Cannot overflow: the
+    /// result is at most `amount`.
+    pub fn of(self, amount: i64) -> i64 {
+        let v = div_round(i128::from(amount) * i128::from(self.0), UNIT);
+        i64::try_from(v).unwrap_or(amount)
+    }
 }
 
 #[cfg(test)]
@@ -184,6 +234,35 @@ mod tests {
             Ok(110_000_000)
         );
         assert_eq!(to_units(Decimal::from(i64::MAX)), Err(MoneyError::TooLarge));
+    }
+
+    #[test]
+    fn integer_division_rounds_half_to_even() {
+        assert_eq!(div_round(5, 2), 2); // 2.5 -> 2
+        assert_eq!(div_round(7, 2), 4); // 3.5 -> 4
+        assert_eq!(div_round(11, 4), 3); // 2.75 -> 3
+        assert_eq!(div_round(9, 4), 2); // 2.25 -> 2
+        assert_eq!(div_round(-5, 2), -2); // -2.5 -> -2
+        assert_eq!(div_round(-7, 2), -4); // -3.5 -> -4
+        assert_eq!(div_round(-11, 4), -3); // -2.75 -> -3
+        assert_eq!(div_round(-9, 4), -2); // -2.25 -> -2
+        assert_eq!(div_round(12, 4), 3);
+        assert_eq!(div_round(0, 7), 0);
+    }
+
+    #[test]
+    fn rates_apply_with_the_same_rounding() {
+        let r = |s: &str| Rate::from_decimal(Decimal::from_str(s).unwrap());
+        let fifth = r("0.2").unwrap();
+        assert_eq!(fifth.units(), 20_000_000);
+        assert_eq!(fifth.of(1_000), 200);
+        assert_eq!(fifth.of(3), 1); // 0.6 -> 1
+        assert_eq!(r("0.5").unwrap().of(5), 2); // 2.5 -> 2
+        assert_eq!(r("0.5").unwrap().of(7), 4); // 3.5 -> 4
+        assert_eq!(r("1").unwrap().of(i64::MAX), i64::MAX);
+        assert_eq!(r("0").unwrap().of(1_000), 0);
+        assert!(r("1.5").is_err());
+        assert!(r("0.000000001").is_err());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! referrer link) and reads.
 
 use chrono::{DateTime, Utc};
+use infra::Backend;
 use infra::entities::{user, wallet};
 use rand::Rng;
 use sea_orm::{
@@ -13,7 +14,8 @@ use validator::ValidateEmail;
 
 use crate::db_error::{DbErrorKind, classify};
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{self, GENESIS_HASH, Posting, kinds};
+use crate::financial::{self, Deltas, GENESIS_HASH, Leg, Posting, kinds};
+use crate::referrals::{self, ReferralRules};
 use crate::wallets::{WalletKind, WalletView};
 
 /// A syntactically valid email address, lower-cased.
@@ -103,9 +105,12 @@ fn view(u: user::Model, wallets: &[wallet::Model]) -> UserView {
 /// Creates the user, a `live` wallet at zero and a `demo` wallet holding
 /// `demo_balance` (journaled as its opening balance), in the caller's
 /// transaction.
+/// With a referrer, the signup bonuses are paid in the same transaction.
 pub async fn create_user(
     txn: &DatabaseTransaction,
+    backend: Backend,
     demo_balance: i64,
+    referral: &ReferralRules,
     cmd: &NewUser,
 ) -> DomainResult<UserView> {
     let referrer_id = match &cmd.referral_code {
@@ -182,15 +187,19 @@ pub async fn create_user(
         financial::post(
             txn,
             Uuid::new_v4(),
-            vec![Posting {
-                wallet: demo,
-                deltas: financial::Deltas::balance(demo_balance),
-                kind: kinds::OPENING_BALANCE,
-                reference: None,
-                metadata: None,
-            }],
+            vec![Posting::new(
+                demo,
+                Leg::new(kinds::OPENING_BALANCE, Deltas::balance(demo_balance)),
+            )],
         )
         .await?;
+    }
+    if let Some(referrer_id) = referrer_id
+        && let Some(live) = wallets
+            .iter_mut()
+            .find(|w| w.kind == WalletKind::Live.as_str())
+    {
+        referrals::pay_signup_bonuses(txn, backend, referral, live, referrer_id).await?;
     }
     Ok(view(user, &wallets))
 }

@@ -11,7 +11,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{self, Deltas, Posting, kinds};
+use crate::financial::{self, Deltas, Leg, Posting, kinds};
 use crate::money::{Amount, format_units};
 use crate::tx::{lock_wallet, lock_wallets_in_order};
 
@@ -141,7 +141,7 @@ fn insufficient(wallet: &wallet::Model, amount: Amount) -> DomainError {
     }
 }
 
-async fn lock_user_wallet(
+pub async fn lock_user_wallet(
     txn: &DatabaseTransaction,
     backend: Backend,
     user_id: i64,
@@ -297,20 +297,14 @@ pub async fn transfer(
         txn,
         operation_id,
         vec![
-            Posting {
-                wallet: from,
-                deltas: Deltas::balance(-amount),
-                kind: kinds::TRANSFER_OUT,
-                reference: None,
-                metadata: Some(from_meta),
-            },
-            Posting {
-                wallet: to,
-                deltas: Deltas::balance(amount),
-                kind: kinds::TRANSFER_IN,
-                reference: None,
-                metadata: Some(to_meta),
-            },
+            Posting::new(
+                from,
+                Leg::new(kinds::TRANSFER_OUT, Deltas::balance(-amount)).metadata(Some(from_meta)),
+            ),
+            Posting::new(
+                to,
+                Leg::new(kinds::TRANSFER_IN, Deltas::balance(amount)).metadata(Some(to_meta)),
+            ),
         ],
     )
     .await?;

@@ -71,6 +71,7 @@ pub struct Config {
     pub idempotency_lease_ms: u64,
     pub idempotency_cleanup_interval_secs: u64,
     /// Starting balance of every new demo wallet, a decimal string.
+    #[serde(deserialize_with = "decimal_text")]
     pub demo_balance: String,
     /// HS256 signing secret. Required with PostgreSQL; generated and kept
     /// beside the database file for the SQLite default when unset.
@@ -87,6 +88,59 @@ pub struct Config {
     pub shutdown_drain_ms: u64,
     /// Upper bound on waiting for in-flight requests at shutdown.
     pub shutdown_timeout_secs: u64,
+    /// Fee on an order's notional value (`quantity * price`), charged at
+    /// open and again at close. A decimal string: "0.001" is 0.1 %.
+    #[serde(deserialize_with = "decimal_text")]
+    pub trade_fee_rate: String,
+    /// Highest leverage an order may use (at most 100).
+    pub max_leverage: u32,
+    /// A second order by the same user on the same symbol within this many
+    /// milliseconds is refused (429 `cooldown_active`); 0 turns it off.
+    pub trade_cooldown_ms: u64,
+    /// Paid to the referrer's live wallet when a referee signs up.
+    #[serde(deserialize_with = "decimal_text")]
+    pub referrer_bonus: String,
+    /// Paid to the new user's live wallet when it signs up with a code.
+    #[serde(deserialize_with = "decimal_text")]
+    pub referee_bonus: String,
+    /// Commission rate per upline level, comma-separated: "0.20,0.05" pays
+    /// the direct referrer 20 % and the referrer's referrer 5 % of each fee.
+    #[serde(deserialize_with = "decimal_text")]
+    pub referral_commission_rates: String,
+    /// How often pending commissions are settled; 0 turns the job off
+    /// (`POST /api/v1/referrals/settle` still settles).
+    pub referral_settle_interval_ms: u64,
+    /// Commissions settled per transaction.
+    pub referral_settle_batch: u32,
+}
+
+/// Accepts a decimal setting as a string or as a number: environment values
+/// such as `LEDGER_TRADE_FEE_RATE=0.002` arrive as numbers.
+fn decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        S(String),
+        I(i64),
+        U(u64),
+        F(f64),
+    }
+    Ok(match Text::deserialize(d)? {
+        Text::S(s) => s,
+        Text::I(i) => i.to_string(),
+        Text::U(u) => u.to_string(),
+        Text::F(f) => f.to_string(),
+    })
+}
+
+/// Parses a non-negative decimal setting with at most 8 decimals.
+pub fn parse_decimal_setting(name: &str, value: &str) -> Result<Decimal, ConfigError> {
+    match value.trim().parse::<Decimal>() {
+        Ok(d) if d >= Decimal::ZERO && d.normalize().scale() <= 8 => Ok(d),
+        _ => Err(ConfigError::Invalid(format!(
+            "{name} must be a non-negative decimal with at most 8 decimals, got {value:?}"
+        ))),
+    }
 }
 
 impl Default for Config {
@@ -115,6 +169,14 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_drain_ms: 2_000,
             shutdown_timeout_secs: 30,
+            trade_fee_rate: "0.001".into(),
+            max_leverage: 100,
+            trade_cooldown_ms: 0,
+            referrer_bonus: "10".into(),
+            referee_bonus: "0".into(),
+            referral_commission_rates: "0.20,0.05".into(),
+            referral_settle_interval_ms: 5_000,
+            referral_settle_batch: 500,
         }
     }
 }
@@ -172,9 +234,21 @@ impl Config {
         if self.idempotency_ttl_secs == 0 || self.idempotency_lease_ms == 0 {
             return bad("idempotency_ttl_secs and idempotency_lease_ms must be positive");
         }
-        match self.demo_balance.parse::<Decimal>() {
-            Ok(d) if d >= Decimal::ZERO && d.scale() <= 8 => {}
-            _ => return bad("demo_balance must be a non-negative decimal with at most 8 decimals"),
+        parse_decimal_setting("demo_balance", &self.demo_balance)?;
+        parse_decimal_setting("referrer_bonus", &self.referrer_bonus)?;
+        parse_decimal_setting("referee_bonus", &self.referee_bonus)?;
+        if parse_decimal_setting("trade_fee_rate", &self.trade_fee_rate)? > Decimal::ONE {
+            return bad("trade_fee_rate must not exceed 1");
+        }
+        let rates = self.commission_rates()?;
+        if rates.len() > 10 || rates.iter().sum::<Decimal>() > Decimal::ONE {
+            return bad("referral_commission_rates: at most 10 levels, summing to at most 1");
+        }
+        if !(1..=100).contains(&self.max_leverage) {
+            return bad("max_leverage must be within 1..=100");
+        }
+        if self.referral_settle_batch == 0 {
+            return bad("referral_settle_batch must be at least 1");
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");
@@ -189,6 +263,17 @@ impl Config {
             return bad("jwt_secret must be at least 16 characters");
         }
         Ok(())
+    }
+
+    /// The commission rate of each upline level, level 1 first. Empty turns
+    /// commissions off.
+    pub fn commission_rates(&self) -> Result<Vec<Decimal>, ConfigError> {
+        self.referral_commission_rates
+            .split(',')
+            .map(str::trim)
+            .filter(|r| !r.is_empty())
+            .map(|r| parse_decimal_setting("referral_commission_rates", r))
+            .collect()
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -283,6 +368,30 @@ mod tests {
         assert_eq!((c.retry_max_attempts, c.retry_initial_ms), (3, 10));
         assert_eq!(c.idempotency_ttl_secs, 86_400);
         assert_eq!(c.demo_balance, "10000");
+        assert_eq!(c.trade_fee_rate, "0.001");
+        assert_eq!((c.max_leverage, c.trade_cooldown_ms), (100, 0));
+        assert_eq!(
+            (c.referrer_bonus.as_str(), c.referee_bonus.as_str()),
+            ("10", "0")
+        );
+        assert_eq!(
+            c.commission_rates().unwrap(),
+            vec![Decimal::new(20, 2), Decimal::new(5, 2)]
+        );
+        assert_eq!(c.referral_settle_interval_ms, 5_000);
+    }
+
+    #[test]
+    fn decimal_settings_may_arrive_as_numbers() {
+        let c: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Serialized::default("trade_fee_rate", 0.002))
+            .merge(Serialized::default("referrer_bonus", 25))
+            .merge(Serialized::default("referral_commission_rates", "0.3"))
+            .extract()
+            .unwrap();
+        assert_eq!(c.trade_fee_rate, "0.002");
+        assert_eq!(c.referrer_bonus, "25");
+        assert_eq!(c.commission_rates().unwrap(), vec![Decimal::new(3, 1)]);
     }
 
     #[test]
@@ -317,6 +426,26 @@ mod tests {
             },
             Config {
                 demo_balance: "1.123456789".into(),
+                ..Config::default()
+            },
+            Config {
+                trade_fee_rate: "1.5".into(),
+                ..Config::default()
+            },
+            Config {
+                referral_commission_rates: "0.7,0.4".into(),
+                ..Config::default()
+            },
+            Config {
+                referral_commission_rates: "0.1,x".into(),
+                ..Config::default()
+            },
+            Config {
+                max_leverage: 101,
+                ..Config::default()
+            },
+            Config {
+                referrer_bonus: "-5".into(),
                 ..Config::default()
             },
             Config {

@@ -69,7 +69,7 @@ enum IdempotencyKeys {
     CreatedAt,
 }
 
-fn big(col: impl IntoIden) -> ColumnDef {
+pub(crate) fn big(col: impl IntoIden) -> ColumnDef {
     ColumnDef::new(col)
         .big_integer()
         .not_null()
@@ -77,7 +77,7 @@ fn big(col: impl IntoIden) -> ColumnDef {
         .to_owned()
 }
 
-fn id(col: impl IntoIden) -> ColumnDef {
+pub(crate) fn id(col: impl IntoIden) -> ColumnDef {
     ColumnDef::new(col)
         .big_integer()
         .not_null()
@@ -86,7 +86,7 @@ fn id(col: impl IntoIden) -> ColumnDef {
         .to_owned()
 }
 
-async fn index<T: IntoIden, C: IntoIden>(
+pub(crate) async fn index<T: IntoIden, C: IntoIden>(
     manager: &SchemaManager<'_>,
     name: &str,
     table: T,
@@ -104,7 +104,7 @@ async fn index<T: IntoIden, C: IntoIden>(
     manager.create_index(index.to_owned()).await
 }
 
-fn ts(col: impl IntoIden) -> ColumnDef {
+pub(crate) fn ts(col: impl IntoIden) -> ColumnDef {
     ColumnDef::new(col)
         .timestamp_with_time_zone()
         .not_null()

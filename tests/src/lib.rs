@@ -263,6 +263,86 @@ impl TestApp {
             .await
     }
 
+    pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
+        let req = self
+            .client
+            .put(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body);
+        self.send(req).await
+    }
+
+    /// Sets a price as the back office does.
+    pub async fn set_price(&self, symbol: &str, price: &str) -> Reply {
+        self.put(
+            &format!("/api/v1/prices/{symbol}"),
+            &self.service(),
+            serde_json::json!({ "price": price }),
+        )
+        .await
+    }
+
+    /// Opens an order as the user itself: `(symbol, side, quantity,
+    /// leverage, wallet)`.
+    pub async fn open_order(
+        &self,
+        user_id: i64,
+        (symbol, side, quantity, leverage, wallet): (&str, &str, &str, u32, &str),
+    ) -> Reply {
+        self.post(
+            "/api/v1/orders",
+            &self.user(user_id),
+            Some(&fresh_key()),
+            serde_json::json!({
+                "user_id": user_id, "symbol": symbol, "side": side,
+                "quantity": quantity, "leverage": leverage, "wallet": wallet,
+            }),
+        )
+        .await
+    }
+
+    /// Closes an order with `token`.
+    pub async fn close_order(&self, order_id: i64, token: &str) -> Reply {
+        self.post(
+            &format!("/api/v1/orders/{order_id}/close"),
+            token,
+            Some(&fresh_key()),
+            serde_json::json!({}),
+        )
+        .await
+    }
+
+    /// Creates a user, optionally with a referral code; returns the body.
+    pub async fn signup(&self, email: &str, referral_code: Option<&str>) -> Value {
+        let mut body = serde_json::json!({ "email": email });
+        if let Some(code) = referral_code {
+            body["referral_code"] = code.into();
+        }
+        let r = self
+            .post("/api/v1/users", &self.service(), Some(&fresh_key()), body)
+            .await;
+        r.expect(201);
+        r.body
+    }
+
+    /// The wallet as the API reports it.
+    pub async fn wallet(&self, user_id: i64, wallet: &str) -> Value {
+        let r = self
+            .get(
+                &format!("/api/v1/users/{user_id}/wallets"),
+                Some(&self.admin()),
+            )
+            .await;
+        r.expect(200);
+        r.body
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["kind"] == wallet)
+            .cloned()
+            .unwrap()
+    }
+
     /// Creates a user through the API and returns its id.
     pub async fn create_user(&self, email: &str) -> i64 {
         let r = self
@@ -289,20 +369,29 @@ impl TestApp {
 
     /// The wallet's balance as the API reports it.
     pub async fn balance(&self, user_id: i64, wallet: &str) -> String {
+        self.wallet(user_id, wallet).await["balance"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The kinds of the user's journal entries, oldest first.
+    pub async fn journal_kinds(&self, user_id: i64, wallet: &str) -> Vec<String> {
         let r = self
             .get(
-                &format!("/api/v1/users/{user_id}/wallets"),
+                &format!("/api/v1/users/{user_id}/transactions?wallet={wallet}&limit=500"),
                 Some(&self.admin()),
             )
             .await;
         r.expect(200);
-        r.body
+        let mut kinds: Vec<String> = r.body["items"]
             .as_array()
             .unwrap()
             .iter()
-            .find(|w| w["kind"] == wallet)
-            .map(|w| w["balance"].as_str().unwrap().to_owned())
-            .unwrap()
+            .map(|e| e["kind"].as_str().unwrap().to_owned())
+            .collect();
+        kinds.reverse();
+        kinds
     }
 
     /// Balances equal journal sums and hash chains verify, for every wallet.
@@ -335,6 +424,16 @@ impl TestApp {
 
 pub fn fresh_key() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A decimal string as a number, for comparing amounts.
+pub fn dec(s: &str) -> rust_decimal::Decimal {
+    s.parse().unwrap()
+}
+
+/// A JSON amount field as a number.
+pub fn dec_of(v: &Value) -> rust_decimal::Decimal {
+    dec(v.as_str().unwrap_or_else(|| panic!("not an amount: {v}")))
 }
 
 /// Declares one test per engine from one async body taking an `Engine`.

@@ -2,6 +2,9 @@
 //! domain types, call the domain, render the result.
 
 pub mod health;
+pub mod orders;
+pub mod prices;
+pub mod referrals;
 pub mod users;
 pub mod wallets;
 
@@ -29,6 +32,12 @@ pub enum ApiTags {
     Users,
     /// Deposits, withdrawals, transfers and the journal.
     Wallets,
+    /// The price feed orders execute at.
+    Prices,
+    /// Leveraged market orders with margin, fees and P&L.
+    Orders,
+    /// Referral statistics and commission settlement.
+    Referrals,
 }
 
 pub fn parse_amount(input: &crate::types::DecimalString) -> Result<Amount, ApiError> {
@@ -54,7 +63,7 @@ fn client_key(header: Option<String>) -> Result<String, ApiError> {
 pub async fn run_idempotent<B, T, Body, F, Fut, const STATUS: u16>(
     state: &AppState,
     principal: &Principal,
-    route: &'static str,
+    route: &str,
     operation: &'static str,
     key: Option<String>,
     request: &B,

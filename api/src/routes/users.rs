@@ -19,7 +19,10 @@ pub struct UsersApi;
 impl UsersApi {
     /// Create a user with a `live` wallet at 0 and a `demo` wallet at the
     /// configured demo balance. With `referral_code`, that code's owner
-    /// becomes the referrer. Roles: service, admin.
+    /// becomes the referrer and the signup bonuses are paid to both live
+    /// wallets in the same transaction (configured; referrer "10", referee
+    /// "0" by default); 422 `unknown_referral_code`. Roles: service, admin.
+    /// Requires `Idempotency-Key`.
     #[oai(
         path = "/api/v1/users",
         method = "post",
@@ -42,7 +45,9 @@ impl UsersApi {
                 .map(ReferralCode::parse)
                 .transpose()?,
         };
-        let demo_balance = state.ledger.demo_balance;
+        let ledger = &state.ledger;
+        let (backend, demo_balance, referral) =
+            (ledger.db.backend, ledger.demo_balance, &ledger.referral);
         run_idempotent(
             &state,
             &auth.0,
@@ -52,7 +57,7 @@ impl UsersApi {
             &body.0,
             |txn| {
                 let cmd = &cmd;
-                async move { users::create_user(&txn, demo_balance, cmd).await }
+                async move { users::create_user(&txn, backend, demo_balance, referral, cmd).await }
             },
             |u: &domain::users::UserView| User::from(u),
         )

@@ -5,5 +5,8 @@
 mod concurrency;
 mod idempotency;
 mod operations;
+mod referrals;
+mod trading;
+mod trading_concurrency;
 mod users;
 mod wallets;

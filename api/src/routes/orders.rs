@@ -1,0 +1,179 @@
+use std::sync::Arc;
+
+use domain::orders::{self, OpenOrder, OrderView};
+use domain::trading::Symbol;
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+
+use crate::auth::{Auth, Principal, Role};
+use crate::error::ApiError;
+use crate::replay::Stored;
+use crate::routes::{ApiTags, parse_amount, run_idempotent};
+use crate::state::AppState;
+use crate::types::{EmptyRequest, OpenOrderRequest, Order, OrderPage, OrderStatus};
+
+pub struct OrdersApi;
+
+/// The owner of an order may act on it; so may the listed roles.
+fn require_owner_or(
+    principal: &Principal,
+    order: &OrderView,
+    roles: &[Role],
+) -> Result<(), ApiError> {
+    principal.require_self_or(order.user_id, roles)
+}
+
+#[OpenApi]
+impl OrdersApi {
+    /// Open a market order at the current price of `symbol`. In one
+    /// transaction under the wallet lock: margin `quantity*price/leverage`
+    /// is held and the fee `quantity*price*fee_rate` charged, both checked
+    /// against the free margin (`balance - margin`); referral commissions on
+    /// the fee accrue (live wallets). Derived amounts round half to even to 8
+    /// decimals. 422 `insufficient_margin`, 422 `no_price`, 429
+    /// `cooldown_active` (with Retry-After, not stored under the key: retry
+    /// after the cooldown with the same key). Roles: the user itself, admin.
+    /// Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/orders",
+        method = "post",
+        operation_id = "open_order",
+        tag = "ApiTags::Orders"
+    )]
+    async fn open_order(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<OpenOrderRequest>,
+    ) -> Result<Stored<Order, 201>, ApiError> {
+        auth.0.require_self_or(body.user_id, &[Role::Admin])?;
+        let ledger = &state.ledger;
+        ledger.trading.check_leverage(body.leverage)?;
+        let cmd = OpenOrder {
+            user_id: body.user_id,
+            wallet: body.wallet.into(),
+            symbol: Symbol::parse(&body.symbol)?,
+            side: body.side.into(),
+            quantity: parse_amount(&body.quantity).map_err(|_| {
+                ApiError::invalid("quantity: must be a decimal string > 0 with at most 8 decimals")
+            })?,
+            leverage: body.leverage,
+        };
+        let backend = ledger.db.backend;
+        let (trading, referral) = (&ledger.trading, &ledger.referral);
+        run_idempotent(
+            &state,
+            &auth.0,
+            "/api/v1/orders",
+            "open_order",
+            key.0,
+            &body.0,
+            |txn| {
+                let cmd = &cmd;
+                async move { orders::open_order(&txn, backend, trading, referral, cmd).await }
+            },
+            |o: &OrderView| Order::from(o),
+        )
+        .await
+    }
+
+    /// Close an open order at the current price, in one transaction: margin
+    /// released, P&L to balance and profit, close fee charged, referral
+    /// commissions accrued. The balance never goes below zero: what the free
+    /// balance cannot cover of the loss and fee is written off (journal kind
+    /// `loss_write_off`, field `written_off`). 409 `order_not_open` when it is
+    /// already closed. Roles: the order's owner, service, admin. Requires
+    /// `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/orders/:id/close",
+        method = "post",
+        operation_id = "close_order",
+        tag = "ApiTags::Orders"
+    )]
+    async fn close_order(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<EmptyRequest>,
+    ) -> Result<Stored<Order, 200>, ApiError> {
+        let ledger = &state.ledger;
+        let order = orders::get_order(&ledger.db.conn, id.0).await?;
+        require_owner_or(&auth.0, &order, &[Role::Service, Role::Admin])?;
+        let backend = ledger.db.backend;
+        let (trading, referral) = (&ledger.trading, &ledger.referral);
+        let order_id = id.0;
+        run_idempotent(
+            &state,
+            &auth.0,
+            &format!("/api/v1/orders/{order_id}/close"),
+            "close_order",
+            key.0,
+            &body.0,
+            |txn| async move {
+                orders::close_order(&txn, backend, trading, referral, order_id).await
+            },
+            |o: &OrderView| Order::from(o),
+        )
+        .await
+    }
+
+    /// One order. Roles: its owner, service, admin.
+    #[oai(
+        path = "/api/v1/orders/:id",
+        method = "get",
+        operation_id = "get_order",
+        tag = "ApiTags::Orders"
+    )]
+    async fn get_order(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+    ) -> Result<Json<Order>, ApiError> {
+        let order = orders::get_order(&state.ledger.db.conn, id.0).await?;
+        require_owner_or(&auth.0, &order, &[Role::Service, Role::Admin])?;
+        Ok(Json(Order::from(&order)))
+    }
+
+    /// A user's orders, newest first; `status` filters, `before_id` is the
+    /// cursor from `next_before_id`. Roles: the user itself, service, admin.
+    #[oai(
+        path = "/api/v1/users/:id/orders",
+        method = "get",
+        operation_id = "list_orders",
+        tag = "ApiTags::Orders"
+    )]
+    async fn list_orders(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        /// `open` or `closed`; both when absent.
+        status: Query<Option<OrderStatus>>,
+        /// 1 to 500, default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<u64>>,
+        /// Only orders with an id below this.
+        before_id: Query<Option<i64>>,
+    ) -> Result<Json<OrderPage>, ApiError> {
+        auth.0
+            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        let page = orders::list_orders(
+            &state.ledger.db.conn,
+            id.0,
+            status.0.map(Into::into),
+            limit.0.unwrap_or(50),
+            before_id.0,
+        )
+        .await?;
+        Ok(Json(OrderPage {
+            items: page.items.iter().map(Order::from).collect(),
+            next_before_id: page.next_before_id,
+        }))
+    }
+}

@@ -1,0 +1,67 @@
+use std::sync::Arc;
+
+use domain::prices;
+use domain::trading::Symbol;
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+
+use crate::auth::{Auth, Role};
+use crate::error::ApiError;
+use crate::routes::{ApiTags, parse_amount};
+use crate::state::AppState;
+use crate::types::{Price, PriceRequest};
+
+pub struct PricesApi;
+
+#[OpenApi]
+impl PricesApi {
+    /// Set the current price of a symbol (`^[A-Z0-9]{2,20}$`); orders open
+    /// and close at it. Setting the same price again changes nothing but
+    /// `updated_at`, so no Idempotency-Key is needed. Roles: service, admin.
+    #[oai(
+        path = "/api/v1/prices/:symbol",
+        method = "put",
+        operation_id = "set_price",
+        tag = "ApiTags::Prices"
+    )]
+    async fn set_price(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        symbol: Path<String>,
+        body: Json<PriceRequest>,
+    ) -> Result<Json<Price>, ApiError> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let symbol = Symbol::parse(&symbol.0)?;
+        let price = parse_amount(&body.price)?;
+        let view = state
+            .ledger
+            .tx
+            .execute_with_retry("set_price", |txn| {
+                let symbol = &symbol;
+                async move { prices::set_price(&*txn, symbol, price).await }
+            })
+            .await?;
+        Ok(Json(Price::from(&view)))
+    }
+
+    /// The current price of a symbol; 404 when none was ever set. Roles: any.
+    #[oai(
+        path = "/api/v1/prices/:symbol",
+        method = "get",
+        operation_id = "get_price",
+        tag = "ApiTags::Prices"
+    )]
+    async fn get_price(
+        &self,
+        _auth: Auth,
+        state: Data<&Arc<AppState>>,
+        symbol: Path<String>,
+    ) -> Result<Json<Price>, ApiError> {
+        let symbol = Symbol::parse(&symbol.0)?;
+        let view = prices::get_price(&state.ledger.db.conn, &symbol).await?;
+        Ok(Json(Price::from(&view)))
+    }
+}

@@ -1,0 +1,79 @@
+use std::sync::Arc;
+
+use domain::referrals;
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Path};
+use poem_openapi::payload::Json;
+
+use crate::auth::{Auth, Role};
+use crate::error::ApiError;
+use crate::replay::Stored;
+use crate::routes::{ApiTags, run_idempotent};
+use crate::state::AppState;
+use crate::types::{EmptyRequest, ReferralStats, Settlement};
+
+pub struct ReferralsApi;
+
+/// How many batches one call of the settle route may credit, in its one
+/// transaction; the periodic job settles whatever remains.
+const ROUTE_BATCHES: u64 = 10;
+
+#[OpenApi]
+impl ReferralsApi {
+    /// Referral statistics: direct referees, and per upline level the
+    /// referees and the commissions paid and pending; signup bonuses earned
+    /// as a referrer. Roles: the user itself, service, admin.
+    #[oai(
+        path = "/api/v1/users/:id/referrals",
+        method = "get",
+        operation_id = "referral_stats",
+        tag = "ApiTags::Referrals"
+    )]
+    async fn stats(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+    ) -> Result<Json<ReferralStats>, ApiError> {
+        auth.0
+            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        let levels = state.ledger.referral.rates.len();
+        let stats = referrals::stats(&state.ledger.db.conn, id.0, levels).await?;
+        Ok(Json(ReferralStats::from(&stats)))
+    }
+
+    /// Credit pending referral commissions to referrers' live wallets: one
+    /// journal entry (`referral_commission`) per referrer, each commission
+    /// paid exactly once. One call settles up to ten settlement batches in
+    /// one transaction; the server also settles periodically. Roles: service,
+    /// admin. Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/referrals/settle",
+        method = "post",
+        operation_id = "settle_referrals",
+        tag = "ApiTags::Referrals"
+    )]
+    async fn settle(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        body: Json<EmptyRequest>,
+    ) -> Result<Stored<Settlement, 200>, ApiError> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let backend = state.ledger.db.backend;
+        let limit = state.ledger.settle_batch.saturating_mul(ROUTE_BATCHES);
+        run_idempotent(
+            &state,
+            &auth.0,
+            "/api/v1/referrals/settle",
+            "settle_referrals",
+            key.0,
+            &body.0,
+            |txn| async move { referrals::settle_batch(&txn, backend, limit).await },
+            |s: &referrals::Settlement| Settlement::from(s),
+        )
+        .await
+    }
+}

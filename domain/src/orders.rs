@@ -1,0 +1,373 @@
+//! Orders: market orders at the current price, opened and closed under the
+//! wallet lock in one transaction each, with their journal entries and the
+//! referral commissions on their fees. The arithmetic is in `trading`.
+
+use chrono::{DateTime, Utc};
+use infra::Backend;
+use infra::entities::{order, trade_cooldown as cooldown};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use uuid::Uuid;
+
+use crate::error::{DomainError, DomainResult};
+use crate::financial::{self, Deltas, Leg, Posting, kinds, now};
+use crate::money::Amount;
+use crate::prices::execution_price;
+use crate::referrals::{self, ReferralRules};
+use crate::trading::{self, Side, Symbol, TradingRules};
+use crate::wallets::{Page, WalletKind, lock_user_wallet, paginate, user_exists};
+
+const OPEN: &str = "open";
+const CLOSED: &str = "closed";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OrderStatus {
+    Open,
+    Closed,
+}
+
+impl OrderStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => OPEN,
+            Self::Closed => CLOSED,
+        }
+    }
+}
+
+/// An order as the outside sees it. Amounts are minor units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderView {
+    pub id: i64,
+    pub user_id: i64,
+    pub wallet: String,
+    pub symbol: String,
+    pub side: String,
+    pub quantity: i64,
+    pub leverage: i32,
+    pub status: String,
+    pub open_price: i64,
+    pub close_price: Option<i64>,
+    pub margin: i64,
+    pub open_fee: i64,
+    pub close_fee: Option<i64>,
+    pub pnl: Option<i64>,
+    pub written_off: Option<i64>,
+    pub opened_at: DateTime<Utc>,
+    pub closed_at: Option<DateTime<Utc>>,
+}
+
+impl From<order::Model> for OrderView {
+    fn from(o: order::Model) -> Self {
+        Self {
+            id: o.id,
+            user_id: o.user_id,
+            wallet: o.wallet_kind,
+            symbol: o.symbol,
+            side: o.side,
+            quantity: o.quantity,
+            leverage: o.leverage,
+            status: o.status,
+            open_price: o.open_price,
+            close_price: o.close_price,
+            margin: o.margin,
+            open_fee: o.open_fee,
+            close_fee: o.close_fee,
+            pnl: o.pnl,
+            written_off: o.written_off,
+            opened_at: o.opened_at,
+            closed_at: o.closed_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct OpenOrder {
+    pub user_id: i64,
+    pub wallet: WalletKind,
+    pub symbol: Symbol,
+    pub side: Side,
+    pub quantity: Amount,
+    pub leverage: u32,
+}
+
+fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
+/// Records this order's time for (user, symbol), or refuses it when the last
+/// order is less than `window_ms` old. One conditional upsert: on PostgreSQL
+/// the row lock it takes makes a racing second order wait and then see the
+/// first, so two requests on two server processes can never both pass; on
+/// SQLite writers are serialized anyway. It runs in the order's transaction,
+/// under the wallet lock, so a refused order records nothing.
+async fn check_cooldown(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    symbol: &Symbol,
+    window_ms: u64,
+) -> DomainResult<()> {
+    let at = now_ms();
+    let window = i64::try_from(window_ms).unwrap_or(i64::MAX);
+    let mut insert = Query::insert();
+    insert
+        .into_table(cooldown::Entity)
+        .columns([
+            cooldown::Column::UserId,
+            cooldown::Column::Symbol,
+            cooldown::Column::LastOrderMs,
+        ])
+        .values([user_id.into(), symbol.as_str().into(), at.into()])
+        .map_err(|e| DomainError::Unexpected(e.to_string()))?
+        .on_conflict(
+            OnConflict::columns([cooldown::Column::UserId, cooldown::Column::Symbol])
+                .update_column(cooldown::Column::LastOrderMs)
+                .action_and_where(
+                    Expr::col((cooldown::Entity, cooldown::Column::LastOrderMs))
+                        .lte(at.saturating_sub(window)),
+                )
+                .to_owned(),
+        )
+        .returning_col(cooldown::Column::LastOrderMs);
+    if txn.query_one(&insert).await?.is_some() {
+        return Ok(());
+    }
+    let last = cooldown::Entity::find_by_id((user_id, symbol.as_str().to_owned()))
+        .one(txn)
+        .await?
+        .map_or(at, |c| c.last_order_ms);
+    let wait = Ord::max(last.saturating_add(window).saturating_sub(at), 1);
+    Err(DomainError::CooldownActive {
+        symbol: symbol.as_str().to_owned(),
+        retry_after_ms: u64::try_from(wait).unwrap_or(1),
+    })
+}
+
+/// Opens a market order at the current price. Under the wallet lock: the
+/// margin and the open fee must fit in the free margin; the margin is held,
+/// the fee charged, the order written and journaled, and the fee's referral
+/// commissions accrued (live wallets only: demo money earns nothing).
+pub async fn open_order(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    rules: &TradingRules,
+    referral: &ReferralRules,
+    cmd: &OpenOrder,
+) -> DomainResult<OrderView> {
+    rules.check_leverage(cmd.leverage)?;
+    let mut w = lock_user_wallet(txn, backend, cmd.user_id, cmd.wallet).await?;
+    let price = execution_price(txn, cmd.symbol.as_str()).await?;
+    if rules.cooldown_ms > 0 {
+        check_cooldown(txn, cmd.user_id, &cmd.symbol, rules.cooldown_ms).await?;
+    }
+    let cost = trading::check_affordable(
+        w.balance,
+        w.margin,
+        trading::open_cost(cmd.quantity, price, cmd.leverage, rules.fee_rate),
+    )?;
+    let row = order::Entity::insert(order::ActiveModel {
+        user_id: Set(cmd.user_id),
+        wallet_id: Set(w.id),
+        wallet_kind: Set(cmd.wallet.as_str().to_owned()),
+        symbol: Set(cmd.symbol.as_str().to_owned()),
+        side: Set(cmd.side.as_str().to_owned()),
+        quantity: Set(cmd.quantity.units()),
+        leverage: Set(i32::try_from(cmd.leverage).unwrap_or(i32::MAX)),
+        status: Set(OPEN.to_owned()),
+        open_price: Set(price),
+        close_price: Set(None),
+        margin: Set(cost.margin),
+        open_fee: Set(cost.fee),
+        close_fee: Set(None),
+        pnl: Set(None),
+        written_off: Set(None),
+        opened_at: Set(now()),
+        closed_at: Set(None),
+        ..Default::default()
+    })
+    .exec_with_returning(txn)
+    .await?;
+    let reference = Some(format!("order:{}", row.id));
+    let legs = vec![
+        Leg::new(
+            kinds::MARGIN_HOLD,
+            Deltas {
+                margin: cost.margin,
+                ..Deltas::default()
+            },
+        )
+        .reference(reference.clone()),
+        Leg::new(kinds::ORDER_OPEN_FEE, Deltas::balance(-cost.fee)).reference(reference),
+    ];
+    let legs = legs
+        .into_iter()
+        .filter(|l| l.deltas != Deltas::default())
+        .collect();
+    financial::post(
+        txn,
+        Uuid::new_v4(),
+        vec![Posting {
+            wallet: &mut w,
+            legs,
+        }],
+    )
+    .await?;
+    if cmd.wallet == WalletKind::Live {
+        referrals::accrue(
+            txn,
+            referral,
+            cmd.user_id,
+            row.id,
+            referrals::OPEN_FEE,
+            cost.fee,
+        )
+        .await?;
+    }
+    Ok(row.into())
+}
+
+/// Reads an order; `NotFound` when there is none.
+pub async fn get_order<C: ConnectionTrait>(conn: &C, id: i64) -> DomainResult<OrderView> {
+    order::Entity::find_by_id(id)
+        .one(conn)
+        .await?
+        .map(OrderView::from)
+        .ok_or(DomainError::NotFound("order"))
+}
+
+/// Closes an open order at the current price, in one step under the wallet
+/// lock: the margin is released, the P&L goes to balance and profit, the
+/// close fee is charged, whatever the free balance cannot cover is written
+/// off, and the fee's commissions accrue. The status change is a conditional
+/// `UPDATE … WHERE status = 'open'` that locks the order row: of two racing
+/// closes exactly one changes it, the other gets `OrderNotOpen`.
+pub async fn close_order(
+    txn: &DatabaseTransaction,
+    backend: Backend,
+    rules: &TradingRules,
+    referral: &ReferralRules,
+    order_id: i64,
+) -> DomainResult<OrderView> {
+    let o = order::Entity::find_by_id(order_id)
+        .one(txn)
+        .await?
+        .ok_or(DomainError::NotFound("order"))?;
+    if o.status != OPEN {
+        return Err(DomainError::OrderNotOpen(order_id));
+    }
+    let kind = WalletKind::parse(&o.wallet_kind)
+        .ok_or_else(|| DomainError::Unexpected(format!("order {order_id} has no wallet kind")))?;
+    let side = Side::parse(&o.side)
+        .ok_or_else(|| DomainError::Unexpected(format!("order {order_id} has no side")))?;
+    let mut w = lock_user_wallet(txn, backend, o.user_id, kind).await?;
+    let price = execution_price(txn, &o.symbol).await?;
+    let quantity = Amount::from_units(o.quantity)
+        .map_err(|e| DomainError::Unexpected(format!("order {order_id} quantity: {e}")))?;
+    let pnl =
+        trading::pnl(side, o.quantity, o.open_price, price).ok_or(DomainError::BalanceLimit)?;
+    let fee = trading::fee(quantity, price, rules.fee_rate).ok_or(DomainError::BalanceLimit)?;
+    let effect = trading::close_effect(w.balance, w.margin, o.margin, pnl, fee);
+    let closed_at = now();
+    let updated = order::Entity::update_many()
+        .col_expr(order::Column::Status, Expr::value(CLOSED))
+        .col_expr(order::Column::ClosePrice, Expr::value(price))
+        .col_expr(order::Column::CloseFee, Expr::value(fee))
+        .col_expr(order::Column::Pnl, Expr::value(pnl))
+        .col_expr(order::Column::WrittenOff, Expr::value(effect.written_off))
+        .col_expr(order::Column::ClosedAt, Expr::value(closed_at))
+        .filter(order::Column::Id.eq(order_id))
+        .filter(order::Column::Status.eq(OPEN))
+        .exec(txn)
+        .await?;
+    if updated.rows_affected != 1 {
+        return Err(DomainError::OrderNotOpen(order_id));
+    }
+    let reference = Some(format!("order:{order_id}"));
+    let leg = |kind, deltas| Leg::new(kind, deltas).reference(reference.clone());
+    // Ordered so that every entry's values-after are valid on their own:
+    // the write-off is credited before the loss it covers is charged.
+    let legs: Vec<Leg> = [
+        leg(
+            kinds::MARGIN_RELEASE,
+            Deltas {
+                margin: -effect.margin_release,
+                ..Deltas::default()
+            },
+        ),
+        leg(kinds::LOSS_WRITE_OFF, Deltas::balance(effect.written_off)),
+        leg(
+            kinds::PNL,
+            Deltas {
+                balance: effect.pnl,
+                profit: effect.pnl,
+                ..Deltas::default()
+            },
+        ),
+        leg(kinds::CLOSE_FEE, Deltas::balance(-effect.fee)),
+    ]
+    .into_iter()
+    .filter(|l| l.deltas != Deltas::default())
+    .collect();
+    financial::post(
+        txn,
+        Uuid::new_v4(),
+        vec![Posting {
+            wallet: &mut w,
+            legs,
+        }],
+    )
+    .await?;
+    if kind == WalletKind::Live {
+        referrals::accrue(
+            txn,
+            referral,
+            o.user_id,
+            order_id,
+            referrals::CLOSE_FEE,
+            fee,
+        )
+        .await?;
+    }
+    Ok(OrderView {
+        status: CLOSED.to_owned(),
+        close_price: Some(price),
+        close_fee: Some(fee),
+        pnl: Some(pnl),
+        written_off: Some(effect.written_off),
+        closed_at: Some(closed_at),
+        ..OrderView::from(o)
+    })
+}
+
+/// A user's orders, newest first, optionally only open or only closed ones.
+pub async fn list_orders<C: ConnectionTrait>(
+    conn: &C,
+    user_id: i64,
+    status: Option<OrderStatus>,
+    limit: u64,
+    before_id: Option<i64>,
+) -> DomainResult<Page<OrderView>> {
+    if !user_exists(conn, user_id).await? {
+        return Err(DomainError::NotFound("user"));
+    }
+    let mut query = order::Entity::find().filter(order::Column::UserId.eq(user_id));
+    if let Some(status) = status {
+        query = query.filter(order::Column::Status.eq(status.as_str()));
+    }
+    if let Some(before) = before_id {
+        query = query.filter(order::Column::Id.lt(before));
+    }
+    let rows = query
+        .order_by_desc(order::Column::Id)
+        .limit(limit + 1)
+        .all(conn)
+        .await?;
+    let page = paginate(rows, limit, |o| o.id);
+    Ok(Page {
+        items: page.items.into_iter().map(OrderView::from).collect(),
+        next_before_id: page.next_before_id,
+    })
+}

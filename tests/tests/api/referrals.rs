@@ -1,0 +1,236 @@
+//! Contract of referrals: signup bonuses, commissions on fees, settlement,
+//! statistics.
+
+use serde_json::json;
+use tests::{Engine, TestApp, both_engines, fresh_key};
+
+const SETTLE: &str = "/api/v1/referrals/settle";
+
+async fn settle(app: &TestApp) -> serde_json::Value {
+    let r = app
+        .post(SETTLE, &app.service(), Some(&fresh_key()), json!({}))
+        .await;
+    r.expect(200);
+    r.body
+}
+
+async fn stats(app: &TestApp, u: i64) -> serde_json::Value {
+    let r = app
+        .get(&format!("/api/v1/users/{u}/referrals"), Some(&app.user(u)))
+        .await;
+    r.expect(200);
+    r.body
+}
+
+/// The settlement job is off in these tests, so what they settle is theirs.
+async fn spawn(engine: Engine, referee_bonus: &str) -> TestApp {
+    let bonus = referee_bonus.to_owned();
+    TestApp::spawn_with(engine, move |c| {
+        c.referral_settle_interval_ms = 0;
+        c.referee_bonus = bonus;
+    })
+    .await
+}
+
+async fn signup_bonuses_are_paid_once_to_live_wallets(engine: Engine) {
+    let app = spawn(engine, "5").await;
+    let referrer = app.signup("ref@x.io", None).await;
+    let code = referrer["referral_code"].as_str().unwrap();
+    let rid = referrer["id"].as_i64().unwrap();
+    // the code is matched case-insensitively
+    let referee = app.signup("new@x.io", Some(&code.to_lowercase())).await;
+    let eid = referee["id"].as_i64().unwrap();
+    assert_eq!(referee["referrer_id"], rid);
+    // the response already shows the referee's bonus
+    let live = referee["wallets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["kind"] == "live")
+        .unwrap();
+    assert_eq!(live["balance"], "5");
+    assert_eq!(app.balance(rid, "live").await, "10");
+    assert_eq!(app.balance(eid, "live").await, "5");
+    assert_eq!(app.balance(rid, "demo").await, "10000");
+    assert_eq!(app.journal_kinds(rid, "live").await, ["signup_bonus"]);
+    assert_eq!(app.journal_kinds(eid, "live").await, ["signup_bonus"]);
+    // a replayed signup pays nothing again
+    let key = fresh_key();
+    let body = json!({"email": "twice@x.io", "referral_code": code});
+    let first = app
+        .post("/api/v1/users", &app.service(), Some(&key), body.clone())
+        .await;
+    first.expect(201);
+    let again = app
+        .post("/api/v1/users", &app.service(), Some(&key), body)
+        .await;
+    assert_eq!(again.text, first.text);
+    assert_eq!(app.balance(rid, "live").await, "20");
+    // a refused signup pays nothing
+    app.post(
+        "/api/v1/users",
+        &app.service(),
+        Some(&fresh_key()),
+        json!({"email": "new@x.io", "referral_code": code}),
+    )
+    .await
+    .problem(409, "conflict");
+    app.post(
+        "/api/v1/users",
+        &app.service(),
+        Some(&fresh_key()),
+        json!({"email": "lost@x.io", "referral_code": "NOSUCHCODE"}),
+    )
+    .await
+    .problem(422, "unknown_referral_code");
+    assert_eq!(app.balance(rid, "live").await, "20");
+    let s = stats(&app, rid).await;
+    assert_eq!(s["referral_code"], code);
+    assert_eq!(s["referees"], 2);
+    assert_eq!(s["signup_bonus_paid"], "20");
+    // without a code nobody is paid
+    let plain = app.signup("plain@x.io", None).await;
+    assert_eq!(
+        app.balance(plain["id"].as_i64().unwrap(), "live").await,
+        "0"
+    );
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn commissions_accrue_on_fees_and_settle_once(engine: Engine) {
+    let app = spawn(engine, "0").await;
+    // a <- b <- c: b referred c, a referred b
+    let a = app.signup("a@x.io", None).await;
+    let aid = a["id"].as_i64().unwrap();
+    let b = app.signup("b@x.io", a["referral_code"].as_str()).await;
+    let bid = b["id"].as_i64().unwrap();
+    let c = app.signup("c@x.io", b["referral_code"].as_str()).await;
+    let cid = c["id"].as_i64().unwrap();
+    app.deposit(cid, "10000", "live").await.expect(200);
+    app.set_price("BTCUSD", "1000").await.expect(200);
+    // notional 2000: open fee 2
+    let order = app
+        .open_order(cid, ("BTCUSD", "buy", "2", 10, "live"))
+        .await;
+    order.expect(201);
+    assert_eq!(order.body["open_fee"], "2");
+    // level 1 (b) earns 20 % = 0.4, level 2 (a) 5 % = 0.1, pending
+    let sb = stats(&app, bid).await;
+    assert_eq!(sb["commission_pending"], "0.4");
+    assert_eq!(sb["commission_paid"], "0");
+    let sa = stats(&app, aid).await;
+    assert_eq!(sa["commission_pending"], "0.1");
+    assert_eq!(
+        sa["by_level"],
+        json!([
+            {"level": 1, "referees": 1, "commission_paid": "0", "commission_pending": "0"},
+            {"level": 2, "referees": 1, "commission_paid": "0", "commission_pending": "0.1"}
+        ])
+    );
+    // demo-wallet fees earn nothing
+    app.open_order(cid, ("BTCUSD", "buy", "1", 1, "demo"))
+        .await
+        .expect(201);
+    assert_eq!(stats(&app, bid).await["commission_pending"], "0.4");
+    // nothing is credited before settlement (b's wallet holds its bonus only)
+    assert_eq!(app.balance(bid, "live").await, "10");
+    // the close fee earns too: notional 2400 -> fee 2.4 -> 0.48 and 0.12
+    app.set_price("BTCUSD", "1200").await.expect(200);
+    let id = order.body["id"].as_i64().unwrap();
+    app.close_order(id, &app.user(cid)).await.expect(200);
+    let s = settle(&app).await;
+    assert_eq!(s["settled"], 4);
+    assert_eq!(s["amount"], "1.1"); // 0.4 + 0.1 + 0.48 + 0.12
+    assert_eq!(app.balance(bid, "live").await, "10.88");
+    assert_eq!(app.balance(aid, "live").await, "10.22");
+    assert!(
+        app.journal_kinds(bid, "live")
+            .await
+            .ends_with(&["referral_commission".to_owned()])
+    );
+    let sb = stats(&app, bid).await;
+    assert_eq!(
+        (&sb["commission_paid"], &sb["commission_pending"]),
+        (&json!("0.88"), &json!("0"))
+    );
+    assert_eq!(sb["by_level"][0]["commission_paid"], "0.88");
+    // settling again pays nothing
+    let s = settle(&app).await;
+    assert_eq!((&s["settled"], &s["amount"]), (&json!(0), &json!("0")));
+    assert_eq!(app.balance(bid, "live").await, "10.88");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn referral_routes_check_roles_and_input(engine: Engine) {
+    let app = spawn(engine, "0").await;
+    let u = app.create_user("r@x.io").await;
+    let other = app.create_user("o@x.io").await;
+    let path = format!("/api/v1/users/{u}/referrals");
+    app.get(&path, Some(&app.user(other)))
+        .await
+        .problem(403, "forbidden");
+    app.get(&path, Some(&app.service())).await.expect(200);
+    let s = app.get(&path, Some(&app.admin())).await;
+    s.expect(200);
+    assert_eq!(s.body["referees"], 0);
+    assert_eq!(s.body["by_level"].as_array().unwrap().len(), 2);
+    app.get("/api/v1/users/777777/referrals", Some(&app.admin()))
+        .await
+        .problem(404, "not_found");
+    app.post(SETTLE, &app.user(u), Some(&fresh_key()), json!({}))
+        .await
+        .problem(403, "forbidden");
+    app.post(SETTLE, &app.service(), None, json!({}))
+        .await
+        .problem(400, "idempotency_key_missing");
+    app.post(
+        SETTLE,
+        &app.admin(),
+        Some(&fresh_key()),
+        json!({"all": true}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    let key = fresh_key();
+    let first = app.post(SETTLE, &app.admin(), Some(&key), json!({})).await;
+    first.expect(200);
+    let again = app.post(SETTLE, &app.admin(), Some(&key), json!({})).await;
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.text, first.text);
+    app.stop().await;
+}
+
+async fn the_settlement_job_credits_pending_commissions(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.referral_settle_interval_ms = 100).await;
+    let a = app.signup("job-a@x.io", None).await;
+    let aid = a["id"].as_i64().unwrap();
+    let b = app.signup("job-b@x.io", a["referral_code"].as_str()).await;
+    let bid = b["id"].as_i64().unwrap();
+    app.deposit(bid, "200", "live").await.expect(200);
+    app.set_price("BTCUSD", "100").await.expect(200);
+    // fee 0.1: a earns 0.02
+    app.open_order(bid, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .expect(201);
+    let mut settled = false;
+    for _ in 0..100 {
+        if app.balance(aid, "live").await == "10.02" {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(settled, "the job did not settle the commission");
+    assert_eq!(stats(&app, aid).await["commission_pending"], "0");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+both_engines!(
+    signup_bonuses_are_paid_once_to_live_wallets,
+    commissions_accrue_on_fees_and_settle_once,
+    referral_routes_check_roles_and_input,
+    the_settlement_job_credits_pending_commissions,
+);

@@ -1,0 +1,524 @@
+//! Contract of the Prices and Orders routes: statuses, codes, bodies, roles,
+//! validation, and the journal each order leaves.
+
+use serde_json::{Value, json};
+use tests::{Engine, TestApp, both_engines, dec_of, fresh_key};
+
+const ORDERS: &str = "/api/v1/orders";
+
+async fn funded(app: &TestApp, email: &str, amount: &str) -> i64 {
+    let u = app.create_user(email).await;
+    app.deposit(u, amount, "live").await.expect(200);
+    u
+}
+
+fn order_body(u: i64, symbol: &str, quantity: &str, leverage: u32) -> Value {
+    json!({"user_id": u, "symbol": symbol, "side": "buy", "quantity": quantity,
+           "leverage": leverage, "wallet": "live"})
+}
+
+async fn prices_contract(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let r = app.set_price("BTCUSD", "50000.5").await;
+    r.expect(200);
+    assert_eq!(
+        (r.body["symbol"].as_str(), r.body["price"].as_str()),
+        (Some("BTCUSD"), Some("50000.5"))
+    );
+    assert!(r.body["updated_at"].as_str().unwrap().ends_with('Z'));
+    // any authenticated role reads it
+    let u = app.create_user("p@x.io").await;
+    let r = app.get("/api/v1/prices/BTCUSD", Some(&app.user(u))).await;
+    r.expect(200);
+    assert_eq!(r.body["price"], "50000.5");
+    // a new price replaces the old one
+    app.set_price("BTCUSD", "49000").await.expect(200);
+    let r = app.get("/api/v1/prices/BTCUSD", Some(&app.admin())).await;
+    assert_eq!(r.body["price"], "49000");
+    // unknown symbol
+    app.get("/api/v1/prices/ETHUSD", Some(&app.user(u)))
+        .await
+        .problem(404, "not_found");
+    // roles
+    app.put("/api/v1/prices/BTCUSD", &app.user(u), json!({"price": "1"}))
+        .await
+        .problem(403, "forbidden");
+    app.put("/api/v1/prices/BTCUSD", &app.admin(), json!({"price": "2"}))
+        .await
+        .expect(200);
+    app.get("/api/v1/prices/BTCUSD", None)
+        .await
+        .problem(401, "unauthorized");
+    // validation: symbol pattern, positive decimal strings, no unknown fields
+    for (symbol, body) in [
+        ("btcusd", json!({"price": "1"})),
+        ("B", json!({"price": "1"})),
+        ("BTC-USD", json!({"price": "1"})),
+        ("BTCUSD", json!({"price": "0"})),
+        ("BTCUSD", json!({"price": "-1"})),
+        ("BTCUSD", json!({"price": 100})),
+        ("BTCUSD", json!({"price": "1.000000001"})),
+        ("BTCUSD", json!({"price": "1", "extra": true})),
+        ("BTCUSD", json!({})),
+    ] {
+        app.put(&format!("/api/v1/prices/{symbol}"), &app.service(), body)
+            .await
+            .problem(400, "invalid_request");
+    }
+    app.get("/api/v1/prices/btc", Some(&app.admin()))
+        .await
+        .problem(400, "invalid_request");
+    let r = app.get("/api/v1/prices/BTCUSD", Some(&app.admin())).await;
+    assert_eq!(r.body["price"], "2");
+    app.stop().await;
+}
+
+async fn open_order_contract(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = funded(&app, "o@x.io", "1000").await;
+    app.set_price("BTCUSD", "100").await.expect(200);
+    let r = app.open_order(u, ("BTCUSD", "buy", "2", 10, "live")).await;
+    r.expect(201);
+    let o = &r.body;
+    assert!(o["id"].as_i64().unwrap() > 0);
+    assert_eq!(o["user_id"], u);
+    for (field, value) in [
+        ("wallet", "live"),
+        ("symbol", "BTCUSD"),
+        ("side", "buy"),
+        ("quantity", "2"),
+        ("status", "open"),
+        ("open_price", "100"),
+        ("margin", "20"),    // 2 * 100 / 10
+        ("open_fee", "0.2"), // 2 * 100 * 0.001
+    ] {
+        assert_eq!(o[field], value, "{field}: {o}");
+    }
+    assert_eq!(o["leverage"], 10);
+    for field in [
+        "close_price",
+        "close_fee",
+        "pnl",
+        "written_off",
+        "closed_at",
+    ] {
+        assert!(o[field].is_null(), "{field}: {o}");
+    }
+    assert!(o["opened_at"].as_str().unwrap().ends_with('Z'));
+    let w = app.wallet(u, "live").await;
+    assert_eq!(
+        (&w["balance"], &w["margin"], &w["free_margin"]),
+        (&json!("999.8"), &json!("20"), &json!("979.8"))
+    );
+    assert_eq!(
+        app.journal_kinds(u, "live").await,
+        ["deposit", "margin_hold", "order_open_fee"]
+    );
+    // the demo wallet trades too
+    app.open_order(u, ("BTCUSD", "sell", "1", 1, "demo"))
+        .await
+        .expect(201);
+    assert_eq!(app.wallet(u, "demo").await["margin"], "100");
+    // an admin may open for a user; a service may not; nor another user
+    let body = order_body(u, "BTCUSD", "1", 5);
+    app.post(ORDERS, &app.admin(), Some(&fresh_key()), body.clone())
+        .await
+        .expect(201);
+    app.post(ORDERS, &app.service(), Some(&fresh_key()), body.clone())
+        .await
+        .problem(403, "forbidden");
+    let other = app.create_user("other@x.io").await;
+    app.post(ORDERS, &app.user(other), Some(&fresh_key()), body.clone())
+        .await
+        .problem(403, "forbidden");
+    app.post(ORDERS, &app.user(u), None, body.clone())
+        .await
+        .problem(400, "idempotency_key_missing");
+    // unknown user
+    app.post(
+        ORDERS,
+        &app.admin(),
+        Some(&fresh_key()),
+        order_body(999_999, "BTCUSD", "1", 5),
+    )
+    .await
+    .problem(404, "not_found");
+    // a replay answers the same body and changes nothing
+    let key = fresh_key();
+    let first = app
+        .post(
+            ORDERS,
+            &app.user(u),
+            Some(&key),
+            order_body(u, "BTCUSD", "0.5", 2),
+        )
+        .await;
+    first.expect(201);
+    let before = app.wallet(u, "live").await;
+    let again = app
+        .post(
+            ORDERS,
+            &app.user(u),
+            Some(&key),
+            order_body(u, "BTCUSD", "0.5", 2),
+        )
+        .await;
+    again.expect(201);
+    assert_eq!(again.text, first.text);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(app.wallet(u, "live").await, before);
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn order_refusals_change_nothing(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = funded(&app, "r@x.io", "10").await;
+    app.set_price("BTCUSD", "100").await.expect(200);
+    let before = app.wallet(u, "live").await;
+    // no price for the symbol
+    let r = app.open_order(u, ("ETHUSD", "buy", "1", 1, "live")).await;
+    r.problem(422, "no_price");
+    // margin 10 + fee 0.1 > free 10
+    let r = app.open_order(u, ("BTCUSD", "buy", "1", 10, "live")).await;
+    r.problem(422, "insufficient_margin");
+    assert_eq!(
+        r.body["detail"],
+        "free margin 10 < required 10.1 (margin plus open fee)"
+    );
+    // schema, range and format violations
+    for body in [
+        order_body(u, "BTCUSD", "1", 0),
+        order_body(u, "BTCUSD", "1", 101),
+        order_body(u, "BTCUSD", "0", 1),
+        order_body(u, "BTCUSD", "-1", 1),
+        order_body(u, "BTCUSD", "0.000000001", 1),
+        order_body(u, "btcusd", "1", 1),
+        order_body(u, "B", "1", 1),
+        json!({"user_id": u, "symbol": "BTCUSD", "side": "hold", "quantity": "1", "leverage": 1, "wallet": "live"}),
+        json!({"user_id": u, "symbol": "BTCUSD", "side": "buy", "quantity": 1, "leverage": 1, "wallet": "live"}),
+        json!({"user_id": u, "symbol": "BTCUSD", "side": "buy", "quantity": "1", "leverage": 1, "wallet": "gold"}),
+        json!({"user_id": u, "symbol": "BTCUSD", "side": "buy", "quantity": "1", "leverage": 1, "wallet": "live", "price": "1"}),
+        json!({"user_id": u, "symbol": "BTCUSD", "side": "buy", "leverage": 1, "wallet": "live"}),
+    ] {
+        app.post(ORDERS, &app.user(u), Some(&fresh_key()), body)
+            .await
+            .problem(400, "invalid_request");
+    }
+    assert_eq!(app.wallet(u, "live").await, before);
+    let list = app
+        .get(&format!("/api/v1/users/{u}/orders"), Some(&app.user(u)))
+        .await;
+    assert_eq!(list.body["items"], json!([]));
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn max_leverage_is_configurable(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.max_leverage = 20).await;
+    let u = funded(&app, "lev@x.io", "100").await;
+    app.set_price("BTCUSD", "10").await.expect(200);
+    app.open_order(u, ("BTCUSD", "buy", "1", 21, "live"))
+        .await
+        .problem(400, "invalid_request");
+    let r = app.open_order(u, ("BTCUSD", "buy", "1", 20, "live")).await;
+    r.expect(201);
+    assert_eq!(r.body["margin"], "0.5");
+    app.stop().await;
+}
+
+async fn close_order_contract(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = funded(&app, "c@x.io", "1000").await;
+    app.set_price("BTCUSD", "100").await.expect(200);
+    let id = app
+        .open_order(u, ("BTCUSD", "buy", "2", 10, "live"))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    app.set_price("BTCUSD", "110").await.expect(200);
+    // another user may not close it; a missing key is refused
+    let other = app.create_user("other@x.io").await;
+    app.close_order(id, &app.user(other))
+        .await
+        .problem(403, "forbidden");
+    app.post(
+        &format!("{ORDERS}/{id}/close"),
+        &app.user(u),
+        None,
+        json!({}),
+    )
+    .await
+    .problem(400, "idempotency_key_missing");
+    app.post(
+        &format!("{ORDERS}/{id}/close"),
+        &app.user(u),
+        Some(&fresh_key()),
+        json!({"price": "200"}),
+    )
+    .await
+    .problem(400, "invalid_request");
+    let r = app.close_order(id, &app.user(u)).await;
+    r.expect(200);
+    let o = &r.body;
+    for (field, value) in [
+        ("status", "closed"),
+        ("close_price", "110"),
+        ("pnl", "20"),         // (110 - 100) * 2
+        ("close_fee", "0.22"), // 2 * 110 * 0.001
+        ("written_off", "0"),
+        ("margin", "20"),
+    ] {
+        assert_eq!(o[field], value, "{field}: {o}");
+    }
+    assert!(o["closed_at"].as_str().unwrap().ends_with('Z'));
+    let w = app.wallet(u, "live").await;
+    // 1000 - 0.2 + 20 - 0.22
+    assert_eq!(
+        (&w["balance"], &w["margin"], &w["profit"]),
+        (&json!("1019.58"), &json!("0"), &json!("20"))
+    );
+    assert_eq!(
+        app.journal_kinds(u, "live").await,
+        [
+            "deposit",
+            "margin_hold",
+            "order_open_fee",
+            "margin_release",
+            "pnl",
+            "close_fee"
+        ]
+    );
+    // closing again: 409, nothing changes
+    app.close_order(id, &app.user(u))
+        .await
+        .problem(409, "order_not_open");
+    assert_eq!(app.wallet(u, "live").await, w);
+    // unknown order
+    app.close_order(424_242, &app.service())
+        .await
+        .problem(404, "not_found");
+    // a sell that loses, closed by a service
+    let id = app
+        .open_order(u, ("BTCUSD", "sell", "1", 2, "live"))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    app.set_price("BTCUSD", "120.5").await.expect(200);
+    let r = app.close_order(id, &app.service()).await;
+    r.expect(200);
+    assert_eq!(r.body["pnl"], "-10.5"); // (110 - 120.5) * 1
+    assert_eq!(r.body["close_fee"], "0.1205");
+    let w = app.wallet(u, "live").await;
+    // 1019.58 - 0.11 (open fee) - 10.5 - 0.1205
+    assert_eq!(w["balance"], "1008.8495");
+    assert_eq!(w["profit"], "9.5");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = funded(&app, "wo@x.io", "10").await;
+    app.set_price("BTCUSD", "100").await.expect(200);
+    // margin 1, fee 0.1: balance 9.9
+    let id = app
+        .open_order(u, ("BTCUSD", "buy", "1", 100, "live"))
+        .await
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    app.set_price("BTCUSD", "50").await.expect(200);
+    let r = app.close_order(id, &app.user(u)).await;
+    r.expect(200);
+    // loss 50 + close fee 0.05 against a free balance of 9.9
+    assert_eq!(r.body["pnl"], "-50");
+    assert_eq!(r.body["close_fee"], "0.05");
+    assert_eq!(r.body["written_off"], "40.15");
+    let w = app.wallet(u, "live").await;
+    assert_eq!(
+        (&w["balance"], &w["margin"], &w["profit"]),
+        (&json!("0"), &json!("0"), &json!("-50"))
+    );
+    let kinds = app.journal_kinds(u, "live").await;
+    assert_eq!(
+        kinds,
+        [
+            "deposit",
+            "margin_hold",
+            "order_open_fee",
+            "margin_release",
+            "loss_write_off",
+            "pnl",
+            "close_fee"
+        ]
+    );
+    // every entry's values after are valid on their own
+    let j = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?wallet=live"),
+            Some(&app.admin()),
+        )
+        .await;
+    for e in j.body["items"].as_array().unwrap() {
+        assert!(
+            dec_of(&e["balance_after"]) >= dec_of(&e["margin_after"]),
+            "{e}"
+        );
+    }
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+async fn order_reads(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = funded(&app, "reads@x.io", "1000").await;
+    let other = app.create_user("nosy@x.io").await;
+    app.set_price("BTCUSD", "10").await.expect(200);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let r = app.open_order(u, ("BTCUSD", "buy", "1", 1, "live")).await;
+        ids.push(r.body["id"].as_i64().unwrap());
+    }
+    app.close_order(ids[1], &app.user(u)).await.expect(200);
+    app.close_order(ids[3], &app.user(u)).await.expect(200);
+    // one order: owner, service, admin; not another user
+    let path = format!("{ORDERS}/{}", ids[1]);
+    let r = app.get(&path, Some(&app.user(u))).await;
+    r.expect(200);
+    assert_eq!(
+        (r.body["id"].as_i64(), r.body["status"].as_str()),
+        (Some(ids[1]), Some("closed"))
+    );
+    app.get(&path, Some(&app.service())).await.expect(200);
+    app.get(&path, Some(&app.admin())).await.expect(200);
+    app.get(&path, Some(&app.user(other)))
+        .await
+        .problem(403, "forbidden");
+    app.get(&format!("{ORDERS}/987654"), Some(&app.admin()))
+        .await
+        .problem(404, "not_found");
+    // the list: newest first, filtered, paginated
+    let list = |query: String| {
+        let app = &app;
+        async move {
+            app.get(
+                &format!("/api/v1/users/{u}/orders{query}"),
+                Some(&app.user(u)),
+            )
+            .await
+        }
+    };
+    let ids_of = |r: &tests::Reply| -> Vec<i64> {
+        r.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["id"].as_i64().unwrap())
+            .collect()
+    };
+    let all = list(String::new()).await;
+    all.expect(200);
+    assert_eq!(ids_of(&all), ids.iter().rev().copied().collect::<Vec<_>>());
+    assert!(all.body["next_before_id"].is_null());
+    let closed = list("?status=closed".into()).await;
+    assert_eq!(ids_of(&closed), vec![ids[3], ids[1]]);
+    let open = list("?status=open".into()).await;
+    assert_eq!(ids_of(&open), vec![ids[4], ids[2], ids[0]]);
+    let page = list("?limit=2".into()).await;
+    assert_eq!(ids_of(&page), vec![ids[4], ids[3]]);
+    let cursor = page.body["next_before_id"].as_i64().unwrap();
+    let next = list(format!("?limit=2&before_id={cursor}")).await;
+    assert_eq!(ids_of(&next), vec![ids[2], ids[1]]);
+    list("?limit=0".into())
+        .await
+        .problem(400, "invalid_request");
+    list("?limit=501".into())
+        .await
+        .problem(400, "invalid_request");
+    list("?status=pending".into())
+        .await
+        .problem(400, "invalid_request");
+    app.get(&format!("/api/v1/users/{u}/orders"), Some(&app.user(other)))
+        .await
+        .problem(403, "forbidden");
+    app.get(&format!("/api/v1/users/{u}/orders"), Some(&app.service()))
+        .await
+        .expect(200);
+    app.get("/api/v1/users/555555/orders", Some(&app.admin()))
+        .await
+        .problem(404, "not_found");
+    app.stop().await;
+}
+
+async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 60_000).await;
+    let u = funded(&app, "cool@x.io", "1000").await;
+    app.set_price("BTCUSD", "10").await.expect(200);
+    app.set_price("ETHUSD", "10").await.expect(200);
+    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .expect(201);
+    let before = app.wallet(u, "live").await;
+    let key = fresh_key();
+    let body = order_body(u, "BTCUSD", "1", 1);
+    let r = app
+        .post(ORDERS, &app.user(u), Some(&key), body.clone())
+        .await;
+    r.problem(429, "cooldown_active");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    // not stored under the key: the same key is refused again, not replayed
+    let again = app.post(ORDERS, &app.user(u), Some(&key), body).await;
+    again.problem(429, "cooldown_active");
+    assert!(again.header("idempotent-replayed").is_none());
+    assert_eq!(app.wallet(u, "live").await, before);
+    // another symbol, or another user, is not held back
+    app.open_order(u, ("ETHUSD", "buy", "1", 1, "live"))
+        .await
+        .expect(201);
+    let v = funded(&app, "warm@x.io", "1000").await;
+    app.open_order(v, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .expect(201);
+    // a refused order does not start a cooldown
+    let poor = funded(&app, "poor@x.io", "1").await;
+    app.open_order(poor, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .problem(422, "insufficient_margin");
+    app.open_order(poor, ("BTCUSD", "buy", "0.01", 1, "live"))
+        .await
+        .expect(201);
+    app.stop().await;
+}
+
+async fn cooldown_passes_after_the_window(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 300).await;
+    let u = funded(&app, "later@x.io", "100").await;
+    app.set_price("BTCUSD", "10").await.expect(200);
+    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .expect(201);
+    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .problem(429, "cooldown_active");
+    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
+        .await
+        .expect(201);
+    app.stop().await;
+}
+
+both_engines!(
+    prices_contract,
+    open_order_contract,
+    order_refusals_change_nothing,
+    max_leverage_is_configurable,
+    close_order_contract,
+    a_loss_beyond_the_balance_is_written_off,
+    order_reads,
+    cooldown_refuses_a_second_order_on_the_symbol,
+    cooldown_passes_after_the_window,
+);
