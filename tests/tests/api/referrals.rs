@@ -1,6 +1,7 @@
 //! Contract of referrals: signup bonuses, commissions on fees, settlement,
 //! statistics.
 
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 use tests::{Engine, TestApp, both_engines, fresh_key};
 
@@ -228,7 +229,48 @@ async fn the_settlement_job_credits_pending_commissions(engine: Engine) {
     app.stop().await;
 }
 
+/// A user is never its own upline: the database refuses a self-referral,
+/// the API never changes a referrer, and even a cycle forced in by hand is
+/// not followed past the trader itself.
+async fn a_user_is_never_its_own_upline(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| {
+        c.referral_settle_interval_ms = 0;
+        c.referral_commission_rates = "0.2,0.1,0.05".into();
+    })
+    .await;
+    let a = app.signup("cy-a@x.io", None).await;
+    let aid = a["id"].as_i64().unwrap();
+    let b = app.signup("cy-b@x.io", a["referral_code"].as_str()).await;
+    let bid = b["id"].as_i64().unwrap();
+    let c = app.signup("cy-c@x.io", b["referral_code"].as_str()).await;
+    let cid = c["id"].as_i64().unwrap();
+    let db = &app.state.ledger.db.conn;
+    let own = db
+        .execute_unprepared(&format!(
+            "UPDATE users SET referrer_id = {aid} WHERE id = {aid}"
+        ))
+        .await;
+    assert!(own.is_err(), "a self-referral must be refused");
+    // force a -> c, closing the loop a <- b <- c <- a
+    db.execute_unprepared(&format!(
+        "UPDATE users SET referrer_id = {cid} WHERE id = {aid}"
+    ))
+    .await
+    .unwrap();
+    app.deposit(cid, "1000", "live").await.expect(200);
+    app.set_price("BTCUSD", "1000").await.expect(200);
+    // fee 1: level 1 (b) 0.2, level 2 (a) 0.1; level 3 would be c itself
+    app.open_order(cid, ("BTCUSD", "buy", "1", 10, "live"))
+        .await
+        .expect(201);
+    assert_eq!(stats(&app, bid).await["commission_pending"], "0.2");
+    assert_eq!(stats(&app, aid).await["commission_pending"], "0.1");
+    assert_eq!(stats(&app, cid).await["commission_pending"], "0");
+    app.stop().await;
+}
+
 both_engines!(
+    a_user_is_never_its_own_upline,
     signup_bonuses_are_paid_once_to_live_wallets,
     commissions_accrue_on_fees_and_settle_once,
     referral_routes_check_roles_and_input,
