@@ -295,23 +295,21 @@ pub async fn post<C: ConnectionTrait>(
     Ok(entries)
 }
 
-/// One wallet, balance, margin and profit in one locked step.
+/// One locked wallet, any mix of balance, margin and profit changes in one
+/// step: the legs are applied in order (each must leave the wallet valid and
+/// becomes one journal entry) and written with one `UPDATE`. Legs with no
+/// change are skipped.
 pub async fn perform_combined_operation<C: ConnectionTrait>(
     conn: &C,
     wallet: &mut wallet::Model,
-    deltas: Deltas,
-    kind: &'static str,
     operation_id: Uuid,
-    reference: Option<String>,
-    metadata: Option<serde_json::Value>,
-) -> DomainResult<journal_entry::Model> {
-    let leg = Leg::new(kind, deltas)
-        .reference(reference)
-        .metadata(metadata);
-    let mut entries = post(conn, operation_id, vec![Posting::new(wallet, leg)]).await?;
-    entries
-        .pop()
-        .ok_or_else(|| DomainError::Unexpected("posting produced no entry".into()))
+    legs: Vec<Leg>,
+) -> DomainResult<Vec<journal_entry::Model>> {
+    let legs = legs
+        .into_iter()
+        .filter(|l| l.deltas != Deltas::default())
+        .collect();
+    post(conn, operation_id, vec![Posting { wallet, legs }]).await
 }
 
 /// One wallet, balance only.
@@ -324,16 +322,13 @@ pub async fn update_wallet_balance<C: ConnectionTrait>(
     reference: Option<String>,
     metadata: Option<serde_json::Value>,
 ) -> DomainResult<journal_entry::Model> {
-    perform_combined_operation(
-        conn,
-        wallet,
-        Deltas::balance(delta),
-        kind,
-        operation_id,
-        reference,
-        metadata,
-    )
-    .await
+    let leg = Leg::new(kind, Deltas::balance(delta))
+        .reference(reference)
+        .metadata(metadata);
+    let mut entries = post(conn, operation_id, vec![Posting::new(wallet, leg)]).await?;
+    entries
+        .pop()
+        .ok_or_else(|| DomainError::Unexpected("posting produced no entry".into()))
 }
 
 /// A fresh wallet for unit tests of the rules that take one.
@@ -414,6 +409,108 @@ mod tests {
         assert_ne!(chain_hash(GENESIS_HASH, &tampered), e.hash);
         // and the chain depends on the previous hash
         assert_ne!(chain_hash(&e.hash, &e), e.hash);
+    }
+
+    /// A migrated SQLite database holding one user with one live wallet.
+    async fn one_wallet() -> (tempfile::TempDir, infra::Database, wallet::Model) {
+        use sea_orm::{ActiveModelTrait, Set};
+        let dir = tempfile::tempdir().unwrap();
+        let config = infra::Config {
+            database_url: format!("sqlite://{}/f.db", dir.path().display()),
+            ..infra::Config::default()
+        };
+        let db = infra::Database::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        let user = infra::entities::user::ActiveModel {
+            email: Set("f@x.io".into()),
+            account_number: Set("100000000001".into()),
+            referral_code: Set("FFFFFFFF".into()),
+            referrer_id: Set(None),
+            created_at: Set(now()),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        let w = wallet::ActiveModel {
+            user_id: Set(user.id),
+            kind: Set("live".into()),
+            currency: Set("USD".into()),
+            balance: Set(0),
+            margin: Set(0),
+            profit: Set(0),
+            version: Set(0),
+            last_hash: Set(GENESIS_HASH.into()),
+            created_at: Set(now()),
+            updated_at: Set(now()),
+            ..Default::default()
+        }
+        .insert(&db.conn)
+        .await
+        .unwrap();
+        (dir, db, w)
+    }
+
+    #[tokio::test]
+    async fn a_combined_operation_applies_its_legs_in_order_in_one_update() {
+        let (_dir, db, mut w) = one_wallet().await;
+        let op = Uuid::new_v4();
+        update_wallet_balance(&db.conn, &mut w, 1_000, kinds::DEPOSIT, op, None, None)
+            .await
+            .unwrap();
+        let margin = |m| Deltas {
+            margin: m,
+            ..Deltas::default()
+        };
+        let entries = perform_combined_operation(
+            &db.conn,
+            &mut w,
+            Uuid::new_v4(),
+            vec![
+                Leg::new(kinds::MARGIN_HOLD, margin(400)),
+                Leg::new(kinds::PNL, Deltas::default()), // nothing: skipped
+                Leg::new(kinds::ORDER_OPEN_FEE, Deltas::balance(-10)),
+            ],
+        )
+        .await
+        .unwrap();
+        let afters: Vec<_> = entries
+            .iter()
+            .map(|e| (e.kind.as_str(), e.balance_after, e.margin_after))
+            .collect();
+        assert_eq!(
+            afters,
+            vec![("margin_hold", 1_000, 400), ("order_open_fee", 990, 400)]
+        );
+        assert_eq!(entries[1].hash, chain_hash(&entries[0].hash, &entries[1]));
+        // one UPDATE per operation: the version moved once for the two legs
+        assert_eq!((w.balance, w.margin, w.version), (990, 400, 2));
+        let stored = wallet::Entity::find_by_id(w.id)
+            .one(&db.conn)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored, w);
+        let (count, problems) = crate::reconcile::check_wallet(&db.conn, &stored)
+            .await
+            .unwrap();
+        assert_eq!((count, problems), (3, vec![]));
+        // a leg that would break an invariant refuses the whole operation
+        let refused = perform_combined_operation(
+            &db.conn,
+            &mut w,
+            Uuid::new_v4(),
+            vec![
+                Leg::new(kinds::MARGIN_RELEASE, margin(-400)),
+                Leg::new(kinds::PNL, Deltas::balance(-991)),
+            ],
+        )
+        .await;
+        assert!(matches!(
+            refused,
+            Err(DomainError::InsufficientFunds { .. })
+        ));
+        assert_eq!((w.balance, w.margin, w.version), (990, 400, 2));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{self, Deltas, Leg, Posting, kinds, now};
+use crate::financial::{self, Deltas, Leg, kinds, now};
 use crate::money::Amount;
 use crate::prices::execution_price;
 use crate::referrals::{self, ReferralRules};
@@ -202,19 +202,7 @@ pub async fn open_order(
         .reference(reference.clone()),
         Leg::new(kinds::ORDER_OPEN_FEE, Deltas::balance(-cost.fee)).reference(reference),
     ];
-    let legs = legs
-        .into_iter()
-        .filter(|l| l.deltas != Deltas::default())
-        .collect();
-    financial::post(
-        txn,
-        Uuid::new_v4(),
-        vec![Posting {
-            wallet: &mut w,
-            legs,
-        }],
-    )
-    .await?;
+    financial::perform_combined_operation(txn, &mut w, Uuid::new_v4(), legs).await?;
     if cmd.wallet == WalletKind::Live {
         referrals::accrue(
             txn,
@@ -289,7 +277,7 @@ pub async fn close_order(
     let leg = |kind, deltas| Leg::new(kind, deltas).reference(reference.clone());
     // Ordered so that every entry's values-after are valid on their own:
     // the write-off is credited before the loss it covers is charged.
-    let legs: Vec<Leg> = [
+    let legs = vec![
         leg(
             kinds::MARGIN_RELEASE,
             Deltas {
@@ -307,19 +295,8 @@ pub async fn close_order(
             },
         ),
         leg(kinds::CLOSE_FEE, Deltas::balance(-effect.fee)),
-    ]
-    .into_iter()
-    .filter(|l| l.deltas != Deltas::default())
-    .collect();
-    financial::post(
-        txn,
-        Uuid::new_v4(),
-        vec![Posting {
-            wallet: &mut w,
-            legs,
-        }],
-    )
-    .await?;
+    ];
+    financial::perform_combined_operation(txn, &mut w, Uuid::new_v4(), legs).await?;
     if kind == WalletKind::Live {
         referrals::accrue(
             txn,

@@ -495,7 +495,7 @@ async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
 }
 
 async fn cooldown_passes_after_the_window(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 300).await;
+    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 2_000).await;
     let u = funded(&app, "later@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
@@ -504,7 +504,7 @@ async fn cooldown_passes_after_the_window(engine: Engine) {
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
         .await
         .problem(429, "cooldown_active");
-    tokio::time::sleep(std::time::Duration::from_millis(350)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
         .await
         .expect(201);
