@@ -317,6 +317,15 @@ pub async fn settle_pending(
 ) -> DomainResult<Settlement> {
     let backend = tx.db().backend;
     let mut total = Settlement::default();
+    // A plain read first, so an idle job takes no write lock (SQLite) and
+    // opens no transaction.
+    let any = commission::Entity::find()
+        .filter(commission::Column::Status.eq(PENDING))
+        .one(&tx.db().conn)
+        .await?;
+    if any.is_none() {
+        return Ok(total);
+    }
     for _ in 0..max_batches {
         let done = tx
             .execute_with_retry("settle_commissions", |txn| async move {
