@@ -61,19 +61,8 @@ pub type Apis = (
 );
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
-    OpenApiService::new(
-        (
-            HealthApi,
-            UsersApi,
-            WalletsApi,
-            PricesApi,
-            OrdersApi,
-            ReferralsApi,
-        ),
-        "Ledger API",
-        env!("CARGO_PKG_VERSION"),
-    )
-    .description(DESCRIPTION)
+    OpenApiService::new(Apis::default(), "Ledger API", env!("CARGO_PKG_VERSION"))
+        .description(DESCRIPTION)
 }
 
 #[handler]

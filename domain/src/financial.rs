@@ -141,6 +141,12 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Epoch milliseconds, for times the code compares (leases, expiries,
+/// cooldowns): they compare the same way on both engines.
+pub fn now_ms() -> i64 {
+    Utc::now().timestamp_millis()
+}
+
 fn apply(current: i64, delta: i64) -> DomainResult<i64> {
     current.checked_add(delta).ok_or(DomainError::BalanceLimit)
 }
@@ -432,22 +438,10 @@ mod tests {
         .insert(&db.conn)
         .await
         .unwrap();
-        let w = wallet::ActiveModel {
-            user_id: Set(user.id),
-            kind: Set("live".into()),
-            currency: Set("USD".into()),
-            balance: Set(0),
-            margin: Set(0),
-            profit: Set(0),
-            version: Set(0),
-            last_hash: Set(GENESIS_HASH.into()),
-            created_at: Set(now()),
-            updated_at: Set(now()),
-            ..Default::default()
-        }
-        .insert(&db.conn)
-        .await
-        .unwrap();
+        let w = crate::users::new_wallet(user.id, crate::wallets::WalletKind::Live, now())
+            .insert(&db.conn)
+            .await
+            .unwrap();
         (dir, db, w)
     }
 

@@ -16,7 +16,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use infra::entities::idempotency_key as key;
 use infra::metrics::metrics;
 use sea_orm::sea_query::Expr;
@@ -25,7 +24,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
-use crate::financial::now;
+use crate::financial::{now, now_ms};
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";
@@ -135,10 +134,6 @@ pub struct IdempotencyService {
     tx: TransactionService,
     ttl: Duration,
     lease: Duration,
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 fn millis(d: Duration) -> i64 {

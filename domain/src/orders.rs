@@ -13,11 +13,11 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{self, Deltas, Leg, kinds, now};
+use crate::financial::{self, Deltas, Leg, kinds, now, now_ms};
 use crate::money::Amount;
 use crate::prices::execution_price;
 use crate::referrals::{self, ReferralRules};
-use crate::trading::{self, Side, Symbol, TradingRules};
+use crate::trading::{self, Leverage, Side, Symbol, TradingRules};
 use crate::wallets::{Page, WalletKind, lock_user_wallet, paginate, user_exists};
 
 const OPEN: &str = "open";
@@ -91,11 +91,7 @@ pub struct OpenOrder {
     pub symbol: Symbol,
     pub side: Side,
     pub quantity: Amount,
-    pub leverage: u32,
-}
-
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
+    pub leverage: Leverage,
 }
 
 /// Records this order's time for (user, symbol), or refuses it when the last
@@ -157,7 +153,6 @@ pub async fn open_order(
     referral: &ReferralRules,
     cmd: &OpenOrder,
 ) -> DomainResult<OrderView> {
-    rules.check_leverage(cmd.leverage)?;
     let mut w = lock_user_wallet(txn, backend, cmd.user_id, cmd.wallet).await?;
     let price = execution_price(txn, cmd.symbol.as_str()).await?;
     if rules.cooldown_ms > 0 {
@@ -166,7 +161,7 @@ pub async fn open_order(
     let cost = trading::check_affordable(
         w.balance,
         w.margin,
-        trading::open_cost(cmd.quantity, price, cmd.leverage, rules.fee_rate),
+        trading::open_cost(cmd.quantity, price, cmd.leverage.get(), rules.fee_rate),
     )?;
     let row = order::Entity::insert(order::ActiveModel {
         user_id: Set(cmd.user_id),
@@ -175,7 +170,7 @@ pub async fn open_order(
         symbol: Set(cmd.symbol.as_str().to_owned()),
         side: Set(cmd.side.as_str().to_owned()),
         quantity: Set(cmd.quantity.units()),
-        leverage: Set(i32::try_from(cmd.leverage).unwrap_or(i32::MAX)),
+        leverage: Set(i32::try_from(cmd.leverage.get()).unwrap_or(i32::MAX)),
         status: Set(OPEN.to_owned()),
         open_price: Set(price),
         close_price: Set(None),
@@ -252,11 +247,9 @@ pub async fn close_order(
         .ok_or_else(|| DomainError::Unexpected(format!("order {order_id} has no side")))?;
     let mut w = lock_user_wallet(txn, backend, o.user_id, kind).await?;
     let price = execution_price(txn, &o.symbol).await?;
-    let quantity = Amount::from_units(o.quantity)
-        .map_err(|e| DomainError::Unexpected(format!("order {order_id} quantity: {e}")))?;
     let pnl =
         trading::pnl(side, o.quantity, o.open_price, price).ok_or(DomainError::BalanceLimit)?;
-    let fee = trading::fee(quantity, price, rules.fee_rate).ok_or(DomainError::BalanceLimit)?;
+    let fee = trading::fee(o.quantity, price, rules.fee_rate).ok_or(DomainError::BalanceLimit)?;
     let effect = trading::close_effect(w.balance, w.margin, o.margin, pnl, fee);
     let closed_at = now();
     let updated = order::Entity::update_many()

@@ -27,7 +27,7 @@ use crate::error::{DomainError, DomainResult};
 use crate::financial::{self, Deltas, Leg, Posting, kinds, now};
 use crate::money::Rate;
 use crate::sql::statement;
-use crate::tx::lock_wallets_in_order;
+use crate::tx::{lock_wallet, lock_wallets_in_order};
 use crate::wallets::WalletKind;
 
 /// The fee a commission is a share of.
@@ -166,10 +166,10 @@ pub async fn pay_signup_bonuses(
     }
     let referee_id = referee_live.user_id;
     let operation_id = Uuid::new_v4();
-    let mut referrer_wallets = if rules.referrer_bonus > 0 {
-        lock_wallets_in_order(txn, backend, &[referrer_id], WalletKind::Live).await?
+    let mut referrer_wallet = if rules.referrer_bonus > 0 {
+        Some(lock_wallet(txn, backend, referrer_id, WalletKind::Live).await?)
     } else {
-        Vec::new()
+        None
     };
     let mut postings = Vec::new();
     let mut bonuses = Vec::new();
@@ -188,7 +188,7 @@ pub async fn pay_signup_bonuses(
     let metadata = |role: &str, counterparty: i64| {
         Some(serde_json::json!({ "role": role, "counterparty_user_id": counterparty }))
     };
-    if let Some(referrer_wallet) = referrer_wallets.first_mut() {
+    if let Some(referrer_wallet) = referrer_wallet.as_mut() {
         bonus(referrer_id, ROLE_REFERRER, rules.referrer_bonus);
         postings.push(Posting::new(
             referrer_wallet,

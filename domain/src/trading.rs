@@ -69,20 +69,32 @@ pub struct TradingRules {
 }
 
 impl TradingRules {
-    pub fn check_leverage(&self, leverage: u32) -> DomainResult<()> {
-        if leverage == 0 || leverage > self.max_leverage {
+    /// A leverage these rules allow: 1 to `max_leverage`.
+    pub fn leverage(&self, value: u32) -> DomainResult<Leverage> {
+        if value == 0 || value > self.max_leverage {
             return Err(DomainError::invalid(
                 "leverage",
                 format!("must be within 1..={}", self.max_leverage),
             ));
         }
-        Ok(())
+        Ok(Leverage(value))
+    }
+}
+
+/// A leverage checked against the trading rules (see
+/// [`TradingRules::leverage`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leverage(u32);
+
+impl Leverage {
+    pub fn get(self) -> u32 {
+        self.0
     }
 }
 
 /// `quantity * price`, exact, at scale 16.
-fn notional(quantity: Amount, price: i64) -> i128 {
-    i128::from(quantity.units()) * i128::from(price)
+fn notional(quantity: i64, price: i64) -> i128 {
+    i128::from(quantity) * i128::from(price)
 }
 
 /// What opening an order takes from the wallet.
@@ -102,7 +114,7 @@ impl OpenCost {
 }
 
 /// The fee on `quantity` at `price`; `None` when it exceeds every balance.
-pub fn fee(quantity: Amount, price: i64, rate: Rate) -> Option<i64> {
+pub fn fee(quantity: i64, price: i64, rate: Rate) -> Option<i64> {
     let scaled = notional(quantity, price).checked_mul(i128::from(rate.units()))?;
     i64::try_from(div_round(scaled, UNIT * UNIT)).ok()
 }
@@ -110,6 +122,7 @@ pub fn fee(quantity: Amount, price: i64, rate: Rate) -> Option<i64> {
 /// Margin and open fee. `None` when either exceeds the largest balance (so
 /// no wallet can afford the order).
 pub fn open_cost(quantity: Amount, price: i64, leverage: u32, rate: Rate) -> Option<OpenCost> {
+    let quantity = quantity.units();
     let margin = div_round(
         notional(quantity, price),
         UNIT * i128::from(leverage.max(1)),
@@ -245,10 +258,10 @@ mod tests {
             max_leverage: 100,
             cooldown_ms: 0,
         };
-        assert!(rules.check_leverage(1).is_ok());
-        assert!(rules.check_leverage(100).is_ok());
-        assert!(rules.check_leverage(0).is_err());
-        assert!(rules.check_leverage(101).is_err());
+        assert!(rules.leverage(1).is_ok());
+        assert!(rules.leverage(100).is_ok());
+        assert!(rules.leverage(0).is_err());
+        assert!(rules.leverage(101).is_err());
     }
 
     #[test]
@@ -263,13 +276,10 @@ mod tests {
         let c = open_cost(amount("1"), units("1"), 3, rate("0.001")).unwrap();
         assert_eq!(c.margin, 33_333_333);
         // fee of 0.00000001 notional at 0.1 % rounds to 0
-        assert_eq!(
-            fee(amount("0.00000001"), units("1"), rate("0.001")),
-            Some(0)
-        );
+        assert_eq!(fee(units("0.00000001"), units("1"), rate("0.001")), Some(0));
         // a fee that is exactly half a minor unit: 0.000005 * 0.001 = 0.000000005 -> 0
-        assert_eq!(fee(amount("0.000005"), units("1"), rate("0.001")), Some(0));
-        assert_eq!(fee(amount("0.000015"), units("1"), rate("0.001")), Some(2));
+        assert_eq!(fee(units("0.000005"), units("1"), rate("0.001")), Some(0));
+        assert_eq!(fee(units("0.000015"), units("1"), rate("0.001")), Some(2));
     }
 
     #[test]

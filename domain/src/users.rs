@@ -102,6 +102,24 @@ fn view(u: user::Model, wallets: &[wallet::Model]) -> UserView {
     }
 }
 
+/// A new, empty wallet row: nothing journaled yet, so its chain starts at
+/// the genesis hash.
+pub fn new_wallet(user_id: i64, kind: WalletKind, at: DateTime<Utc>) -> wallet::ActiveModel {
+    wallet::ActiveModel {
+        user_id: Set(user_id),
+        kind: Set(kind.as_str().into()),
+        currency: Set("USD".into()),
+        balance: Set(0),
+        margin: Set(0),
+        profit: Set(0),
+        version: Set(0),
+        last_hash: Set(GENESIS_HASH.into()),
+        created_at: Set(at),
+        updated_at: Set(at),
+        ..Default::default()
+    }
+}
+
 /// Creates the user, a `live` wallet at zero and a `demo` wallet holding
 /// `demo_balance` (journaled as its opening balance), in the caller's
 /// transaction.
@@ -161,23 +179,12 @@ pub async fn create_user(
     }
     let user = created
         .ok_or_else(|| DomainError::Unexpected("could not allocate unique user codes".into()))?;
-    let new_wallet = |kind: WalletKind| wallet::ActiveModel {
-        user_id: Set(user.id),
-        kind: Set(kind.as_str().into()),
-        currency: Set("USD".into()),
-        balance: Set(0),
-        margin: Set(0),
-        profit: Set(0),
-        version: Set(0),
-        last_hash: Set(GENESIS_HASH.into()),
-        created_at: Set(at),
-        updated_at: Set(at),
-        ..Default::default()
-    };
-    let mut wallets =
-        wallet::Entity::insert_many([new_wallet(WalletKind::Live), new_wallet(WalletKind::Demo)])
-            .exec_with_returning(txn)
-            .await?;
+    let mut wallets = wallet::Entity::insert_many([
+        new_wallet(user.id, WalletKind::Live, at),
+        new_wallet(user.id, WalletKind::Demo, at),
+    ])
+    .exec_with_returning(txn)
+    .await?;
     wallets.sort_by_key(|w| w.id);
     if demo_balance > 0
         && let Some(demo) = wallets

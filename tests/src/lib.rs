@@ -301,6 +301,13 @@ impl TestApp {
         .await
     }
 
+    /// Opens an order that must be accepted; returns its id.
+    pub async fn opened(&self, user_id: i64, order: (&str, &str, &str, u32, &str)) -> i64 {
+        let r = self.open_order(user_id, order).await;
+        r.expect(201);
+        r.body["id"].as_i64().unwrap()
+    }
+
     /// Closes an order with `token`.
     pub async fn close_order(&self, order_id: i64, token: &str) -> Reply {
         self.post(
@@ -341,6 +348,13 @@ impl TestApp {
             .find(|w| w["kind"] == wallet)
             .cloned()
             .unwrap()
+    }
+
+    /// Creates a user with `amount` deposited into its live wallet.
+    pub async fn funded_user(&self, email: &str, amount: &str) -> i64 {
+        let u = self.create_user(email).await;
+        self.deposit(u, amount, "live").await.expect(200);
+        u
     }
 
     /// Creates a user through the API and returns its id.
@@ -424,6 +438,22 @@ impl TestApp {
 
 pub fn fresh_key() -> String {
     uuid::Uuid::new_v4().to_string()
+}
+
+/// A count chosen per engine: PostgreSQL runs the contract's numbers,
+/// SQLite, whose writers serialize, lower ones.
+pub fn scale(engine: Engine, postgres: usize, sqlite: usize) -> usize {
+    match engine {
+        Engine::Postgres => postgres,
+        Engine::Sqlite => sqlite,
+    }
+}
+
+#[track_caller]
+pub fn assert_no_5xx(replies: &[Reply]) {
+    for r in replies {
+        assert!(r.status < 500, "server error: {} {}", r.status, r.text);
+    }
 }
 
 /// A decimal string as a number, for comparing amounts.

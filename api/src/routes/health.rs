@@ -10,6 +10,7 @@ use crate::routes::ApiTags;
 use crate::state::AppState;
 use crate::types::{Health, PoolInfo, Readiness};
 
+#[derive(Default)]
 pub struct HealthApi;
 
 #[derive(ApiResponse)]

@@ -40,8 +40,9 @@ pub enum ApiTags {
     Referrals,
 }
 
-pub fn parse_amount(input: &crate::types::DecimalString) -> Result<Amount, ApiError> {
-    Amount::parse(&input.0).map_err(|e| ApiError::invalid(format!("amount: {e}")))
+/// Parses a request amount; a refusal names the field it came from.
+pub fn parse_amount(field: &str, input: &crate::types::DecimalString) -> Result<Amount, ApiError> {
+    Amount::parse(&input.0).map_err(|e| ApiError::invalid(format!("{field}: {e}")))
 }
 
 fn client_key(header: Option<String>) -> Result<String, ApiError> {

@@ -7,23 +7,15 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Principal, Role};
+use crate::auth::{Auth, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
 use crate::routes::{ApiTags, parse_amount, run_idempotent};
 use crate::state::AppState;
 use crate::types::{EmptyRequest, OpenOrderRequest, Order, OrderPage, OrderStatus};
 
+#[derive(Default)]
 pub struct OrdersApi;
-
-/// The owner of an order may act on it; so may the listed roles.
-fn require_owner_or(
-    principal: &Principal,
-    order: &OrderView,
-    roles: &[Role],
-) -> Result<(), ApiError> {
-    principal.require_self_or(order.user_id, roles)
-}
 
 #[OpenApi]
 impl OrdersApi {
@@ -51,16 +43,13 @@ impl OrdersApi {
     ) -> Result<Stored<Order, 201>, ApiError> {
         auth.0.require_self_or(body.user_id, &[Role::Admin])?;
         let ledger = &state.ledger;
-        ledger.trading.check_leverage(body.leverage)?;
         let cmd = OpenOrder {
             user_id: body.user_id,
             wallet: body.wallet.into(),
             symbol: Symbol::parse(&body.symbol)?,
             side: body.side.into(),
-            quantity: parse_amount(&body.quantity).map_err(|_| {
-                ApiError::invalid("quantity: must be a decimal string > 0 with at most 8 decimals")
-            })?,
-            leverage: body.leverage,
+            quantity: parse_amount("quantity", &body.quantity)?,
+            leverage: ledger.trading.leverage(body.leverage)?,
         };
         let backend = ledger.db.backend;
         let (trading, referral) = (&ledger.trading, &ledger.referral);
@@ -103,7 +92,8 @@ impl OrdersApi {
     ) -> Result<Stored<Order, 200>, ApiError> {
         let ledger = &state.ledger;
         let order = orders::get_order(&ledger.db.conn, id.0).await?;
-        require_owner_or(&auth.0, &order, &[Role::Service, Role::Admin])?;
+        auth.0
+            .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
         let backend = ledger.db.backend;
         let (trading, referral) = (&ledger.trading, &ledger.referral);
         let order_id = id.0;
@@ -136,7 +126,8 @@ impl OrdersApi {
         id: Path<i64>,
     ) -> Result<Json<Order>, ApiError> {
         let order = orders::get_order(&state.ledger.db.conn, id.0).await?;
-        require_owner_or(&auth.0, &order, &[Role::Service, Role::Admin])?;
+        auth.0
+            .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
         Ok(Json(Order::from(&order)))
     }
 

@@ -13,6 +13,7 @@ use crate::routes::{ApiTags, parse_amount};
 use crate::state::AppState;
 use crate::types::{Price, PriceRequest};
 
+#[derive(Default)]
 pub struct PricesApi;
 
 #[OpenApi]
@@ -35,7 +36,7 @@ impl PricesApi {
     ) -> Result<Json<Price>, ApiError> {
         auth.0.require(&[Role::Service, Role::Admin])?;
         let symbol = Symbol::parse(&symbol.0)?;
-        let price = parse_amount(&body.price)?;
+        let price = parse_amount("price", &body.price)?;
         let view = state
             .ledger
             .tx

@@ -13,6 +13,7 @@ use crate::routes::{ApiTags, run_idempotent};
 use crate::state::AppState;
 use crate::types::{EmptyRequest, ReferralStats, Settlement};
 
+#[derive(Default)]
 pub struct ReferralsApi;
 
 /// How many batches one call of the settle route may credit, in its one

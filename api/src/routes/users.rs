@@ -13,6 +13,7 @@ use crate::routes::{ApiTags, run_idempotent};
 use crate::state::AppState;
 use crate::types::{CreateUserRequest, User};
 
+#[derive(Default)]
 pub struct UsersApi;
 
 #[OpenApi]

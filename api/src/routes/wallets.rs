@@ -16,6 +16,7 @@ use crate::types::{
     WalletBody, WithdrawRequest,
 };
 
+#[derive(Default)]
 pub struct WalletsApi;
 
 #[OpenApi]
@@ -57,7 +58,7 @@ impl WalletsApi {
         let cmd = Deposit {
             user_id: body.user_id,
             wallet: body.wallet.into(),
-            amount: parse_amount(&body.amount)?,
+            amount: parse_amount("amount", &body.amount)?,
             payment_method: body.payment_method.clone(),
             reference: body.reference.clone(),
         };
@@ -99,7 +100,7 @@ impl WalletsApi {
         let cmd = Withdrawal {
             user_id: body.user_id,
             wallet: body.wallet.into(),
-            amount: parse_amount(&body.amount)?,
+            amount: parse_amount("amount", &body.amount)?,
             destination: body.destination.clone(),
         };
         let backend = state.ledger.db.backend;
@@ -140,7 +141,7 @@ impl WalletsApi {
             from_user_id: body.from_user_id,
             to_user_id: body.to_user_id,
             wallet: body.wallet.into(),
-            amount: parse_amount(&body.amount)?,
+            amount: parse_amount("amount", &body.amount)?,
         };
         let backend = state.ledger.db.backend;
         run_idempotent(

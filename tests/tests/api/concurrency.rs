@@ -4,20 +4,7 @@
 
 use futures::future::join_all;
 use serde_json::json;
-use tests::{Engine, Reply, TestApp, both_engines, fresh_key};
-
-fn scale(engine: Engine, postgres: usize, sqlite: usize) -> usize {
-    match engine {
-        Engine::Postgres => postgres,
-        Engine::Sqlite => sqlite,
-    }
-}
-
-fn assert_no_5xx(replies: &[Reply]) {
-    for r in replies {
-        assert!(r.status < 500, "server error: {} {}", r.status, r.text);
-    }
-}
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, fresh_key, scale};
 
 /// Invariant: N concurrent deposits of 0.01 into one wallet leave exactly
 /// N × 0.01 and exactly N deposit journal entries (no lost update).

@@ -6,12 +6,6 @@ use tests::{Engine, TestApp, both_engines, dec_of, fresh_key};
 
 const ORDERS: &str = "/api/v1/orders";
 
-async fn funded(app: &TestApp, email: &str, amount: &str) -> i64 {
-    let u = app.create_user(email).await;
-    app.deposit(u, amount, "live").await.expect(200);
-    u
-}
-
 fn order_body(u: i64, symbol: &str, quantity: &str, leverage: u32) -> Value {
     json!({"user_id": u, "symbol": symbol, "side": "buy", "quantity": quantity,
            "leverage": leverage, "wallet": "live"})
@@ -75,7 +69,7 @@ async fn prices_contract(engine: Engine) {
 
 async fn open_order_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = funded(&app, "o@x.io", "1000").await;
+    let u = app.funded_user("o@x.io", "1000").await;
     app.set_price("BTCUSD", "100").await.expect(200);
     let r = app.open_order(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     r.expect(201);
@@ -173,7 +167,7 @@ async fn open_order_contract(engine: Engine) {
 
 async fn order_refusals_change_nothing(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = funded(&app, "r@x.io", "10").await;
+    let u = app.funded_user("r@x.io", "10").await;
     app.set_price("BTCUSD", "100").await.expect(200);
     let before = app.wallet(u, "live").await;
     // no price for the symbol
@@ -216,7 +210,7 @@ async fn order_refusals_change_nothing(engine: Engine) {
 
 async fn max_leverage_is_configurable(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.max_leverage = 20).await;
-    let u = funded(&app, "lev@x.io", "100").await;
+    let u = app.funded_user("lev@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 21, "live"))
         .await
@@ -229,14 +223,9 @@ async fn max_leverage_is_configurable(engine: Engine) {
 
 async fn close_order_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = funded(&app, "c@x.io", "1000").await;
+    let u = app.funded_user("c@x.io", "1000").await;
     app.set_price("BTCUSD", "100").await.expect(200);
-    let id = app
-        .open_order(u, ("BTCUSD", "buy", "2", 10, "live"))
-        .await
-        .body["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.opened(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     app.set_price("BTCUSD", "110").await.expect(200);
     // another user may not close it; a missing key is refused
     let other = app.create_user("other@x.io").await;
@@ -300,12 +289,7 @@ async fn close_order_contract(engine: Engine) {
         .await
         .problem(404, "not_found");
     // a sell that loses, closed by a service
-    let id = app
-        .open_order(u, ("BTCUSD", "sell", "1", 2, "live"))
-        .await
-        .body["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.opened(u, ("BTCUSD", "sell", "1", 2, "live")).await;
     app.set_price("BTCUSD", "120.5").await.expect(200);
     let r = app.close_order(id, &app.service()).await;
     r.expect(200);
@@ -321,15 +305,10 @@ async fn close_order_contract(engine: Engine) {
 
 async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = funded(&app, "wo@x.io", "10").await;
+    let u = app.funded_user("wo@x.io", "10").await;
     app.set_price("BTCUSD", "100").await.expect(200);
     // margin 1, fee 0.1: balance 9.9
-    let id = app
-        .open_order(u, ("BTCUSD", "buy", "1", 100, "live"))
-        .await
-        .body["id"]
-        .as_i64()
-        .unwrap();
+    let id = app.opened(u, ("BTCUSD", "buy", "1", 100, "live")).await;
     app.set_price("BTCUSD", "50").await.expect(200);
     let r = app.close_order(id, &app.user(u)).await;
     r.expect(200);
@@ -374,13 +353,12 @@ async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
 
 async fn order_reads(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = funded(&app, "reads@x.io", "1000").await;
+    let u = app.funded_user("reads@x.io", "1000").await;
     let other = app.create_user("nosy@x.io").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     let mut ids = Vec::new();
     for _ in 0..5 {
-        let r = app.open_order(u, ("BTCUSD", "buy", "1", 1, "live")).await;
-        ids.push(r.body["id"].as_i64().unwrap());
+        ids.push(app.opened(u, ("BTCUSD", "buy", "1", 1, "live")).await);
     }
     app.close_order(ids[1], &app.user(u)).await.expect(200);
     app.close_order(ids[3], &app.user(u)).await.expect(200);
@@ -455,7 +433,7 @@ async fn order_reads(engine: Engine) {
 
 async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 60_000).await;
-    let u = funded(&app, "cool@x.io", "1000").await;
+    let u = app.funded_user("cool@x.io", "1000").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.set_price("ETHUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
@@ -479,12 +457,12 @@ async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
     app.open_order(u, ("ETHUSD", "buy", "1", 1, "live"))
         .await
         .expect(201);
-    let v = funded(&app, "warm@x.io", "1000").await;
+    let v = app.funded_user("warm@x.io", "1000").await;
     app.open_order(v, ("BTCUSD", "buy", "1", 1, "live"))
         .await
         .expect(201);
     // a refused order does not start a cooldown
-    let poor = funded(&app, "poor@x.io", "1").await;
+    let poor = app.funded_user("poor@x.io", "1").await;
     app.open_order(poor, ("BTCUSD", "buy", "1", 1, "live"))
         .await
         .problem(422, "insufficient_margin");
@@ -496,7 +474,7 @@ async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
 
 async fn cooldown_passes_after_the_window(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 2_000).await;
-    let u = funded(&app, "later@x.io", "100").await;
+    let u = app.funded_user("later@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
         .await
