@@ -1,11 +1,16 @@
 //! The `ledger` binary: serve (default), migrate, openapi, token, reconcile.
 
+use std::io::Write;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use api::app::{self, BoxError};
 use api::auth::{Role, Tokens};
+use api::seed::{self, SeedOptions};
 use clap::{Parser, Subcommand};
+use domain::money::Amount;
+use domain::trading::Symbol;
 use infra::{Config, Database};
 
 #[derive(Parser)]
@@ -37,6 +42,39 @@ enum Command {
     },
     /// Check every wallet against its journal (sums and hash chains).
     Reconcile,
+    /// Create funded users for load tests and write their ids and tokens
+    /// (plus a service token and the priced symbol) as JSON.
+    SeedLoad {
+        /// How many users.
+        #[arg(long)]
+        users: usize,
+        /// Each user's live balance, a decimal such as 1000.
+        #[arg(long, value_parser = parse_amount)]
+        balance: Amount,
+        /// Where to write the JSON file.
+        #[arg(long)]
+        out: PathBuf,
+        /// The symbol to price, for orders.
+        #[arg(long, default_value = "LOADUSD", value_parser = parse_symbol)]
+        symbol: Symbol,
+        /// Its price.
+        #[arg(long, default_value = "100", value_parser = parse_amount)]
+        price: Amount,
+        /// Lifetime of the tokens written: 90s, 15m, 1h, 7d.
+        #[arg(long, default_value = "1d", value_parser = parse_ttl)]
+        token_ttl: Duration,
+        /// Users per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+}
+
+fn parse_amount(s: &str) -> Result<Amount, String> {
+    Amount::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_symbol(s: &str) -> Result<Symbol, String> {
+    Symbol::parse(s).map_err(|e| e.to_string())
 }
 
 fn parse_role(s: &str) -> Result<Role, String> {
@@ -147,6 +185,43 @@ async fn run(command: Command) -> Result<ExitCode, BoxError> {
                 return Ok(ExitCode::FAILURE);
             }
             println!("books balance");
+        }
+        Command::SeedLoad {
+            users,
+            balance,
+            out,
+            symbol,
+            price,
+            token_ttl,
+            batch,
+        } => {
+            let config = load_config()?;
+            let db = Database::connect(&config).await?;
+            db.migrate().await?;
+            let options = SeedOptions {
+                users,
+                balance,
+                symbol,
+                price,
+                token_ttl,
+                batch,
+            };
+            let started = Instant::now();
+            let file = seed::seed_load(&db, &config, &options, |done, total| {
+                eprint!("\r{}", seed::progress_bar(done, total, started.elapsed()));
+                let _ = std::io::stderr().flush();
+            })
+            .await;
+            eprintln!();
+            db.close().await;
+            let file = file?;
+            std::fs::write(&out, serde_json::to_vec(&file)?)?;
+            println!(
+                "{} users seeded in {:.1}s; wrote {}",
+                file.users.len(),
+                started.elapsed().as_secs_f64(),
+                out.display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -116,7 +116,10 @@ impl TransactionService {
                 .then_some(SqliteTransactionMode::Immediate),
             ..TransactionOptions::default()
         };
-        self.db.conn.begin_with_options(options).await
+        let started = std::time::Instant::now();
+        let txn = self.db.conn.begin_with_options(options).await;
+        metrics().db_begin.observe(started.elapsed().as_secs_f64());
+        txn
     }
 
     pub async fn execute_with_retry<T, F, Fut>(

@@ -211,6 +211,64 @@ pub async fn create_user(
     Ok(view(user, &wallets))
 }
 
+/// Bulk creation for load tests: one user per email, each with a `live`
+/// wallet credited `live_balance` (journaled as a deposit) and a `demo`
+/// wallet holding `demo_balance` (its opening balance). Three multi-row
+/// inserts and the postings, in the caller's transaction. A collision of the
+/// generated codes fails the batch with a unique violation; the caller
+/// retries it whole. Returns the user ids in the emails' order.
+pub async fn create_funded_users(
+    txn: &DatabaseTransaction,
+    emails: &[Email],
+    live_balance: i64,
+    demo_balance: i64,
+) -> DomainResult<Vec<i64>> {
+    if emails.is_empty() {
+        return Ok(Vec::new());
+    }
+    let at = financial::now();
+    let users = user::Entity::insert_many(emails.iter().map(|email| user::ActiveModel {
+        email: Set(email.0.clone()),
+        account_number: Set(generate_account_number()),
+        referral_code: Set(ReferralCode::generate().0),
+        referrer_id: Set(None),
+        created_at: Set(at),
+        ..Default::default()
+    }))
+    .exec_with_returning(txn)
+    .await?;
+    let mut ids: Vec<(String, i64)> = users.iter().map(|u| (u.email.clone(), u.id)).collect();
+    let rows = users.iter().flat_map(|u| {
+        [
+            new_wallet(u.id, WalletKind::Live, at),
+            new_wallet(u.id, WalletKind::Demo, at),
+        ]
+    });
+    let mut wallets = wallet::Entity::insert_many(rows)
+        .exec_with_returning(txn)
+        .await?;
+    let postings = wallets
+        .iter_mut()
+        .filter_map(|w| {
+            let leg = if w.kind == WalletKind::Live.as_str() {
+                Leg::new(kinds::DEPOSIT, Deltas::balance(live_balance))
+                    .reference(Some("seed-load".into()))
+            } else {
+                Leg::new(kinds::OPENING_BALANCE, Deltas::balance(demo_balance))
+            };
+            (leg.deltas.balance > 0).then(|| Posting::new(w, leg))
+        })
+        .collect();
+    financial::post(txn, Uuid::new_v4(), postings).await?;
+    let order: std::collections::HashMap<&str, usize> = emails
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.as_str(), i))
+        .collect();
+    ids.sort_by_key(|(email, _)| order.get(email.as_str()).copied().unwrap_or(usize::MAX));
+    Ok(ids.into_iter().map(|(_, id)| id).collect())
+}
+
 pub async fn get_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<UserView> {
     let user = user::Entity::find_by_id(user_id)
         .one(conn)

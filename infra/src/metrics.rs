@@ -18,6 +18,12 @@ pub struct Metrics {
     pub pool_size: IntGauge,
     pub pool_idle: IntGauge,
     pub pool_max: IntGauge,
+    /// Time to get a pooled connection and begin a write transaction: the
+    /// pool wait seen by money operations.
+    pub db_begin: prometheus::Histogram,
+    /// This process's id, so a scraper behind a shared port (SO_REUSEPORT)
+    /// can tell instances apart.
+    pub process_id: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -65,7 +71,20 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(idempotent_replays.clone()))?;
     registry.register(Box::new(pool_size.clone()))?;
     registry.register(Box::new(pool_idle.clone()))?;
+    let db_begin = prometheus::Histogram::with_opts(
+        HistogramOpts::new(
+            "db_begin_seconds",
+            "Time to acquire a pooled connection and begin a write transaction",
+        )
+        .buckets(vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]),
+    )?;
+    let process_id = IntGauge::new("process_id", "Operating-system id of this process")?;
+    process_id.set(i64::from(std::process::id()));
     registry.register(Box::new(pool_max.clone()))?;
+    registry.register(Box::new(db_begin.clone()))?;
+    registry.register(Box::new(process_id.clone()))?;
     Ok(Metrics {
         registry,
         http_requests,
@@ -77,6 +96,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_size,
         pool_idle,
         pool_max,
+        db_begin,
+        process_id,
     })
 }
 

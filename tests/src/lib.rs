@@ -16,6 +16,8 @@ use infra::config::Secret;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::Value;
 
+pub mod load;
+
 pub const SECRET: &str = "integration-test-secret-0123456789";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,184 @@
+//! One keep-alive HTTP/1.1 connection per virtual user, opened from a chosen
+//! source address so that more than one loopback address can share the
+//! ~28k ephemeral ports each (source, destination) pair allows.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::{Method, Request};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpSocket;
+
+/// Why a request got no HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Transport {
+    Connect,
+    Io,
+    Timeout,
+}
+
+impl Transport {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "transport: connect failed",
+            Self::Io => "transport: connection lost",
+            Self::Timeout => "transport: timeout",
+        }
+    }
+}
+
+/// An HTTP answer: status and body.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The problem+json `code` of an error answer.
+    pub fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or("").to_owned()
+    }
+}
+
+/// A request to send: the path includes any query string.
+#[derive(Debug, Clone)]
+pub struct Call<'a> {
+    pub method: Method,
+    pub path: String,
+    pub token: &'a str,
+    pub key: Option<&'a str>,
+    pub body: Option<Vec<u8>>,
+}
+
+impl<'a> Call<'a> {
+    pub fn get(path: String, token: &'a str) -> Self {
+        Self {
+            method: Method::GET,
+            path,
+            token,
+            key: None,
+            body: None,
+        }
+    }
+
+    pub fn post(path: &str, token: &'a str, key: &'a str, body: &serde_json::Value) -> Self {
+        Self {
+            method: Method::POST,
+            path: path.to_owned(),
+            token,
+            key: Some(key),
+            body: Some(body.to_string().into_bytes()),
+        }
+    }
+}
+
+pub struct Connection {
+    source: IpAddr,
+    target: SocketAddr,
+    host: String,
+    timeout: Duration,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    pub fn new(source: IpAddr, target: SocketAddr, timeout: Duration) -> Self {
+        Self {
+            source,
+            target,
+            host: target.to_string(),
+            timeout,
+            sender: None,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), Transport> {
+        let socket = match self.target {
+            SocketAddr::V4(_) => TcpSocket::new_v4(),
+            SocketAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .map_err(|_| Transport::Connect)?;
+        socket
+            .bind(SocketAddr::new(self.source, 0))
+            .map_err(|_| Transport::Connect)?;
+        let stream = tokio::time::timeout(self.timeout, socket.connect(self.target))
+            .await
+            .map_err(|_| Transport::Timeout)?
+            .map_err(|_| Transport::Connect)?;
+        stream.set_nodelay(true).map_err(|_| Transport::Connect)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|_| Transport::Connect)?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        self.sender = Some(sender);
+        Ok(())
+    }
+
+    /// Opens the connection now (ramp-up holds it open from here on).
+    pub async fn open(&mut self) -> Result<(), Transport> {
+        if self.sender.is_none() {
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends one request; on a transport failure the connection is dropped
+    /// and the next call opens a new one.
+    pub async fn send(&mut self, call: &Call<'_>) -> Result<Answer, Transport> {
+        let result = tokio::time::timeout(self.timeout, self.exchange(call)).await;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Transport::Timeout),
+        };
+        if outcome.is_err() {
+            self.sender = None;
+        }
+        outcome
+    }
+
+    async fn exchange(&mut self, call: &Call<'_>) -> Result<Answer, Transport> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.connect().await?;
+        }
+        let sender = self.sender.as_mut().ok_or(Transport::Connect)?;
+        sender.ready().await.map_err(|_| Transport::Io)?;
+        let mut request = Request::builder()
+            .method(call.method.clone())
+            .uri(call.path.as_str())
+            .header(HOST, self.host.as_str())
+            .header(AUTHORIZATION, format!("Bearer {}", call.token));
+        if let Some(key) = call.key {
+            request = request.header("idempotency-key", key);
+        }
+        let body = match &call.body {
+            Some(body) => {
+                request = request.header(CONTENT_TYPE, "application/json");
+                Full::new(Bytes::from(body.clone()))
+            }
+            None => Full::new(Bytes::new()),
+        };
+        let request = request.body(body).map_err(|_| Transport::Io)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|_| Transport::Io)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|_| Transport::Io)?
+            .to_bytes();
+        Ok(Answer { status, body })
+    }
+}
