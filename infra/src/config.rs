@@ -51,6 +51,10 @@ pub enum LogFormat {
 pub struct Config {
     /// Address the HTTP server binds to.
     pub listen: String,
+    /// Bind with SO_REUSEPORT, so that several instances on one host share
+    /// the address and the kernel spreads connections across them (each
+    /// process holds at most its open-files limit of connections).
+    pub listen_reuse_port: bool,
     /// `sqlite://path` or `postgres://…`.
     pub database_url: String,
     pub db_max_connections: u32,
@@ -147,6 +151,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:3000".into(),
+            listen_reuse_port: false,
             database_url: "sqlite://data/ledger.db".into(),
             db_max_connections: 50,
             db_min_connections: 0,
