@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite: unit tests, and the HTTP tests on SQLite and on
-# PostgreSQL (each test in a database of its own).
+# The whole test suite: unit tests, the HTTP tests on SQLite and on
+# PostgreSQL (each test in a database of its own), the k6 scripts' parse and
+# route check, and a short load-generator run whose books must balance.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 scripts/ensure-postgres.sh
 cargo test --workspace --locked "$@"
+scripts/k6-check.sh
+scripts/load-smoke.sh 200 15
