@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Regenerates BENCHMARKS.md and bench/latency.svg: every number in them comes
+# from this script's run on this machine.
+#
+#   bench/run.sh                     the full run (about 20 minutes)
+#   BENCH_QUICK=1 bench/run.sh       a short rehearsal (smaller, shorter)
+#
+# Steps: seed 33,000 users on PostgreSQL; pgbench the deposit and wallet-read
+# SQL (bench/pgbench/); the same work through the API with loadgen (50
+# connections); one hot wallet under 500 depositors; 33,000 users on
+# keep-alive connections running the mixed scenario, with the books checked
+# and the database reconciled; the SQLite default at moderate load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick="${BENCH_QUICK:-0}"
+users=33000 step=30 mixed_ramp=120 mixed_hold=600 think_min=20000 think_max=40000
+sqlite_users=1000 sqlite_vus=200 sqlite_hold=60
+if [ "$quick" = 1 ]; then
+  users=3000 step=8 mixed_ramp=10 mixed_hold=30 think_min=500 think_max=1500
+  sqlite_users=200 sqlite_vus=100 sqlite_hold=15
+fi
+
+admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+db=ledger_bench
+url="${admin%/*}/$db"
+out=bench/results
+port=18090
+mkdir -p "$out"
+rm -f "$out"/*.json "$out"/*.txt
+servers=()
+
+stop_servers() {
+  for pid in "${servers[@]:-}"; do
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  done
+  servers=()
+}
+trap stop_servers EXIT
+
+scripts/ensure-postgres.sh
+cargo build --release --locked --bin ledger --bin loadgen
+bin=target/release
+
+export LEDGER_JWT_SECRET="bench-secret-0123456789abcdef0123456789"
+export LEDGER_RATE_LIMIT_PER_SECOND=0
+export LEDGER_SHUTDOWN_DRAIN_MS=0
+export RUST_LOG="${RUST_LOG:-info,sqlx=warn,sea_orm=warn}"
+
+# serve NAME [INSTANCES] [POOL]: starts the server(s) on $port, logs to $out.
+serve() {
+  local name="$1" instances="${2:-1}" pool="${3:-50}" i
+  for i in $(seq "$instances"); do
+    LEDGER_LISTEN="127.0.0.1:$port" LEDGER_LISTEN_REUSE_PORT=true \
+      LEDGER_DB_MAX_CONNECTIONS="$pool" \
+      "$bin/ledger" serve >"$out/server-$name-$i.log" 2>&1 &
+    servers+=($!)
+  done
+  for _ in $(seq 200); do
+    curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "the server did not start" >&2
+  return 1
+}
+
+# loadgen NAME ARGS...: one generator run; its report goes to $out/NAME.json.
+loadgen() {
+  local name="$1"
+  shift
+  "$bin/loadgen" --users-file "$out/users.json" --target "127.0.0.1:$port" \
+    --label "$name" --json "$out/$name.json" "$@" | tee "$out/$name.txt"
+}
+
+# pgb NAME SCRIPT [USERS]: 50 clients, $step seconds, prepared statements,
+# on a copy of the seeded database (its journal rows carry a fixed hash, so
+# they must not join the API's hash chains).
+pgb() {
+  pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 50 -j 2 -T "$step" \
+    -D users="${3:-$users}" -f "bench/pgbench/$2" "${db}_pgbench" | tee "$out/pgbench-$1.txt"
+}
+
+echo "== machine"
+{
+  echo "cpus: $(nproc)"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "kernel: $(uname -r)"
+  echo "postgresql: $(psql "$admin" -Atc 'show server_version')"
+  echo "pgbench: $(pgbench --version)"
+  echo "rustc: $(rustc --version)"
+  echo "open files per process (hard): $(ulimit -Hn)"
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "quick: $quick"
+} | tee "$out/machine.txt"
+
+echo "== seed $users users"
+psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+export DATABASE_URL="$url"
+start=$(date +%s%N)
+RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$out/users.json"
+echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/seed.txt"
+psql "$url" -qc "VACUUM ANALYZE"
+
+echo "== pgbench: the database's own limit for the same SQL"
+psql "$admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
+  -qc "CREATE DATABASE ${db}_pgbench TEMPLATE $db"
+pgb deposit deposit.sql
+pgb read read.sql
+pgb hot deposit.sql 1
+psql "$admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
+
+echo "== the API, one instance, pool 50"
+serve single
+loadgen deposit --scenario deposit --vus 50 --duration "$step"
+loadgen read --scenario read --vus 50 --duration "$step"
+loadgen hot --scenario hot --vus 500 --ramp 2 --duration "$step"
+stop_servers
+
+echo "== $users users, mixed, two instances sharing the port (pool 25 + 25)"
+psql "$url" -qc "VACUUM ANALYZE"
+serve mixed 2 25
+loadgen mixed --scenario mixed --vus "$users" --shards 2 \
+  --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
+  --ramp "$mixed_ramp" --duration "$mixed_hold" \
+  --think-min-ms "$think_min" --think-max-ms "$think_max" \
+  --timeout 60 --database-url "$url" || echo "mixed run FAILED" | tee -a "$out/mixed.txt"
+stop_servers
+
+echo "== SQLite (the default), moderate load"
+sqlite_dir="$(mktemp -d)"
+export DATABASE_URL="sqlite://$sqlite_dir/ledger.db"
+RUST_LOG=warn "$bin/ledger" seed-load --users "$sqlite_users" --balance 1000 --out "$out/users.json"
+serve sqlite
+loadgen sqlite --scenario mixed --vus "$sqlite_vus" --ramp 5 --duration "$sqlite_hold" \
+  --think-min-ms 100 --think-max-ms 500 --database-url "$DATABASE_URL" || true
+stop_servers
+rm -rf "$sqlite_dir"
+rm -f "$out/users.json"
+
+echo "== report"
+python3 bench/report.py "$out" BENCHMARKS.md bench/latency.svg
