@@ -288,8 +288,7 @@ impl Vu<'_> {
         } else {
             min
         };
-        let left = self.ctx.deadline.saturating_duration_since(Instant::now());
-        tokio::time::sleep(pause.min(left)).await;
+        tokio::time::sleep(pause).await;
     }
 
     async fn deposit(&mut self, user_id: i64) {
@@ -321,18 +320,33 @@ impl Vu<'_> {
         }
     }
 
+    /// The mixed session. Once the run is over, a user stops at its next
+    /// step, at its own pace (so the end is no burst), except that an open
+    /// order is always closed first.
     async fn mixed(&mut self, n: u64) {
+        macro_rules! step {
+            ($e:expr) => {{
+                if !self.ctx.go_on() {
+                    return;
+                }
+                $e
+            }};
+        }
         let id = self.user.id;
         let token = self.user.token.clone();
         let wallets = format!("/api/v1/users/{id}/wallets");
-        self.read("read_wallets", wallets.clone()).await;
-        self.read("read_orders", format!("/api/v1/users/{id}/orders?limit=10"))
-            .await;
-        self.deposit(id).await;
-        self.read("read_wallets", wallets.clone()).await;
         let symbol = self.ctx.file.symbol.clone();
-        self.read("read_price", format!("/api/v1/prices/{symbol}"))
-            .await;
+        step!(self.read("read_wallets", wallets.clone()).await);
+        step!(
+            self.read("read_orders", format!("/api/v1/users/{id}/orders?limit=10"))
+                .await
+        );
+        step!(self.deposit(id).await);
+        step!(self.read("read_wallets", wallets.clone()).await);
+        step!(
+            self.read("read_price", format!("/api/v1/prices/{symbol}"))
+                .await
+        );
         let order = json!({
             "user_id": id,
             "symbol": symbol,
@@ -341,47 +355,51 @@ impl Vu<'_> {
             "leverage": 10,
             "wallet": "live",
         });
-        let opened = self
-            .write("open_order", "/api/v1/orders", &token, order)
-            .await;
+        let opened = step!(
+            self.write("open_order", "/api/v1/orders", &token, order)
+                .await
+        );
         if let Some(opened) = opened {
             self.books
                 .add(id, -decimal(&opened["open_fee"]).unwrap_or_default());
             let order_id = opened["id"].as_i64().unwrap_or_default();
-            self.read("read_order", format!("/api/v1/orders/{order_id}"))
-                .await;
-            self.read("read_wallets", wallets.clone()).await;
+            if self.ctx.go_on() {
+                self.read("read_order", format!("/api/v1/orders/{order_id}"))
+                    .await;
+                self.read("read_wallets", wallets.clone()).await;
+            }
             let path = format!("/api/v1/orders/{order_id}/close");
             if let Some(closed) = self.write("close_order", &path, &token, json!({})).await {
                 let gained = decimal(&closed["pnl"]).unwrap_or_default()
                     - decimal(&closed["close_fee"]).unwrap_or_default()
                     + decimal(&closed["written_off"]).unwrap_or_default();
                 self.books.add(id, gained);
-            } else {
-                // Its margin stays held: the books check reports it.
-                self.books.add(id, Decimal::ZERO);
             }
         }
-        self.read(
-            "read_orders",
-            format!("/api/v1/users/{id}/orders?status=closed&limit=10"),
-        )
-        .await;
-        self.read(
-            "read_transactions",
-            format!("/api/v1/users/{id}/transactions?limit=10"),
-        )
-        .await;
+        step!(
+            self.read(
+                "read_orders",
+                format!("/api/v1/users/{id}/orders?status=closed&limit=10"),
+            )
+            .await
+        );
+        step!(
+            self.read(
+                "read_transactions",
+                format!("/api/v1/users/{id}/transactions?limit=10"),
+            )
+            .await
+        );
         let amount = self.ctx.plan.amount;
         let body = json!({"user_id": id, "amount": amount.to_string(), "wallet": "live"});
-        if self
-            .write("withdraw", "/api/v1/wallets/withdraw", &token, body)
-            .await
-            .is_some()
-        {
+        let withdrawn = step!(
+            self.write("withdraw", "/api/v1/wallets/withdraw", &token, body)
+                .await
+        );
+        if withdrawn.is_some() {
             self.books.add(id, -amount);
         }
-        self.read("read_wallets", wallets).await;
+        step!(self.read("read_wallets", wallets).await);
     }
 }
 
