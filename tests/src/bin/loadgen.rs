@@ -429,8 +429,9 @@ fn main() -> ExitCode {
     }
 }
 
+// Not `mod tests`: that name would shadow this package's library crate.
 #[cfg(test)]
-mod tests {
+mod unit {
     use super::*;
 
     #[test]

@@ -350,7 +350,7 @@ impl Vu<'_> {
         let order = json!({
             "user_id": id,
             "symbol": symbol,
-            "side": if n % 2 == 0 { "buy" } else { "sell" },
+            "side": if n.is_multiple_of(2) { "buy" } else { "sell" },
             "quantity": self.ctx.plan.quantity.to_string(),
             "leverage": 10,
             "wallet": "live",
