@@ -44,11 +44,6 @@ def verdict(ok):
     return "**met**" if ok else "**missed**"
 
 
-def fails(run):
-    """Failed requests of a run (5xx, 4xx, transport errors, timeouts)."""
-    return run["failed"] if run else None
-
-
 def server_errors(run):
     if not run:
         return None

@@ -6,10 +6,7 @@ use chrono::{DateTime, Utc};
 use infra::Backend;
 use infra::entities::{order, trade_cooldown as cooldown};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
-};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
@@ -18,7 +15,7 @@ use crate::money::Amount;
 use crate::prices::execution_price;
 use crate::referrals::{self, ReferralRules};
 use crate::trading::{self, Leverage, Side, Symbol, TradingRules};
-use crate::wallets::{Page, WalletKind, lock_user_wallet, paginate, user_exists};
+use crate::wallets::{Page, WalletKind, lock_user_wallet, newest_first};
 
 const OPEN: &str = "open";
 const CLOSED: &str = "closed";
@@ -320,24 +317,19 @@ pub async fn list_orders<C: ConnectionTrait>(
     limit: u64,
     before_id: Option<i64>,
 ) -> DomainResult<Page<OrderView>> {
-    if !user_exists(conn, user_id).await? {
-        return Err(DomainError::NotFound("user"));
-    }
     let mut query = order::Entity::find().filter(order::Column::UserId.eq(user_id));
     if let Some(status) = status {
         query = query.filter(order::Column::Status.eq(status.as_str()));
     }
-    if let Some(before) = before_id {
-        query = query.filter(order::Column::Id.lt(before));
-    }
-    let rows = query
-        .order_by_desc(order::Column::Id)
-        .limit(limit + 1)
-        .all(conn)
-        .await?;
-    let page = paginate(rows, limit, |o| o.id);
-    Ok(Page {
-        items: page.items.into_iter().map(OrderView::from).collect(),
-        next_before_id: page.next_before_id,
-    })
+    let page = newest_first(
+        conn,
+        user_id,
+        query,
+        order::Column::Id,
+        limit,
+        before_id,
+        |o| o.id,
+    )
+    .await?;
+    Ok(page.map(OrderView::from))
 }

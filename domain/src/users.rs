@@ -102,6 +102,20 @@ fn view(u: user::Model, wallets: &[wallet::Model]) -> UserView {
     }
 }
 
+/// A new user row with freshly generated account number and referral code
+/// (either may collide with an existing one: the insert then fails with a
+/// unique violation and the caller retries).
+fn new_user(email: &Email, referrer_id: Option<i64>, at: DateTime<Utc>) -> user::ActiveModel {
+    user::ActiveModel {
+        email: Set(email.0.clone()),
+        account_number: Set(generate_account_number()),
+        referral_code: Set(ReferralCode::generate().0),
+        referrer_id: Set(referrer_id),
+        created_at: Set(at),
+        ..Default::default()
+    }
+}
+
 /// A new, empty wallet row: nothing journaled yet, so its chain starts at
 /// the genesis hash.
 pub fn new_wallet(user_id: i64, kind: WalletKind, at: DateTime<Utc>) -> wallet::ActiveModel {
@@ -149,16 +163,9 @@ pub async fn create_user(
     let mut created = None;
     for _ in 0..8 {
         let savepoint = txn.begin().await?;
-        let inserted = user::Entity::insert(user::ActiveModel {
-            email: Set(cmd.email.0.clone()),
-            account_number: Set(generate_account_number()),
-            referral_code: Set(ReferralCode::generate().0),
-            referrer_id: Set(referrer_id),
-            created_at: Set(at),
-            ..Default::default()
-        })
-        .exec_with_returning(&savepoint)
-        .await;
+        let inserted = user::Entity::insert(new_user(&cmd.email, referrer_id, at))
+            .exec_with_returning(&savepoint)
+            .await;
         match inserted {
             Ok(u) => {
                 savepoint.commit().await?;
@@ -216,7 +223,7 @@ pub async fn create_user(
 /// wallet holding `demo_balance` (its opening balance). Three multi-row
 /// inserts and the postings, in the caller's transaction. A collision of the
 /// generated codes fails the batch with a unique violation; the caller
-/// retries it whole. Returns the user ids in the emails' order.
+/// retries it whole. Returns the new users' ids.
 pub async fn create_funded_users(
     txn: &DatabaseTransaction,
     emails: &[Email],
@@ -227,17 +234,9 @@ pub async fn create_funded_users(
         return Ok(Vec::new());
     }
     let at = financial::now();
-    let users = user::Entity::insert_many(emails.iter().map(|email| user::ActiveModel {
-        email: Set(email.0.clone()),
-        account_number: Set(generate_account_number()),
-        referral_code: Set(ReferralCode::generate().0),
-        referrer_id: Set(None),
-        created_at: Set(at),
-        ..Default::default()
-    }))
-    .exec_with_returning(txn)
-    .await?;
-    let mut ids: Vec<(String, i64)> = users.iter().map(|u| (u.email.clone(), u.id)).collect();
+    let users = user::Entity::insert_many(emails.iter().map(|email| new_user(email, None, at)))
+        .exec_with_returning(txn)
+        .await?;
     let rows = users.iter().flat_map(|u| {
         [
             new_wallet(u.id, WalletKind::Live, at),
@@ -260,13 +259,7 @@ pub async fn create_funded_users(
         })
         .collect();
     financial::post(txn, Uuid::new_v4(), postings).await?;
-    let order: std::collections::HashMap<&str, usize> = emails
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.as_str(), i))
-        .collect();
-    ids.sort_by_key(|(email, _)| order.get(email.as_str()).copied().unwrap_or(usize::MAX));
-    Ok(ids.into_iter().map(|(_, id)| id).collect())
+    Ok(users.iter().map(|u| u.id).collect())
 }
 
 pub async fn get_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<UserView> {

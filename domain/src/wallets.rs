@@ -6,7 +6,7 @@ use infra::Backend;
 use infra::entities::{journal_entry, user, wallet};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, Select,
 };
 use uuid::Uuid;
 
@@ -400,7 +400,7 @@ pub struct Page<T> {
 
 /// Fetches `limit + 1` rows so that the cursor is offered only when another
 /// page really exists.
-pub fn paginate<T>(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Page<T> {
+fn paginate<T>(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Page<T> {
     let more = rows.len() as u64 > limit;
     rows.truncate(limit as usize);
     let next_before_id = if more { rows.last().map(&id) } else { None };
@@ -410,6 +410,41 @@ pub fn paginate<T>(mut rows: Vec<T>, limit: u64, id: impl Fn(&T) -> i64) -> Page
     }
 }
 
+impl<T> Page<T> {
+    pub fn map<U>(self, f: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            items: self.items.into_iter().map(f).collect(),
+            next_before_id: self.next_before_id,
+        }
+    }
+}
+
+/// One page of a user's rows of `query`, newest first by `id`: at most
+/// `limit` rows below `before_id`, and the next page's cursor when there is
+/// one. An unknown user is 404, not an empty page.
+pub async fn newest_first<C, E>(
+    conn: &C,
+    user_id: i64,
+    mut query: Select<E>,
+    id: E::Column,
+    limit: u64,
+    before_id: Option<i64>,
+    id_of: impl Fn(&E::Model) -> i64,
+) -> DomainResult<Page<E::Model>>
+where
+    C: ConnectionTrait,
+    E: EntityTrait,
+{
+    if !user_exists(conn, user_id).await? {
+        return Err(DomainError::NotFound("user"));
+    }
+    if let Some(before) = before_id {
+        query = query.filter(id.lt(before));
+    }
+    let rows = query.order_by_desc(id).limit(limit + 1).all(conn).await?;
+    Ok(paginate(rows, limit, id_of))
+}
+
 pub async fn list_journal<C: ConnectionTrait>(
     conn: &C,
     user_id: i64,
@@ -417,26 +452,21 @@ pub async fn list_journal<C: ConnectionTrait>(
     limit: u64,
     before_id: Option<i64>,
 ) -> DomainResult<Page<JournalView>> {
-    if !user_exists(conn, user_id).await? {
-        return Err(DomainError::NotFound("user"));
-    }
     let mut query = journal_entry::Entity::find().filter(journal_entry::Column::UserId.eq(user_id));
     if let Some(kind) = wallet {
         query = query.filter(journal_entry::Column::WalletKind.eq(kind.as_str()));
     }
-    if let Some(before) = before_id {
-        query = query.filter(journal_entry::Column::Id.lt(before));
-    }
-    let rows = query
-        .order_by_desc(journal_entry::Column::Id)
-        .limit(limit + 1)
-        .all(conn)
-        .await?;
-    let page = paginate(rows, limit, |e| e.id);
-    Ok(Page {
-        items: page.items.into_iter().map(JournalView::from).collect(),
-        next_before_id: page.next_before_id,
-    })
+    let page = newest_first(
+        conn,
+        user_id,
+        query,
+        journal_entry::Column::Id,
+        limit,
+        before_id,
+        |e| e.id,
+    )
+    .await?;
+    Ok(page.map(JournalView::from))
 }
 
 #[cfg(test)]

@@ -54,13 +54,15 @@ impl Answer {
 pub struct Call<'a> {
     pub method: Method,
     pub path: String,
-    pub token: &'a str,
+    /// Bearer token; `None` for the unauthenticated documents (`/metrics`).
+    pub token: Option<&'a str>,
     pub key: Option<&'a str>,
-    pub body: Option<Vec<u8>>,
+    /// Built once; a retry sends the same bytes (a cheap `Bytes` clone).
+    pub body: Option<Bytes>,
 }
 
 impl<'a> Call<'a> {
-    pub fn get(path: String, token: &'a str) -> Self {
+    pub fn get(path: String, token: Option<&'a str>) -> Self {
         Self {
             method: Method::GET,
             path,
@@ -74,9 +76,9 @@ impl<'a> Call<'a> {
         Self {
             method: Method::POST,
             path: path.to_owned(),
-            token,
+            token: Some(token),
             key: Some(key),
-            body: Some(body.to_string().into_bytes()),
+            body: Some(Bytes::from(body.to_string())),
         }
     }
 }
@@ -155,15 +157,17 @@ impl Connection {
         let mut request = Request::builder()
             .method(call.method.clone())
             .uri(call.path.as_str())
-            .header(HOST, self.host.as_str())
-            .header(AUTHORIZATION, format!("Bearer {}", call.token));
+            .header(HOST, self.host.as_str());
+        if let Some(token) = call.token {
+            request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
         if let Some(key) = call.key {
             request = request.header("idempotency-key", key);
         }
         let body = match &call.body {
             Some(body) => {
                 request = request.header(CONTENT_TYPE, "application/json");
-                Full::new(Bytes::from(body.clone()))
+                Full::new(body.clone())
             }
             None => Full::new(Bytes::new()),
         };

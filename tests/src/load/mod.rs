@@ -7,6 +7,7 @@
 pub mod client;
 pub mod stats;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -163,7 +164,7 @@ pub async fn read_balances(
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
             for _ in 0..3 {
-                let call = Call::get(format!("/api/v1/users/{id}/wallets"), service_token);
+                let call = Call::get(format!("/api/v1/users/{id}/wallets"), Some(service_token));
                 if let Ok(answer) = conn.send(&call).await
                     && answer.status == 200
                     && let Some(b) = live_balance(&answer.json())
@@ -201,6 +202,15 @@ impl Ctx {
     }
 }
 
+/// `"200"`, `"201"` without an allocation per request.
+fn success_label(status: u16) -> Cow<'static, str> {
+    match status {
+        200 => Cow::Borrowed("200"),
+        201 => Cow::Borrowed("201"),
+        other => Cow::Owned(other.to_string()),
+    }
+}
+
 /// Attempts of one write, all with the same Idempotency-Key, before its
 /// outcome is given up as unknown.
 const WRITE_ATTEMPTS: u32 = 6;
@@ -219,9 +229,9 @@ impl Vu<'_> {
         let result = self.conn.send(call).await;
         let latency = sent.elapsed();
         let (outcome, failed) = match &result {
-            Ok(a) if (200..300).contains(&a.status) => (a.status.to_string(), false),
-            Ok(a) => (format!("{} {}", a.status, a.code()), true),
-            Err(t) => (t.label().to_owned(), true),
+            Ok(a) if (200..300).contains(&a.status) => (success_label(a.status), false),
+            Ok(a) => (Cow::Owned(format!("{} {}", a.status, a.code())), true),
+            Err(t) => (Cow::Borrowed(t.label()), true),
         };
         self.ctx.recorder.record(&Sample {
             op,
@@ -233,8 +243,8 @@ impl Vu<'_> {
     }
 
     async fn read(&mut self, op: &'static str, path: String) {
-        let token = self.user.token.clone();
-        self.request(op, &Call::get(path, &token)).await;
+        let user = self.user;
+        self.request(op, &Call::get(path, Some(&user.token))).await;
         self.think().await;
     }
 
@@ -332,10 +342,9 @@ impl Vu<'_> {
                 $e
             }};
         }
-        let id = self.user.id;
-        let token = self.user.token.clone();
+        let (user, ctx) = (self.user, self.ctx);
+        let (id, token, symbol) = (user.id, &user.token, &ctx.file.symbol);
         let wallets = format!("/api/v1/users/{id}/wallets");
-        let symbol = self.ctx.file.symbol.clone();
         step!(self.read("read_wallets", wallets.clone()).await);
         step!(
             self.read("read_orders", format!("/api/v1/users/{id}/orders?limit=10"))
@@ -356,7 +365,7 @@ impl Vu<'_> {
             "wallet": "live",
         });
         let opened = step!(
-            self.write("open_order", "/api/v1/orders", &token, order)
+            self.write("open_order", "/api/v1/orders", token, order)
                 .await
         );
         if let Some(opened) = opened {
@@ -369,7 +378,7 @@ impl Vu<'_> {
                 self.read("read_wallets", wallets.clone()).await;
             }
             let path = format!("/api/v1/orders/{order_id}/close");
-            if let Some(closed) = self.write("close_order", &path, &token, json!({})).await {
+            if let Some(closed) = self.write("close_order", &path, token, json!({})).await {
                 let gained = decimal(&closed["pnl"]).unwrap_or_default()
                     - decimal(&closed["close_fee"]).unwrap_or_default()
                     + decimal(&closed["written_off"]).unwrap_or_default();
@@ -393,7 +402,7 @@ impl Vu<'_> {
         let amount = self.ctx.plan.amount;
         let body = json!({"user_id": id, "amount": amount.to_string(), "wallet": "live"});
         let withdrawn = step!(
-            self.write("withdraw", "/api/v1/wallets/withdraw", &token, body)
+            self.write("withdraw", "/api/v1/wallets/withdraw", token, body)
                 .await
         );
         if withdrawn.is_some() {

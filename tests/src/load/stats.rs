@@ -92,12 +92,8 @@ impl Recorder {
         s.requests += 1;
         s.failed += u64::from(sample.failed);
         let _ = s.all.record(micros);
-        let op = s
-            .per_op
-            .entry(sample.op.to_owned())
-            .or_insert_with(|| histogram(3));
-        let _ = op.record(micros);
-        *s.outcomes.entry(sample.outcome.to_owned()).or_default() += 1;
+        let _ = slot(&mut s.per_op, sample.op, || histogram(3)).record(micros);
+        *slot(&mut s.outcomes, sample.outcome, u64::default) += 1;
         if second < 86_400 {
             if s.timeline.len() <= second {
                 s.timeline.resize_with(second + 1, Second::new);
@@ -113,6 +109,15 @@ impl Recorder {
     pub fn snapshot(&self) -> Stats {
         self.stats.lock().map(|s| s.clone()).unwrap_or_default()
     }
+}
+
+/// The entry for `key`, allocating the key only the first time it is seen
+/// (this runs for every request).
+fn slot<'m, V>(map: &'m mut BTreeMap<String, V>, key: &str, new: impl FnOnce() -> V) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), new());
+    }
+    map.get_mut(key).expect("inserted above")
 }
 
 fn encode(h: &Histogram<u64>) -> String {
@@ -163,6 +168,23 @@ impl From<&Stats> for WireStats {
 }
 
 impl Stats {
+    pub fn timeline(&self) -> Vec<Point> {
+        self.timeline
+            .iter()
+            .enumerate()
+            .map(|(second, t)| {
+                let l = Latency::from(&t.latency);
+                Point {
+                    second,
+                    requests: t.requests,
+                    failed: t.failed,
+                    p50: l.p50,
+                    p99: l.p99,
+                }
+            })
+            .collect()
+    }
+
     pub fn merge(&mut self, other: &WireStats) {
         let _ = self.all.add(decode(&other.all));
         for (op, h) in &other.per_op {
@@ -221,25 +243,6 @@ pub struct Point {
     pub failed: u64,
     pub p50: f64,
     pub p99: f64,
-}
-
-impl Stats {
-    pub fn timeline(&self) -> Vec<Point> {
-        self.timeline
-            .iter()
-            .enumerate()
-            .map(|(second, t)| {
-                let l = Latency::from(&t.latency);
-                Point {
-                    second,
-                    requests: t.requests,
-                    failed: t.failed,
-                    p50: l.p50,
-                    p99: l.p99,
-                }
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
