@@ -188,9 +188,7 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             loop {
                 tick.tick().await;
                 let ledger = &s.ledger;
-                if let Err(e) =
-                    domain::referrals::settle_pending(&ledger.tx, ledger.settle_batch, 100).await
-                {
+                if let Err(e) = ledger.settle_pending_commissions().await {
                     tracing::warn!(error = %e, "referral settlement failed");
                 }
             }

@@ -10,7 +10,7 @@ use api::auth::{Role, Tokens};
 use api::seed::{self, SeedOptions};
 use clap::{Parser, Subcommand};
 use domain::money::Amount;
-use domain::trading::Symbol;
+use domain::trading::rules::Symbol;
 use infra::{Config, Database};
 
 #[derive(Parser)]
@@ -198,7 +198,7 @@ async fn run(command: Command) -> Result<ExitCode, BoxError> {
         Command::Reconcile => {
             let config = Config::load()?;
             let db = Database::connect(&config).await?;
-            let report = domain::reconcile::check_all(&db.conn).await?;
+            let report = domain::ledger::reconcile::check_all(&db.conn).await?;
             db.close().await;
             println!(
                 "wallets checked: {}, journal entries: {}",

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use domain::DomainError;
 use domain::db_error::{DbErrorKind, classify};
+use domain::ledger::users::{self, Email};
 use domain::money::{Amount, format_units};
-use domain::trading::Symbol;
-use domain::users::{self, Email};
+use domain::trading::rules::Symbol;
 use infra::{Config, Database};
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +60,7 @@ pub async fn seed_load(
     mut progress: impl FnMut(usize, usize),
 ) -> Result<LoadFile, BoxError> {
     let ledger = domain::Ledger::new(db.clone(), config)?;
-    domain::prices::set_price(&db.conn, &options.symbol, options.price).await?;
+    ledger.set_price(&options.symbol, options.price).await?;
     let run = chrono::Utc::now().timestamp_millis();
     let live = options.balance.units();
     let mut ids = Vec::with_capacity(options.users);

@@ -2,16 +2,18 @@
 //! they are built from domain views, amounts rendered as decimal strings.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use domain::money::format_units;
-use domain::orders::{OrderStatus as DomainOrderStatus, OrderView};
-use domain::prices::PriceView;
-use domain::referrals::{ReferralStats as ReferralStatsView, Settlement as SettlementView};
-use domain::trading::Side as TradeSide;
-use domain::users::UserView;
-use domain::wallets::{
-    JournalView, Operation as OperationView, Transfer as TransferView, TransferSide, WalletKind,
-    WalletView,
+use domain::ledger::journal::JournalView;
+use domain::ledger::users::UserView;
+use domain::ledger::wallets::{
+    Operation as OperationView, Transfer as TransferView, TransferSide, WalletKind, WalletView,
 };
+use domain::money::format_units;
+use domain::trading::orders::{OrderStatus as DomainOrderStatus, OrderView};
+use domain::trading::prices::PriceView;
+use domain::trading::referrals::{
+    ReferralStats as ReferralStatsView, Settlement as SettlementView,
+};
+use domain::trading::rules::Side as TradeSide;
 use std::borrow::Cow;
 
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};

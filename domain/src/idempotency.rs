@@ -23,8 +23,8 @@ use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, Qu
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::clock::{now, now_ms};
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{now, now_ms};
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";

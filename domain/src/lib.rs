@@ -1,36 +1,63 @@
 //! Business rules and services. Nothing here knows HTTP.
 //!
-//! Where is the deposit rule? `wallets.rs`. Margin, fees and P&L?
-//! `trading.rs` (arithmetic) and `orders.rs` (under the lock). Bonuses and
-//! commissions? `referrals.rs`. The money-moving primitive? `financial.rs`.
-//! Retries and locks? `tx.rs`. Exactly-once? `idempotency.rs`.
+//! Where is X?
+//! - the deposit, withdrawal and transfer rules, and the wallet locks
+//!   (`execute_with_user_lock`, ascending-id order): `ledger/wallets.rs`;
+//! - signup (both wallets, referrer link, bonuses): `ledger/users.rs`;
+//! - the money-moving primitive (FinancialService): `ledger/financial.rs`;
+//! - journal kinds and the hash chain: `ledger/journal.rs`; the books
+//!   check: `ledger/reconcile.rs`;
+//! - margin, fees and P&L arithmetic: `trading/rules.rs`; orders under the
+//!   wallet lock: `trading/orders.rs`; the cooldown: `trading/cooldown.rs`;
+//!   prices: `trading/prices.rs`; bonuses and commissions:
+//!   `trading/referrals.rs`;
+//! - the shared kernel: money (`money`), time (`clock`), lists (`page`),
+//!   errors (`error`, `db_error`), retried transactions (`tx`),
+//!   exactly-once (`idempotency`), portable SQL (`sql`).
+//!
+//! Every write is a [`Command`]: the [`Ledger`] handle runs it in a retried
+//! transaction, once per Idempotency-Key ([`Ledger::execute_once`]).
 
+pub mod clock;
 pub mod db_error;
 pub mod error;
-pub mod financial;
 pub mod idempotency;
+pub mod ledger;
 pub mod money;
-pub mod orders;
-pub mod prices;
-pub mod reconcile;
-pub mod referrals;
+pub mod page;
 pub mod sql;
 pub mod trading;
 pub mod tx;
-pub mod users;
-pub mod wallets;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use error::{DomainError, DomainResult};
 use infra::{Config, Database};
+use sea_orm::DatabaseTransaction;
 
-use crate::idempotency::IdempotencyService;
+use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::money::Rate;
-use crate::referrals::ReferralRules;
-use crate::trading::TradingRules;
+use crate::trading::referrals::ReferralRules;
+use crate::trading::rules::TradingRules;
 use crate::tx::{RetryPolicy, TransactionService};
+
+/// A write use case. It runs inside the transaction it is given, all or
+/// nothing, and finds what it needs (rules, the backend) from the ledger and
+/// the transaction; it does nothing outside the database, since the
+/// transaction may be re-run.
+pub trait Command: Sync {
+    type Output: Send;
+    /// Its name in metrics and logs.
+    const NAME: &'static str;
+
+    fn execute(
+        &self,
+        ledger: &Ledger,
+        txn: &DatabaseTransaction,
+    ) -> impl Future<Output = DomainResult<Self::Output>> + Send;
+}
 
 /// The services the API calls, built once from the configuration.
 #[derive(Clone, Debug)]
@@ -57,6 +84,35 @@ fn setting_rate(name: &'static str, value: rust_decimal::Decimal) -> DomainResul
 }
 
 impl Ledger {
+    /// Runs `cmd` in a retried transaction.
+    pub async fn execute<C: Command>(&self, cmd: &C) -> DomainResult<C::Output> {
+        self.tx
+            .execute_with_retry(C::NAME, |txn| async move { cmd.execute(self, &txn).await })
+            .await
+    }
+
+    /// Runs `cmd` at most once for `req` (see `idempotency`), or replays what
+    /// its one run answered. `render` turns a success, and `refuse` a business
+    /// refusal, into the response that is stored and sent; both run inside the
+    /// transaction, so they must be pure.
+    pub async fn execute_once<C: Command>(
+        &self,
+        req: &IdempotentRequest,
+        cmd: &C,
+        render: impl Fn(&C::Output) -> StoredResponse,
+        refuse: impl Fn(&DomainError) -> StoredResponse,
+    ) -> DomainResult<Outcome> {
+        self.idempotency
+            .run(
+                C::NAME,
+                req,
+                |txn| async move { cmd.execute(self, &txn).await },
+                render,
+                refuse,
+            )
+            .await
+    }
+
     pub fn new(db: Database, config: &Config) -> DomainResult<Self> {
         let tx = TransactionService::new(db.clone(), RetryPolicy::from_config(config));
         let idempotency = IdempotencyService::new(

@@ -12,17 +12,12 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
-use infra::entities::wallet;
 use infra::metrics::metrics;
 use infra::{Backend, Config, Database};
-use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
-};
+use sea_orm::{DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 
 use crate::db_error::{DbErrorKind, classify};
 use crate::error::{DomainError, DomainResult};
-use crate::wallets::WalletKind;
 
 /// How often and how patiently a transaction is re-run.
 #[derive(Debug, Clone)]
@@ -214,70 +209,6 @@ impl TransactionService {
             }
         }
     }
-
-    /// Runs `op` in a retried transaction with the user's wallet of `kind`
-    /// locked (`SELECT … FOR UPDATE`; on SQLite the write lock is already held).
-    pub async fn execute_with_user_lock<T, F, Fut>(
-        &self,
-        operation: &'static str,
-        user_id: i64,
-        kind: WalletKind,
-        op: F,
-    ) -> DomainResult<T>
-    where
-        F: Fn(Arc<DatabaseTransaction>, wallet::Model) -> Fut,
-        Fut: Future<Output = DomainResult<T>>,
-    {
-        let backend = self.db.backend;
-        self.execute_with_retry(operation, |txn| {
-            let op = &op;
-            async move {
-                let wallet = lock_wallet(&txn, backend, user_id, kind).await?;
-                op(txn, wallet).await
-            }
-        })
-        .await
-    }
-}
-
-fn locking<S: QuerySelect>(query: S, backend: Backend) -> S {
-    match backend {
-        Backend::Postgres => query.lock_exclusive(),
-        Backend::Sqlite => query,
-    }
-}
-
-/// Locks one user's wallet of one kind.
-pub async fn lock_wallet(
-    txn: &DatabaseTransaction,
-    backend: Backend,
-    user_id: i64,
-    kind: WalletKind,
-) -> DomainResult<wallet::Model> {
-    let query = wallet::Entity::find()
-        .filter(wallet::Column::UserId.eq(user_id))
-        .filter(wallet::Column::Kind.eq(kind.as_str()));
-    locking(query, backend)
-        .one(txn)
-        .await?
-        .ok_or(DomainError::NotFound("wallet"))
-}
-
-/// Locks several users' wallets of one kind, always in ascending wallet id
-/// order (one statement: PostgreSQL sorts, then locks rows as it returns
-/// them), so that two transactions touching the same wallets never wait on
-/// each other in a cycle. Returns them in that order; missing ones are absent.
-pub async fn lock_wallets_in_order(
-    txn: &DatabaseTransaction,
-    backend: Backend,
-    user_ids: &[i64],
-    kind: WalletKind,
-) -> DomainResult<Vec<wallet::Model>> {
-    let query = wallet::Entity::find()
-        .filter(wallet::Column::UserId.is_in(user_ids.iter().copied()))
-        .filter(wallet::Column::Kind.eq(kind.as_str()))
-        .order_by_asc(wallet::Column::Id);
-    Ok(locking(query, backend).all(txn).await?)
 }
 
 #[cfg(test)]

@@ -411,8 +411,8 @@ impl TestApp {
     }
 
     /// Balances equal journal sums and hash chains verify, for every wallet.
-    pub async fn assert_books_balance(&self) -> domain::reconcile::Report {
-        let report = domain::reconcile::check_all(&self.state.ledger.db.conn)
+    pub async fn assert_books_balance(&self) -> domain::ledger::reconcile::Report {
+        let report = domain::ledger::reconcile::check_all(&self.state.ledger.db.conn)
             .await
             .unwrap();
         assert!(

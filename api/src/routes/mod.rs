@@ -8,21 +8,17 @@ pub mod referrals;
 pub mod users;
 pub mod wallets;
 
-use std::future::Future;
-use std::sync::Arc;
-
-use domain::DomainResult;
 use domain::idempotency::{IdempotentRequest, StoredResponse, validate_client_key};
 use domain::money::Amount;
+use domain::{Command, Ledger};
+use poem::Request;
 use poem::http::StatusCode;
 use poem_openapi::Tags;
 use poem_openapi::types::ToJSON;
-use sea_orm::DatabaseTransaction;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::replay::Stored;
-use crate::state::AppState;
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -58,41 +54,50 @@ fn client_key(header: Option<String>) -> Result<String, ApiError> {
     Ok(key)
 }
 
-/// Runs a POST once per Idempotency-Key (see `domain::idempotency`) and
-/// renders its result as `STATUS` with `to_body`, or its refusal as a problem.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_idempotent<B, T, Body, F, Fut, const STATUS: u16>(
-    state: &AppState,
-    principal: &Principal,
-    route: &str,
-    operation: &'static str,
-    key: Option<String>,
-    request: &B,
-    op: F,
-    to_body: impl Fn(&T) -> Body,
-) -> Result<Stored<Body, STATUS>, ApiError>
-where
-    B: ToJSON,
-    Body: ToJSON,
-    F: Fn(Arc<DatabaseTransaction>) -> Fut,
-    Fut: Future<Output = DomainResult<T>>,
-{
-    let key = client_key(key)?;
-    let body = request.to_json().unwrap_or(serde_json::Value::Null);
-    let req = IdempotentRequest::new(&principal.id(), "POST", route, &key, &body);
-    let outcome = state
-        .ledger
-        .idempotency
-        .run(
-            operation,
-            &req,
-            op,
-            |value| StoredResponse {
-                status: STATUS,
-                body: to_body(value).to_json_string(),
-            },
-            |refusal| ApiError::from(refusal).to_stored(),
-        )
-        .await?;
-    Ok(Stored::new(outcome))
+/// One idempotent POST: who sent it, to which path, with which key and body
+/// (see `domain::idempotency`).
+pub struct Idempotent(IdempotentRequest);
+
+impl Idempotent {
+    pub fn new<B: ToJSON>(
+        principal: &Principal,
+        req: &Request,
+        key: Option<String>,
+        body: &B,
+    ) -> Result<Self, ApiError> {
+        let key = client_key(key)?;
+        let body = body.to_json().unwrap_or(serde_json::Value::Null);
+        Ok(Self(IdempotentRequest::new(
+            &principal.id(),
+            req.method().as_str(),
+            req.uri().path(),
+            &key,
+            &body,
+        )))
+    }
+
+    /// Runs `cmd` once for this key and renders its result as a `Body` with
+    /// `STATUS`, or its refusal as a problem; a repeat replays either.
+    pub async fn execute<C, Body, const STATUS: u16>(
+        self,
+        ledger: &Ledger,
+        cmd: &C,
+    ) -> Result<Stored<Body, STATUS>, ApiError>
+    where
+        C: Command,
+        Body: ToJSON + for<'a> From<&'a C::Output>,
+    {
+        let outcome = ledger
+            .execute_once(
+                &self.0,
+                cmd,
+                |value| StoredResponse {
+                    status: STATUS,
+                    body: Body::from(value).to_json_string(),
+                },
+                |refusal| ApiError::from(refusal).to_stored(),
+            )
+            .await?;
+        Ok(Stored::new(outcome))
+    }
 }

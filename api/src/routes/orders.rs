@@ -1,7 +1,8 @@
 use std::sync::Arc;
 
-use domain::orders::{self, OpenOrder, OrderView};
-use domain::trading::Symbol;
+use domain::trading::orders::{CloseOrder, OpenOrder};
+use domain::trading::rules::Symbol;
+use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
@@ -10,7 +11,7 @@ use poem_openapi::payload::Json;
 use crate::auth::{Auth, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
-use crate::routes::{ApiTags, parse_amount, run_idempotent};
+use crate::routes::{ApiTags, Idempotent, parse_amount};
 use crate::state::AppState;
 use crate::types::{EmptyRequest, OpenOrderRequest, Order, OrderPage, OrderStatus};
 
@@ -38,6 +39,7 @@ impl OrdersApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<OpenOrderRequest>,
     ) -> Result<Stored<Order, 201>, ApiError> {
@@ -51,22 +53,9 @@ impl OrdersApi {
             quantity: parse_amount("quantity", &body.quantity)?,
             leverage: ledger.trading.leverage(body.leverage)?,
         };
-        let backend = ledger.db.backend;
-        let (trading, referral) = (&ledger.trading, &ledger.referral);
-        run_idempotent(
-            &state,
-            &auth.0,
-            "/api/v1/orders",
-            "open_order",
-            key.0,
-            &body.0,
-            |txn| {
-                let cmd = &cmd;
-                async move { orders::open_order(&txn, backend, trading, referral, cmd).await }
-            },
-            |o: &OrderView| Order::from(o),
-        )
-        .await
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(ledger, &cmd)
+            .await
     }
 
     /// Close an open order at the current price, in one transaction: margin
@@ -86,30 +75,17 @@ impl OrdersApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         id: Path<i64>,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<EmptyRequest>,
     ) -> Result<Stored<Order, 200>, ApiError> {
-        let ledger = &state.ledger;
-        let order = orders::get_order(&ledger.db.conn, id.0).await?;
+        let order = state.ledger.order(id.0).await?;
         auth.0
             .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
-        let backend = ledger.db.backend;
-        let (trading, referral) = (&ledger.trading, &ledger.referral);
-        let order_id = id.0;
-        run_idempotent(
-            &state,
-            &auth.0,
-            &format!("/api/v1/orders/{order_id}/close"),
-            "close_order",
-            key.0,
-            &body.0,
-            |txn| async move {
-                orders::close_order(&txn, backend, trading, referral, order_id).await
-            },
-            |o: &OrderView| Order::from(o),
-        )
-        .await
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(&state.ledger, &CloseOrder { order_id: id.0 })
+            .await
     }
 
     /// One order. Roles: its owner, service, admin.
@@ -125,7 +101,7 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<Order>, ApiError> {
-        let order = orders::get_order(&state.ledger.db.conn, id.0).await?;
+        let order = state.ledger.order(id.0).await?;
         auth.0
             .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
         Ok(Json(Order::from(&order)))
@@ -154,14 +130,15 @@ impl OrdersApi {
     ) -> Result<Json<OrderPage>, ApiError> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
-        let page = orders::list_orders(
-            &state.ledger.db.conn,
-            id.0,
-            status.0.map(Into::into),
-            limit.0.unwrap_or(50),
-            before_id.0,
-        )
-        .await?;
+        let page = state
+            .ledger
+            .orders(
+                id.0,
+                status.0.map(Into::into),
+                limit.0.unwrap_or(50),
+                before_id.0,
+            )
+            .await?;
         Ok(Json(OrderPage {
             items: page.items.iter().map(Order::from).collect(),
             next_before_id: page.next_before_id,

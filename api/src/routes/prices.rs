@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
-use domain::prices;
-use domain::trading::Symbol;
+use domain::trading::rules::Symbol;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::Path;
@@ -37,14 +36,7 @@ impl PricesApi {
         auth.0.require(&[Role::Service, Role::Admin])?;
         let symbol = Symbol::parse(&symbol.0)?;
         let price = parse_amount("price", &body.price)?;
-        let view = state
-            .ledger
-            .tx
-            .execute_with_retry("set_price", |txn| {
-                let symbol = &symbol;
-                async move { prices::set_price(&*txn, symbol, price).await }
-            })
-            .await?;
+        let view = state.ledger.set_price(&symbol, price).await?;
         Ok(Json(Price::from(&view)))
     }
 
@@ -62,7 +54,7 @@ impl PricesApi {
         symbol: Path<String>,
     ) -> Result<Json<Price>, ApiError> {
         let symbol = Symbol::parse(&symbol.0)?;
-        let view = prices::get_price(&state.ledger.db.conn, &symbol).await?;
+        let view = state.ledger.price(&symbol).await?;
         Ok(Json(Price::from(&view)))
     }
 }

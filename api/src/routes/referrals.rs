@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-use domain::referrals;
+use domain::trading::referrals::SettleCommissions;
+use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path};
@@ -9,7 +10,7 @@ use poem_openapi::payload::Json;
 use crate::auth::{Auth, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
-use crate::routes::{ApiTags, run_idempotent};
+use crate::routes::{ApiTags, Idempotent};
 use crate::state::AppState;
 use crate::types::{EmptyRequest, ReferralStats, Settlement};
 
@@ -39,8 +40,7 @@ impl ReferralsApi {
     ) -> Result<Json<ReferralStats>, ApiError> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
-        let levels = state.ledger.referral.rates.len();
-        let stats = referrals::stats(&state.ledger.db.conn, id.0, levels).await?;
+        let stats = state.ledger.referral_stats(id.0).await?;
         Ok(Json(ReferralStats::from(&stats)))
     }
 
@@ -59,22 +59,16 @@ impl ReferralsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<EmptyRequest>,
     ) -> Result<Stored<Settlement, 200>, ApiError> {
         auth.0.require(&[Role::Service, Role::Admin])?;
-        let backend = state.ledger.db.backend;
-        let limit = state.ledger.settle_batch.saturating_mul(ROUTE_BATCHES);
-        run_idempotent(
-            &state,
-            &auth.0,
-            "/api/v1/referrals/settle",
-            "settle_referrals",
-            key.0,
-            &body.0,
-            |txn| async move { referrals::settle_batch(&txn, backend, limit).await },
-            |s: &referrals::Settlement| Settlement::from(s),
-        )
-        .await
+        let cmd = SettleCommissions {
+            limit: state.ledger.settle_batch.saturating_mul(ROUTE_BATCHES),
+        };
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(&state.ledger, &cmd)
+            .await
     }
 }

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-use domain::users::{self, Email, NewUser, ReferralCode};
+use domain::ledger::users::{Email, NewUser, ReferralCode};
+use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path};
@@ -9,7 +10,7 @@ use poem_openapi::payload::Json;
 use crate::auth::{Auth, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
-use crate::routes::{ApiTags, run_idempotent};
+use crate::routes::{ApiTags, Idempotent};
 use crate::state::AppState;
 use crate::types::{CreateUserRequest, User};
 
@@ -34,6 +35,7 @@ impl UsersApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<CreateUserRequest>,
     ) -> Result<Stored<User, 201>, ApiError> {
@@ -46,23 +48,9 @@ impl UsersApi {
                 .map(ReferralCode::parse)
                 .transpose()?,
         };
-        let ledger = &state.ledger;
-        let (backend, demo_balance, referral) =
-            (ledger.db.backend, ledger.demo_balance, &ledger.referral);
-        run_idempotent(
-            &state,
-            &auth.0,
-            "/api/v1/users",
-            "create_user",
-            key.0,
-            &body.0,
-            |txn| {
-                let cmd = &cmd;
-                async move { users::create_user(&txn, backend, demo_balance, referral, cmd).await }
-            },
-            |u: &domain::users::UserView| User::from(u),
-        )
-        .await
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(&state.ledger, &cmd)
+            .await
     }
 
     /// A user with its wallets. Roles: the user itself, service, admin.
@@ -80,7 +68,7 @@ impl UsersApi {
     ) -> Result<Json<User>, ApiError> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
-        let user = users::get_user(&state.ledger.db.conn, id.0).await?;
+        let user = state.ledger.user(id.0).await?;
         Ok(Json(User::from(&user)))
     }
 }

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-use domain::wallets::{self, Deposit, TransferRequest as TransferCmd, Withdrawal};
+use domain::ledger::wallets::{Deposit, TransferRequest as TransferCmd, Withdrawal};
+use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
@@ -9,7 +10,7 @@ use poem_openapi::payload::Json;
 use crate::auth::{Auth, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
-use crate::routes::{ApiTags, parse_amount, run_idempotent};
+use crate::routes::{ApiTags, Idempotent, parse_amount};
 use crate::state::AppState;
 use crate::types::{
     DepositRequest, JournalEntry, JournalPage, Operation, Transfer, TransferRequest, Wallet,
@@ -36,7 +37,7 @@ impl WalletsApi {
     ) -> Result<Json<Vec<WalletBody>>, ApiError> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
-        let wallets = wallets::list_wallets(&state.ledger.db.conn, id.0).await?;
+        let wallets = state.ledger.wallets(id.0).await?;
         Ok(Json(wallets.iter().map(WalletBody::from).collect()))
     }
 
@@ -51,6 +52,7 @@ impl WalletsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<DepositRequest>,
     ) -> Result<Stored<Operation, 200>, ApiError> {
@@ -62,21 +64,9 @@ impl WalletsApi {
             payment_method: body.payment_method.clone(),
             reference: body.reference.clone(),
         };
-        let backend = state.ledger.db.backend;
-        run_idempotent(
-            &state,
-            &auth.0,
-            "/api/v1/wallets/deposit",
-            "deposit",
-            key.0,
-            &body.0,
-            |txn| {
-                let cmd = &cmd;
-                async move { wallets::deposit(&txn, backend, cmd).await }
-            },
-            |o: &wallets::Operation| Operation::from(o),
-        )
-        .await
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(&state.ledger, &cmd)
+            .await
     }
 
     /// Withdraw at most the free margin (`balance - margin`); 422
@@ -92,6 +82,7 @@ impl WalletsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<WithdrawRequest>,
     ) -> Result<Stored<Operation, 200>, ApiError> {
@@ -103,21 +94,9 @@ impl WalletsApi {
             amount: parse_amount("amount", &body.amount)?,
             destination: body.destination.clone(),
         };
-        let backend = state.ledger.db.backend;
-        run_idempotent(
-            &state,
-            &auth.0,
-            "/api/v1/wallets/withdraw",
-            "withdraw",
-            key.0,
-            &body.0,
-            |txn| {
-                let cmd = &cmd;
-                async move { wallets::withdraw(&txn, backend, cmd).await }
-            },
-            |o: &wallets::Operation| Operation::from(o),
-        )
-        .await
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(&state.ledger, &cmd)
+            .await
     }
 
     /// Move money between two users' wallets of the same kind, atomically.
@@ -133,6 +112,7 @@ impl WalletsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
         body: Json<TransferRequest>,
     ) -> Result<Stored<Transfer, 200>, ApiError> {
@@ -143,21 +123,9 @@ impl WalletsApi {
             wallet: body.wallet.into(),
             amount: parse_amount("amount", &body.amount)?,
         };
-        let backend = state.ledger.db.backend;
-        run_idempotent(
-            &state,
-            &auth.0,
-            "/api/v1/wallets/transfer",
-            "transfer",
-            key.0,
-            &body.0,
-            |txn| {
-                let cmd = &cmd;
-                async move { wallets::transfer(&txn, backend, cmd).await }
-            },
-            |t: &wallets::Transfer| Transfer::from(t),
-        )
-        .await
+        Idempotent::new(&auth.0, req, key.0, &body.0)?
+            .execute(&state.ledger, &cmd)
+            .await
     }
 
     /// The user's journal, newest first. `before_id` is the cursor from
@@ -183,14 +151,15 @@ impl WalletsApi {
     ) -> Result<Json<JournalPage>, ApiError> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
-        let page = wallets::list_journal(
-            &state.ledger.db.conn,
-            id.0,
-            wallet.0.map(Into::into),
-            limit.0.unwrap_or(50),
-            before_id.0,
-        )
-        .await?;
+        let page = state
+            .ledger
+            .journal(
+                id.0,
+                wallet.0.map(Into::into),
+                limit.0.unwrap_or(50),
+                before_id.0,
+            )
+            .await?;
         Ok(Json(JournalPage {
             items: page.items.iter().map(JournalEntry::from).collect(),
             next_before_id: page.next_before_id,

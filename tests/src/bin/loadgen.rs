@@ -258,9 +258,9 @@ fn begin_wait_delta(before: &BeginWait, after: &BeginWait) -> serde_json::Value 
     })
 }
 
-async fn reconcile(url: &str) -> Result<domain::reconcile::Report, BoxError> {
+async fn reconcile(url: &str) -> Result<domain::ledger::reconcile::Report, BoxError> {
     let conn = sea_orm::Database::connect(url).await?;
-    let report = domain::reconcile::check_all(&conn).await?;
+    let report = domain::ledger::reconcile::check_all(&conn).await?;
     conn.close().await?;
     Ok(report)
 }

@@ -280,7 +280,7 @@ async fn cors_allows_configured_origins(engine: Engine) {
 }
 
 async fn assert_reconciliation_reports(conn: &sea_orm::DatabaseConnection, problem: &str) {
-    let report = domain::reconcile::check_all(conn).await.unwrap();
+    let report = domain::ledger::reconcile::check_all(conn).await.unwrap();
     assert!(
         report
             .discrepancies

@@ -6,10 +6,11 @@ use infra::entities::price;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{ConnectionTrait, EntityTrait, Set};
 
+use crate::Ledger;
+use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
-use crate::financial::now;
 use crate::money::Amount;
-use crate::trading::Symbol;
+use crate::trading::rules::Symbol;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PriceView {
@@ -26,6 +27,26 @@ impl From<price::Model> for PriceView {
             price: p.price,
             updated_at: p.updated_at,
         }
+    }
+}
+
+impl Ledger {
+    /// Sets the symbol's current price (creating the symbol on first use).
+    pub async fn set_price(&self, symbol: &Symbol, price: Amount) -> DomainResult<PriceView> {
+        self.tx
+            .execute_with_retry("set_price", |txn| async move {
+                set_price(&*txn, symbol, price).await
+            })
+            .await
+    }
+
+    /// The current price; 404 when none was ever set.
+    pub async fn price(&self, symbol: &Symbol) -> DomainResult<PriceView> {
+        price::Entity::find_by_id(symbol.as_str().to_owned())
+            .one(&self.db.conn)
+            .await?
+            .map(PriceView::from)
+            .ok_or(DomainError::NotFound("symbol"))
     }
 }
 
@@ -48,14 +69,6 @@ pub async fn set_price<C: ConnectionTrait>(
     .exec_with_returning(conn)
     .await?;
     Ok(row.into())
-}
-
-pub async fn get_price<C: ConnectionTrait>(conn: &C, symbol: &Symbol) -> DomainResult<PriceView> {
-    price::Entity::find_by_id(symbol.as_str().to_owned())
-        .one(conn)
-        .await?
-        .map(PriceView::from)
-        .ok_or(DomainError::NotFound("symbol"))
 }
 
 /// The price an order executes at; 422 `no_price` when none was ever set.

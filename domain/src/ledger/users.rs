@@ -2,7 +2,6 @@
 //! referrer link) and reads.
 
 use chrono::{DateTime, Utc};
-use infra::Backend;
 use infra::entities::{user, wallet};
 use rand::Rng;
 use sea_orm::{
@@ -12,11 +11,14 @@ use sea_orm::{
 use uuid::Uuid;
 use validator::ValidateEmail;
 
+use crate::clock::now;
 use crate::db_error::{DbErrorKind, classify};
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{self, Deltas, GENESIS_HASH, Leg, Posting, kinds};
-use crate::referrals::{self, ReferralRules};
-use crate::wallets::{WalletKind, WalletView};
+use crate::ledger::financial::{self, Deltas, Leg, Posting};
+use crate::ledger::journal::{GENESIS_HASH, kinds};
+use crate::ledger::wallets::{WalletKind, WalletView};
+use crate::trading::referrals;
+use crate::{Command, Ledger};
 
 /// A syntactically valid email address, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,17 +136,25 @@ pub fn new_wallet(user_id: i64, kind: WalletKind, at: DateTime<Utc>) -> wallet::
     }
 }
 
-/// Creates the user, a `live` wallet at zero and a `demo` wallet holding
-/// `demo_balance` (journaled as its opening balance), in the caller's
+impl Command for NewUser {
+    type Output = UserView;
+    const NAME: &'static str = "create_user";
+
+    async fn execute(&self, ledger: &Ledger, txn: &DatabaseTransaction) -> DomainResult<UserView> {
+        create_user(txn, ledger, self).await
+    }
+}
+
+/// Creates the user, a `live` wallet at zero and a `demo` wallet holding the
+/// demo balance (journaled as its opening balance), in the caller's
+/// transaction. With a referrer, the signup bonuses are paid in the same
 /// transaction.
-/// With a referrer, the signup bonuses are paid in the same transaction.
-pub async fn create_user(
+async fn create_user(
     txn: &DatabaseTransaction,
-    backend: Backend,
-    demo_balance: i64,
-    referral: &ReferralRules,
+    ledger: &Ledger,
     cmd: &NewUser,
 ) -> DomainResult<UserView> {
+    let demo_balance = ledger.demo_balance;
     let referrer_id = match &cmd.referral_code {
         Some(code) => Some(
             user::Entity::find()
@@ -156,7 +166,7 @@ pub async fn create_user(
         ),
         None => None,
     };
-    let at = financial::now();
+    let at = now();
     // Each attempt runs in a savepoint, so a collision of the generated codes
     // can be retried without aborting the transaction (PostgreSQL); the email
     // is the one unique column a person chooses, so its collision is final.
@@ -213,7 +223,7 @@ pub async fn create_user(
             .iter_mut()
             .find(|w| w.kind == WalletKind::Live.as_str())
     {
-        referrals::pay_signup_bonuses(txn, backend, referral, live, referrer_id).await?;
+        referrals::pay_signup_bonuses(txn, &ledger.referral, live, referrer_id).await?;
     }
     Ok(view(user, &wallets))
 }
@@ -233,7 +243,7 @@ pub async fn create_funded_users(
     if emails.is_empty() {
         return Ok(Vec::new());
     }
-    let at = financial::now();
+    let at = now();
     let users = user::Entity::insert_many(emails.iter().map(|email| new_user(email, None, at)))
         .exec_with_returning(txn)
         .await?;
@@ -262,7 +272,23 @@ pub async fn create_funded_users(
     Ok(users.iter().map(|u| u.id).collect())
 }
 
-pub async fn get_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<UserView> {
+/// Refuses an unknown user with 404 (a list of an unknown user's rows is not
+/// an empty page).
+pub async fn require_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<()> {
+    user::Entity::find_by_id(user_id)
+        .one(conn)
+        .await?
+        .map(|_| ())
+        .ok_or(DomainError::NotFound("user"))
+}
+
+impl Ledger {
+    pub async fn user(&self, user_id: i64) -> DomainResult<UserView> {
+        get_user(&self.db.conn, user_id).await
+    }
+}
+
+async fn get_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<UserView> {
     let user = user::Entity::find_by_id(user_id)
         .one(conn)
         .await?

@@ -1,47 +1,20 @@
-//! FinancialService: the only code that changes a wallet's balance, margin or
-//! profit. Each posting applies its deltas to a locked wallet, enforces the
+//! The FinancialService of the design: the only code that changes a
+//! wallet's balance, margin or profit (`post`, and its two shapes
+//! `update_wallet_balance` and `perform_combined_operation`). Each posting applies its deltas to a locked wallet, enforces the
 //! invariants, appends a hash-chained journal entry and logs one `financial`
 //! event with the old and new values. All postings of an operation are
 //! written in the caller's transaction: all of them or none.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
+use crate::ledger::journal::chain_hash;
 use crate::money::format_units;
-
-/// The `prev_hash` of a wallet's first journal entry.
-pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-
-/// Journal entry kinds: every movement of money has its own.
-pub mod kinds {
-    pub const OPENING_BALANCE: &str = "opening_balance";
-    pub const DEPOSIT: &str = "deposit";
-    pub const WITHDRAWAL: &str = "withdrawal";
-    pub const TRANSFER_OUT: &str = "transfer_out";
-    pub const TRANSFER_IN: &str = "transfer_in";
-    /// Margin set aside for an opened order (margin up, balance unchanged).
-    pub const MARGIN_HOLD: &str = "margin_hold";
-    /// The fee charged when an order opens (balance down).
-    pub const ORDER_OPEN_FEE: &str = "order_open_fee";
-    /// An order's margin given back when it closes.
-    pub const MARGIN_RELEASE: &str = "margin_release";
-    /// The part of a closing loss (and its fee) that the free balance could
-    /// not cover, credited so that the balance never goes below zero.
-    pub const LOSS_WRITE_OFF: &str = "loss_write_off";
-    /// Realised profit or loss of a closed order (balance and profit).
-    pub const PNL: &str = "pnl";
-    /// The fee charged when an order closes (balance down).
-    pub const CLOSE_FEE: &str = "close_fee";
-    /// Paid to a referrer, or to a referee, when the referee signs up.
-    pub const SIGNUP_BONUS: &str = "signup_bonus";
-    /// Settled referral commissions credited to a referrer.
-    pub const REFERRAL_COMMISSION: &str = "referral_commission";
-}
 
 /// Minor-unit changes applied together under one lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,46 +78,6 @@ impl<'w> Posting<'w> {
             legs: vec![leg],
         }
     }
-}
-
-/// The fields a journal entry's hash covers, in a fixed order, as a JSON
-/// array: unambiguous, and recomputable from the stored row.
-pub fn canonical_entry(e: &journal_entry::Model) -> String {
-    serde_json::json!([
-        e.wallet_id,
-        e.operation_id.to_string(),
-        e.kind,
-        e.balance_delta,
-        e.margin_delta,
-        e.profit_delta,
-        e.balance_after,
-        e.margin_after,
-        e.profit_after,
-        e.reference,
-        e.metadata,
-        e.created_at.timestamp_micros(),
-    ])
-    .to_string()
-}
-
-/// `sha256(prev_hash || canonical entry)`, hex.
-pub fn chain_hash(prev_hash: &str, entry: &journal_entry::Model) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(prev_hash.as_bytes());
-    hasher.update(canonical_entry(entry).as_bytes());
-    hex::encode(hasher.finalize())
-}
-
-/// Timestamps are kept to the microsecond, the precision both engines store,
-/// so a stored entry hashes to the same value it was written with.
-pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
-}
-
-/// Epoch milliseconds, for times the code compares (leases, expiries,
-/// cooldowns): they compare the same way on both engines.
-pub fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
 }
 
 fn apply(current: i64, delta: i64) -> DomainResult<i64> {
@@ -349,7 +282,7 @@ pub fn test_wallet(balance: i64, margin: i64) -> wallet::Model {
         margin,
         profit: 0,
         version: 0,
-        last_hash: GENESIS_HASH.into(),
+        last_hash: crate::ledger::journal::GENESIS_HASH.into(),
         created_at: now(),
         updated_at: now(),
     }
@@ -359,6 +292,7 @@ pub fn test_wallet(balance: i64, margin: i64) -> wallet::Model {
 mod tests {
     use super::test_wallet as wallet;
     use super::*;
+    use crate::ledger::journal::{GENESIS_HASH, kinds};
 
     fn leg(deltas: Deltas) -> Leg {
         Leg::new(kinds::DEPOSIT, deltas)
@@ -438,10 +372,14 @@ mod tests {
         .insert(&db.conn)
         .await
         .unwrap();
-        let w = crate::users::new_wallet(user.id, crate::wallets::WalletKind::Live, now())
-            .insert(&db.conn)
-            .await
-            .unwrap();
+        let w = crate::ledger::users::new_wallet(
+            user.id,
+            crate::ledger::wallets::WalletKind::Live,
+            now(),
+        )
+        .insert(&db.conn)
+        .await
+        .unwrap();
         (dir, db, w)
     }
 
@@ -485,7 +423,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(stored, w);
-        let (count, problems) = crate::reconcile::check_wallet(&db.conn, &stored)
+        let (count, problems) = crate::ledger::reconcile::check_wallet(&db.conn, &stored)
             .await
             .unwrap();
         assert_eq!((count, problems), (3, vec![]));

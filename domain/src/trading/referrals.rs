@@ -14,21 +14,21 @@
 
 use std::collections::BTreeMap;
 
-use infra::Backend;
 use infra::entities::{referral_bonus, referral_commission as commission, user, wallet};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
+use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
-use crate::financial::{self, Deltas, Leg, Posting, kinds, now};
+use crate::ledger::financial::{self, Deltas, Leg, Posting};
+use crate::ledger::journal::kinds;
+use crate::ledger::wallets::{WalletKind, lock_wallet, lock_wallets_in_order};
 use crate::money::Rate;
 use crate::sql::statement;
-use crate::tx::{lock_wallet, lock_wallets_in_order};
-use crate::wallets::WalletKind;
 
 /// The fee a commission is a share of.
 pub const OPEN_FEE: &str = "open";
@@ -156,7 +156,6 @@ pub async fn accrue(
 /// (referee, role) constraint makes each bonus once per referee.
 pub async fn pay_signup_bonuses(
     txn: &DatabaseTransaction,
-    backend: Backend,
     rules: &ReferralRules,
     referee_live: &mut wallet::Model,
     referrer_id: i64,
@@ -167,7 +166,7 @@ pub async fn pay_signup_bonuses(
     let referee_id = referee_live.user_id;
     let operation_id = Uuid::new_v4();
     let mut referrer_wallet = if rules.referrer_bonus > 0 {
-        Some(lock_wallet(txn, backend, referrer_id, WalletKind::Live).await?)
+        Some(lock_wallet(txn, referrer_id, WalletKind::Live).await?)
     } else {
         None
     };
@@ -240,18 +239,15 @@ impl Settlement {
 /// the batch's rows are claimed `FOR UPDATE SKIP LOCKED`, so concurrent
 /// settlers (the job on every instance, the route) never pay a row twice
 /// and never wait on each other.
-pub async fn settle_batch(
-    txn: &DatabaseTransaction,
-    backend: Backend,
-    batch: u64,
-) -> DomainResult<Settlement> {
+pub async fn settle_batch(txn: &DatabaseTransaction, batch: u64) -> DomainResult<Settlement> {
     let query = commission::Entity::find()
         .filter(commission::Column::Status.eq(PENDING))
         .order_by_asc(commission::Column::Id)
         .limit(batch);
-    let rows = match backend {
-        Backend::Postgres => query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked),
-        Backend::Sqlite => query,
+    let rows = match txn.get_database_backend() {
+        // SQLite: the transaction already holds the write lock.
+        DbBackend::Sqlite => query,
+        _ => query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked),
     }
     .all(txn)
     .await?;
@@ -268,7 +264,7 @@ pub async fn settle_batch(
         entry.1 += 1;
     }
     let referrers: Vec<i64> = per_referrer.keys().copied().collect();
-    let mut wallets = lock_wallets_in_order(txn, backend, &referrers, WalletKind::Live).await?;
+    let mut wallets = lock_wallets_in_order(txn, &referrers, WalletKind::Live).await?;
     if wallets.len() != referrers.len() {
         return Err(DomainError::Unexpected(
             "a referrer has no live wallet".into(),
@@ -307,6 +303,38 @@ pub async fn settle_batch(
     Ok(total)
 }
 
+/// Settles up to `limit` pending commissions in one transaction (the route;
+/// the periodic job settles whatever remains).
+#[derive(Debug, Clone, Copy)]
+pub struct SettleCommissions {
+    pub limit: u64,
+}
+
+impl crate::Command for SettleCommissions {
+    type Output = Settlement;
+    const NAME: &'static str = "settle_referrals";
+
+    async fn execute(
+        &self,
+        _: &crate::Ledger,
+        txn: &DatabaseTransaction,
+    ) -> DomainResult<Settlement> {
+        settle_batch(txn, self.limit).await
+    }
+}
+
+impl crate::Ledger {
+    /// The periodic job: settles pending commissions batch by batch.
+    pub async fn settle_pending_commissions(&self) -> DomainResult<Settlement> {
+        settle_pending(&self.tx, self.settle_batch, 100).await
+    }
+
+    /// A referrer's statistics; an unknown user is 404.
+    pub async fn referral_stats(&self, user_id: i64) -> DomainResult<ReferralStats> {
+        stats(&self.db.conn, user_id, self.referral.rates.len()).await
+    }
+}
+
 /// Settles every pending commission, batch by batch, each batch its own
 /// retried transaction. Stops after `max_batches` so one call stays bounded
 /// while new commissions keep arriving.
@@ -315,7 +343,6 @@ pub async fn settle_pending(
     batch: u64,
     max_batches: u32,
 ) -> DomainResult<Settlement> {
-    let backend = tx.db().backend;
     let mut total = Settlement::default();
     // A plain read first, so an idle job takes no write lock (SQLite) and
     // opens no transaction.
@@ -329,7 +356,7 @@ pub async fn settle_pending(
     for _ in 0..max_batches {
         let done = tx
             .execute_with_retry("settle_commissions", |txn| async move {
-                settle_batch(&txn, backend, batch).await
+                settle_batch(&txn, batch).await
             })
             .await?;
         total.add(done)?;

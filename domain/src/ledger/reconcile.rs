@@ -6,7 +6,7 @@ use infra::entities::{journal_entry, wallet};
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::error::DomainResult;
-use crate::financial::{GENESIS_HASH, chain_hash};
+use crate::ledger::journal::{GENESIS_HASH, chain_hash};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discrepancy {

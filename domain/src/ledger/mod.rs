@@ -1,0 +1,8 @@
+//! The ledger: users and their wallets, the money-moving primitive
+//! (`financial`), the hash-chained journal, and reconciliation.
+
+pub mod financial;
+pub mod journal;
+pub mod reconcile;
+pub mod users;
+pub mod wallets;

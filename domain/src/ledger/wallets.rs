@@ -1,0 +1,434 @@
+//! Wallet use cases: deposit, withdraw, transfer (each a `Command` run inside
+//! the caller's transaction, see `tx` and `idempotency`), the wallet locks
+//! they take, and the wallet reads.
+
+use chrono::{DateTime, Utc};
+use infra::entities::wallet;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use crate::error::{DomainError, DomainResult};
+use crate::ledger::financial::{self, Deltas, Leg, Posting};
+use crate::ledger::journal::kinds;
+use crate::ledger::users::require_user;
+use crate::money::{Amount, format_units};
+use crate::{Command, Ledger};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WalletKind {
+    Live,
+    Demo,
+}
+
+impl WalletKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Demo => "demo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(Self::Live),
+            "demo" => Some(Self::Demo),
+            _ => None,
+        }
+    }
+}
+
+/// A wallet as the outside sees it. Amounts are minor units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalletView {
+    pub kind: String,
+    pub currency: String,
+    pub balance: i64,
+    pub margin: i64,
+    pub profit: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WalletView {
+    pub fn free_margin(&self) -> i64 {
+        self.balance - self.margin
+    }
+}
+
+impl From<&wallet::Model> for WalletView {
+    fn from(w: &wallet::Model) -> Self {
+        Self {
+            kind: w.kind.clone(),
+            currency: w.currency.clone(),
+            balance: w.balance,
+            margin: w.margin,
+            profit: w.profit,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+/// The result of a deposit or a withdrawal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Operation {
+    pub operation_id: Uuid,
+    pub user_id: i64,
+    pub wallet: WalletKind,
+    pub kind: &'static str,
+    pub amount: i64,
+    pub balance_before: i64,
+    pub balance_after: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferSide {
+    pub user_id: i64,
+    pub balance_before: i64,
+    pub balance_after: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transfer {
+    pub operation_id: Uuid,
+    pub wallet: WalletKind,
+    pub amount: i64,
+    pub from: TransferSide,
+    pub to: TransferSide,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deposit {
+    pub user_id: i64,
+    pub wallet: WalletKind,
+    pub amount: Amount,
+    pub payment_method: Option<String>,
+    pub reference: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Withdrawal {
+    pub user_id: i64,
+    pub wallet: WalletKind,
+    pub amount: Amount,
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferRequest {
+    pub from_user_id: i64,
+    pub to_user_id: i64,
+    pub wallet: WalletKind,
+    pub amount: Amount,
+}
+
+fn metadata(pairs: &[(&str, &Option<String>)]) -> Option<serde_json::Value> {
+    let map: serde_json::Map<String, serde_json::Value> = pairs
+        .iter()
+        .filter_map(|(k, v)| {
+            v.as_ref()
+                .map(|v| ((*k).to_owned(), serde_json::Value::String(v.clone())))
+        })
+        .collect();
+    (!map.is_empty()).then_some(serde_json::Value::Object(map))
+}
+
+fn insufficient(wallet: &wallet::Model, amount: Amount) -> DomainError {
+    DomainError::InsufficientFunds {
+        available: format_units(wallet.balance - wallet.margin),
+        requested: amount.to_string(),
+    }
+}
+
+fn locking<S: QuerySelect>(query: S, backend: DbBackend) -> S {
+    match backend {
+        // SQLite has no row locks: the transaction took the database write
+        // lock at BEGIN (see `tx`), which serializes writers instead.
+        DbBackend::Sqlite => query,
+        _ => query.lock_exclusive(),
+    }
+}
+
+/// Locks one user's wallet of one kind (`SELECT … FOR UPDATE`).
+pub async fn lock_wallet(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    kind: WalletKind,
+) -> DomainResult<wallet::Model> {
+    let query = wallet::Entity::find()
+        .filter(wallet::Column::UserId.eq(user_id))
+        .filter(wallet::Column::Kind.eq(kind.as_str()));
+    locking(query, txn.get_database_backend())
+        .one(txn)
+        .await?
+        .ok_or(DomainError::NotFound("user"))
+}
+
+/// Locks several users' wallets of one kind, always in ascending wallet id
+/// order (one statement: PostgreSQL sorts, then locks rows as it returns
+/// them), so that two transactions touching the same wallets never wait on
+/// each other in a cycle. Returns them in that order; missing ones are absent.
+pub async fn lock_wallets_in_order(
+    txn: &DatabaseTransaction,
+    user_ids: &[i64],
+    kind: WalletKind,
+) -> DomainResult<Vec<wallet::Model>> {
+    let query = wallet::Entity::find()
+        .filter(wallet::Column::UserId.is_in(user_ids.iter().copied()))
+        .filter(wallet::Column::Kind.eq(kind.as_str()))
+        .order_by_asc(wallet::Column::Id);
+    Ok(locking(query, txn.get_database_backend()).all(txn).await?)
+}
+
+/// The one way a single-wallet write takes its lock: within the caller's
+/// (retried) transaction, lock the user's wallet of `kind` and hand it to
+/// `op`, which changes it only through `financial`. An unknown user is 404.
+pub async fn execute_with_user_lock<T>(
+    txn: &DatabaseTransaction,
+    user_id: i64,
+    kind: WalletKind,
+    op: impl AsyncFnOnce(&mut wallet::Model) -> DomainResult<T>,
+) -> DomainResult<T> {
+    let mut wallet = lock_wallet(txn, user_id, kind).await?;
+    op(&mut wallet).await
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// A deposit: money in.
+    Credit,
+    /// A withdrawal: money out, at most the free margin.
+    Debit,
+}
+
+/// A deposit or withdrawal: one balance change on one locked wallet.
+async fn single_wallet_operation(
+    txn: &DatabaseTransaction,
+    (user_id, wallet): (i64, WalletKind),
+    amount: Amount,
+    direction: Direction,
+    reference: Option<String>,
+    metadata: Option<serde_json::Value>,
+) -> DomainResult<Operation> {
+    execute_with_user_lock(txn, user_id, wallet, async |w| {
+        let (delta, kind) = match direction {
+            Direction::Credit => (amount.units(), kinds::DEPOSIT),
+            Direction::Debit => {
+                check_withdrawable(w, amount)?;
+                (-amount.units(), kinds::WITHDRAWAL)
+            }
+        };
+        let before = w.balance;
+        let operation_id = Uuid::new_v4();
+        let entry = financial::update_wallet_balance(
+            txn,
+            w,
+            delta,
+            kind,
+            operation_id,
+            reference,
+            metadata,
+        )
+        .await?;
+        Ok(Operation {
+            operation_id,
+            user_id,
+            wallet,
+            kind,
+            amount: amount.units(),
+            balance_before: before,
+            balance_after: entry.balance_after,
+            created_at: entry.created_at,
+        })
+    })
+    .await
+}
+
+impl Command for Deposit {
+    type Output = Operation;
+    const NAME: &'static str = "deposit";
+
+    async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
+        let metadata = metadata(&[("payment_method", &self.payment_method)]);
+        single_wallet_operation(
+            txn,
+            (self.user_id, self.wallet),
+            self.amount,
+            Direction::Credit,
+            self.reference.clone(),
+            metadata,
+        )
+        .await
+    }
+}
+
+/// A withdrawal may take at most the free margin (`balance - margin`).
+pub fn check_withdrawable(wallet: &wallet::Model, amount: Amount) -> DomainResult<()> {
+    if amount.units() > wallet.balance - wallet.margin {
+        return Err(insufficient(wallet, amount));
+    }
+    Ok(())
+}
+
+impl Command for Withdrawal {
+    type Output = Operation;
+    const NAME: &'static str = "withdraw";
+
+    async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
+        let metadata = metadata(&[("destination", &self.destination)]);
+        single_wallet_operation(
+            txn,
+            (self.user_id, self.wallet),
+            self.amount,
+            Direction::Debit,
+            None,
+            metadata,
+        )
+        .await
+    }
+}
+
+pub fn check_distinct_accounts(from: i64, to: i64) -> DomainResult<()> {
+    if from == to {
+        return Err(DomainError::SameAccount);
+    }
+    Ok(())
+}
+
+impl Command for TransferRequest {
+    type Output = Transfer;
+    const NAME: &'static str = "transfer";
+
+    async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Transfer> {
+        transfer(txn, self).await
+    }
+}
+
+async fn transfer(txn: &DatabaseTransaction, cmd: &TransferRequest) -> DomainResult<Transfer> {
+    check_distinct_accounts(cmd.from_user_id, cmd.to_user_id)?;
+    let mut locked =
+        lock_wallets_in_order(txn, &[cmd.from_user_id, cmd.to_user_id], cmd.wallet).await?;
+    // Two distinct users, so at most two distinct rows, in id order.
+    let (from, to) = match locked.as_mut_slice() {
+        [a, b] if a.user_id == cmd.from_user_id => (a, b),
+        [a, b] => (b, a),
+        [only] if only.user_id == cmd.from_user_id => {
+            return Err(DomainError::NotFound("recipient"));
+        }
+        _ => return Err(DomainError::NotFound("user")),
+    };
+    check_withdrawable(from, cmd.amount)?;
+    let (from_before, to_before) = (from.balance, to.balance);
+    let operation_id = Uuid::new_v4();
+    let amount = cmd.amount.units();
+    let from_meta = serde_json::json!({ "counterparty_user_id": cmd.to_user_id });
+    let to_meta = serde_json::json!({ "counterparty_user_id": cmd.from_user_id });
+    let entries = financial::post(
+        txn,
+        operation_id,
+        vec![
+            Posting::new(
+                from,
+                Leg::new(kinds::TRANSFER_OUT, Deltas::balance(-amount)).metadata(Some(from_meta)),
+            ),
+            Posting::new(
+                to,
+                Leg::new(kinds::TRANSFER_IN, Deltas::balance(amount)).metadata(Some(to_meta)),
+            ),
+        ],
+    )
+    .await?;
+    let (out, inn) = match entries.as_slice() {
+        [out, inn] => (out, inn),
+        _ => {
+            return Err(DomainError::Unexpected(
+                "transfer produced the wrong entries".into(),
+            ));
+        }
+    };
+    Ok(Transfer {
+        operation_id,
+        wallet: cmd.wallet,
+        amount,
+        from: TransferSide {
+            user_id: cmd.from_user_id,
+            balance_before: from_before,
+            balance_after: out.balance_after,
+        },
+        to: TransferSide {
+            user_id: cmd.to_user_id,
+            balance_before: to_before,
+            balance_after: inn.balance_after,
+        },
+        created_at: out.created_at,
+    })
+}
+
+impl Ledger {
+    /// A user's wallets; an unknown user is 404.
+    pub async fn wallets(&self, user_id: i64) -> DomainResult<Vec<WalletView>> {
+        let conn = &self.db.conn;
+        let wallets = wallet::Entity::find()
+            .filter(wallet::Column::UserId.eq(user_id))
+            .order_by_asc(wallet::Column::Id)
+            .all(conn)
+            .await?;
+        if wallets.is_empty() {
+            require_user(conn, user_id).await?;
+        }
+        Ok(wallets.iter().map(WalletView::from).collect())
+    }
+
+    /// A user's journal, newest first.
+    pub async fn journal(
+        &self,
+        user_id: i64,
+        wallet: Option<WalletKind>,
+        limit: u64,
+        before_id: Option<i64>,
+    ) -> DomainResult<crate::page::Page<crate::ledger::journal::JournalView>> {
+        crate::ledger::journal::list_journal(&self.db.conn, user_id, wallet, limit, before_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::ledger::financial::test_wallet as wallet;
+
+    #[test]
+    fn withdrawal_is_limited_by_free_margin() {
+        let w = wallet(1_000, 400);
+        assert!(check_withdrawable(&w, Amount::from_units(600).unwrap()).is_ok());
+        match check_withdrawable(&w, Amount::from_units(601).unwrap()) {
+            Err(DomainError::InsufficientFunds {
+                available,
+                requested,
+            }) => {
+                assert_eq!(available, "0.000006");
+                assert_eq!(requested, "0.00000601");
+            }
+            other => panic!("expected insufficient funds, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transfer_needs_two_accounts() {
+        assert!(matches!(
+            check_distinct_accounts(4, 4),
+            Err(DomainError::SameAccount)
+        ));
+        assert!(check_distinct_accounts(4, 5).is_ok());
+    }
+
+    #[test]
+    fn wallet_kinds_parse_strictly() {
+        assert_eq!(WalletKind::parse("live"), Some(WalletKind::Live));
+        assert_eq!(WalletKind::parse("demo"), Some(WalletKind::Demo));
+        assert_eq!(WalletKind::parse("LIVE"), None);
+    }
+}
