@@ -164,6 +164,7 @@ pub async fn start(state: Arc<AppState>, listener: tokio::net::TcpListener) -> i
 
 fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
     let mut jobs = Vec::new();
+    jobs.extend(state.ledger.db.spawn_health_probe());
     let every = Duration::from_secs(state.config.idempotency_cleanup_interval_secs.max(1));
     let s = Arc::clone(state);
     jobs.push(tokio::spawn(async move {

@@ -12,6 +12,8 @@ use poem_openapi::ApiResponse;
 use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 
+use infra::metrics::metrics;
+
 use crate::middleware::current_request_id;
 use crate::types::Problem;
 
@@ -98,6 +100,18 @@ impl ApiError {
             "unavailable",
             "Service unavailable",
             "the service is temporarily unavailable; retry later",
+        )
+        .retry_after(1)
+    }
+
+    /// Shed at once: no database connection within the wait budget.
+    pub fn overloaded() -> Self {
+        metrics().shed.with_label_values(&["overloaded"]).inc();
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "Overloaded",
+            "the server is at capacity; retry later with the same Idempotency-Key",
         )
         .retry_after(1)
     }
@@ -189,24 +203,31 @@ impl From<&DomainError> for ApiError {
                 e.to_string(),
             )
             .retry_after(1),
-            DomainError::Unavailable(source) => {
-                tracing::error!(request_id = %current_request_id(), error = %source, "database unavailable");
+            DomainError::Overloaded => Self::overloaded(),
+            DomainError::Unavailable(_)
+            | DomainError::Conflict { .. }
+            | DomainError::ConnectionLost(_) => {
+                tracing::error!(request_id = %current_request_id(), error = %error_chain(e), "database unavailable");
                 Self::unavailable()
             }
-            DomainError::Database(source) if domain::db_error::classify(source).is_transient() => {
-                tracing::error!(request_id = %current_request_id(), error = %source, "database unavailable");
-                Self::unavailable()
-            }
-            DomainError::Database(source) => {
-                tracing::error!(request_id = %current_request_id(), error = %source, "unexpected database error");
-                Self::internal()
-            }
-            DomainError::Unexpected(what) => {
-                tracing::error!(request_id = %current_request_id(), error = %what, "unexpected error");
+            DomainError::Database(_) | DomainError::Unexpected(_) | DomainError::ClaimLost => {
+                tracing::error!(request_id = %current_request_id(), error = %error_chain(e), "unexpected error");
                 Self::internal()
             }
         }
     }
+}
+
+/// An error and its causes, for the log line (never for a response body).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl poem::error::ResponseError for ApiError {
@@ -269,7 +290,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (500, "A bug; the body never carries internals (`internal`)"),
     (
         503,
-        "Database unreachable, pool exhausted past its acquire timeout, or draining (`unavailable`, with Retry-After)",
+        "Database unreachable or draining (`unavailable`), or no database connection within the wait budget (`overloaded`); both with Retry-After",
     ),
 ];
 
@@ -390,6 +411,7 @@ mod tests {
                 503,
                 "unavailable",
             ),
+            (DomainError::Overloaded, 503, "overloaded"),
             (
                 DomainError::Database(sea_orm::DbErr::Custom("SELECT secret".into())),
                 500,

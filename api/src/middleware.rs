@@ -3,7 +3,7 @@
 //! request, metrics by route and status, and every error rendered as a problem.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use infra::metrics::metrics;
 use poem::http::{HeaderValue, StatusCode};
@@ -35,6 +35,10 @@ fn request_id(req: &Request) -> String {
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
+
+/// While the database is known to be down, a request waits at most this for
+/// a fresh look before it is refused.
+const RECHECK_WAIT: Duration = Duration::from_millis(150);
 
 /// Oversized bodies up to this multiple of the limit are drained, not cut off.
 const DRAIN_FACTOR: usize = 16;
@@ -85,12 +89,24 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let span = tracing::info_span!("request", request_id = %id, %method, %path);
-    let max_body = req
-        .data::<Arc<AppState>>()
+    let state = req.data::<Arc<AppState>>().cloned();
+    let path_is_api = path.starts_with("/api/");
+    let max_body = state
+        .as_ref()
         .map(|s| s.config.max_body_bytes)
         .unwrap_or(64 * 1024);
+    // While the database is known to be unreachable, the API answers at once
+    // rather than letting every request find out for itself; health and
+    // metrics stay outside `/api` and are never refused.
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
+            if path_is_api
+                && let Some(s) = &state
+                && !s.ledger.db.health().recheck(RECHECK_WAIT).await
+            {
+                metrics().shed.with_label_values(&["unavailable"]).inc();
+                return ApiError::unavailable().into_response();
+            }
             if let Err(e) = limit_body(&mut req, max_body).await {
                 return e.into_response();
             }

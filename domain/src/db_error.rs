@@ -3,7 +3,7 @@
 //! SQLite reports only in its message.
 
 use sea_orm::sqlx;
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DbErrorKind {
@@ -13,8 +13,10 @@ pub enum DbErrorKind {
     /// The connection broke mid-transaction; the outcome of a COMMIT in flight
     /// is unknown. Safe to re-run only where an idempotency key guards it.
     ConnectionLost,
-    /// No connection could be had (database down, pool exhausted).
+    /// No connection could be had: the database is down or refuses us.
     Unavailable,
+    /// Every pooled connection stayed busy for the whole wait budget.
+    PoolTimeout,
     UniqueViolation(Option<String>),
     CheckViolation(Option<String>),
     Other,
@@ -24,7 +26,7 @@ impl DbErrorKind {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Retryable(_) | Self::ConnectionLost | Self::Unavailable
+            Self::Retryable(_) | Self::ConnectionLost | Self::Unavailable | Self::PoolTimeout
         )
     }
 }
@@ -77,7 +79,8 @@ pub fn classify_sqlx(err: &sqlx::Error) -> DbErrorKind {
                 classify_sqlstate(&code, db.constraint())
             }
         }
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => DbErrorKind::Unavailable,
+        sqlx::Error::PoolTimedOut => DbErrorKind::PoolTimeout,
+        sqlx::Error::PoolClosed => DbErrorKind::Unavailable,
         sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
@@ -88,9 +91,10 @@ pub fn classify_sqlx(err: &sqlx::Error) -> DbErrorKind {
 
 pub fn classify(err: &DbErr) -> DbErrorKind {
     match err {
+        DbErr::ConnectionAcquire(ConnAcquireErr::Timeout) => DbErrorKind::PoolTimeout,
         DbErr::ConnectionAcquire(_) => DbErrorKind::Unavailable,
         DbErr::Conn(RuntimeErr::SqlxError(e)) => match classify_sqlx(e) {
-            kind @ DbErrorKind::Retryable(_) => kind,
+            kind @ (DbErrorKind::Retryable(_) | DbErrorKind::PoolTimeout) => kind,
             _ => DbErrorKind::Unavailable,
         },
         DbErr::Conn(_) => DbErrorKind::Unavailable,
@@ -104,7 +108,6 @@ pub fn classify(err: &DbErr) -> DbErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sea_orm::ConnAcquireErr;
     use std::sync::Arc;
 
     #[test]
@@ -188,6 +191,10 @@ mod tests {
     fn pool_and_io_errors() {
         assert_eq!(
             classify(&DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)),
+            DbErrorKind::PoolTimeout
+        );
+        assert_eq!(
+            classify(&DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed)),
             DbErrorKind::Unavailable
         );
         let io = sqlx::Error::Io(std::io::Error::new(
@@ -210,7 +217,7 @@ mod tests {
             classify(&DbErr::Query(RuntimeErr::SqlxError(Arc::new(
                 sqlx::Error::PoolTimedOut
             )))),
-            DbErrorKind::Unavailable
+            DbErrorKind::PoolTimeout
         );
         assert_eq!(classify(&DbErr::Custom("x".into())), DbErrorKind::Other);
     }

@@ -1,7 +1,13 @@
 //! The one domain error type. The API maps each case to a status and a stable
-//! `code` in one place (`api::error`).
+//! `code` in one place (`api::error`). A database error is classified once,
+//! here, where it becomes a `DomainError` (`From<DbErr>`): the transaction
+//! loop, the idempotency service and the API only match on the result.
 
 use sea_orm::DbErr;
+
+use crate::db_error::{DbErrorKind, classify};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DomainError {
@@ -37,15 +43,51 @@ pub enum DomainError {
     IdempotencyKeyReused,
     #[error("a request with this Idempotency-Key is still being processed")]
     IdempotencyInFlight,
-    /// The database cannot be reached, the pool is exhausted, or a retryable
-    /// conflict persisted past the last attempt. The client may retry.
+    /// Our own idempotency claim was taken over, or completed by an earlier
+    /// attempt whose COMMIT landed: the transaction rolls back and the stored
+    /// answer is read. Never sent to a client as such.
+    #[error("the idempotency claim was lost")]
+    ClaimLost,
+    /// A conflict that re-running the whole transaction may resolve
+    /// (deadlock, serialization failure, lock timeout, SQLite busy).
+    #[error("transient database conflict ({cause})")]
+    Conflict {
+        cause: &'static str,
+        #[source]
+        source: DbErr,
+    },
+    /// The connection broke mid-transaction: the outcome of a COMMIT in
+    /// flight is unknown, so only an idempotency-guarded write re-runs.
+    #[error("the database connection was lost")]
+    ConnectionLost(#[source] DbErr),
+    /// The database cannot be reached, or a transient failure persisted past
+    /// the last attempt. The client may retry.
     #[error("the database is unavailable")]
     Unavailable(#[source] DbErr),
-    /// A database error not yet classified (the transaction service does).
+    /// No database connection within the wait budget: the request is shed
+    /// at once instead of queueing. The client may retry.
+    #[error("no database connection within the wait budget")]
+    Overloaded,
+    /// A database error that is not transient and not a known constraint:
+    /// a bug, answered 500 without its text.
     #[error("database error")]
-    Database(#[from] DbErr),
+    Database(#[source] DbErr),
     #[error("unexpected: {0}")]
-    Unexpected(String),
+    Unexpected(#[source] BoxError),
+}
+
+impl From<DbErr> for DomainError {
+    fn from(e: DbErr) -> Self {
+        match classify(&e) {
+            DbErrorKind::Retryable(cause) => Self::Conflict { cause, source: e },
+            DbErrorKind::ConnectionLost => Self::ConnectionLost(e),
+            DbErrorKind::Unavailable => Self::Unavailable(e),
+            DbErrorKind::PoolTimeout => Self::Overloaded,
+            DbErrorKind::UniqueViolation(_)
+            | DbErrorKind::CheckViolation(_)
+            | DbErrorKind::Other => Self::Database(e),
+        }
+    }
 }
 
 impl DomainError {
@@ -64,6 +106,23 @@ impl DomainError {
                 | Self::DuplicateEmail
                 | Self::UnknownReferralCode
                 | Self::BalanceLimit
+        )
+    }
+
+    /// A broken expectation of the code itself, with its cause.
+    pub fn unexpected(cause: impl Into<BoxError>) -> Self {
+        Self::Unexpected(cause.into())
+    }
+
+    /// The client may retry the same request later (503 with Retry-After):
+    /// nothing was stored under its idempotency key.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Conflict { .. }
+                | Self::ConnectionLost(_)
+                | Self::Unavailable(_)
+                | Self::Overloaded
         )
     }
 

@@ -1,16 +1,25 @@
 //! IdempotencyService: exactly-once execution per (principal, method, route,
-//! client key), in atomic phases.
+//! client key), with **one commit per write**: the claim of the key, the
+//! operation and the stored response are one database transaction.
 //!
-//! 1. Claim: `INSERT … ON CONFLICT DO NOTHING` the key as `processing`, with a
-//!    lease (`locked_until`) and a claim token, in its own statement.
-//!    If the key exists: replay it (completed, same body), refuse it (other
-//!    body), report it in flight (processing, lease alive), or take it over
-//!    (processing, lease expired: its owner died before phase 2 committed).
-//! 2. Execute the operation and mark the key `completed` with the response
-//!    **in the same transaction**, conditioned on still holding the claim token.
-//! 3. A business refusal is stored as the completed response; a transient
-//!    failure deletes the claim so the client may retry with the same key.
-//! 4. Expired keys are deleted by the cleanup job.
+//! 1. Claim, first in the operation's transaction: on PostgreSQL a
+//!    transaction-scoped advisory lock on the key (`pg_try_advisory_xact_lock`,
+//!    not waited for: a concurrent duplicate is answered 409 at once) read
+//!    together with the stored key, in one round trip; on SQLite the
+//!    transaction already holds the write lock. A stored key is replayed (same
+//!    body) or refused (other body).
+//! 2. Execute the operation and store the key `completed` with its response
+//!    in the same transaction (`INSERT … ON CONFLICT DO UPDATE … WHERE` the
+//!    old row has expired): zero rows means another request stored it first,
+//!    so this one rolls back and replays that answer.
+//! 3. A business refusal rolls the operation back and is stored as the
+//!    completed response (its own short statement); a transient failure
+//!    stores nothing, so the client may retry with the same key.
+//! 4. A crash leaves nothing behind: the lock and any uncommitted row vanish
+//!    with the connection, so the client's retry runs at once.
+//! 5. Expired keys are deleted by the cleanup job. Rows `processing` with a
+//!    lease (`locked_until`) are only written by versions before one-commit
+//!    writes; they are honoured until their lease runs out.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,13 +27,16 @@ use std::time::Duration;
 
 use infra::entities::idempotency_key as key;
 use infra::metrics::metrics;
-use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Set,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::clock::{now, now_ms};
 use crate::error::{DomainError, DomainResult};
+use crate::sql::statement;
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";
@@ -124,25 +136,80 @@ pub fn validate_client_key(key: &str) -> DomainResult<()> {
     Ok(())
 }
 
-enum Claim {
-    Claimed(Uuid),
+/// What the first run of a key decided, inside its transaction.
+enum Decided {
+    Executed(StoredResponse),
     Replay(StoredResponse),
+}
+
+/// The stored key as the claim reads it.
+struct Existing {
+    request_hash: String,
+    status: String,
+    response_status: Option<i32>,
+    response_body: Option<String>,
+    locked_until_ms: i64,
+    expires_at_ms: i64,
+}
+
+impl From<key::Model> for Existing {
+    fn from(row: key::Model) -> Self {
+        Self {
+            request_hash: row.request_hash,
+            status: row.status,
+            response_status: row.response_status,
+            response_body: row.response_body,
+            locked_until_ms: row.locked_until_ms,
+            expires_at_ms: row.expires_at_ms,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct IdempotencyService {
     tx: TransactionService,
     ttl: Duration,
-    lease: Duration,
 }
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The advisory lock id of a stored key: its first 64 bits. Two keys share
+/// a lock with probability 2^-64, and then one of them waits a retry.
+fn lock_id(key_hash: &str) -> i64 {
+    let prefix = key_hash.get(..16).unwrap_or(key_hash);
+    u64::from_str_radix(prefix, 16).map_or(0, |v| v as i64)
+}
+
+/// What a stored key means for a new request with `request_hash` at `at_ms`:
+/// `None` when the key is free (absent, expired, or an abandoned claim).
+fn decide(
+    existing: Option<Existing>,
+    request_hash: &str,
+    at_ms: i64,
+) -> DomainResult<Option<StoredResponse>> {
+    let Some(row) = existing else {
+        return Ok(None);
+    };
+    if row.expires_at_ms <= at_ms {
+        return Ok(None);
+    }
+    if row.request_hash != request_hash {
+        return Err(DomainError::IdempotencyKeyReused);
+    }
+    if row.status == COMPLETED {
+        return stored(&row).map(Some);
+    }
+    if row.locked_until_ms > at_ms {
+        return Err(DomainError::IdempotencyInFlight);
+    }
+    Ok(None)
+}
+
 impl IdempotencyService {
-    pub fn new(tx: TransactionService, ttl: Duration, lease: Duration) -> Self {
-        Self { tx, ttl, lease }
+    pub fn new(tx: TransactionService, ttl: Duration) -> Self {
+        Self { tx, ttl }
     }
 
     /// Runs `op` at most once for `req`, or replays what its one run answered.
@@ -164,197 +231,175 @@ impl IdempotencyService {
         R: Fn(&T) -> StoredResponse,
         E: Fn(&DomainError) -> StoredResponse,
     {
-        let token = match self.claim(req).await? {
-            Claim::Replay(response) => {
-                metrics().idempotent_replays.inc();
-                return Ok(Outcome {
-                    response,
-                    replayed: true,
-                });
-            }
-            Claim::Claimed(token) => token,
-        };
-        // A lost connection is retried here: if an earlier attempt's COMMIT
-        // did land, completing the key finds it already completed, this
-        // attempt rolls back, and the stored response is replayed below.
+        // A lost connection is retried: if an earlier attempt's COMMIT did
+        // land, the claim finds the stored answer and replays it.
         let policy: RetryPolicy = self.tx.policy().clone().with_connection_loss_retry();
         let result = self
             .tx
             .execute_with_policy(operation, &policy, |txn| {
                 let (op, on_ok) = (&op, &on_ok);
                 async move {
+                    if let Some(response) = self.claim(&txn, req).await? {
+                        return Ok(Decided::Replay(response));
+                    }
                     let value = op(Arc::clone(&txn)).await?;
                     let response = on_ok(&value);
-                    complete(&*txn, &req.key, token, &response).await?;
-                    Ok(response)
+                    self.store(&*txn, req, &response).await?;
+                    Ok(Decided::Executed(response))
                 }
             })
             .await;
         match result {
-            Ok(response) => Ok(Outcome {
+            Ok(Decided::Executed(response)) => Ok(Outcome {
                 response,
                 replayed: false,
             }),
-            Err(DomainError::IdempotencyInFlight) => self.after_lost_claim(req).await,
+            Ok(Decided::Replay(response)) => {
+                metrics().idempotent_replays.inc();
+                Ok(Outcome {
+                    response,
+                    replayed: true,
+                })
+            }
+            Err(DomainError::ClaimLost) => self.stored_answer(req).await,
             Err(e) if e.is_refusal() => {
                 let response = on_refusal(&e);
-                match complete(&self.tx.db().conn, &req.key, token, &response).await {
+                match self.store(&self.tx.db().conn, req, &response).await {
                     Ok(()) => Ok(Outcome {
                         response,
                         replayed: false,
                     }),
-                    Err(DomainError::IdempotencyInFlight) => self.after_lost_claim(req).await,
+                    Err(DomainError::ClaimLost) => self.stored_answer(req).await,
                     Err(store_err) => {
-                        tracing::error!(error = %store_err, "storing a refusal failed; releasing the key");
-                        self.release(&req.key, token).await;
+                        tracing::error!(error = %store_err, "storing a refusal failed");
                         Err(store_err)
                     }
                 }
             }
-            Err(e) => {
-                self.release(&req.key, token).await;
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
-    /// Our claim was taken over or already completed: answer from the key.
-    async fn after_lost_claim(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
+    /// Another request stored this key first: answer what it stored.
+    async fn stored_answer(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
         let row = key::Entity::find_by_id(req.key.clone())
             .one(&self.tx.db().conn)
             .await?;
-        match row {
-            Some(row) if row.status == COMPLETED && row.request_hash == req.request_hash => {
+        match decide(row.map(Existing::from), &req.request_hash, now_ms())? {
+            Some(response) => {
                 metrics().idempotent_replays.inc();
                 Ok(Outcome {
-                    response: stored(&row)?,
+                    response,
                     replayed: true,
                 })
             }
-            _ => Err(DomainError::IdempotencyInFlight),
+            None => Err(DomainError::IdempotencyInFlight),
         }
     }
 
-    async fn claim(&self, req: &IdempotentRequest) -> DomainResult<Claim> {
-        let conn = &self.tx.db().conn;
-        // A few rounds at most: each round either decides or loses a race to
-        // a request that just changed the row.
-        for _ in 0..4 {
-            let at_ms = now_ms();
-            let token = Uuid::new_v4();
-            let inserted = key::Entity::insert(key::ActiveModel {
-                key: Set(req.key.clone()),
-                principal: Set(req.principal.clone()),
-                route: Set(req.route.clone()),
-                request_hash: Set(req.request_hash.clone()),
-                status: Set(PROCESSING.into()),
-                claim_token: Set(token),
-                response_status: Set(None),
-                response_body: Set(None),
-                locked_until_ms: Set(at_ms + millis(self.lease)),
-                expires_at_ms: Set(at_ms + millis(self.ttl)),
-                created_at: Set(now()),
-            })
-            .on_conflict_do_nothing_on([key::Column::Key])
-            .exec_without_returning(conn)
-            .await
-            .map_err(classify_claim_error)?;
-            if matches!(inserted, sea_orm::TryInsertResult::Inserted(n) if n > 0) {
-                return Ok(Claim::Claimed(token));
-            }
-            let Some(row) = key::Entity::find_by_id(req.key.clone())
-                .one(conn)
-                .await
-                .map_err(classify_claim_error)?
-            else {
-                continue; // deleted meanwhile (released or cleaned up): claim again
-            };
-            if row.expires_at_ms <= at_ms {
-                // Past its TTL but not yet cleaned up: the key is free again.
-                if self.take_over(&row, req, at_ms, token, true).await? {
-                    return Ok(Claim::Claimed(token));
-                }
-                continue;
-            }
-            if row.request_hash != req.request_hash {
-                return Err(DomainError::IdempotencyKeyReused);
-            }
-            if row.status == COMPLETED {
-                return Ok(Claim::Replay(stored(&row)?));
-            }
-            if row.locked_until_ms > at_ms {
-                return Err(DomainError::IdempotencyInFlight);
-            }
-            // A stale claim: its owner stopped before committing anything.
-            tracing::warn!(route = %row.route, "taking over a stale idempotency claim");
-            if self.take_over(&row, req, at_ms, token, false).await? {
-                return Ok(Claim::Claimed(token));
-            }
-        }
-        Err(DomainError::IdempotencyInFlight)
-    }
-
-    /// Conditional on the row being exactly as read (same claim token), so of
-    /// two racing requests only one takes the key.
-    async fn take_over(
+    /// Phase 1, inside the operation's transaction. `Some` is a stored
+    /// answer to replay; `None` means this transaction owns the key.
+    async fn claim(
         &self,
-        row: &key::Model,
+        txn: &DatabaseTransaction,
         req: &IdempotentRequest,
-        at_ms: i64,
-        token: Uuid,
-        expired: bool,
-    ) -> DomainResult<bool> {
-        let mut update = key::Entity::update_many()
-            .col_expr(key::Column::ClaimToken, Expr::value(token))
-            .col_expr(key::Column::Status, Expr::value(PROCESSING))
-            .col_expr(
-                key::Column::LockedUntilMs,
-                Expr::value(at_ms + millis(self.lease)),
-            )
-            .filter(key::Column::Key.eq(row.key.clone()))
-            .filter(key::Column::ClaimToken.eq(row.claim_token));
-        if expired {
-            update = update
-                .col_expr(
-                    key::Column::RequestHash,
-                    Expr::value(req.request_hash.clone()),
-                )
-                .col_expr(
-                    key::Column::ResponseStatus,
-                    Expr::value(Option::<i32>::None),
-                )
-                .col_expr(
-                    key::Column::ResponseBody,
-                    Expr::value(Option::<String>::None),
-                )
-                .col_expr(
-                    key::Column::ExpiresAtMs,
-                    Expr::value(at_ms + millis(self.ttl)),
-                )
-                .filter(key::Column::ExpiresAtMs.lte(at_ms));
-        } else {
-            update = update
-                .filter(key::Column::Status.eq(PROCESSING))
-                .filter(key::Column::LockedUntilMs.lte(at_ms));
-        }
-        let result = update
-            .exec(&self.tx.db().conn)
-            .await
-            .map_err(classify_claim_error)?;
-        Ok(result.rows_affected == 1)
+    ) -> DomainResult<Option<StoredResponse>> {
+        let existing = match txn.get_database_backend() {
+            DbBackend::Postgres => {
+                // The lock and the read in one round trip. Should a request
+                // that held the key commit between this statement's snapshot
+                // and its lock, the read misses its row and the store below
+                // finds it: this one then rolls back and replays.
+                let sql = "SELECT pg_try_advisory_xact_lock(?) AS locked, k.request_hash, \
+                           k.status, k.response_status, k.response_body, k.locked_until_ms, \
+                           k.expires_at_ms \
+                           FROM (SELECT 1) AS one \
+                           LEFT JOIN idempotency_keys k ON k.key = ?";
+                let row = txn
+                    .query_one_raw(statement(
+                        DbBackend::Postgres,
+                        sql,
+                        vec![lock_id(&req.key).into(), req.key.clone().into()],
+                    ))
+                    .await?
+                    .ok_or_else(|| DomainError::unexpected("the claim query returned no row"))?;
+                if !row.try_get::<bool>("", "locked")? {
+                    return Err(DomainError::IdempotencyInFlight);
+                }
+                match row.try_get::<Option<String>>("", "request_hash")? {
+                    None => None,
+                    Some(request_hash) => Some(Existing {
+                        request_hash,
+                        status: row.try_get("", "status")?,
+                        response_status: row.try_get("", "response_status")?,
+                        response_body: row.try_get("", "response_body")?,
+                        locked_until_ms: row.try_get("", "locked_until_ms")?,
+                        expires_at_ms: row.try_get("", "expires_at_ms")?,
+                    }),
+                }
+            }
+            // SQLite: the transaction holds the database write lock, so no
+            // other writer can be between this read and the store.
+            _ => key::Entity::find_by_id(req.key.clone())
+                .one(txn)
+                .await?
+                .map(Existing::from),
+        };
+        decide(existing, &req.request_hash, now_ms())
     }
 
-    async fn release(&self, key_hash: &str, token: Uuid) {
-        let result = key::Entity::delete_many()
-            .filter(key::Column::Key.eq(key_hash))
-            .filter(key::Column::ClaimToken.eq(token))
-            .filter(key::Column::Status.eq(PROCESSING))
-            .exec(&self.tx.db().conn)
-            .await;
-        if let Err(e) = result {
-            // The lease expires on its own; a retry then takes the key over.
-            tracing::warn!(error = %e, "releasing an idempotency claim failed");
+    /// Stores `response` as the key's one answer: a new row, or over a row
+    /// that has expired or whose claim was abandoned. Zero rows written means
+    /// another request's answer is there: `ClaimLost`.
+    async fn store<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        req: &IdempotentRequest,
+        response: &StoredResponse,
+    ) -> DomainResult<()> {
+        let at_ms = now_ms();
+        let row = key::ActiveModel {
+            key: Set(req.key.clone()),
+            principal: Set(req.principal.clone()),
+            route: Set(req.route.clone()),
+            request_hash: Set(req.request_hash.clone()),
+            status: Set(COMPLETED.into()),
+            claim_token: Set(Uuid::new_v4()),
+            response_status: Set(Some(i32::from(response.status))),
+            response_body: Set(Some(response.body.clone())),
+            locked_until_ms: Set(0),
+            expires_at_ms: Set(at_ms + millis(self.ttl)),
+            created_at: Set(now()),
+        };
+        let free = Expr::col((key::Entity, key::Column::ExpiresAtMs))
+            .lte(at_ms)
+            .or(Expr::col((key::Entity, key::Column::Status))
+                .eq(PROCESSING)
+                .and(Expr::col((key::Entity, key::Column::LockedUntilMs)).lte(at_ms)));
+        let written = key::Entity::insert(row)
+            .on_conflict(
+                OnConflict::column(key::Column::Key)
+                    .update_columns([
+                        key::Column::Principal,
+                        key::Column::Route,
+                        key::Column::RequestHash,
+                        key::Column::Status,
+                        key::Column::ClaimToken,
+                        key::Column::ResponseStatus,
+                        key::Column::ResponseBody,
+                        key::Column::LockedUntilMs,
+                        key::Column::ExpiresAtMs,
+                        key::Column::CreatedAt,
+                    ])
+                    .action_and_where(free)
+                    .to_owned(),
+            )
+            .exec_without_returning(conn)
+            .await?;
+        if written != 1 {
+            return Err(DomainError::ClaimLost);
         }
+        Ok(())
     }
 
     /// Deletes keys past their TTL. Returns how many.
@@ -367,57 +412,17 @@ impl IdempotencyService {
     }
 }
 
-fn classify_claim_error(e: sea_orm::DbErr) -> DomainError {
-    if crate::db_error::classify(&e).is_transient() {
-        DomainError::Unavailable(e)
-    } else {
-        DomainError::Database(e)
-    }
-}
-
-fn stored(row: &key::Model) -> DomainResult<StoredResponse> {
+fn stored(row: &Existing) -> DomainResult<StoredResponse> {
     match (row.response_status, &row.response_body) {
         (Some(status), Some(body)) => Ok(StoredResponse {
             status: u16::try_from(status)
-                .map_err(|_| DomainError::Unexpected("stored status out of range".into()))?,
+                .map_err(|_| DomainError::unexpected("stored status out of range"))?,
             body: body.clone(),
         }),
-        _ => Err(DomainError::Unexpected(
-            "completed idempotency key without a response".into(),
+        _ => Err(DomainError::unexpected(
+            "completed idempotency key without a response",
         )),
     }
-}
-
-/// Phase 2's last step, inside the operation's transaction: only the holder
-/// of the claim token may complete the key. Zero rows means the claim was
-/// lost (taken over, or completed by an earlier attempt whose COMMIT landed),
-/// reported as `IdempotencyInFlight` so the transaction rolls back.
-async fn complete<C: ConnectionTrait>(
-    conn: &C,
-    key_hash: &str,
-    token: Uuid,
-    response: &StoredResponse,
-) -> DomainResult<()> {
-    let result = key::Entity::update_many()
-        .col_expr(key::Column::Status, Expr::value(COMPLETED))
-        .col_expr(
-            key::Column::ResponseStatus,
-            Expr::value(i32::from(response.status)),
-        )
-        .col_expr(
-            key::Column::ResponseBody,
-            Expr::value(response.body.clone()),
-        )
-        .col_expr(key::Column::LockedUntilMs, Expr::value(0_i64))
-        .filter(key::Column::Key.eq(key_hash))
-        .filter(key::Column::ClaimToken.eq(token))
-        .filter(key::Column::Status.eq(PROCESSING))
-        .exec(conn)
-        .await?;
-    if result.rows_affected != 1 {
-        return Err(DomainError::IdempotencyInFlight);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -115,11 +115,8 @@ impl Ledger {
 
     pub fn new(db: Database, config: &Config) -> DomainResult<Self> {
         let tx = TransactionService::new(db.clone(), RetryPolicy::from_config(config));
-        let idempotency = IdempotencyService::new(
-            tx.clone(),
-            Duration::from_secs(config.idempotency_ttl_secs),
-            Duration::from_millis(config.idempotency_lease_ms),
-        );
+        let idempotency =
+            IdempotencyService::new(tx.clone(), Duration::from_secs(config.idempotency_ttl_secs));
         let fee_rate =
             infra::config::parse_decimal_setting("trade_fee_rate", &config.trade_fee_rate)
                 .map_err(|e| DomainError::invalid("trade_fee_rate", e))?;

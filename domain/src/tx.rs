@@ -16,7 +16,6 @@ use infra::metrics::metrics;
 use infra::{Backend, Config, Database};
 use sea_orm::{DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 
-use crate::db_error::{DbErrorKind, classify};
 use crate::error::{DomainError, DomainResult};
 
 /// How often and how patiently a transaction is re-run.
@@ -67,10 +66,10 @@ impl RetryPolicy {
             .collect()
     }
 
-    fn should_retry(&self, kind: &DbErrorKind) -> bool {
-        match kind {
-            DbErrorKind::Retryable(_) => true,
-            DbErrorKind::ConnectionLost => self.retry_connection_loss,
+    fn should_retry(&self, error: &DomainError) -> bool {
+        match error {
+            DomainError::Conflict { .. } => true,
+            DomainError::ConnectionLost(_) => self.retry_connection_loss,
             _ => false,
         }
     }
@@ -82,10 +81,10 @@ pub struct TransactionService {
     policy: RetryPolicy,
 }
 
-fn cause_of(kind: &DbErrorKind) -> &'static str {
-    match kind {
-        DbErrorKind::Retryable(cause) => cause,
-        DbErrorKind::ConnectionLost => "connection_lost",
+fn cause_of(error: &DomainError) -> &'static str {
+    match error {
+        DomainError::Conflict { cause, .. } => cause,
+        DomainError::ConnectionLost(_) => "connection_lost",
         _ => "other",
     }
 }
@@ -146,21 +145,20 @@ impl TransactionService {
             attempt += 1;
             m.tx_attempts.with_label_values(&[operation]).inc();
             tracing::debug!(operation, attempt, "transaction_start");
-            let error = match self.attempt(&op).await {
+            let error = match self.attempt(operation, &op).await {
                 Ok(value) => {
                     tracing::debug!(operation, attempt, "transaction_success");
                     return Ok(value);
                 }
                 Err(e) => e,
             };
-            let DomainError::Database(db_err) = error else {
+            if !error.is_transient() {
                 tracing::debug!(operation, attempt, error = %error, "transaction_failure");
                 return Err(error);
-            };
-            let kind = classify(&db_err);
-            if policy.should_retry(&kind) {
+            }
+            if policy.should_retry(&error) {
                 if let Some(delay) = delays.next() {
-                    let cause = cause_of(&kind);
+                    let cause = cause_of(&error);
                     m.tx_retries.with_label_values(&[operation, cause]).inc();
                     tracing::warn!(
                         operation,
@@ -173,32 +171,34 @@ impl TransactionService {
                     continue;
                 }
                 m.tx_giveups.with_label_values(&[operation]).inc();
-                tracing::error!(operation, attempt, error = %db_err, "transaction_failure: retries exhausted");
-                return Err(DomainError::Unavailable(db_err));
+                tracing::error!(operation, attempt, error = %error, "transaction_failure: retries exhausted");
+            } else {
+                tracing::warn!(operation, attempt, error = %error, "transaction_failure");
             }
-            tracing::warn!(operation, attempt, error = %db_err, ?kind, "transaction_failure");
-            return Err(match kind {
-                DbErrorKind::Unavailable | DbErrorKind::ConnectionLost => {
-                    DomainError::Unavailable(db_err)
+            return Err(match error {
+                DomainError::Conflict { source, .. } => DomainError::Unavailable(source),
+                DomainError::ConnectionLost(source) | DomainError::Unavailable(source) => {
+                    self.db.mark_unreachable();
+                    DomainError::Unavailable(source)
                 }
-                _ => DomainError::Database(db_err),
+                other => other,
             });
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, op: &F) -> DomainResult<T>
+    async fn attempt<T, F, Fut>(&self, operation: &'static str, op: &F) -> DomainResult<T>
     where
         F: Fn(Arc<DatabaseTransaction>) -> Fut,
         Fut: Future<Output = DomainResult<T>>,
     {
         let txn = Arc::new(self.begin().await?);
         let result = op(Arc::clone(&txn)).await;
-        let txn = Arc::try_unwrap(txn).map_err(|_| {
-            DomainError::Unexpected("transaction handle kept past its closure".into())
-        })?;
+        let txn = Arc::try_unwrap(txn)
+            .map_err(|_| DomainError::unexpected("transaction handle kept past its closure"))?;
         match result {
             Ok(value) => {
                 txn.commit().await?;
+                metrics().db_commits.with_label_values(&[operation]).inc();
                 Ok(value)
             }
             Err(e) => {
@@ -258,15 +258,13 @@ mod tests {
     #[test]
     fn only_retryable_kinds_are_retried() {
         let p = policy(0.0);
-        assert!(p.should_retry(&DbErrorKind::Retryable("deadlock")));
-        assert!(!p.should_retry(&DbErrorKind::ConnectionLost));
-        assert!(!p.should_retry(&DbErrorKind::Unavailable));
-        assert!(!p.should_retry(&DbErrorKind::UniqueViolation(None)));
-        assert!(!p.should_retry(&DbErrorKind::Other));
-        assert!(
-            p.with_connection_loss_retry()
-                .should_retry(&DbErrorKind::ConnectionLost)
-        );
+        let lost = || DomainError::ConnectionLost(sea_orm::DbErr::Custom("lost".into()));
+        assert!(p.should_retry(&injected("40P01")));
+        assert!(!p.should_retry(&lost()));
+        assert!(!p.should_retry(&DomainError::Overloaded));
+        assert!(!p.should_retry(&injected("23505")));
+        assert!(!p.should_retry(&DomainError::Database(sea_orm::DbErr::Custom("x".into()))));
+        assert!(p.with_connection_loss_retry().should_retry(&lost()));
     }
 
     use std::sync::atomic::AtomicU32;
@@ -307,7 +305,7 @@ mod tests {
 
     fn injected(code: &'static str) -> DomainError {
         let e = sea_orm::sqlx::Error::Database(Box::new(Sqlstate(code)));
-        DomainError::Database(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
+        DomainError::from(sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(
             Arc::new(e),
         )))
     }

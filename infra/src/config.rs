@@ -59,7 +59,11 @@ pub struct Config {
     pub database_url: String,
     pub db_max_connections: u32,
     pub db_min_connections: u32,
+    /// At start-up: how long to wait for the database to accept connections.
     pub db_acquire_timeout_ms: u64,
+    /// The longest a request waits for a pooled connection; past it the
+    /// request is shed at once (503 `overloaded`) instead of queueing.
+    pub db_wait_budget_ms: u64,
     pub db_idle_timeout_ms: u64,
     /// SQLite only: how long a writer waits for the database write lock.
     pub sqlite_busy_timeout_ms: u64,
@@ -156,6 +160,7 @@ impl Default for Config {
             db_max_connections: 50,
             db_min_connections: 0,
             db_acquire_timeout_ms: 30_000,
+            db_wait_budget_ms: 250,
             db_idle_timeout_ms: 10_000,
             sqlite_busy_timeout_ms: 5_000,
             retry_max_attempts: 3,
@@ -224,8 +229,8 @@ impl Config {
         if self.db_min_connections > self.db_max_connections {
             return bad("db_min_connections must not exceed db_max_connections");
         }
-        if self.db_acquire_timeout_ms == 0 {
-            return bad("db_acquire_timeout_ms must be positive");
+        if self.db_acquire_timeout_ms == 0 || self.db_wait_budget_ms == 0 {
+            return bad("db_acquire_timeout_ms and db_wait_budget_ms must be positive");
         }
         if self.retry_max_attempts == 0 {
             return bad("retry_max_attempts must be at least 1");
@@ -295,6 +300,10 @@ impl Config {
 
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+
+    pub fn wait_budget(&self) -> Duration {
+        Duration::from_millis(self.db_wait_budget_ms)
     }
 
     /// Seconds a client should wait before retrying after a 503.

@@ -3,16 +3,16 @@
 //! connection gets them, then handed to sea-orm.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use migration::MigratorTrait;
 use sea_orm::sqlx::pool::PoolOptions;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{Postgres, Sqlite};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector,
-};
+use sea_orm::{DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector};
 
 use crate::config::Config;
 
@@ -35,6 +35,76 @@ pub struct Database {
     pub conn: DatabaseConnection,
     pub backend: Backend,
     max_connections: u32,
+    health: Arc<Health>,
+    /// How long start-up waits for the database to accept connections.
+    startup_wait: Duration,
+}
+
+/// Whether the database answers, as the health probe last saw it. While it
+/// is known to be unreachable, requests fail fast instead of each waiting for
+/// a connection that cannot come.
+#[derive(Debug)]
+pub struct Health {
+    up: AtomicBool,
+    probe: Option<ProbeTarget>,
+    /// Asks the probe to look now instead of at its next tick.
+    wake: tokio::sync::Notify,
+    /// Counts the probe's looks, so a waiter can tell a fresh answer.
+    looked: tokio::sync::watch::Sender<u64>,
+}
+
+#[derive(Debug)]
+struct ProbeTarget {
+    options: PgConnectOptions,
+}
+
+/// How often the probe looks while the database answers, and while it does
+/// not; a probe that gets no answer within `PROBE_TIMEOUT` counts as down.
+const PROBE_EVERY_UP: Duration = Duration::from_millis(500);
+const PROBE_EVERY_DOWN: Duration = Duration::from_millis(200);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+/// However often it is woken, the probe looks at most this often.
+const PROBE_MIN_GAP: Duration = Duration::from_millis(50);
+
+impl Health {
+    fn new(probe: Option<ProbeTarget>) -> Self {
+        Self {
+            up: AtomicBool::new(true),
+            probe,
+            wake: tokio::sync::Notify::new(),
+            looked: tokio::sync::watch::Sender::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// While the database is known to be down: asks the probe for a fresh
+    /// look and waits at most `wait` for it, so service resumes the moment
+    /// the database is back rather than at the probe's next tick. Returns
+    /// whether the database is up.
+    pub async fn recheck(&self, wait: Duration) -> bool {
+        if self.is_up() || self.probe.is_none() {
+            return self.is_up();
+        }
+        let mut looked = self.looked.subscribe();
+        looked.mark_unchanged();
+        self.wake.notify_one();
+        let _ = tokio::time::timeout(wait, looked.changed()).await;
+        self.is_up()
+    }
+
+    fn set(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            crate::metrics::metrics().db_up.set(i64::from(up));
+            if up {
+                tracing::info!("database reachable again");
+            } else {
+                tracing::error!("database unreachable: failing requests fast until it answers");
+            }
+        }
+    }
 }
 
 /// A PostgreSQL row lock that waits longer than this fails with 55P03 and the
@@ -43,12 +113,14 @@ const PG_LOCK_TIMEOUT: &str = "5s";
 /// No statement may run longer than this; a runaway query is an error, not a hang.
 const PG_STATEMENT_TIMEOUT: &str = "30s";
 
-/// The pool settings both engines share.
+/// The pool settings both engines share. Every acquire, for a read or a
+/// write, waits at most the wait budget: a busy pool sheds load at once
+/// instead of queueing requests for seconds.
 fn pool_options<DB: sea_orm::sqlx::Database>(config: &Config) -> PoolOptions<DB> {
     PoolOptions::<DB>::new()
         .max_connections(config.db_max_connections)
         .min_connections(config.db_min_connections)
-        .acquire_timeout(config.acquire_timeout())
+        .acquire_timeout(config.wait_budget())
         .idle_timeout(Duration::from_millis(config.db_idle_timeout_ms))
 }
 
@@ -77,9 +149,12 @@ impl Database {
                 .await
                 .map_err(sqlx_err)?;
             Ok(Self {
-                conn: SqlxSqliteConnector::from_sqlx_sqlite_pool(pool),
+                conn: counted(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)),
                 backend: Backend::Sqlite,
                 max_connections: max,
+                // A file on local disk: there is nothing to lose contact with.
+                health: Arc::new(Health::new(None)),
+                startup_wait: config.acquire_timeout(),
             })
         } else {
             let options = PgConnectOptions::from_str(&config.database_url)
@@ -89,25 +164,68 @@ impl Database {
                     ("lock_timeout", PG_LOCK_TIMEOUT),
                     ("statement_timeout", PG_STATEMENT_TIMEOUT),
                 ]);
-            let pool = pool_options::<Postgres>(config)
-                .connect_with(options)
-                .await
-                .map_err(sqlx_err)?;
+            let pool = pool_options::<Postgres>(config).connect_lazy_with(options.clone());
             Ok(Self {
-                conn: SqlxPostgresConnector::from_sqlx_postgres_pool(pool),
+                conn: counted(SqlxPostgresConnector::from_sqlx_postgres_pool(pool)),
                 backend: Backend::Postgres,
                 max_connections: max,
+                health: Arc::new(Health::new(Some(ProbeTarget { options }))),
+                startup_wait: config.acquire_timeout(),
             })
         }
     }
 
+    /// Applies the migrations, waiting up to the configured acquire timeout
+    /// for a database that is still starting to accept connections.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        migration::Migrator::up(&self.conn, None).await
+        let deadline = Instant::now() + self.startup_wait;
+        loop {
+            match migration::Migrator::up(&self.conn, None).await {
+                Err(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) if Instant::now() < deadline => {
+                    tracing::warn!("waiting for the database to accept connections");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// One trivial round trip: is the database answering?
-    pub async fn ping(&self) -> Result<(), DbErr> {
-        self.conn.execute_unprepared("SELECT 1").await.map(|_| ())
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Watches the database from a connection of its own (outside the pool,
+    /// so a busy pool never looks like an outage) until the returned task is
+    /// aborted. Nothing to watch on SQLite.
+    pub fn spawn_health_probe(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let health = Arc::clone(&self.health);
+        health.probe.as_ref()?;
+        Some(tokio::spawn(async move {
+            let Some(target) = health.probe.as_ref() else {
+                return;
+            };
+            let mut conn: Option<sea_orm::sqlx::PgConnection> = None;
+            loop {
+                let up = tokio::time::timeout(PROBE_TIMEOUT, probe(&mut conn, &target.options))
+                    .await
+                    .unwrap_or(false);
+                if !up {
+                    conn = None;
+                }
+                health.set(up);
+                health.looked.send_modify(|n| *n += 1);
+                tokio::time::sleep(PROBE_MIN_GAP).await;
+                let every = if up { PROBE_EVERY_UP } else { PROBE_EVERY_DOWN };
+                let _ = tokio::time::timeout(every, health.wake.notified()).await;
+            }
+        }))
+    }
+
+    /// Marks the database unreachable until the probe sees it answer again:
+    /// a request that just failed to reach it need not wait for the probe's
+    /// next look before the others fail fast.
+    pub fn mark_unreachable(&self) {
+        self.health.set(false);
     }
 
     pub fn pool_stats(&self) -> PoolStats {
@@ -132,5 +250,27 @@ impl Database {
         if let Err(e) = self.conn.close_by_ref().await {
             tracing::warn!(error = %e, "closing the database pool failed");
         }
+    }
+}
+
+/// Counts every statement the application sends, so that the round trips
+/// of an operation can be measured (and a regression caught by a test).
+fn counted(mut conn: DatabaseConnection) -> DatabaseConnection {
+    conn.set_metric_callback(|_| crate::metrics::metrics().db_statements.inc());
+    conn
+}
+
+/// One `SELECT 1` on the probe's own connection, opening it when needed.
+async fn probe(conn: &mut Option<sea_orm::sqlx::PgConnection>, options: &PgConnectOptions) -> bool {
+    use sea_orm::sqlx::{Connection, Executor};
+    if conn.is_none() {
+        match sea_orm::sqlx::PgConnection::connect_with(options).await {
+            Ok(c) => *conn = Some(c),
+            Err(_) => return false,
+        }
+    }
+    match conn.as_mut() {
+        Some(c) => c.execute("SELECT 1").await.is_ok(),
+        None => false,
     }
 }

@@ -21,6 +21,17 @@ pub struct Metrics {
     /// Time to get a pooled connection and begin a write transaction: the
     /// pool wait seen by money operations.
     pub db_begin: prometheus::Histogram,
+    /// Statements sent to the database (each one round trip; BEGIN and
+    /// COMMIT of a transaction are two more).
+    pub db_statements: IntCounter,
+    /// Transactions committed, by operation.
+    pub db_commits: IntCounterVec,
+    /// 1 while the health probe sees the database answer, 0 while not.
+    pub db_up: IntGauge,
+    /// Requests answered 503 at once, by reason: `overloaded` (no pooled
+    /// connection within the wait budget) or `unavailable` (the database is
+    /// known to be unreachable).
+    pub shed: IntCounterVec,
     /// This process's id, so a scraper behind a shared port (SO_REUSEPORT)
     /// can tell instances apart.
     pub process_id: IntGauge,
@@ -81,6 +92,27 @@ fn build() -> Result<Metrics, prometheus::Error> {
         ]),
     )?;
     let process_id = IntGauge::new("process_id", "Operating-system id of this process")?;
+    let db_up = IntGauge::new("db_up", "1 while the database answers the health probe")?;
+    let db_statements = IntCounter::new(
+        "db_statements_total",
+        "Statements sent to the database (round trips besides BEGIN and COMMIT)",
+    )?;
+    let db_commits = IntCounterVec::new(
+        Opts::new("db_commits_total", "Transactions committed, by operation"),
+        &["operation"],
+    )?;
+    registry.register(Box::new(db_statements.clone()))?;
+    registry.register(Box::new(db_commits.clone()))?;
+    db_up.set(1);
+    let shed = IntCounterVec::new(
+        Opts::new(
+            "requests_shed_total",
+            "Requests answered 503 at once instead of waiting, by reason",
+        ),
+        &["reason"],
+    )?;
+    registry.register(Box::new(db_up.clone()))?;
+    registry.register(Box::new(shed.clone()))?;
     process_id.set(i64::from(std::process::id()));
     registry.register(Box::new(pool_max.clone()))?;
     registry.register(Box::new(db_begin.clone()))?;
@@ -97,6 +129,10 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_idle,
         pool_max,
         db_begin,
+        db_statements,
+        db_commits,
+        db_up,
+        shed,
         process_id,
     })
 }

@@ -147,6 +147,10 @@ impl TestApp {
             listen: "127.0.0.1:0".into(),
             database_url: database_url.clone(),
             db_max_connections: 20,
+            // These tests fire bursts of concurrent requests and check the
+            // books, not shedding: they wait for a connection as long as a
+            // patient client would retry. Shedding has tests of its own.
+            db_wait_budget_ms: 30_000,
             jwt_secret: Secret::new(SECRET),
             rate_limit_per_second: 0,
             shutdown_drain_ms: 0,
@@ -421,6 +425,13 @@ impl TestApp {
             report.discrepancies
         );
         report
+    }
+
+    /// Stops the server and closes its pool, keeping the database.
+    pub async fn stop_server(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown(Duration::ZERO).await;
+        }
     }
 
     pub async fn stop(mut self) {

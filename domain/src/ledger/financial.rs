@@ -198,7 +198,7 @@ pub async fn post<C: ConnectionTrait>(
             .await?;
         if updated.rows_affected != 1 {
             // The wallet changed under us: the caller did not hold its lock.
-            return Err(DomainError::Unexpected(format!(
+            return Err(DomainError::unexpected(format!(
                 "wallet {} was not locked for this operation",
                 w.id
             )));
@@ -267,7 +267,7 @@ pub async fn update_wallet_balance<C: ConnectionTrait>(
     let mut entries = post(conn, operation_id, vec![Posting::new(wallet, leg)]).await?;
     entries
         .pop()
-        .ok_or_else(|| DomainError::Unexpected("posting produced no entry".into()))
+        .ok_or_else(|| DomainError::unexpected("posting produced no entry"))
 }
 
 /// A fresh wallet for unit tests of the rules that take one.

@@ -194,8 +194,8 @@ async fn create_user(
             }
         }
     }
-    let user = created
-        .ok_or_else(|| DomainError::Unexpected("could not allocate unique user codes".into()))?;
+    let user =
+        created.ok_or_else(|| DomainError::unexpected("could not allocate unique user codes"))?;
     let mut wallets = wallet::Entity::insert_many([
         new_wallet(user.id, WalletKind::Live, at),
         new_wallet(user.id, WalletKind::Demo, at),

@@ -344,8 +344,8 @@ async fn transfer(txn: &DatabaseTransaction, cmd: &TransferRequest) -> DomainRes
     let (out, inn) = match entries.as_slice() {
         [out, inn] => (out, inn),
         _ => {
-            return Err(DomainError::Unexpected(
-                "transfer produced the wrong entries".into(),
+            return Err(DomainError::unexpected(
+                "transfer produced the wrong entries",
             ));
         }
     };

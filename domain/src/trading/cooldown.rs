@@ -33,7 +33,7 @@ pub async fn check_cooldown(
             cooldown::Column::LastOrderMs,
         ])
         .values([user_id.into(), symbol.as_str().into(), at.into()])
-        .map_err(|e| DomainError::Unexpected(e.to_string()))?
+        .map_err(DomainError::unexpected)?
         .on_conflict(
             OnConflict::columns([cooldown::Column::UserId, cooldown::Column::Symbol])
                 .update_column(cooldown::Column::LastOrderMs)

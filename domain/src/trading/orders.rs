@@ -194,10 +194,10 @@ impl Command for CloseOrder {
             return Err(DomainError::OrderNotOpen(order_id));
         }
         let kind = WalletKind::parse(&o.wallet_kind).ok_or_else(|| {
-            DomainError::Unexpected(format!("order {order_id} has no wallet kind"))
+            DomainError::unexpected(format!("order {order_id} has no wallet kind"))
         })?;
         let side = Side::parse(&o.side)
-            .ok_or_else(|| DomainError::Unexpected(format!("order {order_id} has no side")))?;
+            .ok_or_else(|| DomainError::unexpected(format!("order {order_id} has no side")))?;
         let fee_rate = ledger.trading.fee_rate;
         execute_with_user_lock(txn, o.user_id, kind, async |w| {
             let price = execution_price(txn, &o.symbol).await?;

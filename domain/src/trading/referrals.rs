@@ -266,9 +266,7 @@ pub async fn settle_batch(txn: &DatabaseTransaction, batch: u64) -> DomainResult
     let referrers: Vec<i64> = per_referrer.keys().copied().collect();
     let mut wallets = lock_wallets_in_order(txn, &referrers, WalletKind::Live).await?;
     if wallets.len() != referrers.len() {
-        return Err(DomainError::Unexpected(
-            "a referrer has no live wallet".into(),
-        ));
+        return Err(DomainError::unexpected("a referrer has no live wallet"));
     }
     let settlement_id = Uuid::new_v4();
     let mut total = Settlement::default();
@@ -296,8 +294,8 @@ pub async fn settle_batch(txn: &DatabaseTransaction, batch: u64) -> DomainResult
         .exec(txn)
         .await?;
     if updated.rows_affected != rows.len() as u64 {
-        return Err(DomainError::Unexpected(
-            "pending commissions changed during settlement".into(),
+        return Err(DomainError::unexpected(
+            "pending commissions changed during settlement",
         ));
     }
     Ok(total)

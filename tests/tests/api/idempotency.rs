@@ -266,3 +266,70 @@ async fn transient_failures_release_the_key(engine: Engine) {
     assert_eq!((again.response.body.as_str(), again.replayed), ("42", true));
     app.stop().await;
 }
+
+/// PostgreSQL: while a request holds its key (its transaction is waiting on
+/// the wallet's row lock), the same key gets 409 `idempotency_in_flight` at
+/// once — not a wait; once the first commits, the same key replays its answer
+/// and the money moved once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_concurrent_duplicate_is_told_in_flight_at_once() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    use std::time::{Duration, Instant};
+
+    let app = TestApp::spawn(Engine::Postgres).await;
+    let u = app.create_user("dup@x.io").await;
+    let outside = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let blocker = outside.begin().await.unwrap();
+    blocker
+        .execute_unprepared(&format!(
+            "SELECT id FROM wallets WHERE user_id = {u} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    let k = fresh_key();
+    let body = json!({"user_id": u, "amount": "4", "wallet": "live"});
+    let first = {
+        let (base, client, token, k, body) = (
+            app.base.clone(),
+            app.client.clone(),
+            app.service(),
+            k.clone(),
+            body.clone(),
+        );
+        tokio::spawn(async move {
+            client
+                .post(format!("{base}{DEPOSIT}"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", k)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        })
+    };
+    // the first request is inside its transaction, holding the key
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let busy = app
+        .post(DEPOSIT, &app.service(), Some(&k), body.clone())
+        .await;
+    busy.problem(409, "idempotency_in_flight");
+    assert_eq!(busy.header("retry-after"), Some("1"));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the duplicate waited {:?}",
+        started.elapsed()
+    );
+    blocker.rollback().await.unwrap();
+    let first = first.await.unwrap();
+    let replay = app.post(DEPOSIT, &app.service(), Some(&k), body).await;
+    replay.expect(200);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    assert_eq!(replay.text, first);
+    assert_eq!(app.balance(u, "live").await, "4");
+    outside.close().await.unwrap();
+    app.stop().await;
+}
