@@ -72,6 +72,38 @@ pub async fn drop_pg_database(name: &str) {
     admin.close().await.unwrap();
 }
 
+/// A fresh PostgreSQL database that is dropped when this value is, also
+/// when a test fails half-way (for tests that manage their own servers).
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        let (name, url) = create_pg_database().await;
+        Self { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    /// `Drop` cannot await, and the test's runtime may be the one unwinding:
+    /// the drop runs on a thread with a runtime of its own.
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(drop_pg_database(&name)))
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop a test database");
+        }
+    }
+}
+
 /// A token signed with `SECRET`, valid for an hour.
 pub fn token(sub: &str, role: Role) -> String {
     Tokens::new(SECRET)

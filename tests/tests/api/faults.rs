@@ -21,7 +21,7 @@ use tests::load::retry::{self, Class, Next, Policy};
 use tests::load::until_definite;
 use tests::process::LedgerProcess;
 use tests::proxy::Proxy;
-use tests::{Reply, create_pg_database, dec, drop_pg_database, fresh_key, token};
+use tests::{PgDatabase, Reply, dec, fresh_key, token};
 
 const SHED_OR_DOWN: [&str; 2] = ["unavailable", "overloaded"];
 
@@ -335,7 +335,8 @@ async fn kill_9_under_load_loses_and_doubles_nothing() {
         bound: Duration::from_secs(30),
         ..Policy::default()
     };
-    let (db, url) = create_pg_database().await;
+    let db = PgDatabase::create().await;
+    let url = db.url.clone();
     let mut server = LedgerProcess::start(&url, &[]).await;
     let http = Http::new(server.base(), Duration::from_secs(30));
     let users = http.create_users(CLIENTS).await;
@@ -467,9 +468,6 @@ async fn kill_9_under_load_loses_and_doubles_nothing() {
     );
     assert_eq!(found, expected, "journal != definite successes");
     assert_reconciled(&url).await;
-
-    drop(server);
-    drop_pg_database(&db).await;
 }
 
 /// What one request during the outage came to.
@@ -501,7 +499,8 @@ async fn timed(
 /// few seconds and the same keys execute, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_unreachable_answers_503_fast_and_recovers() {
-    let (db, url) = create_pg_database().await;
+    let db = PgDatabase::create().await;
+    let url = db.url.clone();
     let (mut proxy, proxied) = Proxy::for_url(&url).await.unwrap();
     let server = LedgerProcess::start(&proxied, &[]).await;
     let http = Http::new(server.base(), Duration::from_secs(10));
@@ -670,10 +669,6 @@ async fn database_unreachable_answers_503_fast_and_recovers() {
         opening.1 + deposited(b) + Decimal::from(5)
     );
     assert_reconciled(&url).await;
-
-    drop(server);
-    drop(proxy);
-    drop_pg_database(&db).await;
 }
 
 /// Invariant: with every pooled connection busy (a pool of 2, both held by
@@ -687,7 +682,8 @@ async fn database_unreachable_answers_503_fast_and_recovers() {
 async fn saturated_pool_sheds_fast_and_retries_succeed() {
     const N: usize = 40;
     const POOL: usize = 2;
-    let (db, url) = create_pg_database().await;
+    let db = PgDatabase::create().await;
+    let url = db.url.clone();
     let server = LedgerProcess::start(
         &url,
         &[
@@ -818,7 +814,4 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
         .sum();
     assert_eq!(deposits, 1 + N as i64, "deposit journal entries");
     assert_reconciled(&url).await;
-
-    drop(server);
-    drop_pg_database(&db).await;
 }
