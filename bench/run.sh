@@ -2,22 +2,29 @@
 # Regenerates BENCHMARKS.md and bench/latency.svg: every number in them comes
 # from this script's run on this machine.
 #
-#   bench/run.sh                     the full run (about 20 minutes)
+#   bench/run.sh                     the full run (about 30 minutes)
 #   BENCH_QUICK=1 bench/run.sh       a short rehearsal (smaller, shorter)
 #
 # Steps: seed 33,000 users on PostgreSQL; pgbench the deposit and wallet-read
-# SQL (bench/pgbench/); the same work through the API with loadgen (50
-# connections); one hot wallet under 500 depositors; 33,000 users on
-# keep-alive connections running the mixed scenario, with the books checked
-# and the database reconciled; the SQLite default at moderate load.
+# SQL (bench/pgbench/), the deposit both as the API sends it today (7 round
+# trips, 2 commits) and as one statement (1 round trip, 1 commit), each also
+# with every client on one wallet; the same work through the API with
+# loadgen (50 connections); one hot wallet under 500 depositors; 33,000
+# users on keep-alive connections running the mixed scenario, with the books
+# checked and the database reconciled, once with 20-40 s think time and once
+# with 3-6 s (more than the server can serve: load shedding, and the
+# clients' retries with the same keys); the SQLite default at moderate load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick="${BENCH_QUICK:-0}"
 users=33000 step=30 mixed_ramp=120 mixed_hold=600 think_min=20000 think_max=40000
+fast_hold=300 fast_think_min=3000 fast_think_max=6000
 sqlite_users=1000 sqlite_vus=200 sqlite_hold=60
 if [ "$quick" = 1 ]; then
   users=3000 step=8 mixed_ramp=10 mixed_hold=30 think_min=500 think_max=1500
+  # a tenth of the users with a tenth of the think time: the same offered load
+  fast_hold=20 fast_think_min=300 fast_think_max=600
   sqlite_users=200 sqlite_vus=100 sqlite_hold=15
 fi
 
@@ -106,8 +113,10 @@ echo "== pgbench: the database's own limit for the same SQL"
 psql "$admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
   -qc "CREATE DATABASE ${db}_pgbench TEMPLATE $db"
 pgb deposit deposit.sql
+pgb deposit-1rt deposit-1rt.sql
 pgb read read.sql
 pgb hot deposit.sql 1
+pgb hot-1rt deposit-1rt.sql 1
 psql "$admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
 
 echo "== the API, one instance, pool 50"
@@ -125,6 +134,16 @@ loadgen mixed --scenario mixed --vus "$users" --shards 2 \
   --ramp "$mixed_ramp" --duration "$mixed_hold" \
   --think-min-ms "$think_min" --think-max-ms "$think_max" \
   --timeout 60 --database-url "$url" || echo "mixed run FAILED" | tee -a "$out/mixed.txt"
+stop_servers
+
+echo "== $users users, mixed, fast think ($fast_think_min-$fast_think_max ms): more than can be served"
+psql "$url" -qc "VACUUM ANALYZE"
+serve mixed-fast 2 25
+loadgen mixed-fast --scenario mixed --vus "$users" --shards 2 \
+  --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
+  --ramp "$mixed_ramp" --duration "$fast_hold" \
+  --think-min-ms "$fast_think_min" --think-max-ms "$fast_think_max" \
+  --timeout 60 --database-url "$url" || echo "mixed-fast run FAILED" | tee -a "$out/mixed-fast.txt"
 stop_servers
 
 echo "== SQLite (the default), moderate load"

@@ -2,7 +2,8 @@
 # A short run of the load generator against the real server on PostgreSQL:
 # seed users, serve, drive the mixed scenario, then check the books (each
 # user's balance equals what its successful operations imply, and the
-# database reconciles). Any failed request or difference fails the script.
+# database reconciles). Any failed request, any request without a definite
+# answer within 30 s of retries, or any difference fails the script.
 #
 #   scripts/load-smoke.sh [users] [seconds]      (default 200 users, 15 s)
 set -euo pipefail
@@ -45,5 +46,5 @@ done
 
 "$bin/loadgen" --users-file "$work/users.json" --target "$LEDGER_LISTEN" \
   --scenario mixed --vus "$users" --ramp 2 --duration "$seconds" \
-  --think-min-ms 50 --think-max-ms 250 --database-url "$url"
+  --think-min-ms 50 --think-max-ms 250 --retry-bound 30 --database-url "$url"
 echo "load smoke: books balance"

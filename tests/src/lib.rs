@@ -17,6 +17,8 @@ use sea_orm::{ConnectionTrait, Database};
 use serde_json::Value;
 
 pub mod load;
+pub mod process;
+pub mod proxy;
 
 pub const SECRET: &str = "integration-test-secret-0123456789";
 
@@ -43,6 +45,72 @@ pub fn database_url(admin: &str, name: &str) -> String {
     }
 }
 
+/// Creates a fresh PostgreSQL database from `TEST_DATABASE_URL`; returns its
+/// name and URL.
+pub async fn create_pg_database() -> (String, String) {
+    let name = format!("ledger_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(admin_url())
+        .await
+        .expect("PostgreSQL must be reachable at TEST_DATABASE_URL");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let url = database_url(&admin_url(), &name);
+    (name, url)
+}
+
+/// Drops a database made by `create_pg_database`, closing whatever is still
+/// connected to it.
+pub async fn drop_pg_database(name: &str) {
+    let admin = Database::connect(admin_url()).await.unwrap();
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+}
+
+/// A fresh PostgreSQL database that is dropped when this value is, also
+/// when a test fails half-way (for tests that manage their own servers).
+pub struct PgDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> Self {
+        let (name, url) = create_pg_database().await;
+        Self { name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    /// `Drop` cannot await, and the test's runtime may be the one unwinding:
+    /// the drop runs on a thread with a runtime of its own.
+    fn drop(&mut self) {
+        let name = std::mem::take(&mut self.name);
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(drop_pg_database(&name)))
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop a test database");
+        }
+    }
+}
+
+/// A token signed with `SECRET`, valid for an hour.
+pub fn token(sub: &str, role: Role) -> String {
+    Tokens::new(SECRET)
+        .mint(sub, role, Duration::from_secs(3600))
+        .unwrap()
+}
+
 fn init_tracing() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -61,6 +129,20 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads the whole answer.
+    pub async fn from(resp: reqwest::Response) -> Self {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            body,
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -130,17 +212,9 @@ impl TestApp {
                 url
             }
             Engine::Postgres => {
-                let name = format!("ledger_test_{}", uuid::Uuid::new_v4().simple());
-                let admin = Database::connect(admin_url())
-                    .await
-                    .expect("PostgreSQL must be reachable at TEST_DATABASE_URL");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
-                    .await
-                    .unwrap();
-                admin.close().await.unwrap();
-                pg_database = Some(name.clone());
-                database_url(&admin_url(), &name)
+                let (name, url) = create_pg_database().await;
+                pg_database = Some(name);
+                url
             }
         };
         let mut config = Config {
@@ -203,9 +277,7 @@ impl TestApp {
     }
 
     pub fn token(&self, sub: &str, role: Role) -> String {
-        Tokens::new(SECRET)
-            .mint(sub, role, Duration::from_secs(3600))
-            .unwrap()
+        token(sub, role)
     }
 
     pub fn admin(&self) -> String {
@@ -221,17 +293,7 @@ impl TestApp {
     }
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Reply {
-        let resp = req.send().await.expect("request failed");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            text,
-            body,
-        }
+        Reply::from(req.send().await.expect("request failed")).await
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> Reply {
@@ -439,12 +501,7 @@ impl TestApp {
             server.shutdown(Duration::ZERO).await;
         }
         if let Some(name) = self.pg_database.take() {
-            let admin = Database::connect(admin_url()).await.unwrap();
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .unwrap();
-            admin.close().await.unwrap();
+            drop_pg_database(&name).await;
         }
     }
 }

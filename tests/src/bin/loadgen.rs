@@ -1,8 +1,12 @@
 //! `loadgen`: drives a running ledger with virtual users, each on its own
 //! keep-alive connection, reports throughput, latency and errors, and checks
-//! the books. Exits 1 on any failed request, any balance that differs from
-//! what the run's own successful operations imply, or any reconciliation
-//! discrepancy.
+//! the books. Requests ride through faults (refused connections, restarts,
+//! load shedding, outages): each is sent again, a write with the same
+//! Idempotency-Key, until its answer is definite or `--retry-bound` passes.
+//! Exits 1 on any failed request (a refusal or a server error), any request
+//! never answered definitely, any balance that differs from what the run's
+//! own definite successful operations imply, or any reconciliation
+//! discrepancy. Shedding and outages are reported, not failed.
 //!
 //! A process holds at most its open-files limit of connections; `--shards N`
 //! runs N child processes, each with its share of the users, and merges them.
@@ -19,6 +23,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tests::load::client::{Call, Connection};
+use tests::load::retry::Policy;
 use tests::load::stats::{Latency, Stats, WireStats};
 use tests::load::{self, Books, Plan, Scenario};
 
@@ -59,6 +64,14 @@ struct Args {
     /// Request timeout, seconds.
     #[arg(long, default_value_t = 30.0)]
     timeout: f64,
+    /// Give up on a request (a write: its outcome stays unknown, and the run
+    /// fails) this many seconds after its first attempt.
+    #[arg(long, default_value_t = 120.0)]
+    retry_bound: f64,
+    /// Wait at most this many seconds when an answer's `Retry-After` asks for
+    /// more.
+    #[arg(long, default_value_t = 10.0)]
+    max_retry_after: f64,
     /// Comma-separated source addresses for the connections.
     #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
     sources: Vec<IpAddr>,
@@ -86,6 +99,14 @@ struct Args {
 }
 
 impl Args {
+    fn retry(&self) -> Policy {
+        Policy {
+            bound: Duration::from_secs_f64(self.retry_bound),
+            max_retry_after: Duration::from_secs_f64(self.max_retry_after),
+            ..Policy::default()
+        }
+    }
+
     fn plan(&self, vus: usize, max_requests: Option<u64>) -> Plan {
         Plan {
             scenario: self.scenario,
@@ -100,6 +121,7 @@ impl Args {
             ),
             max_requests,
             timeout: Duration::from_secs_f64(self.timeout),
+            retry: self.retry(),
             amount: self.amount,
             quantity: self.quantity,
         }
@@ -293,6 +315,19 @@ fn print_summary(report: &serde_json::Value) {
             );
         }
     }
+    let (served, shed) = (&report["latency_served"], &report["latency_shed"]);
+    println!(
+        "served {} ({:.0}/s steady, p99 {} ms) | shed {} (p99 {} ms) | unavailable {} | outage {:.1}s | never definite: {} writes, {} reads",
+        report["served"],
+        report["steady_served_rps"].as_f64().unwrap_or_default(),
+        served["p99"],
+        report["shed"],
+        shed["p99"],
+        report["unavailable"],
+        report["outage_s"].as_f64().unwrap_or_default(),
+        report["never_definite_writes"],
+        report["never_definite_reads"],
+    );
     println!("outcomes: {}", report["outcomes"]);
     println!("pool wait: {}", report["begin_wait"]);
     println!("books: {}", report["books"]);
@@ -325,7 +360,9 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
     let users = selected_users(&file, &args);
     let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
     eprintln!("reading {} balances before the run", ids.len());
-    let before = load::read_balances(args.target, source, &file.service_token, &ids, 50).await;
+    let policy = args.retry();
+    let before =
+        load::read_balances(args.target, source, &file.service_token, &ids, 50, &policy).await;
     let wait_before = scrape_begin_wait(args.target, source).await;
     eprintln!(
         "running {:?}: {} vus, ramp {}s, {}s",
@@ -340,7 +377,15 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
     let wait_after = scrape_begin_wait(args.target, source).await;
     eprintln!("checking the books of {} users", books.delta.len());
     let touched: Vec<i64> = books.delta.keys().copied().collect();
-    let after = load::read_balances(args.target, source, &file.service_token, &touched, 50).await;
+    let after = load::read_balances(
+        args.target,
+        source,
+        &file.service_token,
+        &touched,
+        50,
+        &policy,
+    )
+    .await;
     let mismatches = load::check_books(&before, &after, &books);
     let reconciled = match &args.database_url {
         Some(url) => {
@@ -355,11 +400,16 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         .skip(args.ramp.ceil() as usize)
         .take(args.duration.floor() as usize)
         .collect();
-    let steady_rps = if steady.is_empty() {
-        0.0
-    } else {
-        steady.iter().map(|p| p.requests as f64).sum::<f64>() / steady.len() as f64
+    let per_steady_second = |count: fn(&load::stats::Point) -> u64| {
+        if steady.is_empty() {
+            0.0
+        } else {
+            steady.iter().map(|p| count(p) as f64).sum::<f64>() / steady.len() as f64
+        }
     };
+    let steady_rps = per_steady_second(|p| p.requests);
+    let steady_served_rps = per_steady_second(|p| p.served);
+    let never_definite_writes = books.uncertain.len();
     let report = json!({
         "label": args.label,
         "scenario": args.scenario,
@@ -378,6 +428,17 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         "latency": Latency::from(&stats.all),
         "per_op": stats.per_op.iter().map(|(k, h)| (k.clone(), Latency::from(h))).collect::<BTreeMap<_, _>>(),
         "outcomes": stats.outcomes,
+        "served": stats.served,
+        "served_rps": stats.served as f64 / elapsed.max(0.001),
+        "steady_served_rps": steady_served_rps,
+        "latency_served": Latency::from(&stats.served_latency),
+        "shed": stats.shed,
+        "latency_shed": Latency::from(&stats.shed_latency),
+        "unavailable": stats.unavailable,
+        "outage_s": stats.outage_time().as_secs_f64(),
+        "never_definite_writes": never_definite_writes,
+        "never_definite_reads": stats.never_definite_reads,
+        "retry_bound_s": args.retry_bound,
         "begin_wait": begin_wait_delta(&wait_before, &wait_after),
         "books": {
             "users_checked": books.delta.len(),
@@ -396,7 +457,9 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
     }
     let clean = stats.failed == 0
-        && stats.requests > 0
+        && stats.served > 0
+        && never_definite_writes == 0
+        && stats.never_definite_reads == 0
         && mismatches.is_empty()
         && reconciled.as_ref().is_none_or(|r| r.is_clean());
     Ok(clean)
@@ -417,7 +480,9 @@ fn main() -> ExitCode {
     match runtime.block_on(main_run(args)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
-            eprintln!("FAILED: failed requests, a books mismatch or a reconciliation discrepancy");
+            eprintln!(
+                "FAILED: failed requests, requests never answered definitely, a books mismatch or a reconciliation discrepancy"
+            );
             ExitCode::FAILURE
         }
         Err(e) => {

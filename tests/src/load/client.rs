@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpSocket;
@@ -31,10 +31,11 @@ impl Transport {
     }
 }
 
-/// An HTTP answer: status and body.
+/// An HTTP answer: status, `Retry-After` and body.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
+    pub retry_after: Option<Duration>,
     pub body: Bytes,
 }
 
@@ -177,12 +178,21 @@ impl Connection {
             .await
             .map_err(|_| Transport::Io)?;
         let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(super::retry::parse_retry_after);
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|_| Transport::Io)?
             .to_bytes();
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
     }
 }

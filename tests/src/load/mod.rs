@@ -1,10 +1,16 @@
 //! The load generator behind the `loadgen` binary: virtual users, each on a
 //! keep-alive connection of its own, run one of the scenarios below (the
 //! same mix as the k6 scripts), and at the end the books are checked: each
-//! user's live balance moved by exactly what the generator's own successful
-//! operations imply.
+//! user's live balance moved by exactly what the generator's own definite,
+//! successful operations imply.
+//!
+//! Every request rides through faults: it is sent again (a write with the
+//! same Idempotency-Key) after refused or broken connections, timeouts,
+//! load shedding and outages, honouring `Retry-After`, until its answer is
+//! definite or a bound passes (see `retry`).
 
 pub mod client;
+pub mod retry;
 pub mod stats;
 
 use std::borrow::Cow;
@@ -23,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use client::{Answer, Call, Connection};
+use client::{Answer, Call, Connection, Transport};
+use retry::{Class, Next, Policy};
 use stats::{Recorder, Sample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -58,6 +65,8 @@ pub struct Plan {
     /// run share the bound evenly).
     pub max_requests: Option<u64>,
     pub timeout: Duration,
+    /// When and how long requests are sent again.
+    pub retry: Policy,
     /// Deposit and withdrawal amount.
     pub amount: Decimal,
     /// Order quantity (leverage 10).
@@ -68,7 +77,8 @@ pub struct Plan {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Books {
     pub delta: HashMap<i64, Decimal>,
-    /// Users with a write whose outcome stayed unknown.
+    /// Users with a write whose outcome stayed unknown (one entry per such
+    /// write).
     pub uncertain: Vec<i64>,
 }
 
@@ -150,28 +160,27 @@ pub fn live_balance(body: &Value) -> Option<Balance> {
 }
 
 /// The live balances of these users, read with the service token over
-/// `concurrency` connections.
+/// `concurrency` connections, each read retried as `policy` says.
 pub async fn read_balances(
     target: SocketAddr,
     source: IpAddr,
     service_token: &str,
     users: &[i64],
     concurrency: usize,
+    policy: &Policy,
 ) -> HashMap<i64, Balance> {
     let chunk = users.len().div_ceil(concurrency.max(1)).max(1);
     let reads = users.chunks(chunk).map(|ids| async move {
         let mut conn = Connection::new(source, target, Duration::from_secs(30));
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            for _ in 0..3 {
-                let call = Call::get(format!("/api/v1/users/{id}/wallets"), Some(service_token));
-                if let Ok(answer) = conn.send(&call).await
-                    && answer.status == 200
-                    && let Some(b) = live_balance(&answer.json())
-                {
-                    out.push((id, b));
-                    break;
-                }
+            let call = Call::get(format!("/api/v1/users/{id}/wallets"), Some(service_token));
+            let settled = until_definite(&mut conn, &call, policy, |_| {}).await;
+            if let Some(answer) = settled.answer
+                && answer.status == 200
+                && let Some(b) = live_balance(&answer.json())
+            {
+                out.push((id, b));
             }
         }
         out
@@ -211,45 +220,159 @@ fn success_label(status: u16) -> Cow<'static, str> {
     }
 }
 
-/// Attempts of one write, all with the same Idempotency-Key, before its
-/// outcome is given up as unknown.
-const WRITE_ATTEMPTS: u32 = 6;
+/// The class of an HTTP answer; the body is parsed only for the statuses
+/// whose meaning depends on the problem `code`.
+pub fn class_of(answer: &Answer) -> Class {
+    match answer.status {
+        409 | 503 => retry::classify_answer(answer.status, &answer.code()),
+        status => retry::classify_answer(status, ""),
+    }
+}
+
+/// One attempt of a request, as `until_definite` saw it.
+pub struct Attempt<'a> {
+    pub result: &'a Result<Answer, Transport>,
+    pub class: Class,
+    pub sent: Instant,
+    pub latency: Duration,
+}
+
+/// How a request ended.
+#[derive(Debug)]
+pub struct Settled {
+    /// The definite answer; `None` when the bound passed without one.
+    pub answer: Option<Answer>,
+    pub attempts: u32,
+    /// When the definite answer arrived (or the request was given up).
+    pub at: Instant,
+}
+
+/// Sends `call` until its answer is definite or `policy.bound` has passed
+/// since the first attempt, pausing between attempts as `retry::next`
+/// says. Every attempt is shown to `seen` before the pause.
+pub async fn until_definite(
+    conn: &mut Connection,
+    call: &Call<'_>,
+    policy: &Policy,
+    mut seen: impl FnMut(&Attempt<'_>),
+) -> Settled {
+    let first = Instant::now();
+    let mut failures = 0u32;
+    let mut attempts = 0u32;
+    loop {
+        let sent = Instant::now();
+        let result = conn.send(call).await;
+        let latency = sent.elapsed();
+        attempts += 1;
+        let (class, retry_after) = match &result {
+            Ok(a) => (class_of(a), a.retry_after),
+            Err(t) => (retry::classify_transport(*t), None),
+        };
+        seen(&Attempt {
+            result: &result,
+            class,
+            sent,
+            latency,
+        });
+        if !class.is_definite() {
+            failures += 1;
+        }
+        let jitter = rand::rng().random::<f64>();
+        match retry::next(
+            policy,
+            class,
+            failures,
+            retry_after,
+            first.elapsed(),
+            jitter,
+        ) {
+            Next::Done => {
+                return Settled {
+                    answer: result.ok(),
+                    attempts,
+                    at: Instant::now(),
+                };
+            }
+            Next::RetryAfter(pause) => tokio::time::sleep(pause).await,
+            Next::GiveUp => {
+                return Settled {
+                    answer: None,
+                    attempts,
+                    at: Instant::now(),
+                };
+            }
+        }
+    }
+}
 
 struct Vu<'a> {
     ctx: &'a Ctx,
     conn: Connection,
     user: &'a LoadUser,
     books: Books,
+    /// Since when this user has found the service out, if it has.
+    outage_since: Option<Instant>,
 }
 
 impl Vu<'_> {
+    /// Sends `call` until definite (see `until_definite`), recording every
+    /// attempt and the outage intervals this user saw. `Some` only for a
+    /// definite answer.
     async fn request(&mut self, op: &'static str, call: &Call<'_>) -> Option<Answer> {
-        self.ctx.budget.fetch_sub(1, Ordering::Relaxed);
-        let sent = Instant::now();
-        let result = self.conn.send(call).await;
-        let latency = sent.elapsed();
-        let (outcome, failed) = match &result {
-            Ok(a) if (200..300).contains(&a.status) => (success_label(a.status), false),
-            Ok(a) => (Cow::Owned(format!("{} {}", a.status, a.code())), true),
-            Err(t) => (Cow::Borrowed(t.label()), true),
-        };
-        self.ctx.recorder.record(&Sample {
-            op,
-            latency,
-            outcome: &outcome,
-            failed,
-        });
-        result.ok()
+        let ctx = self.ctx;
+        let outage_since = &mut self.outage_since;
+        let settled = until_definite(&mut self.conn, call, &ctx.plan.retry, |a| {
+            ctx.budget.fetch_sub(1, Ordering::Relaxed);
+            let outcome = match a.result {
+                Ok(answer) if a.class == Class::Success => success_label(answer.status),
+                Ok(answer) => Cow::Owned(format!("{} {}", answer.status, answer.code())),
+                Err(t) => Cow::Borrowed(t.label()),
+            };
+            ctx.recorder.record(&Sample {
+                op,
+                latency: a.latency,
+                outcome: &outcome,
+                class: a.class,
+            });
+            // A lost connection says nothing about whether the service is
+            // up; anything else that answered ends an outage.
+            match (a.class.is_outage(), *outage_since) {
+                (true, None) => *outage_since = Some(a.sent),
+                (false, Some(since)) if a.class != Class::Lost => {
+                    ctx.recorder.outage(since, a.sent);
+                    *outage_since = None;
+                }
+                _ => {}
+            }
+        })
+        .await;
+        if settled.answer.is_none() {
+            self.close_outage(settled.at);
+        }
+        settled.answer
+    }
+
+    fn close_outage(&mut self, at: Instant) {
+        if let Some(since) = self.outage_since.take() {
+            self.ctx.recorder.outage(since, at);
+        }
     }
 
     async fn read(&mut self, op: &'static str, path: String) {
         let user = self.user;
-        self.request(op, &Call::get(path, Some(&user.token))).await;
+        if self
+            .request(op, &Call::get(path, Some(&user.token)))
+            .await
+            .is_none()
+        {
+            self.ctx.recorder.read_given_up();
+        }
         self.think().await;
     }
 
-    /// A write, retried with the same key until it has a definite answer:
+    /// A write, sent with one Idempotency-Key until its answer is definite:
     /// a success (returned), or a refusal that changed nothing (`None`).
+    /// A write never definite within the bound marks its user uncertain.
     async fn write(
         &mut self,
         op: &'static str,
@@ -259,31 +382,14 @@ impl Vu<'_> {
     ) -> Option<Value> {
         let key = Uuid::new_v4().to_string();
         let call = Call::post(path, token, &key, &body);
-        let mut backoff = Duration::from_millis(50);
-        let mut result = None;
-        let mut definite = false;
-        for _ in 0..WRITE_ATTEMPTS {
-            match self.request(op, &call).await {
-                Some(a) if (200..300).contains(&a.status) => {
-                    result = Some(a.json());
-                    definite = true;
-                    break;
-                }
-                // In flight (an earlier attempt still runs) or unavailable:
-                // the same key again, later.
-                Some(a) if a.status == 409 || a.status >= 500 => {}
-                Some(_) => {
-                    definite = true;
-                    break;
-                }
-                None => {}
+        let result = match self.request(op, &call).await {
+            Some(a) if (200..300).contains(&a.status) => Some(a.json()),
+            Some(_) => None,
+            None => {
+                self.books.uncertain.push(self.user.id);
+                None
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
-        if !definite {
-            self.books.uncertain.push(self.user.id);
-        }
+        };
         self.think().await;
         result
     }
@@ -422,6 +528,7 @@ async fn run_vu(ctx: Arc<Ctx>, index: usize, user: LoadUser) -> Books {
         conn: Connection::new(source, plan.target, plan.timeout),
         user: &user,
         books: Books::default(),
+        outage_since: None,
     };
     // The connection opens at the user's start and stays open: a failure
     // here is retried by the first request.
@@ -431,6 +538,7 @@ async fn run_vu(ctx: Arc<Ctx>, index: usize, user: LoadUser) -> Books {
         vu.iteration(n).await;
         n += 1;
     }
+    vu.close_outage(Instant::now());
     vu.books
 }
 

@@ -1,13 +1,16 @@
 //! Latency (HDR histograms, microseconds), outcomes by status and `code`,
-//! and a per-second timeline. Shards serialize theirs; the parent merges.
+//! what was served, shed or found out, the outage intervals, and a
+//! per-second timeline. Shards serialize theirs; the parent merges.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use serde::{Deserialize, Serialize};
+
+use super::retry::{self, Class};
 
 /// Up to 60 s, 3 significant digits.
 const MAX_MICROS: u64 = 60_000_000;
@@ -20,6 +23,7 @@ fn histogram(sigfig: u8) -> Histogram<u64> {
 struct Second {
     requests: u64,
     failed: u64,
+    served: u64,
     latency: Histogram<u64>,
 }
 
@@ -28,19 +32,39 @@ impl Second {
         Self {
             requests: 0,
             failed: 0,
+            served: 0,
             latency: histogram(2),
         }
     }
 }
 
+/// Every count is of attempts (a retried request counts once per attempt),
+/// except `never_definite_reads`, which counts requests.
 #[derive(Debug, Clone)]
 pub struct Stats {
+    /// Every attempt, whatever it came to.
     pub all: Histogram<u64>,
+    /// Attempts with a definite answer, by operation.
     pub per_op: BTreeMap<String, Histogram<u64>>,
+    /// Attempts with a definite answer.
+    pub served_latency: Histogram<u64>,
+    /// Attempts shed with 503 `overloaded`: how fast the server says no.
+    pub shed_latency: Histogram<u64>,
     /// `"200"`, `"422 insufficient_funds"`, `"transport: timeout"` -> count.
     pub outcomes: BTreeMap<String, u64>,
     pub requests: u64,
+    /// Attempts whose answer was a refusal or a server error (see
+    /// `Class::is_failure`).
     pub failed: u64,
+    pub served: u64,
+    pub shed: u64,
+    pub unavailable: u64,
+    /// Reads given up at the bound (writes are in the books).
+    pub never_definite_reads: u64,
+    /// Wall-clock intervals (µs since the Unix epoch, so shards compare)
+    /// during which a virtual user saw refused connections or 503
+    /// `unavailable`.
+    pub outages: Vec<(u64, u64)>,
     timeline: Vec<Second>,
 }
 
@@ -49,36 +73,56 @@ impl Default for Stats {
         Self {
             all: histogram(3),
             per_op: BTreeMap::new(),
+            served_latency: histogram(3),
+            shed_latency: histogram(3),
             outcomes: BTreeMap::new(),
             requests: 0,
             failed: 0,
+            served: 0,
+            shed: 0,
+            unavailable: 0,
+            never_definite_reads: 0,
+            outages: Vec::new(),
             timeline: Vec::new(),
         }
     }
 }
 
-/// What one request came to.
+/// What one attempt came to.
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
     pub op: &'static str,
     pub latency: Duration,
     /// `"200"`, `"422 insufficient_funds"`, `"transport: timeout"`.
     pub outcome: &'a str,
-    pub failed: bool,
+    pub class: Class,
 }
 
 /// Shared by all virtual users of one process.
 pub struct Recorder {
     started: Instant,
+    started_epoch_us: u64,
     stats: Mutex<Stats>,
 }
 
 impl Recorder {
     pub fn new(started: Instant) -> Self {
+        let since_start = u64::try_from(started.elapsed().as_micros()).unwrap_or(0);
+        let now_epoch_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         Self {
             started,
+            started_epoch_us: now_epoch_us.saturating_sub(since_start),
             stats: Mutex::new(Stats::default()),
         }
+    }
+
+    /// `at` as microseconds since the Unix epoch.
+    pub fn epoch_us(&self, at: Instant) -> u64 {
+        let offset = at.saturating_duration_since(self.started);
+        self.started_epoch_us
+            .saturating_add(u64::try_from(offset.as_micros()).unwrap_or(u64::MAX))
     }
 
     pub fn record(&self, sample: &Sample<'_>) {
@@ -86,13 +130,27 @@ impl Recorder {
             .unwrap_or(MAX_MICROS)
             .clamp(1, MAX_MICROS);
         let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
+        let failed = u64::from(sample.class.is_failure());
+        let served = sample.class.is_definite();
         let Ok(mut s) = self.stats.lock() else {
             return;
         };
         s.requests += 1;
-        s.failed += u64::from(sample.failed);
+        s.failed += failed;
         let _ = s.all.record(micros);
-        let _ = slot(&mut s.per_op, sample.op, || histogram(3)).record(micros);
+        match sample.class {
+            Class::Shed => {
+                s.shed += 1;
+                let _ = s.shed_latency.record(micros);
+            }
+            Class::Unavailable => s.unavailable += 1,
+            _ if served => {
+                s.served += 1;
+                let _ = s.served_latency.record(micros);
+                let _ = slot(&mut s.per_op, sample.op, || histogram(3)).record(micros);
+            }
+            _ => {}
+        }
         *slot(&mut s.outcomes, sample.outcome, u64::default) += 1;
         if second < 86_400 {
             if s.timeline.len() <= second {
@@ -100,9 +158,25 @@ impl Recorder {
             }
             if let Some(slot) = s.timeline.get_mut(second) {
                 slot.requests += 1;
-                slot.failed += u64::from(sample.failed);
+                slot.failed += failed;
+                slot.served += u64::from(served);
                 let _ = slot.latency.record(micros);
             }
+        }
+    }
+
+    /// A read that never got a definite answer within the bound.
+    pub fn read_given_up(&self) {
+        if let Ok(mut s) = self.stats.lock() {
+            s.never_definite_reads += 1;
+        }
+    }
+
+    /// An interval during which one virtual user found the service out.
+    pub fn outage(&self, from: Instant, to: Instant) {
+        let interval = (self.epoch_us(from), self.epoch_us(to));
+        if let Ok(mut s) = self.stats.lock() {
+            s.outages.push(interval);
         }
     }
 
@@ -140,10 +214,17 @@ fn decode(s: &str) -> Histogram<u64> {
 pub struct WireStats {
     all: String,
     per_op: BTreeMap<String, String>,
+    served_latency: String,
+    shed_latency: String,
     outcomes: BTreeMap<String, u64>,
     requests: u64,
     failed: u64,
-    timeline: Vec<(u64, u64, String)>,
+    served: u64,
+    shed: u64,
+    unavailable: u64,
+    never_definite_reads: u64,
+    outages: Vec<(u64, u64)>,
+    timeline: Vec<(u64, u64, u64, String)>,
 }
 
 impl From<&Stats> for WireStats {
@@ -155,13 +236,20 @@ impl From<&Stats> for WireStats {
                 .iter()
                 .map(|(k, h)| (k.clone(), encode(h)))
                 .collect(),
+            served_latency: encode(&s.served_latency),
+            shed_latency: encode(&s.shed_latency),
             outcomes: s.outcomes.clone(),
             requests: s.requests,
             failed: s.failed,
+            served: s.served,
+            shed: s.shed,
+            unavailable: s.unavailable,
+            never_definite_reads: s.never_definite_reads,
+            outages: s.outages.clone(),
             timeline: s
                 .timeline
                 .iter()
-                .map(|t| (t.requests, t.failed, encode(&t.latency)))
+                .map(|t| (t.requests, t.failed, t.served, encode(&t.latency)))
                 .collect(),
         }
     }
@@ -178,6 +266,7 @@ impl Stats {
                     second,
                     requests: t.requests,
                     failed: t.failed,
+                    served: t.served,
                     p50: l.p50,
                     p99: l.p99,
                 }
@@ -197,16 +286,30 @@ impl Stats {
         for (outcome, n) in &other.outcomes {
             *self.outcomes.entry(outcome.clone()).or_default() += n;
         }
+        let _ = self.served_latency.add(decode(&other.served_latency));
+        let _ = self.shed_latency.add(decode(&other.shed_latency));
         self.requests += other.requests;
         self.failed += other.failed;
+        self.served += other.served;
+        self.shed += other.shed;
+        self.unavailable += other.unavailable;
+        self.never_definite_reads += other.never_definite_reads;
+        self.outages.extend_from_slice(&other.outages);
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize_with(other.timeline.len(), Second::new);
         }
-        for (slot, (requests, failed, h)) in self.timeline.iter_mut().zip(&other.timeline) {
+        for (slot, (requests, failed, served, h)) in self.timeline.iter_mut().zip(&other.timeline) {
             slot.requests += requests;
             slot.failed += failed;
+            slot.served += served;
             let _ = slot.latency.add(decode(h));
         }
+    }
+
+    /// Wall time during which at least one virtual user found the service
+    /// out (refused connections, 503 `unavailable`).
+    pub fn outage_time(&self) -> Duration {
+        Duration::from_micros(retry::covered(&self.outages))
     }
 }
 
@@ -241,6 +344,8 @@ pub struct Point {
     pub second: usize,
     pub requests: u64,
     pub failed: u64,
+    /// Attempts with a definite answer.
+    pub served: u64,
     pub p50: f64,
     pub p99: f64,
 }
@@ -254,30 +359,47 @@ mod tests {
         let start = Instant::now();
         let a = Recorder::new(start);
         let b = Recorder::new(start);
-        for (r, ms, outcome, failed) in [
-            (&a, 2, "200", false),
-            (&a, 4, "200", false),
-            (&b, 8, "503 database_unavailable", true),
+        for (r, ms, outcome, class) in [
+            (&a, 2, "200", Class::Success),
+            (&a, 4, "200", Class::Success),
+            (&b, 8, "500 internal", Class::ServerError),
+            (&b, 16, "503 overloaded", Class::Shed),
+            (&b, 1, "503 unavailable", Class::Unavailable),
+            (&a, 3, "422 insufficient_funds", Class::Refused),
         ] {
             r.record(&Sample {
                 op: "deposit",
                 latency: Duration::from_millis(ms),
                 outcome,
-                failed,
+                class,
             });
         }
+        let t0 = start + Duration::from_secs(1);
+        a.outage(t0, t0 + Duration::from_millis(300));
+        b.outage(
+            t0 + Duration::from_millis(200),
+            t0 + Duration::from_millis(500),
+        );
+        b.read_given_up();
         let mut merged = a.snapshot();
         merged.merge(&WireStats::from(&b.snapshot()));
-        assert_eq!((merged.requests, merged.failed), (3, 1));
+        assert_eq!((merged.requests, merged.failed), (6, 2));
+        assert_eq!((merged.served, merged.shed, merged.unavailable), (3, 1, 1));
+        assert_eq!(merged.never_definite_reads, 1);
         assert_eq!(merged.outcomes["200"], 2);
-        assert_eq!(merged.outcomes["503 database_unavailable"], 1);
+        assert_eq!(merged.outcomes["503 overloaded"], 1);
         let l = Latency::from(&merged.all);
-        assert_eq!(l.count, 3);
-        assert!((l.max - 8.0).abs() < 0.01, "{l:?}");
-        assert!((l.p50 - 4.0).abs() < 0.01, "{l:?}");
+        assert_eq!(l.count, 6);
+        assert!((l.max - 16.0).abs() < 0.01, "{l:?}");
+        let shed = Latency::from(&merged.shed_latency);
+        assert_eq!(shed.count, 1);
+        assert!((shed.p99 - 16.0).abs() < 0.01, "{shed:?}");
+        assert_eq!(Latency::from(&merged.served_latency).count, 3);
         assert_eq!(merged.per_op["deposit"].len(), 3);
+        assert_eq!(merged.outage_time(), Duration::from_millis(500));
         let timeline = merged.timeline();
-        assert_eq!(timeline[0].requests, 3);
-        assert_eq!(timeline[0].failed, 1);
+        assert_eq!(timeline[0].requests, 6);
+        assert_eq!(timeline[0].failed, 2);
+        assert_eq!(timeline[0].served, 3);
     }
 }
