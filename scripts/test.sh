@@ -6,6 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 scripts/ensure-postgres.sh
+# The fault tests start the real `ledger` binary as a process of its own.
+cargo build --locked -p api --bin ledger
 cargo test --workspace --locked "$@"
 scripts/k6-check.sh
 scripts/load-smoke.sh 200 15

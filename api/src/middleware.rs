@@ -102,7 +102,8 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
         .scope(id.clone(), async move {
             if path_is_api
                 && let Some(s) = &state
-                && !s.ledger.db.health().recheck(RECHECK_WAIT).await
+                && !s.ledger.db.health().is_up()
+                && !s.ledger.db.health().look(RECHECK_WAIT).await
             {
                 metrics().shed.with_label_values(&["unavailable"]).inc();
                 return ApiError::unavailable().into_response();

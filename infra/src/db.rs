@@ -80,12 +80,13 @@ impl Health {
         self.up.load(Ordering::Relaxed)
     }
 
-    /// While the database is known to be down: asks the probe for a fresh
-    /// look and waits at most `wait` for it, so service resumes the moment
-    /// the database is back rather than at the probe's next tick. Returns
-    /// whether the database is up.
-    pub async fn recheck(&self, wait: Duration) -> bool {
-        if self.is_up() || self.probe.is_none() {
+    /// Asks the probe for a fresh look and waits at most `wait` for it;
+    /// returns whether the database is up. Readiness asks so that it never
+    /// reports a database lost since the last tick; requests ask while the
+    /// database is known to be down, so that service resumes the moment it
+    /// is back rather than at the probe's next tick.
+    pub async fn look(&self, wait: Duration) -> bool {
+        if self.probe.is_none() {
             return self.is_up();
         }
         let mut looked = self.looked.subscribe();

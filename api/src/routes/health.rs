@@ -12,6 +12,9 @@ use crate::types::{Health, PoolInfo, Readiness};
 #[derive(Default)]
 pub struct HealthApi;
 
+/// Readiness waits at most this for the probe's fresh look.
+const FRESH_LOOK: std::time::Duration = std::time::Duration::from_millis(900);
+
 #[derive(ApiResponse)]
 pub enum ReadyResponse {
     /// The database answers and the server takes work.
@@ -54,7 +57,7 @@ impl HealthApi {
             .retry_after(1));
         }
         let db = &state.ledger.db;
-        if !db.health().is_up() {
+        if !db.health().look(FRESH_LOOK).await {
             return Err(ApiError::unavailable());
         }
         let stats = db.pool_stats();

@@ -195,7 +195,7 @@ async fn journal(url: &str) -> BTreeMap<(String, String), i64> {
 /// Balances equal journal sums and hash chains verify, for every wallet.
 async fn assert_reconciled(url: &str) {
     let conn = sea_orm::Database::connect(url).await.unwrap();
-    let report = domain::reconcile::check_all(&conn).await.unwrap();
+    let report = domain::ledger::reconcile::check_all(&conn).await.unwrap();
     conn.close().await.unwrap();
     assert!(
         report.is_clean(),
