@@ -1,4 +1,5 @@
-//! The `ledger` binary: serve (default), migrate, openapi, token, reconcile.
+//! The `ledger` binary: serve (default), migrate, openapi, token, reconcile,
+//! seed-load.
 
 use std::io::Write;
 use std::path::PathBuf;

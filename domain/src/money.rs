@@ -2,16 +2,15 @@
 //! storage. Request amounts are parsed once, here, and trusted after.
 //!
 //! Rounding rule for derived values (margin, fees, P&L, commissions):
-//! round half to even ("banker's rounding") to 8 decimals, see [`round`].
+//! round half to even ("banker's rounding") to 8 decimals, once, in integer
+//! minor units: see [`div_round`].
 
 use std::fmt;
 
-use rust_decimal::{Decimal, RoundingStrategy};
+use rust_decimal::Decimal;
 
 /// Decimal places kept everywhere.
 pub const SCALE: u32 = 8;
-/// The largest representable amount: `i64::MAX` minor units.
-pub const MAX_UNITS: i64 = i64::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
@@ -72,16 +71,8 @@ impl Amount {
         Ok(Self(units))
     }
 
-    pub fn from_decimal(value: Decimal) -> Result<Self, MoneyError> {
-        Self::from_units(to_units(value)?)
-    }
-
     pub fn units(self) -> i64 {
         self.0
-    }
-
-    pub fn decimal(self) -> Decimal {
-        from_units(self.0)
     }
 }
 
@@ -119,17 +110,12 @@ pub fn from_units_i128(units: i128) -> String {
         .unwrap_or_else(|_| "more than the largest amount".into())
 }
 
-/// The one rounding rule for derived values: half to even at 8 decimals.
-pub fn round(value: Decimal) -> Decimal {
-    value.round_dp_with_strategy(SCALE, RoundingStrategy::MidpointNearestEven)
-}
-
 /// Minor units in one whole unit (10^8).
 pub const UNIT: i128 = 100_000_000;
 
-/// `n / d` rounded half to even, the integer form of [`round`]: derived
-/// values are computed exactly in `i128` minor units at a higher scale and
-/// rounded once, here. `d` must be positive.
+/// `n / d` rounded half to even: the one rounding rule. Derived values are
+/// computed exactly in `i128` minor units at a higher scale and rounded
+/// once, here. `d` must be positive.
 pub fn div_round(n: i128, d: i128) -> i128 {
     debug_assert!(d > 0);
     let (q, r) = (n.div_euclid(d), n.rem_euclid(d));
@@ -267,11 +253,12 @@ mod tests {
 
     #[test]
     fn rounding_is_half_to_even() {
-        let r = |s: &str| round(Decimal::from_str(s).unwrap()).to_string();
-        assert_eq!(r("0.000000005"), "0.00000000");
-        assert_eq!(r("0.000000015"), "0.00000002");
-        assert_eq!(r("0.000000025"), "0.00000002");
-        assert_eq!(r("-0.000000015"), "-0.00000002");
-        assert_eq!(r("1.123456784"), "1.12345678");
+        // tenths of a minor unit: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -1.5 -> -2
+        assert_eq!(div_round(5, 10), 0);
+        assert_eq!(div_round(15, 10), 2);
+        assert_eq!(div_round(25, 10), 2);
+        assert_eq!(div_round(-15, 10), -2);
+        assert_eq!(div_round(1_123_456_784, 10), 112_345_678);
+        assert_eq!(div_round(1_123_456_786, 10), 112_345_679);
     }
 }

@@ -138,9 +138,9 @@ fn build() -> Result<Metrics, prometheus::Error> {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    // The metric definitions are constants; a failure here is a programming
-    // error caught by the unit test below, so falling back to an empty
-    // registry is never reached in practice.
+    // The metric definitions are constants: a failure here is a programming
+    // error, caught by the unit test below before it could ever ship, so the
+    // process stops rather than run without its metrics.
     build().unwrap_or_else(|e| {
         tracing::error!(error = %e, "metric registration failed");
         std::process::abort()
