@@ -410,11 +410,16 @@ impl TestApp {
         kinds
     }
 
+    /// What `ledger reconcile` reports for this test's database.
+    pub async fn reconcile(&self) -> domain::reconcile::Report {
+        domain::reconcile::check_all(&self.state.ledger.db.conn)
+            .await
+            .unwrap()
+    }
+
     /// Balances equal journal sums and hash chains verify, for every wallet.
     pub async fn assert_books_balance(&self) -> domain::reconcile::Report {
-        let report = domain::reconcile::check_all(&self.state.ledger.db.conn)
-            .await
-            .unwrap();
+        let report = self.reconcile().await;
         assert!(
             report.is_clean(),
             "reconciliation failed: {:?}",
