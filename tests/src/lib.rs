@@ -433,14 +433,51 @@ impl TestApp {
             server.shutdown(Duration::ZERO).await;
         }
         if let Some(name) = self.pg_database.take() {
-            let admin = Database::connect(admin_url()).await.unwrap();
-            admin
-                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .await
-                .unwrap();
-            admin.close().await.unwrap();
+            drop_database(&name).await.unwrap();
         }
     }
+}
+
+/// A test that fails never reaches `stop`: its database is dropped here,
+/// while its panic unwinds. The test's runtime cannot be used from `drop`
+/// (it may be the one unwinding, and blocking on it would deadlock), so the
+/// drop runs on a thread of its own with its own runtime; waiting for it
+/// means the database is gone when the test ends. Never panics: a panic
+/// while unwinding aborts the whole test binary.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let Some(name) = self.pg_database.take() else {
+            return;
+        };
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), drop_database(&name))
+                    .await
+                    .map_err(|_| format!("dropping {name} timed out"))?
+                    .map_err(|e| format!("dropping {name}: {e}"))
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test database left behind: {e}"),
+            Err(_) => eprintln!("test database left behind: the dropping thread panicked"),
+        }
+    }
+}
+
+/// Drops a test database, closing the connections the app still holds.
+async fn drop_database(name: &str) -> Result<(), sea_orm::DbErr> {
+    let admin = Database::connect(admin_url()).await?;
+    let dropped = admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    admin.close().await?;
+    dropped.map(|_| ())
 }
 
 pub fn fresh_key() -> String {
@@ -498,6 +535,40 @@ macro_rules! both_engines {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Whether PostgreSQL knows a database of this name.
+    async fn database_exists(name: &str) -> bool {
+        let admin = Database::connect(admin_url()).await.unwrap();
+        let row = admin
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_database WHERE datname = $1",
+                [name.into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        admin.close().await.unwrap();
+        row.try_get::<i64>("", "n").unwrap() == 1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_test_that_panics_still_drops_its_database() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let failed = tokio::spawn(async move {
+            let app = TestApp::spawn(Engine::Postgres).await;
+            let name = app.pg_database().unwrap().to_owned();
+            assert!(database_exists(&name).await);
+            tx.send(name).unwrap();
+            panic!("a failing test: its database must be dropped all the same");
+        })
+        .await;
+        assert!(failed.unwrap_err().is_panic());
+        let name = rx.await.unwrap();
+        assert!(!database_exists(&name).await, "{name} was left behind");
+    }
+
     #[test]
     fn database_url_swaps_the_database_name() {
         assert_eq!(
