@@ -87,7 +87,7 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
     let span = tracing::info_span!("request", request_id = %id, %method, %path);
     let max_body = req
         .data::<Arc<AppState>>()
-        .map(|s| s.config.max_body_bytes)
+        .map(|s| s.config.server.max_body_bytes)
         .unwrap_or(64 * 1024);
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {

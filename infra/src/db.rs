@@ -3,7 +3,6 @@
 //! connection gets them, then handed to sea-orm.
 
 use std::str::FromStr;
-use std::time::Duration;
 
 use migration::MigratorTrait;
 use sea_orm::sqlx::pool::PoolOptions;
@@ -14,7 +13,7 @@ use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector,
 };
 
-use crate::config::Config;
+use crate::config::DatabaseConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -44,17 +43,17 @@ const PG_LOCK_TIMEOUT: &str = "5s";
 const PG_STATEMENT_TIMEOUT: &str = "30s";
 
 /// The pool settings both engines share.
-fn pool_options<DB: sea_orm::sqlx::Database>(config: &Config) -> PoolOptions<DB> {
+fn pool_options<DB: sea_orm::sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> {
     PoolOptions::<DB>::new()
-        .max_connections(config.db_max_connections)
-        .min_connections(config.db_min_connections)
-        .acquire_timeout(config.acquire_timeout())
-        .idle_timeout(Duration::from_millis(config.db_idle_timeout_ms))
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.acquire_timeout)
+        .idle_timeout(config.idle_timeout)
 }
 
 impl Database {
-    pub async fn connect(config: &Config) -> Result<Self, DbErr> {
-        let max = config.db_max_connections;
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        let max = config.max_connections;
         let sqlx_err =
             |e: sea_orm::sqlx::Error| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()));
         if config.is_sqlite() {
@@ -65,12 +64,12 @@ impl Database {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
             }
-            let options = SqliteConnectOptions::from_str(&config.database_url)
+            let options = SqliteConnectOptions::from_str(&config.url)
                 .map_err(sqlx_err)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_millis(config.sqlite_busy_timeout_ms))
+                .busy_timeout(config.sqlite_busy_timeout)
                 .foreign_keys(true);
             let pool = pool_options::<Sqlite>(config)
                 .connect_with(options)
@@ -82,7 +81,7 @@ impl Database {
                 max_connections: max,
             })
         } else {
-            let options = PgConnectOptions::from_str(&config.database_url)
+            let options = PgConnectOptions::from_str(&config.url)
                 .map_err(sqlx_err)?
                 .application_name("ledger")
                 .options([

@@ -143,15 +143,13 @@ impl TestApp {
                 database_url(&admin_url(), &name)
             }
         };
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            database_url: database_url.clone(),
-            db_max_connections: 20,
-            jwt_secret: Secret::new(SECRET),
-            rate_limit_per_second: 0,
-            shutdown_drain_ms: 0,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.database.url = database_url.clone();
+        config.database.max_connections = 20;
+        config.server.jwt_secret = Secret::new(SECRET);
+        config.server.rate_limit_per_second = 0;
+        config.server.shutdown_drain = Duration::ZERO;
         tweak(&mut config);
         config.validate().unwrap();
         Self::start(engine, config, dir, pg_database).await
@@ -159,10 +157,7 @@ impl TestApp {
 
     /// A second server on the same database (two processes behind one balancer).
     pub async fn sibling(&self) -> TestApp {
-        let config = Config {
-            ..self.state.config.clone()
-        };
-        Self::start(self.engine, config, None, None).await
+        Self::start(self.engine, self.state.config.clone(), None, None).await
     }
 
     async fn start(
@@ -171,7 +166,7 @@ impl TestApp {
         dir: Option<tempfile::TempDir>,
         pg_database: Option<String>,
     ) -> Self {
-        let database_url = config.database_url.clone();
+        let database_url = config.database.url.clone();
         let state = app::prepare(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = app::start(Arc::clone(&state), listener).await.unwrap();

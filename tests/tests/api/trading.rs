@@ -1,6 +1,8 @@
 //! Contract of the Prices and Orders routes: statuses, codes, bodies, roles,
 //! validation, and the journal each order leaves.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use tests::{Engine, TestApp, both_engines, dec_of, fresh_key};
 
@@ -209,7 +211,7 @@ async fn order_refusals_change_nothing(engine: Engine) {
 }
 
 async fn max_leverage_is_configurable(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.max_leverage = 20).await;
+    let app = TestApp::spawn_with(engine, |c| c.trading.max_leverage = 20).await;
     let u = app.funded_user("lev@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 21, "live"))
@@ -432,7 +434,10 @@ async fn order_reads(engine: Engine) {
 }
 
 async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 60_000).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.trading.cooldown = Duration::from_millis(60_000)
+    })
+    .await;
     let u = app.funded_user("cool@x.io", "1000").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.set_price("ETHUSD", "10").await.expect(200);
@@ -473,7 +478,10 @@ async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
 }
 
 async fn cooldown_passes_after_the_window(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 2_000).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.trading.cooldown = Duration::from_millis(2_000)
+    })
+    .await;
     let u = app.funded_user("later@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
