@@ -74,6 +74,7 @@ impl Ledger {
                 fee_rate: setting_rate("trade_fee_rate", trading.fee_rate)?,
                 max_leverage: trading.max_leverage,
                 cooldown_ms: u64::try_from(trading.cooldown.as_millis()).unwrap_or(u64::MAX),
+                min_notional: setting_units("trade_min_notional", trading.min_notional)?,
             }),
             referral: Arc::new(ReferralRules {
                 referrer_bonus: setting_units("referrer_bonus", referrals.referrer_bonus)?,
