@@ -78,7 +78,7 @@ fn metrics_endpoint(state: Data<&Arc<AppState>>) -> Response {
 }
 
 fn cors(config: &Config) -> Option<Cors> {
-    let origins = config.cors_allowed_origins.trim();
+    let origins = config.server.cors_allowed_origins.trim();
     if origins.is_empty() {
         return None;
     }
@@ -124,7 +124,7 @@ pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
 
 /// Connects, migrates and builds the services.
 pub async fn prepare(config: Config) -> Result<Arc<AppState>, BoxError> {
-    let db = Database::connect(&config).await?;
+    let db = Database::connect(&config.database).await?;
     db.migrate().await?;
     let ledger = Ledger::new(db, &config)?;
     Ok(Arc::new(AppState::new(config, ledger)))
@@ -143,7 +143,7 @@ pub async fn start(state: Arc<AppState>, listener: tokio::net::TcpListener) -> i
     let addr = listener.local_addr()?;
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let grace = Duration::from_secs(state.config.shutdown_timeout_secs);
+    let grace = state.config.server.shutdown_timeout;
     let server = poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(
         endpoint(Arc::clone(&state)),
         async move {
@@ -165,7 +165,11 @@ pub async fn start(state: Arc<AppState>, listener: tokio::net::TcpListener) -> i
 fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
     let mut jobs = Vec::new();
     jobs.extend(state.ledger.db.spawn_health_probe());
-    let every = Duration::from_secs(state.config.idempotency_cleanup_interval_secs.max(1));
+    let every = state
+        .config
+        .idempotency
+        .cleanup_interval
+        .max(Duration::from_secs(1));
     let s = Arc::clone(state);
     jobs.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
@@ -179,8 +183,8 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             }
         }
     }));
-    if state.config.referral_settle_interval_ms > 0 {
-        let every = Duration::from_millis(state.config.referral_settle_interval_ms);
+    if !state.config.referrals.settle_interval.is_zero() {
+        let every = state.config.referrals.settle_interval;
         let s = Arc::clone(state);
         jobs.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);

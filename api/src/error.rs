@@ -170,6 +170,9 @@ impl From<&DomainError> for ApiError {
             DomainError::InsufficientMargin { .. } => {
                 unprocessable("insufficient_margin", "Insufficient margin")
             }
+            DomainError::NotionalTooSmall { .. } => {
+                unprocessable("notional_too_small", "Order too small")
+            }
             DomainError::NoPrice(_) => unprocessable("no_price", "No price"),
             DomainError::OrderNotOpen(_) => Self::new(
                 S::CONFLICT,
@@ -281,7 +284,7 @@ const DOCUMENTED: &[(u16, &str)] = &[
     ),
     (
         422,
-        "A business rule refuses the request (`insufficient_funds`, `insufficient_margin`, `no_price`, `same_account`, `unknown_referral_code`, `balance_limit_exceeded`), or the Idempotency-Key was used with a different body (`idempotency_key_reused`)",
+        "A business rule refuses the request (`insufficient_funds`, `insufficient_margin`, `notional_too_small`, `no_price`, `same_account`, `unknown_referral_code`, `balance_limit_exceeded`), or the Idempotency-Key was used with a different body (`idempotency_key_reused`)",
     ),
     (
         429,
@@ -390,6 +393,22 @@ mod tests {
                 "insufficient_funds",
             ),
             (DomainError::SameAccount, 422, "same_account"),
+            (
+                DomainError::InsufficientMargin {
+                    available: "1".into(),
+                    required: "2".into(),
+                },
+                422,
+                "insufficient_margin",
+            ),
+            (
+                DomainError::NotionalTooSmall {
+                    notional: "0.000001".into(),
+                    minimum: "0.01".into(),
+                },
+                422,
+                "notional_too_small",
+            ),
             (DomainError::DuplicateEmail, 409, "conflict"),
             (
                 DomainError::UnknownReferralCode,

@@ -12,6 +12,7 @@ use api::seed::{self, SeedOptions};
 use clap::{Parser, Subcommand};
 use domain::money::Amount;
 use domain::trading::rules::Symbol;
+use infra::config::{ConfigError, LogFormat};
 use infra::{Config, Database};
 
 #[derive(Parser)]
@@ -106,8 +107,9 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn load_config() -> Result<Config, BoxError> {
-    let mut config = Config::load()?;
+/// The configuration with its signing secret, for the commands that sign or
+/// check tokens.
+fn with_jwt_secret(mut config: Config) -> Result<Config, BoxError> {
     if let Some(path) = config.resolve_jwt_secret()? {
         tracing::info!(path = %path.display(), "JWT secret read from (or generated into) this file");
     }
@@ -164,12 +166,12 @@ async fn bind(addr: &str, reuse_port: bool) -> Result<tokio::net::TcpListener, B
     Ok(socket.listen(4096)?)
 }
 
-async fn serve() -> Result<(), BoxError> {
-    let config = load_config()?;
+async fn serve(config: Config) -> Result<(), BoxError> {
+    let config = with_jwt_secret(config)?;
     tracing::info!(config = ?config, "configuration");
     raise_fd_limit();
-    let listener = bind(&config.listen, config.listen_reuse_port).await?;
-    let drain = Duration::from_millis(config.shutdown_drain_ms);
+    let listener = bind(&config.server.listen, config.server.reuse_port).await?;
+    let drain = config.server.shutdown_drain;
     let state = app::prepare(config).await?;
     let server = app::start(state, listener).await?;
     tracing::info!(addr = %server.addr, "listening");
@@ -178,27 +180,27 @@ async fn serve() -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn run(command: Command) -> Result<ExitCode, BoxError> {
+/// `config` is loaded once, in `main`; a command that needs it fails with
+/// its error.
+async fn run(command: Command, config: Result<Config, ConfigError>) -> Result<ExitCode, BoxError> {
     match command {
-        Command::Serve => serve().await?,
+        Command::Serve => serve(config?).await?,
         Command::Migrate => {
-            let config = Config::load()?;
-            let db = Database::connect(&config).await?;
+            let db = Database::connect(&config?.database).await?;
             db.migrate().await?;
             db.close().await;
             tracing::info!("migrations applied");
         }
         Command::Openapi => println!("{}", app::openapi().spec()),
         Command::Token { sub, role, ttl } => {
-            let config = load_config()?;
+            let config = with_jwt_secret(config?)?;
             println!(
                 "{}",
-                Tokens::new(config.jwt_secret.expose()).mint(&sub, role, ttl)?
+                Tokens::new(config.server.jwt_secret.expose()).mint(&sub, role, ttl)?
             );
         }
         Command::Reconcile => {
-            let config = Config::load()?;
-            let db = Database::connect(&config).await?;
+            let db = Database::connect(&config?.database).await?;
             let report = domain::ledger::reconcile::check_all(&db.conn).await?;
             db.close().await;
             println!(
@@ -223,8 +225,8 @@ async fn run(command: Command) -> Result<ExitCode, BoxError> {
             token_ttl,
             batch,
         } => {
-            let config = load_config()?;
-            let db = Database::connect(&config).await?;
+            let config = with_jwt_secret(config?)?;
+            let db = Database::connect(&config.database).await?;
             db.migrate().await?;
             let options = SeedOptions {
                 users,
@@ -257,12 +259,13 @@ async fn run(command: Command) -> Result<ExitCode, BoxError> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let format = Config::load()
-        .map(|c| c.log_format)
-        .unwrap_or(infra::config::LogFormat::Text);
+    let config = Config::load();
+    let format = config
+        .as_ref()
+        .map_or(LogFormat::Text, |c| c.server.log_format);
     infra::telemetry::init(format);
     let command = Cli::parse().command.unwrap_or(Command::Serve);
-    match run(command).await {
+    match run(command, config).await {
         Ok(code) => code,
         Err(e) => {
             tracing::error!(error = %e, "ledger failed");

@@ -93,7 +93,7 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
     let path_is_api = path.starts_with("/api/");
     let max_body = state
         .as_ref()
-        .map(|s| s.config.max_body_bytes)
+        .map(|s| s.config.server.max_body_bytes)
         .unwrap_or(64 * 1024);
     // While the database is known to be unreachable, the API answers at once
     // rather than letting every request find out for itself; health and

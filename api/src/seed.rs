@@ -94,7 +94,7 @@ pub async fn seed_load(
         ids.extend(created);
         progress(ids.len(), options.users);
     }
-    let tokens = Tokens::new(config.jwt_secret.expose());
+    let tokens = Tokens::new(config.server.jwt_secret.expose());
     let users = ids
         .into_iter()
         .map(|id| {

@@ -17,8 +17,9 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: Config, ledger: Ledger) -> Self {
-        let tokens = Tokens::new(config.jwt_secret.expose());
-        let limiter = Limiter::new(config.rate_limit_per_second, config.rate_limit_burst);
+        let server = &config.server;
+        let tokens = Tokens::new(server.jwt_secret.expose());
+        let limiter = Limiter::new(server.rate_limit_per_second, server.rate_limit_burst);
         Self {
             config,
             ledger,

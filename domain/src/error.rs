@@ -22,6 +22,11 @@ pub enum DomainError {
     },
     #[error("free margin {available} < required {required} (margin plus open fee)")]
     InsufficientMargin { available: String, required: String },
+    /// Too small to carry a margin and a fee: it could only win.
+    #[error(
+        "order value (quantity × price) {notional} is too small: the minimum is {minimum}, and its margin and fee must not round to zero"
+    )]
+    NotionalTooSmall { notional: String, minimum: String },
     #[error("no price has been set for {0}")]
     NoPrice(String),
     #[error("order {0} is not open")]
@@ -100,6 +105,7 @@ impl DomainError {
             Self::NotFound(_)
                 | Self::InsufficientFunds { .. }
                 | Self::InsufficientMargin { .. }
+                | Self::NotionalTooSmall { .. }
                 | Self::NoPrice(_)
                 | Self::OrderNotOpen(_)
                 | Self::SameAccount

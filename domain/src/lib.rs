@@ -31,10 +31,10 @@ pub mod tx;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 pub use error::{DomainError, DomainResult};
 use infra::{Config, Database};
+use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
@@ -73,13 +73,11 @@ pub struct Ledger {
     pub settle_batch: u64,
 }
 
-fn setting_units(name: &'static str, value: &str) -> DomainResult<i64> {
-    let d = infra::config::parse_decimal_setting(name, value)
-        .map_err(|e| DomainError::invalid(name, e))?;
-    money::to_units(d).map_err(|e| DomainError::invalid(name, e))
+fn setting_units(name: &'static str, value: Decimal) -> DomainResult<i64> {
+    money::to_units(value).map_err(|e| DomainError::invalid(name, e))
 }
 
-fn setting_rate(name: &'static str, value: rust_decimal::Decimal) -> DomainResult<Rate> {
+fn setting_rate(name: &'static str, value: Decimal) -> DomainResult<Rate> {
     Rate::from_decimal(value).map_err(|e| DomainError::invalid(name, e))
 }
 
@@ -114,34 +112,31 @@ impl Ledger {
     }
 
     pub fn new(db: Database, config: &Config) -> DomainResult<Self> {
-        let tx = TransactionService::new(db.clone(), RetryPolicy::from_config(config));
-        let idempotency =
-            IdempotencyService::new(tx.clone(), Duration::from_secs(config.idempotency_ttl_secs));
-        let fee_rate =
-            infra::config::parse_decimal_setting("trade_fee_rate", &config.trade_fee_rate)
-                .map_err(|e| DomainError::invalid("trade_fee_rate", e))?;
-        let rates = config
-            .commission_rates()
-            .map_err(|e| DomainError::invalid("referral_commission_rates", e))?
-            .into_iter()
-            .map(|r| setting_rate("referral_commission_rates", r))
+        let (trading, referrals) = (&config.trading, &config.referrals);
+        let tx = TransactionService::new(db.clone(), RetryPolicy::from_config(&config.retry));
+        let idempotency = IdempotencyService::new(tx.clone(), config.idempotency.ttl);
+        let rates = referrals
+            .commission_rates
+            .iter()
+            .map(|&r| setting_rate("referral_commission_rates", r))
             .collect::<DomainResult<Vec<_>>>()?;
         Ok(Self {
             db,
             tx,
             idempotency,
-            demo_balance: setting_units("demo_balance", &config.demo_balance)?,
+            demo_balance: setting_units("demo_balance", trading.demo_balance)?,
             trading: Arc::new(TradingRules {
-                fee_rate: setting_rate("trade_fee_rate", fee_rate)?,
-                max_leverage: config.max_leverage,
-                cooldown_ms: config.trade_cooldown_ms,
+                fee_rate: setting_rate("trade_fee_rate", trading.fee_rate)?,
+                max_leverage: trading.max_leverage,
+                cooldown_ms: u64::try_from(trading.cooldown.as_millis()).unwrap_or(u64::MAX),
+                min_notional: setting_units("trade_min_notional", trading.min_notional)?,
             }),
             referral: Arc::new(ReferralRules {
-                referrer_bonus: setting_units("referrer_bonus", &config.referrer_bonus)?,
-                referee_bonus: setting_units("referee_bonus", &config.referee_bonus)?,
+                referrer_bonus: setting_units("referrer_bonus", referrals.referrer_bonus)?,
+                referee_bonus: setting_units("referee_bonus", referrals.referee_bonus)?,
                 rates,
             }),
-            settle_batch: u64::from(config.referral_settle_batch.max(1)),
+            settle_batch: u64::from(referrals.settle_batch.max(1)),
         })
     }
 }

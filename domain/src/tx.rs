@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use backoff::backoff::Backoff;
 use backoff::{ExponentialBackoff, ExponentialBackoffBuilder};
+use infra::config::RetryConfig;
 use infra::metrics::metrics;
-use infra::{Backend, Config, Database};
+use infra::{Backend, Database};
 use sea_orm::{DatabaseTransaction, SqliteTransactionMode, TransactionOptions, TransactionTrait};
 
 use crate::error::{DomainError, DomainResult};
@@ -33,12 +34,12 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &RetryConfig) -> Self {
         Self {
-            max_attempts: config.retry_max_attempts,
-            initial: Duration::from_millis(config.retry_initial_ms),
-            multiplier: config.retry_multiplier,
-            jitter: config.retry_jitter,
+            max_attempts: config.max_attempts,
+            initial: config.initial,
+            multiplier: config.multiplier,
+            jitter: config.jitter,
             retry_connection_loss: false,
         }
     }
@@ -311,9 +312,9 @@ mod tests {
     }
 
     async fn service(dir: &tempfile::TempDir) -> TransactionService {
-        let config = Config {
-            database_url: format!("sqlite://{}/t.db", dir.path().display()),
-            ..Config::default()
+        let config = infra::config::DatabaseConfig {
+            url: format!("sqlite://{}/t.db", dir.path().display()),
+            ..Default::default()
         };
         TransactionService::new(Database::connect(&config).await.unwrap(), policy(0.0))
     }

@@ -2,18 +2,25 @@
 //! optional TOML file (`LEDGER_CONFIG`), then `LEDGER_*` environment variables
 //! (and `DATABASE_URL`). Validated before anything uses it; logged with the
 //! secret redacted.
+//!
+//! The file keys and variable names are flat (`db_max_connections`,
+//! `LEDGER_DB_MAX_CONNECTIONS`), as operators know them; the code reads
+//! sections (`config.database.max_connections`). The flat document is
+//! deserialized into [`Settings`] and the sections are built from it, because
+//! serde's `flatten` cannot be combined with refusing unknown keys. Money
+//! settings are parsed into decimals there, once, each error naming its key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// A value that must never reach a log line.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -24,7 +31,7 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
@@ -39,87 +46,313 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Default)]
 pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub retry: RetryConfig,
+    pub idempotency: IdempotencyConfig,
+    pub trading: TradingConfig,
+    pub referrals: ReferralConfig,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
     /// Address the HTTP server binds to.
     pub listen: String,
     /// Bind with SO_REUSEPORT, so that several instances on one host share
     /// the address and the kernel spreads connections across them (each
     /// process holds at most its open-files limit of connections).
-    pub listen_reuse_port: bool,
-    /// `sqlite://path` or `postgres://…`.
-    pub database_url: String,
-    pub db_max_connections: u32,
-    pub db_min_connections: u32,
-    /// At start-up: how long to wait for the database to accept connections.
-    pub db_acquire_timeout_ms: u64,
-    /// The longest a request waits for a pooled connection; past it the
-    /// request is shed at once (503 `overloaded`) instead of queueing.
-    pub db_wait_budget_ms: u64,
-    pub db_idle_timeout_ms: u64,
-    /// SQLite only: how long a writer waits for the database write lock.
-    pub sqlite_busy_timeout_ms: u64,
-    /// Attempts per transaction, first one included.
-    pub retry_max_attempts: u32,
-    pub retry_initial_ms: u64,
-    pub retry_multiplier: f64,
-    /// 0.5 means each delay is drawn from [50 %, 150 %] of its nominal value.
-    pub retry_jitter: f64,
-    pub idempotency_ttl_secs: u64,
-    /// How long a `processing` claim is honoured before another request may
-    /// take it over (the first one is presumed dead).
-    pub idempotency_lease_ms: u64,
-    pub idempotency_cleanup_interval_secs: u64,
-    /// Starting balance of every new demo wallet, a decimal string.
-    #[serde(deserialize_with = "decimal_text")]
-    pub demo_balance: String,
-    /// HS256 signing secret. Required with PostgreSQL; generated and kept
-    /// beside the database file for the SQLite default when unset.
-    pub jwt_secret: Secret,
-    /// Requests per second per authenticated principal; 0 turns it off.
-    pub rate_limit_per_second: u32,
-    pub rate_limit_burst: u32,
+    pub reuse_port: bool,
     pub max_body_bytes: usize,
     /// Comma-separated origins allowed by CORS; `*` for any; empty for none.
     pub cors_allowed_origins: String,
     pub log_format: LogFormat,
     /// How long `/health/ready` reports 503 before the listener closes, so
     /// load balancers stop sending new work first.
-    pub shutdown_drain_ms: u64,
+    pub shutdown_drain: Duration,
     /// Upper bound on waiting for in-flight requests at shutdown.
-    pub shutdown_timeout_secs: u64,
+    pub shutdown_timeout: Duration,
+    /// Requests per second per authenticated principal; 0 turns it off.
+    pub rate_limit_per_second: u32,
+    pub rate_limit_burst: u32,
+    /// HS256 signing secret. Required with PostgreSQL; generated and kept
+    /// beside the database file for the SQLite default when unset.
+    pub jwt_secret: Secret,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:3000".into(),
+            reuse_port: false,
+            max_body_bytes: 64 * 1024,
+            cors_allowed_origins: String::new(),
+            log_format: LogFormat::Text,
+            shutdown_drain: Duration::from_millis(2_000),
+            shutdown_timeout: Duration::from_secs(30),
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            jwt_secret: Secret::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://…`.
+    pub url: String,
+    pub max_connections: u32,
+    pub min_connections: u32,
+    /// At start-up: how long to wait for the database to accept connections.
+    pub acquire_timeout: Duration,
+    /// The longest a request waits for a pooled connection; past it the
+    /// request is shed at once (503 `overloaded`) instead of queueing.
+    pub wait_budget: Duration,
+    pub idle_timeout: Duration,
+    /// SQLite only: how long a writer waits for the database write lock.
+    pub sqlite_busy_timeout: Duration,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/ledger.db".into(),
+            max_connections: 50,
+            min_connections: 0,
+            acquire_timeout: Duration::from_millis(30_000),
+            wait_budget: Duration::from_millis(250),
+            idle_timeout: Duration::from_millis(10_000),
+            sqlite_busy_timeout: Duration::from_millis(5_000),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    pub(crate) fn is_sqlite(&self) -> bool {
+        self.url.starts_with("sqlite:")
+    }
+
+    /// The database file of a SQLite URL (`sqlite://data/ledger.db` -> `data/ledger.db`).
+    pub(crate) fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+}
+
+/// How transactions that hit a deadlock, a serialization failure, a lock
+/// timeout or a busy SQLite are re-run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryConfig {
+    /// Attempts per transaction, first one included.
+    pub max_attempts: u32,
+    pub initial: Duration,
+    pub multiplier: f64,
+    /// 0.5 means each delay is drawn from [50 %, 150 %] of its nominal value.
+    pub jitter: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            initial: Duration::from_millis(10),
+            multiplier: 2.0,
+            jitter: 0.5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdempotencyConfig {
+    /// How long an Idempotency-Key is remembered.
+    pub ttl: Duration,
+    pub cleanup_interval: Duration,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(86_400),
+            cleanup_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TradingConfig {
+    /// Starting balance of every new demo wallet (demo wallets exist to
+    /// practise trading).
+    pub demo_balance: Decimal,
     /// Fee on an order's notional value (`quantity * price`), charged at
-    /// open and again at close. A decimal string: "0.001" is 0.1 %.
-    #[serde(deserialize_with = "decimal_text")]
-    pub trade_fee_rate: String,
+    /// open and again at close: 0.001 is 0.1 %.
+    pub fee_rate: Decimal,
     /// Highest leverage an order may use (at most 100).
     pub max_leverage: u32,
-    /// A second order by the same user on the same symbol within this many
-    /// milliseconds is refused (429 `cooldown_active`); 0 turns it off.
-    pub trade_cooldown_ms: u64,
+    /// A second order by the same user on the same symbol within this window
+    /// is refused (429 `cooldown_active`); zero turns it off.
+    pub cooldown: Duration,
+    /// Smallest notional value (`quantity * price`) an order may have, so
+    /// that its margin and fee are never rounded away.
+    pub min_notional: Decimal,
+}
+
+impl Default for TradingConfig {
+    fn default() -> Self {
+        Self {
+            demo_balance: Decimal::from(10_000),
+            fee_rate: Decimal::new(1, 3),
+            max_leverage: 100,
+            cooldown: Duration::ZERO,
+            min_notional: Decimal::new(1, 2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReferralConfig {
     /// Paid to the referrer's live wallet when a referee signs up.
-    #[serde(deserialize_with = "decimal_text")]
-    pub referrer_bonus: String,
+    pub referrer_bonus: Decimal,
     /// Paid to the new user's live wallet when it signs up with a code.
-    #[serde(deserialize_with = "decimal_text")]
-    pub referee_bonus: String,
-    /// Commission rate per upline level, comma-separated: "0.20,0.05" pays
+    pub referee_bonus: Decimal,
+    /// Commission rate per upline level, level 1 first: [0.20, 0.05] pays
     /// the direct referrer 20 % and the referrer's referrer 5 % of each fee.
-    #[serde(deserialize_with = "decimal_text")]
-    pub referral_commission_rates: String,
-    /// How often pending commissions are settled; 0 turns the job off
+    /// Empty turns commissions off.
+    pub commission_rates: Vec<Decimal>,
+    /// How often pending commissions are settled; zero turns the job off
     /// (`POST /api/v1/referrals/settle` still settles).
-    pub referral_settle_interval_ms: u64,
+    pub settle_interval: Duration,
     /// Commissions settled per transaction.
-    pub referral_settle_batch: u32,
+    pub settle_batch: u32,
+}
+
+impl Default for ReferralConfig {
+    fn default() -> Self {
+        Self {
+            referrer_bonus: Decimal::from(10),
+            referee_bonus: Decimal::ZERO,
+            commission_rates: vec![Decimal::new(20, 2), Decimal::new(5, 2)],
+            settle_interval: Duration::from_millis(5_000),
+            settle_batch: 500,
+        }
+    }
+}
+
+/// The configuration as the file and the environment spell it: one flat
+/// document, one field per documented key. Absent keys keep the defaults of
+/// [`Config`].
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct Settings {
+    listen: String,
+    listen_reuse_port: bool,
+    database_url: String,
+    db_max_connections: u32,
+    db_min_connections: u32,
+    db_acquire_timeout_ms: u64,
+    db_wait_budget_ms: u64,
+    db_idle_timeout_ms: u64,
+    sqlite_busy_timeout_ms: u64,
+    retry_max_attempts: u32,
+    retry_initial_ms: u64,
+    retry_multiplier: f64,
+    retry_jitter: f64,
+    idempotency_ttl_secs: u64,
+    idempotency_cleanup_interval_secs: u64,
+    #[serde(deserialize_with = "decimal_text")]
+    demo_balance: String,
+    jwt_secret: Secret,
+    rate_limit_per_second: u32,
+    rate_limit_burst: u32,
+    max_body_bytes: usize,
+    cors_allowed_origins: String,
+    log_format: LogFormat,
+    shutdown_drain_ms: u64,
+    shutdown_timeout_secs: u64,
+    #[serde(deserialize_with = "decimal_text")]
+    trade_fee_rate: String,
+    max_leverage: u32,
+    trade_cooldown_ms: u64,
+    #[serde(deserialize_with = "decimal_text")]
+    trade_min_notional: String,
+    #[serde(deserialize_with = "decimal_text")]
+    referrer_bonus: String,
+    #[serde(deserialize_with = "decimal_text")]
+    referee_bonus: String,
+    #[serde(deserialize_with = "decimal_text")]
+    referral_commission_rates: String,
+    referral_settle_interval_ms: u64,
+    referral_settle_batch: u32,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn decimal_list(values: &[Decimal]) -> String {
+    values
+        .iter()
+        .map(Decimal::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The defaults of the typed sections, spelled flat: one source of truth.
+impl Default for Settings {
+    fn default() -> Self {
+        let Config {
+            server,
+            database,
+            retry,
+            idempotency,
+            trading,
+            referrals,
+        } = Config::default();
+        Self {
+            listen: server.listen,
+            listen_reuse_port: server.reuse_port,
+            database_url: database.url,
+            db_max_connections: database.max_connections,
+            db_min_connections: database.min_connections,
+            db_acquire_timeout_ms: millis(database.acquire_timeout),
+            db_wait_budget_ms: millis(database.wait_budget),
+            db_idle_timeout_ms: millis(database.idle_timeout),
+            sqlite_busy_timeout_ms: millis(database.sqlite_busy_timeout),
+            retry_max_attempts: retry.max_attempts,
+            retry_initial_ms: millis(retry.initial),
+            retry_multiplier: retry.multiplier,
+            retry_jitter: retry.jitter,
+            idempotency_ttl_secs: idempotency.ttl.as_secs(),
+            idempotency_cleanup_interval_secs: idempotency.cleanup_interval.as_secs(),
+            demo_balance: trading.demo_balance.to_string(),
+            jwt_secret: server.jwt_secret,
+            rate_limit_per_second: server.rate_limit_per_second,
+            rate_limit_burst: server.rate_limit_burst,
+            max_body_bytes: server.max_body_bytes,
+            cors_allowed_origins: server.cors_allowed_origins,
+            log_format: server.log_format,
+            shutdown_drain_ms: millis(server.shutdown_drain),
+            shutdown_timeout_secs: server.shutdown_timeout.as_secs(),
+            trade_fee_rate: trading.fee_rate.to_string(),
+            max_leverage: trading.max_leverage,
+            trade_cooldown_ms: millis(trading.cooldown),
+            trade_min_notional: trading.min_notional.to_string(),
+            referrer_bonus: referrals.referrer_bonus.to_string(),
+            referee_bonus: referrals.referee_bonus.to_string(),
+            referral_commission_rates: decimal_list(&referrals.commission_rates),
+            referral_settle_interval_ms: millis(referrals.settle_interval),
+            referral_settle_batch: referrals.settle_batch,
+        }
+    }
 }
 
 /// Accepts a decimal setting as a string or as a number: environment values
@@ -141,53 +374,96 @@ fn decimal_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Err
     })
 }
 
-/// Parses a non-negative decimal setting with at most 8 decimals.
-pub fn parse_decimal_setting(name: &str, value: &str) -> Result<Decimal, ConfigError> {
-    match value.trim().parse::<Decimal>() {
-        Ok(d) if d >= Decimal::ZERO && d.normalize().scale() <= 8 => Ok(d),
-        _ => Err(ConfigError::Invalid(format!(
-            "{name} must be a non-negative decimal with at most 8 decimals, got {value:?}"
-        ))),
-    }
+/// How an operator sets `key`: as a file key and as a variable.
+fn setting(key: &str) -> String {
+    format!("{key} (LEDGER_{})", key.to_ascii_uppercase())
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            listen: "0.0.0.0:3000".into(),
-            listen_reuse_port: false,
-            database_url: "sqlite://data/ledger.db".into(),
-            db_max_connections: 50,
-            db_min_connections: 0,
-            db_acquire_timeout_ms: 30_000,
-            db_wait_budget_ms: 250,
-            db_idle_timeout_ms: 10_000,
-            sqlite_busy_timeout_ms: 5_000,
-            retry_max_attempts: 3,
-            retry_initial_ms: 10,
-            retry_multiplier: 2.0,
-            retry_jitter: 0.5,
-            idempotency_ttl_secs: 86_400,
-            idempotency_lease_ms: 60_000,
-            idempotency_cleanup_interval_secs: 300,
-            demo_balance: "10000".into(),
-            jwt_secret: Secret::default(),
-            rate_limit_per_second: 100,
-            rate_limit_burst: 200,
-            max_body_bytes: 64 * 1024,
-            cors_allowed_origins: String::new(),
-            log_format: LogFormat::Text,
-            shutdown_drain_ms: 2_000,
-            shutdown_timeout_secs: 30,
-            trade_fee_rate: "0.001".into(),
-            max_leverage: 100,
-            trade_cooldown_ms: 0,
-            referrer_bonus: "10".into(),
-            referee_bonus: "0".into(),
-            referral_commission_rates: "0.20,0.05".into(),
-            referral_settle_interval_ms: 5_000,
-            referral_settle_batch: 500,
-        }
+fn parse_decimal(key: &str, value: &str) -> Result<Decimal, ConfigError> {
+    value.trim().parse::<Decimal>().map_err(|_| {
+        ConfigError::Invalid(format!(
+            "{} must be a decimal number such as 0.5, got {value:?}",
+            setting(key)
+        ))
+    })
+}
+
+/// Comma-separated decimals; empty items are skipped, so "" is no values.
+fn parse_decimal_list(key: &str, value: &str) -> Result<Vec<Decimal>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(|v| parse_decimal(key, v))
+        .collect()
+}
+
+/// Money and rates are stored in minor units at scale 8: a negative value or
+/// a finer one cannot be represented.
+fn check_amount(key: &str, value: Decimal) -> Result<(), ConfigError> {
+    if value < Decimal::ZERO || value.normalize().scale() > 8 {
+        return Err(ConfigError::Invalid(format!(
+            "{} must be a non-negative decimal with at most 8 decimals, got {value}",
+            setting(key)
+        )));
+    }
+    Ok(())
+}
+
+impl TryFrom<Settings> for Config {
+    type Error = ConfigError;
+
+    fn try_from(s: Settings) -> Result<Self, ConfigError> {
+        Ok(Self {
+            server: ServerConfig {
+                listen: s.listen,
+                reuse_port: s.listen_reuse_port,
+                max_body_bytes: s.max_body_bytes,
+                cors_allowed_origins: s.cors_allowed_origins,
+                log_format: s.log_format,
+                shutdown_drain: Duration::from_millis(s.shutdown_drain_ms),
+                shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
+                rate_limit_per_second: s.rate_limit_per_second,
+                rate_limit_burst: s.rate_limit_burst,
+                jwt_secret: s.jwt_secret,
+            },
+            database: DatabaseConfig {
+                url: s.database_url,
+                max_connections: s.db_max_connections,
+                min_connections: s.db_min_connections,
+                acquire_timeout: Duration::from_millis(s.db_acquire_timeout_ms),
+                wait_budget: Duration::from_millis(s.db_wait_budget_ms),
+                idle_timeout: Duration::from_millis(s.db_idle_timeout_ms),
+                sqlite_busy_timeout: Duration::from_millis(s.sqlite_busy_timeout_ms),
+            },
+            retry: RetryConfig {
+                max_attempts: s.retry_max_attempts,
+                initial: Duration::from_millis(s.retry_initial_ms),
+                multiplier: s.retry_multiplier,
+                jitter: s.retry_jitter,
+            },
+            idempotency: IdempotencyConfig {
+                ttl: Duration::from_secs(s.idempotency_ttl_secs),
+                cleanup_interval: Duration::from_secs(s.idempotency_cleanup_interval_secs),
+            },
+            trading: TradingConfig {
+                demo_balance: parse_decimal("demo_balance", &s.demo_balance)?,
+                fee_rate: parse_decimal("trade_fee_rate", &s.trade_fee_rate)?,
+                max_leverage: s.max_leverage,
+                cooldown: Duration::from_millis(s.trade_cooldown_ms),
+                min_notional: parse_decimal("trade_min_notional", &s.trade_min_notional)?,
+            },
+            referrals: ReferralConfig {
+                referrer_bonus: parse_decimal("referrer_bonus", &s.referrer_bonus)?,
+                referee_bonus: parse_decimal("referee_bonus", &s.referee_bonus)?,
+                commission_rates: parse_decimal_list(
+                    "referral_commission_rates",
+                    &s.referral_commission_rates,
+                )?,
+                settle_interval: Duration::from_millis(s.referral_settle_interval_ms),
+                settle_batch: s.referral_settle_batch,
+            },
+        })
     }
 }
 
@@ -209,106 +485,91 @@ impl Config {
     /// Defaults, then `LEDGER_CONFIG` (a TOML file) if set, then the
     /// environment. `DATABASE_URL` is honoured as well as `LEDGER_DATABASE_URL`.
     pub fn load() -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = Figment::new();
         if let Ok(path) = std::env::var("LEDGER_CONFIG") {
             figment = figment.merge(Toml::file_exact(path));
         }
-        let figment = figment
-            .merge(Env::raw().only(&["DATABASE_URL"]))
-            .merge(Env::prefixed("LEDGER_").ignore(&["CONFIG"]));
-        let config: Config = figment.extract().map_err(Box::new)?;
+        Self::from_figment(
+            figment
+                .merge(Env::raw().only(&["DATABASE_URL"]))
+                .merge(Env::prefixed("LEDGER_").ignore(&["CONFIG"])),
+        )
+    }
+
+    /// The flat document `figment` holds, as sections, validated.
+    fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        let config = Self::try_from(settings)?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Messages name the settings as operators spell them.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: &str| Err(ConfigError::Invalid(msg.to_string()));
-        if self.db_max_connections == 0 {
+        let Self {
+            server,
+            database,
+            retry,
+            idempotency,
+            trading,
+            referrals,
+        } = self;
+        if database.max_connections == 0 {
             return bad("db_max_connections must be at least 1");
         }
-        if self.db_min_connections > self.db_max_connections {
+        if database.min_connections > database.max_connections {
             return bad("db_min_connections must not exceed db_max_connections");
         }
-        if self.db_acquire_timeout_ms == 0 || self.db_wait_budget_ms == 0 {
+        if database.acquire_timeout.is_zero() || database.wait_budget.is_zero() {
             return bad("db_acquire_timeout_ms and db_wait_budget_ms must be positive");
         }
-        if self.retry_max_attempts == 0 {
+        if !database.is_sqlite() && !database.url.starts_with("postgres") {
+            return bad("database_url must start with sqlite:// or postgres://");
+        }
+        if retry.max_attempts == 0 {
             return bad("retry_max_attempts must be at least 1");
         }
-        if self.retry_multiplier.is_nan() || self.retry_multiplier < 1.0 {
+        if retry.multiplier.is_nan() || retry.multiplier < 1.0 {
             return bad("retry_multiplier must be at least 1");
         }
-        if !(0.0..=1.0).contains(&self.retry_jitter) {
+        if !(0.0..=1.0).contains(&retry.jitter) {
             return bad("retry_jitter must be within 0..=1");
         }
-        if self.idempotency_ttl_secs == 0 || self.idempotency_lease_ms == 0 {
-            return bad("idempotency_ttl_secs and idempotency_lease_ms must be positive");
+        if idempotency.ttl.is_zero() {
+            return bad("idempotency_ttl_secs must be positive");
         }
-        parse_decimal_setting("demo_balance", &self.demo_balance)?;
-        parse_decimal_setting("referrer_bonus", &self.referrer_bonus)?;
-        parse_decimal_setting("referee_bonus", &self.referee_bonus)?;
-        if parse_decimal_setting("trade_fee_rate", &self.trade_fee_rate)? > Decimal::ONE {
+        check_amount("demo_balance", trading.demo_balance)?;
+        check_amount("trade_fee_rate", trading.fee_rate)?;
+        check_amount("trade_min_notional", trading.min_notional)?;
+        check_amount("referrer_bonus", referrals.referrer_bonus)?;
+        check_amount("referee_bonus", referrals.referee_bonus)?;
+        for rate in &referrals.commission_rates {
+            check_amount("referral_commission_rates", *rate)?;
+        }
+        if trading.fee_rate > Decimal::ONE {
             return bad("trade_fee_rate must not exceed 1");
         }
-        let rates = self.commission_rates()?;
+        let rates = &referrals.commission_rates;
         if rates.len() > 10 || rates.iter().sum::<Decimal>() > Decimal::ONE {
             return bad("referral_commission_rates: at most 10 levels, summing to at most 1");
         }
-        if !(1..=100).contains(&self.max_leverage) {
+        if !(1..=100).contains(&trading.max_leverage) {
             return bad("max_leverage must be within 1..=100");
         }
-        if self.referral_settle_batch == 0 {
+        if referrals.settle_batch == 0 {
             return bad("referral_settle_batch must be at least 1");
         }
-        if self.max_body_bytes < 1024 {
+        if server.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");
         }
-        if self.rate_limit_per_second > 0 && self.rate_limit_burst == 0 {
+        if server.rate_limit_per_second > 0 && server.rate_limit_burst == 0 {
             return bad("rate_limit_burst must be positive when rate limiting is on");
         }
-        if !self.is_sqlite() && !self.database_url.starts_with("postgres") {
-            return bad("database_url must start with sqlite:// or postgres://");
-        }
-        if !self.jwt_secret.is_empty() && self.jwt_secret.expose().len() < 16 {
+        if !server.jwt_secret.is_empty() && server.jwt_secret.expose().len() < 16 {
             return bad("jwt_secret must be at least 16 characters");
         }
         Ok(())
-    }
-
-    /// The commission rate of each upline level, level 1 first. Empty turns
-    /// commissions off.
-    pub fn commission_rates(&self) -> Result<Vec<Decimal>, ConfigError> {
-        self.referral_commission_rates
-            .split(',')
-            .map(str::trim)
-            .filter(|r| !r.is_empty())
-            .map(|r| parse_decimal_setting("referral_commission_rates", r))
-            .collect()
-    }
-
-    pub fn is_sqlite(&self) -> bool {
-        self.database_url.starts_with("sqlite:")
-    }
-
-    /// The database file of a SQLite URL (`sqlite://data/ledger.db` -> `data/ledger.db`).
-    pub fn sqlite_path(&self) -> Option<PathBuf> {
-        let rest = self.database_url.strip_prefix("sqlite:")?;
-        let rest = rest.strip_prefix("//").unwrap_or(rest);
-        let path = rest.split('?').next().unwrap_or(rest);
-        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
-    }
-
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
-    }
-
-    pub fn wait_budget(&self) -> Duration {
-        Duration::from_millis(self.db_wait_budget_ms)
-    }
-
-    /// Seconds a client should wait before retrying after a 503.
-    pub fn retry_after_secs(&self) -> u64 {
-        1
     }
 
     /// Resolves the signing secret. When none is configured and the database
@@ -316,10 +577,10 @@ impl Config {
     /// `jwt-secret` beside the database file (mode 0600), so `ledger token`
     /// and `ledger serve` agree. PostgreSQL deployments must configure it.
     pub fn resolve_jwt_secret(&mut self) -> Result<Option<PathBuf>, ConfigError> {
-        if !self.jwt_secret.is_empty() {
+        if !self.server.jwt_secret.is_empty() {
             return Ok(None);
         }
-        let Some(db_path) = self.sqlite_path() else {
+        let Some(db_path) = self.database.sqlite_path() else {
             return Err(ConfigError::Invalid(
                 "LEDGER_JWT_SECRET must be set unless the database is a SQLite file".into(),
             ));
@@ -333,7 +594,7 @@ impl Config {
         if let Ok(existing) = std::fs::read_to_string(&path) {
             let existing = existing.trim();
             if existing.len() >= 16 {
-                self.jwt_secret = Secret::new(existing);
+                self.server.jwt_secret = Secret::new(existing);
                 return Ok(Some(path));
             }
         }
@@ -346,7 +607,7 @@ impl Config {
             bytes.iter().map(|b| format!("{b:02x}")).collect()
         };
         write_private(&path, &secret).map_err(io)?;
-        self.jwt_secret = Secret::new(secret);
+        self.server.jwt_secret = Secret::new(secret);
         Ok(Some(path))
     }
 }
@@ -365,55 +626,206 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
+// Jail's closures must return figment's own error type, which is large.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
+    use figment::Jail;
+    use figment::providers::Serialized;
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().unwrap()
+    }
+
+    /// `Config::load` in an environment holding only `vars`.
+    fn load_with(vars: &[(&str, &str)]) -> Result<Config, String> {
+        let mut result = None;
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            for (k, v) in vars {
+                jail.set_env(k, v);
+            }
+            result = Some(Config::load().map_err(|e| e.to_string()));
+            Ok(())
+        });
+        result.unwrap()
+    }
+
     #[test]
     fn defaults_are_valid_and_match_the_documented_values() {
-        let c = Config::default();
+        let c = load_with(&[]).unwrap();
+        assert_eq!(c, Config::default());
         c.validate().unwrap();
-        assert_eq!(c.listen, "0.0.0.0:3000");
-        assert_eq!(c.database_url, "sqlite://data/ledger.db");
-        assert_eq!((c.db_max_connections, c.db_min_connections), (50, 0));
+        assert_eq!(c.server.listen, "0.0.0.0:3000");
+        assert!(!c.server.reuse_port);
+        assert_eq!(c.server.max_body_bytes, 65_536);
+        assert_eq!(c.server.log_format, LogFormat::Text);
         assert_eq!(
-            (c.db_acquire_timeout_ms, c.db_idle_timeout_ms),
-            (30_000, 10_000)
-        );
-        assert_eq!((c.retry_max_attempts, c.retry_initial_ms), (3, 10));
-        assert_eq!(c.idempotency_ttl_secs, 86_400);
-        assert_eq!(c.demo_balance, "10000");
-        assert_eq!(c.trade_fee_rate, "0.001");
-        assert_eq!((c.max_leverage, c.trade_cooldown_ms), (100, 0));
-        assert_eq!(
-            (c.referrer_bonus.as_str(), c.referee_bonus.as_str()),
-            ("10", "0")
+            (c.server.rate_limit_per_second, c.server.rate_limit_burst),
+            (100, 200)
         );
         assert_eq!(
-            c.commission_rates().unwrap(),
-            vec![Decimal::new(20, 2), Decimal::new(5, 2)]
+            (c.server.shutdown_drain, c.server.shutdown_timeout),
+            (Duration::from_secs(2), Duration::from_secs(30))
         );
-        assert_eq!(c.referral_settle_interval_ms, 5_000);
+        assert!(c.server.jwt_secret.is_empty());
+        assert_eq!(c.database.url, "sqlite://data/ledger.db");
+        assert_eq!(
+            (c.database.max_connections, c.database.min_connections),
+            (50, 0)
+        );
+        assert_eq!(
+            (c.database.acquire_timeout, c.database.idle_timeout),
+            (Duration::from_secs(30), Duration::from_secs(10))
+        );
+        assert_eq!(c.database.sqlite_busy_timeout, Duration::from_secs(5));
+        assert_eq!(
+            (
+                c.retry.max_attempts,
+                c.retry.initial,
+                c.retry.multiplier,
+                c.retry.jitter
+            ),
+            (3, Duration::from_millis(10), 2.0, 0.5)
+        );
+        assert_eq!(c.idempotency.ttl, Duration::from_secs(86_400));
+        assert_eq!(c.idempotency.cleanup_interval, Duration::from_secs(300));
+        assert_eq!(c.trading.demo_balance, dec("10000"));
+        assert_eq!(c.trading.fee_rate, dec("0.001"));
+        assert_eq!(c.trading.min_notional, dec("0.01"));
+        assert_eq!(
+            (c.trading.max_leverage, c.trading.cooldown),
+            (100, Duration::ZERO)
+        );
+        assert_eq!(
+            (c.referrals.referrer_bonus, c.referrals.referee_bonus),
+            (dec("10"), dec("0"))
+        );
+        assert_eq!(c.referrals.commission_rates, vec![dec("0.20"), dec("0.05")]);
+        assert_eq!(c.referrals.settle_interval, Duration::from_secs(5));
+        assert_eq!(c.referrals.settle_batch, 500);
+    }
+
+    #[test]
+    fn the_documented_flat_variables_set_the_sectioned_fields() {
+        let c = load_with(&[
+            ("LEDGER_DB_MAX_CONNECTIONS", "7"),
+            ("DATABASE_URL", "postgres://h/db"),
+            ("LEDGER_LISTEN_REUSE_PORT", "true"),
+            ("LEDGER_SHUTDOWN_DRAIN_MS", "150"),
+            ("LEDGER_TRADE_FEE_RATE", "0.002"),
+            ("LEDGER_TRADE_MIN_NOTIONAL", "5"),
+            ("LEDGER_TRADE_COOLDOWN_MS", "250"),
+            ("LEDGER_REFERRAL_COMMISSION_RATES", "0.3,0.1"),
+            ("LEDGER_DEMO_BALANCE", "500"),
+            ("LEDGER_LOG_FORMAT", "json"),
+        ])
+        .unwrap();
+        assert_eq!(c.database.max_connections, 7);
+        assert_eq!(c.database.url, "postgres://h/db");
+        assert!(c.server.reuse_port);
+        assert_eq!(c.server.shutdown_drain, Duration::from_millis(150));
+        assert_eq!(c.server.log_format, LogFormat::Json);
+        assert_eq!(c.trading.fee_rate, dec("0.002"));
+        assert_eq!(c.trading.min_notional, dec("5"));
+        assert_eq!(c.trading.cooldown, Duration::from_millis(250));
+        assert_eq!(c.trading.demo_balance, dec("500"));
+        assert_eq!(c.referrals.commission_rates, vec![dec("0.3"), dec("0.1")]);
+        // LEDGER_DATABASE_URL is the same setting and wins over DATABASE_URL
+        let c = load_with(&[
+            ("DATABASE_URL", "postgres://h/one"),
+            ("LEDGER_DATABASE_URL", "postgres://h/two"),
+        ])
+        .unwrap();
+        assert_eq!(c.database.url, "postgres://h/two");
+    }
+
+    #[test]
+    fn the_file_uses_the_same_flat_keys_and_the_environment_overrides_it() {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file(
+                "ledger.toml",
+                "db_max_connections = 9\nreferee_bonus = \"2.5\"\ntrade_fee_rate = 0.01\n",
+            )?;
+            jail.set_env("LEDGER_CONFIG", "ledger.toml");
+            jail.set_env("LEDGER_DB_MAX_CONNECTIONS", "11");
+            let c = Config::load().unwrap();
+            assert_eq!(c.database.max_connections, 11);
+            assert_eq!(c.referrals.referee_bonus, dec("2.5"));
+            assert_eq!(c.trading.fee_rate, dec("0.01"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = load_with(&[("LEDGER_DB_MAX_CONECTIONS", "7")]).unwrap_err();
+        assert!(e.contains("db_max_conections"), "{e}");
+        // a section name is not a key
+        let e = load_with(&[("LEDGER_DATABASE", "x")]).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("ledger.toml", "[database]\nmax_connections = 9\n")?;
+            jail.set_env("LEDGER_CONFIG", "ledger.toml");
+            let e = Config::load().unwrap_err().to_string();
+            assert!(e.contains("unknown field"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_bad_decimal_is_refused_naming_its_setting() {
+        for (var, value, named) in [
+            (
+                "LEDGER_TRADE_FEE_RATE",
+                "abc",
+                "trade_fee_rate (LEDGER_TRADE_FEE_RATE)",
+            ),
+            (
+                "LEDGER_DEMO_BALANCE",
+                "10,5",
+                "demo_balance (LEDGER_DEMO_BALANCE)",
+            ),
+            ("LEDGER_TRADE_MIN_NOTIONAL", "-1", "trade_min_notional"),
+            ("LEDGER_REFERRER_BONUS", "0.000000001", "referrer_bonus"),
+            (
+                "LEDGER_REFERRAL_COMMISSION_RATES",
+                "0.1,x",
+                "referral_commission_rates",
+            ),
+        ] {
+            let e = load_with(&[(var, value)]).unwrap_err();
+            assert!(e.contains(named), "{var}={value}: {e}");
+        }
     }
 
     #[test]
     fn decimal_settings_may_arrive_as_numbers() {
-        let c: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Serialized::default("trade_fee_rate", 0.002))
-            .merge(Serialized::default("referrer_bonus", 25))
-            .merge(Serialized::default("referral_commission_rates", "0.3"))
-            .extract()
-            .unwrap();
-        assert_eq!(c.trade_fee_rate, "0.002");
-        assert_eq!(c.referrer_bonus, "25");
-        assert_eq!(c.commission_rates().unwrap(), vec![Decimal::new(3, 1)]);
+        let c = Config::from_figment(
+            Figment::new()
+                .merge(Serialized::default("trade_fee_rate", 0.002))
+                .merge(Serialized::default("referrer_bonus", 25))
+                .merge(Serialized::default("referral_commission_rates", "0.3")),
+        )
+        .unwrap();
+        assert_eq!(c.trading.fee_rate, dec("0.002"));
+        assert_eq!(c.referrals.referrer_bonus, dec("25"));
+        assert_eq!(c.referrals.commission_rates, vec![dec("0.3")]);
+        // an empty list turns commissions off
+        let c = Config::from_figment(
+            Figment::new().merge(Serialized::default("referral_commission_rates", "")),
+        )
+        .unwrap();
+        assert!(c.referrals.commission_rates.is_empty());
     }
 
     #[test]
     fn secret_is_redacted_in_debug_output() {
-        let c = Config {
-            jwt_secret: Secret::new("super-secret-value-123"),
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.server.jwt_secret = Secret::new("super-secret-value-123");
         let shown = format!("{c:?}");
         assert!(!shown.contains("super-secret-value-123"));
         assert!(shown.contains("<redacted>"));
@@ -421,102 +833,57 @@ mod tests {
 
     #[test]
     fn invalid_values_are_refused() {
-        let cases = [
-            Config {
-                db_max_connections: 0,
-                ..Config::default()
-            },
-            Config {
-                db_min_connections: 60,
-                ..Config::default()
-            },
-            Config {
-                retry_max_attempts: 0,
-                ..Config::default()
-            },
-            Config {
-                demo_balance: "-1".into(),
-                ..Config::default()
-            },
-            Config {
-                demo_balance: "1.123456789".into(),
-                ..Config::default()
-            },
-            Config {
-                trade_fee_rate: "1.5".into(),
-                ..Config::default()
-            },
-            Config {
-                referral_commission_rates: "0.7,0.4".into(),
-                ..Config::default()
-            },
-            Config {
-                referral_commission_rates: "0.1,x".into(),
-                ..Config::default()
-            },
-            Config {
-                max_leverage: 101,
-                ..Config::default()
-            },
-            Config {
-                referrer_bonus: "-5".into(),
-                ..Config::default()
-            },
-            Config {
-                database_url: "mysql://x".into(),
-                ..Config::default()
-            },
-            Config {
-                jwt_secret: Secret::new("short"),
-                ..Config::default()
-            },
+        let cases: [fn(&mut Config); 13] = [
+            |c| c.database.max_connections = 0,
+            |c| c.database.min_connections = 60,
+            |c| c.retry.max_attempts = 0,
+            |c| c.trading.demo_balance = dec("-1"),
+            |c| c.trading.demo_balance = dec("1.123456789"),
+            |c| c.trading.fee_rate = dec("1.5"),
+            |c| c.trading.min_notional = dec("-0.01"),
+            |c| c.referrals.commission_rates = vec![dec("0.7"), dec("0.4")],
+            |c| c.trading.max_leverage = 101,
+            |c| c.referrals.referrer_bonus = dec("-5"),
+            |c| c.database.url = "mysql://x".into(),
+            |c| c.server.jwt_secret = Secret::new("short"),
+            |c| c.referrals.settle_batch = 0,
         ];
-        for c in cases {
+        for tweak in cases {
+            let mut c = Config::default();
+            tweak(&mut c);
             assert!(c.validate().is_err(), "{c:?} should be invalid");
         }
     }
 
     #[test]
     fn sqlite_path_is_taken_from_the_url() {
-        let c = Config::default();
-        assert_eq!(c.sqlite_path(), Some(PathBuf::from("data/ledger.db")));
-        let c = Config {
-            database_url: "sqlite:///tmp/x.db?mode=rwc".into(),
-            ..Config::default()
-        };
-        assert_eq!(c.sqlite_path(), Some(PathBuf::from("/tmp/x.db")));
-        let c = Config {
-            database_url: "postgres://h/db".into(),
-            ..Config::default()
-        };
-        assert_eq!(c.sqlite_path(), None);
+        let mut db = DatabaseConfig::default();
+        assert_eq!(db.sqlite_path(), Some(PathBuf::from("data/ledger.db")));
+        db.url = "sqlite:///tmp/x.db?mode=rwc".into();
+        assert_eq!(db.sqlite_path(), Some(PathBuf::from("/tmp/x.db")));
+        db.url = "postgres://h/db".into();
+        assert_eq!(db.sqlite_path(), None);
     }
 
     #[test]
     fn a_generated_secret_is_kept_beside_the_database_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}/ledger.db", dir.path().display());
-        let mut first = Config {
-            database_url: url.clone(),
-            ..Config::default()
-        };
+        let mut first = Config::default();
+        first.database.url = url.clone();
         let path = first.resolve_jwt_secret().unwrap().unwrap();
         assert_eq!(path, dir.path().join("jwt-secret"));
-        let mut second = Config {
-            database_url: url,
-            ..Config::default()
-        };
+        let mut second = Config::default();
+        second.database.url = url;
         second.resolve_jwt_secret().unwrap();
-        assert_eq!(first.jwt_secret, second.jwt_secret);
-        assert_eq!(first.jwt_secret.expose().len(), 64);
+        assert_eq!(first.server.jwt_secret, second.server.jwt_secret);
+        assert_eq!(first.server.jwt_secret.expose().len(), 64);
     }
 
     #[test]
     fn postgres_without_a_secret_is_refused() {
-        let mut c = Config {
-            database_url: "postgres://h/db".into(),
-            ..Config::default()
-        };
+        let mut c = Config::default();
+        c.database.url = "postgres://h/db".into();
         assert!(c.resolve_jwt_secret().is_err());
     }
 }

@@ -14,7 +14,7 @@ use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynch
 use sea_orm::sqlx::{Postgres, Sqlite};
 use sea_orm::{DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector};
 
-use crate::config::Config;
+use crate::config::DatabaseConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -117,17 +117,17 @@ const PG_STATEMENT_TIMEOUT: &str = "30s";
 /// The pool settings both engines share. Every acquire, for a read or a
 /// write, waits at most the wait budget: a busy pool sheds load at once
 /// instead of queueing requests for seconds.
-fn pool_options<DB: sea_orm::sqlx::Database>(config: &Config) -> PoolOptions<DB> {
+fn pool_options<DB: sea_orm::sqlx::Database>(config: &DatabaseConfig) -> PoolOptions<DB> {
     PoolOptions::<DB>::new()
-        .max_connections(config.db_max_connections)
-        .min_connections(config.db_min_connections)
-        .acquire_timeout(config.wait_budget())
-        .idle_timeout(Duration::from_millis(config.db_idle_timeout_ms))
+        .max_connections(config.max_connections)
+        .min_connections(config.min_connections)
+        .acquire_timeout(config.wait_budget)
+        .idle_timeout(config.idle_timeout)
 }
 
 impl Database {
-    pub async fn connect(config: &Config) -> Result<Self, DbErr> {
-        let max = config.db_max_connections;
+    pub async fn connect(config: &DatabaseConfig) -> Result<Self, DbErr> {
+        let max = config.max_connections;
         let sqlx_err =
             |e: sea_orm::sqlx::Error| DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e.into()));
         if config.is_sqlite() {
@@ -138,12 +138,12 @@ impl Database {
                 std::fs::create_dir_all(dir)
                     .map_err(|e| DbErr::Custom(format!("cannot create {}: {e}", dir.display())))?;
             }
-            let options = SqliteConnectOptions::from_str(&config.database_url)
+            let options = SqliteConnectOptions::from_str(&config.url)
                 .map_err(sqlx_err)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_millis(config.sqlite_busy_timeout_ms))
+                .busy_timeout(config.sqlite_busy_timeout)
                 .foreign_keys(true);
             let pool = pool_options::<Sqlite>(config)
                 .connect_with(options)
@@ -155,10 +155,10 @@ impl Database {
                 max_connections: max,
                 // A file on local disk: there is nothing to lose contact with.
                 health: Arc::new(Health::new(None)),
-                startup_wait: config.acquire_timeout(),
+                startup_wait: config.acquire_timeout,
             })
         } else {
-            let options = PgConnectOptions::from_str(&config.database_url)
+            let options = PgConnectOptions::from_str(&config.url)
                 .map_err(sqlx_err)?
                 .application_name("ledger")
                 .options([
@@ -171,7 +171,7 @@ impl Database {
                 backend: Backend::Postgres,
                 max_connections: max,
                 health: Arc::new(Health::new(Some(ProbeTarget { options }))),
-                startup_wait: config.acquire_timeout(),
+                startup_wait: config.acquire_timeout,
             })
         }
     }

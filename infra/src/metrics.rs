@@ -8,7 +8,7 @@ use prometheus::{
 };
 
 pub struct Metrics {
-    pub registry: Registry,
+    registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_latency: HistogramVec,
     pub tx_attempts: IntCounterVec,
@@ -32,9 +32,6 @@ pub struct Metrics {
     /// connection within the wait budget) or `unavailable` (the database is
     /// known to be unreachable).
     pub shed: IntCounterVec,
-    /// This process's id, so a scraper behind a shared port (SO_REUSEPORT)
-    /// can tell instances apart.
-    pub process_id: IntGauge,
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -91,6 +88,8 @@ fn build() -> Result<Metrics, prometheus::Error> {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ]),
     )?;
+    // This process's id, so a scraper behind a shared port (SO_REUSEPORT)
+    // can tell instances apart; set once, so only the registry keeps it.
     let process_id = IntGauge::new("process_id", "Operating-system id of this process")?;
     let db_up = IntGauge::new("db_up", "1 while the database answers the health probe")?;
     let db_statements = IntCounter::new(
@@ -116,7 +115,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     process_id.set(i64::from(std::process::id()));
     registry.register(Box::new(pool_max.clone()))?;
     registry.register(Box::new(db_begin.clone()))?;
-    registry.register(Box::new(process_id.clone()))?;
+    registry.register(Box::new(process_id))?;
     Ok(Metrics {
         registry,
         http_requests,
@@ -133,7 +132,6 @@ fn build() -> Result<Metrics, prometheus::Error> {
         db_commits,
         db_up,
         shed,
-        process_id,
     })
 }
 

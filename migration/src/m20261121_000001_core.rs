@@ -2,6 +2,11 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::columns::{
+    bigint, bigint_zero, drop_tables, foreign_key, id, index, nullable_bigint, nullable_integer,
+    nullable_text, nullable_varchar, ts, uuid, varchar,
+};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -69,48 +74,6 @@ enum IdempotencyKeys {
     CreatedAt,
 }
 
-pub(crate) fn big(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .big_integer()
-        .not_null()
-        .default(0)
-        .to_owned()
-}
-
-pub(crate) fn id(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .big_integer()
-        .not_null()
-        .auto_increment()
-        .primary_key()
-        .to_owned()
-}
-
-pub(crate) async fn index<T: IntoIden, C: IntoIden>(
-    manager: &SchemaManager<'_>,
-    name: &str,
-    table: T,
-    cols: Vec<C>,
-    unique: bool,
-) -> Result<(), DbErr> {
-    let mut index = Index::create();
-    index.name(name).table(table);
-    for col in cols {
-        index.col(col);
-    }
-    if unique {
-        index.unique();
-    }
-    manager.create_index(index.to_owned()).await
-}
-
-pub(crate) fn ts(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .timestamp_with_time_zone()
-        .not_null()
-        .to_owned()
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -119,25 +82,16 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Users::Table)
                     .col(id(Users::Id))
-                    .col(ColumnDef::new(Users::Email).string_len(320).not_null())
-                    .col(
-                        ColumnDef::new(Users::AccountNumber)
-                            .string_len(32)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(Users::ReferralCode)
-                            .string_len(32)
-                            .not_null(),
-                    )
-                    .col(ColumnDef::new(Users::ReferrerId).big_integer().null())
+                    .col(varchar(Users::Email, 320))
+                    .col(varchar(Users::AccountNumber, 32))
+                    .col(varchar(Users::ReferralCode, 32))
+                    .col(nullable_bigint(Users::ReferrerId))
                     .col(ts(Users::CreatedAt))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_users_referrer")
-                            .from(Users::Table, Users::ReferrerId)
-                            .to(Users::Table, Users::Id),
-                    )
+                    .foreign_key(&mut foreign_key(
+                        "fk_users_referrer",
+                        (Users::Table, Users::ReferrerId),
+                        (Users::Table, Users::Id),
+                    ))
                     .check((
                         "ck_users_not_own_referrer",
                         Expr::col(Users::ReferrerId).ne(Expr::col(Users::Id)),
@@ -166,27 +120,21 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Wallets::Table)
                     .col(id(Wallets::Id))
-                    .col(ColumnDef::new(Wallets::UserId).big_integer().not_null())
-                    .col(ColumnDef::new(Wallets::Kind).string_len(8).not_null())
-                    .col(
-                        ColumnDef::new(Wallets::Currency)
-                            .string_len(3)
-                            .not_null()
-                            .default("USD"),
-                    )
-                    .col(big(Wallets::Balance))
-                    .col(big(Wallets::Margin))
-                    .col(big(Wallets::Profit))
-                    .col(big(Wallets::Version))
-                    .col(ColumnDef::new(Wallets::LastHash).string_len(64).not_null())
+                    .col(bigint(Wallets::UserId))
+                    .col(varchar(Wallets::Kind, 8))
+                    .col(varchar(Wallets::Currency, 3).default("USD"))
+                    .col(bigint_zero(Wallets::Balance))
+                    .col(bigint_zero(Wallets::Margin))
+                    .col(bigint_zero(Wallets::Profit))
+                    .col(bigint_zero(Wallets::Version))
+                    .col(varchar(Wallets::LastHash, 64))
                     .col(ts(Wallets::CreatedAt))
                     .col(ts(Wallets::UpdatedAt))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_wallets_user")
-                            .from(Wallets::Table, Wallets::UserId)
-                            .to(Users::Table, Users::Id),
-                    )
+                    .foreign_key(&mut foreign_key(
+                        "fk_wallets_user",
+                        (Wallets::Table, Wallets::UserId),
+                        (Users::Table, Users::Id),
+                    ))
                     .check((
                         "ck_wallets_kind",
                         Expr::col(Wallets::Kind).is_in(["live", "demo"]),
@@ -220,55 +168,26 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(JournalEntries::Table)
                     .col(id(JournalEntries::Id))
-                    .col(
-                        ColumnDef::new(JournalEntries::OperationId)
-                            .uuid()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(JournalEntries::WalletId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(JournalEntries::UserId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(JournalEntries::WalletKind)
-                            .string_len(8)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(JournalEntries::Kind)
-                            .string_len(32)
-                            .not_null(),
-                    )
-                    .col(big(JournalEntries::BalanceDelta))
-                    .col(big(JournalEntries::MarginDelta))
-                    .col(big(JournalEntries::ProfitDelta))
-                    .col(big(JournalEntries::BalanceAfter))
-                    .col(big(JournalEntries::MarginAfter))
-                    .col(big(JournalEntries::ProfitAfter))
-                    .col(
-                        ColumnDef::new(JournalEntries::Reference)
-                            .string_len(255)
-                            .null(),
-                    )
-                    .col(ColumnDef::new(JournalEntries::Metadata).text().null())
+                    .col(uuid(JournalEntries::OperationId))
+                    .col(bigint(JournalEntries::WalletId))
+                    .col(bigint(JournalEntries::UserId))
+                    .col(varchar(JournalEntries::WalletKind, 8))
+                    .col(varchar(JournalEntries::Kind, 32))
+                    .col(bigint_zero(JournalEntries::BalanceDelta))
+                    .col(bigint_zero(JournalEntries::MarginDelta))
+                    .col(bigint_zero(JournalEntries::ProfitDelta))
+                    .col(bigint_zero(JournalEntries::BalanceAfter))
+                    .col(bigint_zero(JournalEntries::MarginAfter))
+                    .col(bigint_zero(JournalEntries::ProfitAfter))
+                    .col(nullable_varchar(JournalEntries::Reference, 255))
+                    .col(nullable_text(JournalEntries::Metadata))
                     .col(ts(JournalEntries::CreatedAt))
-                    .col(
-                        ColumnDef::new(JournalEntries::Hash)
-                            .string_len(64)
-                            .not_null(),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_journal_wallet")
-                            .from(JournalEntries::Table, JournalEntries::WalletId)
-                            .to(Wallets::Table, Wallets::Id),
-                    )
+                    .col(varchar(JournalEntries::Hash, 64))
+                    .foreign_key(&mut foreign_key(
+                        "fk_journal_wallet",
+                        (JournalEntries::Table, JournalEntries::WalletId),
+                        (Wallets::Table, Wallets::Id),
+                    ))
                     .to_owned(),
             )
             .await?;
@@ -305,53 +224,16 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(IdempotencyKeys::Table)
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::Key)
-                            .string_len(64)
-                            .not_null()
-                            .primary_key(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::Principal)
-                            .string_len(300)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::Route)
-                            .string_len(200)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::RequestHash)
-                            .string_len(64)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::Status)
-                            .string_len(16)
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::ClaimToken)
-                            .uuid()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::ResponseStatus)
-                            .integer()
-                            .null(),
-                    )
-                    .col(ColumnDef::new(IdempotencyKeys::ResponseBody).text().null())
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::LockedUntilMs)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(IdempotencyKeys::ExpiresAtMs)
-                            .big_integer()
-                            .not_null(),
-                    )
+                    .col(varchar(IdempotencyKeys::Key, 64).primary_key())
+                    .col(varchar(IdempotencyKeys::Principal, 300))
+                    .col(varchar(IdempotencyKeys::Route, 200))
+                    .col(varchar(IdempotencyKeys::RequestHash, 64))
+                    .col(varchar(IdempotencyKeys::Status, 16))
+                    .col(uuid(IdempotencyKeys::ClaimToken))
+                    .col(nullable_integer(IdempotencyKeys::ResponseStatus))
+                    .col(nullable_text(IdempotencyKeys::ResponseBody))
+                    .col(bigint(IdempotencyKeys::LockedUntilMs))
+                    .col(bigint(IdempotencyKeys::ExpiresAtMs))
                     .col(ts(IdempotencyKeys::CreatedAt))
                     .check((
                         "ck_idempotency_status",
@@ -372,16 +254,15 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            IdempotencyKeys::Table.into_iden(),
-            JournalEntries::Table.into_iden(),
-            Wallets::Table.into_iden(),
-            Users::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
-        }
-        Ok(())
+        drop_tables(
+            manager,
+            [
+                IdempotencyKeys::Table.into_iden(),
+                JournalEntries::Table.into_iden(),
+                Wallets::Table.into_iden(),
+                Users::Table.into_iden(),
+            ],
+        )
+        .await
     }
 }

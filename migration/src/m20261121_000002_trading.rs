@@ -3,7 +3,10 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::m20261121_000001_core::{big, id, index, ts};
+use crate::columns::{
+    bigint, bigint_zero, drop_tables, foreign_key, id, index, integer, nullable_bigint,
+    nullable_ts, nullable_uuid, ts, uuid, varchar,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -89,20 +92,8 @@ enum TradeCooldowns {
     LastOrderMs,
 }
 
-fn nullable_big(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).big_integer().null().to_owned()
-}
-
-fn text(col: impl IntoIden, len: u32) -> ColumnDef {
-    ColumnDef::new(col).string_len(len).not_null().to_owned()
-}
-
 fn user_fk(name: &str, table: impl IntoIden, col: impl IntoIden) -> ForeignKeyCreateStatement {
-    ForeignKey::create()
-        .name(name)
-        .from(table, col)
-        .to(Users::Table, Users::Id)
-        .to_owned()
+    foreign_key(name, (table, col), (Users::Table, Users::Id))
 }
 
 #[async_trait::async_trait]
@@ -112,8 +103,8 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Prices::Table)
-                    .col(text(Prices::Symbol, 20).primary_key())
-                    .col(big(Prices::Price))
+                    .col(varchar(Prices::Symbol, 20).primary_key())
+                    .col(bigint_zero(Prices::Price))
                     .col(ts(Prices::UpdatedAt))
                     .check(("ck_prices_positive", Expr::col(Prices::Price).gt(0)))
                     .to_owned(),
@@ -125,38 +116,33 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(Orders::Table)
                     .col(id(Orders::Id))
-                    .col(ColumnDef::new(Orders::UserId).big_integer().not_null())
-                    .col(ColumnDef::new(Orders::WalletId).big_integer().not_null())
-                    .col(text(Orders::WalletKind, 8))
-                    .col(text(Orders::Symbol, 20))
-                    .col(text(Orders::Side, 4))
-                    .col(big(Orders::Quantity))
-                    .col(ColumnDef::new(Orders::Leverage).integer().not_null())
-                    .col(text(Orders::Status, 8))
-                    .col(big(Orders::OpenPrice))
-                    .col(nullable_big(Orders::ClosePrice))
-                    .col(big(Orders::Margin))
-                    .col(big(Orders::OpenFee))
-                    .col(nullable_big(Orders::CloseFee))
-                    .col(nullable_big(Orders::Pnl))
-                    .col(nullable_big(Orders::WrittenOff))
+                    .col(bigint(Orders::UserId))
+                    .col(bigint(Orders::WalletId))
+                    .col(varchar(Orders::WalletKind, 8))
+                    .col(varchar(Orders::Symbol, 20))
+                    .col(varchar(Orders::Side, 4))
+                    .col(bigint_zero(Orders::Quantity))
+                    .col(integer(Orders::Leverage))
+                    .col(varchar(Orders::Status, 8))
+                    .col(bigint_zero(Orders::OpenPrice))
+                    .col(nullable_bigint(Orders::ClosePrice))
+                    .col(bigint_zero(Orders::Margin))
+                    .col(bigint_zero(Orders::OpenFee))
+                    .col(nullable_bigint(Orders::CloseFee))
+                    .col(nullable_bigint(Orders::Pnl))
+                    .col(nullable_bigint(Orders::WrittenOff))
                     .col(ts(Orders::OpenedAt))
-                    .col(
-                        ColumnDef::new(Orders::ClosedAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
+                    .col(nullable_ts(Orders::ClosedAt))
                     .foreign_key(&mut user_fk(
                         "fk_orders_user",
                         Orders::Table,
                         Orders::UserId,
                     ))
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_orders_wallet")
-                            .from(Orders::Table, Orders::WalletId)
-                            .to(Wallets::Table, Wallets::Id),
-                    )
+                    .foreign_key(&mut foreign_key(
+                        "fk_orders_wallet",
+                        (Orders::Table, Orders::WalletId),
+                        (Wallets::Table, Wallets::Id),
+                    ))
                     .check((
                         "ck_orders_side",
                         Expr::col(Orders::Side).is_in(["buy", "sell"]),
@@ -196,48 +182,23 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(ReferralCommissions::Table)
                     .col(id(ReferralCommissions::Id))
-                    .col(
-                        ColumnDef::new(ReferralCommissions::OrderId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(text(ReferralCommissions::FeeKind, 8))
-                    .col(
-                        ColumnDef::new(ReferralCommissions::Level)
-                            .integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(ReferralCommissions::ReferrerId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(ReferralCommissions::RefereeId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(big(ReferralCommissions::Fee))
-                    .col(big(ReferralCommissions::Rate))
-                    .col(big(ReferralCommissions::Amount))
-                    .col(text(ReferralCommissions::Status, 8))
+                    .col(bigint(ReferralCommissions::OrderId))
+                    .col(varchar(ReferralCommissions::FeeKind, 8))
+                    .col(integer(ReferralCommissions::Level))
+                    .col(bigint(ReferralCommissions::ReferrerId))
+                    .col(bigint(ReferralCommissions::RefereeId))
+                    .col(bigint_zero(ReferralCommissions::Fee))
+                    .col(bigint_zero(ReferralCommissions::Rate))
+                    .col(bigint_zero(ReferralCommissions::Amount))
+                    .col(varchar(ReferralCommissions::Status, 8))
                     .col(ts(ReferralCommissions::CreatedAt))
-                    .col(
-                        ColumnDef::new(ReferralCommissions::SettledAt)
-                            .timestamp_with_time_zone()
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(ReferralCommissions::SettlementId)
-                            .uuid()
-                            .null(),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_commissions_order")
-                            .from(ReferralCommissions::Table, ReferralCommissions::OrderId)
-                            .to(Orders::Table, Orders::Id),
-                    )
+                    .col(nullable_ts(ReferralCommissions::SettledAt))
+                    .col(nullable_uuid(ReferralCommissions::SettlementId))
+                    .foreign_key(&mut foreign_key(
+                        "fk_commissions_order",
+                        (ReferralCommissions::Table, ReferralCommissions::OrderId),
+                        (Orders::Table, Orders::Id),
+                    ))
                     .foreign_key(&mut user_fk(
                         "fk_commissions_referrer",
                         ReferralCommissions::Table,
@@ -306,23 +267,11 @@ impl MigrationTrait for Migration {
                 Table::create()
                     .table(ReferralBonuses::Table)
                     .col(id(ReferralBonuses::Id))
-                    .col(
-                        ColumnDef::new(ReferralBonuses::RefereeId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(
-                        ColumnDef::new(ReferralBonuses::BeneficiaryId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(text(ReferralBonuses::Role, 8))
-                    .col(big(ReferralBonuses::Amount))
-                    .col(
-                        ColumnDef::new(ReferralBonuses::OperationId)
-                            .uuid()
-                            .not_null(),
-                    )
+                    .col(bigint(ReferralBonuses::RefereeId))
+                    .col(bigint(ReferralBonuses::BeneficiaryId))
+                    .col(varchar(ReferralBonuses::Role, 8))
+                    .col(bigint_zero(ReferralBonuses::Amount))
+                    .col(uuid(ReferralBonuses::OperationId))
                     .col(ts(ReferralBonuses::CreatedAt))
                     .foreign_key(&mut user_fk(
                         "fk_bonuses_referee",
@@ -367,17 +316,9 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(TradeCooldowns::Table)
-                    .col(
-                        ColumnDef::new(TradeCooldowns::UserId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(text(TradeCooldowns::Symbol, 20))
-                    .col(
-                        ColumnDef::new(TradeCooldowns::LastOrderMs)
-                            .big_integer()
-                            .not_null(),
-                    )
+                    .col(bigint(TradeCooldowns::UserId))
+                    .col(varchar(TradeCooldowns::Symbol, 20))
+                    .col(bigint(TradeCooldowns::LastOrderMs))
                     .primary_key(
                         Index::create()
                             .col(TradeCooldowns::UserId)
@@ -395,17 +336,16 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            TradeCooldowns::Table.into_iden(),
-            ReferralBonuses::Table.into_iden(),
-            ReferralCommissions::Table.into_iden(),
-            Orders::Table.into_iden(),
-            Prices::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
-        }
-        Ok(())
+        drop_tables(
+            manager,
+            [
+                TradeCooldowns::Table.into_iden(),
+                ReferralBonuses::Table.into_iden(),
+                ReferralCommissions::Table.into_iden(),
+                Orders::Table.into_iden(),
+                Prices::Table.into_iden(),
+            ],
+        )
+        .await
     }
 }

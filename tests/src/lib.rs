@@ -61,19 +61,9 @@ pub async fn create_pg_database() -> (String, String) {
     (name, url)
 }
 
-/// Drops a database made by `create_pg_database`, closing whatever is still
-/// connected to it.
-pub async fn drop_pg_database(name: &str) {
-    let admin = Database::connect(admin_url()).await.unwrap();
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    admin.close().await.unwrap();
-}
-
-/// A fresh PostgreSQL database that is dropped when this value is, also
-/// when a test fails half-way (for tests that manage their own servers).
+/// A fresh PostgreSQL database that is dropped when this value is — also
+/// when a test fails half-way and never reaches its clean-up, so failed runs
+/// leave nothing behind.
 pub struct PgDatabase {
     pub name: String,
     pub url: String,
@@ -86,22 +76,42 @@ impl PgDatabase {
     }
 }
 
+/// `Drop` cannot await, and the test's runtime may be the one unwinding
+/// (blocking on it would deadlock): the drop runs on a thread of its own with
+/// its own runtime, and waiting for it means the database is gone when the
+/// test ends. Never panics: a panic while unwinding aborts the test binary.
 impl Drop for PgDatabase {
-    /// `Drop` cannot await, and the test's runtime may be the one unwinding:
-    /// the drop runs on a thread with a runtime of its own.
     fn drop(&mut self) {
         let name = std::mem::take(&mut self.name);
         let dropped = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
+            let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map(|rt| rt.block_on(drop_pg_database(&name)))
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), drop_database(&name))
+                    .await
+                    .map_err(|_| format!("dropping {name} timed out"))?
+                    .map_err(|e| format!("dropping {name}: {e}"))
+            })
         })
         .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!("could not drop a test database");
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("test database left behind: {e}"),
+            Err(_) => eprintln!("test database left behind: the dropping thread panicked"),
         }
     }
+}
+
+/// Drops a test database, closing the connections the app still holds.
+async fn drop_database(name: &str) -> Result<(), sea_orm::DbErr> {
+    let admin = Database::connect(admin_url()).await?;
+    let dropped = admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await;
+    admin.close().await?;
+    dropped.map(|_| ())
 }
 
 /// A token signed with `SECRET`, valid for an hour.
@@ -191,7 +201,7 @@ pub struct TestApp {
     pub state: Arc<AppState>,
     pub database_url: String,
     server: Option<Server>,
-    pg_database: Option<String>,
+    pg_database: Option<PgDatabase>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -212,24 +222,23 @@ impl TestApp {
                 url
             }
             Engine::Postgres => {
-                let (name, url) = create_pg_database().await;
-                pg_database = Some(name);
+                let db = PgDatabase::create().await;
+                let url = db.url.clone();
+                pg_database = Some(db);
                 url
             }
         };
-        let mut config = Config {
-            listen: "127.0.0.1:0".into(),
-            database_url: database_url.clone(),
-            db_max_connections: 20,
-            // These tests fire bursts of concurrent requests and check the
-            // books, not shedding: they wait for a connection as long as a
-            // patient client would retry. Shedding has tests of its own.
-            db_wait_budget_ms: 30_000,
-            jwt_secret: Secret::new(SECRET),
-            rate_limit_per_second: 0,
-            shutdown_drain_ms: 0,
-            ..Config::default()
-        };
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".into();
+        config.database.url = database_url.clone();
+        config.database.max_connections = 20;
+        // These tests fire bursts of concurrent requests and check the books,
+        // not shedding: they wait for a connection as long as a patient
+        // client would retry. Shedding has tests of its own.
+        config.database.wait_budget = Duration::from_secs(30);
+        config.server.jwt_secret = Secret::new(SECRET);
+        config.server.rate_limit_per_second = 0;
+        config.server.shutdown_drain = Duration::ZERO;
         tweak(&mut config);
         config.validate().unwrap();
         Self::start(engine, config, dir, pg_database).await
@@ -237,19 +246,16 @@ impl TestApp {
 
     /// A second server on the same database (two processes behind one balancer).
     pub async fn sibling(&self) -> TestApp {
-        let config = Config {
-            ..self.state.config.clone()
-        };
-        Self::start(self.engine, config, None, None).await
+        Self::start(self.engine, self.state.config.clone(), None, None).await
     }
 
     async fn start(
         engine: Engine,
         config: Config,
         dir: Option<tempfile::TempDir>,
-        pg_database: Option<String>,
+        pg_database: Option<PgDatabase>,
     ) -> Self {
-        let database_url = config.database_url.clone();
+        let database_url = config.database.url.clone();
         let state = app::prepare(config).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = app::start(Arc::clone(&state), listener).await.unwrap();
@@ -273,7 +279,7 @@ impl TestApp {
 
     /// The PostgreSQL database of this test, if any.
     pub fn pg_database(&self) -> Option<&str> {
-        self.pg_database.as_deref()
+        self.pg_database.as_ref().map(|db| db.name.as_str())
     }
 
     pub fn token(&self, sub: &str, role: Role) -> String {
@@ -476,11 +482,16 @@ impl TestApp {
         kinds
     }
 
+    /// What `ledger reconcile` reports for this test's database.
+    pub async fn reconcile(&self) -> domain::ledger::reconcile::Report {
+        domain::ledger::reconcile::check_all(&self.state.ledger.db.conn)
+            .await
+            .unwrap()
+    }
+
     /// Balances equal journal sums and hash chains verify, for every wallet.
     pub async fn assert_books_balance(&self) -> domain::ledger::reconcile::Report {
-        let report = domain::ledger::reconcile::check_all(&self.state.ledger.db.conn)
-            .await
-            .unwrap();
+        let report = self.reconcile().await;
         assert!(
             report.is_clean(),
             "reconciliation failed: {:?}",
@@ -500,9 +511,8 @@ impl TestApp {
         if let Some(server) = self.server.take() {
             server.shutdown(Duration::ZERO).await;
         }
-        if let Some(name) = self.pg_database.take() {
-            drop_pg_database(&name).await;
-        }
+        // dropping it drops the database
+        self.pg_database.take();
     }
 }
 
@@ -561,6 +571,40 @@ macro_rules! both_engines {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Whether PostgreSQL knows a database of this name.
+    async fn database_exists(name: &str) -> bool {
+        let admin = Database::connect(admin_url()).await.unwrap();
+        let row = admin
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT count(*) AS n FROM pg_database WHERE datname = $1",
+                [name.into()],
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        admin.close().await.unwrap();
+        row.try_get::<i64>("", "n").unwrap() == 1
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_test_that_panics_still_drops_its_database() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let failed = tokio::spawn(async move {
+            let app = TestApp::spawn(Engine::Postgres).await;
+            let name = app.pg_database().unwrap().to_owned();
+            assert!(database_exists(&name).await);
+            tx.send(name).unwrap();
+            panic!("a failing test: its database must be dropped all the same");
+        })
+        .await;
+        assert!(failed.unwrap_err().is_panic());
+        let name = rx.await.unwrap();
+        assert!(!database_exists(&name).await, "{name} was left behind");
+    }
+
     #[test]
     fn database_url_swaps_the_database_name() {
         assert_eq!(

@@ -25,7 +25,9 @@ impl OrdersApi {
     /// is held and the fee `quantity*price*fee_rate` charged, both checked
     /// against the free margin (`balance - margin`); referral commissions on
     /// the fee accrue (live wallets). Derived amounts round half to even to 8
-    /// decimals. 422 `insufficient_margin`, 422 `no_price`, 429
+    /// decimals. 422 `notional_too_small` when `quantity*price` is below the
+    /// configured minimum or the margin or fee would round to zero, 422
+    /// `insufficient_margin`, 422 `no_price`, 429
     /// `cooldown_active` (with Retry-After, not stored under the key: retry
     /// after the cooldown with the same key). Roles: the user itself, admin.
     /// Requires `Idempotency-Key`.

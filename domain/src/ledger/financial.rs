@@ -355,9 +355,9 @@ mod tests {
     async fn one_wallet() -> (tempfile::TempDir, infra::Database, wallet::Model) {
         use sea_orm::{ActiveModelTrait, Set};
         let dir = tempfile::tempdir().unwrap();
-        let config = infra::Config {
-            database_url: format!("sqlite://{}/f.db", dir.path().display()),
-            ..infra::Config::default()
+        let config = infra::config::DatabaseConfig {
+            url: format!("sqlite://{}/f.db", dir.path().display()),
+            ..Default::default()
         };
         let db = infra::Database::connect(&config).await.unwrap();
         db.migrate().await.unwrap();

@@ -1,9 +1,17 @@
 //! Reconciliation: for every wallet, balance, margin and profit equal the
 //! sums of its journal deltas, every entry's values-after follow from the one
 //! before, and the hash chain verifies up to the wallet's `last_hash`.
+//!
+//! The whole check reads one snapshot: wallets and journals are read by many
+//! queries, and a deposit committed between reading a wallet and reading its
+//! journal would otherwise look like a journal that sums to more than the
+//! wallet holds.
 
 use infra::entities::{journal_entry, wallet};
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    IsolationLevel, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
 
 use crate::error::DomainResult;
 use crate::ledger::journal::{GENESIS_HASH, chain_hash};
@@ -88,7 +96,27 @@ pub async fn check_wallet<C: ConnectionTrait>(
     Ok((count, problems))
 }
 
-pub async fn check_all<C: ConnectionTrait>(conn: &C) -> DomainResult<Report> {
+/// Checks every wallet, in one read-only transaction: on PostgreSQL
+/// `REPEATABLE READ` (one snapshot for every statement); on SQLite a read
+/// transaction, which in WAL mode keeps the snapshot of its first read until
+/// it ends. Writers are never blocked.
+pub async fn check_all(conn: &DatabaseConnection) -> DomainResult<Report> {
+    let txn = match conn.get_database_backend() {
+        DbBackend::Postgres => {
+            conn.begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await?
+        }
+        _ => conn.begin().await?,
+    };
+    let report = check_every_wallet(&txn).await?;
+    txn.commit().await?;
+    Ok(report)
+}
+
+async fn check_every_wallet<C: ConnectionTrait>(conn: &C) -> DomainResult<Report> {
     let mut report = Report::default();
     let mut after_id = 0i64;
     loop {

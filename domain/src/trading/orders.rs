@@ -117,11 +117,9 @@ impl Command for OpenOrder {
             if rules.cooldown_ms > 0 {
                 check_cooldown(txn, cmd.user_id, &cmd.symbol, rules.cooldown_ms).await?;
             }
-            let cost = trading::check_affordable(
-                w.balance,
-                w.margin,
-                trading::open_cost(cmd.quantity, price, cmd.leverage.get(), rules.fee_rate),
-            )?;
+            let cost = trading::open_cost(cmd.quantity, price, cmd.leverage.get(), rules.fee_rate);
+            trading::check_notional(cmd.quantity, price, cost, rules)?;
+            let cost = trading::check_affordable(w.balance, w.margin, cost)?;
             let row = order::Entity::insert(order::ActiveModel {
                 user_id: Set(cmd.user_id),
                 wallet_id: Set(w.id),

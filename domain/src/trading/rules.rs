@@ -8,9 +8,15 @@
 //! - margin = quantity × price / leverage
 //! - fee    = quantity × price × fee_rate
 //! - P&L    = (close − open) × quantity for a buy, (open − close) × quantity for a sell
+//!
+//! An order whose notional value is below the configured minimum, or whose
+//! margin or fee rounds to zero, is refused: it would hold no margin or pay no
+//! fee, so it could only win.
 
 use crate::error::{DomainError, DomainResult};
-use crate::money::{Amount, Rate, UNIT, div_round, format_units};
+use rust_decimal::Decimal;
+
+use crate::money::{Amount, Rate, SCALE, UNIT, div_round, format_units};
 
 /// A price-feed symbol: 2 to 20 capital letters or digits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -66,6 +72,8 @@ pub struct TradingRules {
     pub max_leverage: u32,
     /// 0: no cooldown.
     pub cooldown_ms: u64,
+    /// Smallest notional value (`quantity * price`) of an order, minor units.
+    pub min_notional: i64,
 }
 
 impl TradingRules {
@@ -131,6 +139,32 @@ pub fn open_cost(quantity: Amount, price: i64, leverage: u32, rate: Rate) -> Opt
         margin: i64::try_from(margin).ok()?,
         fee: fee(quantity, price, rate)?,
     })
+}
+
+/// Refuses an order too small to carry a cost: its notional value must reach
+/// the minimum, its margin must not round to zero, nor its fee unless the fee
+/// rate itself is zero. `cost: None` (too large to afford) passes: it is
+/// refused by [`check_affordable`].
+pub fn check_notional(
+    quantity: Amount,
+    price: i64,
+    cost: Option<OpenCost>,
+    rules: &TradingRules,
+) -> DomainResult<()> {
+    let value = notional(quantity.units(), price);
+    let below_minimum = value < i128::from(rules.min_notional) * UNIT;
+    let rounds_to_zero =
+        cost.is_some_and(|c| c.margin == 0 || (c.fee == 0 && rules.fee_rate.units() > 0));
+    if below_minimum || rounds_to_zero {
+        // exact, at scale 16: a value that rounds to 0 at scale 8 is not shown as 0
+        let shown = Decimal::try_from_i128_with_scale(value, 2 * SCALE)
+            .map_or_else(|_| value.to_string(), |d| d.normalize().to_string());
+        return Err(DomainError::NotionalTooSmall {
+            notional: shown,
+            minimum: format_units(rules.min_notional),
+        });
+    }
+    Ok(())
 }
 
 /// Refuses an order whose margin plus fee exceeds the wallet's free margin.
@@ -257,6 +291,7 @@ mod tests {
             fee_rate: rate("0.001"),
             max_leverage: 100,
             cooldown_ms: 0,
+            min_notional: 0,
         };
         assert!(rules.leverage(1).is_ok());
         assert!(rules.leverage(100).is_ok());
@@ -290,6 +325,74 @@ mod tests {
             check_affordable(units("100"), 0, None),
             Err(DomainError::InsufficientMargin { .. })
         ));
+    }
+
+    fn rules(fee_rate: &str, min_notional: &str) -> TradingRules {
+        TradingRules {
+            fee_rate: rate(fee_rate),
+            max_leverage: 100,
+            cooldown_ms: 0,
+            min_notional: crate::money::to_units(Decimal::from_str(min_notional).unwrap()).unwrap(),
+        }
+    }
+
+    /// `check_notional` for `quantity` at `price` and `leverage`.
+    fn notional_check(
+        rules: &TradingRules,
+        quantity: &str,
+        price: &str,
+        leverage: u32,
+    ) -> DomainResult<()> {
+        let (quantity, price) = (amount(quantity), units(price));
+        let cost = open_cost(quantity, price, leverage, rules.fee_rate);
+        check_notional(quantity, price, cost, rules)
+    }
+
+    #[test]
+    fn orders_below_the_minimum_notional_are_refused_naming_it() {
+        let r = rules("0.001", "1");
+        // 0.1 at 10 is exactly the minimum
+        assert!(notional_check(&r, "0.1", "10", 100).is_ok());
+        match notional_check(&r, "0.09999999", "10", 1) {
+            Err(DomainError::NotionalTooSmall { notional, minimum }) => {
+                assert_eq!((notional.as_str(), minimum.as_str()), ("0.9999999", "1"));
+            }
+            other => panic!("expected notional_too_small, got {other:?}"),
+        }
+        // the value is shown exactly, even where 8 decimals would show 0
+        match notional_check(&r, "0.00000001", "0.1", 100) {
+            Err(DomainError::NotionalTooSmall { notional, .. }) => {
+                assert_eq!(notional, "0.000000001");
+            }
+            other => panic!("expected notional_too_small, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn orders_whose_margin_or_fee_rounds_to_zero_are_refused_without_a_minimum() {
+        let r = rules("0.001", "0");
+        // 0.00000001 at 1, leverage 100: margin and fee both round to 0, it
+        // would open for free
+        let cost = open_cost(amount("0.00000001"), units("1"), 100, r.fee_rate).unwrap();
+        assert_eq!((cost.margin, cost.fee), (0, 0));
+        assert!(matches!(
+            notional_check(&r, "0.00000001", "1", 100),
+            Err(DomainError::NotionalTooSmall { .. })
+        ));
+        // margin 0.00000005, fee 0.000000005 -> 0: still refused
+        assert!(matches!(
+            notional_check(&r, "0.000005", "1", 100),
+            Err(DomainError::NotionalTooSmall { .. })
+        ));
+        // fee 0.00000002, margin 0.00000015: accepted
+        assert!(notional_check(&r, "0.000015", "1", 100).is_ok());
+        // with a zero fee rate a zero fee is the rule, not a rounding loss
+        let free = rules("0", "0");
+        assert!(notional_check(&free, "0.000015", "1", 100).is_ok());
+        assert!(notional_check(&free, "0.00000001", "1", 100).is_err());
+        // too large to compute is left to the affordability check
+        let max = Amount::from_units(i64::MAX).unwrap();
+        assert!(check_notional(max, i64::MAX, None, &r).is_ok());
     }
 
     #[test]

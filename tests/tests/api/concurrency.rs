@@ -2,6 +2,8 @@
 //! PostgreSQL runs the counts of the contract; SQLite, whose writers
 //! serialize, the same invariants at lower counts.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use futures::future::join_all;
 use serde_json::json;
 use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, fresh_key, scale};
@@ -146,3 +148,57 @@ both_engines!(
     crossing_transfers_conserve_the_sum,
     one_key_many_requests_execute_once
 );
+
+/// Invariant: reconciliation run while deposits commit finds no discrepancy.
+/// Read outside one snapshot, a deposit committed between reading a wallet
+/// and reading its journal shows up as a journal that sums to more than the
+/// wallet holds: a false alarm. PostgreSQL only: it is where writers and the
+/// reader truly run at the same time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconciliation_during_deposits_reads_one_snapshot() {
+    const ROUNDS: usize = 30;
+    let app = TestApp::spawn(Engine::Postgres).await;
+    let emails: Vec<String> = (0..10).map(|i| format!("snap{i}@x.io")).collect();
+    let users = join_all(emails.iter().map(|e| app.create_user(e))).await;
+    let done = AtomicBool::new(false);
+    let deposits = AtomicUsize::new(0);
+    let writers = join_all(users.iter().map(|&u| {
+        let (app, done, deposits) = (&app, &done, &deposits);
+        async move {
+            while !done.load(Ordering::SeqCst) {
+                app.deposit(u, "0.01", "live").await.expect(200);
+                deposits.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }));
+    let checks = async {
+        // start once the writers are under way, so every round overlaps them
+        while deposits.load(Ordering::SeqCst) < users.len() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let before = deposits.load(Ordering::SeqCst);
+        let mut unclean = Vec::new();
+        for round in 0..ROUNDS {
+            let report = app.reconcile().await;
+            if !report.is_clean() {
+                unclean.push((round, report.discrepancies));
+            }
+        }
+        let during = deposits.load(Ordering::SeqCst) - before;
+        done.store(true, Ordering::SeqCst);
+        (unclean, during)
+    };
+    let ((unclean, during), _) = tokio::join!(checks, writers);
+    assert!(
+        during >= ROUNDS,
+        "only {during} deposits committed during {ROUNDS} reconciliations: they did not overlap"
+    );
+    assert!(
+        unclean.is_empty(),
+        "{} of {ROUNDS} reconciliations reported discrepancies, first: {:?}",
+        unclean.len(),
+        unclean.first()
+    );
+    app.assert_books_balance().await;
+    app.stop().await;
+}

@@ -108,8 +108,8 @@ async fn oversized_bodies_are_refused(engine: Engine) {
 
 async fn rate_limit_per_principal(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| {
-        c.rate_limit_per_second = 1;
-        c.rate_limit_burst = 3;
+        c.server.rate_limit_per_second = 1;
+        c.server.rate_limit_burst = 3;
     })
     .await;
     let token = app.admin();
@@ -163,7 +163,10 @@ both_engines!(
 /// is not stored, so the same key works once the database is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn postgres_outage_gives_503_and_recovers() {
-    let app = TestApp::spawn_with(Engine::Postgres, |c| c.db_acquire_timeout_ms = 1_500).await;
+    let app = TestApp::spawn_with(Engine::Postgres, |c| {
+        c.database.acquire_timeout = Duration::from_millis(1_500)
+    })
+    .await;
     let u = app.create_user("outage@x.io").await;
     app.deposit(u, "1", "live").await.expect(200);
     let name = app.pg_database().unwrap().to_owned();
@@ -227,7 +230,7 @@ async fn postgres_outage_gives_503_and_recovers() {
 
 async fn cors_allows_configured_origins(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| {
-        c.cors_allowed_origins = "https://app.example".into()
+        c.server.cors_allowed_origins = "https://app.example".into()
     })
     .await;
     let preflight = app

@@ -1,9 +1,11 @@
 //! Contract of referrals: signup bonuses, commissions on fees, settlement,
 //! statistics.
 
+use std::time::Duration;
+
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines, fresh_key};
+use tests::{Engine, TestApp, both_engines, dec, fresh_key};
 
 const SETTLE: &str = "/api/v1/referrals/settle";
 
@@ -27,8 +29,8 @@ async fn stats(app: &TestApp, u: i64) -> serde_json::Value {
 async fn spawn(engine: Engine, referee_bonus: &str) -> TestApp {
     let bonus = referee_bonus.to_owned();
     TestApp::spawn_with(engine, move |c| {
-        c.referral_settle_interval_ms = 0;
-        c.referee_bonus = bonus;
+        c.referrals.settle_interval = Duration::ZERO;
+        c.referrals.referee_bonus = dec(&bonus);
     })
     .await
 }
@@ -204,7 +206,10 @@ async fn referral_routes_check_roles_and_input(engine: Engine) {
 }
 
 async fn the_settlement_job_credits_pending_commissions(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.referral_settle_interval_ms = 100).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.referrals.settle_interval = Duration::from_millis(100)
+    })
+    .await;
     let a = app.signup("job-a@x.io", None).await;
     let aid = a["id"].as_i64().unwrap();
     let b = app.signup("job-b@x.io", a["referral_code"].as_str()).await;
@@ -234,8 +239,8 @@ async fn the_settlement_job_credits_pending_commissions(engine: Engine) {
 /// not followed past the trader itself.
 async fn a_user_is_never_its_own_upline(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| {
-        c.referral_settle_interval_ms = 0;
-        c.referral_commission_rates = "0.2,0.1,0.05".into();
+        c.referrals.settle_interval = Duration::ZERO;
+        c.referrals.commission_rates = vec![dec("0.2"), dec("0.1"), dec("0.05")];
     })
     .await;
     let a = app.signup("cy-a@x.io", None).await;

@@ -1,8 +1,10 @@
 //! Contract of the Prices and Orders routes: statuses, codes, bodies, roles,
 //! validation, and the journal each order leaves.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
-use tests::{Engine, TestApp, both_engines, dec_of, fresh_key};
+use tests::{Engine, TestApp, both_engines, dec, dec_of, fresh_key};
 
 const ORDERS: &str = "/api/v1/orders";
 
@@ -208,8 +210,64 @@ async fn order_refusals_change_nothing(engine: Engine) {
     app.stop().await;
 }
 
+/// An order below the minimum notional value, or whose margin or fee would
+/// round to zero, would hold nothing and pay nothing and could only win: it is
+/// refused before it touches the wallet, and the refusal is the final answer
+/// for its key.
+async fn orders_below_the_minimum_notional_change_nothing(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.trading.min_notional = dec("1")).await;
+    let u = app.funded_user("tiny@x.io", "100").await;
+    app.set_price("BTCUSD", "50").await.expect(200);
+    let before = app.wallet(u, "live").await;
+    let journal_before = app.journal_kinds(u, "live").await;
+    // margin 0.000000005 and fee 0.0000000005 would both round to 0
+    let key = fresh_key();
+    let tiny = order_body(u, "BTCUSD", "0.00000001", 100);
+    let r = app
+        .post(ORDERS, &app.user(u), Some(&key), tiny.clone())
+        .await;
+    r.problem(422, "notional_too_small");
+    assert_eq!(
+        r.body["detail"],
+        "order value (quantity × price) 0.0000005 is too small: the minimum is 1, \
+         and its margin and fee must not round to zero"
+    );
+    let replay = app.post(ORDERS, &app.user(u), Some(&key), tiny).await;
+    replay.problem(422, "notional_too_small");
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    // just below the minimum: 0.0199 * 50 = 0.995, although margin and fee
+    // would not round to zero
+    let r = app
+        .open_order(u, ("BTCUSD", "buy", "0.0199", 1, "live"))
+        .await;
+    r.problem(422, "notional_too_small");
+    assert!(
+        r.body["detail"].as_str().unwrap().contains(" 0.995 "),
+        "{}",
+        r.text
+    );
+    // nothing changed: balance, margin, no order, no journal entry
+    assert_eq!(app.wallet(u, "live").await, before);
+    assert_eq!(app.journal_kinds(u, "live").await, journal_before);
+    let list = app
+        .get(&format!("/api/v1/users/{u}/orders"), Some(&app.user(u)))
+        .await;
+    assert_eq!(list.body["items"], json!([]));
+    // at the minimum the order opens
+    let r = app
+        .open_order(u, ("BTCUSD", "buy", "0.02", 1, "live"))
+        .await;
+    r.expect(201);
+    assert_eq!(
+        (&r.body["margin"], &r.body["open_fee"]),
+        (&json!("1"), &json!("0.001"))
+    );
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
 async fn max_leverage_is_configurable(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.max_leverage = 20).await;
+    let app = TestApp::spawn_with(engine, |c| c.trading.max_leverage = 20).await;
     let u = app.funded_user("lev@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 21, "live"))
@@ -432,7 +490,10 @@ async fn order_reads(engine: Engine) {
 }
 
 async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 60_000).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.trading.cooldown = Duration::from_millis(60_000)
+    })
+    .await;
     let u = app.funded_user("cool@x.io", "1000").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.set_price("ETHUSD", "10").await.expect(200);
@@ -473,7 +534,10 @@ async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
 }
 
 async fn cooldown_passes_after_the_window(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 2_000).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.trading.cooldown = Duration::from_millis(2_000)
+    })
+    .await;
     let u = app.funded_user("later@x.io", "100").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
@@ -493,6 +557,7 @@ both_engines!(
     prices_contract,
     open_order_contract,
     order_refusals_change_nothing,
+    orders_below_the_minimum_notional_change_nothing,
     max_leverage_is_configurable,
     close_order_contract,
     a_loss_beyond_the_balance_is_written_off,

@@ -2,6 +2,8 @@
 //! invariant. PostgreSQL runs the counts of the contract; SQLite, whose
 //! writers serialize, the same invariants at lower counts.
 
+use std::time::Duration;
+
 use futures::future::join_all;
 use rust_decimal::Decimal;
 use serde_json::json;
@@ -79,7 +81,10 @@ async fn concurrent_opens_never_exceed_free_margin(engine: Engine) {
 /// plus 20 % of every fee its referees paid.
 async fn many_referees_trade_while_commissions_settle(engine: Engine) {
     let n = scale(engine, 200, 20);
-    let app = TestApp::spawn_with(engine, |c| c.referral_settle_interval_ms = 200).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.referrals.settle_interval = Duration::from_millis(200)
+    })
+    .await;
     let referrer = app.signup("hub@x.io", None).await;
     let rid = referrer["id"].as_i64().unwrap();
     let code = referrer["referral_code"].as_str().unwrap().to_owned();
@@ -175,7 +180,10 @@ async fn many_referees_trade_while_commissions_settle(engine: Engine) {
 /// opens, the rest get 429 `cooldown_active`.
 async fn cooldown_holds_across_two_instances(engine: Engine) {
     let n = scale(engine, 20, 10);
-    let app = TestApp::spawn_with(engine, |c| c.trade_cooldown_ms = 30_000).await;
+    let app = TestApp::spawn_with(engine, |c| {
+        c.trading.cooldown = Duration::from_millis(30_000)
+    })
+    .await;
     let sibling = app.sibling().await;
     let u = app.funded_user("twice@x.io", "1000").await;
     app.set_price("BTCUSD", "10").await.expect(200);
