@@ -6,6 +6,7 @@ use std::fmt;
 
 use domain::DomainError;
 use domain::idempotency::StoredResponse;
+use domain::money::format_units;
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
@@ -149,9 +150,19 @@ impl From<&DomainError> for ApiError {
         match e {
             DomainError::Invalid { .. } => Self::invalid(e.to_string()),
             DomainError::NotFound(what) => Self::not_found(what),
-            DomainError::InsufficientFunds { .. } => {
-                unprocessable("insufficient_funds", "Insufficient funds")
-            }
+            DomainError::InsufficientFunds {
+                available,
+                requested,
+            } => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                "insufficient_funds",
+                "Insufficient funds",
+                format!(
+                    "free balance {} < requested {}",
+                    format_units(*available),
+                    format_units(*requested)
+                ),
+            ),
             DomainError::SameAccount => unprocessable("same_account", "Same account"),
             DomainError::InsufficientMargin { .. } => {
                 unprocessable("insufficient_margin", "Insufficient margin")
@@ -362,8 +373,8 @@ mod tests {
             (DomainError::NotFound("user"), 404, "not_found"),
             (
                 DomainError::InsufficientFunds {
-                    available: "10".into(),
-                    requested: "25".into(),
+                    available: 1_000_000_000,
+                    requested: 2_500_000_000,
                 },
                 422,
                 "insufficient_funds",
@@ -405,10 +416,10 @@ mod tests {
     #[test]
     fn insufficient_funds_detail_follows_the_contract() {
         let api = ApiError::from(DomainError::InsufficientFunds {
-            available: "10".into(),
-            requested: "25".into(),
+            available: 1_000_000_000,
+            requested: 2_500_000_050,
         });
-        assert_eq!(api.detail, "free balance 10 < requested 25");
+        assert_eq!(api.detail, "free balance 10 < requested 25.0000005");
     }
 
     #[test]

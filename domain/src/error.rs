@@ -9,11 +9,9 @@ pub enum DomainError {
     Invalid { field: &'static str, reason: String },
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("free balance {available} < requested {requested}")]
-    InsufficientFunds {
-        available: String,
-        requested: String,
-    },
+    /// Amounts in minor units; the API renders them as decimals.
+    #[error("free balance {available} < requested {requested} (minor units)")]
+    InsufficientFunds { available: i64, requested: i64 },
     #[error("free margin {available} < required {required} (margin plus open fee)")]
     InsufficientMargin { available: String, required: String },
     #[error("no price has been set for {0}")]
