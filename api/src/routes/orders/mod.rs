@@ -1,3 +1,5 @@
+pub mod body;
+
 use std::sync::Arc;
 
 use domain::trading::orders::{CloseOrder, OpenOrder};
@@ -9,14 +11,25 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Role};
-use crate::error::ApiError;
+use crate::error::Errors;
 use crate::replay::Stored;
+use crate::routes::shared::{EmptyRequest, IdempotencyKey};
 use crate::routes::{ApiTags, Idempotent, parse_amount};
 use crate::state::AppState;
-use crate::types::{EmptyRequest, OpenOrderRequest, Order, OrderPage, OrderStatus};
+use body::{OpenOrderRequest, Order, OrderPage, OrderStatus};
 
 #[derive(Default)]
 pub struct OrdersApi;
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        OpenOrder: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        CloseOrder: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        GetOrder: 400, 401, 403, 404, 405, 429, 500, 503;
+        ListOrders: 400, 401, 403, 404, 405, 429, 500, 503;
+    }
+}
 
 #[OpenApi]
 impl OrdersApi {
@@ -40,9 +53,9 @@ impl OrdersApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<OpenOrderRequest>,
-    ) -> Result<Stored<Order, 201>, ApiError> {
+    ) -> Result<Stored<Order, 201>, Errors<status::OpenOrder>> {
         auth.0.require_self_or(body.user_id, &[Role::Admin])?;
         let ledger = &state.ledger;
         let cmd = OpenOrder {
@@ -53,9 +66,9 @@ impl OrdersApi {
             quantity: parse_amount("quantity", &body.quantity)?,
             leverage: ledger.trading.leverage(body.leverage)?,
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(ledger, &cmd)
-            .await
+            .await?)
     }
 
     /// Close an open order at the current price, in one transaction: margin
@@ -77,15 +90,15 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         req: &Request,
         id: Path<i64>,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<EmptyRequest>,
-    ) -> Result<Stored<Order, 200>, ApiError> {
+    ) -> Result<Stored<Order, 200>, Errors<status::CloseOrder>> {
         let order = state.ledger.order(id.0).await?;
         auth.0
             .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &CloseOrder { order_id: id.0 })
-            .await
+            .await?)
     }
 
     /// One order. Roles: its owner, service, admin.
@@ -100,7 +113,7 @@ impl OrdersApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
-    ) -> Result<Json<Order>, ApiError> {
+    ) -> Result<Json<Order>, Errors<status::GetOrder>> {
         let order = state.ledger.order(id.0).await?;
         auth.0
             .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
@@ -127,7 +140,7 @@ impl OrdersApi {
         limit: Query<Option<u64>>,
         /// Only orders with an id below this.
         before_id: Query<Option<i64>>,
-    ) -> Result<Json<OrderPage>, ApiError> {
+    ) -> Result<Json<OrderPage>, Errors<status::ListOrders>> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
         let page = state

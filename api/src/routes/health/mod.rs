@@ -1,3 +1,5 @@
+pub mod body;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -5,10 +7,10 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Errors};
 use crate::routes::ApiTags;
 use crate::state::AppState;
-use crate::types::{Health, PoolInfo, Readiness};
+use body::{Health, PoolInfo, Readiness};
 
 #[derive(Default)]
 pub struct HealthApi;
@@ -18,6 +20,15 @@ pub enum ReadyResponse {
     /// The database answers and the server takes work.
     #[oai(status = 200)]
     Ready(Json<Readiness>),
+}
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        /// Only the router refuses a liveness probe: nothing else runs.
+        Live: 405;
+        Ready: 405, 500, 503;
+    }
 }
 
 /// A readiness probe must answer quickly even when the pool is saturated.
@@ -32,21 +43,24 @@ impl HealthApi {
         operation_id = "health",
         tag = "ApiTags::Operations"
     )]
-    async fn health(&self) -> Json<Health> {
-        Json(Health {
+    async fn health(&self) -> Result<Json<Health>, Errors<status::Live>> {
+        Ok(Json(Health {
             status: "ok".into(),
-        })
+        }))
     }
 
-    /// Readiness: 200 when the database answers; 503 when it does not or the
-    /// server is draining.
+    /// Readiness: 200 when the database answers and the server takes work;
+    /// 503 when it does not or the server is draining.
     #[oai(
         path = "/health/ready",
         method = "get",
         operation_id = "ready",
         tag = "ApiTags::Operations"
     )]
-    async fn ready(&self, state: Data<&Arc<AppState>>) -> Result<ReadyResponse, ApiError> {
+    async fn ready(
+        &self,
+        state: Data<&Arc<AppState>>,
+    ) -> Result<ReadyResponse, Errors<status::Ready>> {
         if state.is_draining() {
             return Err(ApiError::new(
                 poem::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -54,18 +68,19 @@ impl HealthApi {
                 "Draining",
                 "the server is shutting down",
             )
-            .retry_after(1));
+            .retry_after(1)
+            .into());
         }
         let db = &state.ledger.db;
         match tokio::time::timeout(PING_TIMEOUT, db.ping()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "readiness: database ping failed");
-                return Err(ApiError::unavailable());
+                return Err(ApiError::unavailable().into());
             }
             Err(_) => {
                 tracing::warn!("readiness: database ping timed out");
-                return Err(ApiError::unavailable());
+                return Err(ApiError::unavailable().into());
             }
         }
         let stats = db.pool_stats();
