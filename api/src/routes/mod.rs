@@ -226,6 +226,9 @@ mod tests {
         let of = |path: &str, method: &str| statuses(&spec["paths"][path][method]);
         assert_eq!(of("/health", "get"), [200, 405]);
         assert_eq!(of("/health/ready", "get"), [200, 405, 500, 503]);
+        // another user's order is answered as unknown, never as forbidden
+        assert!(!of("/api/v1/orders/{id}", "get").contains(&403));
+        assert!(!of("/api/v1/orders/{id}/close", "post").contains(&403));
         // a price is readable by any role and set without a key
         assert!(!of("/api/v1/prices/{symbol}", "get").contains(&403));
         assert!(!of("/api/v1/prices/{symbol}", "put").contains(&409));

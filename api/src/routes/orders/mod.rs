@@ -2,7 +2,8 @@ pub mod body;
 
 use std::sync::Arc;
 
-use domain::trading::orders::{CloseOrder, OpenOrder};
+use domain::DomainError;
+use domain::trading::orders::{CloseOrder, OpenOrder, OrderView};
 use domain::trading::rules::Symbol;
 use poem::Request;
 use poem::web::Data;
@@ -10,8 +11,8 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Role};
-use crate::error::Errors;
+use crate::auth::{Auth, Principal, Role};
+use crate::error::{ApiError, Errors};
 use crate::replay::Stored;
 use crate::routes::shared::{EmptyRequest, IdempotencyKey};
 use crate::routes::{ApiTags, Idempotent, parse_amount};
@@ -25,10 +26,27 @@ pub struct OrdersApi;
 pub mod status {
     crate::statuses! {
         OpenOrder: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
-        CloseOrder: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
-        GetOrder: 400, 401, 403, 404, 405, 429, 500, 503;
+        /// No 403: another user's order is answered as unknown (404).
+        CloseOrder: 400, 401, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        /// No 403: another user's order is answered as unknown (404).
+        GetOrder: 400, 401, 404, 405, 429, 500, 503;
         ListOrders: 400, 401, 403, 404, 405, 429, 500, 503;
     }
+}
+
+/// The order, if `principal` may see it. To a user, someone else's order is
+/// answered exactly like an order that does not exist, so order ids reveal
+/// nothing about other users' trading.
+async fn visible_order(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+) -> Result<OrderView, ApiError> {
+    let order = state.ledger.order(id).await?;
+    principal
+        .require_self_or(order.user_id, &[Role::Service, Role::Admin])
+        .map_err(|_| ApiError::from(DomainError::NotFound("order")))?;
+    Ok(order)
 }
 
 #[OpenApi]
@@ -76,7 +94,8 @@ impl OrdersApi {
     /// commissions accrued. The balance never goes below zero: what the free
     /// balance cannot cover of the loss and fee is written off (journal kind
     /// `loss_write_off`, field `written_off`). 409 `order_not_open` when it is
-    /// already closed. Roles: the order's owner, service, admin. Requires
+    /// already closed; 404 for an unknown order and, to a user, for another
+    /// user's order. Roles: the order's owner, service, admin. Requires
     /// `Idempotency-Key`.
     #[oai(
         path = "/api/v1/orders/:id/close",
@@ -93,15 +112,14 @@ impl OrdersApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<EmptyRequest>,
     ) -> Result<Stored<Order, 200>, Errors<status::CloseOrder>> {
-        let order = state.ledger.order(id.0).await?;
-        auth.0
-            .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
+        visible_order(&state, &auth.0, id.0).await?;
         Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &CloseOrder { order_id: id.0 })
             .await?)
     }
 
-    /// One order. Roles: its owner, service, admin.
+    /// One order; 404 for an unknown order and, to a user, for another
+    /// user's order. Roles: its owner, service, admin.
     #[oai(
         path = "/api/v1/orders/:id",
         method = "get",
@@ -114,9 +132,7 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<Order>, Errors<status::GetOrder>> {
-        let order = state.ledger.order(id.0).await?;
-        auth.0
-            .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
+        let order = visible_order(&state, &auth.0, id.0).await?;
         Ok(Json(Order::from(&order)))
     }
 
