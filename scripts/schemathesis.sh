@@ -15,6 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 version="${SCHEMATHESIS_VERSION:-4.32.5}"
+export SCHEMATHESIS_SEED="${SCHEMATHESIS_SEED:-20251129}"
 examples="${SCHEMATHESIS_EXAMPLES:-100}"
 venv="$(realpath -m "${SCHEMATHESIS_VENV:-target/schemathesis-venv}")"
 work="$(mktemp -d)"
@@ -84,7 +85,7 @@ status=0
   --header "Authorization: Bearer $admin" \
   --max-examples "$examples" \
   --workers 2 \
-  --seed "${SCHEMATHESIS_SEED:-20251129}" \
+  --seed "$SCHEMATHESIS_SEED" \
   --generation-database none \
   --no-color \
   "$@") || status=$?
