@@ -3,19 +3,22 @@
 //! 5xx bodies are opaque; their cause goes to the log with the request id.
 
 use std::fmt;
+use std::marker::PhantomData;
 
 use domain::DomainError;
 use domain::idempotency::StoredResponse;
+use domain::money::format_units;
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
+use poem_openapi::error::ParseParamError;
 use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 
 use infra::metrics::metrics;
 
 use crate::middleware::current_request_id;
-use crate::types::Problem;
+use crate::routes::shared::{IdempotencyKey, Problem};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
@@ -163,9 +166,19 @@ impl From<&DomainError> for ApiError {
         match e {
             DomainError::Invalid { .. } => Self::invalid(e.to_string()),
             DomainError::NotFound(what) => Self::not_found(what),
-            DomainError::InsufficientFunds { .. } => {
-                unprocessable("insufficient_funds", "Insufficient funds")
-            }
+            DomainError::InsufficientFunds {
+                available,
+                requested,
+            } => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                "insufficient_funds",
+                "Insufficient funds",
+                format!(
+                    "free balance {} < requested {}",
+                    format_units(*available),
+                    format_units(*requested)
+                ),
+            ),
             DomainError::SameAccount => unprocessable("same_account", "Same account"),
             DomainError::InsufficientMargin { .. } => {
                 unprocessable("insufficient_margin", "Insufficient margin")
@@ -257,7 +270,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-const DOCUMENTED: &[(u16, &str)] = &[
+/// What each status means, written once; every operation documents the
+/// statuses it can return (see [`statuses!`]) with these words.
+const STATUSES: &[(u16, &str)] = &[
     (
         400,
         "Malformed JSON, schema/format/range violation, or missing Idempotency-Key (`invalid_request`, `idempotency_key_missing`)",
@@ -270,9 +285,10 @@ const DOCUMENTED: &[(u16, &str)] = &[
         403,
         "The token's role or subject may not do this (`forbidden`)",
     ),
+    (404, "Unknown user, order or symbol (`not_found`)"),
     (
-        404,
-        "Unknown user, wallet, order, symbol or route (`not_found`)",
+        405,
+        "The path does not support this method (`method_not_allowed`); `Allow` lists the methods it does",
     ),
     (
         409,
@@ -281,6 +297,10 @@ const DOCUMENTED: &[(u16, &str)] = &[
     (
         413,
         "Request body larger than the configured limit (`payload_too_large`)",
+    ),
+    (
+        415,
+        "The body is not sent as `application/json` (`unsupported_media_type`)",
     ),
     (
         422,
@@ -297,32 +317,101 @@ const DOCUMENTED: &[(u16, &str)] = &[
     ),
 ];
 
-impl ApiResponse for ApiError {
+/// The statuses that carry `Retry-After`.
+const RETRY_AFTER: &[u16] = &[409, 429, 503];
+
+/// The error statuses one operation can answer, declared beside it with
+/// [`statuses!`].
+pub trait Statuses: Send + Sync + 'static {
+    const LIST: &'static [u16];
+}
+
+/// Declares an operation's error statuses: `statuses!(GetUser: 400, 401);`
+/// makes the marker `GetUser`, and the operation returns `Errors<GetUser>`.
+#[macro_export]
+macro_rules! statuses {
+    ($($(#[$doc:meta])* $name:ident: $($status:literal),+;)+) => {
+        $(
+            $(#[$doc])*
+            pub enum $name {}
+
+            impl $crate::error::Statuses for $name {
+                const LIST: &'static [u16] = &[$($status),+];
+            }
+        )+
+    };
+}
+
+/// An operation's error: an [`ApiError`] at run time, and in the OpenAPI
+/// document exactly the statuses `S` lists.
+pub struct Errors<S>(pub ApiError, PhantomData<S>);
+
+impl<S> fmt::Debug for Errors<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<S> From<ApiError> for Errors<S> {
+    fn from(e: ApiError) -> Self {
+        Self(e, PhantomData)
+    }
+}
+
+impl<S> From<DomainError> for Errors<S> {
+    fn from(e: DomainError) -> Self {
+        Self(ApiError::from(&e), PhantomData)
+    }
+}
+
+impl<S> From<Errors<S>> for poem::Error {
+    fn from(e: Errors<S>) -> Self {
+        poem::Error::from(e.0)
+    }
+}
+
+/// The documentation of one error status, with its headers.
+fn documented(status: u16) -> MetaResponse {
+    let description = STATUSES
+        .iter()
+        .find(|(s, _)| *s == status)
+        .map_or("", |(_, d)| *d);
+    let mut headers = Vec::new();
+    if RETRY_AFTER.contains(&status) {
+        headers.push(MetaHeader {
+            name: "Retry-After".into(),
+            description: Some("Seconds to wait before retrying".into()),
+            // 409 carries it only for `idempotency_in_flight`.
+            required: status != 409,
+            deprecated: false,
+            schema: u64::schema_ref(),
+        });
+    }
+    if status == 405 {
+        headers.push(MetaHeader {
+            name: "Allow".into(),
+            description: Some("The methods this path supports".into()),
+            required: true,
+            deprecated: false,
+            schema: String::schema_ref(),
+        });
+    }
+    MetaResponse {
+        description,
+        status: Some(status),
+        status_range: None,
+        content: vec![MetaMediaType {
+            content_type: PROBLEM_JSON,
+            schema: Problem::schema_ref(),
+        }],
+        headers,
+    }
+}
+
+impl<S: Statuses> ApiResponse for Errors<S> {
     fn meta() -> MetaResponses {
         MetaResponses {
-            responses: DOCUMENTED
-                .iter()
-                .map(|(status, description)| MetaResponse {
-                    description,
-                    status: Some(*status),
-                    status_range: None,
-                    content: vec![MetaMediaType {
-                        content_type: PROBLEM_JSON,
-                        schema: Problem::schema_ref(),
-                    }],
-                    headers: if matches!(status, 409 | 429 | 503) {
-                        vec![MetaHeader {
-                            name: "Retry-After".into(),
-                            description: Some("Seconds to wait before retrying".into()),
-                            required: false,
-                            deprecated: false,
-                            schema: u64::schema_ref(),
-                        }]
-                    } else {
-                        vec![]
-                    },
-                })
-                .collect(),
+            responses: S::LIST.iter().copied().map(documented).collect(),
         }
     }
 
@@ -336,6 +425,18 @@ impl ApiResponse for ApiError {
 pub fn from_poem_error(err: poem::Error) -> Response {
     if err.is::<ApiError>() {
         return err.into_response();
+    }
+    if err
+        .downcast_ref::<ParseParamError>()
+        .is_some_and(IdempotencyKey::is_missing)
+    {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "idempotency_key_missing",
+            "Idempotency-Key missing",
+            "this request moves money or creates something: send an Idempotency-Key header",
+        )
+        .into_response();
     }
     let status = err.status();
     let detail = err.to_string();
@@ -386,8 +487,8 @@ mod tests {
             (DomainError::NotFound("user"), 404, "not_found"),
             (
                 DomainError::InsufficientFunds {
-                    available: "10".into(),
-                    requested: "25".into(),
+                    available: 1_000_000_000,
+                    requested: 2_500_000_000,
                 },
                 422,
                 "insufficient_funds",
@@ -446,10 +547,10 @@ mod tests {
     #[test]
     fn insufficient_funds_detail_follows_the_contract() {
         let api = ApiError::from(DomainError::InsufficientFunds {
-            available: "10".into(),
-            requested: "25".into(),
+            available: 1_000_000_000,
+            requested: 2_500_000_050,
         });
-        assert_eq!(api.detail, "free balance 10 < requested 25");
+        assert_eq!(api.detail, "free balance 10 < requested 25.0000005");
     }
 
     #[test]

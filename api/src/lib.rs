@@ -9,4 +9,3 @@ pub mod replay;
 pub mod routes;
 pub mod seed;
 pub mod state;
-pub mod types;

@@ -1,17 +1,19 @@
 //! One middleware around every request: request id in and out (task-local,
 //! so error bodies carry it), body size limit, one span and one log line per
-//! request, metrics by route and status, and every error rendered as a problem.
+//! request, metrics by route and status, and every error rendered as a problem
+//! (a 405 with the `Allow` header of its path).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use infra::metrics::metrics;
-use poem::http::{HeaderValue, StatusCode};
+use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 use tracing::Instrument;
 
 use crate::error::{ApiError, from_poem_error};
+use crate::routes::allowed_methods;
 use crate::state::AppState;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -118,6 +120,12 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
                     let mut resp = from_poem_error(err);
                     if let Some(route) = route {
                         resp.set_data(route);
+                    }
+                    if resp.status() == StatusCode::METHOD_NOT_ALLOWED
+                        && let Some(allow) = allowed_methods(&path)
+                    {
+                        resp.headers_mut()
+                            .insert(header::ALLOW, HeaderValue::from_static(allow));
                     }
                     resp
                 }

@@ -15,11 +15,9 @@ pub enum DomainError {
     Invalid { field: &'static str, reason: String },
     #[error("{0} not found")]
     NotFound(&'static str),
-    #[error("free balance {available} < requested {requested}")]
-    InsufficientFunds {
-        available: String,
-        requested: String,
-    },
+    /// Amounts in minor units; the API renders them as decimals.
+    #[error("free balance {available} < requested {requested} (minor units)")]
+    InsufficientFunds { available: i64, requested: i64 },
     #[error("free margin {available} < required {required} (margin plus open fee)")]
     InsufficientMargin { available: String, required: String },
     /// Too small to carry a margin and a fee: it could only win.

@@ -5,20 +5,25 @@ pub mod health;
 pub mod orders;
 pub mod prices;
 pub mod referrals;
+pub mod shared;
 pub mod users;
 pub mod wallets;
 
-use domain::idempotency::{IdempotentRequest, StoredResponse, validate_client_key};
+use std::sync::OnceLock;
+
+use domain::idempotency::{IdempotentRequest, StoredResponse};
 use domain::money::Amount;
 use domain::{Command, Ledger};
 use poem::Request;
-use poem::http::StatusCode;
-use poem_openapi::Tags;
+use poem::http::Method;
 use poem_openapi::types::ToJSON;
+use poem_openapi::{OpenApi, Tags};
 
+use crate::app::Apis;
 use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::replay::Stored;
+use crate::routes::shared::{DecimalString, IdempotencyKey};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -37,21 +42,56 @@ pub enum ApiTags {
 }
 
 /// Parses a request amount; a refusal names the field it came from.
-pub fn parse_amount(field: &str, input: &crate::types::DecimalString) -> Result<Amount, ApiError> {
+pub fn parse_amount(field: &str, input: &DecimalString) -> Result<Amount, ApiError> {
     Amount::parse(&input.0).map_err(|e| ApiError::invalid(format!("{field}: {e}")))
 }
 
-fn client_key(header: Option<String>) -> Result<String, ApiError> {
-    let key = header.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_missing",
-            "Idempotency-Key missing",
-            "this request moves money or creates something: send an Idempotency-Key header",
-        )
-    })?;
-    validate_client_key(&key)?;
-    Ok(key)
+/// Path templates (`/api/v1/users/{id}`) split into segments, with the
+/// methods each serves, from the same declarations poem routes by.
+fn route_table() -> &'static [(Vec<String>, String)] {
+    static TABLE: OnceLock<Vec<(Vec<String>, String)>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        Apis::meta()
+            .into_iter()
+            .flat_map(|api| api.paths)
+            .map(|path| {
+                let mut methods: Vec<Method> =
+                    path.operations.iter().map(|op| op.method.clone()).collect();
+                // poem answers HEAD wherever it answers GET
+                if methods.contains(&Method::GET) {
+                    methods.push(Method::HEAD);
+                }
+                methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                let allow = methods
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                (segments(&path.path).map(str::to_owned).collect(), allow)
+            })
+            .collect()
+    })
+}
+
+fn segments(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/').filter(|s| !s.is_empty())
+}
+
+/// The `Allow` header for a request path: the methods of the route it
+/// matches, literal segments winning over parameters as in poem's router.
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    let request: Vec<&str> = segments(path).collect();
+    route_table()
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == request.len()
+                && template
+                    .iter()
+                    .zip(&request)
+                    .all(|(t, r)| t.starts_with('{') || t == r)
+        })
+        .max_by_key(|(template, _)| template.iter().filter(|t| !t.starts_with('{')).count())
+        .map(|(_, allow)| allow.as_str())
 }
 
 /// One idempotent POST: who sent it, to which path, with which key and body
@@ -62,18 +102,17 @@ impl Idempotent {
     pub fn new<B: ToJSON>(
         principal: &Principal,
         req: &Request,
-        key: Option<String>,
+        key: &IdempotencyKey,
         body: &B,
-    ) -> Result<Self, ApiError> {
-        let key = client_key(key)?;
+    ) -> Self {
         let body = body.to_json().unwrap_or(serde_json::Value::Null);
-        Ok(Self(IdempotentRequest::new(
+        Self(IdempotentRequest::new(
             &principal.id(),
             req.method().as_str(),
             req.uri().path(),
-            &key,
+            key.as_str(),
             &body,
-        )))
+        ))
     }
 
     /// Runs `cmd` once for this key and renders its result as a `Body` with
@@ -99,5 +138,154 @@ impl Idempotent {
             )
             .await?;
         Ok(Stored::new(outcome))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    use crate::routes::shared::PLAIN_TEXT_PATTERN;
+
+    fn spec() -> Value {
+        serde_json::from_str(&crate::app::openapi().spec()).unwrap()
+    }
+
+    /// `(method, path, operation)` for every operation in the document.
+    fn operations(spec: &Value) -> Vec<(String, String, Value)> {
+        let mut all = Vec::new();
+        for (path, ops) in spec["paths"].as_object().unwrap() {
+            for (method, op) in ops.as_object().unwrap() {
+                all.push((method.clone(), path.clone(), op.clone()));
+            }
+        }
+        all
+    }
+
+    fn statuses(op: &Value) -> Vec<u16> {
+        op["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn every_operation_documents_what_its_kind_can_answer() {
+        let spec = spec();
+        for (method, path, op) in operations(&spec) {
+            let listed = statuses(&op);
+            let name = format!("{method} {path}");
+            let errors = op["responses"].as_object().unwrap().iter();
+            for (status, response) in errors.filter(|(s, _)| s.as_str() >= "400") {
+                assert!(
+                    !response["description"].as_str().unwrap_or("").is_empty(),
+                    "{name} {status}: no description"
+                );
+            }
+            assert!(listed.contains(&405), "{name}: 405");
+            let authenticated = op.get("security").is_some();
+            for status in [400, 401, 429] {
+                assert_eq!(listed.contains(&status), authenticated, "{name}: {status}");
+            }
+            // every authenticated operation reads the database
+            if authenticated {
+                assert!(listed.contains(&500) && listed.contains(&503), "{name}");
+            }
+            let has_body = op.get("requestBody").is_some();
+            for status in [413, 415] {
+                assert_eq!(listed.contains(&status), has_body, "{name}: {status}");
+            }
+            if listed.contains(&503) {
+                let retry = &op["responses"]["503"]["headers"]["Retry-After"];
+                assert_eq!(retry["required"], true, "{name}");
+            }
+            assert!(
+                op["responses"]["405"]["headers"]["Allow"].is_object(),
+                "{name}: Allow"
+            );
+            if method == "post" {
+                let key = op["parameters"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == "Idempotency-Key")
+                    .unwrap_or_else(|| panic!("{name}: Idempotency-Key"));
+                assert_eq!(key["required"], true, "{name}");
+                assert_eq!(key["schema"]["maxLength"], 255, "{name}");
+                assert!(key["schema"]["pattern"].is_string(), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn probes_and_order_reads_list_only_what_they_can_answer() {
+        let spec = spec();
+        let of = |path: &str, method: &str| statuses(&spec["paths"][path][method]);
+        assert_eq!(of("/health", "get"), [200, 405]);
+        assert_eq!(of("/health/ready", "get"), [200, 405, 500, 503]);
+        // another user's order is answered as unknown, never as forbidden
+        assert!(!of("/api/v1/orders/{id}", "get").contains(&403));
+        assert!(!of("/api/v1/orders/{id}/close", "post").contains(&403));
+        // a price is readable by any role and set without a key
+        assert!(!of("/api/v1/prices/{symbol}", "get").contains(&403));
+        assert!(!of("/api/v1/prices/{symbol}", "put").contains(&409));
+    }
+
+    #[test]
+    fn null_fields_are_nullable_and_text_fields_refuse_control_characters() {
+        let spec = spec();
+        let schemas = &spec["components"]["schemas"];
+        for (schema, field) in [
+            ("User", "referrer_id"),
+            ("Order", "close_price"),
+            ("Order", "close_fee"),
+            ("Order", "pnl"),
+            ("Order", "written_off"),
+            ("Order", "closed_at"),
+            ("JournalEntry", "reference"),
+            ("JournalPage", "next_before_id"),
+            ("OrderPage", "next_before_id"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["nullable"], true,
+                "{schema}.{field}"
+            );
+        }
+        for (schema, field) in [
+            ("DepositRequest", "reference"),
+            ("DepositRequest", "payment_method"),
+            ("WithdrawRequest", "destination"),
+            ("CreateUserRequest", "email"),
+            ("CreateUserRequest", "referral_code"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["pattern"], PLAIN_TEXT_PATTERN,
+                "{schema}.{field}"
+            );
+        }
+        assert_eq!(
+            schemas["OpenOrderRequest"]["properties"]["symbol"]["pattern"],
+            "^[A-Z0-9]{2,20}$"
+        );
+        let symbol = spec["paths"]["/api/v1/prices/{symbol}"]["get"]["parameters"][0].clone();
+        assert_eq!(symbol["schema"]["pattern"], "^[A-Z0-9]{2,20}$");
+    }
+
+    #[test]
+    fn allow_lists_the_methods_of_the_matching_route() {
+        assert_eq!(allowed_methods("/api/v1/orders"), Some("POST"));
+        assert_eq!(allowed_methods("/api/v1/orders/7"), Some("GET, HEAD"));
+        assert_eq!(allowed_methods("/api/v1/orders/7/close"), Some("POST"));
+        assert_eq!(
+            allowed_methods("/api/v1/prices/BTCUSD"),
+            Some("GET, HEAD, PUT")
+        );
+        assert_eq!(allowed_methods("/api/v1/wallets/deposit"), Some("POST"));
+        assert_eq!(allowed_methods("/health/"), Some("GET, HEAD"));
+        assert_eq!(allowed_methods("/api/v1/nowhere"), None);
+        assert_eq!(allowed_methods("/api/v1/orders/7/open"), None);
     }
 }

@@ -99,8 +99,8 @@ pub fn prepare(
     let profit = apply(w.profit, d.profit)?;
     if balance < 0 || margin < 0 || balance < margin {
         return Err(DomainError::InsufficientFunds {
-            available: format_units(w.balance - w.margin),
-            requested: format_units(Ord::max(d.margin.saturating_sub(d.balance), 0)),
+            available: w.balance - w.margin,
+            requested: Ord::max(d.margin.saturating_sub(d.balance), 0),
         });
     }
     let mut entry = journal_entry::Model {

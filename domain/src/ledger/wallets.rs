@@ -14,7 +14,7 @@ use crate::error::{DomainError, DomainResult};
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
 use crate::ledger::journal::kinds;
 use crate::ledger::users::require_user;
-use crate::money::{Amount, format_units};
+use crate::money::Amount;
 use crate::{Command, Ledger};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,8 +138,8 @@ fn metadata(pairs: &[(&str, &Option<String>)]) -> Option<serde_json::Value> {
 
 fn insufficient(wallet: &wallet::Model, amount: Amount) -> DomainError {
     DomainError::InsufficientFunds {
-        available: format_units(wallet.balance - wallet.margin),
-        requested: amount.to_string(),
+        available: wallet.balance - wallet.margin,
+        requested: amount.units(),
     }
 }
 
@@ -409,8 +409,8 @@ mod tests {
                 available,
                 requested,
             }) => {
-                assert_eq!(available, "0.000006");
-                assert_eq!(requested, "0.00000601");
+                assert_eq!(available, 600);
+                assert_eq!(requested, 601);
             }
             other => panic!("expected insufficient funds, got {other:?}"),
         }

@@ -1,4 +1,5 @@
-use api::types::{DecimalString, DepositRequest, Wallet};
+use api::routes::shared::{DecimalString, WalletKind};
+use api::routes::wallets::body::DepositRequest;
 use domain::idempotency::{fingerprint, storage_key};
 use infra::entities::idempotency_key as key;
 use poem_openapi::types::ToJSON;
@@ -93,7 +94,7 @@ fn deposit_fingerprint(user_id: i64, amount: &str) -> String {
     let request = DepositRequest {
         user_id,
         amount: DecimalString(amount.into()),
-        wallet: Wallet::Live,
+        wallet: WalletKind::Live,
         payment_method: None,
         reference: None,
     };

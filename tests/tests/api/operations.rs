@@ -148,7 +148,35 @@ async fn draining_turns_readiness_off(engine: Engine) {
     app.stop().await;
 }
 
+/// A method the path does not serve is a 405 problem whose `Allow` header
+/// lists the methods it does.
+async fn unsupported_methods_get_405_with_allow(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    for (method, path, allow) in [
+        (reqwest::Method::DELETE, "/api/v1/orders/1", "GET, HEAD"),
+        (reqwest::Method::GET, "/api/v1/wallets/deposit", "POST"),
+        (
+            reqwest::Method::POST,
+            "/api/v1/prices/BTCUSD",
+            "GET, HEAD, PUT",
+        ),
+        (reqwest::Method::PATCH, "/health", "GET, HEAD"),
+    ] {
+        let r = app
+            .send(
+                app.client
+                    .request(method.clone(), format!("{}{path}", app.base))
+                    .bearer_auth(app.admin()),
+            )
+            .await;
+        r.problem(405, "method_not_allowed");
+        assert_eq!(r.header("allow"), Some(allow), "{method} {path}");
+    }
+    app.stop().await;
+}
+
 both_engines!(
+    unsupported_methods_get_405_with_allow,
     health_metrics_and_docs,
     request_ids_are_echoed_or_generated,
     oversized_bodies_are_refused,

@@ -285,11 +285,11 @@ async fn close_order_contract(engine: Engine) {
     app.set_price("BTCUSD", "100").await.expect(200);
     let id = app.opened(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     app.set_price("BTCUSD", "110").await.expect(200);
-    // another user may not close it; a missing key is refused
+    // to another user it does not exist; a missing key is refused
     let other = app.create_user("other@x.io").await;
     app.close_order(id, &app.user(other))
         .await
-        .problem(403, "forbidden");
+        .problem(404, "not_found");
     app.post(
         &format!("{ORDERS}/{id}/close"),
         &app.user(u),
@@ -420,7 +420,7 @@ async fn order_reads(engine: Engine) {
     }
     app.close_order(ids[1], &app.user(u)).await.expect(200);
     app.close_order(ids[3], &app.user(u)).await.expect(200);
-    // one order: owner, service, admin; not another user
+    // one order: owner, service, admin; to another user it does not exist
     let path = format!("{ORDERS}/{}", ids[1]);
     let r = app.get(&path, Some(&app.user(u))).await;
     r.expect(200);
@@ -432,7 +432,7 @@ async fn order_reads(engine: Engine) {
     app.get(&path, Some(&app.admin())).await.expect(200);
     app.get(&path, Some(&app.user(other)))
         .await
-        .problem(403, "forbidden");
+        .problem(404, "not_found");
     app.get(&format!("{ORDERS}/987654"), Some(&app.admin()))
         .await
         .problem(404, "not_found");
@@ -553,7 +553,60 @@ async fn cooldown_passes_after_the_window(engine: Engine) {
     app.stop().await;
 }
 
+/// A user cannot tell another user's order from one that does not exist:
+/// reading or closing either answers the same 404, and the order is
+/// untouched; the back office keeps its access.
+async fn other_users_orders_look_unknown(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.funded_user("owner@x.io", "1000").await;
+    let nosy = app.funded_user("nosy@x.io", "1000").await;
+    app.set_price("BTCUSD", "100").await.expect(200);
+    let id = app.opened(owner, ("BTCUSD", "buy", "1", 10, "live")).await;
+    let unknown = id + 1_000;
+    let before = app.wallet(owner, "live").await;
+    let same = |a: &tests::Reply, b: &tests::Reply| {
+        for field in ["type", "title", "status", "code", "detail"] {
+            assert_eq!(
+                a.body[field], b.body[field],
+                "{field}: {} / {}",
+                a.text, b.text
+            );
+        }
+    };
+    let theirs = app
+        .get(&format!("{ORDERS}/{id}"), Some(&app.user(nosy)))
+        .await;
+    theirs.problem(404, "not_found");
+    let missing = app
+        .get(&format!("{ORDERS}/{unknown}"), Some(&app.user(nosy)))
+        .await;
+    missing.problem(404, "not_found");
+    same(&theirs, &missing);
+    let theirs = app.close_order(id, &app.user(nosy)).await;
+    theirs.problem(404, "not_found");
+    let missing = app.close_order(unknown, &app.user(nosy)).await;
+    missing.problem(404, "not_found");
+    same(&theirs, &missing);
+    // nothing happened to the order or its wallet
+    let r = app
+        .get(&format!("{ORDERS}/{id}"), Some(&app.user(owner)))
+        .await;
+    r.expect(200);
+    assert_eq!(r.body["status"], "open");
+    assert_eq!(app.wallet(owner, "live").await, before);
+    // service and admin read it, and a service may close it
+    app.get(&format!("{ORDERS}/{id}"), Some(&app.admin()))
+        .await
+        .expect(200);
+    let r = app.close_order(id, &app.service()).await;
+    r.expect(200);
+    assert_eq!(r.body["status"], "closed");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
 both_engines!(
+    other_users_orders_look_unknown,
     prices_contract,
     open_order_contract,
     order_refusals_change_nothing,

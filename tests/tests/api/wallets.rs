@@ -358,7 +358,67 @@ async fn journal_is_paginated_newest_first(engine: Engine) {
     app.stop().await;
 }
 
+/// A control character in a free-text field (PostgreSQL cannot store a NUL)
+/// is refused at the edge as a 400 naming the field, and nothing changes.
+async fn control_characters_in_text_fields_are_refused(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let u = app.funded_user("ctl@x.io", "10").await;
+    let nul = "psp\u{0}1";
+    let refused = [
+        (
+            DEPOSIT,
+            "reference",
+            json!({"user_id": u, "amount": "5", "wallet": "live", "reference": nul}),
+        ),
+        (
+            DEPOSIT,
+            "payment_method",
+            json!({"user_id": u, "amount": "5", "wallet": "live", "payment_method": "card\n"}),
+        ),
+        (
+            WITHDRAW,
+            "destination",
+            json!({"user_id": u, "amount": "5", "wallet": "live", "destination": "iban\u{7f}"}),
+        ),
+        ("/api/v1/users", "email", json!({"email": "nul\u{0}@x.io"})),
+        (
+            "/api/v1/users",
+            "referral_code",
+            json!({"email": "ref@x.io", "referral_code": "AB\u{0}CD"}),
+        ),
+    ];
+    for (path, field, body) in refused {
+        let r = app
+            .post(path, &app.service(), Some(&fresh_key()), body)
+            .await;
+        r.problem(400, "invalid_request");
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.contains(&format!("`{field}`")), "{field}: {detail}");
+    }
+    assert_eq!(app.balance(u, "live").await, "10");
+    let journal = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?wallet=live"),
+            Some(&app.admin()),
+        )
+        .await;
+    assert_eq!(journal.body["items"].as_array().unwrap().len(), 1);
+    // printable text, non-ASCII included, still goes through
+    app.post(
+        DEPOSIT,
+        &app.service(),
+        Some(&fresh_key()),
+        json!({"user_id": u, "amount": "5", "wallet": "live", "reference": "Zürich €-1"}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(app.balance(u, "live").await, "15");
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
 both_engines!(
+    control_characters_in_text_fields_are_refused,
     deposit_contract,
     bad_amounts_are_refused_and_change_nothing,
     amounts_are_exact,

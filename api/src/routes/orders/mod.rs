@@ -1,6 +1,9 @@
+pub mod body;
+
 use std::sync::Arc;
 
-use domain::trading::orders::{CloseOrder, OpenOrder};
+use domain::DomainError;
+use domain::trading::orders::{CloseOrder, OpenOrder, OrderView};
 use domain::trading::rules::Symbol;
 use poem::Request;
 use poem::web::Data;
@@ -8,15 +11,43 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Role};
-use crate::error::ApiError;
+use crate::auth::{Auth, Principal, Role};
+use crate::error::{ApiError, Errors};
 use crate::replay::Stored;
+use crate::routes::shared::{EmptyRequest, IdempotencyKey};
 use crate::routes::{ApiTags, Idempotent, parse_amount};
 use crate::state::AppState;
-use crate::types::{EmptyRequest, OpenOrderRequest, Order, OrderPage, OrderStatus};
+use body::{OpenOrderRequest, Order, OrderPage, OrderStatus};
 
 #[derive(Default)]
 pub struct OrdersApi;
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        OpenOrder: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        /// No 403: another user's order is answered as unknown (404).
+        CloseOrder: 400, 401, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        /// No 403: another user's order is answered as unknown (404).
+        GetOrder: 400, 401, 404, 405, 429, 500, 503;
+        ListOrders: 400, 401, 403, 404, 405, 429, 500, 503;
+    }
+}
+
+/// The order, if `principal` may see it. To a user, someone else's order is
+/// answered exactly like an order that does not exist, so order ids reveal
+/// nothing about other users' trading.
+async fn visible_order(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+) -> Result<OrderView, ApiError> {
+    let order = state.ledger.order(id).await?;
+    principal
+        .require_self_or(order.user_id, &[Role::Service, Role::Admin])
+        .map_err(|_| ApiError::from(DomainError::NotFound("order")))?;
+    Ok(order)
+}
 
 #[OpenApi]
 impl OrdersApi {
@@ -42,9 +73,9 @@ impl OrdersApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<OpenOrderRequest>,
-    ) -> Result<Stored<Order, 201>, ApiError> {
+    ) -> Result<Stored<Order, 201>, Errors<status::OpenOrder>> {
         auth.0.require_self_or(body.user_id, &[Role::Admin])?;
         let ledger = &state.ledger;
         let cmd = OpenOrder {
@@ -55,9 +86,9 @@ impl OrdersApi {
             quantity: parse_amount("quantity", &body.quantity)?,
             leverage: ledger.trading.leverage(body.leverage)?,
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(ledger, &cmd)
-            .await
+            .await?)
     }
 
     /// Close an open order at the current price, in one transaction: margin
@@ -65,7 +96,8 @@ impl OrdersApi {
     /// commissions accrued. The balance never goes below zero: what the free
     /// balance cannot cover of the loss and fee is written off (journal kind
     /// `loss_write_off`, field `written_off`). 409 `order_not_open` when it is
-    /// already closed. Roles: the order's owner, service, admin. Requires
+    /// already closed; 404 for an unknown order and, to a user, for another
+    /// user's order. Roles: the order's owner, service, admin. Requires
     /// `Idempotency-Key`.
     #[oai(
         path = "/api/v1/orders/:id/close",
@@ -79,18 +111,17 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         req: &Request,
         id: Path<i64>,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<EmptyRequest>,
-    ) -> Result<Stored<Order, 200>, ApiError> {
-        let order = state.ledger.order(id.0).await?;
-        auth.0
-            .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+    ) -> Result<Stored<Order, 200>, Errors<status::CloseOrder>> {
+        visible_order(&state, &auth.0, id.0).await?;
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &CloseOrder { order_id: id.0 })
-            .await
+            .await?)
     }
 
-    /// One order. Roles: its owner, service, admin.
+    /// One order; 404 for an unknown order and, to a user, for another
+    /// user's order. Roles: its owner, service, admin.
     #[oai(
         path = "/api/v1/orders/:id",
         method = "get",
@@ -102,10 +133,8 @@ impl OrdersApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
-    ) -> Result<Json<Order>, ApiError> {
-        let order = state.ledger.order(id.0).await?;
-        auth.0
-            .require_self_or(order.user_id, &[Role::Service, Role::Admin])?;
+    ) -> Result<Json<Order>, Errors<status::GetOrder>> {
+        let order = visible_order(&state, &auth.0, id.0).await?;
         Ok(Json(Order::from(&order)))
     }
 
@@ -129,7 +158,7 @@ impl OrdersApi {
         limit: Query<Option<u64>>,
         /// Only orders with an id below this.
         before_id: Query<Option<i64>>,
-    ) -> Result<Json<OrderPage>, ApiError> {
+    ) -> Result<Json<OrderPage>, Errors<status::ListOrders>> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
         let page = state

@@ -1,6 +1,8 @@
+pub mod body;
+
 use std::sync::Arc;
 
-use domain::ledger::wallets::{Deposit, TransferRequest as TransferCmd, Withdrawal};
+use domain::ledger::wallets::{Deposit, Withdrawal};
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
@@ -8,17 +10,29 @@ use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Role};
-use crate::error::ApiError;
+use crate::error::Errors;
 use crate::replay::Stored;
+use crate::routes::shared::{IdempotencyKey, WalletKind};
 use crate::routes::{ApiTags, Idempotent, parse_amount};
 use crate::state::AppState;
-use crate::types::{
+use body::{
     DepositRequest, JournalEntry, JournalPage, Operation, Transfer, TransferRequest, Wallet,
-    WalletBody, WithdrawRequest,
+    WithdrawRequest,
 };
 
 #[derive(Default)]
 pub struct WalletsApi;
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        ListWallets: 400, 401, 403, 404, 405, 429, 500, 503;
+        Deposit: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        Withdraw: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        Transfer: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        ListTransactions: 400, 401, 403, 404, 405, 429, 500, 503;
+    }
+}
 
 #[OpenApi]
 impl WalletsApi {
@@ -34,11 +48,11 @@ impl WalletsApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
-    ) -> Result<Json<Vec<WalletBody>>, ApiError> {
+    ) -> Result<Json<Vec<Wallet>>, Errors<status::ListWallets>> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
         let wallets = state.ledger.wallets(id.0).await?;
-        Ok(Json(wallets.iter().map(WalletBody::from).collect()))
+        Ok(Json(wallets.iter().map(Wallet::from).collect()))
     }
 
     /// Credit a deposit. Roles: service, admin. Requires `Idempotency-Key`.
@@ -53,9 +67,9 @@ impl WalletsApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<DepositRequest>,
-    ) -> Result<Stored<Operation, 200>, ApiError> {
+    ) -> Result<Stored<Operation, 200>, Errors<status::Deposit>> {
         auth.0.require(&[Role::Service, Role::Admin])?;
         let cmd = Deposit {
             user_id: body.user_id,
@@ -64,9 +78,9 @@ impl WalletsApi {
             payment_method: body.payment_method.clone(),
             reference: body.reference.clone(),
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
-            .await
+            .await?)
     }
 
     /// Withdraw at most the free margin (`balance - margin`); 422
@@ -83,9 +97,9 @@ impl WalletsApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<WithdrawRequest>,
-    ) -> Result<Stored<Operation, 200>, ApiError> {
+    ) -> Result<Stored<Operation, 200>, Errors<status::Withdraw>> {
         auth.0
             .require_self_or(body.user_id, &[Role::Service, Role::Admin])?;
         let cmd = Withdrawal {
@@ -94,9 +108,9 @@ impl WalletsApi {
             amount: parse_amount("amount", &body.amount)?,
             destination: body.destination.clone(),
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
-            .await
+            .await?)
     }
 
     /// Move money between two users' wallets of the same kind, atomically.
@@ -113,19 +127,19 @@ impl WalletsApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<TransferRequest>,
-    ) -> Result<Stored<Transfer, 200>, ApiError> {
+    ) -> Result<Stored<Transfer, 200>, Errors<status::Transfer>> {
         auth.0.require_self_or(body.from_user_id, &[Role::Admin])?;
-        let cmd = TransferCmd {
+        let cmd = domain::ledger::wallets::TransferRequest {
             from_user_id: body.from_user_id,
             to_user_id: body.to_user_id,
             wallet: body.wallet.into(),
             amount: parse_amount("amount", &body.amount)?,
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
-            .await
+            .await?)
     }
 
     /// The user's journal, newest first. `before_id` is the cursor from
@@ -147,8 +161,8 @@ impl WalletsApi {
         /// Only entries with an id below this.
         before_id: Query<Option<i64>>,
         /// Only this wallet's entries.
-        wallet: Query<Option<Wallet>>,
-    ) -> Result<Json<JournalPage>, ApiError> {
+        wallet: Query<Option<WalletKind>>,
+    ) -> Result<Json<JournalPage>, Errors<status::ListTransactions>> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
         let page = state

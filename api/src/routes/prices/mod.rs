@@ -1,3 +1,5 @@
+pub mod body;
+
 use std::sync::Arc;
 
 use domain::trading::rules::Symbol;
@@ -7,19 +9,28 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Role};
-use crate::error::ApiError;
+use crate::error::Errors;
 use crate::routes::{ApiTags, parse_amount};
 use crate::state::AppState;
-use crate::types::{Price, PriceRequest};
+use body::{Price, PriceRequest};
 
 #[derive(Default)]
 pub struct PricesApi;
 
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        SetPrice: 400, 401, 403, 405, 413, 415, 429, 500, 503;
+        /// Any role may read a price.
+        GetPrice: 400, 401, 404, 405, 429, 500, 503;
+    }
+}
+
 #[OpenApi]
 impl PricesApi {
-    /// Set the current price of a symbol (`^[A-Z0-9]{2,20}$`); orders open
-    /// and close at it. Setting the same price again changes nothing but
-    /// `updated_at`, so no Idempotency-Key is needed. Roles: service, admin.
+    /// Set the current price of a symbol; orders open and close at it.
+    /// Setting the same price again changes nothing but `updated_at`, so no
+    /// Idempotency-Key is needed. Roles: service, admin.
     #[oai(
         path = "/api/v1/prices/:symbol",
         method = "put",
@@ -30,9 +41,9 @@ impl PricesApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
-        symbol: Path<String>,
+        #[oai(validator(pattern = "^[A-Z0-9]{2,20}$"))] symbol: Path<String>,
         body: Json<PriceRequest>,
-    ) -> Result<Json<Price>, ApiError> {
+    ) -> Result<Json<Price>, Errors<status::SetPrice>> {
         auth.0.require(&[Role::Service, Role::Admin])?;
         let symbol = Symbol::parse(&symbol.0)?;
         let price = parse_amount("price", &body.price)?;
@@ -51,8 +62,8 @@ impl PricesApi {
         &self,
         _auth: Auth,
         state: Data<&Arc<AppState>>,
-        symbol: Path<String>,
-    ) -> Result<Json<Price>, ApiError> {
+        #[oai(validator(pattern = "^[A-Z0-9]{2,20}$"))] symbol: Path<String>,
+    ) -> Result<Json<Price>, Errors<status::GetPrice>> {
         let symbol = Symbol::parse(&symbol.0)?;
         let view = state.ledger.price(&symbol).await?;
         Ok(Json(Price::from(&view)))

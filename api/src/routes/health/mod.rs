@@ -1,13 +1,15 @@
+pub mod body;
+
 use std::sync::Arc;
 
 use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, OpenApi};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, Errors};
 use crate::routes::ApiTags;
 use crate::state::AppState;
-use crate::types::{Health, PoolInfo, Readiness};
+use body::{Health, PoolInfo, Readiness};
 
 #[derive(Default)]
 pub struct HealthApi;
@@ -22,6 +24,15 @@ pub enum ReadyResponse {
     Ready(Json<Readiness>),
 }
 
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        /// Only the router refuses a liveness probe: nothing else runs.
+        Live: 405;
+        Ready: 405, 500, 503;
+    }
+}
+
 #[OpenApi]
 impl HealthApi {
     /// Liveness: 200 while the process runs.
@@ -31,10 +42,10 @@ impl HealthApi {
         operation_id = "health",
         tag = "ApiTags::Operations"
     )]
-    async fn health(&self) -> Json<Health> {
-        Json(Health {
+    async fn health(&self) -> Result<Json<Health>, Errors<status::Live>> {
+        Ok(Json(Health {
             status: "ok".into(),
-        })
+        }))
     }
 
     /// Readiness: 200 when the database answers the health probe (a
@@ -46,7 +57,10 @@ impl HealthApi {
         operation_id = "ready",
         tag = "ApiTags::Operations"
     )]
-    async fn ready(&self, state: Data<&Arc<AppState>>) -> Result<ReadyResponse, ApiError> {
+    async fn ready(
+        &self,
+        state: Data<&Arc<AppState>>,
+    ) -> Result<ReadyResponse, Errors<status::Ready>> {
         if state.is_draining() {
             return Err(ApiError::new(
                 poem::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -54,11 +68,12 @@ impl HealthApi {
                 "Draining",
                 "the server is shutting down",
             )
-            .retry_after(1));
+            .retry_after(1)
+            .into());
         }
         let db = &state.ledger.db;
         if !db.health().look(FRESH_LOOK).await {
-            return Err(ApiError::unavailable());
+            return Err(ApiError::unavailable().into());
         }
         let stats = db.pool_stats();
         Ok(ReadyResponse::Ready(Json(Readiness {

@@ -1,3 +1,5 @@
+pub mod body;
+
 use std::sync::Arc;
 
 use domain::trading::referrals::SettleCommissions;
@@ -8,14 +10,24 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Role};
-use crate::error::ApiError;
+use crate::error::Errors;
 use crate::replay::Stored;
+use crate::routes::shared::{EmptyRequest, IdempotencyKey};
 use crate::routes::{ApiTags, Idempotent};
 use crate::state::AppState;
-use crate::types::{EmptyRequest, ReferralStats, Settlement};
+use body::{ReferralStats, Settlement};
 
 #[derive(Default)]
 pub struct ReferralsApi;
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        ReferralStats: 400, 401, 403, 404, 405, 429, 500, 503;
+        /// 422: a credit beyond the largest amount (`balance_limit_exceeded`).
+        Settle: 400, 401, 403, 405, 409, 413, 415, 422, 429, 500, 503;
+    }
+}
 
 /// How many batches one call of the settle route may credit, in its one
 /// transaction; the periodic job settles whatever remains.
@@ -37,7 +49,7 @@ impl ReferralsApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
-    ) -> Result<Json<ReferralStats>, ApiError> {
+    ) -> Result<Json<ReferralStats>, Errors<status::ReferralStats>> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
         let stats = state.ledger.referral_stats(id.0).await?;
@@ -60,15 +72,15 @@ impl ReferralsApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<EmptyRequest>,
-    ) -> Result<Stored<Settlement, 200>, ApiError> {
+    ) -> Result<Stored<Settlement, 200>, Errors<status::Settle>> {
         auth.0.require(&[Role::Service, Role::Admin])?;
         let cmd = SettleCommissions {
             limit: state.ledger.settle_batch.saturating_mul(ROUTE_BATCHES),
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
-            .await
+            .await?)
     }
 }

@@ -1,3 +1,5 @@
+pub mod body;
+
 use std::sync::Arc;
 
 use domain::ledger::users::{Email, NewUser, ReferralCode};
@@ -8,14 +10,23 @@ use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Role};
-use crate::error::ApiError;
+use crate::error::Errors;
 use crate::replay::Stored;
+use crate::routes::shared::IdempotencyKey;
 use crate::routes::{ApiTags, Idempotent};
 use crate::state::AppState;
-use crate::types::{CreateUserRequest, User};
+use body::{CreateUserRequest, User};
 
 #[derive(Default)]
 pub struct UsersApi;
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        CreateUser: 400, 401, 403, 405, 409, 413, 415, 422, 429, 500, 503;
+        GetUser: 400, 401, 403, 404, 405, 429, 500, 503;
+    }
+}
 
 #[OpenApi]
 impl UsersApi {
@@ -23,8 +34,8 @@ impl UsersApi {
     /// configured demo balance. With `referral_code`, that code's owner
     /// becomes the referrer and the signup bonuses are paid to both live
     /// wallets in the same transaction (configured; referrer "10", referee
-    /// "0" by default); 422 `unknown_referral_code`. Roles: service, admin.
-    /// Requires `Idempotency-Key`.
+    /// "0" by default); 422 `unknown_referral_code`, 409 duplicate email.
+    /// Roles: service, admin. Requires `Idempotency-Key`.
     #[oai(
         path = "/api/v1/users",
         method = "post",
@@ -36,9 +47,9 @@ impl UsersApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         req: &Request,
-        #[oai(name = "Idempotency-Key")] key: Header<Option<String>>,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<CreateUserRequest>,
-    ) -> Result<Stored<User, 201>, ApiError> {
+    ) -> Result<Stored<User, 201>, Errors<status::CreateUser>> {
         auth.0.require(&[Role::Service, Role::Admin])?;
         let cmd = NewUser {
             email: Email::parse(&body.email)?,
@@ -48,9 +59,9 @@ impl UsersApi {
                 .map(ReferralCode::parse)
                 .transpose()?,
         };
-        Idempotent::new(&auth.0, req, key.0, &body.0)?
+        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
-            .await
+            .await?)
     }
 
     /// A user with its wallets. Roles: the user itself, service, admin.
@@ -65,7 +76,7 @@ impl UsersApi {
         auth: Auth,
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
-    ) -> Result<Json<User>, ApiError> {
+    ) -> Result<Json<User>, Errors<status::GetUser>> {
         auth.0
             .require_self_or(id.0, &[Role::Service, Role::Admin])?;
         let user = state.ledger.user(id.0).await?;

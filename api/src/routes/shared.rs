@@ -1,0 +1,281 @@
+//! Types every resource's bodies share: amounts, wallet kinds, the empty
+//! body, the problem document, the Idempotency-Key header, timestamps.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use domain::idempotency::validate_client_key;
+use poem_openapi::error::ParseParamError;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
+use poem_openapi::types::{
+    ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type,
+};
+use poem_openapi::{Enum, Object};
+use serde_json::Value;
+
+/// RFC 3339, UTC, microseconds: `2026-11-21T12:00:00.123456Z`.
+pub fn timestamp(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Plain decimal notation with at most 8 decimals and at least one non-zero
+/// digit, so that the schema itself refuses `"0"`, `"0.0"` and `"-1"`. The
+/// upper bound (`92233720368.54775807`) is beyond a readable regex and is
+/// checked by `domain::money::Amount`.
+pub const DECIMAL_PATTERN: &str = concat!(
+    r"^(?:[0-9]*[1-9][0-9]*(?:\.[0-9]{1,8})?",
+    r"|0+\.(?:[1-9][0-9]{0,7}|0[1-9][0-9]{0,6}|0{2}[1-9][0-9]{0,5}|0{3}[1-9][0-9]{0,4}",
+    r"|0{4}[1-9][0-9]{0,3}|0{5}[1-9][0-9]{0,2}|0{6}[1-9][0-9]?|0{7}[1-9]))$"
+);
+
+/// An amount in a request: a JSON string in plain decimal notation. Unlike a
+/// plain `String` field, a JSON number is refused here (floats lose cents);
+/// the value itself is parsed by `domain::money::Amount`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecimalString(pub String);
+
+impl Type for DecimalString {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "DecimalString".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            description: Some(
+                "Decimal string, e.g. \"100.5\": at most 8 decimals, no sign, no exponent, > 0, \
+                 at most \"92233720368.54775807\". JSON numbers are refused.",
+            ),
+            pattern: Some(DECIMAL_PATTERN.into()),
+            max_length: Some(40),
+            example: Some(Value::String("100.5".into())),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for DecimalString {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s)) => Ok(Self(s)),
+            Some(Value::Number(_)) => Err(ParseError::custom(
+                "amounts are decimal strings such as \"100.5\"; JSON numbers are refused",
+            )),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for DecimalString {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// `live` or `demo`.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum WalletKind {
+    Live,
+    Demo,
+}
+
+impl From<WalletKind> for domain::ledger::wallets::WalletKind {
+    fn from(w: WalletKind) -> Self {
+        match w {
+            WalletKind::Live => Self::Live,
+            WalletKind::Demo => Self::Demo,
+        }
+    }
+}
+
+/// No fields: `{}`.
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct EmptyRequest {}
+
+/// An error, RFC 9457.
+#[derive(Object, Debug, Clone)]
+pub struct Problem {
+    #[oai(rename = "type")]
+    pub ty: String,
+    pub title: String,
+    pub status: u16,
+    /// Stable, machine-readable.
+    pub code: String,
+    pub detail: String,
+    pub request_id: String,
+}
+
+/// The free-text fields (`reference`, `destination`, `payment_method`,
+/// `email`, `referral_code`) refuse control characters with this pattern: a
+/// NUL cannot be stored by PostgreSQL, and none belongs in a reference.
+/// The field attributes repeat it literally (the derive takes literals
+/// only); a test holds them to this one.
+pub const PLAIN_TEXT_PATTERN: &str = r"^[^\x00-\x1F\x7F-\x9F]*$";
+
+/// The `Idempotency-Key` request header: 1 to 255 printable ASCII characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub const HEADER: &'static str = "Idempotency-Key";
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether poem-openapi refused a request because this header was absent
+    /// (the contract answers that with `idempotency_key_missing`, not with a
+    /// generic parse error).
+    pub fn is_missing(err: &ParseParamError) -> bool {
+        err.name == Self::HEADER
+            && err.reason == ParseError::<Self>::expected_input().into_message()
+    }
+}
+
+impl Type for IdempotencyKey {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        "IdempotencyKey".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            description: Some(
+                "1 to 255 printable ASCII characters, chosen by the client per operation; \
+                 400 `idempotency_key_missing` without it.",
+            ),
+            pattern: Some(r"^[\x20-\x7E]{1,255}$".into()),
+            min_length: Some(1),
+            max_length: Some(255),
+            ..MetaSchema::new("string")
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromParameter for IdempotencyKey {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        validate_client_key(value)
+            .map_err(|_| ParseError::custom("must be 1 to 255 printable ASCII characters"))?;
+        Ok(Self(value.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::money::{Amount, MoneyError};
+    use poem_openapi::Validator;
+    use poem_openapi::validation::Pattern;
+
+    /// Every string over `alphabet` up to `len` characters.
+    fn strings(alphabet: &[char], len: usize) -> Vec<String> {
+        let mut all = vec![String::new()];
+        let mut last = vec![String::new()];
+        for _ in 0..len {
+            last = last
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+
+    #[test]
+    fn decimal_pattern_accepts_exactly_what_amount_parses() {
+        // The schema leaves only the upper bound to the server.
+        let mut corpus = strings(&['0', '1', '.'], 9);
+        corpus.extend(
+            [
+                "0.00000001",
+                "0.000000001",
+                "0.00000000",
+                "00.10000000",
+                "92233720368.54775807",
+                "92233720368.54775808",
+                "100.5",
+                "1e3",
+                "-1",
+                "+1",
+                " 1",
+            ]
+            .map(String::from),
+        );
+        for s in corpus {
+            let parsed = Amount::parse(&s);
+            let expected = parsed.is_ok() || parsed == Err(MoneyError::TooLarge);
+            assert_eq!(matches(DECIMAL_PATTERN, &s), expected, "{s:?}: {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn plain_text_pattern_refuses_control_characters() {
+        for ok in ["", "psp-1", "iban:DE00 1234", "Zürich €", "ann@example.com"] {
+            assert!(matches(PLAIN_TEXT_PATTERN, ok), "{ok:?}");
+        }
+        for bad in ["a\u{0}b", "\t", "line\n", "\u{7f}", "\u{85}", "\u{9f}"] {
+            assert!(!matches(PLAIN_TEXT_PATTERN, bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn idempotency_key_parses_printable_ascii_and_knows_when_it_is_missing() {
+        assert_eq!(
+            IdempotencyKey::parse_from_parameter("dep-0001")
+                .map(|k| k.0)
+                .ok(),
+            Some("dep-0001".to_owned())
+        );
+        for bad in ["", "caf\u{e9}", "a\u{1}", &"k".repeat(256)] {
+            assert!(
+                IdempotencyKey::parse_from_parameter(bad).is_err(),
+                "{bad:?}"
+            );
+        }
+        let missing = IdempotencyKey::parse_from_parameters(std::iter::empty::<&str>())
+            .err()
+            .map(ParseError::into_message)
+            .unwrap_or_default();
+        assert!(IdempotencyKey::is_missing(&ParseParamError {
+            name: IdempotencyKey::HEADER,
+            reason: missing,
+        }));
+        let invalid = IdempotencyKey::parse_from_parameters(["a\u{1}"])
+            .err()
+            .map(ParseError::into_message)
+            .unwrap_or_default();
+        assert!(!IdempotencyKey::is_missing(&ParseParamError {
+            name: IdempotencyKey::HEADER,
+            reason: invalid,
+        }));
+    }
+
+    /// Through the regex engine poem-openapi validates patterns with.
+    fn matches(pattern: &'static str, s: &str) -> bool {
+        Pattern::new(pattern).check(&s)
+    }
+}
