@@ -129,13 +129,17 @@ impl ApiError {
     }
 
     pub fn problem(&self) -> Problem {
+        self.problem_for(current_request_id())
+    }
+
+    fn problem_for(&self, request_id: String) -> Problem {
         Problem {
             ty: "about:blank".into(),
             title: self.title.into(),
             status: self.status.as_u16(),
             code: self.code.into(),
             detail: self.detail.clone(),
-            request_id: current_request_id(),
+            request_id,
         }
     }
 
@@ -143,11 +147,13 @@ impl ApiError {
         self.problem().to_json_string()
     }
 
-    /// The form in which a refusal is stored under its idempotency key.
-    pub fn to_stored(&self) -> StoredResponse {
+    /// The form in which a refusal of request `request_id` is stored under
+    /// its idempotency key (it may be rendered by another request's task,
+    /// when writes share a commit).
+    pub fn to_stored_for(&self, request_id: String) -> StoredResponse {
         StoredResponse {
             status: self.status.as_u16(),
-            body: self.body(),
+            body: self.problem_for(request_id).to_json_string(),
         }
     }
 }

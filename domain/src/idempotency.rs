@@ -281,7 +281,7 @@ impl IdempotencyService {
     }
 
     /// Another request stored this key first: answer what it stored.
-    async fn stored_answer(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
+    pub(crate) async fn stored_answer(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
         let row = key::Entity::find_by_id(req.key.clone())
             .one(&self.tx.db().conn)
             .await?;
@@ -299,7 +299,7 @@ impl IdempotencyService {
 
     /// Phase 1, inside the operation's transaction. `Some` is a stored
     /// answer to replay; `None` means this transaction owns the key.
-    async fn claim(
+    pub(crate) async fn claim(
         &self,
         txn: &DatabaseTransaction,
         req: &IdempotentRequest,
@@ -351,7 +351,7 @@ impl IdempotencyService {
     /// Stores `response` as the key's one answer: a new row, or over a row
     /// that has expired or whose claim was abandoned. Zero rows written means
     /// another request's answer is there: `ClaimLost`.
-    async fn store<C: ConnectionTrait>(
+    pub(crate) async fn store<C: ConnectionTrait>(
         &self,
         conn: &C,
         req: &IdempotentRequest,

@@ -21,6 +21,7 @@
 pub mod clock;
 pub mod db_error;
 pub mod error;
+pub mod group;
 pub mod idempotency;
 pub mod ledger;
 pub mod money;
@@ -37,7 +38,9 @@ use infra::{Config, Database};
 use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
+use crate::group::{GroupCommit, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
+use crate::ledger::wallets::WalletKind;
 use crate::money::Rate;
 use crate::trading::referrals::ReferralRules;
 use crate::trading::rules::TradingRules;
@@ -47,10 +50,17 @@ use crate::tx::{RetryPolicy, TransactionService};
 /// nothing, and finds what it needs (rules, the backend) from the ledger and
 /// the transaction; it does nothing outside the database, since the
 /// transaction may be re-run.
-pub trait Command: Sync {
+pub trait Command: Clone + Send + Sync + 'static {
     type Output: Send;
     /// Its name in metrics and logs.
     const NAME: &'static str;
+
+    /// The wallets it will lock, when they are known before it runs. A
+    /// command that names them may share its transaction with others (group
+    /// commit, see `group`); one that does not runs alone.
+    fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
+        None
+    }
 
     fn execute(
         &self,
@@ -71,6 +81,8 @@ pub struct Ledger {
     pub referral: Arc<ReferralRules>,
     /// Commissions settled per transaction.
     pub settle_batch: u64,
+    /// Money writes sharing commits; `None` when group commit is off.
+    pub group: Option<Arc<GroupCommit>>,
 }
 
 fn setting_units(name: &'static str, value: Decimal) -> DomainResult<i64> {
@@ -97,9 +109,19 @@ impl Ledger {
         &self,
         req: &IdempotentRequest,
         cmd: &C,
-        render: impl Fn(&C::Output) -> StoredResponse,
-        refuse: impl Fn(&DomainError) -> StoredResponse,
+        render: impl Fn(&C::Output) -> StoredResponse + Send + Sync + 'static,
+        refuse: impl Fn(&DomainError) -> StoredResponse + Send + Sync + 'static,
     ) -> DomainResult<Outcome> {
+        if let (Some(group), Some(wallets)) = (&self.group, cmd.wallets()) {
+            let (ledger, cmd, render) = (self.clone(), Arc::new(cmd.clone()), Arc::new(render));
+            let op: WriteOp = Arc::new(move |txn| {
+                let (ledger, cmd, render) = (ledger.clone(), Arc::clone(&cmd), Arc::clone(&render));
+                Box::pin(async move { Ok(render(&cmd.execute(&ledger, &txn).await?)) })
+            });
+            return group
+                .submit(self, C::NAME, req.clone(), wallets, op, Arc::new(refuse))
+                .await;
+        }
         self.idempotency
             .run(
                 C::NAME,
@@ -137,6 +159,12 @@ impl Ledger {
                 rates,
             }),
             settle_batch: u64::from(referrals.settle_batch.max(1)),
+            group: config.group_commit.enabled.then(|| {
+                Arc::new(GroupCommit::new(
+                    config.group_commit.groups,
+                    config.group_commit.max_size,
+                ))
+            }),
         })
     }
 }

@@ -61,6 +61,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub trading: TradingConfig,
     pub referrals: ReferralConfig,
+    pub group_commit: GroupCommitConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -218,6 +219,27 @@ impl Default for TradingConfig {
     }
 }
 
+/// Money writes that arrive together share one transaction and one commit.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupCommitConfig {
+    pub enabled: bool,
+    /// The most writes one transaction carries.
+    pub max_size: usize,
+    /// How many groups may run at once in this process (each holds one
+    /// pooled connection).
+    pub groups: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_size: 64,
+            groups: 8,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReferralConfig {
     /// Paid to the referrer's live wallet when a referee signs up.
@@ -292,6 +314,9 @@ struct Settings {
     referral_commission_rates: String,
     referral_settle_interval_ms: u64,
     referral_settle_batch: u32,
+    group_commit: bool,
+    group_commit_max_size: usize,
+    group_commit_groups: usize,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -316,6 +341,7 @@ impl Default for Settings {
             idempotency,
             trading,
             referrals,
+            group_commit,
         } = Config::default();
         Self {
             listen: server.listen,
@@ -351,6 +377,9 @@ impl Default for Settings {
             referral_commission_rates: decimal_list(&referrals.commission_rates),
             referral_settle_interval_ms: millis(referrals.settle_interval),
             referral_settle_batch: referrals.settle_batch,
+            group_commit: group_commit.enabled,
+            group_commit_max_size: group_commit.max_size,
+            group_commit_groups: group_commit.groups,
         }
     }
 }
@@ -463,6 +492,11 @@ impl TryFrom<Settings> for Config {
                 settle_interval: Duration::from_millis(s.referral_settle_interval_ms),
                 settle_batch: s.referral_settle_batch,
             },
+            group_commit: GroupCommitConfig {
+                enabled: s.group_commit,
+                max_size: s.group_commit_max_size,
+                groups: s.group_commit_groups,
+            },
         })
     }
 }
@@ -514,6 +548,7 @@ impl Config {
             idempotency,
             trading,
             referrals,
+            group_commit,
         } = self;
         if database.max_connections == 0 {
             return bad("db_max_connections must be at least 1");
@@ -556,6 +591,9 @@ impl Config {
         }
         if !(1..=100).contains(&trading.max_leverage) {
             return bad("max_leverage must be within 1..=100");
+        }
+        if group_commit.max_size == 0 || group_commit.groups == 0 {
+            return bad("group_commit_max_size and group_commit_groups must be at least 1");
         }
         if referrals.settle_batch == 0 {
             return bad("referral_settle_batch must be at least 1");

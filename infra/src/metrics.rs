@@ -26,6 +26,8 @@ pub struct Metrics {
     pub db_statements: IntCounter,
     /// Transactions committed, by operation.
     pub db_commits: IntCounterVec,
+    /// Writes per group-commit transaction.
+    pub group_size: prometheus::Histogram,
     /// 1 while the health probe sees the database answer, 0 while not.
     pub db_up: IntGauge,
     /// Requests answered 503 at once, by reason: `overloaded` (no pooled
@@ -100,6 +102,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
         Opts::new("db_commits_total", "Transactions committed, by operation"),
         &["operation"],
     )?;
+    let group_size = prometheus::Histogram::with_opts(
+        HistogramOpts::new("db_group_size", "Money writes per group-commit transaction")
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+    )?;
+    registry.register(Box::new(group_size.clone()))?;
     registry.register(Box::new(db_statements.clone()))?;
     registry.register(Box::new(db_commits.clone()))?;
     db_up.set(1);
@@ -128,6 +135,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_idle,
         pool_max,
         db_begin,
+        group_size,
         db_statements,
         db_commits,
         db_up,

@@ -22,6 +22,7 @@ use poem_openapi::{OpenApi, Tags};
 use crate::app::Apis;
 use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::middleware::current_request_id;
 use crate::replay::Stored;
 use crate::routes::shared::{DecimalString, IdempotencyKey};
 
@@ -134,7 +135,10 @@ impl Idempotent {
                     status: STATUS,
                     body: Body::from(value).to_json_string(),
                 },
-                |refusal| ApiError::from(refusal).to_stored(),
+                {
+                    let request_id = current_request_id();
+                    move |refusal| ApiError::from(refusal).to_stored_for(request_id.clone())
+                },
             )
             .await?;
         Ok(Stored::new(outcome))

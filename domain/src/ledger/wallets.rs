@@ -5,8 +5,8 @@
 use chrono::{DateTime, Utc};
 use infra::entities::wallet;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use uuid::Uuid;
 
@@ -183,6 +183,37 @@ pub async fn lock_wallets_in_order(
     Ok(locking(query, txn.get_database_backend()).all(txn).await?)
 }
 
+/// Locks the wallets of several writes at once (a group commit), in
+/// ascending id order in one statement, like `lock_wallets_in_order`.
+pub async fn lock_wallets_of(
+    txn: &DatabaseTransaction,
+    wallets: &[(i64, WalletKind)],
+) -> DomainResult<()> {
+    let mut of_kind = Condition::any();
+    for kind in [WalletKind::Live, WalletKind::Demo] {
+        let users: Vec<i64> = wallets
+            .iter()
+            .filter(|(_, k)| *k == kind)
+            .map(|(u, _)| *u)
+            .collect();
+        if !users.is_empty() {
+            of_kind = of_kind.add(
+                Condition::all()
+                    .add(wallet::Column::Kind.eq(kind.as_str()))
+                    .add(wallet::Column::UserId.is_in(users)),
+            );
+        }
+    }
+    if wallets.is_empty() {
+        return Ok(());
+    }
+    let query = wallet::Entity::find()
+        .filter(of_kind)
+        .order_by_asc(wallet::Column::Id);
+    locking(query, txn.get_database_backend()).all(txn).await?;
+    Ok(())
+}
+
 /// The one way a single-wallet write takes its lock: within the caller's
 /// (retried) transaction, lock the user's wallet of `kind` and hand it to
 /// `op`, which changes it only through `financial`. An unknown user is 404.
@@ -251,6 +282,10 @@ impl Command for Deposit {
     type Output = Operation;
     const NAME: &'static str = "deposit";
 
+    fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
+        Some(vec![(self.user_id, self.wallet)])
+    }
+
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
         let metadata = metadata(&[("payment_method", &self.payment_method)]);
         single_wallet_operation(
@@ -277,6 +312,10 @@ impl Command for Withdrawal {
     type Output = Operation;
     const NAME: &'static str = "withdraw";
 
+    fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
+        Some(vec![(self.user_id, self.wallet)])
+    }
+
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
         let metadata = metadata(&[("destination", &self.destination)]);
         single_wallet_operation(
@@ -301,6 +340,13 @@ pub fn check_distinct_accounts(from: i64, to: i64) -> DomainResult<()> {
 impl Command for TransferRequest {
     type Output = Transfer;
     const NAME: &'static str = "transfer";
+
+    fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
+        Some(vec![
+            (self.from_user_id, self.wallet),
+            (self.to_user_id, self.wallet),
+        ])
+    }
 
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Transfer> {
         transfer(txn, self).await

@@ -110,6 +110,10 @@ impl Command for OpenOrder {
     type Output = OrderView;
     const NAME: &'static str = "open_order";
 
+    fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
+        Some(vec![(self.user_id, self.wallet)])
+    }
+
     async fn execute(&self, ledger: &Ledger, txn: &DatabaseTransaction) -> DomainResult<OrderView> {
         let (cmd, rules) = (self, &ledger.trading);
         execute_with_user_lock(txn, cmd.user_id, cmd.wallet, async |w| {

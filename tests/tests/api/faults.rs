@@ -815,3 +815,103 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
     assert_eq!(deposits, 1 + N as i64, "deposit journal entries");
     assert_reconciled(&url).await;
 }
+
+/// Invariant: a server killed while a group of writes is in flight commits
+/// none of it (no partial group is ever visible), and every write reaches a
+/// definite answer after the restart, executed exactly once. One group at a
+/// time: the first write waits on a row lock held from outside while the
+/// others queue behind it; the kill comes with all of them in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_mid_group_commits_nothing_partial() {
+    const N: usize = 24;
+    let db = PgDatabase::create().await;
+    let url = db.url.clone();
+    let mut server = LedgerProcess::start(&url, &[("LEDGER_GROUP_COMMIT_GROUPS", "1")]).await;
+    let http = Arc::new(Http::new(server.base(), Duration::from_secs(30)));
+    let users = http.create_users(3).await;
+    for &u in &users {
+        http.fund(u, "10").await;
+    }
+    let service = token("backoffice", Role::Service);
+    let writes: Vec<(String, Value)> = (0..N)
+        .map(|i| {
+            let u = users[i % users.len()];
+            (
+                fresh_key(),
+                json!({ "user_id": u, "amount": "1", "wallet": "live" }),
+            )
+        })
+        .collect();
+
+    let outside = sea_orm::Database::connect(&url).await.unwrap();
+    let lock = outside.begin().await.unwrap();
+    lock.execute_unprepared(&format!(
+        "SELECT id FROM wallets WHERE user_id = {} FOR UPDATE",
+        users[0]
+    ))
+    .await
+    .unwrap();
+    let in_flight: Vec<_> = writes
+        .iter()
+        .map(|(key, body)| {
+            let (http, service, key, body) = (
+                Arc::clone(&http),
+                service.clone(),
+                key.clone(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                http.post("/api/v1/wallets/deposit", &service, &key, &body)
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.kill();
+    lock.rollback().await.unwrap();
+    outside.close().await.unwrap();
+    for task in join_all(in_flight).await {
+        assert!(
+            task.unwrap().is_err(),
+            "a write was answered although its group never committed"
+        );
+    }
+    let deposits = |j: &BTreeMap<(String, String), i64>| -> i64 {
+        j.iter()
+            .filter(|((_, kind), _)| kind == "deposit")
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    assert_eq!(
+        deposits(&journal(&url).await),
+        users.len() as i64,
+        "a write of the killed group was committed"
+    );
+
+    server.restart().await;
+    let policy = Policy {
+        bound: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    for (key, body) in &writes {
+        let r = http
+            .post_until_definite("/api/v1/wallets/deposit", &service, key, body, &policy)
+            .await
+            .unwrap_or_else(|e| panic!("deposit {key}: {e}"));
+        r.expect(200);
+    }
+    for (i, &u) in users.iter().enumerate() {
+        let mine = (0..N).filter(|j| j % users.len() == i).count();
+        assert_eq!(
+            http.live_balance(u).await,
+            Decimal::from(10 + mine as i64),
+            "user {u}: each deposit exactly once"
+        );
+    }
+    assert_eq!(
+        deposits(&journal(&url).await),
+        (users.len() + N) as i64,
+        "deposit journal entries"
+    );
+    assert_reconciled(&url).await;
+}

@@ -4,6 +4,7 @@
 
 mod concurrency;
 mod faults;
+mod group_commit;
 mod idempotency;
 mod operations;
 mod referrals;

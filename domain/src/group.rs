@@ -1,0 +1,316 @@
+//! Group commit: money writes that arrive while others are being committed
+//! are executed together, several to one transaction, one commit for all of
+//! them. On the engines this ledger runs on a write is bound by its commit
+//! (the WAL flush), so sharing one commit is how throughput passes the
+//! per-commit ceiling — on a hot wallet above all, whose row lock otherwise
+//! admits one commit at a time.
+//!
+//! How a group runs (`run_group`, one retried transaction):
+//! 1. every write's Idempotency-Key is claimed first (`idempotency::claim`):
+//!    a stored answer is replayed and a key still in flight elsewhere is
+//!    answered 409 at once, before anything waits on a row lock;
+//! 2. the wallets of all remaining writes are locked in one statement, in
+//!    ascending id order — one lock per wallet, and two groups (in this
+//!    process or another) never wait on each other in a cycle;
+//! 3. each write runs in a savepoint of its own: a business refusal rolls
+//!    back that write only and is stored as its answer, so it never fails the
+//!    others; a transient failure aborts the group, which is re-run whole;
+//! 4. one commit; only then is each request answered, with its own answer.
+//!
+//! Groups form without waiting: a request queues its write and, when fewer
+//! than `groups` groups are running, starts a leader that takes everything
+//! queued (up to `max_size`) — so a lone request goes at once, and under load
+//! the writes that arrived during one commit make up the next group. The
+//! leader runs as a task of its own: a client that hangs up cannot cancel
+//! the others' writes.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use infra::metrics::metrics;
+use sea_orm::{DatabaseTransaction, TransactionTrait};
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::Ledger;
+use crate::error::{DomainError, DomainResult};
+use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse};
+use crate::ledger::wallets::{WalletKind, lock_wallets_of};
+use crate::tx::RetryPolicy;
+
+/// One write, type-erased: it runs the command in the transaction it is
+/// given and renders its success (re-runnable: a group may be retried).
+pub type WriteOp = Arc<
+    dyn Fn(Arc<DatabaseTransaction>) -> BoxFuture<'static, DomainResult<StoredResponse>>
+        + Send
+        + Sync,
+>;
+
+/// Renders a business refusal as the answer stored under the key.
+pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
+
+/// A queued write and where its answer goes.
+pub struct Write {
+    /// The command's name, for metrics and logs.
+    pub name: &'static str,
+    pub req: IdempotentRequest,
+    /// The wallets it will lock; all of a group's are locked first.
+    pub wallets: Vec<(i64, WalletKind)>,
+    pub op: WriteOp,
+    pub refuse: Refusal,
+    reply: oneshot::Sender<DomainResult<Outcome>>,
+}
+
+/// The queue and the running groups of one process.
+pub struct GroupCommit {
+    queue: Mutex<VecDeque<Write>>,
+    slots: Arc<Semaphore>,
+    max_size: usize,
+}
+
+impl std::fmt::Debug for GroupCommit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit")
+            .field("max_size", &self.max_size)
+            .field("free_groups", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+/// How one write of a group ended, before the commit.
+enum Ended {
+    Answered(Outcome),
+    /// Its key was stored by another write (of this group or elsewhere):
+    /// after the commit the stored answer is read.
+    StoredElsewhere,
+    Refused(DomainError),
+}
+
+impl GroupCommit {
+    pub fn new(groups: usize, max_size: usize) -> Self {
+        Self {
+            queue: Mutex::new(VecDeque::new()),
+            slots: Arc::new(Semaphore::new(groups.max(1))),
+            max_size: max_size.max(1),
+        }
+    }
+
+    /// Queues a write and waits for its answer, which comes only after the
+    /// commit of the group it ran in.
+    pub async fn submit(
+        self: &Arc<Self>,
+        ledger: &Ledger,
+        name: &'static str,
+        req: IdempotentRequest,
+        wallets: Vec<(i64, WalletKind)>,
+        op: WriteOp,
+        refuse: Refusal,
+    ) -> DomainResult<Outcome> {
+        let (reply, answer) = oneshot::channel();
+        self.lock_queue().push_back(Write {
+            name,
+            req,
+            wallets,
+            op,
+            refuse,
+            reply,
+        });
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            let (group, ledger) = (Arc::clone(self), ledger.clone());
+            tokio::spawn(async move { group.lead(slot, ledger).await });
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(DomainError::unexpected("a group ended without an answer")))
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Write>> {
+        // The queue is only pushed to and drained; a panic elsewhere cannot
+        // leave it half-changed, so a poisoned lock is still usable.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_group(&self) -> Vec<Write> {
+        let mut queue = self.lock_queue();
+        let n = queue.len().min(self.max_size);
+        queue.drain(..n).collect()
+    }
+
+    /// Runs groups until the queue is empty. The slot is given back before
+    /// the last look at the queue: a write queued while every slot was taken
+    /// is then either seen here or finds a free slot itself.
+    async fn lead(self: Arc<Self>, mut slot: tokio::sync::OwnedSemaphorePermit, ledger: Ledger) {
+        loop {
+            let group = self.take_group();
+            if !group.is_empty() {
+                run_group(&ledger, group).await;
+            }
+            drop(slot);
+            if self.lock_queue().is_empty() {
+                return;
+            }
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(next) => slot = next,
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+/// Runs one group and answers each of its writes.
+async fn run_group(ledger: &Ledger, group: Vec<Write>) {
+    metrics().group_size.observe(group.len() as f64);
+    if group.len() == 1 {
+        // Alone: no savepoints needed, the plain one-write transaction.
+        for write in group {
+            let op = Arc::clone(&write.op);
+            let refuse = Arc::clone(&write.refuse);
+            let outcome = ledger
+                .idempotency
+                .run(
+                    write.name,
+                    &write.req,
+                    |txn| op(txn),
+                    |response: &StoredResponse| response.clone(),
+                    |e| refuse(e),
+                )
+                .await;
+            let _ = write.reply.send(outcome);
+        }
+        return;
+    }
+    let policy: RetryPolicy = ledger.tx.policy().clone().with_connection_loss_retry();
+    let result = ledger
+        .tx
+        .execute_with_policy("group", &policy, |txn| {
+            let group = &group;
+            async move { run_writes(ledger, &txn, group).await }
+        })
+        .await;
+    match result {
+        Ok(ended) => {
+            for (write, ended) in group.into_iter().zip(ended) {
+                let outcome = match ended {
+                    Ended::Answered(outcome) => Ok(outcome),
+                    Ended::Refused(e) => Err(e),
+                    Ended::StoredElsewhere => ledger.idempotency.stored_answer(&write.req).await,
+                };
+                let _ = write.reply.send(outcome);
+            }
+        }
+        Err(e) => {
+            // Nothing of the group committed: every write gets the failure
+            // (a 503 the client may retry with the same key).
+            for write in group {
+                let _ = write.reply.send(Err(clone_failure(&e)));
+            }
+        }
+    }
+}
+
+/// One attempt at a group, inside its transaction.
+async fn run_writes(
+    ledger: &Ledger,
+    txn: &Arc<DatabaseTransaction>,
+    group: &[Write],
+) -> DomainResult<Vec<Ended>> {
+    let idempotency = &ledger.idempotency;
+    let mut ended: Vec<Option<Ended>> = Vec::with_capacity(group.len());
+    for write in group {
+        ended.push(match idempotency.claim(txn, &write.req).await {
+            Ok(Some(response)) => {
+                metrics().idempotent_replays.inc();
+                Some(Ended::Answered(Outcome {
+                    response,
+                    replayed: true,
+                }))
+            }
+            Ok(None) => None,
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => Some(Ended::Refused(e)),
+        });
+    }
+    let wallets: Vec<(i64, WalletKind)> = group
+        .iter()
+        .zip(&ended)
+        .filter(|(_, e)| e.is_none())
+        .flat_map(|(w, _)| w.wallets.iter().copied())
+        .collect();
+    lock_wallets_of(txn, &wallets).await?;
+    let mut out = Vec::with_capacity(group.len());
+    for (write, ended) in group.iter().zip(ended) {
+        out.push(match ended {
+            Some(done) => done,
+            None => run_one(ledger, txn, write).await?,
+        });
+    }
+    Ok(out)
+}
+
+/// One write in a savepoint of its own. `Err` only for a transient failure,
+/// which aborts the group.
+async fn run_one(
+    ledger: &Ledger,
+    txn: &Arc<DatabaseTransaction>,
+    write: &Write,
+) -> DomainResult<Ended> {
+    let idempotency = &ledger.idempotency;
+    let savepoint = Arc::new(txn.begin().await?);
+    let result = async {
+        let response = (write.op)(Arc::clone(&savepoint)).await?;
+        idempotency
+            .store(&*savepoint, &write.req, &response)
+            .await?;
+        Ok(response)
+    }
+    .await;
+    let savepoint = Arc::try_unwrap(savepoint)
+        .map_err(|_| DomainError::unexpected("savepoint kept past its write"))?;
+    match result {
+        Ok(response) => {
+            savepoint.commit().await?;
+            Ok(Ended::Answered(Outcome {
+                response,
+                replayed: false,
+            }))
+        }
+        Err(e) => {
+            savepoint.rollback().await?;
+            match e {
+                e if e.is_transient() => Err(e),
+                DomainError::ClaimLost => Ok(Ended::StoredElsewhere),
+                e if e.is_refusal() => {
+                    let response = (write.refuse)(&e);
+                    let store = txn.begin().await?;
+                    match idempotency.store(&store, &write.req, &response).await {
+                        Ok(()) => {
+                            store.commit().await?;
+                            Ok(Ended::Answered(Outcome {
+                                response,
+                                replayed: false,
+                            }))
+                        }
+                        Err(DomainError::ClaimLost) => {
+                            store.rollback().await?;
+                            Ok(Ended::StoredElsewhere)
+                        }
+                        Err(other) => Err(other),
+                    }
+                }
+                e => Ok(Ended::Refused(e)),
+            }
+        }
+    }
+}
+
+/// The failure of a whole group, for each of its writes. Only transient
+/// failures (and bugs) end a group; each write gets the same kind.
+fn clone_failure(e: &DomainError) -> DomainError {
+    match e {
+        DomainError::Overloaded => DomainError::Overloaded,
+        DomainError::Unavailable(source) => {
+            DomainError::Unavailable(sea_orm::DbErr::Custom(source.to_string()))
+        }
+        other => DomainError::unexpected(other.to_string()),
+    }
+}

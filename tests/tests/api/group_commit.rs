@@ -1,0 +1,239 @@
+//! Group commit: money writes that arrive together share one transaction and
+//! one commit. Each test states its invariant; PostgreSQL runs the contract's
+//! counts, SQLite the same invariants at lower ones.
+
+use std::time::Duration;
+
+use futures::future::join_all;
+use rust_decimal::Decimal;
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::json;
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, fresh_key, scale};
+
+const DEPOSIT: &str = "/api/v1/wallets/deposit";
+const WITHDRAW: &str = "/api/v1/wallets/withdraw";
+
+/// How many group-commit transactions carried more than one write so far
+/// (process-wide: a floor, not an exact count, with tests in parallel).
+fn shared_groups() -> u64 {
+    let h = &infra::metrics::metrics().group_size;
+    let alone = prometheus::core::Collector::collect(h)
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .flat_map(|m| m.get_histogram().get_bucket())
+        .find(|b| b.upper_bound() == 1.0)
+        .map_or(0, |b| b.cumulative_count());
+    h.get_sample_count() - alone
+}
+
+fn journal_count(body: &serde_json::Value, kind: &str) -> usize {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == kind)
+        .count()
+}
+
+/// Invariant: deposits pouring into one wallet while withdrawals race to
+/// drain it — the balance ends exactly at opening + Σ successful deposits −
+/// Σ successful withdrawals, never below zero; every refusal is 422
+/// `insufficient_funds`; each key executed once (journal entries = successes,
+/// and every key replays its own answer); the books reconcile.
+async fn a_hot_wallet_drained_while_filled(engine: Engine) {
+    let (deposits, withdrawals) = (scale(engine, 500, 100), scale(engine, 200, 40));
+    let app = TestApp::spawn(engine).await;
+    let u = app.funded_user("hot-group@x.io", "100").await;
+    let (service, user) = (app.service(), app.user(u));
+    let mut calls = Vec::new();
+    for i in 0..deposits.max(withdrawals) {
+        if i < deposits {
+            calls.push((DEPOSIT, service.clone(), fresh_key(), "1"));
+        }
+        if i < withdrawals {
+            calls.push((WITHDRAW, user.clone(), fresh_key(), "4"));
+        }
+    }
+    let shared_before = shared_groups();
+    let replies: Vec<Reply> = join_all(calls.iter().map(|(path, token, key, amount)| {
+        app.post(
+            path,
+            token,
+            Some(key),
+            json!({"user_id": u, "amount": amount, "wallet": "live"}),
+        )
+    }))
+    .await;
+    assert_no_5xx(&replies);
+    let mut expected = dec("100");
+    let (mut deposited, mut withdrawn) = (0, 0);
+    for ((path, _, _, amount), r) in calls.iter().zip(&replies) {
+        match (r.status, *path) {
+            (200, DEPOSIT) => {
+                deposited += 1;
+                expected += dec(amount);
+            }
+            (200, _) => {
+                withdrawn += 1;
+                expected -= dec(amount);
+            }
+            (422, WITHDRAW) => {
+                r.problem(422, "insufficient_funds");
+            }
+            _ => panic!("{path}: {} {}", r.status, r.text),
+        }
+        // a group never mixes answers: each reply is its own request's
+        if r.status == 200 {
+            assert_eq!(dec(r.body["amount"].as_str().unwrap()), dec(amount));
+            assert_eq!(r.body["user_id"], u);
+        }
+    }
+    assert_eq!(deposited, deposits, "every deposit succeeds");
+    assert!(expected >= Decimal::ZERO);
+    assert_eq!(dec(&app.balance(u, "live").await), expected);
+    let journal = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?wallet=live&limit=500"),
+            Some(&app.admin()),
+        )
+        .await;
+    let mut all = journal.body.clone();
+    let mut next = journal.body["next_before_id"].as_i64();
+    while let Some(before) = next {
+        let page = app
+            .get(
+                &format!("/api/v1/users/{u}/transactions?wallet=live&limit=500&before_id={before}"),
+                Some(&app.admin()),
+            )
+            .await;
+        all["items"]
+            .as_array_mut()
+            .unwrap()
+            .extend(page.body["items"].as_array().unwrap().iter().cloned());
+        next = page.body["next_before_id"].as_i64();
+    }
+    // the opening deposit of `funded_user` plus this test's
+    assert_eq!(journal_count(&all, "deposit"), deposited + 1);
+    assert_eq!(journal_count(&all, "withdrawal"), withdrawn);
+    for ((path, token, key, amount), first) in calls.iter().zip(&replies).take(60) {
+        let again = app
+            .post(
+                path,
+                token,
+                Some(key),
+                json!({"user_id": u, "amount": amount, "wallet": "live"}),
+            )
+            .await;
+        assert_eq!((again.status, &again.text), (first.status, &first.text));
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    }
+    assert_eq!(dec(&app.balance(u, "live").await), expected);
+    assert!(
+        shared_groups() > shared_before,
+        "writes arriving together never shared a commit"
+    );
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+/// Invariant: a group that contains a refused write commits the others, and
+/// each request gets its own answer. One group at a time: while the first
+/// write waits on the wallet's row lock (held from outside), the next ones
+/// queue up and then run together in the following transaction.
+async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.group_commit.groups = 1).await;
+    let a = app.funded_user("group-a@x.io", "10").await;
+    let b = app.funded_user("group-b@x.io", "10").await;
+    let outside = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let blocker = outside.begin().await.unwrap();
+    match engine {
+        Engine::Postgres => {
+            blocker
+                .execute_unprepared(&format!(
+                    "SELECT id FROM wallets WHERE user_id = {a} FOR UPDATE"
+                ))
+                .await
+                .unwrap();
+        }
+        // SQLite: a write takes the database write lock
+        Engine::Sqlite => {
+            blocker
+                .execute_unprepared(&format!(
+                    "UPDATE wallets SET version = version WHERE user_id = {a}"
+                ))
+                .await
+                .unwrap();
+        }
+    }
+    let shared_before = shared_groups();
+    let service = app.service();
+    let first_key = fresh_key();
+    let first = app.post(
+        DEPOSIT,
+        &service,
+        Some(&first_key),
+        json!({"user_id": a, "amount": "1", "wallet": "live"}),
+    );
+    let (user_a, user_b) = (app.user(a), app.user(b));
+    let rest =
+        async {
+            // the first write is in its transaction, waiting for the lock
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let writes = [
+                (
+                    DEPOSIT,
+                    service.clone(),
+                    json!({"user_id": b, "amount": "2", "wallet": "live"}),
+                ),
+                (
+                    WITHDRAW,
+                    user_a.clone(),
+                    json!({"user_id": a, "amount": "1000", "wallet": "live"}),
+                ),
+                (
+                    WITHDRAW,
+                    user_b.clone(),
+                    json!({"user_id": b, "amount": "3", "wallet": "live"}),
+                ),
+                (
+                    DEPOSIT,
+                    service.clone(),
+                    json!({"user_id": a, "amount": "5", "wallet": "live"}),
+                ),
+            ];
+            let keys: Vec<String> = writes.iter().map(|_| fresh_key()).collect();
+            let sent =
+                join_all(writes.iter().zip(&keys).map(|((path, token, body), key)| {
+                    app.post(path, token, Some(key), body.clone())
+                }));
+            let release = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                blocker.rollback().await.unwrap();
+            };
+            let (replies, ()) = tokio::join!(sent, release);
+            replies
+        };
+    let (first, replies) = tokio::join!(first, rest);
+    first.expect(200);
+    replies[0].expect(200);
+    assert_eq!(replies[0].body["balance_after"], "12");
+    replies[1].problem(422, "insufficient_funds");
+    replies[2].expect(200);
+    assert_eq!(replies[2].body["balance_after"], "9");
+    replies[3].expect(200);
+    assert_eq!(replies[3].body["amount"], "5");
+    assert_eq!(app.balance(a, "live").await, "16");
+    assert_eq!(app.balance(b, "live").await, "9");
+    assert!(
+        shared_groups() > shared_before,
+        "the queued writes ran alone"
+    );
+    outside.close().await.unwrap();
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
+both_engines!(
+    a_hot_wallet_drained_while_filled,
+    a_refusal_in_a_group_commits_the_others
+);
