@@ -95,6 +95,7 @@ fn setting_rate(name: &'static str, value: Decimal) -> DomainResult<Rate> {
 
 impl Ledger {
     /// Runs `cmd` in a retried transaction.
+    #[tracing::instrument(name = "execute", skip_all, fields(operation = C::NAME))]
     pub async fn execute<C: Command>(&self, cmd: &C) -> DomainResult<C::Output> {
         self.tx
             .execute_with_retry(C::NAME, |txn| async move { cmd.execute(self, &txn).await })
@@ -105,6 +106,7 @@ impl Ledger {
     /// its one run answered. `render` turns a success, and `refuse` a business
     /// refusal, into the response that is stored and sent; both run inside the
     /// transaction, so they must be pure.
+    #[tracing::instrument(name = "execute_once", skip_all, fields(operation = C::NAME, key = %req.key))]
     pub async fn execute_once<C: Command>(
         &self,
         req: &IdempotentRequest,

@@ -283,6 +283,7 @@ pub async fn require_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainR
 }
 
 impl Ledger {
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn user(&self, user_id: i64) -> DomainResult<UserView> {
         get_user(&self.db.conn, user_id).await
     }

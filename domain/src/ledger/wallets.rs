@@ -415,6 +415,7 @@ async fn transfer(txn: &DatabaseTransaction, cmd: &TransferRequest) -> DomainRes
 
 impl Ledger {
     /// A user's wallets; an unknown user is 404.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn wallets(&self, user_id: i64) -> DomainResult<Vec<WalletView>> {
         let conn = &self.db.conn;
         let wallets = wallet::Entity::find()
@@ -429,6 +430,7 @@ impl Ledger {
     }
 
     /// A user's journal, newest first.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn journal(
         &self,
         user_id: i64,

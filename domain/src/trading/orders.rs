@@ -273,6 +273,7 @@ impl Command for CloseOrder {
 
 impl Ledger {
     /// One order; `NotFound` when there is none.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn order(&self, id: i64) -> DomainResult<OrderView> {
         order::Entity::find_by_id(id)
             .one(&self.db.conn)
@@ -282,6 +283,7 @@ impl Ledger {
     }
 
     /// A user's orders, newest first, optionally only open or only closed ones.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn orders(
         &self,
         user_id: i64,

@@ -32,6 +32,7 @@ impl From<price::Model> for PriceView {
 
 impl Ledger {
     /// Sets the symbol's current price (creating the symbol on first use).
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn set_price(&self, symbol: &Symbol, price: Amount) -> DomainResult<PriceView> {
         self.tx
             .execute_with_retry("set_price", |txn| async move {
@@ -41,6 +42,7 @@ impl Ledger {
     }
 
     /// The current price; 404 when none was ever set.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn price(&self, symbol: &Symbol) -> DomainResult<PriceView> {
         price::Entity::find_by_id(symbol.as_str().to_owned())
             .one(&self.db.conn)

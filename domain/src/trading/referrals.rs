@@ -323,11 +323,13 @@ impl crate::Command for SettleCommissions {
 
 impl crate::Ledger {
     /// The periodic job: settles pending commissions batch by batch.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn settle_pending_commissions(&self) -> DomainResult<Settlement> {
         settle_pending(&self.tx, self.settle_batch, 100).await
     }
 
     /// A referrer's statistics; an unknown user is 404.
+    #[tracing::instrument(level = "debug", skip(self))]
     pub async fn referral_stats(&self, user_id: i64) -> DomainResult<ReferralStats> {
         stats(&self.db.conn, user_id, self.referral.rates.len()).await
     }
