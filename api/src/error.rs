@@ -17,7 +17,7 @@ use poem_openapi::types::{ToJSON, Type};
 
 use infra::metrics::metrics;
 
-use crate::middleware::current_request_id;
+use crate::request_id::current_request_id;
 use crate::routes::shared::{IdempotencyKey, Problem};
 
 pub const PROBLEM_JSON: &str = "application/problem+json";

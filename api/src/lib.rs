@@ -4,8 +4,11 @@
 pub mod app;
 pub mod auth;
 pub mod error;
+pub mod limiter;
 pub mod middleware;
 pub mod replay;
+pub mod request_id;
 pub mod routes;
 pub mod seed;
 pub mod state;
+pub mod tokens;

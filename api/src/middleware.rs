@@ -13,30 +13,9 @@ use poem_openapi::OperationId;
 use tracing::Instrument;
 
 use crate::error::{ApiError, from_poem_error};
+use crate::request_id::{REQUEST_ID, REQUEST_ID_HEADER, request_id};
 use crate::routes::allowed_methods;
 use crate::state::AppState;
-
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-
-tokio::task_local! {
-    static REQUEST_ID: String;
-}
-
-/// The id of the request being served ("" outside a request).
-pub fn current_request_id() -> String {
-    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
-}
-
-/// A client's id is echoed when it is 1–128 visible ASCII characters;
-/// anything else is replaced by a fresh UUID.
-fn request_id(req: &Request) -> String {
-    req.headers()
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
-}
 
 /// While the database is known to be down, a request waits at most this for
 /// a fresh look before it is refused.

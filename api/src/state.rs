@@ -5,7 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use domain::Ledger;
 use infra::Config;
 
-use crate::auth::{Limiter, Tokens};
+use crate::limiter::Limiter;
+use crate::tokens::Tokens;
 
 pub struct AppState {
     pub config: Config,

@@ -22,8 +22,8 @@ use poem_openapi::{OpenApi, Tags};
 use crate::app::Apis;
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::middleware::current_request_id;
 use crate::replay::Stored;
+use crate::request_id::current_request_id;
 use crate::routes::shared::{DecimalString, IdempotencyKey};
 
 #[derive(Tags)]
