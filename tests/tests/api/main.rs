@@ -7,6 +7,7 @@ mod faults;
 mod idempotency;
 mod operations;
 mod referrals;
+mod security;
 mod trading;
 mod trading_concurrency;
 mod users;
