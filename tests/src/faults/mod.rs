@@ -194,7 +194,7 @@ struct Db {
     /// For the servers: maybe through a proxy.
     server_url: String,
     placement: Placement,
-    _shared: Option<PgDatabase>,
+    shared: Option<PgDatabase>,
     private: Option<PrivatePg>,
     proxy: Option<Proxy>,
     netns: Option<NetNs>,
@@ -213,7 +213,7 @@ impl Db {
             url: db.url.clone(),
             server_url: db.url.clone(),
             placement: Placement::default(),
-            _shared: Some(db),
+            shared: Some(db),
             private: None,
             proxy: None,
             netns: None,
@@ -225,7 +225,7 @@ impl Db {
                     url: pg.url(),
                     server_url: pg.url(),
                     placement: Placement::default(),
-                    _shared: None,
+                    shared: None,
                     private: Some(pg),
                     proxy: None,
                     netns: None,
@@ -574,7 +574,7 @@ async fn inject(
         Scenario::TerminateBackends => {
             f.what = "pg_terminate_backend of server connections".into();
             let name = db
-                ._shared
+                .shared
                 .as_ref()
                 .map(|d| d.name.clone())
                 .ok_or("no database name")?;
