@@ -52,16 +52,96 @@ async fn limit_body(req: &mut Request, max: usize) -> Result<(), ApiError> {
         }
         return Err(too_large());
     }
-    if declared.is_none() {
-        // Chunked or undeclared: read at most `max` bytes.
-        let bytes = req
-            .take_body()
-            .into_bytes_limit(max)
-            .await
-            .map_err(|_| too_large())?;
-        req.set_body(bytes);
+    // Read at most `max` bytes (declared or not), so that a JSON body can be
+    // checked for duplicated keys before any handler sees it.
+    let bytes = req
+        .take_body()
+        .into_bytes_limit(max)
+        .await
+        .map_err(|_| too_large())?;
+    if is_json(req)
+        && let Some(key) = duplicated_key(&bytes)
+    {
+        return Err(ApiError::invalid(format!(
+            "duplicate field `{key}` in the JSON body"
+        )));
     }
+    req.set_body(bytes);
     Ok(())
+}
+
+fn is_json(req: &Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().contains("json"))
+}
+
+/// The first object key that appears twice in one object of `body`, if
+/// any. The JSON parser keeps the last of two equal keys, while a proxy, a
+/// log or an audit tool may read the first: `{"amount":"1","amount":"1000"}`
+/// must mean one thing or be refused. Malformed JSON yields `None` and is
+/// left to the handler's parser, which says what is wrong with it.
+fn duplicated_key(body: &[u8]) -> Option<String> {
+    use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+    struct Walk;
+
+    impl<'de> Visitor<'de> for Walk {
+        type Value = Option<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut found = None;
+            while let Some(inner) = seq.next_element_seed(Walk)? {
+                found = found.or(inner);
+            }
+            Ok(found)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut keys = std::collections::HashSet::new();
+            let mut found = None;
+            while let Some(key) = map.next_key::<String>()? {
+                let inner = map.next_value_seed(Walk)?;
+                if found.is_none() && !keys.insert(key.clone()) {
+                    found = Some(key);
+                }
+                found = found.or(inner);
+            }
+            Ok(found)
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Walk {
+        type Value = Option<String>;
+
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    let mut de = serde_json::Deserializer::from_slice(body);
+    Walk.deserialize(&mut de).ok().flatten()
 }
 
 pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
@@ -137,4 +217,27 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
         );
     });
     Ok(resp)
+}
+
+#[cfg(test)]
+mod duplicate_keys {
+    use super::duplicated_key;
+
+    #[test]
+    fn a_key_twice_in_one_object_is_found_at_any_depth() {
+        assert_eq!(duplicated_key(br#"{"a":"1","a":"2"}"#), Some("a".into()));
+        assert_eq!(
+            duplicated_key(br#"{"x":[{"b":1,"c":{"d":1,"d":2}}]}"#),
+            Some("d".into())
+        );
+        assert_eq!(
+            duplicated_key(br#"{"a":{"a":1},"b":[{"a":1},{"a":2}]}"#),
+            None
+        );
+        assert_eq!(duplicated_key(br#"{"a":1,"b":2}"#), None);
+        assert_eq!(duplicated_key(b"{}"), None);
+        // malformed: left to the handler's parser
+        assert_eq!(duplicated_key(br#"{"a":1,"a""#), None);
+        assert_eq!(duplicated_key(b""), None);
+    }
 }

@@ -16,6 +16,7 @@ use infra::config::Secret;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::Value;
 
+pub mod faults;
 pub mod load;
 pub mod process;
 pub mod proxy;

@@ -9,8 +9,8 @@
 //! `cargo build -p api --bin ledger`, or a stale one is tested.
 
 use std::fs::File;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -26,11 +26,14 @@ pub fn ledger_bin() -> PathBuf {
         return PathBuf::from(bin);
     }
     let exe = std::env::current_exe().expect("the test executable has a path");
-    // target/debug/deps/api-1234 -> target/debug/ledger
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps");
+    // target/debug/deps/api-1234 -> target/debug/ledger; a binary of this
+    // crate (target/debug/faults) sits beside it already.
+    let dir = exe.parent().expect("an executable lives in a directory");
+    let profile_dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
     profile_dir.join(format!("ledger{}", std::env::consts::EXE_SUFFIX))
 }
 
@@ -51,9 +54,28 @@ pub fn free_port() -> u16 {
     panic!("no free port in 20000..32000")
 }
 
+/// Where a server process runs: the address it listens on and, for network
+/// faults, the network namespace it is started in (`ip netns exec`, which
+/// execs the server itself, so a kill still reaches the server).
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub ip: IpAddr,
+    pub netns: Option<String>,
+}
+
+impl Default for Placement {
+    fn default() -> Self {
+        Self {
+            ip: IpAddr::from([127, 0, 0, 1]),
+            netns: None,
+        }
+    }
+}
+
 /// One `ledger serve` child process and the settings it restarts with.
 pub struct LedgerProcess {
     bin: PathBuf,
+    netns: Option<String>,
     addr: SocketAddr,
     env: Vec<(String, String)>,
     child: Option<Child>,
@@ -67,13 +89,20 @@ impl LedgerProcess {
     /// test secret, no rate limit and no drain, plus `env` (which may
     /// override those), and waits until it is ready.
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_at(&Placement::default(), database_url, env).await
+    }
+
+    /// `start`, listening on `placement.ip` inside `placement.netns`. A
+    /// fresh namespace has every port free, so the port is only checked on
+    /// the host.
+    pub async fn start_at(placement: &Placement, database_url: &str, env: &[(&str, &str)]) -> Self {
         let bin = ledger_bin();
         assert!(
             bin.is_file(),
             "no ledger binary at {}: run `cargo build -p api --bin ledger` (or set LEDGER_BIN)",
             bin.display()
         );
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = SocketAddr::new(placement.ip, free_port());
         let mut all: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), database_url.into()),
             ("LEDGER_JWT_SECRET".into(), SECRET.into()),
@@ -93,6 +122,7 @@ impl LedgerProcess {
         }
         let mut process = Self {
             bin,
+            netns: placement.netns.clone(),
             addr,
             env: all,
             child: None,
@@ -131,7 +161,14 @@ impl LedgerProcess {
         self.starts += 1;
         let log = File::create(self.log_path(self.starts)).expect("a server log file");
         let err = log.try_clone().expect("a second handle on the log file");
-        let mut command = Command::new(&self.bin);
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns.as_str()]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         command.arg("serve");
         // Only what this process is given: an engineer's own LEDGER_* or
         // DATABASE_URL must not leak into the server under test.

@@ -22,7 +22,14 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free local port and forwards to `upstream`.
     pub async fn start(upstream: SocketAddr) -> std::io::Result<Self> {
-        let listener = listen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), upstream).await
+    }
+
+    /// Listens on `listen` (port 0: a free one) and forwards to `upstream`:
+    /// e.g. on the host end of a veth pair, so that servers in a network
+    /// namespace reach a database that listens on the host's loopback only.
+    pub async fn start_on(listen_on: SocketAddr, upstream: SocketAddr) -> std::io::Result<Self> {
+        let listener = listen(listen_on)?;
         let addr = listener.local_addr()?;
         let mut proxy = Self {
             addr,

@@ -8,6 +8,7 @@ mod group_commit;
 mod idempotency;
 mod operations;
 mod referrals;
+mod security;
 mod trading;
 mod trading_concurrency;
 mod users;
