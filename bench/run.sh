@@ -126,6 +126,12 @@ loadgen read --scenario read --vus 50 --duration "$step"
 loadgen hot --scenario hot --vus 500 --ramp 2 --duration "$step"
 stop_servers
 
+echo "== the same writes without group commit (one transaction per write)"
+LEDGER_GROUP_COMMIT=false serve solo
+loadgen deposit-solo --scenario deposit --vus 50 --duration "$step"
+loadgen hot-solo --scenario hot --vus 500 --ramp 2 --duration "$step"
+stop_servers
+
 echo "== $users users, mixed, two instances sharing the port (pool 25 + 25)"
 psql "$url" -qc "VACUUM ANALYZE"
 serve mixed 2 25
