@@ -5,6 +5,7 @@
 mod concurrency;
 mod faults;
 mod idempotency;
+mod locks;
 mod operations;
 mod referrals;
 mod trading;
