@@ -745,7 +745,7 @@ impl LockService {
         let owner = request.owner_id.clone();
         let lock = match self.acquire(&request).await? {
             Acquired::Granted(lock) => lock,
-            Acquired::Deduplicated(lock) => return Ok(LockedRun::Deduplicated(lock)),
+            Acquired::Deduplicated(lock) => return Ok(LockedRun::Deduplicated(Box::new(lock))),
             Acquired::Queued(item) => self.granted(item).await?,
         };
         let mut guard = ReleaseGuard {
