@@ -30,6 +30,9 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u64>,
+    /// The busy resources of a `resource_locked` refusal, sent as the
+    /// problem's `conflicts` member.
+    pub conflicts: Option<Vec<String>>,
 }
 
 impl fmt::Display for ApiError {
@@ -53,6 +56,7 @@ impl ApiError {
             title,
             detail: detail.into(),
             retry_after: None,
+            conflicts: None,
         }
     }
 
@@ -140,6 +144,7 @@ impl ApiError {
             code: self.code.into(),
             detail: self.detail.clone(),
             request_id,
+            conflicts: self.conflicts.clone(),
         }
     }
 
@@ -215,6 +220,25 @@ impl From<&DomainError> for ApiError {
             DomainError::IdempotencyKeyReused => {
                 unprocessable("idempotency_key_reused", "Idempotency key reused")
             }
+            DomainError::ResourceLocked { conflicts } => Self {
+                conflicts: Some(conflicts.clone()),
+                ..Self::new(
+                    S::CONFLICT,
+                    "resource_locked",
+                    "Resource locked",
+                    e.to_string(),
+                )
+            },
+            DomainError::LockLost(_) => {
+                Self::new(S::CONFLICT, "lock_lost", "Lock lost", e.to_string())
+            }
+            DomainError::QueueFull { retry_after_ms, .. } => Self::new(
+                S::TOO_MANY_REQUESTS,
+                "queue_full",
+                "Lock queue full",
+                e.to_string(),
+            )
+            .retry_after(retry_after_ms.div_ceil(1000).max(1)),
             DomainError::DuplicateEmail => {
                 Self::new(S::CONFLICT, "conflict", "Conflict", e.to_string())
             }
@@ -291,14 +315,17 @@ const STATUSES: &[(u16, &str)] = &[
         403,
         "The token's role or subject may not do this (`forbidden`)",
     ),
-    (404, "Unknown user, order or symbol (`not_found`)"),
+    (
+        404,
+        "Unknown user, order, hold, symbol, lock or queue item (`not_found`)",
+    ),
     (
         405,
         "The path does not support this method (`method_not_allowed`); `Allow` lists the methods it does",
     ),
     (
         409,
-        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`)",
+        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`); a resource is locked (`resource_locked`, with `conflicts`: the busy resources); the lock is no longer active, expired, or holds another fencing token (`lock_lost`)",
     ),
     (
         413,
@@ -314,7 +341,7 @@ const STATUSES: &[(u16, &str)] = &[
     ),
     (
         429,
-        "Rate limit for this principal (`rate_limited`), or trade cooldown for this user and symbol (`cooldown_active`); both with Retry-After and neither stored under the Idempotency-Key",
+        "Rate limit for this principal (`rate_limited`), trade cooldown for this user and symbol (`cooldown_active`), or a resource's lock queue is full (`queue_full`); all with Retry-After and none stored under the Idempotency-Key",
     ),
     (500, "A bug; the body never carries internals (`internal`)"),
     (
@@ -538,6 +565,22 @@ mod tests {
                 "unavailable",
             ),
             (DomainError::Overloaded, 503, "overloaded"),
+            (
+                DomainError::ResourceLocked {
+                    conflicts: vec!["item:a".into()],
+                },
+                409,
+                "resource_locked",
+            ),
+            (DomainError::LockLost("expired".into()), 409, "lock_lost"),
+            (
+                DomainError::QueueFull {
+                    resource: "item:a".into(),
+                    retry_after_ms: 1_500,
+                },
+                429,
+                "queue_full",
+            ),
             (
                 DomainError::Database(sea_orm::DbErr::Custom("SELECT secret".into())),
                 500,

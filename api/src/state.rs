@@ -1,7 +1,5 @@
 //! What every request can reach.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use domain::Ledger;
 use infra::Config;
 
@@ -13,7 +11,7 @@ pub struct AppState {
     pub ledger: Ledger,
     pub tokens: Tokens,
     pub limiter: Option<Limiter>,
-    draining: AtomicBool,
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -26,16 +24,25 @@ impl AppState {
             ledger,
             tokens,
             limiter,
-            draining: AtomicBool::new(false),
+            draining: tokio::sync::watch::Sender::new(false),
         }
     }
 
     /// From now on readiness reports 503, so load balancers stop sending work.
     pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.draining.send_replace(true);
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        *self.draining.borrow()
+    }
+
+    /// Resolves when draining starts: long-lived responses (the event
+    /// stream) end then, so that shutdown does not wait on them.
+    pub fn drained(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut draining = self.draining.subscribe();
+        async move {
+            let _ = draining.wait_for(|d| *d).await;
+        }
     }
 }

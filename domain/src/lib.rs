@@ -13,7 +13,9 @@
 //!   `trading/referrals.rs`;
 //! - the shared kernel: money (`money`), time (`clock`), lists (`page`),
 //!   errors (`error`, `db_error`), retried transactions (`tx`),
-//!   exactly-once (`idempotency`), portable SQL (`sql`).
+//!   exactly-once (`idempotency`), portable SQL (`sql`);
+//! - resource locks, their queue, fencing and cleanup: `locks/` (its own
+//!   map in `locks/mod.rs`), reached as `ledger.locks`.
 //!
 //! Every write is a [`Command`]: the [`Ledger`] handle runs it in a retried
 //! transaction, once per Idempotency-Key ([`Ledger::execute_once`]).
@@ -24,6 +26,7 @@ pub mod error;
 pub mod group;
 pub mod idempotency;
 pub mod ledger;
+pub mod locks;
 pub mod money;
 pub mod page;
 pub mod sql;
@@ -41,6 +44,7 @@ use sea_orm::DatabaseTransaction;
 use crate::group::{GroupCommit, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::ledger::wallets::WalletKind;
+use crate::locks::{LockRules, LockService};
 use crate::money::Rate;
 use crate::trading::referrals::ReferralRules;
 use crate::trading::rules::TradingRules;
@@ -83,6 +87,7 @@ pub struct Ledger {
     pub settle_batch: u64,
     /// Money writes sharing commits; `None` when group commit is off.
     pub group: Option<Arc<GroupCommit>>,
+    pub locks: LockService,
 }
 
 fn setting_units(name: &'static str, value: Decimal) -> DomainResult<i64> {
@@ -144,10 +149,16 @@ impl Ledger {
             .iter()
             .map(|&r| setting_rate("referral_commission_rates", r))
             .collect::<DomainResult<Vec<_>>>()?;
+        let locks = LockService::new(
+            tx.clone(),
+            idempotency.clone(),
+            LockRules::from_config(&config.locks),
+        );
         Ok(Self {
             db,
             tx,
             idempotency,
+            locks,
             demo_balance: setting_units("demo_balance", trading.demo_balance)?,
             trading: Arc::new(TradingRules {
                 fee_rate: setting_rate("trade_fee_rate", trading.fee_rate)?,

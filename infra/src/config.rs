@@ -62,6 +62,7 @@ pub struct Config {
     pub trading: TradingConfig,
     pub referrals: ReferralConfig,
     pub group_commit: GroupCommitConfig,
+    pub locks: LockConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -219,6 +220,42 @@ impl Default for TradingConfig {
     }
 }
 
+/// Resource locks and their queue.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LockConfig {
+    /// A queued lock request gains one priority level per this much waiting
+    /// (never better than 1), so nothing starves.
+    pub queue_aging: Duration,
+    /// Pending queue items per resource; past it 429 `queue_full`.
+    pub queue_max: u32,
+    /// A lock request identical to a lock that is active or finished within
+    /// this window is answered with that lock; zero only dedupes against
+    /// active locks.
+    pub dedupe: Duration,
+    /// How often expired locks and queue items are finalized and old records
+    /// purged; zero turns the job off (`POST /api/v1/locks/cleanup` still
+    /// runs).
+    pub cleanup_interval: Duration,
+    /// Finished locks and queue items are kept this long.
+    pub retention: Duration,
+    /// How often a waiting request re-reads its queue item, so that a grant
+    /// made by another instance is seen without a notification.
+    pub poll: Duration,
+}
+
+impl Default for LockConfig {
+    fn default() -> Self {
+        Self {
+            queue_aging: Duration::from_millis(10_000),
+            queue_max: 1_000,
+            dedupe: Duration::from_millis(60_000),
+            cleanup_interval: Duration::from_millis(30_000),
+            retention: Duration::from_secs(24 * 3_600),
+            poll: Duration::from_millis(250),
+        }
+    }
+}
+
 /// Money writes that arrive together share one transaction and one commit.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupCommitConfig {
@@ -317,6 +354,12 @@ struct Settings {
     group_commit: bool,
     group_commit_max_size: usize,
     group_commit_groups: usize,
+    lock_queue_aging_ms: u64,
+    lock_queue_max: u32,
+    lock_dedupe_ms: u64,
+    lock_cleanup_interval_ms: u64,
+    lock_retention_hours: u64,
+    lock_poll_ms: u64,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -342,6 +385,7 @@ impl Default for Settings {
             trading,
             referrals,
             group_commit,
+            locks,
         } = Config::default();
         Self {
             listen: server.listen,
@@ -380,6 +424,12 @@ impl Default for Settings {
             group_commit: group_commit.enabled,
             group_commit_max_size: group_commit.max_size,
             group_commit_groups: group_commit.groups,
+            lock_queue_aging_ms: millis(locks.queue_aging),
+            lock_queue_max: locks.queue_max,
+            lock_dedupe_ms: millis(locks.dedupe),
+            lock_cleanup_interval_ms: millis(locks.cleanup_interval),
+            lock_retention_hours: locks.retention.as_secs() / 3_600,
+            lock_poll_ms: millis(locks.poll),
         }
     }
 }
@@ -497,6 +547,14 @@ impl TryFrom<Settings> for Config {
                 max_size: s.group_commit_max_size,
                 groups: s.group_commit_groups,
             },
+            locks: LockConfig {
+                queue_aging: Duration::from_millis(s.lock_queue_aging_ms),
+                queue_max: s.lock_queue_max,
+                dedupe: Duration::from_millis(s.lock_dedupe_ms),
+                cleanup_interval: Duration::from_millis(s.lock_cleanup_interval_ms),
+                retention: Duration::from_secs(s.lock_retention_hours.saturating_mul(3_600)),
+                poll: Duration::from_millis(s.lock_poll_ms),
+            },
         })
     }
 }
@@ -549,6 +607,7 @@ impl Config {
             trading,
             referrals,
             group_commit,
+            locks,
         } = self;
         if database.max_connections == 0 {
             return bad("db_max_connections must be at least 1");
@@ -591,6 +650,12 @@ impl Config {
         }
         if !(1..=100).contains(&trading.max_leverage) {
             return bad("max_leverage must be within 1..=100");
+        }
+        if locks.queue_aging.is_zero() || locks.queue_max == 0 {
+            return bad("lock_queue_aging_ms and lock_queue_max must be positive");
+        }
+        if !(10..=1_000).contains(&locks.poll.as_millis()) {
+            return bad("lock_poll_ms must be within 10..=1000");
         }
         if group_commit.max_size == 0 || group_commit.groups == 0 {
             return bad("group_commit_max_size and group_commit_groups must be at least 1");

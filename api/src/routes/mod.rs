@@ -2,6 +2,7 @@
 //! domain types, call the domain, render the result.
 
 pub mod health;
+pub mod locks;
 pub mod orders;
 pub mod prices;
 pub mod referrals;
@@ -40,6 +41,8 @@ pub enum ApiTags {
     Orders,
     /// Referral statistics and commission settlement.
     Referrals,
+    /// Resource locks, their priority queue and multi-resource reservations.
+    Locks,
 }
 
 /// Parses a request amount; a refusal names the field it came from.
@@ -114,6 +117,12 @@ impl Idempotent {
             key.as_str(),
             &body,
         ))
+    }
+
+    /// The request as the idempotency service keys it, for use cases that
+    /// answer with more than one success status.
+    pub fn request(&self) -> &IdempotentRequest {
+        &self.0
     }
 
     /// Runs `cmd` once for this key and renders its result as a `Body` with
@@ -210,7 +219,18 @@ mod tests {
                 op["responses"]["405"]["headers"]["Allow"].is_object(),
                 "{name}: Allow"
             );
-            if method == "post" {
+            // Every POST that creates something or moves money takes a key;
+            // the others act on a lock that exists (its owner's extend and
+            // release, fenced by status and token) or are admin reads and
+            // sweeps that are safe to repeat.
+            let keyless = [
+                "extend_lock",
+                "release_lock",
+                "check_lock",
+                "cleanup_locks",
+                "clear_all_locks",
+            ];
+            if method == "post" && !keyless.contains(&op["operationId"].as_str().unwrap_or("")) {
                 let key = op["parameters"]
                     .as_array()
                     .unwrap()

@@ -116,6 +116,9 @@ pub struct Problem {
     pub code: String,
     pub detail: String,
     pub request_id: String,
+    /// With `resource_locked`: the busy resources.
+    #[oai(skip_serializing_if_is_none)]
+    pub conflicts: Option<Vec<String>>,
 }
 
 /// The free-text fields (`reference`, `destination`, `payment_method`,

@@ -6,6 +6,8 @@ mod concurrency;
 mod faults;
 mod group_commit;
 mod idempotency;
+mod locks;
+mod locks_concurrency;
 mod operations;
 mod referrals;
 mod security;
