@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod error;
 pub mod middleware;
+pub mod monitor;
 pub mod replay;
 pub mod routes;
 pub mod seed;

@@ -5,6 +5,7 @@
 mod concurrency;
 mod faults;
 mod idempotency;
+mod monitor;
 mod operations;
 mod referrals;
 mod trading;
