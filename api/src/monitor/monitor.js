@@ -6,7 +6,7 @@
 (() => {
   const TOKEN_KEY = 'ledger.lockMonitor.token';
   const LOCKS = '/api/v1/locks';
-  const HISTORY_LIMIT = 100;
+  const HISTORY_LIMIT = 200;
   const MAX_CHIPS = 3;
   const BACKOFF_MIN_MS = 1000;
   const BACKOFF_MAX_MS = 30000;
@@ -282,6 +282,8 @@
   async function loadAll() {
     const [active, recent, stats] = await Promise.all([
       api(`${LOCKS}?status=active&limit=500`),
+      // Without a status: the latest locks of every status, and the whole
+      // pending queue.
       api(`${LOCKS}?limit=${HISTORY_LIMIT}`),
       api(`${LOCKS}/stats`),
     ]);
@@ -535,6 +537,9 @@
     }
     const row = wrap.closest('tr');
     if (left <= 0) {
+      // The lease ran out: the server reads it as expired from now on, so
+      // fetch the state once rather than wait for the cleanup's event.
+      if (wrap.dataset.level !== 'gone') scheduleRefresh();
       wrap.dataset.level = 'gone';
       text.textContent = 'expired';
       text.title = 'The lease ran out: the resources are free, the cleanup job will mark it expired.';
@@ -634,17 +639,25 @@
     $('queue-empty').hidden = items.length > 0;
   }
 
+  // Ended by someone other than its owner (or the principal that asked for
+  // it on the owner's behalf): an admin's forced release.
+  function wasForced(lock) {
+    if (typeof lock.forced === 'boolean') return lock.forced;
+    const by = lock.released_by;
+    return Boolean(by) && by !== lock.owner_id && by !== lock.created_by;
+  }
+
   // How a finished lock ended, and what the record says about it.
   function outcome(lock) {
     if (lock.status === 'failed') return { kind: 'failed', label: 'Failed' };
     if (lock.status === 'expired') return { kind: 'expired', label: 'Expired' };
-    if (lock.forced || (lock.released_by && lock.released_by !== lock.owner_id)) return { kind: 'forced', label: 'Forced' };
+    if (wasForced(lock)) return { kind: 'forced', label: 'Forced' };
     return { kind: 'released', label: lock.result ? 'Completed' : 'Released' };
   }
 
   function detailCell(lock, kind) {
     const cell = td('Reason / detail', { class: 'detail' });
-    const reason = lock.reason ?? lock.release_reason;
+    const reason = lock.release_reason;
     if (kind === 'forced') {
       cell.append(reason ? el('span', { class: 'reason', text: reason }) : el('span', { class: 'muted', text: 'no reason recorded' }));
     } else if (kind === 'failed') {
