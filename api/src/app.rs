@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::middleware::observe;
 use crate::monitor;
 use crate::routes::health::HealthApi;
+use crate::routes::locks::LocksApi;
 use crate::routes::orders::OrdersApi;
 use crate::routes::prices::PricesApi;
 use crate::routes::referrals::ReferralsApi;
@@ -59,6 +60,7 @@ pub type Apis = (
     PricesApi,
     OrdersApi,
     ReferralsApi,
+    LocksApi,
 );
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
@@ -198,6 +200,9 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
                 }
             }
         }));
+    }
+    if state.ledger.locks.rules().cleanup_every.is_some() {
+        jobs.push(tokio::spawn(state.ledger.locks.clone().run_cleanup_job()));
     }
     if state.limiter.is_some() {
         let s = Arc::clone(state);

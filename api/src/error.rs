@@ -27,6 +27,9 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds, sent as `Retry-After`.
     pub retry_after: Option<u64>,
+    /// The busy resources of a `resource_locked` refusal, sent as the
+    /// problem's `conflicts` member.
+    pub conflicts: Option<Vec<String>>,
 }
 
 impl fmt::Display for ApiError {
@@ -50,6 +53,7 @@ impl ApiError {
             title,
             detail: detail.into(),
             retry_after: None,
+            conflicts: None,
         }
     }
 
@@ -137,7 +141,14 @@ impl ApiError {
     }
 
     pub fn body(&self) -> String {
-        self.problem().to_json_string()
+        let Some(conflicts) = &self.conflicts else {
+            return self.problem().to_json_string();
+        };
+        let mut body = self.problem().to_json().unwrap_or_default();
+        if let Some(members) = body.as_object_mut() {
+            members.insert("conflicts".into(), serde_json::json!(conflicts));
+        }
+        body.to_string()
     }
 
     /// The form in which a refusal is stored under its idempotency key.
@@ -193,6 +204,25 @@ impl From<&DomainError> for ApiError {
             DomainError::IdempotencyKeyReused => {
                 unprocessable("idempotency_key_reused", "Idempotency key reused")
             }
+            DomainError::ResourceLocked { conflicts } => Self {
+                conflicts: Some(conflicts.clone()),
+                ..Self::new(
+                    S::CONFLICT,
+                    "resource_locked",
+                    "Resource locked",
+                    e.to_string(),
+                )
+            },
+            DomainError::LockLost(_) => {
+                Self::new(S::CONFLICT, "lock_lost", "Lock lost", e.to_string())
+            }
+            DomainError::QueueFull { retry_after_ms, .. } => Self::new(
+                S::TOO_MANY_REQUESTS,
+                "queue_full",
+                "Lock queue full",
+                e.to_string(),
+            )
+            .retry_after(retry_after_ms.div_ceil(1000).max(1)),
             DomainError::DuplicateEmail => {
                 Self::new(S::CONFLICT, "conflict", "Conflict", e.to_string())
             }
@@ -412,6 +442,22 @@ mod tests {
                 "unavailable",
             ),
             (DomainError::Overloaded, 503, "overloaded"),
+            (
+                DomainError::ResourceLocked {
+                    conflicts: vec!["item:a".into()],
+                },
+                409,
+                "resource_locked",
+            ),
+            (DomainError::LockLost("expired".into()), 409, "lock_lost"),
+            (
+                DomainError::QueueFull {
+                    resource: "item:a".into(),
+                    retry_after_ms: 1_500,
+                },
+                429,
+                "queue_full",
+            ),
             (
                 DomainError::Database(sea_orm::DbErr::Custom("SELECT secret".into())),
                 500,

@@ -33,6 +33,20 @@ pub enum DomainError {
     CooldownActive { symbol: String, retry_after_ms: u64 },
     #[error("sender and recipient are the same account")]
     SameAccount,
+    /// Some of the requested resources are held, or wanted by waiters
+    /// ahead of this request.
+    #[error("resources locked: {}", conflicts.join(", "))]
+    ResourceLocked { conflicts: Vec<String> },
+    /// The lock is no longer active, has expired, is another owner's, or
+    /// holds another fencing token: whatever it protected must not happen.
+    #[error("lock lost: {0}")]
+    LockLost(String),
+    /// The queue of a resource is full; retry after about `retry_after_ms`.
+    #[error("the lock queue of {resource} is full")]
+    QueueFull {
+        resource: String,
+        retry_after_ms: u64,
+    },
     #[error("a user with this email already exists")]
     DuplicateEmail,
     #[error("no user has this referral code")]

@@ -13,7 +13,9 @@
 //!   `trading/referrals.rs`;
 //! - the shared kernel: money (`money`), time (`clock`), lists (`page`),
 //!   errors (`error`, `db_error`), retried transactions (`tx`),
-//!   exactly-once (`idempotency`), portable SQL (`sql`).
+//!   exactly-once (`idempotency`), portable SQL (`sql`);
+//! - resource locks, their queue, fencing and cleanup: `locks/` (its own
+//!   map in `locks/mod.rs`), reached as `ledger.locks`.
 //!
 //! Every write is a [`Command`]: the [`Ledger`] handle runs it in a retried
 //! transaction, once per Idempotency-Key ([`Ledger::execute_once`]).
@@ -23,6 +25,7 @@ pub mod db_error;
 pub mod error;
 pub mod idempotency;
 pub mod ledger;
+pub mod locks;
 pub mod money;
 pub mod page;
 pub mod sql;
@@ -38,6 +41,7 @@ use infra::{Config, Database};
 use sea_orm::DatabaseTransaction;
 
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
+use crate::locks::{LockRules, LockService};
 use crate::money::Rate;
 use crate::trading::referrals::ReferralRules;
 use crate::trading::rules::TradingRules;
@@ -71,6 +75,7 @@ pub struct Ledger {
     pub referral: Arc<ReferralRules>,
     /// Commissions settled per transaction.
     pub settle_batch: u64,
+    pub locks: LockService,
 }
 
 fn setting_units(name: &'static str, value: &str) -> DomainResult<i64> {
@@ -126,10 +131,16 @@ impl Ledger {
             .into_iter()
             .map(|r| setting_rate("referral_commission_rates", r))
             .collect::<DomainResult<Vec<_>>>()?;
+        let locks = LockService::new(
+            tx.clone(),
+            idempotency.clone(),
+            LockRules::from_config(config),
+        );
         Ok(Self {
             db,
             tx,
             idempotency,
+            locks,
             demo_balance: setting_units("demo_balance", &config.demo_balance)?,
             trading: Arc::new(TradingRules {
                 fee_rate: setting_rate("trade_fee_rate", fee_rate)?,

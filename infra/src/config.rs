@@ -120,6 +120,23 @@ pub struct Config {
     pub referral_settle_interval_ms: u64,
     /// Commissions settled per transaction.
     pub referral_settle_batch: u32,
+    /// A queued lock request gains one priority level per this many
+    /// milliseconds of waiting (never better than 1), so nothing starves.
+    pub lock_queue_aging_ms: u64,
+    /// Pending queue items per resource; past it 429 `queue_full`.
+    pub lock_queue_max: u32,
+    /// A lock request identical to a lock that is active or finished within
+    /// this many milliseconds is answered with that lock; 0 only dedupes
+    /// against active locks.
+    pub lock_dedupe_ms: u64,
+    /// How often expired locks and queue items are finalized and old records
+    /// purged; 0 turns the job off (`POST /api/v1/locks/cleanup` still runs).
+    pub lock_cleanup_interval_ms: u64,
+    /// Finished locks and queue items are kept this long.
+    pub lock_retention_hours: u64,
+    /// How often a waiting request re-reads its queue item, so that a grant
+    /// made by another instance is seen without a notification.
+    pub lock_poll_ms: u64,
 }
 
 /// Accepts a decimal setting as a string or as a number: environment values
@@ -187,6 +204,12 @@ impl Default for Config {
             referral_commission_rates: "0.20,0.05".into(),
             referral_settle_interval_ms: 5_000,
             referral_settle_batch: 500,
+            lock_queue_aging_ms: 10_000,
+            lock_queue_max: 1_000,
+            lock_dedupe_ms: 60_000,
+            lock_cleanup_interval_ms: 30_000,
+            lock_retention_hours: 24,
+            lock_poll_ms: 250,
         }
     }
 }
@@ -259,6 +282,12 @@ impl Config {
         }
         if self.referral_settle_batch == 0 {
             return bad("referral_settle_batch must be at least 1");
+        }
+        if self.lock_queue_aging_ms == 0 || self.lock_queue_max == 0 {
+            return bad("lock_queue_aging_ms and lock_queue_max must be positive");
+        }
+        if !(10..=1_000).contains(&self.lock_poll_ms) {
+            return bad("lock_poll_ms must be within 10..=1000");
         }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");

@@ -35,6 +35,78 @@ pub struct Metrics {
     /// This process's id, so a scraper behind a shared port (SO_REUSEPORT)
     /// can tell instances apart.
     pub process_id: IntGauge,
+    /// Resource locks: gauges refreshed from the database (they count every
+    /// instance's locks), counters and histograms of this process's work.
+    pub locks: LockMetrics,
+}
+
+pub struct LockMetrics {
+    /// Active, unexpired locks.
+    pub active: IntGauge,
+    /// Pending queue items.
+    pub queue_depth: IntGauge,
+    /// Grants, by how: `direct` or `queued`.
+    pub grants: IntCounterVec,
+    /// Requests refused 409 `resource_locked`.
+    pub conflicts: IntCounter,
+    /// Locks that reached their TTL.
+    pub expiries: IntCounter,
+    /// Locks released by an admin with `force`.
+    pub forced_releases: IntCounter,
+    /// Writes refused because their fencing token was stale (`lock_lost`).
+    pub fencing_refusals: IntCounter,
+    /// From grant to release, failure or expiry.
+    pub hold_seconds: prometheus::Histogram,
+    /// From joining the queue to the grant.
+    pub wait_seconds: prometheus::Histogram,
+}
+
+fn lock_metrics(registry: &Registry) -> Result<LockMetrics, prometheus::Error> {
+    let buckets = vec![
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+    ];
+    let m = LockMetrics {
+        active: IntGauge::new("locks_active", "Active, unexpired resource locks")?,
+        queue_depth: IntGauge::new("lock_queue_depth", "Pending lock queue items")?,
+        grants: IntCounterVec::new(
+            Opts::new(
+                "lock_grants_total",
+                "Locks granted, directly or from the queue",
+            ),
+            &["how"],
+        )?,
+        conflicts: IntCounter::new(
+            "lock_conflicts_total",
+            "Lock requests refused because a resource was locked",
+        )?,
+        expiries: IntCounter::new("lock_expiries_total", "Locks that reached their TTL")?,
+        forced_releases: IntCounter::new(
+            "lock_forced_releases_total",
+            "Locks released by an admin with force",
+        )?,
+        fencing_refusals: IntCounter::new(
+            "lock_fencing_refusals_total",
+            "Writes refused for a lost lock or a stale fencing token",
+        )?,
+        hold_seconds: prometheus::Histogram::with_opts(
+            HistogramOpts::new("lock_hold_seconds", "How long locks were held")
+                .buckets(buckets.clone()),
+        )?,
+        wait_seconds: prometheus::Histogram::with_opts(
+            HistogramOpts::new("lock_wait_seconds", "How long queued lock requests waited")
+                .buckets(buckets),
+        )?,
+    };
+    registry.register(Box::new(m.active.clone()))?;
+    registry.register(Box::new(m.queue_depth.clone()))?;
+    registry.register(Box::new(m.grants.clone()))?;
+    registry.register(Box::new(m.conflicts.clone()))?;
+    registry.register(Box::new(m.expiries.clone()))?;
+    registry.register(Box::new(m.forced_releases.clone()))?;
+    registry.register(Box::new(m.fencing_refusals.clone()))?;
+    registry.register(Box::new(m.hold_seconds.clone()))?;
+    registry.register(Box::new(m.wait_seconds.clone()))?;
+    Ok(m)
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
@@ -117,6 +189,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(pool_max.clone()))?;
     registry.register(Box::new(db_begin.clone()))?;
     registry.register(Box::new(process_id.clone()))?;
+    let locks = lock_metrics(&registry)?;
     Ok(Metrics {
         registry,
         http_requests,
@@ -134,6 +207,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         db_up,
         shed,
         process_id,
+        locks,
     })
 }
 
@@ -169,5 +243,7 @@ mod tests {
         super::metrics().tx_attempts.with_label_values(&["t"]).inc();
         let text = super::render();
         assert!(text.contains("ledger_db_transaction_attempts_total"));
+        super::metrics().locks.conflicts.inc();
+        assert!(super::render().contains("ledger_lock_conflicts_total"));
     }
 }

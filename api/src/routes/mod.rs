@@ -2,6 +2,7 @@
 //! domain types, call the domain, render the result.
 
 pub mod health;
+pub mod locks;
 pub mod orders;
 pub mod prices;
 pub mod referrals;
@@ -34,6 +35,8 @@ pub enum ApiTags {
     Orders,
     /// Referral statistics and commission settlement.
     Referrals,
+    /// Resource locks, their priority queue and multi-resource reservations.
+    Locks,
 }
 
 /// Parses a request amount; a refusal names the field it came from.
@@ -74,6 +77,12 @@ impl Idempotent {
             &key,
             &body,
         )))
+    }
+
+    /// The request as the idempotency service keys it, for use cases that
+    /// answer with more than one success status.
+    pub fn request(&self) -> &IdempotentRequest {
+        &self.0
     }
 
     /// Runs `cmd` once for this key and renders its result as a `Body` with

@@ -1,0 +1,585 @@
+//! Request and response bodies of the lock routes, the statuses each
+//! operation documents, and the one response with several success statuses
+//! (acquire: 201, 200 deduplicated, 202 queued).
+
+use std::marker::PhantomData;
+
+use domain::idempotency::Outcome;
+use domain::locks::{
+    self as locks, CleanupReport, ClearReport, LockEvent, LockList, LockStats, LockView,
+    QueueItemView, ResourceCheck, ResourceInfo, rfc3339,
+};
+use poem::http::{HeaderValue, StatusCode};
+use poem::{IntoResponse, Response};
+use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, Enum, Object};
+use serde_json::Value;
+
+use crate::error::{ApiError, PROBLEM_JSON};
+use crate::replay::REPLAYED_HEADER;
+
+/// `fail` (default): 409 `resource_locked` when a resource is busy;
+/// `queue`: join the queue (202).
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename = "LockWait", rename_all = "lowercase")]
+pub enum Wait {
+    Fail,
+    Queue,
+}
+
+impl From<Wait> for locks::WaitMode {
+    fn from(w: Wait) -> Self {
+        match w {
+            Wait::Fail => Self::Fail,
+            Wait::Queue => Self::Queue,
+        }
+    }
+}
+
+/// A request for an exclusive lease on 1–50 resources, all or nothing.
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct AcquireLockRequest {
+    /// 1–50 distinct names, `^[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)*$`, at most
+    /// 200 characters each.
+    #[oai(validator(min_items = 1, max_items = 50))]
+    pub resources: Vec<String>,
+    /// 1,000–600,000; default 30,000.
+    pub ttl_ms: Option<u64>,
+    /// 1 (highest) – 10 (lowest); default 5.
+    pub priority: Option<u8>,
+    /// What the holder will do, 1–100 of `[A-Za-z0-9_.:-]`.
+    pub transaction_type: String,
+    /// Any JSON; part of the duplicate-work key (object key order does not
+    /// matter).
+    pub transaction_data: Option<Value>,
+    pub wait: Option<Wait>,
+    /// How long a queued request may wait before it becomes `expired`;
+    /// default 60,000, at most 3,600,000.
+    pub queue_timeout_ms: Option<u64>,
+    /// The owner, when a service or admin acts for someone
+    /// (`user:42`, `service:name`, or a name of its own); a user may only
+    /// name itself. Default: the caller (`role:sub`).
+    #[oai(validator(max_length = 200))]
+    pub owner_id: Option<String>,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct ExtendLockRequest {
+    /// The new lease from now, 1,000–600,000.
+    pub ttl_ms: u64,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct ReleaseLockRequest {
+    /// What the work produced; kept on the lock.
+    pub result: Option<Value>,
+    /// The work failed: the lock ends `failed` with this message.
+    #[oai(validator(max_length = 2000))]
+    pub error: Option<String>,
+    /// Admin only: end someone else's lock; `reason` is required.
+    pub force: Option<bool>,
+    #[oai(validator(max_length = 500))]
+    pub reason: Option<String>,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct CheckLockRequest {
+    #[oai(validator(max_length = 200))]
+    pub resource_id: String,
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct ClearAllRequest {
+    /// Must be `true`.
+    pub confirm: bool,
+    #[oai(validator(min_length = 1, max_length = 500))]
+    pub reason: String,
+}
+
+/// A lock: an exclusive, expiring lease on its resources.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "Lock")]
+pub struct LockBody {
+    pub lock_id: String,
+    pub resources: Vec<String>,
+    pub owner_id: String,
+    /// `user`, `service`, `admin`, or `external` (a name a service gave).
+    pub owner_type: String,
+    /// Grows with every grant of a resource, never reused. Send
+    /// `Lock-Token: <lock_id>:<fencing_token>` with the writes it protects.
+    pub fencing_token: i64,
+    /// `active`, `released`, `expired` or `failed`; a lock past its expiry
+    /// reads `expired` at once.
+    pub status: String,
+    pub priority: i32,
+    pub transaction_type: String,
+    pub transaction_data: Value,
+    /// SHA-256 of owner, sorted resources, type and canonical data.
+    pub idempotency_key: String,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub acquired_at: String,
+    pub expires_at: String,
+    pub released_at: Option<String>,
+    pub released_by: Option<String>,
+    /// Present (`true`) only when this answers a duplicate request.
+    #[oai(skip_serializing_if_is_none)]
+    pub deduplicated: Option<bool>,
+}
+
+impl From<&LockView> for LockBody {
+    fn from(l: &LockView) -> Self {
+        Self {
+            lock_id: l.lock_id.clone(),
+            resources: l.resources.clone(),
+            owner_id: l.owner_id.clone(),
+            owner_type: l.owner_type.clone(),
+            fencing_token: l.fencing_token,
+            status: l.status.as_str().into(),
+            priority: l.priority,
+            transaction_type: l.transaction_type.clone(),
+            transaction_data: l.transaction_data.clone(),
+            idempotency_key: l.idempotency_key.clone(),
+            result: l.result.clone(),
+            error: l.error.clone(),
+            acquired_at: rfc3339(l.acquired_at_ms),
+            expires_at: rfc3339(l.expires_at_ms),
+            released_at: l.released_at_ms.map(rfc3339),
+            released_by: l.released_by.clone(),
+            deduplicated: None,
+        }
+    }
+}
+
+/// A waiter in the queue of one or more resources.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "QueueItem")]
+pub struct QueueItemBody {
+    pub queue_id: i64,
+    pub resources: Vec<String>,
+    pub owner_id: String,
+    pub priority: i32,
+    /// The priority improved by aging (one level per aging interval, never
+    /// past 1).
+    pub effective_priority: i32,
+    /// 1 = next; 0 once no longer pending.
+    pub position: i64,
+    /// From the measured hold times of the resources.
+    pub estimated_wait_ms: i64,
+    /// `pending`, `granted`, `cancelled` or `expired`.
+    pub status: String,
+    /// The lock it was granted as.
+    pub lock: Option<LockBody>,
+    pub queued_at: String,
+    pub deadline: String,
+}
+
+impl From<&QueueItemView> for QueueItemBody {
+    fn from(q: &QueueItemView) -> Self {
+        Self {
+            queue_id: q.queue_id,
+            resources: q.resources.clone(),
+            owner_id: q.owner_id.clone(),
+            priority: q.priority,
+            effective_priority: q.effective_priority,
+            position: q.position,
+            estimated_wait_ms: q.estimated_wait_ms,
+            status: q.status.as_str().into(),
+            lock: q.lock.as_ref().map(LockBody::from),
+            queued_at: rfc3339(q.queued_at_ms),
+            deadline: rfc3339(q.deadline_ms),
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "LockList")]
+pub struct LockListBody {
+    /// Newest first.
+    pub locks: Vec<LockBody>,
+    /// In queue order.
+    pub queue: Vec<QueueItemBody>,
+}
+
+impl From<&LockList> for LockListBody {
+    fn from(l: &LockList) -> Self {
+        Self {
+            locks: l.locks.iter().map(LockBody::from).collect(),
+            queue: l.queue.iter().map(QueueItemBody::from).collect(),
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "LockCheck")]
+pub struct CheckBody {
+    pub resource_id: String,
+    pub is_locked: bool,
+    pub active_locks: i64,
+    pub queue_length: i64,
+}
+
+impl From<&ResourceCheck> for CheckBody {
+    fn from(c: &ResourceCheck) -> Self {
+        Self {
+            resource_id: c.resource_id.clone(),
+            is_locked: c.is_locked,
+            active_locks: c.active_locks,
+            queue_length: c.queue_length,
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "LockedResource")]
+pub struct ResourceBody {
+    pub resource_id: String,
+    pub lock: Option<LockBody>,
+    pub queue: Vec<QueueItemBody>,
+    /// The last 20 locks of the resource, newest first.
+    pub history: Vec<LockBody>,
+}
+
+impl From<&ResourceInfo> for ResourceBody {
+    fn from(r: &ResourceInfo) -> Self {
+        Self {
+            resource_id: r.resource_id.clone(),
+            lock: r.lock.as_ref().map(LockBody::from),
+            queue: r.queue.iter().map(QueueItemBody::from).collect(),
+            history: r.history.iter().map(LockBody::from).collect(),
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ReleasedCount {
+    pub released: u64,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct LockStatsBody {
+    pub active: i64,
+    pub queued: i64,
+    pub released: i64,
+    pub expired: i64,
+    pub failed: i64,
+    pub avg_hold_ms: i64,
+    pub avg_wait_ms: i64,
+    pub p99_wait_ms: i64,
+}
+
+impl From<&LockStats> for LockStatsBody {
+    fn from(s: &LockStats) -> Self {
+        Self {
+            active: s.active,
+            queued: s.queued,
+            released: s.released,
+            expired: s.expired,
+            failed: s.failed,
+            avg_hold_ms: s.avg_hold_ms,
+            avg_wait_ms: s.avg_wait_ms,
+            p99_wait_ms: s.p99_wait_ms,
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct LockCleanupBody {
+    /// Locks and queue items marked expired.
+    pub expired: u64,
+    /// Finished records deleted (older than the retention).
+    pub purged: u64,
+}
+
+impl From<&CleanupReport> for LockCleanupBody {
+    fn from(r: &CleanupReport) -> Self {
+        Self {
+            expired: r.expired,
+            purged: r.purged,
+        }
+    }
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ClearAllBody {
+    pub released: u64,
+    pub cancelled: u64,
+}
+
+impl From<&ClearReport> for ClearAllBody {
+    fn from(r: &ClearReport) -> Self {
+        Self {
+            released: r.released,
+            cancelled: r.cancelled,
+        }
+    }
+}
+
+/// One change, as one server-sent event whose `event` is `type`.
+#[derive(Object, Debug, Clone)]
+pub struct LockEventBody {
+    /// `acquired`, `extended`, `released`, `failed`, `expired`, `forced`,
+    /// `queued`, `granted` or `cancelled`.
+    #[oai(rename = "type")]
+    pub kind: String,
+    pub lock: Option<LockBody>,
+    pub queue_item: Option<QueueItemBody>,
+    pub at: String,
+}
+
+impl From<&LockEvent> for LockEventBody {
+    fn from(e: &LockEvent) -> Self {
+        Self {
+            kind: e.kind.as_str().into(),
+            lock: e.lock.as_ref().map(LockBody::from),
+            queue_item: e.queue_item.as_ref().map(QueueItemBody::from),
+            at: rfc3339(e.at_ms),
+        }
+    }
+}
+
+/// A problem (RFC 9457) as the lock routes send it: `conflicts` lists the
+/// busy resources of a `resource_locked` refusal.
+#[derive(Object, Debug, Clone)]
+#[oai(rename = "LockProblem")]
+pub struct LockProblem {
+    #[oai(rename = "type")]
+    pub ty: String,
+    pub title: String,
+    pub status: u16,
+    pub code: String,
+    pub detail: String,
+    pub request_id: String,
+    pub conflicts: Option<Vec<String>>,
+}
+
+/// Statuses an operation may refuse with, as bits of `SET`.
+pub const BAD_REQUEST: u16 = 1;
+pub const FORBIDDEN: u16 = 2;
+pub const NOT_FOUND: u16 = 4;
+pub const CONFLICT: u16 = 8;
+pub const UNPROCESSABLE: u16 = 16;
+pub const TOO_MANY: u16 = 32;
+
+const REFUSALS: &[(u16, u16, &str)] = &[
+    (
+        BAD_REQUEST,
+        400,
+        "Schema, format or range violation (`invalid_request`); `Idempotency-Key` missing where required (`idempotency_key_missing`)",
+    ),
+    (
+        0,
+        401,
+        "Missing, invalid or expired bearer token (`unauthorized`)",
+    ),
+    (
+        FORBIDDEN,
+        403,
+        "Not the lock's owner, or not an admin where one is required (`forbidden`)",
+    ),
+    (NOT_FOUND, 404, "No such lock or queue item (`not_found`)"),
+    (
+        CONFLICT,
+        409,
+        "A resource is held or wanted by waiters ahead (`resource_locked`, with `conflicts`: the busy resources); the lock is no longer active or has expired (`lock_lost`); the same Idempotency-Key is still in flight (`idempotency_in_flight`, with Retry-After)",
+    ),
+    (
+        UNPROCESSABLE,
+        422,
+        "The Idempotency-Key was used with a different body (`idempotency_key_reused`)",
+    ),
+    (
+        TOO_MANY,
+        429,
+        "The queue of a resource is full (`queue_full`), or the principal's rate limit (`rate_limited`); both with Retry-After",
+    ),
+    (
+        0,
+        500,
+        "A bug; the body never carries internals (`internal`)",
+    ),
+    (
+        0,
+        503,
+        "Database unreachable or draining (`unavailable`), or no connection within the wait budget (`overloaded`); both with Retry-After",
+    ),
+];
+
+/// An [`ApiError`] from a lock route; the OpenAPI document lists only the
+/// statuses in `SET` (plus 401, 500 and 503, which any route may answer).
+pub struct Refusal<const SET: u16>(pub ApiError);
+
+impl<const SET: u16> From<ApiError> for Refusal<SET> {
+    fn from(e: ApiError) -> Self {
+        Self(e)
+    }
+}
+
+impl<const SET: u16> From<domain::DomainError> for Refusal<SET> {
+    fn from(e: domain::DomainError) -> Self {
+        Self(ApiError::from(e))
+    }
+}
+
+impl<const SET: u16> std::fmt::Debug for Refusal<SET> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<const SET: u16> std::fmt::Display for Refusal<SET> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<const SET: u16> std::error::Error for Refusal<SET> {}
+
+impl<const SET: u16> poem::error::ResponseError for Refusal<SET> {
+    fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    fn as_response(&self) -> Response {
+        poem::error::ResponseError::as_response(&self.0)
+    }
+}
+
+impl<const SET: u16> ApiResponse for Refusal<SET> {
+    fn meta() -> MetaResponses {
+        MetaResponses {
+            responses: REFUSALS
+                .iter()
+                .filter(|(bit, _, _)| *bit == 0 || SET & bit != 0)
+                .map(|(_, status, description)| MetaResponse {
+                    description,
+                    status: Some(*status),
+                    status_range: None,
+                    content: vec![MetaMediaType {
+                        content_type: PROBLEM_JSON,
+                        schema: LockProblem::schema_ref(),
+                    }],
+                    headers: if matches!(status, 409 | 429 | 503) {
+                        vec![MetaHeader {
+                            name: "Retry-After".into(),
+                            description: Some("Seconds to wait before retrying".into()),
+                            required: false,
+                            deprecated: false,
+                            schema: u64::schema_ref(),
+                        }]
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        LockProblem::register(registry);
+    }
+}
+
+/// The answer to `POST /api/v1/locks`, stored under its Idempotency-Key and
+/// replayed byte for byte.
+pub struct AcquireReply {
+    outcome: Outcome,
+    _body: PhantomData<()>,
+}
+
+impl AcquireReply {
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            _body: PhantomData,
+        }
+    }
+}
+
+/// The stored status and body of an acquire.
+pub fn render(acquired: &locks::Acquired) -> (u16, String) {
+    match acquired {
+        locks::Acquired::Granted(lock) => (201, LockBody::from(lock).to_json_string()),
+        locks::Acquired::Deduplicated(lock) => {
+            let body = LockBody {
+                deduplicated: Some(true),
+                ..LockBody::from(lock)
+            };
+            (200, body.to_json_string())
+        }
+        locks::Acquired::Queued(item) => (202, QueueItemBody::from(item).to_json_string()),
+    }
+}
+
+impl IntoResponse for AcquireReply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.outcome.response.status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let content_type = if status.is_success() {
+            "application/json; charset=utf-8"
+        } else {
+            PROBLEM_JSON
+        };
+        let mut resp = Response::builder()
+            .status(status)
+            .content_type(content_type)
+            .body(self.outcome.response.body);
+        if self.outcome.replayed {
+            resp.headers_mut()
+                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+        }
+        resp
+    }
+}
+
+impl ApiResponse for AcquireReply {
+    fn meta() -> MetaResponses {
+        let replayed = || MetaHeader {
+            name: REPLAYED_HEADER.into(),
+            description: Some("`true` when this response is a replay of the stored one".into()),
+            required: false,
+            deprecated: false,
+            schema: String::schema_ref(),
+        };
+        let ok = |status, description, schema| MetaResponse {
+            description,
+            status: Some(status),
+            status_range: None,
+            content: vec![MetaMediaType {
+                content_type: "application/json; charset=utf-8",
+                schema,
+            }],
+            headers: vec![replayed()],
+        };
+        MetaResponses {
+            responses: vec![
+                ok(
+                    201,
+                    "Granted: all resources are now this lock's.",
+                    LockBody::schema_ref(),
+                ),
+                ok(
+                    200,
+                    "An identical request (same owner, resources, type and data) holds or recently held this lock: it is answered with that lock and `\"deduplicated\": true`, not a new grant.",
+                    LockBody::schema_ref(),
+                ),
+                ok(
+                    202,
+                    "Queued (`\"wait\": \"queue\"`): poll `GET /api/v1/locks/queue/{queue_id}?wait_ms=`.",
+                    QueueItemBody::schema_ref(),
+                ),
+            ],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        LockBody::register(registry);
+        QueueItemBody::register(registry);
+    }
+}

@@ -1,0 +1,1056 @@
+//! LockService: the lock use cases the API (and any code that must run
+//! under a lock) calls. Each write is one retried transaction (see
+//! `store`); the events it produced are published after it commits.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use infra::Config;
+use infra::entities::{transaction_lock as lock, transaction_queue as queue_row};
+use infra::metrics::metrics;
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::events::{EventKind, Events, LockEvent};
+use super::store::{self, Store, active_on, annotate, pending_on};
+use super::{
+    AcquireRequest, Acquired, CleanupReport, ClearReport, LockFilter, LockList, LockStats,
+    LockStatus, LockView, LockedRun, QueueItemView, QueueStatus, Release, ResourceCheck,
+    ResourceInfo, names, resource,
+};
+use crate::clock::now_ms;
+use crate::error::{DomainError, DomainResult};
+use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
+use crate::sql::statement;
+use crate::tx::TransactionService;
+
+/// Runs `$body` with `$s` bound to a [`Store`] in a retried transaction
+/// named `$name`, and publishes the store's events once it has committed.
+/// A macro rather than a function taking a closure: the body's future
+/// borrows the store, which a closure's return type cannot express.
+macro_rules! in_store {
+    ($svc:expr, $name:expr, |$s:ident| $body:expr) => {{
+        let aging = $svc.rules.queue_aging_ms;
+        let (value, events) = $svc
+            .tx
+            .execute_with_retry($name, |txn| async move {
+                let mut $s = Store::new(&txn, now_ms(), aging);
+                let value = $body;
+                Ok((value, $s.into_events()))
+            })
+            .await?;
+        $svc.events.publish(events);
+        value
+    }};
+}
+
+/// The lock settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct LockRules {
+    pub queue_aging_ms: u64,
+    pub queue_max: i64,
+    pub dedupe_ms: i64,
+    pub retention_ms: i64,
+    /// How often a waiting request re-reads its queue item.
+    pub poll: Duration,
+    pub cleanup_every: Option<Duration>,
+}
+
+impl LockRules {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            queue_aging_ms: config.lock_queue_aging_ms.max(1),
+            queue_max: i64::from(config.lock_queue_max),
+            dedupe_ms: i64::try_from(config.lock_dedupe_ms).unwrap_or(i64::MAX),
+            retention_ms: i64::try_from(config.lock_retention_hours.saturating_mul(3_600_000))
+                .unwrap_or(i64::MAX),
+            poll: Duration::from_millis(config.lock_poll_ms.max(1)),
+            cleanup_every: (config.lock_cleanup_interval_ms > 0)
+                .then(|| Duration::from_millis(config.lock_cleanup_interval_ms)),
+        }
+    }
+}
+
+/// Expired records handled per cleanup pass; the next pass takes the rest.
+const CLEANUP_BATCH: u64 = 500;
+/// The longest one wait on a queue item may last.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+const HISTORY: u64 = 20;
+
+#[derive(Clone, Debug)]
+pub struct LockService {
+    tx: TransactionService,
+    idempotency: IdempotencyService,
+    rules: Arc<LockRules>,
+    events: Events,
+}
+
+impl LockService {
+    pub fn new(tx: TransactionService, idempotency: IdempotencyService, rules: LockRules) -> Self {
+        Self {
+            tx,
+            idempotency,
+            rules: Arc::new(rules),
+            events: Events::default(),
+        }
+    }
+
+    pub fn rules(&self) -> &LockRules {
+        &self.rules
+    }
+
+    /// Every change of a lock or queue item this process commits, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
+        self.events.subscribe()
+    }
+
+    fn conn(&self) -> &sea_orm::DatabaseConnection {
+        &self.tx.db().conn
+    }
+
+    /// Grants, queues or refuses `req` (see [`Acquired`]); 409
+    /// `ResourceLocked` and 429 `QueueFull` are errors.
+    #[tracing::instrument(skip_all, fields(owner = %req.owner_id))]
+    pub async fn acquire(&self, req: &AcquireRequest) -> DomainResult<Acquired> {
+        let spec = req.validate()?;
+        self.settle_expired(&spec.resources).await?;
+        let (dedupe, max) = (self.rules.dedupe_ms, self.rules.queue_max);
+        let spec = &spec;
+        let result: DomainResult<Acquired> = async {
+            Ok(in_store!(self, "lock_acquire", |s| s
+                .acquire(spec, dedupe, max)
+                .await?))
+        }
+        .await;
+        count_conflict(&result);
+        result
+    }
+
+    /// [`acquire`](Self::acquire) at most once per Idempotency-Key: the
+    /// grant and the stored answer commit together. A conflict or a full
+    /// queue is not stored (the same key may be retried).
+    pub async fn acquire_once(
+        &self,
+        key: &IdempotentRequest,
+        req: &AcquireRequest,
+        render: impl Fn(&Acquired) -> StoredResponse,
+        refuse: impl Fn(&DomainError) -> StoredResponse,
+    ) -> DomainResult<Outcome> {
+        let spec = req.validate()?;
+        self.settle_expired(&spec.resources).await?;
+        let (dedupe, max, aging) = (
+            self.rules.dedupe_ms,
+            self.rules.queue_max,
+            self.rules.queue_aging_ms,
+        );
+        // Only the attempt that commits leaves its events here.
+        let committed: Mutex<Vec<LockEvent>> = Mutex::new(Vec::new());
+        let outcome = self
+            .idempotency
+            .run(
+                "lock_acquire",
+                key,
+                |txn| {
+                    let (spec, committed) = (&spec, &committed);
+                    async move {
+                        let mut s = Store::new(&txn, now_ms(), aging);
+                        let acquired = s.acquire(spec, dedupe, max).await?;
+                        if let Ok(mut slot) = committed.lock() {
+                            *slot = s.into_events();
+                        }
+                        Ok(acquired)
+                    }
+                },
+                render,
+                refuse,
+            )
+            .await;
+        count_conflict(&outcome);
+        let outcome = outcome?;
+        if !outcome.replayed {
+            let events = committed.lock().map(|mut e| std::mem::take(&mut *e));
+            self.events.publish(events.unwrap_or_default());
+        }
+        Ok(outcome)
+    }
+
+    /// Expiry is enforced where it is read: before deciding about
+    /// `resources`, any grant on them past its expiry is ended and its
+    /// waiters served, in a transaction of its own, so that this happens
+    /// even when the request itself is then refused.
+    async fn settle_expired(&self, resources: &[String]) -> DomainResult<()> {
+        let now = now_ms();
+        let stale = active_on(self.conn(), resources)
+            .await?
+            .iter()
+            .any(|l| l.expires_at_ms <= now);
+        if stale {
+            in_store!(self, "lock_settle", |s| s.settle(resources).await?);
+        }
+        Ok(())
+    }
+
+    pub async fn lock(&self, lock_id: &str) -> DomainResult<LockView> {
+        lock::Entity::find_by_id(lock_id.to_owned())
+            .one(self.conn())
+            .await?
+            .map(|row| LockView::from_row(row, now_ms()))
+            .ok_or(DomainError::NotFound("lock"))
+    }
+
+    /// Heartbeat: a new expiry `ttl_ms` from now, the same token. Only an
+    /// active, unexpired grant (with `fencing_token`, when given) is
+    /// extended; otherwise `LockLost`.
+    #[tracing::instrument(skip(self))]
+    pub async fn extend(
+        &self,
+        lock_id: &str,
+        ttl_ms: u64,
+        fencing_token: Option<i64>,
+    ) -> DomainResult<LockView> {
+        resource::validate_ttl(ttl_ms)?;
+        let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let view = self
+            .tx
+            .execute_with_retry("lock_extend", |txn| async move {
+                let now = now_ms();
+                let mut update = lock::Entity::update_many()
+                    .col_expr(lock::Column::ExpiresAtMs, Expr::value(now + ttl))
+                    .filter(lock::Column::Id.eq(lock_id))
+                    .filter(lock::Column::Status.eq("active"))
+                    .filter(lock::Column::ExpiresAtMs.gt(now));
+                if let Some(token) = fencing_token {
+                    update = update.filter(lock::Column::FencingToken.eq(token));
+                }
+                let done = update.exec(&*txn).await?;
+                let row = lock::Entity::find_by_id(lock_id.to_owned())
+                    .one(&*txn)
+                    .await?
+                    .ok_or(DomainError::NotFound("lock"))?;
+                if done.rows_affected != 1 {
+                    return Ok(Err(super::lost(format!(
+                        "the lock is {}",
+                        LockView::from_row(row, now).status.as_str()
+                    ))));
+                }
+                Ok(Ok(LockView::from_row(row, now)))
+            })
+            .await??;
+        self.events.publish(vec![LockEvent::lock(
+            EventKind::Extended,
+            view.clone(),
+            now_ms(),
+        )]);
+        Ok(view)
+    }
+
+    /// Ends a grant: `released`, or `failed` when `how.error` is given;
+    /// `by` is recorded as `released_by`. The head of each of its
+    /// resources' queues is granted in the same transaction. `LockLost` when
+    /// it is no longer active (an expired grant found here is marked so and
+    /// its waiters served first).
+    #[tracing::instrument(skip(self, how), fields(force = how.force))]
+    pub async fn release(&self, lock_id: &str, by: &str, how: Release) -> DomainResult<LockView> {
+        if how.force && how.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+            return Err(DomainError::invalid(
+                "reason",
+                "a forced release must say why",
+            ));
+        }
+        let how = &how;
+        in_store!(self, "lock_release", |s| s
+            .release(lock_id, by, how)
+            .await?)
+    }
+
+    /// A queue item as of now: position, estimate, and its lock once
+    /// granted. A waiter that may have been missed (its holder expired, or
+    /// the one ahead gave up) is settled first.
+    pub async fn queue_item(&self, queue_id: i64) -> DomainResult<QueueItemView> {
+        let item = self.read_queue_item(queue_id).await?;
+        if item.status == QueueStatus::Expired && item.lock.is_none() {
+            let row = queue_row::Entity::find_by_id(queue_id)
+                .one(self.conn())
+                .await?;
+            if row.is_some_and(|r| r.status == "pending") {
+                return Ok(in_store!(self, "lock_queue_expire", |s| s
+                    .end_queue_item(queue_id, false)
+                    .await?));
+            }
+            return Ok(item);
+        }
+        if item.status != QueueStatus::Pending {
+            return Ok(item);
+        }
+        let now = now_ms();
+        let holders = active_on(self.conn(), &item.resources).await?;
+        let stale = holders.iter().any(|l| l.expires_at_ms <= now);
+        let free = holders.iter().all(|l| l.expires_at_ms <= now);
+        if stale || (free && item.position == 1) {
+            let resources = &item.resources;
+            in_store!(self, "lock_settle", |s| s.settle(resources).await?);
+            return self.read_queue_item(queue_id).await;
+        }
+        Ok(item)
+    }
+
+    async fn read_queue_item(&self, queue_id: i64) -> DomainResult<QueueItemView> {
+        let now = now_ms();
+        let row = queue_row::Entity::find_by_id(queue_id)
+            .one(self.conn())
+            .await?
+            .ok_or(DomainError::NotFound("queue item"))?;
+        let mut items = [QueueItemView::from_row(row, now, self.rules.queue_aging_ms)];
+        annotate(self.conn(), &mut items, now, self.rules.queue_aging_ms).await?;
+        let [item] = items;
+        Ok(item)
+    }
+
+    /// Answers when the item is no longer pending or after `wait` (at most
+    /// [`MAX_WAIT`]): at once on a grant made by this process, within one
+    /// poll interval on a grant made by another.
+    pub async fn wait_queue_item(
+        &self,
+        queue_id: i64,
+        wait: Duration,
+    ) -> DomainResult<QueueItemView> {
+        let mut changes = self.events.subscribe();
+        let deadline = Instant::now() + wait.min(MAX_WAIT);
+        loop {
+            let item = self.queue_item(queue_id).await?;
+            let now = Instant::now();
+            if item.status != QueueStatus::Pending || now >= deadline {
+                return Ok(item);
+            }
+            let nap = self.rules.poll.min(deadline - now);
+            tokio::select! {
+                () = changed(&mut changes, queue_id) => {}
+                () = tokio::time::sleep(nap) => {}
+            }
+        }
+    }
+
+    /// Takes a waiter out of the queue (`cancelled`); one that is no longer
+    /// pending is returned as it is.
+    pub async fn cancel(&self, queue_id: i64) -> DomainResult<QueueItemView> {
+        Ok(in_store!(self, "lock_queue_cancel", |s| s
+            .end_queue_item(queue_id, true)
+            .await?))
+    }
+
+    /// Locks (newest first) and waiters (in queue order), filtered.
+    pub async fn list(&self, filter: &LockFilter) -> DomainResult<LockList> {
+        let now = now_ms();
+        let aging = self.rules.queue_aging_ms;
+        let limit = filter.limit.clamp(1, 500);
+        let lock_status = filter.status.as_deref().and_then(LockStatus::parse);
+        let queue_status = filter.status.as_deref().and_then(QueueStatus::parse);
+        if let Some(s) = &filter.status
+            && lock_status.is_none()
+            && queue_status.is_none()
+        {
+            return Err(DomainError::invalid(
+                "status",
+                format!("{s:?} is not a lock or queue status"),
+            ));
+        }
+        let mut locks = Vec::new();
+        if filter.status.is_none() || lock_status.is_some() {
+            let mut query = lock::Entity::find();
+            if let Some(r) = &filter.resource_id {
+                let ids = self.lock_ids_of(r).await?;
+                query = query.filter(lock::Column::Id.is_in(ids));
+            }
+            if let Some(o) = &filter.owner_id {
+                query = query.filter(lock::Column::OwnerId.eq(o.clone()));
+            }
+            query = match lock_status {
+                // An active row past its expiry is expired, as read.
+                Some(LockStatus::Active) => query
+                    .filter(lock::Column::Status.eq("active"))
+                    .filter(lock::Column::ExpiresAtMs.gt(now)),
+                Some(LockStatus::Expired) => query.filter(
+                    Condition::any()
+                        .add(lock::Column::Status.eq("expired"))
+                        .add(
+                            Condition::all()
+                                .add(lock::Column::Status.eq("active"))
+                                .add(lock::Column::ExpiresAtMs.lte(now)),
+                        ),
+                ),
+                Some(s) => query.filter(lock::Column::Status.eq(s.as_str())),
+                None => query,
+            };
+            locks = query
+                .order_by_desc(lock::Column::AcquiredAtMs)
+                .limit(limit)
+                .all(self.conn())
+                .await?
+                .into_iter()
+                .map(|row| LockView::from_row(row, now))
+                .collect();
+        }
+        let mut queue = Vec::new();
+        if filter.status.is_none() || queue_status.is_some() {
+            let status = queue_status.unwrap_or(QueueStatus::Pending);
+            let rows = if status == QueueStatus::Pending {
+                match &filter.resource_id {
+                    Some(r) => pending_on(self.conn(), std::slice::from_ref(r), now, aging).await?,
+                    None => {
+                        let all = self.pending_resources().await?;
+                        pending_on(self.conn(), &all, now, aging).await?
+                    }
+                }
+            } else {
+                let mut query =
+                    queue_row::Entity::find().filter(queue_row::Column::Status.eq(status.as_str()));
+                if let Some(r) = &filter.resource_id {
+                    let ids = self.queue_ids_of(r).await?;
+                    query = query.filter(queue_row::Column::Id.is_in(ids));
+                }
+                query
+                    .order_by_desc(queue_row::Column::Id)
+                    .limit(limit)
+                    .all(self.conn())
+                    .await?
+            };
+            queue = rows
+                .into_iter()
+                .filter(|q| filter.owner_id.as_ref().is_none_or(|o| &q.owner_id == o))
+                .take(usize::try_from(limit).unwrap_or(500))
+                .map(|q| QueueItemView::from_row(q, now, aging))
+                .collect();
+            annotate(self.conn(), &mut queue, now, aging).await?;
+        }
+        Ok(LockList { locks, queue })
+    }
+
+    async fn lock_ids_of(&self, resource_id: &str) -> DomainResult<Vec<String>> {
+        use infra::entities::transaction_lock_resource as lr;
+        Ok(lr::Entity::find()
+            .filter(lr::Column::ResourceId.eq(resource_id))
+            .select_only()
+            .column(lr::Column::LockId)
+            .into_tuple::<String>()
+            .all(self.conn())
+            .await?)
+    }
+
+    async fn queue_ids_of(&self, resource_id: &str) -> DomainResult<Vec<i64>> {
+        use infra::entities::transaction_queue_resource as qr;
+        Ok(qr::Entity::find()
+            .filter(qr::Column::ResourceId.eq(resource_id))
+            .select_only()
+            .column(qr::Column::QueueId)
+            .into_tuple::<i64>()
+            .all(self.conn())
+            .await?)
+    }
+
+    /// Every resource some pending waiter wants.
+    async fn pending_resources(&self) -> DomainResult<Vec<String>> {
+        let rows = queue_row::Entity::find()
+            .filter(queue_row::Column::Status.eq("pending"))
+            .select_only()
+            .column(queue_row::Column::Resources)
+            .into_tuple::<String>()
+            .all(self.conn())
+            .await?;
+        let mut all: Vec<String> = rows.iter().flat_map(|r| names(r)).collect();
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+
+    pub async fn check(&self, resource_id: &str) -> DomainResult<ResourceCheck> {
+        let info = self.resource_queue_and_lock(resource_id).await?;
+        Ok(ResourceCheck {
+            resource_id: resource_id.to_owned(),
+            is_locked: info.0.is_some(),
+            active_locks: i64::from(info.0.is_some()),
+            queue_length: i64::try_from(info.1.len()).unwrap_or(i64::MAX),
+        })
+    }
+
+    async fn resource_queue_and_lock(
+        &self,
+        resource_id: &str,
+    ) -> DomainResult<(Option<LockView>, Vec<QueueItemView>)> {
+        if !resource::is_valid_resource(resource_id) {
+            return Err(DomainError::invalid(
+                "resource_id",
+                "not a resource name (^[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)*$)",
+            ));
+        }
+        let now = now_ms();
+        let aging = self.rules.queue_aging_ms;
+        let one = std::slice::from_ref(&resource_id)
+            .iter()
+            .map(|r| (*r).to_owned());
+        let one: Vec<String> = one.collect();
+        let lock = active_on(self.conn(), &one)
+            .await?
+            .into_iter()
+            .find(|l| l.expires_at_ms > now)
+            .map(|l| LockView::from_row(l, now));
+        let mut queue: Vec<QueueItemView> = pending_on(self.conn(), &one, now, aging)
+            .await?
+            .into_iter()
+            .map(|q| QueueItemView::from_row(q, now, aging))
+            .collect();
+        annotate(self.conn(), &mut queue, now, aging).await?;
+        Ok((lock, queue))
+    }
+
+    /// The resource's live lock, its waiters in order, and its last 20 locks.
+    pub async fn resource(&self, resource_id: &str) -> DomainResult<ResourceInfo> {
+        let (lock, queue) = self.resource_queue_and_lock(resource_id).await?;
+        let now = now_ms();
+        let ids = self.lock_ids_of(resource_id).await?;
+        let history = lock::Entity::find()
+            .filter(lock::Column::Id.is_in(ids))
+            .order_by_desc(lock::Column::AcquiredAtMs)
+            .limit(HISTORY)
+            .all(self.conn())
+            .await?
+            .into_iter()
+            .map(|row| LockView::from_row(row, now))
+            .collect();
+        Ok(ResourceInfo {
+            resource_id: resource_id.to_owned(),
+            lock,
+            queue,
+            history,
+        })
+    }
+
+    /// Admin: ends the grants chosen by `lock_id` or `owner_id`. Without
+    /// `force` only grants already past their expiry are ended (marked
+    /// `expired`); with it, live ones are released as forced by `by`.
+    /// Returns how many were ended.
+    pub async fn release_matching(
+        &self,
+        lock_id: Option<&str>,
+        owner_id: Option<&str>,
+        force: bool,
+        by: &str,
+        reason: Option<&str>,
+    ) -> DomainResult<u64> {
+        if lock_id.is_none() == owner_id.is_none() {
+            return Err(DomainError::invalid(
+                "lock_id",
+                "name exactly one of lock_id and owner_id",
+            ));
+        }
+        let mut query = lock::Entity::find().filter(lock::Column::Status.eq("active"));
+        if let Some(id) = lock_id {
+            query = query.filter(lock::Column::Id.eq(id));
+        }
+        if let Some(owner) = owner_id {
+            query = query.filter(lock::Column::OwnerId.eq(owner));
+        }
+        let rows = query.all(self.conn()).await?;
+        let reason = reason
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or("released by an administrator");
+        let mut ended = 0;
+        for row in rows {
+            let now = now_ms();
+            if row.expires_at_ms <= now {
+                let resources = &names(&row.resources);
+                in_store!(self, "lock_settle", |s| s.settle(resources).await?);
+                ended += 1;
+            } else if force {
+                let how = Release {
+                    force: true,
+                    reason: Some(reason.to_owned()),
+                    fencing_token: Some(row.fencing_token),
+                    ..Release::default()
+                };
+                match self.release(&row.id, by, how).await {
+                    Ok(_) => ended += 1,
+                    // Ended meanwhile by its owner or by expiry.
+                    Err(DomainError::LockLost(_) | DomainError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(ended)
+    }
+
+    pub async fn stats(&self) -> DomainResult<LockStats> {
+        let now = now_ms();
+        let conn = self.conn();
+        let backend = conn.get_database_backend();
+        let sql = "SELECT \
+            COALESCE(SUM(CASE WHEN status = 'active' AND expires_at_ms > ? THEN 1 ELSE 0 END), 0) AS active, \
+            COALESCE(SUM(CASE WHEN status = 'released' THEN 1 ELSE 0 END), 0) AS released, \
+            COALESCE(SUM(CASE WHEN status = 'expired' OR (status = 'active' AND expires_at_ms <= ?) THEN 1 ELSE 0 END), 0) AS expired, \
+            COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed, \
+            CAST(COALESCE(AVG(CASE WHEN status IN ('released', 'failed') THEN released_at_ms - acquired_at_ms END), 0) AS BIGINT) AS avg_hold, \
+            CAST(COALESCE(AVG(wait_ms), 0) AS BIGINT) AS avg_wait, \
+            COUNT(*) AS total \
+            FROM transaction_locks";
+        let row = conn
+            .query_one_raw(statement(backend, sql, vec![now.into(), now.into()]))
+            .await?
+            .ok_or_else(|| DomainError::unexpected("the stats query returned no row"))?;
+        let get = |col: &str| row.try_get::<i64>("", col);
+        let total = get("total")?;
+        let p99_wait_ms = if total == 0 {
+            0
+        } else {
+            // The smallest wait at or above 99 % of all waits.
+            let offset = (total - 1) * 99 / 100;
+            let sql = "SELECT wait_ms FROM transaction_locks ORDER BY wait_ms LIMIT 1 OFFSET ?";
+            conn.query_one_raw(statement(backend, sql, vec![offset.into()]))
+                .await?
+                .map(|r| r.try_get::<i64>("", "wait_ms"))
+                .transpose()?
+                .unwrap_or(0)
+        };
+        let queued = queue_row::Entity::find()
+            .filter(queue_row::Column::Status.eq("pending"))
+            .filter(queue_row::Column::DeadlineMs.gt(now))
+            .count(conn)
+            .await?;
+        let stats = LockStats {
+            active: get("active")?,
+            queued: i64::try_from(queued).unwrap_or(i64::MAX),
+            released: get("released")?,
+            expired: get("expired")?,
+            failed: get("failed")?,
+            avg_hold_ms: get("avg_hold")?,
+            avg_wait_ms: get("avg_wait")?,
+            p99_wait_ms,
+        };
+        let m = &metrics().locks;
+        m.active.set(stats.active);
+        m.queue_depth.set(stats.queued);
+        Ok(stats)
+    }
+
+    /// Marks expired grants and waiters (serving the waiters behind them)
+    /// and deletes finished records older than the retention. Never touches
+    /// a live grant: every change is guarded by status and expiry.
+    #[tracing::instrument(skip(self))]
+    pub async fn cleanup(&self) -> DomainResult<CleanupReport> {
+        let now = now_ms();
+        let mut report = CleanupReport::default();
+        let stale = lock::Entity::find()
+            .filter(lock::Column::Status.eq("active"))
+            .filter(lock::Column::ExpiresAtMs.lte(now))
+            .limit(CLEANUP_BATCH)
+            .all(self.conn())
+            .await?;
+        for row in stale {
+            let resources = &names(&row.resources);
+            let expired = in_store!(self, "lock_cleanup", |s| {
+                s.settle(resources).await?;
+                s.expired_count()
+            });
+            report.expired += expired;
+        }
+        let late = queue_row::Entity::find()
+            .filter(queue_row::Column::Status.eq("pending"))
+            .filter(queue_row::Column::DeadlineMs.lte(now))
+            .limit(CLEANUP_BATCH)
+            .all(self.conn())
+            .await?;
+        for row in late {
+            let id = row.id;
+            let item = in_store!(self, "lock_cleanup", |s| s
+                .end_queue_item(id, false)
+                .await?);
+            if item.status == QueueStatus::Expired {
+                report.expired += 1;
+            }
+        }
+        let cutoff = now.saturating_sub(self.rules.retention_ms);
+        let purged_locks = lock::Entity::delete_many()
+            .filter(lock::Column::Status.ne("active"))
+            .filter(lock::Column::ReleasedAtMs.lt(cutoff))
+            .exec(self.conn())
+            .await?;
+        let purged_items = queue_row::Entity::delete_many()
+            .filter(queue_row::Column::Status.ne("pending"))
+            .filter(queue_row::Column::FinishedAtMs.lt(cutoff))
+            .exec(self.conn())
+            .await?;
+        report.purged = purged_locks.rows_affected + purged_items.rows_affected;
+        self.stats().await?;
+        Ok(report)
+    }
+
+    /// Emergency: releases every active grant and cancels every waiter.
+    pub async fn clear_all(&self, by: &str, reason: &str) -> DomainResult<ClearReport> {
+        if reason.trim().is_empty() {
+            return Err(DomainError::invalid("reason", "say why"));
+        }
+        let (released, cancelled) =
+            in_store!(self, "lock_clear_all", |s| s.clear_all(by, reason).await?);
+        Ok(ClearReport {
+            released,
+            cancelled,
+        })
+    }
+
+    /// The fence a protected write runs behind, inside its own transaction:
+    /// `Ok` only if `lock_id` is active, unexpired, owned by `owner` (or
+    /// asked for by it) and holds `fencing_token`; otherwise `LockLost`,
+    /// and the write must not happen. On PostgreSQL the lock cannot end
+    /// until that transaction does.
+    pub async fn check_fence(
+        txn: &DatabaseTransaction,
+        lock_id: &str,
+        fencing_token: i64,
+        owner: &str,
+    ) -> DomainResult<()> {
+        store::check_fence(txn, lock_id, fencing_token, owner, now_ms()).await
+    }
+
+    /// Acquires `request` (waiting in the queue when it says so), runs `op`
+    /// with the grant, and releases it with `op`'s result (as JSON) or its
+    /// error (`failed`), always: also when `op` fails or panics, and, from a
+    /// spawned task, when the caller stops waiting halfway. An identical
+    /// request within the dedupe window does not run `op` again:
+    /// `LockedRun::Deduplicated` carries the first one's lock.
+    pub async fn execute_with_lock<T, F, Fut>(
+        &self,
+        request: AcquireRequest,
+        op: F,
+    ) -> DomainResult<LockedRun<T>>
+    where
+        T: Serialize,
+        F: FnOnce(LockView) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        let owner = request.owner_id.clone();
+        let lock = match self.acquire(&request).await? {
+            Acquired::Granted(lock) => lock,
+            Acquired::Deduplicated(lock) => return Ok(LockedRun::Deduplicated(lock)),
+            Acquired::Queued(item) => self.granted(item).await?,
+        };
+        let mut guard = ReleaseGuard {
+            service: self.clone(),
+            lock_id: lock.lock_id.clone(),
+            fencing_token: lock.fencing_token,
+            owner: owner.clone(),
+            armed: true,
+        };
+        let token = lock.fencing_token;
+        let lock_id = lock.lock_id.clone();
+        let ran = AssertUnwindSafe(op(lock)).catch_unwind().await;
+        guard.armed = false;
+        let (how, outcome) = match ran {
+            Ok(Ok(value)) => {
+                let result = serde_json::to_value(&value).map_err(DomainError::unexpected)?;
+                (
+                    Release {
+                        result: Some(result),
+                        ..Release::default()
+                    },
+                    Ok(value),
+                )
+            }
+            Ok(Err(e)) => (
+                Release {
+                    error: Some(e.to_string()),
+                    ..Release::default()
+                },
+                Err(e),
+            ),
+            Err(_) => (
+                Release {
+                    error: Some("the operation panicked".into()),
+                    ..Release::default()
+                },
+                Err(DomainError::unexpected(
+                    "the operation under the lock panicked",
+                )),
+            ),
+        };
+        let how = Release {
+            fencing_token: Some(token),
+            ..how
+        };
+        if let Err(e) = self.release(&lock_id, &owner, how).await {
+            // The lease ran out while `op` ran; what `op` wrote was fenced
+            // by the token in its own transaction.
+            tracing::warn!(lock_id, error = %e, "the lock could not be released after its operation");
+        }
+        outcome.map(LockedRun::Ran)
+    }
+
+    /// Waits for a queued request to be granted (until its deadline).
+    async fn granted(&self, item: QueueItemView) -> DomainResult<LockView> {
+        let mut item = item;
+        loop {
+            if let Some(lock) = item
+                .lock
+                .clone()
+                .filter(|_| item.status == QueueStatus::Granted)
+            {
+                return Ok(lock);
+            }
+            if item.status != QueueStatus::Pending {
+                return Err(DomainError::ResourceLocked {
+                    conflicts: item.resources,
+                });
+            }
+            item = self.wait_queue_item(item.queue_id, MAX_WAIT).await?;
+        }
+    }
+
+    /// One cleanup pass per tick until the task is aborted.
+    pub async fn run_cleanup_job(self) {
+        let Some(every) = self.rules.cleanup_every else {
+            return;
+        };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            match self.cleanup().await {
+                Ok(r) if r.expired > 0 || r.purged > 0 => {
+                    tracing::info!(expired = r.expired, purged = r.purged, "lock cleanup");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "lock cleanup failed"),
+            }
+        }
+    }
+}
+
+fn count_conflict<T>(result: &DomainResult<T>) {
+    if matches!(result, Err(DomainError::ResourceLocked { .. })) {
+        metrics().locks.conflicts.inc();
+    }
+}
+
+/// Resolves when an event about `queue_id` arrives (or events were missed).
+async fn changed(changes: &mut broadcast::Receiver<LockEvent>, queue_id: i64) {
+    loop {
+        match changes.recv().await {
+            Ok(e)
+                if e.queue_item
+                    .as_ref()
+                    .is_some_and(|q| q.queue_id == queue_id) =>
+            {
+                return;
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The service outlives its subscribers; should it not, the poll
+            // still wakes the waiter.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
+    }
+}
+
+/// Releases a grant whose caller went away before its operation finished
+/// (the future was dropped): in a spawned task, since drop cannot wait.
+struct ReleaseGuard {
+    service: LockService,
+    lock_id: String,
+    fencing_token: i64,
+    owner: String,
+    armed: bool,
+}
+
+impl Drop for ReleaseGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (service, lock_id, owner) = (
+            self.service.clone(),
+            std::mem::take(&mut self.lock_id),
+            std::mem::take(&mut self.owner),
+        );
+        let how = Release {
+            error: Some("abandoned: the caller stopped waiting".into()),
+            fencing_token: Some(self.fencing_token),
+            ..Release::default()
+        };
+        runtime.spawn(async move {
+            if let Err(e) = service.release(&lock_id, &owner, how).await {
+                tracing::warn!(lock_id, error = %e, "releasing an abandoned lock failed");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Ledger;
+    use crate::locks::{LockStatus, WaitMode};
+
+    async fn ledger(dir: &tempfile::TempDir) -> Ledger {
+        let config = Config {
+            database_url: format!("sqlite://{}/t.db", dir.path().display()),
+            ..Config::default()
+        };
+        let db = infra::Database::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
+        Ledger::new(db, &config).unwrap()
+    }
+
+    fn request(owner: &str, resources: &[&str], wait: WaitMode) -> AcquireRequest {
+        AcquireRequest {
+            resources: resources.iter().map(|r| (*r).to_owned()).collect(),
+            ttl_ms: Some(1_000),
+            priority: None,
+            transaction_type: "test".into(),
+            transaction_data: Some(serde_json::json!({"owner": owner})),
+            wait,
+            queue_timeout_ms: None,
+            owner_id: owner.into(),
+            requested_by: owner.into(),
+        }
+    }
+
+    fn granted(a: Acquired) -> LockView {
+        match a {
+            Acquired::Granted(l) => l,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn release_hands_the_resource_to_the_queue_head_with_a_higher_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let first = granted(
+            locks
+                .acquire(&request("user:1", &["item:a"], WaitMode::Fail))
+                .await
+                .unwrap(),
+        );
+        let refused = locks
+            .acquire(&request("user:2", &["item:a", "item:b"], WaitMode::Fail))
+            .await;
+        assert!(
+            matches!(&refused, Err(DomainError::ResourceLocked { conflicts }) if conflicts == &["item:a"])
+        );
+        let Acquired::Queued(item) = locks
+            .acquire(&request("user:2", &["item:a"], WaitMode::Queue))
+            .await
+            .unwrap()
+        else {
+            panic!("not queued")
+        };
+        assert_eq!(item.position, 1);
+        let released = locks
+            .release(&first.lock_id, "user:1", Release::default())
+            .await
+            .unwrap();
+        assert_eq!(released.status, LockStatus::Released);
+        let item = locks.queue_item(item.queue_id).await.unwrap();
+        assert_eq!(item.status, QueueStatus::Granted);
+        let second = item.lock.unwrap();
+        assert!(second.fencing_token > first.fencing_token);
+        // the old holder is fenced off, the new one is admitted
+        let txn = sea_orm::TransactionTrait::begin(locks.conn())
+            .await
+            .unwrap();
+        let old =
+            LockService::check_fence(&txn, &first.lock_id, first.fencing_token, "user:1").await;
+        assert!(matches!(old, Err(DomainError::LockLost(_))));
+        LockService::check_fence(&txn, &second.lock_id, second.fencing_token, "user:2")
+            .await
+            .unwrap();
+        txn.rollback().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_is_free_at_once_and_cannot_be_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let first = granted(
+            locks
+                .acquire(&request("user:1", &["item:a"], WaitMode::Fail))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let second = granted(
+            locks
+                .acquire(&request("user:2", &["item:a"], WaitMode::Fail))
+                .await
+                .unwrap(),
+        );
+        assert!(second.fencing_token > first.fencing_token);
+        assert_eq!(
+            locks.lock(&first.lock_id).await.unwrap().status,
+            LockStatus::Expired
+        );
+        let late = locks
+            .release(&first.lock_id, "user:1", Release::default())
+            .await;
+        assert!(matches!(late, Err(DomainError::LockLost(_))));
+        let extended = locks.extend(&first.lock_id, 5_000, None).await;
+        assert!(matches!(extended, Err(DomainError::LockLost(_))));
+    }
+
+    #[tokio::test]
+    async fn execute_with_lock_releases_on_success_error_and_dedupes() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let ran = locks
+            .execute_with_lock(
+                request("user:1", &["item:a"], WaitMode::Fail),
+                |lock| async move { Ok(lock.fencing_token) },
+            )
+            .await
+            .unwrap();
+        let LockedRun::Ran(token) = ran else {
+            panic!("did not run")
+        };
+        // the same work again is answered with the first lock and its result
+        let again = locks
+            .execute_with_lock(
+                request("user:1", &["item:a"], WaitMode::Fail),
+                |_| async move { Ok(0) },
+            )
+            .await
+            .unwrap();
+        let LockedRun::Deduplicated(first) = again else {
+            panic!("ran twice")
+        };
+        assert_eq!(first.status, LockStatus::Released);
+        assert_eq!(first.result, Some(serde_json::json!(token)));
+        let failed = locks
+            .execute_with_lock(
+                request("user:2", &["item:a"], WaitMode::Fail),
+                |_| async move { Err::<(), _>(DomainError::SameAccount) },
+            )
+            .await;
+        assert!(matches!(failed, Err(DomainError::SameAccount)));
+        let list = locks
+            .list(&LockFilter {
+                owner_id: Some("user:2".into()),
+                limit: 10,
+                ..LockFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(list.locks[0].status, LockStatus::Failed);
+        assert!(list.locks[0].error.is_some());
+        // nothing is left held
+        assert!(!locks.check("item:a").await.unwrap().is_locked);
+    }
+}
