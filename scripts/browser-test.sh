@@ -18,10 +18,10 @@ if [ ! -x "$CHROMIUM" ] || ! command -v node >/dev/null || ! command -v npm >/de
   command -v npm >/dev/null || pkgs+=(npm)
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
 fi
-if ! cmp -s tests/browser/package-lock.json tests/browser/node_modules/.package-lock.json 2>/dev/null; then
-  # node_modules/.package-lock.json is npm's record of what it installed:
-  # when it differs from the lock file, install again.
+stamp=tests/browser/node_modules/.installed-package-lock.json
+if ! cmp -s tests/browser/package-lock.json "$stamp"; then
   (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+  cp tests/browser/package-lock.json "$stamp"
 fi
 
 cargo build --locked --quiet -p api --bin ledger
@@ -55,13 +55,16 @@ for _ in $(seq 150); do
 done
 curl -fs "http://$LEDGER_LISTEN/health/ready" >/dev/null || { echo "the server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
 
-export LEDGER_URL="http://$LEDGER_LISTEN"
-export MONITOR_ADMIN_TOKEN="$("$bin" token --sub root --role admin)"
-export MONITOR_SHORT_TOKEN="$("$bin" token --sub root --role admin --ttl 1s)"
-export MONITOR_WORKER_A="$("$bin" token --sub worker-a --role service)"
-export MONITOR_WORKER_B="$("$bin" token --sub worker-b --role service)"
-export MONITOR_WRONG_TOKEN="$(LEDGER_JWT_SECRET="another-secret-0123456789abcdef" "$bin" token --sub root --role admin)"
-export MONITOR_SCREENSHOTS="${MONITOR_SCREENSHOTS:-$PWD/docs}"
+# Not LEDGER_*: those are the server's configuration.
+MONITOR_URL="http://$LEDGER_LISTEN"
+MONITOR_ADMIN_TOKEN="$("$bin" token --sub root --role admin)"
+MONITOR_SHORT_TOKEN="$("$bin" token --sub root --role admin --ttl 1s)"
+MONITOR_WORKER_A="$("$bin" token --sub worker-a --role service)"
+MONITOR_WORKER_B="$("$bin" token --sub worker-b --role service)"
+MONITOR_WRONG_TOKEN="$(LEDGER_JWT_SECRET="another-secret-0123456789abcdef" "$bin" token --sub root --role admin)"
+MONITOR_SCREENSHOTS="${MONITOR_SCREENSHOTS:-$PWD/docs}"
+export MONITOR_URL MONITOR_ADMIN_TOKEN MONITOR_SHORT_TOKEN MONITOR_WORKER_A MONITOR_WORKER_B \
+  MONITOR_WRONG_TOKEN MONITOR_SCREENSHOTS
 
 status=0
 (cd tests/browser && node --test --test-reporter=spec monitor.test.mjs) || status=$?

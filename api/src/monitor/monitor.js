@@ -38,7 +38,6 @@
     lastEventId: null,
     expiryTimer: 0,
     releasing: null, // the lock the release dialog is about
-    releaseKey: null,
     updatedAt: 0,
   };
 
@@ -99,18 +98,25 @@
     return `${d.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${time}`;
   }
 
-  function compactJson(value, max = 160) {
-    if (value === null || value === undefined) return '';
-    let s = typeof value === 'string' ? value : JSON.stringify(value);
-    if (s === '{}' || s === '[]') return '';
-    if (s.length > max) s = `${s.slice(0, max - 1)}…`;
-    return s;
+  function clip(s, max) {
+    return s.length > max ? `${s.slice(0, max - 1)}…` : s;
   }
 
-  function randomKey() {
-    // crypto.randomUUID needs a secure context; getRandomValues does not.
-    const b = crypto.getRandomValues(new Uint8Array(16));
-    return `monitor-${Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('')}`;
+  function compactJson(value, max = 160) {
+    if (value === null || value === undefined) return '';
+    const s = typeof value === 'string' ? value : JSON.stringify(value);
+    return s === '{}' || s === '[]' ? '' : clip(s, max);
+  }
+
+  // A result object for people: "order_id: 1001, status: open".
+  function summary(value, max = 160) {
+    if (value && typeof value === 'object' && !Array.isArray(value)) {
+      const parts = Object.entries(value).map(
+        ([k, v]) => `${k}: ${v !== null && typeof v === 'object' ? JSON.stringify(v) : v}`,
+      );
+      return clip(parts.join(', '), max);
+    }
+    return compactJson(value, max);
   }
 
   // The token's claims, read without verifying (the server verifies): for
@@ -152,16 +158,14 @@
     state.skewMs = Math.abs(skew) > 2000 ? skew : 0;
   }
 
-  async function api(path, { method = 'GET', body, idempotencyKey, signal } = {}) {
+  async function api(path, { method = 'GET', body } = {}) {
     const headers = { Accept: 'application/json', Authorization: `Bearer ${state.token}` };
     if (body !== undefined) headers['Content-Type'] = 'application/json';
-    if (idempotencyKey) headers['Idempotency-Key'] = idempotencyKey;
     const resp = await fetch(path, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: 'no-store',
-      signal,
     });
     noteServerTime(resp);
     const text = await resp.text();
@@ -421,7 +425,7 @@
           const line = buf.slice(0, i);
           buf = buf.slice(buf[i] === '\r' && buf[i + 1] === '\n' ? i + 2 : i + 1);
           if (line === '') {
-            if (data.length) dispatch(type || 'message', data.join('\n'));
+            if (data.length) dispatch(data.join("\n"), type || "message");
             data = [];
             type = '';
             continue;
@@ -439,19 +443,18 @@
     };
   }
 
-  function onEvent(type, data) {
-    let payload;
+  // Each event is {"type", "lock", "queue_item", "at"}: the lock or queue
+  // item as it is after the change. Applied at once; the full refresh that
+  // follows brings the stats and the other waiters' positions.
+  function onEvent(data) {
+    let event;
     try {
-      payload = JSON.parse(data);
+      event = JSON.parse(data);
     } catch {
       return;
     }
-    if (payload && typeof payload === 'object') {
-      const lock = payload.lock_id ? payload : payload.lock;
-      const item = payload.queue_id ? payload : payload.item || payload.queue_item;
-      if (item && item.queue_id) setQueueItem(item);
-      else if (lock && lock.lock_id) setLock(lock);
-    }
+    if (event && event.queue_item) setQueueItem(event.queue_item);
+    if (event && event.lock) setLock(event.lock);
     state.updatedAt = Date.now();
     render();
     scheduleRefresh();
@@ -609,6 +612,19 @@
     return ms(a.queued_at) - ms(b.queued_at);
   }
 
+  // The estimate, marked when it runs past the item's deadline: that
+  // request will probably give up before it is served.
+  function waitEstimate(item) {
+    const est = item.estimated_wait_ms;
+    if (est === null || est === undefined) return '–';
+    const text = el('span', { text: `≈ ${fmtDuration(est)}` });
+    if (now() + Number(est) > ms(item.deadline)) {
+      text.className = 'late';
+      text.title = 'longer than it is willing to wait: likely to give up first';
+    }
+    return text;
+  }
+
   function renderQueue() {
     const items = [...state.queue.values()].sort(grantOrder);
     const rows = items.map((item) => {
@@ -627,7 +643,7 @@
           prio(item.effective_priority ?? item.priority),
           aged ? el('span', { class: 'prio-aged', title: 'raised by waiting (aging)', text: '↑ aged' }) : null,
         ),
-        td('Wait estimate', null, item.estimated_wait_ms === null || item.estimated_wait_ms === undefined ? '–' : `≈ ${fmtDuration(item.estimated_wait_ms)}`),
+        td('Wait estimate', { class: 'nowrap' }, waitEstimate(item)),
         td('Waiting', null, el('span', { 'data-since': item.queued_at, title: `queued at ${fmtTime(item.queued_at)}` })),
         td('Gives up in', null, el('span', { 'data-until': item.deadline, title: `deadline ${fmtTime(item.deadline)}` })),
       );
@@ -656,20 +672,25 @@
   }
 
   function detailCell(lock, kind) {
-    const cell = td('Reason / detail', { class: 'detail' });
+    // One child in the cell, so the phone layout keeps it beside its label.
+    const body = el('span', { class: 'detail-body' });
     const reason = lock.release_reason;
     if (kind === 'forced') {
-      cell.append(reason ? el('span', { class: 'reason', text: reason }) : el('span', { class: 'muted', text: 'no reason recorded' }));
+      body.append(reason ? el('span', { class: 'reason', text: reason }) : el('span', { class: 'muted', text: 'no reason recorded' }));
     } else if (kind === 'failed') {
-      cell.append(el('span', { class: 'detail-kind', text: 'error' }), el('span', { text: compactJson(lock.error) || '–' }));
+      body.append(el('span', { class: 'detail-kind', text: 'error' }), lock.error || '–');
     } else if (kind === 'expired') {
-      cell.append(el('span', { class: 'muted', text: `lease ran out at ${fmtTime(lock.expires_at)}` }));
+      body.append(el('span', { class: 'muted', text: `lease ran out at ${fmtTime(lock.expires_at)}` }));
     } else {
-      const result = compactJson(lock.result);
-      if (result) cell.append(el('span', { class: 'detail-kind', text: 'result' }), el('span', { class: 'mono', text: result }));
-      else cell.append(el('span', { class: 'muted', text: reason || '–' }));
+      const result = summary(lock.result);
+      if (result) {
+        body.title = compactJson(lock.result, 2000);
+        body.append(el('span', { class: 'detail-kind', text: 'result' }), result);
+      } else {
+        body.append(el('span', { class: 'muted', text: reason || '–' }));
+      }
     }
-    return cell;
+    return td('Reason / detail', { class: 'detail' }, body);
   }
 
   function renderHistory() {
@@ -693,8 +714,8 @@
           td('Owner', null, owner(lock)),
           td('Resources', null, chips(lock.resources)),
           typeCell(lock),
-          td('Held', null, Number.isFinite(held) ? fmtDuration(held) : '–'),
-          td('Ended', null, el('span', { title: ended || undefined, text: fmtTime(ended) })),
+          td('Held', { class: 'nowrap' }, Number.isFinite(held) ? fmtDuration(held) : '–'),
+          td('Ended', { class: 'nowrap' }, el('span', { title: ended || undefined, text: fmtTime(ended) })),
           td('Released by', null, el('span', { class: 'owner-id', text: lock.released_by || (o.kind === 'expired' ? 'expiry' : '–') })),
           detailCell(lock, o.kind),
         ),
@@ -740,8 +761,6 @@
     const lock = state.active.get(lockId);
     if (!lock) return;
     state.releasing = lock;
-    // One key per dialog: a retried submit cannot release twice.
-    state.releaseKey = randomKey();
     $('release-lock').textContent = lock.lock_id;
     $('release-owner').textContent = `${lock.owner_id ?? '–'}${lock.owner_type ? ` (${lock.owner_type})` : ''}`;
     $('release-resources').textContent = (lock.resources || []).join(', ');
@@ -785,7 +804,6 @@
       const released = await api(`${LOCKS}/${encodeURIComponent(lock.lock_id)}/release`, {
         method: 'POST',
         body: { force: true, reason },
-        idempotencyKey: state.releaseKey,
       });
       setLock(released);
       closeRelease();
