@@ -5,6 +5,7 @@
 mod concurrency;
 mod faults;
 mod idempotency;
+mod locks;
 mod monitor;
 mod operations;
 mod referrals;

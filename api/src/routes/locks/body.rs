@@ -441,13 +441,11 @@ impl<const SET: u16> std::fmt::Display for Refusal<SET> {
 
 impl<const SET: u16> std::error::Error for Refusal<SET> {}
 
-impl<const SET: u16> poem::error::ResponseError for Refusal<SET> {
-    fn status(&self) -> StatusCode {
-        self.0.status
-    }
-
-    fn as_response(&self) -> Response {
-        poem::error::ResponseError::as_response(&self.0)
+/// Handed to poem as the `ApiError` itself, so that the problem rendering
+/// (and the request-id middleware's recognition of our errors) applies.
+impl<const SET: u16> From<Refusal<SET>> for poem::Error {
+    fn from(r: Refusal<SET>) -> Self {
+        poem::Error::from(r.0)
     }
 }
 
