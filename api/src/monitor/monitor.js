@@ -26,6 +26,7 @@
     history: new Map(), // lock_id -> Lock (finished)
     queue: new Map(), // queue_id -> QueueItem (pending)
     stats: null,
+    loaded: false, // a full state has been read with this token
     skewMs: 0, // server clock minus this browser's clock
     filter: 'all',
     stream: null, // AbortController of the open event stream
@@ -185,11 +186,30 @@
 
   // ---------- token and sign-in ----------
 
+  // Nothing of what one token showed stays on screen for the next.
+  function forgetData() {
+    state.active.clear();
+    state.history.clear();
+    state.queue.clear();
+    state.stats = null;
+    state.loaded = false;
+    state.updatedAt = 0;
+    renderStats();
+    for (const t of ['active', 'queue', 'history']) {
+      $(`${t}-body`).replaceChildren();
+      $(`${t}-table`).hidden = true;
+      $(`${t}-empty`).textContent = 'Loading…';
+      $(`${t}-empty`).hidden = false;
+    }
+    $('updated').textContent = '';
+  }
+
   function showAuth(reason, detail) {
     stopStream();
     clearTimeout(state.expiryTimer);
     state.token = null;
     state.claims = null;
+    forgetData();
     $('dashboard').hidden = true;
     $('auth').hidden = false;
     $('who').hidden = true;
@@ -284,6 +304,7 @@
   }
 
   async function loadAll() {
+    const token = state.token;
     const [active, recent, stats] = await Promise.all([
       api(`${LOCKS}?status=active&limit=500`),
       // Without a status: the latest locks of every status, and the whole
@@ -291,14 +312,16 @@
       api(`${LOCKS}?limit=${HISTORY_LIMIT}`),
       api(`${LOCKS}/stats`),
     ]);
+    // Signed out (or another token) while this was under way.
+    if (state.token !== token) return;
     state.active.clear();
     state.history.clear();
     state.queue.clear();
     for (const lock of recent.locks || []) setLock(lock);
     for (const lock of active.locks || []) setLock(lock);
-    for (const item of active.queue || []) setQueueItem(item);
     for (const item of recent.queue || []) setQueueItem(item);
     state.stats = stats;
+    state.loaded = true;
     state.lastRefresh = Date.now();
     state.updatedAt = Date.now();
   }
@@ -602,7 +625,9 @@
     });
     $('active-body').replaceChildren(...rows);
     $('active-count').textContent = String(locks.length);
+    $('active-empty').textContent = 'No active locks.';
     $('active-empty').hidden = locks.length > 0;
+    $('active-table').hidden = locks.length === 0;
   }
 
   function grantOrder(a, b) {
@@ -652,7 +677,9 @@
     for (const s of $('queue-body').querySelectorAll('[data-since]')) since(s);
     for (const s of $('queue-body').querySelectorAll('[data-until]')) until(s);
     $('queue-count').textContent = String(items.length);
+    $('queue-empty').textContent = 'Nobody is waiting.';
     $('queue-empty').hidden = items.length > 0;
+    $('queue-table').hidden = items.length === 0;
   }
 
   // Ended by someone other than its owner (or the principal that asked for
@@ -724,6 +751,7 @@
     $('history-body').replaceChildren(...rows);
     $('history-count').textContent = String(all.length);
     $('history-empty').hidden = rows.length > 0;
+    $('history-table').hidden = rows.length === 0;
     $('history-empty').textContent = all.length ? 'Nothing of this kind in recent history.' : 'No finished locks yet.';
     for (const b of document.querySelectorAll('.filter')) {
       const f = b.dataset.filter;
@@ -739,6 +767,7 @@
   }
 
   function render() {
+    if (!state.loaded) return;
     renderStats();
     renderActive();
     renderQueue();
