@@ -16,6 +16,9 @@
   // Events come in bursts (a release grants the queue head): one full
   // refresh per this interval keeps positions, estimates and stats exact.
   const REFRESH_EVERY_MS = 1000;
+  // The server writes a keep-alive comment every 15 s: a stream silent for
+  // this long is dead without having been closed (a half-open connection).
+  const STALL_MS = 45000;
 
   const $ = (id) => document.getElementById(id);
 
@@ -30,6 +33,7 @@
     skewMs: 0, // server clock minus this browser's clock
     filter: 'all',
     stream: null, // AbortController of the open event stream
+    lastByteAt: 0, // when the open stream last delivered anything
     attempt: 0,
     retryAt: 0,
     retryTimer: 0,
@@ -235,7 +239,7 @@
       expired: 'Enter a new one.',
     }[reason];
     msg.append(el('strong', { text: lead }), ` ${rest}`);
-    if (detail) msg.append(el('span', { class: 'sub', text: `Server said: ${detail}` }));
+    if (detail) msg.append(el('span', { class: 'sub', text: detail }));
 
     const input = $('token-input');
     input.value = '';
@@ -247,15 +251,15 @@
     const claims = state.claims;
     if (err.status === 403) {
       const role = claims && claims.role ? ` (role “${claims.role}”)` : '';
-      showAuth('forbidden', `${err.message}${role}`);
+      showAuth('forbidden', `Server said: ${err.message}${role}`);
     } else if (tokenExpired(claims)) {
-      showAuth('expired', err.message);
+      showAuth('expired', `Server said: ${err.message}`);
     } else {
-      showAuth('invalid', err.message);
+      showAuth('invalid', `Server said: ${err.message}`);
     }
   }
 
-  async function signIn(token) {
+  function signIn(token) {
     state.token = token;
     state.claims = readClaims(token);
     $('auth').hidden = true;
@@ -275,7 +279,7 @@
       if (left < 2 ** 31 - 1) {
         state.expiryTimer = setTimeout(() => {
           sessionStorage.removeItem(TOKEN_KEY);
-          showAuth('expired', `it expired at ${fmtTime(new Date(state.claims.exp * 1000).toISOString())}`);
+          showAuth('expired', `It expired at ${fmtTime(new Date(state.claims.exp * 1000).toISOString())}.`);
         }, Math.max(0, left));
       }
     }
@@ -415,9 +419,11 @@
       setConn('live', 'Live');
       const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
       const parser = eventParser(onEvent);
+      state.lastByteAt = Date.now();
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
+        state.lastByteAt = Date.now();
         parser.push(value);
       }
       throw new Error('the server closed the stream');
@@ -782,6 +788,8 @@
     for (const s of document.querySelectorAll('#queue-body [data-until]')) until(s);
     renderUpdated();
     tickConn();
+    const conn = $('conn').dataset.state;
+    if (conn === 'live' && Date.now() - state.lastByteAt > STALL_MS) retryLater('no data from the server for 45 s');
   }
 
   // ---------- the release dialog ----------
