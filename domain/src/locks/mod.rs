@@ -389,7 +389,7 @@ pub enum LockedRun<T> {
     /// An identical request holds or recently held the lock: the operation
     /// did not run here; the lock (with its `result`, once finished) says
     /// what the first one did.
-    Deduplicated(LockView),
+    Deduplicated(Box<LockView>),
 }
 
 pub(crate) fn to_datetime(ms: i64) -> DateTime<Utc> {

@@ -30,7 +30,7 @@ use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::sql::statement;
-use crate::tx::TransactionService;
+use crate::tx::{RetryPolicy, TransactionService};
 
 /// Runs `$body` with `$s` bound to a [`Store`] in a retried transaction
 /// named `$name`, and publishes the store's events once it has committed.
@@ -41,7 +41,7 @@ macro_rules! in_store {
         let aging = $svc.rules.queue_aging_ms;
         let (value, events) = $svc
             .tx
-            .execute_with_retry($name, |txn| async move {
+            .execute_with_policy($name, &$svc.policy, |txn| async move {
                 let mut $s = Store::new(&txn, now_ms(), aging);
                 let value = $body;
                 Ok((value, $s.into_events()))
@@ -79,6 +79,8 @@ impl LockRules {
     }
 }
 
+/// Attempts per lock transaction at least.
+const LOCK_ATTEMPTS: u32 = 6;
 /// Expired records handled per cleanup pass; the next pass takes the rest.
 const CLEANUP_BATCH: u64 = 500;
 /// The longest one wait on a queue item may last.
@@ -88,6 +90,10 @@ const HISTORY: u64 = 20;
 #[derive(Clone, Debug)]
 pub struct LockService {
     tx: TransactionService,
+    /// More patient than the default: a hand-off that must lock a
+    /// resource out of order may meet another doing the reverse, and a
+    /// deadlock is resolved by re-running one of them.
+    policy: RetryPolicy,
     idempotency: IdempotencyService,
     rules: Arc<LockRules>,
     events: Events,
@@ -95,8 +101,11 @@ pub struct LockService {
 
 impl LockService {
     pub fn new(tx: TransactionService, idempotency: IdempotencyService, rules: LockRules) -> Self {
+        let mut policy = tx.policy().clone();
+        policy.max_attempts = policy.max_attempts.max(LOCK_ATTEMPTS);
         Self {
             tx,
+            policy,
             idempotency,
             rules: Arc::new(rules),
             events: Events::default(),
@@ -220,7 +229,7 @@ impl LockService {
         let ttl = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let view = self
             .tx
-            .execute_with_retry("lock_extend", |txn| async move {
+            .execute_with_policy("lock_extend", &self.policy, |txn| async move {
                 let now = now_ms();
                 let mut update = lock::Entity::update_many()
                     .col_expr(lock::Column::ExpiresAtMs, Expr::value(now + ttl))
@@ -736,7 +745,7 @@ impl LockService {
         let owner = request.owner_id.clone();
         let lock = match self.acquire(&request).await? {
             Acquired::Granted(lock) => lock,
-            Acquired::Deduplicated(lock) => return Ok(LockedRun::Deduplicated(lock)),
+            Acquired::Deduplicated(lock) => return Ok(LockedRun::Deduplicated(Box::new(lock))),
             Acquired::Queued(item) => self.granted(item).await?,
         };
         let mut guard = ReleaseGuard {

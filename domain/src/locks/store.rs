@@ -28,6 +28,7 @@ use super::{
     Acquired, LockSpec, LockStatus, LockView, QueueItemView, QueueStatus, Release, WaitMode, lost,
     names,
 };
+use crate::clock::now_ms;
 use crate::db_error::{DbErrorKind, classify};
 use crate::error::{DomainError, DomainResult};
 use crate::sql::statement;
@@ -272,7 +273,23 @@ impl<'t> Store<'t> {
             let token: i64 = row.try_get("", "fencing_token")?;
             self.locked.insert(resource, token);
         }
+        // Whoever held these rows before has committed: reading the clock
+        // only now keeps this transaction's times after theirs (a grant
+        // never starts before the release it follows ended).
+        self.now = self.now.max(now_ms());
         Ok(())
+    }
+
+    /// Locks `resources` together with every resource their waiters want,
+    /// in one sorted pass: the hand-off that follows then rarely needs a
+    /// row out of order (which could deadlock with another transaction
+    /// doing the same from the other side).
+    pub async fn lock_with_waiters(&mut self, resources: &[String]) -> DomainResult<()> {
+        let mut all: BTreeSet<String> = resources.iter().cloned().collect();
+        for waiter in pending_on(self.txn, resources, self.now, self.aging_ms).await? {
+            all.extend(names(&waiter.resources));
+        }
+        self.lock_resources(&all).await
     }
 
     /// Marks the expired grants on `resources` expired. Returns the
@@ -691,7 +708,7 @@ impl<'t> Store<'t> {
     /// go: for a waiter that may have been missed (its holder expired, or a
     /// waiter ahead of it gave up).
     pub async fn settle(&mut self, resources: &[String]) -> DomainResult<()> {
-        self.lock_resources(resources).await?;
+        self.lock_with_waiters(resources).await?;
         let (mut freed, _) = self.expire_stale(resources).await?;
         freed.extend(resources.iter().cloned());
         self.hand_off(freed).await
@@ -710,7 +727,7 @@ impl<'t> Store<'t> {
             return Err(DomainError::NotFound("lock"));
         };
         let resources = names(&row.resources);
-        self.lock_resources(&resources).await?;
+        self.lock_with_waiters(&resources).await?;
         let Some(row) = lock::Entity::find_by_id(lock_id).one(self.txn).await? else {
             return Err(DomainError::NotFound("lock"));
         };
@@ -790,7 +807,7 @@ impl<'t> Store<'t> {
             return Err(DomainError::NotFound("queue item"));
         };
         let resources = names(&row.resources);
-        self.lock_resources(&resources).await?;
+        self.lock_with_waiters(&resources).await?;
         let expired = row.deadline_ms <= self.now;
         let status = if expired { "expired" } else { "cancelled" };
         if !cancel && !expired {

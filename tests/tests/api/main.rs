@@ -6,6 +6,7 @@ mod concurrency;
 mod faults;
 mod idempotency;
 mod locks;
+mod locks_concurrency;
 mod monitor;
 mod operations;
 mod referrals;
