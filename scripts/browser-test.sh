@@ -2,9 +2,9 @@
 # The Transaction Lock Monitor (/admin/locks) in a real browser: Debian's
 # headless Chromium, driven by playwright-core, against the real server on a
 # fresh SQLite database. Installs what is missing (chromium, node, the test's
-# npm packages), builds and starts the server, mints the tokens, runs
-# tests/browser/monitor.test.mjs and leaves its screenshots in docs/
-# (MONITOR_SCREENSHOTS to put them elsewhere).
+# npm packages), builds and starts the server, mints the tokens and runs
+# tests/browser/monitor.test.mjs. Its screenshots go to target/browser-test/;
+# MONITOR_SCREENSHOTS=docs scripts/browser-test.sh refreshes the committed ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,7 +62,7 @@ MONITOR_SHORT_TOKEN="$("$bin" token --sub root --role admin --ttl 1s)"
 MONITOR_WORKER_A="$("$bin" token --sub worker-a --role service)"
 MONITOR_WORKER_B="$("$bin" token --sub worker-b --role service)"
 MONITOR_WRONG_TOKEN="$(LEDGER_JWT_SECRET="another-secret-0123456789abcdef" "$bin" token --sub root --role admin)"
-MONITOR_SCREENSHOTS="${MONITOR_SCREENSHOTS:-$PWD/docs}"
+MONITOR_SCREENSHOTS="$(realpath -m "${MONITOR_SCREENSHOTS:-target/browser-test}")"
 export MONITOR_URL MONITOR_ADMIN_TOKEN MONITOR_SHORT_TOKEN MONITOR_WORKER_A MONITOR_WORKER_B \
   MONITOR_WRONG_TOKEN MONITOR_SCREENSHOTS
 

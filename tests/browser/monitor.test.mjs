@@ -35,7 +35,7 @@ const WRONG = env('MONITOR_WRONG_TOKEN');
 const SHORT = env('MONITOR_SHORT_TOKEN');
 const WORKER_A = env('MONITOR_WORKER_A');
 const WORKER_B = env('MONITOR_WORKER_B');
-const SHOTS = process.env.MONITOR_SCREENSHOTS || 'docs';
+const SHOTS = env('MONITOR_SCREENSHOTS');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 
 // Resource names unique to this run.
