@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, the HTTP tests on SQLite and on
 # PostgreSQL (each test in a database of its own), schemathesis against the
-# OpenAPI document, the k6 scripts' parse and route check, a short
-# load-generator run whose books must balance, and a short run of every
-# fault scenario (`faults`; `bench/faults.sh` runs them long).
+# OpenAPI document, the lock monitor page in headless Chromium, the k6
+# scripts' parse and route check, a short load-generator run whose books must
+# balance, and a short run of every fault scenario (`faults`;
+# `bench/faults.sh` runs them long).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TEST_DATABASE_URL="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
@@ -16,5 +17,6 @@ cargo test --workspace --locked "$@"
 # down its full 10 s): about a minute and a half in all.
 target/debug/faults --seconds 4 --clients 8
 scripts/schemathesis.sh
+scripts/browser-test.sh
 scripts/k6-check.sh
 scripts/load-smoke.sh 200 15

@@ -13,12 +13,13 @@ use poem::http::Method;
 use poem::listener::TcpAcceptor;
 use poem::middleware::Cors;
 use poem::web::Data;
-use poem::{Endpoint, EndpointExt, Response, Route, handler};
+use poem::{Endpoint, EndpointExt, Response, Route, get, handler};
 use poem_openapi::OpenApiService;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::middleware::observe;
+use crate::monitor;
 use crate::routes::health::HealthApi;
 use crate::routes::locks::LocksApi;
 use crate::routes::orders::OrdersApi;
@@ -114,6 +115,9 @@ pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
     let spec = api.spec_endpoint();
     let route = Route::new()
         .at("/metrics", metrics_endpoint)
+        .at("/admin/locks", get(monitor::page))
+        .at("/admin/locks/monitor.js", get(monitor::script))
+        .at("/admin/locks/monitor.css", get(monitor::style))
         .at("/openapi.json", spec)
         .nest("/docs", docs)
         .nest("/", api);

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod limiter;
 pub mod middleware;
+pub mod monitor;
 pub mod replay;
 pub mod request_id;
 pub mod routes;

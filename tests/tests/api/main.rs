@@ -8,6 +8,7 @@ mod group_commit;
 mod idempotency;
 mod locks;
 mod locks_concurrency;
+mod monitor;
 mod operations;
 mod referrals;
 mod security;
