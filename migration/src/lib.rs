@@ -10,6 +10,7 @@ pub use sea_orm_migration::prelude::*;
 mod columns;
 mod m20261121_000001_core;
 mod m20261121_000002_trading;
+mod m20261201_000003_holds;
 
 pub struct Migrator;
 
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_core::Migration),
             Box::new(m20261121_000002_trading::Migration),
+            Box::new(m20261201_000003_holds::Migration),
         ]
     }
 }
