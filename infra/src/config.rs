@@ -61,6 +61,7 @@ pub struct Config {
     pub idempotency: IdempotencyConfig,
     pub trading: TradingConfig,
     pub referrals: ReferralConfig,
+    pub holds: HoldConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -247,6 +248,22 @@ impl Default for ReferralConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldConfig {
+    /// How often the cleanup job releases holds past their expiry; zero
+    /// turns it off. Expiry does not wait for it: an expired hold stops
+    /// counting at once, and the next write to its wallet releases it.
+    pub cleanup_interval: Duration,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        Self {
+            cleanup_interval: Duration::from_millis(10_000),
+        }
+    }
+}
+
 /// The configuration as the file and the environment spell it: one flat
 /// document, one field per documented key. Absent keys keep the defaults of
 /// [`Config`].
@@ -292,6 +309,7 @@ struct Settings {
     referral_commission_rates: String,
     referral_settle_interval_ms: u64,
     referral_settle_batch: u32,
+    hold_cleanup_interval_ms: u64,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -316,6 +334,7 @@ impl Default for Settings {
             idempotency,
             trading,
             referrals,
+            holds,
         } = Config::default();
         Self {
             listen: server.listen,
@@ -351,6 +370,7 @@ impl Default for Settings {
             referral_commission_rates: decimal_list(&referrals.commission_rates),
             referral_settle_interval_ms: millis(referrals.settle_interval),
             referral_settle_batch: referrals.settle_batch,
+            hold_cleanup_interval_ms: millis(holds.cleanup_interval),
         }
     }
 }
@@ -463,6 +483,9 @@ impl TryFrom<Settings> for Config {
                 settle_interval: Duration::from_millis(s.referral_settle_interval_ms),
                 settle_batch: s.referral_settle_batch,
             },
+            holds: HoldConfig {
+                cleanup_interval: Duration::from_millis(s.hold_cleanup_interval_ms),
+            },
         })
     }
 }
@@ -514,6 +537,7 @@ impl Config {
             idempotency,
             trading,
             referrals,
+            holds: _,
         } = self;
         if database.max_connections == 0 {
             return bad("db_max_connections must be at least 1");
@@ -705,6 +729,7 @@ mod tests {
         assert_eq!(c.referrals.commission_rates, vec![dec("0.20"), dec("0.05")]);
         assert_eq!(c.referrals.settle_interval, Duration::from_secs(5));
         assert_eq!(c.referrals.settle_batch, 500);
+        assert_eq!(c.holds.cleanup_interval, Duration::from_secs(10));
     }
 
     #[test]
@@ -720,8 +745,10 @@ mod tests {
             ("LEDGER_REFERRAL_COMMISSION_RATES", "0.3,0.1"),
             ("LEDGER_DEMO_BALANCE", "500"),
             ("LEDGER_LOG_FORMAT", "json"),
+            ("LEDGER_HOLD_CLEANUP_INTERVAL_MS", "2500"),
         ])
         .unwrap();
+        assert_eq!(c.holds.cleanup_interval, Duration::from_millis(2_500));
         assert_eq!(c.database.max_connections, 7);
         assert_eq!(c.database.url, "postgres://h/db");
         assert!(c.server.reuse_port);

@@ -116,6 +116,10 @@ pub struct Problem {
     pub code: String,
     pub detail: String,
     pub request_id: String,
+    /// `hold_not_active` only: the status the hold ended with (`captured`,
+    /// `voided` or `expired`).
+    #[oai(skip_serializing_if_is_none)]
+    pub hold_status: Option<String>,
 }
 
 /// The free-text fields (`reference`, `destination`, `payment_method`,
