@@ -4,6 +4,8 @@
 
 mod concurrency;
 mod faults;
+mod holds;
+mod holds_concurrency;
 mod idempotency;
 mod operations;
 mod referrals;
