@@ -614,7 +614,137 @@ async fn a_closing_loss_never_eats_held_funds(engine: Engine) {
     app.stop().await;
 }
 
+/// Wallets and journal entries written before holds migrate: they hold 0,
+/// their hash chains still verify, and the new checks guard them.
+async fn existing_wallets_and_entries_migrate(engine: Engine) {
+    use infra::entities::{journal_entry, user, wallet};
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, EntityTrait, Set};
+
+    let dir = tempfile::tempdir().unwrap();
+    let pg = match engine {
+        Engine::Postgres => Some(tests::PgDatabase::create().await),
+        Engine::Sqlite => None,
+    };
+    let url = match &pg {
+        Some(db) => db.url.clone(),
+        None => format!("sqlite://{}/old.db?mode=rwc", dir.path().display()),
+    };
+    let conn = sea_orm::Database::connect(&url).await.unwrap();
+    // the schema before holds: the core and trading migrations
+    Migrator::up(&conn, Some(2)).await.unwrap();
+    let at = Utc::now();
+    user::Entity::insert(user::ActiveModel {
+        id: Set(1),
+        email: Set("old@x.io".into()),
+        account_number: Set("100000000009".into()),
+        referral_code: Set("OLDOLDOL".into()),
+        referrer_id: Set(None),
+        created_at: Set(at),
+    })
+    .exec_without_returning(&conn)
+    .await
+    .unwrap();
+    // two entries as the old code wrote them: a deposit, then margin held
+    let mut prev = domain::ledger::journal::GENESIS_HASH.to_owned();
+    let mut rows = Vec::new();
+    for (kind, balance_delta, margin_delta) in [("deposit", 100, 0), ("margin_hold", 0, 40)] {
+        let mut e = journal_entry::Model {
+            id: 0,
+            operation_id: uuid::Uuid::new_v4(),
+            wallet_id: 1,
+            user_id: 1,
+            wallet_kind: "live".into(),
+            kind: kind.into(),
+            balance_delta,
+            margin_delta,
+            profit_delta: 0,
+            balance_after: 100,
+            margin_after: margin_delta,
+            profit_after: 0,
+            held_delta: 0,
+            held_after: 0,
+            reference: None,
+            metadata: None,
+            created_at: domain::clock::now(),
+            hash: String::new(),
+        };
+        e.hash = domain::ledger::journal::chain_hash(&prev, &e);
+        prev = e.hash.clone();
+        rows.push(e);
+    }
+    wallet::Entity::insert(wallet::ActiveModel {
+        id: Set(1),
+        user_id: Set(1),
+        kind: Set("live".into()),
+        currency: Set("USD".into()),
+        balance: Set(100),
+        margin: Set(40),
+        profit: Set(0),
+        version: Set(2),
+        last_hash: Set(prev),
+        created_at: Set(at),
+        updated_at: Set(at),
+        ..Default::default()
+    })
+    .exec_without_returning(&conn)
+    .await
+    .unwrap();
+    // only the columns the old schema has
+    journal_entry::Entity::insert_many(rows.iter().map(|e| journal_entry::ActiveModel {
+        operation_id: Set(e.operation_id),
+        wallet_id: Set(e.wallet_id),
+        user_id: Set(e.user_id),
+        wallet_kind: Set(e.wallet_kind.clone()),
+        kind: Set(e.kind.clone()),
+        balance_delta: Set(e.balance_delta),
+        margin_delta: Set(e.margin_delta),
+        profit_delta: Set(e.profit_delta),
+        balance_after: Set(e.balance_after),
+        margin_after: Set(e.margin_after),
+        profit_after: Set(e.profit_after),
+        reference: Set(None),
+        metadata: Set(None),
+        created_at: Set(e.created_at),
+        hash: Set(e.hash.clone()),
+        ..Default::default()
+    }))
+    .exec_without_returning(&conn)
+    .await
+    .unwrap();
+    Migrator::up(&conn, None).await.unwrap();
+    let w = wallet::Entity::find_by_id(1)
+        .one(&conn)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((w.balance, w.margin, w.held), (100, 40, 0));
+    let report = domain::ledger::reconcile::check_all(&conn).await.unwrap();
+    assert!(report.is_clean(), "{:?}", report.discrepancies);
+    assert_eq!((report.wallets, report.entries), (1, 2));
+    // the new checks hold the migrated row: held >= 0, balance >= margin + held
+    for held in [-1, 61] {
+        let refused = conn
+            .execute_unprepared(&format!("UPDATE wallets SET held = {held} WHERE id = 1"))
+            .await;
+        assert!(refused.is_err(), "held = {held} was accepted");
+    }
+    conn.execute_unprepared("UPDATE wallets SET held = 60 WHERE id = 1")
+        .await
+        .unwrap();
+    // and the migration can be undone and redone
+    Migrator::down(&conn, Some(1)).await.unwrap();
+    assert!(
+        conn.execute_unprepared("SELECT held FROM wallets")
+            .await
+            .is_err()
+    );
+    Migrator::up(&conn, None).await.unwrap();
+    conn.close().await.unwrap();
+}
+
 both_engines!(
+    existing_wallets_and_entries_migrate,
     create_capture_and_read_follow_the_contract,
     void_roles_and_privacy,
     refusals_and_validation_change_nothing,
