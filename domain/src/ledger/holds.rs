@@ -304,21 +304,24 @@ async fn find_hold<C: ConnectionTrait>(conn: &C, hold_id: i64) -> DomainResult<h
 /// Captures or voids an active hold under its wallet's lock.
 async fn finish(txn: &DatabaseTransaction, hold_id: i64, ending: Ending) -> DomainResult<HoldView> {
     let row = find_hold(txn, hold_id).await?;
+    let status = match ending {
+        Ending::Capture(_) => HoldStatus::Captured,
+        Ending::Void => HoldStatus::Voided,
+    };
     // A hold stored as ended is refused without waiting for its wallet's
     // lock. One that only looks due is not: this read may predate an ending
     // committed just before the expiry, which the read under the lock sees.
-    if row.status != HoldStatus::Held.as_str() {
+    let stored = HoldStatus::parse(&row.status)
+        .ok_or_else(|| DomainError::unexpected(format!("hold {hold_id} has no status")))?;
+    if !stored.can_become(status) {
         return Err(not_active(&row, now_ms()));
     }
-    let (status, split) = match ending {
-        Ending::Capture(amount) => (HoldStatus::Captured, split_capture(row.amount, amount)?),
-        Ending::Void => (
-            HoldStatus::Voided,
-            CaptureSplit {
-                captured: 0,
-                released: row.amount,
-            },
-        ),
+    let split = match ending {
+        Ending::Capture(amount) => split_capture(row.amount, amount)?,
+        Ending::Void => CaptureSplit {
+            captured: 0,
+            released: row.amount,
+        },
     };
     let kind = WalletKind::parse(&row.wallet_kind)
         .ok_or_else(|| DomainError::unexpected(format!("hold {hold_id} has no wallet kind")))?;
@@ -740,8 +743,15 @@ mod tests {
             kinds_of(&ledger, u).await,
             ["deposit", "hold", "hold_capture", "hold_release"]
         );
-        // it ended once: neither a second capture nor a void changes it
+        // it ended once: neither a second capture (however much it asks)
+        // nor a void changes it
         for again in [
+            ledger
+                .execute(&CaptureHold {
+                    hold_id: hold.id,
+                    amount: Some(units(10_000)),
+                })
+                .await,
             ledger
                 .execute(&CaptureHold {
                     hold_id: hold.id,
