@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use crate::middleware::observe;
 use crate::monitor;
 use crate::routes::health::HealthApi;
+use crate::routes::holds::HoldsApi;
 use crate::routes::locks::LocksApi;
 use crate::routes::orders::OrdersApi;
 use crate::routes::prices::PricesApi;
@@ -61,6 +62,7 @@ pub type Apis = (
     OrdersApi,
     ReferralsApi,
     LocksApi,
+    HoldsApi,
 );
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
@@ -201,6 +203,23 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
                 let ledger = &s.ledger;
                 if let Err(e) = ledger.settle_pending_commissions().await {
                     tracing::warn!(error = %e, "referral settlement failed");
+                }
+            }
+        }));
+    }
+    if !state.config.holds.cleanup_interval.is_zero() {
+        let every = state.config.holds.cleanup_interval;
+        let s = Arc::clone(state);
+        jobs.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match s.ledger.expire_due_holds().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(released = n, "expired holds released"),
+                    Err(e) => tracing::warn!(error = %e, "hold cleanup failed"),
                 }
             }
         }));

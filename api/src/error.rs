@@ -33,6 +33,8 @@ pub struct ApiError {
     /// The busy resources of a `resource_locked` refusal, sent as the
     /// problem's `conflicts` member.
     pub conflicts: Option<Vec<String>>,
+    /// `hold_not_active`: the status the hold ended with.
+    pub hold_status: Option<&'static str>,
 }
 
 impl fmt::Display for ApiError {
@@ -57,6 +59,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             conflicts: None,
+            hold_status: None,
         }
     }
 
@@ -145,6 +148,7 @@ impl ApiError {
             detail: self.detail.clone(),
             request_id,
             conflicts: self.conflicts.clone(),
+            hold_status: self.hold_status.map(str::to_owned),
         }
     }
 
@@ -203,6 +207,25 @@ impl From<&DomainError> for ApiError {
                 "order_not_open",
                 "Order not open",
                 e.to_string(),
+            ),
+            DomainError::HoldNotActive { status, .. } => Self {
+                hold_status: Some(status),
+                ..Self::new(
+                    S::CONFLICT,
+                    "hold_not_active",
+                    "Hold not active",
+                    e.to_string(),
+                )
+            },
+            DomainError::CaptureExceedsHold { requested, held } => Self::new(
+                S::UNPROCESSABLE_ENTITY,
+                "capture_exceeds_hold",
+                "Capture exceeds hold",
+                format!(
+                    "capture amount {} exceeds the held amount {}",
+                    format_units(*requested),
+                    format_units(*held)
+                ),
             ),
             DomainError::CooldownActive { retry_after_ms, .. } => Self::new(
                 S::TOO_MANY_REQUESTS,
@@ -325,7 +348,7 @@ const STATUSES: &[(u16, &str)] = &[
     ),
     (
         409,
-        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`); a resource is locked (`resource_locked`, with `conflicts`: the busy resources); the lock is no longer active, expired, or holds another fencing token (`lock_lost`)",
+        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`); a resource is locked (`resource_locked`, with `conflicts`: the busy resources); the lock is no longer active, expired, or holds another fencing token (`lock_lost`); hold already captured, voided or expired (`hold_not_active`, its status in `hold_status`)",
     ),
     (
         413,
@@ -337,7 +360,7 @@ const STATUSES: &[(u16, &str)] = &[
     ),
     (
         422,
-        "A business rule refuses the request (`insufficient_funds`, `insufficient_margin`, `notional_too_small`, `no_price`, `same_account`, `unknown_referral_code`, `balance_limit_exceeded`), or the Idempotency-Key was used with a different body (`idempotency_key_reused`)",
+        "A business rule refuses the request (`insufficient_funds`, `insufficient_margin`, `notional_too_small`, `no_price`, `same_account`, `unknown_referral_code`, `balance_limit_exceeded`, `capture_exceeds_hold`), or the Idempotency-Key was used with a different body (`idempotency_key_reused`)",
     ),
     (
         429,
@@ -545,6 +568,22 @@ mod tests {
             ),
             (DomainError::DuplicateEmail, 409, "conflict"),
             (
+                DomainError::HoldNotActive {
+                    hold_id: 4,
+                    status: "voided",
+                },
+                409,
+                "hold_not_active",
+            ),
+            (
+                DomainError::CaptureExceedsHold {
+                    requested: 3,
+                    held: 2,
+                },
+                422,
+                "capture_exceeds_hold",
+            ),
+            (
                 DomainError::UnknownReferralCode,
                 422,
                 "unknown_referral_code",
@@ -600,6 +639,19 @@ mod tests {
             requested: 2_500_000_050,
         });
         assert_eq!(api.detail, "free balance 10 < requested 25.0000005");
+    }
+
+    #[test]
+    fn hold_not_active_names_the_holds_status() {
+        let api = ApiError::from(DomainError::HoldNotActive {
+            hold_id: 9,
+            status: "expired",
+        });
+        assert_eq!(api.detail, "hold 9 is not active: it is expired");
+        assert_eq!(api.problem().hold_status.as_deref(), Some("expired"));
+        // other problems carry no such member
+        let body = ApiError::from(DomainError::SameAccount).body();
+        assert!(!body.contains("hold_status"), "{body}");
     }
 
     #[test]

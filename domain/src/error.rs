@@ -29,6 +29,12 @@ pub enum DomainError {
     NoPrice(String),
     #[error("order {0} is not open")]
     OrderNotOpen(i64),
+    /// The hold already ended (`status`: captured, voided or expired).
+    #[error("hold {hold_id} is not active: it is {status}")]
+    HoldNotActive { hold_id: i64, status: &'static str },
+    /// A capture may take at most what the hold reserves. Minor units.
+    #[error("capture amount {requested} exceeds the held amount {held} (minor units)")]
+    CaptureExceedsHold { requested: i64, held: i64 },
     /// Another order by the same user on the same symbol is too recent.
     #[error(
         "an order on {symbol} was placed less than the cooldown ago; retry in {retry_after_ms} ms"
@@ -120,6 +126,8 @@ impl DomainError {
                 | Self::NotionalTooSmall { .. }
                 | Self::NoPrice(_)
                 | Self::OrderNotOpen(_)
+                | Self::HoldNotActive { .. }
+                | Self::CaptureExceedsHold { .. }
                 | Self::SameAccount
                 | Self::DuplicateEmail
                 | Self::UnknownReferralCode

@@ -25,7 +25,9 @@
 //! the others' writes.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use infra::metrics::metrics;
@@ -51,6 +53,8 @@ pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
 
 /// A queued write and where its answer goes.
 pub struct Write {
+    /// Tells a queued write from the others, to take it back out.
+    id: u64,
     /// The command's name, for metrics and logs.
     pub name: &'static str,
     pub req: IdempotentRequest,
@@ -66,6 +70,10 @@ pub struct GroupCommit {
     queue: Mutex<VecDeque<Write>>,
     slots: Arc<Semaphore>,
     max_size: usize,
+    /// A write still queued after this long (every group busy) is shed with
+    /// 503 `overloaded`, as a request that waits too long for a connection.
+    wait_budget: Duration,
+    next_id: AtomicU64,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -87,11 +95,13 @@ enum Ended {
 }
 
 impl GroupCommit {
-    pub fn new(groups: usize, max_size: usize) -> Self {
+    pub fn new(groups: usize, max_size: usize, wait_budget: Duration) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
             slots: Arc::new(Semaphore::new(groups.max(1))),
             max_size: max_size.max(1),
+            wait_budget,
+            next_id: AtomicU64::new(0),
         }
     }
 
@@ -106,8 +116,10 @@ impl GroupCommit {
         op: WriteOp,
         refuse: Refusal,
     ) -> DomainResult<Outcome> {
-        let (reply, answer) = oneshot::channel();
+        let (reply, mut answer) = oneshot::channel();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_queue().push_back(Write {
+            id,
             name,
             req,
             wallets,
@@ -119,9 +131,23 @@ impl GroupCommit {
             let (group, ledger) = (Arc::clone(self), ledger.clone());
             tokio::spawn(async move { group.lead(slot, ledger).await });
         }
-        answer
-            .await
-            .unwrap_or_else(|_| Err(DomainError::unexpected("a group ended without an answer")))
+        let ended = |_| Err(DomainError::unexpected("a group ended without an answer"));
+        match tokio::time::timeout(self.wait_budget, &mut answer).await {
+            Ok(outcome) => outcome.unwrap_or_else(ended),
+            // Still queued: shed it. Already taken by a group: it may be
+            // committing, so its answer is awaited whatever it takes.
+            Err(_) if self.take_back(id) => Err(DomainError::Overloaded),
+            Err(_) => answer.await.unwrap_or_else(ended),
+        }
+    }
+
+    /// Removes a write that no group has taken yet; false when one has.
+    fn take_back(&self, id: u64) -> bool {
+        let mut queue = self.lock_queue();
+        match queue.iter().position(|w| w.id == id) {
+            Some(at) => queue.remove(at).is_some(),
+            None => false,
+        }
     }
 
     fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Write>> {

@@ -4,6 +4,8 @@
 //! - the deposit, withdrawal and transfer rules, and the wallet locks
 //!   (`execute_with_user_lock`, ascending-id order): `ledger/wallets.rs`;
 //! - signup (both wallets, referrer link, bonuses): `ledger/users.rs`;
+//! - holds (create, capture, void, lazy expiry under the wallet lock, the
+//!   cleanup job): `ledger/holds.rs`;
 //! - the money-moving primitive (FinancialService): `ledger/financial.rs`;
 //! - journal kinds and the hash chain: `ledger/journal.rs`; the books
 //!   check: `ledger/reconcile.rs`;
@@ -176,6 +178,7 @@ impl Ledger {
                 Arc::new(GroupCommit::new(
                     config.group_commit.groups,
                     config.group_commit.max_size,
+                    config.database.wait_budget,
                 ))
             }),
         })

@@ -63,6 +63,7 @@ pub struct Config {
     pub referrals: ReferralConfig,
     pub group_commit: GroupCommitConfig,
     pub locks: LockConfig,
+    pub holds: HoldConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -306,6 +307,22 @@ impl Default for ReferralConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub struct HoldConfig {
+    /// How often the cleanup job releases holds past their expiry; zero
+    /// turns it off. Expiry does not wait for it: an expired hold stops
+    /// counting at once, and the next write to its wallet releases it.
+    pub cleanup_interval: Duration,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        Self {
+            cleanup_interval: Duration::from_millis(10_000),
+        }
+    }
+}
+
 /// The configuration as the file and the environment spell it: one flat
 /// document, one field per documented key. Absent keys keep the defaults of
 /// [`Config`].
@@ -360,6 +377,7 @@ struct Settings {
     lock_cleanup_interval_ms: u64,
     lock_retention_hours: u64,
     lock_poll_ms: u64,
+    hold_cleanup_interval_ms: u64,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -386,6 +404,7 @@ impl Default for Settings {
             referrals,
             group_commit,
             locks,
+            holds,
         } = Config::default();
         Self {
             listen: server.listen,
@@ -430,6 +449,7 @@ impl Default for Settings {
             lock_cleanup_interval_ms: millis(locks.cleanup_interval),
             lock_retention_hours: locks.retention.as_secs() / 3_600,
             lock_poll_ms: millis(locks.poll),
+            hold_cleanup_interval_ms: millis(holds.cleanup_interval),
         }
     }
 }
@@ -555,6 +575,9 @@ impl TryFrom<Settings> for Config {
                 retention: Duration::from_secs(s.lock_retention_hours.saturating_mul(3_600)),
                 poll: Duration::from_millis(s.lock_poll_ms),
             },
+            holds: HoldConfig {
+                cleanup_interval: Duration::from_millis(s.hold_cleanup_interval_ms),
+            },
         })
     }
 }
@@ -608,6 +631,7 @@ impl Config {
             referrals,
             group_commit,
             locks,
+            holds: _,
         } = self;
         if database.max_connections == 0 {
             return bad("db_max_connections must be at least 1");
@@ -808,6 +832,7 @@ mod tests {
         assert_eq!(c.referrals.commission_rates, vec![dec("0.20"), dec("0.05")]);
         assert_eq!(c.referrals.settle_interval, Duration::from_secs(5));
         assert_eq!(c.referrals.settle_batch, 500);
+        assert_eq!(c.holds.cleanup_interval, Duration::from_secs(10));
     }
 
     #[test]
@@ -823,8 +848,10 @@ mod tests {
             ("LEDGER_REFERRAL_COMMISSION_RATES", "0.3,0.1"),
             ("LEDGER_DEMO_BALANCE", "500"),
             ("LEDGER_LOG_FORMAT", "json"),
+            ("LEDGER_HOLD_CLEANUP_INTERVAL_MS", "2500"),
         ])
         .unwrap();
+        assert_eq!(c.holds.cleanup_interval, Duration::from_millis(2_500));
         assert_eq!(c.database.max_connections, 7);
         assert_eq!(c.database.url, "postgres://h/db");
         assert!(c.server.reuse_port);

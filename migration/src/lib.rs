@@ -11,6 +11,7 @@ mod columns;
 mod m20261121_000001_core;
 mod m20261121_000002_trading;
 mod m20261125_000001_locks;
+mod m20261201_000003_holds;
 
 pub struct Migrator;
 
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_core::Migration),
             Box::new(m20261121_000002_trading::Migration),
             Box::new(m20261125_000001_locks::Migration),
+            Box::new(m20261201_000003_holds::Migration),
         ]
     }
 }

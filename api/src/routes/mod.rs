@@ -2,6 +2,7 @@
 //! domain types, call the domain, render the result.
 
 pub mod health;
+pub mod holds;
 pub mod locks;
 pub mod orders;
 pub mod prices;
@@ -43,6 +44,8 @@ pub enum ApiTags {
     Referrals,
     /// Resource locks, their priority queue and multi-resource reservations.
     Locks,
+    /// Funds reserved for a while, then captured or voided.
+    Holds,
 }
 
 /// Parses a request amount; a refusal names the field it came from.
@@ -253,6 +256,9 @@ mod tests {
         // another user's order is answered as unknown, never as forbidden
         assert!(!of("/api/v1/orders/{id}", "get").contains(&403));
         assert!(!of("/api/v1/orders/{id}/close", "post").contains(&403));
+        // and so is another user's hold
+        assert!(!of("/api/v1/holds/{id}", "get").contains(&403));
+        assert!(!of("/api/v1/holds/{id}/void", "post").contains(&403));
         // a price is readable by any role and set without a key
         assert!(!of("/api/v1/prices/{symbol}", "get").contains(&403));
         assert!(!of("/api/v1/prices/{symbol}", "put").contains(&409));
@@ -272,6 +278,9 @@ mod tests {
             ("JournalEntry", "reference"),
             ("JournalPage", "next_before_id"),
             ("OrderPage", "next_before_id"),
+            ("Hold", "reference"),
+            ("Hold", "finished_at"),
+            ("HoldPage", "next_before_id"),
         ] {
             assert_eq!(
                 schemas[schema]["properties"][field]["nullable"], true,
@@ -284,6 +293,7 @@ mod tests {
             ("WithdrawRequest", "destination"),
             ("CreateUserRequest", "email"),
             ("CreateUserRequest", "referral_code"),
+            ("CreateHoldRequest", "reference"),
         ] {
             assert_eq!(
                 schemas[schema]["properties"][field]["pattern"], PLAIN_TEXT_PATTERN,
@@ -308,6 +318,9 @@ mod tests {
             Some("GET, HEAD, PUT")
         );
         assert_eq!(allowed_methods("/api/v1/wallets/deposit"), Some("POST"));
+        assert_eq!(allowed_methods("/api/v1/holds"), Some("POST"));
+        assert_eq!(allowed_methods("/api/v1/holds/3"), Some("GET, HEAD"));
+        assert_eq!(allowed_methods("/api/v1/holds/3/void"), Some("POST"));
         assert_eq!(allowed_methods("/health/"), Some("GET, HEAD"));
         assert_eq!(allowed_methods("/api/v1/nowhere"), None);
         assert_eq!(allowed_methods("/api/v1/orders/7/open"), None);

@@ -119,6 +119,10 @@ pub struct Problem {
     /// With `resource_locked`: the busy resources.
     #[oai(skip_serializing_if_is_none)]
     pub conflicts: Option<Vec<String>>,
+    /// `hold_not_active` only: the status the hold ended with (`captured`,
+    /// `voided` or `expired`).
+    #[oai(skip_serializing_if_is_none)]
+    pub hold_status: Option<String>,
 }
 
 /// The free-text fields (`reference`, `destination`, `payment_method`,

@@ -1,5 +1,5 @@
 //! The FinancialService of the design: the only code that changes a
-//! wallet's balance, margin or profit (`post`, and its two shapes
+//! wallet's balance, margin, held funds or profit (`post`, and its two shapes
 //! `update_wallet_balance` and `perform_combined_operation`). Each posting applies its deltas to a locked wallet, enforces the
 //! invariants, appends a hash-chained journal entry and logs one `financial`
 //! event with the old and new values. All postings of an operation are
@@ -22,12 +22,21 @@ pub struct Deltas {
     pub balance: i64,
     pub margin: i64,
     pub profit: i64,
+    /// Funds reserved by holds (see `holds`).
+    pub held: i64,
 }
 
 impl Deltas {
     pub fn balance(delta: i64) -> Self {
         Self {
             balance: delta,
+            ..Self::default()
+        }
+    }
+
+    pub fn held(delta: i64) -> Self {
+        Self {
+            held: delta,
             ..Self::default()
         }
     }
@@ -86,7 +95,8 @@ fn apply(current: i64, delta: i64) -> DomainResult<i64> {
 
 /// Computes the journal entry of one leg applied to `w` (the wallet as the
 /// previous leg left it), refusing anything that would break `balance >= 0`,
-/// `margin >= 0` or `balance >= margin`. Pure: nothing is written.
+/// `margin >= 0`, `held >= 0` or `balance >= margin + held`. Pure: nothing is
+/// written.
 pub fn prepare(
     w: &wallet::Model,
     leg: &Leg,
@@ -97,10 +107,13 @@ pub fn prepare(
     let balance = apply(w.balance, d.balance)?;
     let margin = apply(w.margin, d.margin)?;
     let profit = apply(w.profit, d.profit)?;
-    if balance < 0 || margin < 0 || balance < margin {
+    let held = apply(w.held, d.held)?;
+    let wide = i128::from;
+    if balance < 0 || margin < 0 || held < 0 || wide(balance) < wide(margin) + wide(held) {
+        let requested = wide(d.margin) + wide(d.held) - wide(d.balance);
         return Err(DomainError::InsufficientFunds {
-            available: w.balance - w.margin,
-            requested: Ord::max(d.margin.saturating_sub(d.balance), 0),
+            available: w.balance - w.margin - w.held,
+            requested: i64::try_from(requested.max(0)).unwrap_or(i64::MAX),
         });
     }
     let mut entry = journal_entry::Model {
@@ -116,6 +129,8 @@ pub fn prepare(
         balance_after: balance,
         margin_after: margin,
         profit_after: profit,
+        held_delta: d.held,
+        held_after: held,
         reference: leg.reference.clone(),
         metadata: leg.metadata.as_ref().map(|m| m.to_string()),
         created_at: at,
@@ -145,10 +160,12 @@ pub async fn post<C: ConnectionTrait>(
                 balance: apply(total.balance, leg.deltas.balance)?,
                 margin: apply(total.margin, leg.deltas.margin)?,
                 profit: apply(total.profit, leg.deltas.profit)?,
+                held: apply(total.held, leg.deltas.held)?,
             };
             next.balance = entry.balance_after;
             next.margin = entry.margin_after;
             next.profit = entry.profit_after;
+            next.held = entry.held_after;
             next.last_hash = entry.hash.clone();
             tracing::info!(
                 target: "financial",
@@ -163,6 +180,8 @@ pub async fn post<C: ConnectionTrait>(
                 new_margin = %format_units(entry.margin_after),
                 old_profit = %format_units(entry.profit_after - leg.deltas.profit),
                 new_profit = %format_units(entry.profit_after),
+                old_held = %format_units(entry.held_after - leg.deltas.held),
+                new_held = %format_units(entry.held_after),
                 "financial"
             );
             entries.push(entry);
@@ -182,6 +201,10 @@ pub async fn post<C: ConnectionTrait>(
             .col_expr(
                 wallet::Column::Profit,
                 Expr::col(wallet::Column::Profit).add(total.profit),
+            )
+            .col_expr(
+                wallet::Column::Held,
+                Expr::col(wallet::Column::Held).add(total.held),
             )
             .col_expr(
                 wallet::Column::Version,
@@ -222,6 +245,8 @@ pub async fn post<C: ConnectionTrait>(
         balance_after: Set(e.balance_after),
         margin_after: Set(e.margin_after),
         profit_after: Set(e.profit_after),
+        held_delta: Set(e.held_delta),
+        held_after: Set(e.held_after),
         reference: Set(e.reference.clone()),
         metadata: Set(e.metadata.clone()),
         created_at: Set(e.created_at),
@@ -280,6 +305,7 @@ pub fn test_wallet(balance: i64, margin: i64) -> wallet::Model {
         currency: "USD".into(),
         balance,
         margin,
+        held: 0,
         profit: 0,
         version: 0,
         last_hash: crate::ledger::journal::GENESIS_HASH.into(),
@@ -335,6 +361,41 @@ mod tests {
             prepare(&full, &leg(Deltas::balance(1)), op, at),
             Err(DomainError::BalanceLimit)
         ));
+    }
+
+    #[test]
+    fn held_funds_are_backed_by_the_balance_like_margin() {
+        let w = wallet::Model {
+            held: 300,
+            ..wallet(1_000, 400)
+        };
+        let (op, at) = (Uuid::new_v4(), now());
+        // a hold may take the free balance, no more
+        let e = prepare(&w, &leg(Deltas::held(300)), op, at).unwrap();
+        assert_eq!(
+            (e.held_delta, e.held_after, e.balance_after),
+            (300, 600, 1_000)
+        );
+        match prepare(&w, &leg(Deltas::held(301)), op, at) {
+            Err(DomainError::InsufficientFunds {
+                available,
+                requested,
+            }) => assert_eq!((available, requested), (300, 301)),
+            other => panic!("expected insufficient funds, got {other:?}"),
+        }
+        // nor may the balance drop below margin plus held
+        assert!(prepare(&w, &leg(Deltas::balance(-300)), op, at).is_ok());
+        assert!(prepare(&w, &leg(Deltas::balance(-301)), op, at).is_err());
+        // held never goes negative
+        assert!(prepare(&w, &leg(Deltas::held(-301)), op, at).is_err());
+        // a capture takes balance and held together
+        let capture = Deltas {
+            balance: -300,
+            held: -300,
+            ..Deltas::default()
+        };
+        let e = prepare(&w, &leg(capture), op, at).unwrap();
+        assert_eq!((e.balance_after, e.held_after), (700, 0));
     }
 
     #[test]

@@ -41,12 +41,24 @@ pub mod kinds {
     pub const SIGNUP_BONUS: &str = "signup_bonus";
     /// Settled referral commissions credited to a referrer.
     pub const REFERRAL_COMMISSION: &str = "referral_commission";
+    /// Funds reserved by a hold (held up, balance unchanged).
+    pub const HOLD: &str = "hold";
+    /// Held funds given back: a voided or expired hold, or the part of a
+    /// hold a capture did not take (held down).
+    pub const HOLD_RELEASE: &str = "hold_release";
+    /// The captured part of a hold leaving the wallet (balance and held down).
+    pub const HOLD_CAPTURE: &str = "hold_capture";
 }
 
 /// The fields a journal entry's hash covers, in a fixed order, as a JSON
 /// array: unambiguous, and recomputable from the stored row.
+///
+/// `held_delta` and `held_after` came with holds, after entries had been
+/// hashed without them: they are appended only when one is non-zero, so an
+/// entry of a wallet that never held funds (every entry written before
+/// holds) keeps the canonical form, and the hash, it was written with.
 pub fn canonical_entry(e: &journal_entry::Model) -> String {
-    serde_json::json!([
+    let mut fields = serde_json::json!([
         e.wallet_id,
         e.operation_id.to_string(),
         e.kind,
@@ -59,8 +71,13 @@ pub fn canonical_entry(e: &journal_entry::Model) -> String {
         e.reference,
         e.metadata,
         e.created_at.timestamp_micros(),
-    ])
-    .to_string()
+    ]);
+    if (e.held_delta, e.held_after) != (0, 0)
+        && let Some(fields) = fields.as_array_mut()
+    {
+        fields.extend([e.held_delta.into(), e.held_after.into()]);
+    }
+    fields.to_string()
 }
 
 /// `sha256(prev_hash || canonical entry)`, hex.
@@ -81,9 +98,11 @@ pub struct JournalView {
     pub balance_delta: i64,
     pub margin_delta: i64,
     pub profit_delta: i64,
+    pub held_delta: i64,
     pub balance_after: i64,
     pub margin_after: i64,
     pub profit_after: i64,
+    pub held_after: i64,
     pub reference: Option<String>,
     pub created_at: DateTime<Utc>,
     pub hash: String,
@@ -99,9 +118,11 @@ impl From<journal_entry::Model> for JournalView {
             balance_delta: e.balance_delta,
             margin_delta: e.margin_delta,
             profit_delta: e.profit_delta,
+            held_delta: e.held_delta,
             balance_after: e.balance_after,
             margin_after: e.margin_after,
             profit_after: e.profit_after,
+            held_after: e.held_after,
             reference: e.reference,
             created_at: e.created_at,
             hash: e.hash,
@@ -131,4 +152,53 @@ pub async fn list_journal<C: ConnectionTrait>(
     )
     .await?;
     Ok(page.map(JournalView::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(held_delta: i64, held_after: i64) -> journal_entry::Model {
+        journal_entry::Model {
+            id: 1,
+            operation_id: Uuid::nil(),
+            wallet_id: 7,
+            user_id: 3,
+            wallet_kind: "live".into(),
+            kind: kinds::DEPOSIT.into(),
+            balance_delta: 5,
+            margin_delta: 0,
+            profit_delta: 0,
+            balance_after: 5,
+            margin_after: 0,
+            profit_after: 0,
+            held_delta,
+            held_after,
+            reference: None,
+            metadata: None,
+            created_at: DateTime::from_timestamp_micros(1_700_000_000_000_001).unwrap(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn entries_without_held_funds_keep_the_canonical_form_they_were_hashed_with() {
+        // the form every entry written before holds was hashed with
+        assert_eq!(
+            canonical_entry(&entry(0, 0)),
+            r#"[7,"00000000-0000-0000-0000-000000000000","deposit",5,0,0,5,0,0,null,null,1700000000000001]"#
+        );
+        // held funds are covered by the hash as soon as there are any
+        assert_eq!(
+            canonical_entry(&entry(0, 4)),
+            r#"[7,"00000000-0000-0000-0000-000000000000","deposit",5,0,0,5,0,0,null,null,1700000000000001,0,4]"#
+        );
+        let hashes: Vec<String> = [(0, 0), (0, 4), (-4, 0), (4, 4)]
+            .iter()
+            .map(|&(d, a)| chain_hash(GENESIS_HASH, &entry(d, a)))
+            .collect();
+        for (i, h) in hashes.iter().enumerate() {
+            assert!(!hashes[i + 1..].contains(h), "{hashes:?}");
+        }
+    }
 }

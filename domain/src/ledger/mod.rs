@@ -1,7 +1,9 @@
 //! The ledger: users and their wallets, the money-moving primitive
-//! (`financial`), the hash-chained journal, and reconciliation.
+//! (`financial`), holds on wallet funds, the hash-chained journal, and
+//! reconciliation.
 
 pub mod financial;
+pub mod holds;
 pub mod journal;
 pub mod reconcile;
 pub mod users;

@@ -1,11 +1,14 @@
-//! Reconciliation: for every wallet, balance, margin and profit equal the
-//! sums of its journal deltas, every entry's values-after follow from the one
-//! before, and the hash chain verifies up to the wallet's `last_hash`.
+//! Reconciliation: for every wallet, balance, margin, profit and held equal
+//! the sums of its journal deltas, every entry's values-after follow from
+//! the one before, the hash chain verifies up to the wallet's `last_hash`,
+//! and `held` equals the sum of the wallet's active holds.
 //!
 //! The whole check reads one snapshot: wallets and journals are read by many
 //! queries, and a deposit committed between reading a wallet and reading its
 //! journal would otherwise look like a journal that sums to more than the
 //! wallet holds.
+
+use std::collections::HashMap;
 
 use infra::entities::{journal_entry, wallet};
 use sea_orm::{
@@ -15,6 +18,7 @@ use sea_orm::{
 
 use crate::error::DomainResult;
 use crate::ledger::journal::{GENESIS_HASH, chain_hash};
+use crate::sql::statement;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Discrepancy {
@@ -49,7 +53,7 @@ pub async fn check_wallet<C: ConnectionTrait>(
             problem: p,
         })
     };
-    let (mut balance, mut margin, mut profit) = (0i64, 0i64, 0i64);
+    let (mut balance, mut margin, mut profit, mut held) = (0i64, 0i64, 0i64, 0i64);
     let mut prev = GENESIS_HASH.to_owned();
     let mut after_id = 0i64;
     let mut count = 0u64;
@@ -68,7 +72,14 @@ pub async fn check_wallet<C: ConnectionTrait>(
             balance = balance.wrapping_add(e.balance_delta);
             margin = margin.wrapping_add(e.margin_delta);
             profit = profit.wrapping_add(e.profit_delta);
-            if (balance, margin, profit) != (e.balance_after, e.margin_after, e.profit_after) {
+            held = held.wrapping_add(e.held_delta);
+            let after = (
+                e.balance_after,
+                e.margin_after,
+                e.profit_after,
+                e.held_after,
+            );
+            if (balance, margin, profit, held) != after {
                 problem(format!(
                     "entry {}: values after do not follow from the deltas",
                     e.id
@@ -84,10 +95,11 @@ pub async fn check_wallet<C: ConnectionTrait>(
             break;
         }
     }
-    if (balance, margin, profit) != (w.balance, w.margin, w.profit) {
+    if (balance, margin, profit, held) != (w.balance, w.margin, w.profit, w.held) {
         problem(format!(
-            "wallet holds ({}, {}, {}) but its journal sums to ({balance}, {margin}, {profit})",
-            w.balance, w.margin, w.profit
+            "wallet holds ({}, {}, {}, held {}) but its journal sums to \
+             ({balance}, {margin}, {profit}, held {held})",
+            w.balance, w.margin, w.profit, w.held
         ));
     }
     if prev != w.last_hash {
@@ -116,8 +128,22 @@ pub async fn check_all(conn: &DatabaseConnection) -> DomainResult<Report> {
     Ok(report)
 }
 
+/// Per wallet, the sum of its active holds.
+async fn active_holds<C: ConnectionTrait>(conn: &C) -> DomainResult<HashMap<i64, i64>> {
+    // SUM of a BIGINT is NUMERIC on PostgreSQL: cast back for one decoding.
+    let sql = "SELECT wallet_id, CAST(SUM(amount) AS BIGINT) AS held \
+               FROM holds WHERE status = 'held' GROUP BY wallet_id";
+    let rows = conn
+        .query_all_raw(statement(conn.get_database_backend(), sql, vec![]))
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("", "wallet_id")?, row.try_get("", "held")?)))
+        .collect()
+}
+
 async fn check_every_wallet<C: ConnectionTrait>(conn: &C) -> DomainResult<Report> {
     let mut report = Report::default();
+    let mut holds = active_holds(conn).await?;
     let mut after_id = 0i64;
     loop {
         let wallets = wallet::Entity::find()
@@ -133,6 +159,13 @@ async fn check_every_wallet<C: ConnectionTrait>(conn: &C) -> DomainResult<Report
             report.wallets += 1;
             report.entries += entries;
             report.discrepancies.extend(problems);
+            let active = holds.remove(&w.id).unwrap_or(0);
+            if active != w.held {
+                report.discrepancies.push(Discrepancy {
+                    wallet_id: w.id,
+                    problem: format!("held {} but its active holds sum to {active}", w.held),
+                });
+            }
         }
         if n < PAGE {
             break;

@@ -16,7 +16,7 @@ use crate::db_error::{DbErrorKind, classify};
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
 use crate::ledger::journal::{GENESIS_HASH, kinds};
-use crate::ledger::wallets::{WalletKind, WalletView};
+use crate::ledger::wallets::{WalletKind, WalletView, wallet_views};
 use crate::trading::referrals;
 use crate::{Command, Ledger};
 
@@ -92,7 +92,7 @@ pub struct UserView {
     pub wallets: Vec<WalletView>,
 }
 
-fn view(u: user::Model, wallets: &[wallet::Model]) -> UserView {
+fn view(u: user::Model, wallets: Vec<WalletView>) -> UserView {
     UserView {
         id: u.id,
         email: u.email,
@@ -100,7 +100,7 @@ fn view(u: user::Model, wallets: &[wallet::Model]) -> UserView {
         referral_code: u.referral_code,
         referrer_id: u.referrer_id,
         created_at: u.created_at,
-        wallets: wallets.iter().map(WalletView::from).collect(),
+        wallets,
     }
 }
 
@@ -127,6 +127,7 @@ pub fn new_wallet(user_id: i64, kind: WalletKind, at: DateTime<Utc>) -> wallet::
         currency: Set("USD".into()),
         balance: Set(0),
         margin: Set(0),
+        held: Set(0),
         profit: Set(0),
         version: Set(0),
         last_hash: Set(GENESIS_HASH.into()),
@@ -225,7 +226,7 @@ async fn create_user(
     {
         referrals::pay_signup_bonuses(txn, &ledger.referral, live, referrer_id).await?;
     }
-    Ok(view(user, &wallets))
+    Ok(view(user, wallets.iter().map(WalletView::from).collect()))
 }
 
 /// Bulk creation for load tests: one user per email, each with a `live`
@@ -299,7 +300,7 @@ async fn get_user<C: ConnectionTrait>(conn: &C, user_id: i64) -> DomainResult<Us
         .order_by_asc(wallet::Column::Id)
         .all(conn)
         .await?;
-    Ok(view(user, &wallets))
+    Ok(view(user, wallet_views(conn, &wallets).await?))
 }
 
 #[cfg(test)]

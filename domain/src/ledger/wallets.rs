@@ -1,6 +1,10 @@
 //! Wallet use cases: deposit, withdraw, transfer (each a `Command` run inside
 //! the caller's transaction, see `tx` and `idempotency`), the wallet locks
 //! they take, and the wallet reads.
+//!
+//! Taking a wallet's lock also releases its expired holds (`holds`), in the
+//! same transaction: whatever a write then checks against the free balance
+//! counts only unexpired holds.
 
 use chrono::{DateTime, Utc};
 use infra::entities::wallet;
@@ -12,6 +16,7 @@ use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
+use crate::ledger::holds::{expired_held, release_expired};
 use crate::ledger::journal::kinds;
 use crate::ledger::users::require_user;
 use crate::money::Amount;
@@ -47,13 +52,24 @@ pub struct WalletView {
     pub currency: String,
     pub balance: i64,
     pub margin: i64,
+    /// Reserved by unexpired holds.
+    pub held: i64,
     pub profit: i64,
     pub updated_at: DateTime<Utc>,
 }
 
 impl WalletView {
     pub fn free_margin(&self) -> i64 {
-        self.balance - self.margin
+        self.balance - self.margin - self.held
+    }
+
+    /// The wallet as it reads: holds that expired but were not released
+    /// yet (nothing has written to the wallet since) no longer count.
+    pub fn of(w: &wallet::Model, expired_held: i64) -> Self {
+        Self {
+            held: w.held - expired_held,
+            ..Self::from(w)
+        }
     }
 }
 
@@ -64,6 +80,7 @@ impl From<&wallet::Model> for WalletView {
             currency: w.currency.clone(),
             balance: w.balance,
             margin: w.margin,
+            held: w.held,
             profit: w.profit,
             updated_at: w.updated_at,
         }
@@ -136,9 +153,15 @@ fn metadata(pairs: &[(&str, &Option<String>)]) -> Option<serde_json::Value> {
     (!map.is_empty()).then_some(serde_json::Value::Object(map))
 }
 
+/// What a withdrawal, a transfer or a new hold may take: the balance less
+/// the margin of open orders and the funds active holds reserve.
+pub fn free_balance(wallet: &wallet::Model) -> i64 {
+    wallet.balance - wallet.margin - wallet.held
+}
+
 fn insufficient(wallet: &wallet::Model, amount: Amount) -> DomainError {
     DomainError::InsufficientFunds {
-        available: wallet.balance - wallet.margin,
+        available: free_balance(wallet),
         requested: amount.units(),
     }
 }
@@ -152,7 +175,8 @@ fn locking<S: QuerySelect>(query: S, backend: DbBackend) -> S {
     }
 }
 
-/// Locks one user's wallet of one kind (`SELECT … FOR UPDATE`).
+/// Locks one user's wallet of one kind (`SELECT … FOR UPDATE`) and
+/// releases its expired holds.
 pub async fn lock_wallet(
     txn: &DatabaseTransaction,
     user_id: i64,
@@ -161,16 +185,19 @@ pub async fn lock_wallet(
     let query = wallet::Entity::find()
         .filter(wallet::Column::UserId.eq(user_id))
         .filter(wallet::Column::Kind.eq(kind.as_str()));
-    locking(query, txn.get_database_backend())
+    let mut wallet = locking(query, txn.get_database_backend())
         .one(txn)
         .await?
-        .ok_or(DomainError::NotFound("user"))
+        .ok_or(DomainError::NotFound("user"))?;
+    release_expired(txn, &mut wallet).await?;
+    Ok(wallet)
 }
 
 /// Locks several users' wallets of one kind, always in ascending wallet id
 /// order (one statement: PostgreSQL sorts, then locks rows as it returns
 /// them), so that two transactions touching the same wallets never wait on
-/// each other in a cycle. Returns them in that order; missing ones are absent.
+/// each other in a cycle, and releases their expired holds. Returns them in
+/// that order; missing ones are absent.
 pub async fn lock_wallets_in_order(
     txn: &DatabaseTransaction,
     user_ids: &[i64],
@@ -179,6 +206,22 @@ pub async fn lock_wallets_in_order(
     let query = wallet::Entity::find()
         .filter(wallet::Column::UserId.is_in(user_ids.iter().copied()))
         .filter(wallet::Column::Kind.eq(kind.as_str()))
+        .order_by_asc(wallet::Column::Id);
+    let mut wallets = locking(query, txn.get_database_backend()).all(txn).await?;
+    for wallet in &mut wallets {
+        release_expired(txn, wallet).await?;
+    }
+    Ok(wallets)
+}
+
+/// Locks these wallets in ascending id order, as they are: for the hold
+/// cleanup, which releases their expired holds itself and counts them.
+pub async fn lock_wallets_by_id(
+    txn: &DatabaseTransaction,
+    wallet_ids: &[i64],
+) -> DomainResult<Vec<wallet::Model>> {
+    let query = wallet::Entity::find()
+        .filter(wallet::Column::Id.is_in(wallet_ids.iter().copied()))
         .order_by_asc(wallet::Column::Id);
     Ok(locking(query, txn.get_database_backend()).all(txn).await?)
 }
@@ -300,9 +343,10 @@ impl Command for Deposit {
     }
 }
 
-/// A withdrawal may take at most the free margin (`balance - margin`).
+/// A withdrawal may take at most the free margin (`balance - margin -
+/// held`); so may a transfer and a new hold.
 pub fn check_withdrawable(wallet: &wallet::Model, amount: Amount) -> DomainResult<()> {
-    if amount.units() > wallet.balance - wallet.margin {
+    if amount.units() > free_balance(wallet) {
         return Err(insufficient(wallet, amount));
     }
     Ok(())
@@ -414,7 +458,8 @@ async fn transfer(txn: &DatabaseTransaction, cmd: &TransferRequest) -> DomainRes
 }
 
 impl Ledger {
-    /// A user's wallets; an unknown user is 404.
+    /// A user's wallets; an unknown user is 404. Holds count until their
+    /// expiry, whether or not they have been released yet.
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn wallets(&self, user_id: i64) -> DomainResult<Vec<WalletView>> {
         let conn = &self.db.conn;
@@ -426,7 +471,7 @@ impl Ledger {
         if wallets.is_empty() {
             require_user(conn, user_id).await?;
         }
-        Ok(wallets.iter().map(WalletView::from).collect())
+        wallet_views(conn, &wallets).await
     }
 
     /// A user's journal, newest first.
@@ -440,6 +485,24 @@ impl Ledger {
     ) -> DomainResult<crate::page::Page<crate::ledger::journal::JournalView>> {
         crate::ledger::journal::list_journal(&self.db.conn, user_id, wallet, limit, before_id).await
     }
+}
+
+/// The wallets as they read (see [`WalletView::of`]). Only a wallet with
+/// held funds can have an expired hold, so most reads cost no extra query.
+pub async fn wallet_views<C: ConnectionTrait>(
+    conn: &C,
+    wallets: &[wallet::Model],
+) -> DomainResult<Vec<WalletView>> {
+    let holding: Vec<i64> = wallets
+        .iter()
+        .filter(|w| w.held > 0)
+        .map(|w| w.id)
+        .collect();
+    let expired = expired_held(conn, &holding).await?;
+    Ok(wallets
+        .iter()
+        .map(|w| WalletView::of(w, expired.get(&w.id).copied().unwrap_or(0)))
+        .collect())
 }
 
 #[cfg(test)]
@@ -462,6 +525,25 @@ mod tests {
             }
             other => panic!("expected insufficient funds, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn held_funds_are_not_free() {
+        let w = wallet::Model {
+            held: 250,
+            ..wallet(1_000, 400)
+        };
+        assert_eq!(free_balance(&w), 350);
+        assert!(check_withdrawable(&w, Amount::from_units(350).unwrap()).is_ok());
+        assert!(matches!(
+            check_withdrawable(&w, Amount::from_units(351).unwrap()),
+            Err(DomainError::InsufficientFunds {
+                available: 350,
+                requested: 351
+            })
+        ));
+        let view = WalletView::of(&w, 100);
+        assert_eq!((view.held, view.free_margin()), (150, 450));
     }
 
     #[test]

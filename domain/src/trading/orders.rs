@@ -103,7 +103,8 @@ pub struct CloseOrder {
 }
 
 /// Opens a market order at the current price. Under the wallet lock: the
-/// margin and the open fee must fit in the free margin; the margin is held,
+/// margin and the open fee must fit in the free margin (`balance - margin -
+/// held`); the margin is held,
 /// the fee charged, the order written and journaled, and the fee's referral
 /// commissions accrue (live wallets only: demo money earns nothing).
 impl Command for OpenOrder {
@@ -123,7 +124,8 @@ impl Command for OpenOrder {
             }
             let cost = trading::open_cost(cmd.quantity, price, cmd.leverage.get(), rules.fee_rate);
             trading::check_notional(cmd.quantity, price, cost, rules)?;
-            let cost = trading::check_affordable(w.balance, w.margin, cost)?;
+            // Funds that holds reserve are as unavailable as margin.
+            let cost = trading::check_affordable(w.balance, w.margin + w.held, cost)?;
             let row = order::Entity::insert(order::ActiveModel {
                 user_id: Set(cmd.user_id),
                 wallet_id: Set(w.id),
@@ -206,7 +208,9 @@ impl Command for CloseOrder {
             let pnl = trading::pnl(side, o.quantity, o.open_price, price)
                 .ok_or(DomainError::BalanceLimit)?;
             let fee = trading::fee(o.quantity, price, fee_rate).ok_or(DomainError::BalanceLimit)?;
-            let effect = trading::close_effect(w.balance, w.margin, o.margin, pnl, fee);
+            // Held funds are kept out of a loss exactly like the margin of
+            // other open orders: the loss takes the free balance only.
+            let effect = trading::close_effect(w.balance, w.margin + w.held, o.margin, pnl, fee);
             let closed_at = now();
             let updated = order::Entity::update_many()
                 .col_expr(order::Column::Status, Expr::value(CLOSED))

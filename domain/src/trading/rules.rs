@@ -167,7 +167,9 @@ pub fn check_notional(
     Ok(())
 }
 
-/// Refuses an order whose margin plus fee exceeds the wallet's free margin.
+/// Refuses an order whose margin plus fee exceeds the wallet's free margin,
+/// `balance - margin`, where `margin` is everything the balance already
+/// backs (open orders' margin and held funds).
 pub fn check_affordable(
     balance: i64,
     margin: i64,
@@ -217,9 +219,10 @@ impl CloseEffect {
 }
 
 /// The wallet holds `balance` and `margin` (this order's `order_margin`
-/// included). After the release, the free balance absorbs `pnl - fee`; what
-/// it cannot absorb is written off. Margin that other open orders hold is
-/// never touched, so `balance >= margin` keeps holding.
+/// included; the caller adds held funds, which are protected the same way).
+/// After the release, the free balance absorbs `pnl - fee`; what it cannot
+/// absorb is written off. Margin that other open orders hold is never
+/// touched, so `balance >= margin` keeps holding.
 pub fn close_effect(
     balance: i64,
     margin: i64,

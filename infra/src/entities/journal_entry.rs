@@ -17,6 +17,8 @@ pub struct Model {
     pub balance_after: i64,
     pub margin_after: i64,
     pub profit_after: i64,
+    pub held_delta: i64,
+    pub held_after: i64,
     pub reference: Option<String>,
     pub metadata: Option<String>,
     pub created_at: DateTimeUtc,

@@ -1,5 +1,6 @@
 //! sea-orm entities, one per table. Models never leave `domain`/`infra`.
 
+pub mod hold;
 pub mod idempotency_key;
 pub mod journal_entry;
 pub mod lock_fencing;

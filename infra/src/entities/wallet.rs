@@ -11,6 +11,8 @@ pub struct Model {
     pub currency: String,
     pub balance: i64,
     pub margin: i64,
+    /// The sum of the wallet's active holds (`holds.status = 'held'`).
+    pub held: i64,
     pub profit: i64,
     pub version: i64,
     pub last_hash: String,

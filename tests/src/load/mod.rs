@@ -102,7 +102,9 @@ pub struct Mismatch {
     pub problem: String,
 }
 
-/// The books check: `after == before + delta` and no margin left held, for
+/// The books check: `after == before + delta`, no margin left held (every
+/// order was closed) and the funds held by holds unchanged (the run makes
+/// none, and a hold expiring during the run would show as a change), for
 /// every user the run touched.
 pub fn check_books(
     before: &HashMap<i64, Balance>,
@@ -130,6 +132,10 @@ pub fn check_books(
                 "margin {} != {} before (every order was closed)",
                 a.margin, b.margin
             )),
+            (Some(b), Some(a)) if a.held != b.held => Some(format!(
+                "held {} != {} before (the run makes no holds)",
+                a.held, b.held
+            )),
             (Some(_), Some(_)) => None,
             _ => Some("balance could not be read".into()),
         };
@@ -144,6 +150,8 @@ pub fn check_books(
 pub struct Balance {
     pub balance: Decimal,
     pub margin: Decimal,
+    /// Funds reserved by active holds.
+    pub held: Decimal,
 }
 
 fn decimal(v: &Value) -> Option<Decimal> {
@@ -156,6 +164,7 @@ pub fn live_balance(body: &Value) -> Option<Balance> {
     Some(Balance {
         balance: decimal(&live["balance"])?,
         margin: decimal(&live["margin"])?,
+        held: decimal(&live["held"])?,
     })
 }
 
@@ -588,41 +597,59 @@ mod tests {
         Balance {
             balance: Decimal::from(balance),
             margin: Decimal::from(margin),
+            held: Decimal::ZERO,
         }
     }
 
     #[test]
     fn books_check_finds_every_kind_of_difference() {
-        let before = HashMap::from([(1, bal(100, 0)), (2, bal(100, 0)), (3, bal(50, 0))]);
-        let after = HashMap::from([(1, bal(105, 0)), (2, bal(99, 0)), (3, bal(50, 5))]);
+        let held = |balance, held| Balance {
+            held: Decimal::from(held),
+            ..bal(balance, 0)
+        };
+        let before = HashMap::from([
+            (1, bal(100, 0)),
+            (2, bal(100, 0)),
+            (3, bal(50, 0)),
+            (5, held(20, 10)),
+        ]);
+        let after = HashMap::from([
+            (1, bal(105, 0)),
+            (2, bal(99, 0)),
+            (3, bal(50, 5)),
+            (5, held(20, 0)),
+        ]);
         let mut books = Books::default();
         books.add(1, Decimal::from(5));
         books.add(2, Decimal::from(-2));
         books.add(3, Decimal::ZERO);
         books.add(4, Decimal::ONE);
+        books.add(5, Decimal::ZERO);
         books.uncertain.push(7);
         let problems = check_books(&before, &after, &books);
         let users: Vec<i64> = problems.iter().map(|p| p.user_id).collect();
-        assert_eq!(users, vec![7, 2, 3, 4], "{problems:?}");
+        assert_eq!(users, vec![7, 2, 3, 4, 5], "{problems:?}");
         assert!(
             problems[1]
                 .problem
                 .contains("balance 99 != 100 before + -2")
         );
         assert!(problems[2].problem.contains("margin"));
+        assert!(problems[4].problem.contains("held 0 != 10 before"));
     }
 
     #[test]
     fn live_balance_is_read_from_the_wallet_list() {
         let body = json!([
-            {"kind": "demo", "balance": "5", "margin": "0"},
-            {"kind": "live", "balance": "12.5", "margin": "1"},
+            {"kind": "demo", "balance": "5", "margin": "0", "held": "0"},
+            {"kind": "live", "balance": "12.5", "margin": "1", "held": "2.5"},
         ]);
         assert_eq!(
             live_balance(&body),
             Some(Balance {
                 balance: Decimal::new(125, 1),
                 margin: Decimal::ONE,
+                held: Decimal::new(25, 1),
             })
         );
         assert_eq!(live_balance(&json!([])), None);

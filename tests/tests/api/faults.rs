@@ -768,9 +768,12 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
         served.len(),
         shed.len()
     );
+    // Writes that arrive together share a transaction (group commit), so
+    // the pool's two connections may carry more than two of them: what is
+    // bounded is the wait, not the count. The rest was shed.
     assert!(
-        served.len() <= POOL,
-        "{} deposits served while the wallet was locked with a pool of {POOL}",
+        !shed.is_empty() && served.len() < N,
+        "{} served and none shed while the wallet was locked with a pool of {POOL}",
         served.len()
     );
     assert!(
@@ -826,7 +829,16 @@ async fn kill_9_mid_group_commits_nothing_partial() {
     const N: usize = 24;
     let db = PgDatabase::create().await;
     let url = db.url.clone();
-    let mut server = LedgerProcess::start(&url, &[("LEDGER_GROUP_COMMIT_GROUPS", "1")]).await;
+    // A patient wait budget: the queued writes must still be in flight (not
+    // shed) when the kill comes.
+    let mut server = LedgerProcess::start(
+        &url,
+        &[
+            ("LEDGER_GROUP_COMMIT_GROUPS", "1"),
+            ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
+        ],
+    )
+    .await;
     let http = Arc::new(Http::new(server.base(), Duration::from_secs(30)));
     let users = http.create_users(3).await;
     for &u in &users {

@@ -5,6 +5,8 @@
 mod concurrency;
 mod faults;
 mod group_commit;
+mod holds;
+mod holds_concurrency;
 mod idempotency;
 mod locks;
 mod locks_concurrency;

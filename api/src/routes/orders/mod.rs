@@ -54,7 +54,7 @@ impl OrdersApi {
     /// Open a market order at the current price of `symbol`. In one
     /// transaction under the wallet lock: margin `quantity*price/leverage`
     /// is held and the fee `quantity*price*fee_rate` charged, both checked
-    /// against the free margin (`balance - margin`); referral commissions on
+    /// against the free margin (`balance - margin - held`); referral commissions on
     /// the fee accrue (live wallets). Derived amounts round half to even to 8
     /// decimals. 422 `notional_too_small` when `quantity*price` is below the
     /// configured minimum or the margin or fee would round to zero, 422

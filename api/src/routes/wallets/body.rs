@@ -45,7 +45,10 @@ pub struct Wallet {
     pub currency: String,
     pub balance: String,
     pub margin: String,
-    /// `balance - margin`.
+    /// Reserved by active holds; a hold past its expiry no longer counts.
+    pub held: String,
+    /// `balance - margin - held`: what a withdrawal, a transfer, an order
+    /// or a new hold may use.
     pub free_margin: String,
     pub profit: String,
     pub updated_at: String,
@@ -58,6 +61,7 @@ impl From<&WalletView> for Wallet {
             currency: w.currency.clone(),
             balance: format_units(w.balance),
             margin: format_units(w.margin),
+            held: format_units(w.held),
             free_margin: format_units(w.free_margin()),
             profit: format_units(w.profit),
             updated_at: timestamp(w.updated_at),
@@ -143,10 +147,14 @@ pub struct JournalEntry {
     pub balance_delta: String,
     pub margin_delta: String,
     pub profit_delta: String,
+    /// Change of the funds reserved by holds.
+    pub held_delta: String,
     pub balance_after: String,
     pub margin_after: String,
     pub profit_after: String,
-    /// The deposit's reference, when it had one.
+    pub held_after: String,
+    /// The deposit's reference, when it had one; `order:{id}` and
+    /// `hold:{id}` for the entries of orders and holds.
     #[oai(nullable)]
     pub reference: Option<String>,
     pub created_at: String,
@@ -164,9 +172,11 @@ impl From<&JournalView> for JournalEntry {
             balance_delta: format_units(e.balance_delta),
             margin_delta: format_units(e.margin_delta),
             profit_delta: format_units(e.profit_delta),
+            held_delta: format_units(e.held_delta),
             balance_after: format_units(e.balance_after),
             margin_after: format_units(e.margin_after),
             profit_after: format_units(e.profit_after),
+            held_after: format_units(e.held_after),
             reference: e.reference.clone(),
             created_at: timestamp(e.created_at),
             hash: e.hash.clone(),

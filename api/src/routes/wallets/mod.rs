@@ -83,7 +83,7 @@ impl WalletsApi {
             .await?)
     }
 
-    /// Withdraw at most the free margin (`balance - margin`); 422
+    /// Withdraw at most the free margin (`balance - margin - held`); 422
     /// `insufficient_funds` otherwise. Roles: the user itself, service, admin.
     /// Requires `Idempotency-Key`.
     #[oai(
