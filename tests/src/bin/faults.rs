@@ -7,13 +7,17 @@
 //! Needs `target/<profile>/ledger` (or `LEDGER_BIN`), the PostgreSQL of
 //! `TEST_DATABASE_URL`, and for the private cluster the PostgreSQL server
 //! binaries (`PG_BIN` or `/usr/lib/postgresql/*/bin`).
+//!
+//! `faults lock-holder …` (hidden) is not for people: it is the lock holder
+//! process the `lock-stall` scenario starts, stops and resumes
+//! (`tests::faults::stall`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use tests::faults::{self, Scenario, Settings};
+use clap::{Parser, Subcommand};
+use tests::faults::{self, Scenario, Settings, stall};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -21,6 +25,8 @@ use tests::faults::{self, Scenario, Settings};
     about = "Fault scenarios against the ledger, with the books checked"
 )]
 struct Args {
+    #[command(subcommand)]
+    mode: Option<Mode>,
     /// Scenarios to run (default: all), e.g. `--scenario kill-one --scenario pg-stop`.
     #[arg(long, value_enum)]
     scenario: Vec<Scenario>,
@@ -41,8 +47,19 @@ struct Args {
     report: Option<PathBuf>,
 }
 
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// The lock holder the `lock-stall` scenario pauses: acquires a lock,
+    /// then writes under it as its stdin says.
+    #[command(hide = true)]
+    LockHolder(stall::HolderArgs),
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Mode::LockHolder(holder)) = args.mode {
+        return lock_holder(holder);
+    }
     let scenarios = if args.scenario.is_empty() {
         Scenario::ALL.to_vec()
     } else {
@@ -93,5 +110,25 @@ fn main() -> ExitCode {
     } else {
         eprintln!("faults: FAILED: {}", failed.join(", "));
         ExitCode::FAILURE
+    }
+}
+
+fn lock_holder(args: stall::HolderArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(stall::holder(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lock-holder: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

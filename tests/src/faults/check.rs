@@ -7,19 +7,35 @@
 //!   told about was opened (and closed) by exactly one operation, and the
 //!   journal and the orders table hold nothing the answers do not explain;
 //!   a deliberate second send of a key replayed the first answer exactly;
+//! - every hold ended at most once: each hold the answers reported is in the
+//!   holds table once, with one `hold` operation in the journal and at most
+//!   one ending operation (capture, void or expiry), whose sums are the
+//!   hold's (held back to zero, the captured amount out of the balance); its
+//!   status is the one the answers imply (captured for the captured amount,
+//!   voided, or, left alone, expired once its time is up); a capture or void
+//!   refused as `expired` came after the hold's expiry, and one that went
+//!   through came before it;
+//! - a write fenced by a stale lock (`workload::Fence::Stale`) was refused
+//!   with 409 `lock_lost`, and one by the current holder went through;
 //! - the sum of the users' balances is their opening sum plus the successful
 //!   deposits minus the successful withdrawals plus what orders did (fees,
-//!   P&L, write-offs), and each user's wallet equals the generator's ledger;
-//! - no balance or margin is negative;
-//! - balance, margin and profit equal the journal sums and every hash chain
-//!   verifies (`domain::ledger::reconcile::check_all`).
+//!   P&L, write-offs) minus what captures took, and each user's wallet
+//!   (balance, margin, and `held`: the sum of the active unexpired holds)
+//!   equals the generator's ledger;
+//! - no balance, margin or held is negative, and no balance is below margin
+//!   plus held;
+//! - balance, margin, profit and held equal the journal sums, held equals
+//!   the wallet's active holds, and every hash chain verifies
+//!   (`domain::ledger::reconcile::check_all`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, Database, DbBackend, Statement};
+use sea_orm::{
+    AccessMode, ConnectionTrait, Database, DbBackend, IsolationLevel, Statement, TransactionTrait,
+};
 
-use super::workload::{Books, Op, Wallet, Write};
+use super::workload::{Books, Ending, Fence, Op, Wallet, Write, now_ms, unix_ms};
 
 /// Where the run started in the database: anything at or below these ids
 /// is set-up.
@@ -27,9 +43,10 @@ use super::workload::{Books, Op, Wallet, Write};
 pub struct Baseline {
     pub journal_id: i64,
     pub order_id: i64,
+    pub hold_id: i64,
 }
 
-async fn scalar(conn: &sea_orm::DatabaseConnection, sql: &str) -> Result<i64, String> {
+async fn scalar<C: ConnectionTrait>(conn: &C, sql: &str) -> Result<i64, String> {
     let row = conn
         .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
         .await
@@ -50,10 +67,12 @@ pub async fn baseline(url: &str) -> Result<Baseline, String> {
         "SELECT COALESCE(MAX(id), 0)::bigint AS n FROM orders",
     )
     .await?;
+    let hold_id = scalar(&conn, "SELECT COALESCE(MAX(id), 0)::bigint AS n FROM holds").await?;
     let _ = conn.close().await;
     Ok(Baseline {
         journal_id,
         order_id,
+        hold_id,
     })
 }
 
@@ -82,8 +101,9 @@ fn money_kinds(op: Op) -> &'static [&'static str] {
         Op::Deposit => &["deposit"],
         Op::Withdraw => &["withdrawal"],
         Op::Transfer => &["transfer_out", "transfer_in"],
-        // Orders are journaled under their `order:{id}` reference.
-        Op::OpenOrder | Op::CloseOrder => &[],
+        // Orders and holds are journaled under their `order:{id}` and
+        // `hold:{id}` references.
+        Op::OpenOrder | Op::CloseOrder | Op::CreateHold | Op::CaptureHold | Op::VoidHold => &[],
     }
 }
 
@@ -92,19 +112,39 @@ fn money_kinds(op: Op) -> &'static [&'static str] {
 fn expected_refusal(op: Op, status: u16, code: &str) -> bool {
     matches!(
         (op, status, code),
-        (Op::Withdraw | Op::Transfer, 422, "insufficient_funds")
-            | (Op::OpenOrder, 422, "insufficient_margin")
+        (
+            Op::Withdraw | Op::Transfer | Op::CreateHold,
+            422,
+            "insufficient_funds"
+        ) | (Op::OpenOrder, 422, "insufficient_margin")
     )
 }
 
-/// Checks every invariant; `server` is what the API reports now for the
-/// users of `opening`.
+/// Minor units (8 decimals) as a decimal.
+fn units(n: i64) -> Decimal {
+    Decimal::new(n, 8)
+}
+
+/// A hold's operations in the journal, from its `hold:{id}` entries.
+#[derive(Debug, Default)]
+struct HoldJournal {
+    /// Operations with a `hold` entry.
+    made: HashSet<String>,
+    /// Operations with a `hold_capture` or `hold_release` entry.
+    ended: HashSet<String>,
+    balance: i64,
+    held: i64,
+}
+
+/// Checks every invariant; `server` is what the API reported at `read_ms`
+/// (Unix ms) for the users of `opening`.
 pub async fn verify(
     url: &str,
     base: Baseline,
     writes: &[Write],
     opening: &HashMap<i64, Wallet>,
     server: &HashMap<i64, Wallet>,
+    read_ms: i64,
 ) -> Result<Verdict, String> {
     let mut v = Verdict::default();
     let problem = |v: &mut Verdict, line: String| {
@@ -124,12 +164,56 @@ pub async fn verify(
     for (what, n) in open_last {
         problem(&mut v, format!("{n} writes never definite: {what}"));
     }
+    // The generator's ledger, from the answers alone.
+    let mut books = Books::new(opening);
     for w in writes {
-        if let Some((status, body)) = &w.answer
-            && !(200..300).contains(status)
-        {
-            let code = body["code"].as_str().unwrap_or("");
-            if !expected_refusal(w.op, *status, code) {
+        books.account(w);
+    }
+    books.hold_at(read_ms);
+    for w in writes {
+        let Some((status, body)) = &w.answer else {
+            continue;
+        };
+        let code = body["code"].as_str().unwrap_or("");
+        let hold = w.hold.and_then(|id| books.holds.get(&id).map(|h| (id, h)));
+        let ok = (200..300).contains(status);
+        if w.fence == Some(Fence::Stale) {
+            if (*status, code) != (409, "lock_lost") {
+                v.discrepancies += 1;
+                problem(
+                    &mut v,
+                    format!(
+                        "{} of user {} under a stale lock token: {status} {body}, not 409 lock_lost",
+                        w.op.label(),
+                        w.user
+                    ),
+                );
+            }
+        } else if ok {
+            if let (Op::CaptureHold | Op::VoidHold, Some((id, h))) = (w.op, hold) {
+                let finished = unix_ms(&body["finished_at"]).unwrap_or(i64::MAX);
+                if finished >= h.expires_at_ms {
+                    v.discrepancies += 1;
+                    problem(
+                        &mut v,
+                        format!(
+                            "hold {id}: {} went through at {finished} ms, at or after its expiry {} ms",
+                            w.op.label(),
+                            h.expires_at_ms
+                        ),
+                    );
+                }
+            }
+        } else {
+            // A capture or void may meet a hold that expired first (the
+            // client never ends a hold twice): only then is it refused.
+            let expired_first = matches!(w.op, Op::CaptureHold | Op::VoidHold)
+                && (*status, code) == (409, "hold_not_active")
+                && body["hold_status"] == "expired"
+                && hold.is_some_and(|(_, h)| h.expires_at_ms <= w.settled_ms);
+            let expected =
+                w.fence.is_none() && (expired_first || expected_refusal(w.op, *status, code));
+            if !expected {
                 v.discrepancies += 1;
                 problem(
                     &mut v,
@@ -149,12 +233,23 @@ pub async fn verify(
 
     // Exactly once, by the journal and the orders table.
     let conn = Database::connect(url).await.map_err(|e| e.to_string())?;
-    let rows = conn
+    // One snapshot for the journal, the orders and the holds: the servers
+    // still run (their cleanup job may expire a hold between two reads).
+    let snap = conn
+        .begin_with_config(
+            Some(IsolationLevel::RepeatableRead),
+            Some(AccessMode::ReadOnly),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let rows = snap
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
             format!(
                 "SELECT operation_id::text AS op, kind, COALESCE(reference, '') AS reference, \
-                 COUNT(*)::bigint AS n FROM journal_entries WHERE id > {} GROUP BY 1, 2, 3",
+                 COUNT(*)::bigint AS n, SUM(balance_delta)::bigint AS balance, \
+                 SUM(held_delta)::bigint AS held \
+                 FROM journal_entries WHERE id > {} GROUP BY 1, 2, 3",
                 base.journal_id
             ),
         ))
@@ -162,6 +257,7 @@ pub async fn verify(
         .map_err(|e| e.to_string())?;
     let mut found: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut order_ops: BTreeMap<i64, HashSet<String>> = BTreeMap::new();
+    let mut hold_ops: BTreeMap<i64, HoldJournal> = BTreeMap::new();
     let mut operations = HashSet::new();
     for row in rows {
         let op: String = row.try_get("", "op").map_err(|e| e.to_string())?;
@@ -174,6 +270,27 @@ pub async fn verify(
             .and_then(|id| id.parse::<i64>().ok())
         {
             order_ops.entry(order).or_default().insert(op);
+        } else if let Some(hold) = reference
+            .strip_prefix("hold:")
+            .and_then(|id| id.parse::<i64>().ok())
+        {
+            let j = hold_ops.entry(hold).or_default();
+            j.balance += row
+                .try_get::<i64>("", "balance")
+                .map_err(|e| e.to_string())?;
+            j.held += row.try_get::<i64>("", "held").map_err(|e| e.to_string())?;
+            match kind.as_str() {
+                "hold" => j.made.insert(op),
+                "hold_capture" | "hold_release" => j.ended.insert(op),
+                _ => {
+                    v.discrepancies += 1;
+                    problem(
+                        &mut v,
+                        format!("operation {op}: a {kind} entry under {reference}"),
+                    );
+                    false
+                }
+            };
         } else {
             *found.entry((op, kind)).or_default() += n;
         }
@@ -182,6 +299,7 @@ pub async fn verify(
     let mut expected: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut opened: HashMap<i64, usize> = HashMap::new();
     let mut closed: HashSet<i64> = HashSet::new();
+    let mut made: HashMap<i64, usize> = HashMap::new();
     for w in writes.iter().filter(|w| w.succeeded()) {
         let Some((_, body)) = &w.answer else { continue };
         match w.op {
@@ -190,6 +308,13 @@ pub async fn verify(
                     *opened.entry(id).or_default() += 1;
                 }
             }
+            Op::CreateHold => {
+                if let Some(id) = body["id"].as_i64() {
+                    *made.entry(id).or_default() += 1;
+                }
+            }
+            // Checked against the holds table below.
+            Op::CaptureHold | Op::VoidHold => {}
             Op::CloseOrder => {
                 if let Some(id) = w.order {
                     closed.insert(id);
@@ -233,7 +358,7 @@ pub async fn verify(
             );
         }
     }
-    let orders = conn
+    let orders = snap
         .query_all_raw(Statement::from_string(
             DbBackend::Postgres,
             format!(
@@ -283,11 +408,9 @@ pub async fn verify(
         }
     }
 
+    check_holds(&snap, base, &books, &made, &hold_ops, &mut v).await?;
+
     // The books: per user and in sum.
-    let mut books = Books::new(opening);
-    for w in writes {
-        books.account(w);
-    }
     let mut users: Vec<i64> = opening.keys().copied().collect();
     users.sort_unstable();
     for id in &users {
@@ -299,8 +422,8 @@ pub async fn verify(
                 problem(
                     &mut v,
                     format!(
-                        "user {id}: balance {} margin {}, the answers imply {} and {}",
-                        got.balance, got.margin, want.balance, want.margin
+                        "user {id}: balance {} margin {} held {}, the answers imply {}, {} and {}",
+                        got.balance, got.margin, got.held, want.balance, want.margin, want.held
                     ),
                 );
             }
@@ -317,33 +440,54 @@ pub async fn verify(
             .map(|w| w.balance)
             .sum::<Decimal>()
     };
-    let implied = sum(opening) + books.deposited - books.withdrawn + books.orders_effect;
+    let implied =
+        sum(opening) + books.deposited - books.withdrawn + books.orders_effect - books.captured;
     if sum(server) != implied {
         v.discrepancies += 1;
         problem(
             &mut v,
             format!(
-                "sum of balances {} != opening {} + deposits {} - withdrawals {} + orders {}",
+                "sum of balances {} != opening {} + deposits {} - withdrawals {} + orders {} - captures {}",
                 sum(server),
                 sum(opening),
                 books.deposited,
                 books.withdrawn,
-                books.orders_effect
+                books.orders_effect,
+                books.captured
             ),
         );
     }
 
-    // Nothing negative, and the database reconciles.
+    // Nothing negative, nothing held that is not there, and the database
+    // reconciles.
+    for id in &users {
+        if let Some(w) = server.get(id)
+            && (w.balance < w.margin + w.held || w.held < Decimal::ZERO)
+        {
+            v.discrepancies += 1;
+            problem(
+                &mut v,
+                format!(
+                    "user {id}: balance {} below margin {} + held {}",
+                    w.balance, w.margin, w.held
+                ),
+            );
+        }
+    }
     let negative = scalar(
-        &conn,
-        "SELECT COUNT(*)::bigint AS n FROM wallets WHERE balance < 0 OR margin < 0",
+        &snap,
+        "SELECT COUNT(*)::bigint AS n FROM wallets \
+         WHERE balance < 0 OR margin < 0 OR held < 0 OR balance < margin + held",
     )
     .await?;
+    let _ = snap.rollback().await;
     if negative > 0 {
         v.discrepancies += 1;
         problem(
             &mut v,
-            format!("{negative} wallets with a negative balance or margin"),
+            format!(
+                "{negative} wallets with a negative balance, margin or held, or a balance below margin + held"
+            ),
         );
     }
     let report = domain::ledger::reconcile::check_all(&conn)
@@ -361,6 +505,133 @@ pub async fn verify(
     Ok(v)
 }
 
+/// Every hold of the run against the holds table and its journal: made by
+/// one answer, ended at most once, its sums and status the answers'.
+async fn check_holds<C: ConnectionTrait>(
+    conn: &C,
+    base: Baseline,
+    books: &Books,
+    made: &HashMap<i64, usize>,
+    journal: &BTreeMap<i64, HoldJournal>,
+    v: &mut Verdict,
+) -> Result<(), String> {
+    let problem = |v: &mut Verdict, line: String| {
+        if v.problems.len() < 40 {
+            v.problems.push(line);
+        }
+    };
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT id, amount, captured_amount, status, expires_at_ms \
+                 FROM holds WHERE id > {} ORDER BY id",
+                base.hold_id
+            ),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    // In the snapshot, taken after the wallets were read: a hold due by
+    // now is expired in any case.
+    let now = now_ms();
+    let empty = HoldJournal::default();
+    let mut seen = HashSet::new();
+    for row in rows {
+        let get = |c: &str| row.try_get::<i64>("", c).map_err(|e| e.to_string());
+        let (id, amount, captured) = (get("id")?, get("amount")?, get("captured_amount")?);
+        let expires_at_ms = get("expires_at_ms")?;
+        let status: String = row.try_get("", "status").map_err(|e| e.to_string())?;
+        seen.insert(id);
+        match made.get(&id) {
+            None => {
+                v.duplicates += 1;
+                problem(
+                    v,
+                    format!("hold {id} exists but no answer reported it (made twice?)"),
+                );
+            }
+            Some(&n) if n > 1 => {
+                v.duplicates += 1;
+                problem(v, format!("hold {id} reported by {n} different keys"));
+            }
+            Some(_) => {}
+        }
+        let j = journal.get(&id).unwrap_or(&empty);
+        if j.made.len() != 1 {
+            v.duplicates += 1;
+            problem(
+                v,
+                format!("hold {id}: {} `hold` operations, 1 expected", j.made.len()),
+            );
+        }
+        let endings = usize::from(status != "held");
+        if j.ended.len() > 1 {
+            v.duplicates += 1;
+            problem(
+                v,
+                format!("hold {id} ended {} times in the journal", j.ended.len()),
+            );
+        } else if j.ended.len() != endings {
+            v.discrepancies += 1;
+            problem(
+                v,
+                format!(
+                    "hold {id} is {status}, with {} ending operations in the journal",
+                    j.ended.len()
+                ),
+            );
+        }
+        let still = if status == "held" { amount } else { 0 };
+        if (j.held, j.balance) != (still, -captured) {
+            v.discrepancies += 1;
+            problem(
+                v,
+                format!(
+                    "hold {id} ({status}, {amount} held, {captured} captured): its journal \
+                     moves held by {} and the balance by {}",
+                    j.held, j.balance
+                ),
+            );
+        }
+        let Some(book) = books.holds.get(&id) else {
+            continue;
+        };
+        let fits = match book.ended {
+            Some(Ending::Captured(c)) => status == "captured" && units(captured) == c,
+            Some(Ending::Voided) => status == "voided" && captured == 0,
+            // Left alone: active until its expiry, then expired (stored as
+            // `held` until something releases it, which reads count as
+            // expired already).
+            None if expires_at_ms <= now => {
+                (status == "expired" || status == "held") && captured == 0
+            }
+            None => status == "held" && captured == 0,
+        };
+        if !fits || units(amount) != book.amount || expires_at_ms != book.expires_at_ms {
+            v.discrepancies += 1;
+            problem(
+                v,
+                format!(
+                    "hold {id} is {status} ({} held, {} captured, expiry {expires_at_ms} ms); \
+                     the answers say {book:?}",
+                    units(amount),
+                    units(captured)
+                ),
+            );
+        }
+    }
+    let mut missing: Vec<&i64> = books.holds.keys().filter(|id| !seen.contains(id)).collect();
+    missing.sort_unstable();
+    for id in missing {
+        v.discrepancies += 1;
+        problem(
+            v,
+            format!("hold {id} was answered but is not in the holds table"),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +641,17 @@ mod tests {
         assert!(expected_refusal(Op::Withdraw, 422, "insufficient_funds"));
         assert!(expected_refusal(Op::Transfer, 422, "insufficient_funds"));
         assert!(expected_refusal(Op::OpenOrder, 422, "insufficient_margin"));
+        assert!(expected_refusal(Op::CreateHold, 422, "insufficient_funds"));
+        // Whether a refused capture or void met an expired hold depends
+        // on the hold's expiry: `verify` decides, never this table.
+        assert!(!expected_refusal(Op::CaptureHold, 409, "hold_not_active"));
+        assert!(!expected_refusal(Op::VoidHold, 409, "hold_not_active"));
+        assert!(!expected_refusal(
+            Op::CaptureHold,
+            422,
+            "capture_exceeds_hold"
+        ));
+        assert!(!expected_refusal(Op::Withdraw, 409, "lock_lost"));
         assert!(!expected_refusal(Op::Deposit, 422, "insufficient_funds"));
         assert!(!expected_refusal(
             Op::Withdraw,

@@ -11,16 +11,20 @@
 //! directly or through a `Proxy` when the scenario cuts the connection.
 //! Network faults run the servers in a namespace of their own (`netns`).
 //!
-//! Scenarios for locks, holds and workflows are not here yet: they join as
-//! new `Scenario` variants (the matches below are exhaustive, so each one
+//! Holds are part of the workload (made, captured, voided and left to
+//! expire while every fault happens), so each scenario checks them too; a
+//! resource lock's holder paused past its lease is `lock-stall` (`stall`).
+//! Scenarios still to write, and those waiting for workflows, join as new
+//! `Scenario` variants (the matches below are exhaustive, so each one
 //! lists what a new scenario must say) with their operations added to
-//! `workload::Op`. The ones waiting for those features are named in
-//! `PENDING`, which the report prints.
+//! `workload::Op`; until then they are named in `PENDING`, which the
+//! report prints.
 
 pub mod check;
 pub mod cluster;
 pub mod netns;
 pub mod report;
+pub mod stall;
 pub mod workload;
 
 use std::net::SocketAddr;
@@ -43,20 +47,15 @@ use netns::NetNs;
 pub use report::{Outcome, Row};
 use workload::{Mix, User};
 
-/// Fault scenarios to add once their features land, with what they will
-/// inject.
+/// Fault scenarios not written yet, with what they will inject.
 pub const PENDING: &[(&str, &str)] = &[
     (
         "lock-holder-killed",
-        "kill -9 of the instance whose request holds a resource lock; the lock must expire and its fencing token refuse the late writer (locks are being built)",
-    ),
-    (
-        "hold-expiry-under-restart",
-        "holds placed, the servers killed and restarted across their expiry; every hold ends exactly once (holds are being built)",
+        "kill -9 of the server instance whose order (with a `signal_id`) holds its trade lock; the lock must expire, the queued order behind it run once, and no write land under the dead request's token (locks exist; this scenario is not written yet — `lock-stall` covers a paused client holder)",
     ),
     (
         "workflow-recovery",
-        "kill -9 mid-workflow and PostgreSQL restarts; every step takes effect once or is compensated (workflows are being built)",
+        "withdrawal and deposit workflows in the workload, kill -9 mid-workflow and PostgreSQL restarts; every step takes effect once or is compensated (waiting for workflows, which do not exist yet)",
     ),
 ];
 
@@ -84,10 +83,14 @@ pub enum Scenario {
     RollingKill,
     /// The servers in a network namespace; delay and loss on its link.
     NetworkDelayLoss,
+    /// A process holding a wallet's resource lock is stopped (SIGSTOP)
+    /// past its lease while another client takes the lock, then resumed:
+    /// its write under the old `Lock-Token` must be refused (`lock_lost`).
+    LockStall,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 10] = [
         Self::KillOne,
         Self::KillAll,
         Self::PgRestart,
@@ -97,6 +100,7 @@ impl Scenario {
         Self::RetryStorm,
         Self::RollingKill,
         Self::NetworkDelayLoss,
+        Self::LockStall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -110,6 +114,7 @@ impl Scenario {
             Self::RetryStorm => "retry-storm",
             Self::RollingKill => "rolling-kill",
             Self::NetworkDelayLoss => "network-delay-loss",
+            Self::LockStall => "lock-stall",
         }
     }
 
@@ -175,6 +180,14 @@ struct Injected {
     to: Option<Instant>,
     /// Of the terminated backends, those inside a statement or transaction.
     busy: u64,
+    /// Writes a paused lock holder sent under its lost lock after it ran
+    /// again.
+    stale_writes: u64,
+    /// Writes the fault itself made (the fenced withdrawals of
+    /// `lock-stall`): checked with the workload's.
+    writes: Vec<workload::Write>,
+    /// What the fault saw go wrong as it went.
+    problems: Vec<String>,
     notes: Vec<String>,
 }
 
@@ -335,7 +348,17 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     let clients = s.clients(settings.clients);
     let users =
         workload::create_users(first, clients, rust_decimal::Decimal::from(500), &policy).await?;
-    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    // The paused lock holder's wallet: a user of its own, outside the
+    // workload, so that what the stale write must not change is exact.
+    let lock_user = match s {
+        Scenario::LockStall => {
+            workload::create_users(first, 1, rust_decimal::Decimal::from(1000), &policy)
+                .await?
+                .pop()
+        }
+        _ => None,
+    };
+    let ids: Vec<i64> = users.iter().chain(lock_user.iter()).map(|u| u.id).collect();
     let opening = workload::wallets(first, &ids, &policy).await?;
     let base = check::baseline(&db.url).await?;
 
@@ -346,6 +369,7 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         path: format!("/api/v1/prices/{}", workload::SYMBOL),
         token: None,
         key: None,
+        lock_token: None,
         body: Some(serde_json::json!({"price": "100"}).to_string().into()),
     };
     let service = crate::token("backoffice", api::auth::Role::Service);
@@ -385,7 +409,15 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         tokio::spawn(async move { workload::run(&targets, &users, &mix).await })
     };
     tokio::time::sleep(lead).await;
-    let injected = inject(s, &mut db, &mut servers, &users, fault_span).await;
+    let injected = inject(
+        s,
+        &mut db,
+        &mut servers,
+        &users,
+        lock_user.as_ref(),
+        fault_span,
+    )
+    .await;
     // Whatever the fault did, every instance must serve again for the end
     // of the run and the checks.
     for server in &mut servers {
@@ -394,14 +426,34 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         }
     }
     let mut injected = injected?;
-    let run = load
+    let mut run = load
         .await
         .map_err(|e| format!("the workload failed: {e}"))?;
     stop_feed.store(true, Ordering::Relaxed);
     let _ = feed.await;
+    run.writes.append(&mut injected.writes);
 
+    // Read the wallets when no hold is about to expire: after the last
+    // short hold's expiry, long before any long one's.
+    if let Some(last) = workload::last_short_expiry(&run.writes) {
+        let wait = u64::try_from(last + 200 - workload::now_ms()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+    let read_ms = workload::now_ms();
     let server_wallets = workload::wallets(first, &ids, &policy).await?;
-    let verdict = check::verify(&db.url, base, &run.writes, &opening, &server_wallets).await?;
+    let mut verdict = check::verify(
+        &db.url,
+        base,
+        &run.writes,
+        &opening,
+        &server_wallets,
+        read_ms,
+    )
+    .await?;
+    // What the fault saw go wrong comes first: it says the most.
+    verdict.discrepancies += injected.problems.len();
+    injected.problems.append(&mut verdict.problems);
+    verdict.problems = std::mem::take(&mut injected.problems);
 
     let (from, to) = (injected.from.unwrap_or(t0), injected.to.unwrap_or(t0));
     let p99 = |pick: &dyn Fn(Instant) -> bool| {
@@ -424,6 +476,10 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     if !run.left_open.is_empty() {
         notes.push(format!("orders left open: {:?}", run.left_open));
     }
+    let wall = |at: Instant| {
+        workload::now_ms() - i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX)
+    };
+    notes.push(hold_summary(&run.writes, read_ms, (wall(from), wall(to))));
     let evidence = evidence(s, &injected, &run.attempts);
     let outcome = if let Err(missing) = evidence {
         Outcome::Failed(format!("the fault left no trace: {missing}"))
@@ -453,6 +509,46 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         outcome,
         wall_s: 0.0,
     })
+}
+
+/// How the run's holds ended, by the answers, and how many of them were
+/// due while the fault lasted (`fault`: Unix ms).
+fn hold_summary(writes: &[workload::Write], read_ms: i64, fault: (i64, i64)) -> String {
+    use workload::{Books, Ending, Op};
+    let mut books = Books::default();
+    for w in writes {
+        books.account(w);
+    }
+    let (mut full, mut partial, mut voided, mut expired, mut active) = (0, 0, 0, 0, 0);
+    let due_in_fault = books
+        .holds
+        .values()
+        .filter(|h| h.ended.is_none() && (fault.0..=fault.1).contains(&h.expires_at_ms))
+        .count();
+    for h in books.holds.values() {
+        match h.ended {
+            Some(Ending::Captured(c)) if c == h.amount => full += 1,
+            Some(Ending::Captured(_)) => partial += 1,
+            Some(Ending::Voided) => voided += 1,
+            None if h.expires_at_ms <= read_ms => expired += 1,
+            None => active += 1,
+        }
+    }
+    let refused_expired = writes
+        .iter()
+        .filter(|w| matches!(w.op, Op::CaptureHold | Op::VoidHold))
+        .filter(|w| {
+            w.answer
+                .as_ref()
+                .is_some_and(|(_, b)| b["hold_status"] == "expired")
+        })
+        .count();
+    format!(
+        "holds {}: captured in full {full}, in part {partial}, voided {voided}, expired {expired} \
+         ({due_in_fault} of them while the fault lasted; {refused_expired} captures or voids \
+         refused as expired), active at the end {active}",
+        books.holds.len()
+    )
 }
 
 fn attempt_summary(a: &workload::Attempts) -> String {
@@ -490,6 +586,10 @@ fn evidence(s: Scenario, injected: &Injected, a: &workload::Attempts) -> Result<
             "no client was told the database is unavailable",
         ),
         Scenario::NetworkDelayLoss => Ok(()),
+        Scenario::LockStall => need(
+            injected.stale_writes > 0,
+            "the paused holder never wrote after it resumed",
+        ),
     }
 }
 
@@ -498,10 +598,29 @@ async fn inject(
     db: &mut Db,
     servers: &mut [LedgerProcess],
     users: &[User],
+    lock_user: Option<&User>,
     span: Duration,
 ) -> Result<Injected, String> {
     let mut f = Injected::default();
     match s {
+        Scenario::LockStall => {
+            let user = lock_user.ok_or("no user for the lock")?;
+            let (Some(a), Some(b)) = (servers.first(), servers.last()) else {
+                return Err("no server".into());
+            };
+            f.what = format!(
+                "kill -STOP of a lock holder past its {} ms lease, then kill -CONT",
+                stall::TTL_MS
+            );
+            f.begin();
+            let stalls = stall::run(a.addr(), b.addr(), user, span).await?;
+            f.end();
+            f.count = stalls.stalls;
+            f.stale_writes = stalls.stale_writes;
+            f.writes = stalls.writes;
+            f.problems = stalls.problems;
+            f.notes = stalls.notes;
+        }
         Scenario::KillOne => {
             f.what = "kill -9".into();
             f.begin();

@@ -1,7 +1,10 @@
 //! The bank workload the faults are injected into: each client is one user
 //! that deposits (as the back office), withdraws, transfers to other users
-//! (so money flows both ways between every pair), and opens and closes
-//! orders while a price feed moves the price. Every write carries its own
+//! (so money flows both ways between every pair), opens and closes orders
+//! while a price feed moves the price, and reserves funds with holds (short
+//! ones of 0.3–1.5 s and long ones of an hour) that the back office
+//! captures in full or in part, that the client voids, or that it lets
+//! expire. Every write carries its own
 //! Idempotency-Key and is sent with that key until its answer is definite
 //! (the rules of `load::retry`); some definite writes are sent once more on
 //! purpose and their replay must be byte-identical.
@@ -11,9 +14,9 @@
 //! behind a load balancer would; the retry goes out with the same key, so
 //! which instance answers does not matter.
 //!
-//! Hook for the scenarios still to come (locks, holds, workflows): add an
-//! `Op` variant, its request in `Client::step`, and its effect on the books
-//! in `Books::account`; both matches are exhaustive, so the compiler lists
+//! Hook for the operations still to come (workflows): add an `Op` variant,
+//! its request in `Client::step`, and its effect on the books in
+//! `Books::account`; both matches are exhaustive, so the compiler lists
 //! every place that must learn the new operation.
 
 use std::collections::HashMap;
@@ -44,6 +47,9 @@ pub enum Op {
     Transfer,
     OpenOrder,
     CloseOrder,
+    CreateHold,
+    CaptureHold,
+    VoidHold,
 }
 
 impl Op {
@@ -54,8 +60,34 @@ impl Op {
             Self::Transfer => "transfer",
             Self::OpenOrder => "open_order",
             Self::CloseOrder => "close_order",
+            Self::CreateHold => "create_hold",
+            Self::CaptureHold => "capture_hold",
+            Self::VoidHold => "void_hold",
         }
     }
+}
+
+/// A write sent under a resource lock (`Lock-Token`), and whether its lock
+/// was still the writer's when it was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// Sent by the lock's current holder: it must go through.
+    Current,
+    /// Sent by a holder whose lock expired and was granted to another:
+    /// it must be refused with 409 `lock_lost`, and change nothing.
+    Stale,
+}
+
+/// What a write is about, besides its user.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Subject {
+    /// The transfer's recipient.
+    pub peer: Option<i64>,
+    pub amount: Decimal,
+    /// The order a close is for.
+    pub order: Option<i64>,
+    /// The hold a capture or void is for.
+    pub hold: Option<i64>,
 }
 
 /// One write and what became of it.
@@ -68,8 +100,15 @@ pub struct Write {
     pub amount: Decimal,
     /// The order a close is for.
     pub order: Option<i64>,
+    /// The hold a capture or void is for.
+    pub hold: Option<i64>,
+    /// Set for a write sent with a `Lock-Token`.
+    pub fence: Option<Fence>,
     pub started: Instant,
     pub settled: Instant,
+    /// `settled` on the wall clock (Unix ms), to compare with the expiries
+    /// the server reports.
+    pub settled_ms: i64,
     pub attempts: u32,
     /// Some attempt was not definite (refused, lost, shed, 503, 409 in flight).
     pub interrupted: bool,
@@ -141,6 +180,21 @@ pub struct Mix {
 pub struct User {
     pub id: i64,
     pub token: String,
+}
+
+/// The latest expiry (Unix ms) of the run's short holds, if any.
+pub fn last_short_expiry(writes: &[Write]) -> Option<i64> {
+    let long = i64::try_from(LONG_HOLD_MS).unwrap_or(i64::MAX) / 2;
+    writes
+        .iter()
+        .filter(|w| w.op == Op::CreateHold && w.succeeded())
+        .filter_map(|w| w.answer.as_ref())
+        .filter_map(|(_, body)| {
+            Some((unix_ms(&body["created_at"])?, unix_ms(&body["expires_at"])?))
+        })
+        .filter(|(made, expires)| expires - made < long)
+        .map(|(_, expires)| expires)
+        .max()
 }
 
 /// Sends `call` to one instance after another until its answer is
@@ -281,6 +335,8 @@ struct Client {
     sender: Sender,
     mix: Mix,
     open_order: Option<i64>,
+    /// Holds this client made and has not tried to end yet.
+    holds: Vec<i64>,
     writes: Vec<Write>,
 }
 
@@ -295,6 +351,24 @@ fn cents(lo: i64, hi: i64) -> Decimal {
     Decimal::new(rand::rng().random_range(lo..=hi), 2)
 }
 
+/// An RFC 3339 time of an answer as Unix milliseconds.
+pub fn unix_ms(v: &Value) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(v.as_str()?)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// The wall clock in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A short hold lives 0.3–1.5 s, so that many expire while the run goes on
+/// (and some while a fault lasts); a long one an hour, so that it is still
+/// active when the run ends.
+pub const SHORT_HOLD_MS: (u64, u64) = (300, 1_500);
+pub const LONG_HOLD_MS: u64 = 3_600_000;
+
 impl Client {
     async fn write(
         &mut self,
@@ -302,7 +376,7 @@ impl Client {
         path: &str,
         as_service: bool,
         body: Value,
-        (peer, amount, order): (Option<i64>, Decimal, Option<i64>),
+        on: Subject,
     ) -> Option<Value> {
         let key = uuid::Uuid::new_v4().to_string();
         let token = if as_service {
@@ -343,11 +417,14 @@ impl Client {
         self.writes.push(Write {
             op,
             user: self.user.id,
-            peer,
-            amount,
-            order,
+            peer: on.peer,
+            amount: on.amount,
+            order: on.order,
+            hold: on.hold,
+            fence: None,
             started,
             settled: out.at,
+            settled_ms: now_ms() - i64::try_from(out.at.elapsed().as_millis()).unwrap_or(0),
             attempts: out.attempts,
             interrupted: out.interrupted,
             answer,
@@ -367,7 +444,10 @@ impl Client {
                 &path,
                 as_service,
                 json!({}),
-                (None, Decimal::ZERO, Some(order)),
+                Subject {
+                    order: Some(order),
+                    ..Subject::default()
+                },
             )
             .await;
         // A close that was refused (or never definite) leaves the order to
@@ -387,11 +467,15 @@ impl Client {
         }
         let roll = rand::rng().random_range(0..100);
         let op = match roll {
-            0..30 => Op::Deposit,
-            30..55 => Op::Withdraw,
-            55..80 => Op::Transfer,
-            _ if self.open_order.is_none() => Op::OpenOrder,
-            _ => Op::Deposit,
+            0..25 => Op::Deposit,
+            25..42 => Op::Withdraw,
+            42..59 => Op::Transfer,
+            59..76 if self.open_order.is_none() => Op::OpenOrder,
+            59..76 => Op::Deposit,
+            76..88 => Op::CreateHold,
+            _ if self.holds.is_empty() => Op::CreateHold,
+            // A capture or a void; which one is decided below.
+            _ => Op::CaptureHold,
         };
         match op {
             Op::Deposit => {
@@ -402,7 +486,10 @@ impl Client {
                     "/api/v1/wallets/deposit",
                     true,
                     body,
-                    (None, amount, None),
+                    Subject {
+                        amount,
+                        ..Subject::default()
+                    },
                 )
                 .await;
             }
@@ -416,7 +503,10 @@ impl Client {
                     "/api/v1/wallets/withdraw",
                     false,
                     body,
-                    (None, amount, None),
+                    Subject {
+                        amount,
+                        ..Subject::default()
+                    },
                 )
                 .await;
             }
@@ -429,7 +519,11 @@ impl Client {
                     "/api/v1/wallets/transfer",
                     false,
                     body,
-                    (Some(peer), amount, None),
+                    Subject {
+                        peer: Some(peer),
+                        amount,
+                        ..Subject::default()
+                    },
                 )
                 .await;
             }
@@ -441,14 +535,80 @@ impl Client {
                     "sell"
                 };
                 let body = json!({"user_id": id, "symbol": SYMBOL, "side": side, "quantity": quantity.to_string(), "leverage": 10, "wallet": "live"});
-                if let Some(order) = self
-                    .write(op, "/api/v1/orders", false, body, (None, quantity, None))
-                    .await
-                {
+                let on = Subject {
+                    amount: quantity,
+                    ..Subject::default()
+                };
+                if let Some(order) = self.write(op, "/api/v1/orders", false, body, on).await {
                     self.open_order = order["id"].as_i64();
                 }
             }
+            Op::CreateHold => {
+                // Now and then more than is free: refused, nothing held.
+                let amount = cents(100, 6_000);
+                let ttl = if rand::rng().random_bool(0.5) {
+                    rand::rng().random_range(SHORT_HOLD_MS.0..=SHORT_HOLD_MS.1)
+                } else {
+                    LONG_HOLD_MS
+                };
+                let body = json!({"user_id": id, "wallet": "live", "amount": amount.to_string(), "ttl_ms": ttl});
+                let on = Subject {
+                    amount,
+                    ..Subject::default()
+                };
+                if let Some(hold) = self.write(op, "/api/v1/holds", false, body, on).await
+                    && let Some(hold) = hold["id"].as_i64()
+                {
+                    self.holds.push(hold);
+                }
+            }
+            Op::CaptureHold | Op::VoidHold => self.end_hold().await,
             Op::CloseOrder => {}
+        }
+    }
+
+    /// Ends one of this client's holds, once: the back office captures all
+    /// of it or part of it, or the owner or the back office voids it. A
+    /// short hold may have expired by now: then the answer must be 409
+    /// `hold_not_active` (`expired`), and the check holds it to that.
+    async fn end_hold(&mut self) {
+        if self.holds.is_empty() {
+            return;
+        }
+        let hold = self
+            .holds
+            .swap_remove(rand::rng().random_range(0..self.holds.len()));
+        let on = Subject {
+            hold: Some(hold),
+            ..Subject::default()
+        };
+        let how = rand::rng().random_range(0..10);
+        match how {
+            0..4 => {
+                let path = format!("/api/v1/holds/{hold}/capture");
+                self.write(Op::CaptureHold, &path, true, json!({}), on)
+                    .await;
+            }
+            4..7 => {
+                // A cent up to all of it (the books look the amount up).
+                let part = cents(1, 100);
+                let path = format!("/api/v1/holds/{hold}/capture");
+                let on = Subject { amount: part, ..on };
+                self.write(
+                    Op::CaptureHold,
+                    &path,
+                    true,
+                    json!({"amount": part.to_string()}),
+                    on,
+                )
+                .await;
+            }
+            _ => {
+                let as_service = rand::rng().random_bool(0.3);
+                let path = format!("/api/v1/holds/{hold}/void");
+                self.write(Op::VoidHold, &path, as_service, json!({}), on)
+                    .await;
+            }
         }
     }
 
@@ -492,6 +652,7 @@ pub async fn run(targets: &[SocketAddr], users: &[User], mix: &Mix) -> Run {
                 sender: Sender::new(targets, i, mix.request_timeout, mix.synchronized_retries),
                 mix: mix.clone(),
                 open_order: None,
+                holds: Vec::new(),
                 writes: Vec::new(),
             };
             tokio::spawn(async move {
@@ -535,6 +696,7 @@ pub async fn price_feed(targets: Vec<SocketAddr>, stop: Arc<AtomicBool>) {
             path: format!("/api/v1/prices/{SYMBOL}"),
             token: Some(&service),
             key: None,
+            lock_token: None,
             body: Some(json!({ "price": price.to_string() }).to_string().into()),
         };
         let _ = sender.send(&call, &policy).await;
@@ -608,6 +770,8 @@ pub async fn create_users(
 pub struct Wallet {
     pub balance: Decimal,
     pub margin: Decimal,
+    /// Reserved by active, unexpired holds.
+    pub held: Decimal,
 }
 
 /// The users' live wallets, read through the API with the admin token.
@@ -631,10 +795,29 @@ pub async fn wallets(
             Wallet {
                 balance: decimal(&live["balance"]),
                 margin: decimal(&live["margin"]),
+                held: decimal(&live["held"]),
             },
         );
     }
     Ok(out)
+}
+
+/// How a hold ended, as the answers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// Captured: this much left the wallet, the rest was released.
+    Captured(Decimal),
+    Voided,
+}
+
+/// A hold as the answers tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldBook {
+    pub user: i64,
+    pub amount: Decimal,
+    pub expires_at_ms: i64,
+    /// `None`: neither captured nor voided; it ends by expiring.
+    pub ended: Option<Ending>,
 }
 
 /// The generator's own ledger: what every user's live wallet must hold,
@@ -646,6 +829,10 @@ pub struct Books {
     pub withdrawn: Decimal,
     /// Fees, P&L and write-offs: what orders did to balances.
     pub orders_effect: Decimal,
+    /// What captures took out of wallets.
+    pub captured: Decimal,
+    /// Every hold an answer reported, by id.
+    pub holds: HashMap<i64, HoldBook>,
 }
 
 impl Books {
@@ -658,6 +845,23 @@ impl Books {
 
     fn wallet(&mut self, user: i64) -> &mut Wallet {
         self.wallets.entry(user).or_default()
+    }
+
+    /// Sets every wallet's `held` to what the holds still reserve at
+    /// `at_ms`: those neither captured nor voided whose expiry is later.
+    pub fn hold_at(&mut self, at_ms: i64) {
+        for wallet in self.wallets.values_mut() {
+            wallet.held = Decimal::ZERO;
+        }
+        let active: Vec<(i64, Decimal)> = self
+            .holds
+            .values()
+            .filter(|h| h.ended.is_none() && h.expires_at_ms > at_ms)
+            .map(|h| (h.user, h.amount))
+            .collect();
+        for (user, amount) in active {
+            self.wallet(user).held += amount;
+        }
     }
 
     /// The effect of one successful write, from its answer.
@@ -698,6 +902,114 @@ impl Books {
                 wallet.margin -= decimal(&body["margin"]);
                 self.orders_effect += effect;
             }
+            Op::CreateHold => {
+                if let (Some(id), Some(expires_at_ms)) =
+                    (body["id"].as_i64(), unix_ms(&body["expires_at"]))
+                {
+                    self.holds.insert(
+                        id,
+                        HoldBook {
+                            user: w.user,
+                            amount: decimal(&body["amount"]),
+                            expires_at_ms,
+                            ended: None,
+                        },
+                    );
+                }
+            }
+            Op::CaptureHold => {
+                let captured = decimal(&body["captured_amount"]);
+                self.wallet(w.user).balance -= captured;
+                self.captured += captured;
+                if let Some(hold) = w.hold.and_then(|id| self.holds.get_mut(&id)) {
+                    hold.ended = Some(Ending::Captured(captured));
+                }
+            }
+            Op::VoidHold => {
+                if let Some(hold) = w.hold.and_then(|id| self.holds.get_mut(&id)) {
+                    hold.ended = Some(Ending::Voided);
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(op: Op, hold: Option<i64>, status: u16, body: Value) -> Write {
+        Write {
+            op,
+            user: 1,
+            peer: None,
+            amount: Decimal::ZERO,
+            order: None,
+            hold,
+            fence: None,
+            started: Instant::now(),
+            settled: Instant::now(),
+            settled_ms: 0,
+            attempts: 1,
+            interrupted: false,
+            answer: Some((status, body)),
+            last: String::new(),
+            replay_mismatch: None,
+        }
+    }
+
+    fn made(id: i64, amount: &str, expires_at: &str) -> Write {
+        write(
+            Op::CreateHold,
+            None,
+            201,
+            json!({"id": id, "amount": amount, "expires_at": expires_at, "created_at": "2026-01-01T00:00:00Z"}),
+        )
+    }
+
+    #[test]
+    fn the_books_follow_each_hold_to_its_end() {
+        let opening = HashMap::from([(
+            1,
+            Wallet {
+                balance: Decimal::from(100),
+                ..Wallet::default()
+            },
+        )]);
+        let mut books = Books::new(&opening);
+        let writes = [
+            made(7, "30", "2026-01-01T00:00:01Z"),
+            made(8, "20", "2026-01-01T00:00:05Z"),
+            made(9, "10", "2026-01-01T00:00:05Z"),
+            write(
+                Op::CaptureHold,
+                Some(7),
+                200,
+                json!({"captured_amount": "12"}),
+            ),
+            write(Op::VoidHold, Some(9), 200, json!({})),
+            // refused: changes nothing
+            write(
+                Op::CaptureHold,
+                Some(8),
+                409,
+                json!({"code": "hold_not_active"}),
+            ),
+        ];
+        for w in &writes {
+            books.account(w);
+        }
+        let t0 = unix_ms(&json!("2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(books.captured, Decimal::from(12));
+        assert_eq!(books.holds[&7].ended, Some(Ending::Captured(12.into())));
+        assert_eq!(books.holds[&9].ended, Some(Ending::Voided));
+        assert_eq!(books.holds[&8].ended, None);
+        books.hold_at(t0 + 500);
+        assert_eq!(books.wallets[&1].balance, Decimal::from(88));
+        assert_eq!(books.wallets[&1].held, Decimal::from(20));
+        // at its expiry exactly a hold stops counting
+        books.hold_at(t0 + 5_000);
+        assert_eq!(books.wallets[&1].held, Decimal::ZERO);
+        assert_eq!(last_short_expiry(&writes), Some(t0 + 5_000));
     }
 }

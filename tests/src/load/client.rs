@@ -58,6 +58,8 @@ pub struct Call<'a> {
     /// Bearer token; `None` for the unauthenticated documents (`/metrics`).
     pub token: Option<&'a str>,
     pub key: Option<&'a str>,
+    /// `Lock-Token: <lock_id>:<fencing_token>`, for a write fenced by a lock.
+    pub lock_token: Option<&'a str>,
     /// Built once; a retry sends the same bytes (a cheap `Bytes` clone).
     pub body: Option<Bytes>,
 }
@@ -69,6 +71,7 @@ impl<'a> Call<'a> {
             path,
             token,
             key: None,
+            lock_token: None,
             body: None,
         }
     }
@@ -79,7 +82,16 @@ impl<'a> Call<'a> {
             path: path.to_owned(),
             token: Some(token),
             key: Some(key),
+            lock_token: None,
             body: Some(Bytes::from(body.to_string())),
+        }
+    }
+
+    /// The same call fenced by a lock: sent with `Lock-Token`.
+    pub fn fenced(self, lock_token: &'a str) -> Self {
+        Self {
+            lock_token: Some(lock_token),
+            ..self
         }
     }
 }
@@ -164,6 +176,9 @@ impl Connection {
         }
         if let Some(key) = call.key {
             request = request.header("idempotency-key", key);
+        }
+        if let Some(lock_token) = call.lock_token {
+            request = request.header("lock-token", lock_token);
         }
         let body = match &call.body {
             Some(body) => {
