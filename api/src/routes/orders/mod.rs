@@ -160,6 +160,9 @@ impl OrdersApi {
         operation_id = "close_order",
         tag = "ApiTags::Orders"
     )]
+    // Each argument is one documented part of the request (path, headers,
+    // body), as poem-openapi reads them.
+    #[allow(clippy::too_many_arguments)]
     async fn close_order(
         &self,
         auth: Auth,
