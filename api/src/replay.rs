@@ -22,6 +22,10 @@ pub struct Stored<T, const STATUS: u16> {
 }
 
 impl<T, const STATUS: u16> Stored<T, STATUS> {
+    pub fn outcome(self) -> Outcome {
+        self.outcome
+    }
+
     pub fn new(outcome: Outcome) -> Self {
         Self {
             outcome,
@@ -32,23 +36,29 @@ impl<T, const STATUS: u16> Stored<T, STATUS> {
 
 impl<T: Send, const STATUS: u16> IntoResponse for Stored<T, STATUS> {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.outcome.response.status)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let content_type = if status.is_success() {
-            "application/json; charset=utf-8"
-        } else {
-            PROBLEM_JSON
-        };
-        let mut resp = Response::builder()
-            .status(status)
-            .content_type(content_type)
-            .body(self.outcome.response.body);
-        if self.outcome.replayed {
-            resp.headers_mut()
-                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-        }
-        resp
+        outcome_response(self.outcome)
     }
+}
+
+/// A stored answer as HTTP: its status and body byte for byte, JSON or a
+/// problem, with `idempotent-replayed: true` when it is a replay.
+pub fn outcome_response(outcome: Outcome) -> Response {
+    let status =
+        StatusCode::from_u16(outcome.response.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() {
+        "application/json; charset=utf-8"
+    } else {
+        PROBLEM_JSON
+    };
+    let mut resp = Response::builder()
+        .status(status)
+        .content_type(content_type)
+        .body(outcome.response.body);
+    if outcome.replayed {
+        resp.headers_mut()
+            .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
+    }
+    resp
 }
 
 impl<T: ToJSON + Send, const STATUS: u16> ApiResponse for Stored<T, STATUS> {

@@ -297,6 +297,20 @@ impl IdempotencyService {
         }
     }
 
+    /// The stored answer of `req`'s key, if it has one: a read, no claim.
+    pub(crate) async fn peek(
+        &self,
+        req: &IdempotentRequest,
+    ) -> DomainResult<Option<StoredResponse>> {
+        let row = key::Entity::find_by_id(req.key.clone())
+            .one(&self.tx.db().conn)
+            .await?;
+        match decide(row.map(Existing::from), &req.request_hash, now_ms()) {
+            Err(DomainError::IdempotencyInFlight) => Ok(None),
+            other => other,
+        }
+    }
+
     /// Phase 1, inside the operation's transaction. `Some` is a stored
     /// answer to replay; `None` means this transaction owns the key.
     pub(crate) async fn claim(

@@ -25,9 +25,8 @@ use self::body::{
 };
 use crate::auth::{Auth, Principal, Role};
 use crate::error::{ApiError, Errors};
-use crate::request_id::current_request_id;
 use crate::routes::shared::IdempotencyKey;
-use crate::routes::{ApiTags, Idempotent};
+use crate::routes::{ApiTags, Idempotent, refusal};
 use crate::state::AppState;
 
 /// The error statuses each operation can answer.
@@ -131,10 +130,7 @@ impl LocksApi {
                     let (status, body) = render(acquired);
                     StoredResponse { status, body }
                 },
-                {
-                    let request_id = current_request_id();
-                    move |refusal| ApiError::from(refusal).to_stored_for(request_id.clone())
-                },
+                refusal(),
             )
             .await?;
         Ok(AcquireReply::new(outcome))

@@ -14,8 +14,9 @@ pub mod wallets;
 use std::sync::OnceLock;
 
 use domain::idempotency::{IdempotentRequest, StoredResponse};
+use domain::locks::fencing::{Fence, LockToken};
 use domain::money::Amount;
-use domain::{Command, Ledger};
+use domain::{Command, DomainError, Ledger};
 use poem::Request;
 use poem::http::Method;
 use poem_openapi::types::ToJSON;
@@ -147,14 +148,33 @@ impl Idempotent {
                     status: STATUS,
                     body: Body::from(value).to_json_string(),
                 },
-                {
-                    let request_id = current_request_id();
-                    move |refusal| ApiError::from(refusal).to_stored_for(request_id.clone())
-                },
+                refusal(),
             )
             .await?;
         Ok(Stored::new(outcome))
     }
+}
+
+/// The fence of a money write sent with `Lock-Token: <lock_id>:<token>`:
+/// it runs only while that lock is active, the caller's and holds that
+/// token, checked inside its transaction.
+pub fn fence(principal: &Principal, header: Option<&str>) -> Result<Option<Fence>, ApiError> {
+    header
+        .map(|h| {
+            Ok(Fence {
+                lock: LockToken::parse(h)?,
+                owner: principal.id(),
+            })
+        })
+        .transpose()
+}
+
+/// Renders a business refusal of the request being served as the answer
+/// stored under its key — also when it runs in another task (group commit,
+/// a queued trade), so it carries this request's id.
+pub fn refusal() -> impl Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static {
+    let request_id = current_request_id();
+    move |refusal| ApiError::from(refusal).to_stored_for(request_id.clone())
 }
 
 #[cfg(test)]

@@ -710,6 +710,7 @@ mod tests {
         assert_eq!(live(&ledger, u).await, (1_000, 300, 700));
         // the held part is not free: not to withdraw, nor to hold again
         let too_much = Withdrawal {
+            fence: None,
             user_id: u,
             wallet: WalletKind::Live,
             amount: units(701),
@@ -853,6 +854,7 @@ mod tests {
         // the next write to the wallet releases it under the lock: the whole
         // balance is free to withdraw
         let all = Withdrawal {
+            fence: None,
             user_id: u,
             wallet: WalletKind::Live,
             amount: units(1_000),

@@ -19,6 +19,7 @@ use crate::ledger::financial::{self, Deltas, Leg, Posting};
 use crate::ledger::holds::{expired_held, release_expired};
 use crate::ledger::journal::kinds;
 use crate::ledger::users::require_user;
+use crate::locks::fencing::{Fence, check_optional};
 use crate::money::Amount;
 use crate::{Command, Ledger};
 
@@ -132,6 +133,8 @@ pub struct Withdrawal {
     pub wallet: WalletKind,
     pub amount: Amount,
     pub destination: Option<String>,
+    /// Runs only behind this lock's fencing token (`Lock-Token`).
+    pub fence: Option<Fence>,
 }
 
 #[derive(Debug, Clone)]
@@ -140,6 +143,8 @@ pub struct TransferRequest {
     pub to_user_id: i64,
     pub wallet: WalletKind,
     pub amount: Amount,
+    /// Runs only behind this lock's fencing token (`Lock-Token`).
+    pub fence: Option<Fence>,
 }
 
 fn metadata(pairs: &[(&str, &Option<String>)]) -> Option<serde_json::Value> {
@@ -361,6 +366,7 @@ impl Command for Withdrawal {
     }
 
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
+        check_optional(self.fence.as_ref(), txn).await?;
         let metadata = metadata(&[("destination", &self.destination)]);
         single_wallet_operation(
             txn,
@@ -399,6 +405,7 @@ impl Command for TransferRequest {
 
 async fn transfer(txn: &DatabaseTransaction, cmd: &TransferRequest) -> DomainResult<Transfer> {
     check_distinct_accounts(cmd.from_user_id, cmd.to_user_id)?;
+    check_optional(cmd.fence.as_ref(), txn).await?;
     let mut locked =
         lock_wallets_in_order(txn, &[cmd.from_user_id, cmd.to_user_id], cmd.wallet).await?;
     // Two distinct users, so at most two distinct rows, in id order.

@@ -12,6 +12,40 @@ pub fn next_token(current: impl IntoIterator<Item = i64>) -> i64 {
     current.into_iter().max().unwrap_or(0).saturating_add(1)
 }
 
+/// A money write's fence: it runs only while this lock is active,
+/// unexpired, the caller's, and still holds this token — checked inside the
+/// write's own transaction, so a holder whose lease ran out can never write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub lock: LockToken,
+    /// The principal writing (`user:42`): the lock's owner, or the one that
+    /// asked for it on the owner's behalf.
+    pub owner: String,
+}
+
+impl Fence {
+    pub async fn check(&self, txn: &sea_orm::DatabaseTransaction) -> DomainResult<()> {
+        crate::locks::LockService::check_fence(
+            txn,
+            &self.lock.lock_id,
+            self.lock.fencing_token,
+            &self.owner,
+        )
+        .await
+    }
+}
+
+/// Checks `fence`, when a write has one.
+pub async fn check_optional(
+    fence: Option<&Fence>,
+    txn: &sea_orm::DatabaseTransaction,
+) -> DomainResult<()> {
+    match fence {
+        Some(fence) => fence.check(txn).await,
+        None => Ok(()),
+    }
+}
+
 /// `Lock-Token: <lock_id>:<fencing_token>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LockToken {

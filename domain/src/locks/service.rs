@@ -750,6 +750,19 @@ impl LockService {
             Acquired::Deduplicated(lock) => return Ok(LockedRun::Deduplicated(Box::new(lock))),
             Acquired::Queued(item) => self.granted(item).await?,
         };
+        self.run_locked(lock, &owner, op).await.map(LockedRun::Ran)
+    }
+
+    /// Runs `op` with a lock already granted to `owner`, then releases it
+    /// with `op`'s result or error — also when `op` fails or panics, and,
+    /// from a spawned task, when the caller stops waiting halfway.
+    pub async fn run_locked<T, F, Fut>(&self, lock: LockView, owner: &str, op: F) -> DomainResult<T>
+    where
+        T: Serialize,
+        F: FnOnce(LockView) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        let owner = owner.to_owned();
         let mut guard = ReleaseGuard {
             service: self.clone(),
             lock_id: lock.lock_id.clone(),
@@ -798,11 +811,11 @@ impl LockService {
             // by the token in its own transaction.
             tracing::warn!(lock_id, error = %e, "the lock could not be released after its operation");
         }
-        outcome.map(LockedRun::Ran)
+        outcome
     }
 
     /// Waits for a queued request to be granted (until its deadline).
-    async fn granted(&self, item: QueueItemView) -> DomainResult<LockView> {
+    pub async fn granted(&self, item: QueueItemView) -> DomainResult<LockView> {
         let mut item = item;
         loop {
             if let Some(lock) = item

@@ -7,3 +7,4 @@ pub mod orders;
 pub mod prices;
 pub mod referrals;
 pub mod rules;
+pub mod signals;

@@ -14,6 +14,7 @@ use crate::ledger::financial::{self, Deltas, Leg};
 use crate::ledger::journal::kinds;
 use crate::ledger::users::require_user;
 use crate::ledger::wallets::{WalletKind, execute_with_user_lock};
+use crate::locks::fencing::{Fence, check_optional};
 use crate::money::Amount;
 use crate::page::{Page, newest_first};
 use crate::trading::cooldown::check_cooldown;
@@ -94,12 +95,17 @@ pub struct OpenOrder {
     pub side: Side,
     pub quantity: Amount,
     pub leverage: Leverage,
+    /// Runs only behind this lock's fencing token (`Lock-Token`, or the
+    /// signal's lock).
+    pub fence: Option<Fence>,
 }
 
 /// Closes order `order_id` at the current price.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct CloseOrder {
     pub order_id: i64,
+    /// Runs only behind this lock's fencing token.
+    pub fence: Option<Fence>,
 }
 
 /// Opens a market order at the current price. Under the wallet lock: the
@@ -117,6 +123,7 @@ impl Command for OpenOrder {
 
     async fn execute(&self, ledger: &Ledger, txn: &DatabaseTransaction) -> DomainResult<OrderView> {
         let (cmd, rules) = (self, &ledger.trading);
+        check_optional(cmd.fence.as_ref(), txn).await?;
         execute_with_user_lock(txn, cmd.user_id, cmd.wallet, async |w| {
             let price = execution_price(txn, cmd.symbol.as_str()).await?;
             if rules.cooldown_ms > 0 {
@@ -189,6 +196,7 @@ impl Command for CloseOrder {
     const NAME: &'static str = "close_order";
 
     async fn execute(&self, ledger: &Ledger, txn: &DatabaseTransaction) -> DomainResult<OrderView> {
+        check_optional(self.fence.as_ref(), txn).await?;
         let order_id = self.order_id;
         let o = order::Entity::find_by_id(order_id)
             .one(txn)

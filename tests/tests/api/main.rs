@@ -14,6 +14,7 @@ mod monitor;
 mod operations;
 mod referrals;
 mod security;
+mod signals;
 mod trading;
 mod trading_concurrency;
 mod users;

@@ -9,15 +9,13 @@ use domain::locks::{
     self as locks, CleanupReport, ClearReport, LockEvent, LockList, LockStats, LockView,
     QueueItemView, ResourceCheck, ResourceInfo, rfc3339,
 };
-use poem::http::{HeaderValue, StatusCode};
 use poem::{IntoResponse, Response};
 use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{ApiResponse, Enum, Object};
 use serde_json::Value;
 
-use crate::error::PROBLEM_JSON;
-use crate::replay::REPLAYED_HEADER;
+use crate::replay::{REPLAYED_HEADER, outcome_response};
 
 /// `fail` (default): 409 `resource_locked` when a resource is busy;
 /// `queue`: join the queue (202).
@@ -385,22 +383,7 @@ pub fn render(acquired: &locks::Acquired) -> (u16, String) {
 
 impl IntoResponse for AcquireReply {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.outcome.response.status)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let content_type = if status.is_success() {
-            "application/json; charset=utf-8"
-        } else {
-            PROBLEM_JSON
-        };
-        let mut resp = Response::builder()
-            .status(status)
-            .content_type(content_type)
-            .body(self.outcome.response.body);
-        if self.outcome.replayed {
-            resp.headers_mut()
-                .insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-        }
-        resp
+        outcome_response(self.outcome)
     }
 }
 

@@ -1,9 +1,18 @@
 //! Bodies of the Orders routes.
 
+use domain::idempotency::{Outcome, StoredResponse};
 use domain::money::format_units;
 use domain::trading::orders::OrderView;
-use poem_openapi::{Enum, Object};
+use domain::trading::signals::SignalRun;
+use poem::{IntoResponse, Response};
+use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{ApiResponse, Enum, Object};
 
+use crate::replay::{Stored, outcome_response};
+use crate::routes::locks::body::QueueItemBody;
+
+use crate::routes::locks::body::Wait;
 use crate::routes::shared::{DecimalString, WalletKind, timestamp};
 
 /// `buy` profits when the price rises, `sell` when it falls.
@@ -54,6 +63,24 @@ pub struct OpenOrderRequest {
     #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
     pub leverage: u32,
     pub wallet: WalletKind,
+    /// The client's id of the trading decision: the order then runs under
+    /// the lock `trade:{user_id}:{symbol}:{side}:{signal_id}`, once per
+    /// signal.
+    #[oai(validator(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
+    pub signal_id: Option<String>,
+    /// With `signal_id`, when the signal's lock is busy: `fail` (409
+    /// `resource_locked`, the default) or `queue` (202 QueueItem; the server
+    /// executes the order when granted).
+    pub wait: Option<Wait>,
+}
+
+/// Closing an order: `{}`, or with a signal (see opening).
+#[derive(Object, Debug, Clone)]
+#[oai(deny_unknown_fields)]
+pub struct CloseOrderRequest {
+    #[oai(validator(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
+    pub signal_id: Option<String>,
+    pub wait: Option<Wait>,
 }
 
 #[derive(Object, Debug, Clone)]
@@ -91,6 +118,10 @@ pub struct Order {
     /// Null while open.
     #[oai(nullable)]
     pub closed_at: Option<String>,
+    /// Present (`true`) only when a signal already traded answers with this,
+    /// its first order.
+    #[oai(skip_serializing_if_is_none)]
+    pub deduplicated: Option<bool>,
 }
 
 impl From<&OrderView> for Order {
@@ -113,6 +144,7 @@ impl From<&OrderView> for Order {
             written_off: o.written_off.map(format_units),
             opened_at: timestamp(o.opened_at),
             closed_at: o.closed_at.map(timestamp),
+            deduplicated: None,
         }
     }
 }
@@ -123,4 +155,91 @@ pub struct OrderPage {
     /// Pass as `before_id` for the next (older) page; null on the last page.
     #[oai(nullable)]
     pub next_before_id: Option<i64>,
+}
+
+/// The answer of an order route: the order executed now (`STATUS`), or on a
+/// signal already traded its first order (200, `"deduplicated": true`), or a
+/// place in the signal's lock queue (202 QueueItem). Stored answers replay
+/// byte for byte.
+pub struct OrderReply<const STATUS: u16>(Outcome);
+
+impl<const STATUS: u16> OrderReply<STATUS> {
+    pub fn executed(outcome: Outcome) -> Self {
+        Self(outcome)
+    }
+
+    pub fn on_signal(run: SignalRun) -> Self {
+        Self(match run {
+            SignalRun::Executed(outcome) => outcome,
+            SignalRun::Deduplicated(first) => Outcome {
+                response: mark_deduplicated(first),
+                replayed: false,
+            },
+            SignalRun::Queued(item) => Outcome {
+                response: StoredResponse {
+                    status: 202,
+                    body: QueueItemBody::from(item.as_ref()).to_json_string(),
+                },
+                replayed: false,
+            },
+        })
+    }
+}
+
+/// The first trade's answer for a repeat of its signal: an order gains
+/// `"deduplicated": true` and is answered 200; a refusal replays as stored.
+fn mark_deduplicated(first: StoredResponse) -> StoredResponse {
+    if !(200..300).contains(&first.status) {
+        return first;
+    }
+    match serde_json::from_str::<serde_json::Value>(&first.body) {
+        Ok(serde_json::Value::Object(mut order)) => {
+            order.insert("deduplicated".into(), serde_json::Value::Bool(true));
+            StoredResponse {
+                status: 200,
+                body: serde_json::Value::Object(order).to_string(),
+            }
+        }
+        _ => first,
+    }
+}
+
+impl<const STATUS: u16> IntoResponse for OrderReply<STATUS> {
+    fn into_response(self) -> Response {
+        outcome_response(self.0)
+    }
+}
+
+impl<const STATUS: u16> ApiResponse for OrderReply<STATUS> {
+    fn meta() -> MetaResponses {
+        let mut responses = Stored::<Order, STATUS>::meta().responses;
+        let json = |schema| {
+            vec![MetaMediaType {
+                content_type: "application/json; charset=utf-8",
+                schema,
+            }]
+        };
+        if STATUS != 200 {
+            responses.push(MetaResponse {
+                description: "A signal already traded: its first order, with `\"deduplicated\": true`, whatever the Idempotency-Key.",
+                status: Some(200),
+                status_range: None,
+                content: json(Order::schema_ref()),
+                headers: vec![],
+            });
+        }
+        responses.push(MetaResponse {
+            description: "With `signal_id` and `\"wait\": \"queue\"`, the signal's lock is busy: queued; the server executes the order when granted and the lock's result is the order (or the problem). Poll `GET /api/v1/locks/queue/{queue_id}?wait_ms=`.",
+            status: Some(202),
+            status_range: None,
+            content: json(QueueItemBody::schema_ref()),
+            headers: vec![],
+        });
+        MetaResponses { responses }
+    }
+
+    fn register(registry: &mut Registry) {
+        Order::register(registry);
+        QueueItemBody::register(registry);
+    }
 }

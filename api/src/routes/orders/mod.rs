@@ -2,9 +2,11 @@ pub mod body;
 
 use std::sync::Arc;
 
-use domain::DomainError;
+use domain::idempotency::StoredResponse;
 use domain::trading::orders::{CloseOrder, OpenOrder, OrderView};
-use domain::trading::rules::Symbol;
+use domain::trading::rules::{Side, Symbol};
+use domain::trading::signals::{Signal, Trade};
+use domain::{Command, DomainError};
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
@@ -13,11 +15,12 @@ use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Principal, Role};
 use crate::error::{ApiError, Errors};
-use crate::replay::Stored;
-use crate::routes::shared::{EmptyRequest, IdempotencyKey};
-use crate::routes::{ApiTags, Idempotent, parse_amount};
+use crate::routes::locks::body::Wait;
+use crate::routes::shared::IdempotencyKey;
+use crate::routes::{ApiTags, Idempotent, fence, parse_amount, refusal};
 use crate::state::AppState;
-use body::{OpenOrderRequest, Order, OrderPage, OrderStatus};
+use body::{CloseOrderRequest, OpenOrderRequest, Order, OrderPage, OrderReply, OrderStatus};
+use poem_openapi::types::ToJSON;
 
 #[derive(Default)]
 pub struct OrdersApi;
@@ -49,6 +52,38 @@ async fn visible_order(
     Ok(order)
 }
 
+/// The signal an order names, if any; a signal brings its own lock, so it
+/// does not go with a `Lock-Token`.
+fn signal(
+    id: &Option<String>,
+    wait: Option<Wait>,
+    fence: &Option<domain::locks::fencing::Fence>,
+) -> Result<Option<Signal>, ApiError> {
+    let Some(id) = id else {
+        if wait.is_some() {
+            return Err(ApiError::invalid("wait: only with signal_id"));
+        }
+        return Ok(None);
+    };
+    if fence.is_some() {
+        return Err(ApiError::invalid(
+            "signal_id: the signal's lock fences the order; send no Lock-Token with it",
+        ));
+    }
+    Ok(Some(Signal::parse(
+        id,
+        wait.map(Into::into).unwrap_or_default(),
+    )?))
+}
+
+/// An order as stored under its key, answered `STATUS`.
+fn rendered<const STATUS: u16>(order: &OrderView) -> StoredResponse {
+    StoredResponse {
+        status: STATUS,
+        body: Order::from(order).to_json_string(),
+    }
+}
+
 #[OpenApi]
 impl OrdersApi {
     /// Open a market order at the current price of `symbol`. In one
@@ -74,8 +109,13 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
+        /// `<lock_id>:<fencing_token>`: run only while that lock is the
+        /// caller's and holds that token (else 409 `lock_lost`). Not with
+        /// `signal_id`, whose own lock fences the order.
+        #[oai(name = "Lock-Token")]
+        lock_token: Header<Option<String>>,
         body: Json<OpenOrderRequest>,
-    ) -> Result<Stored<Order, 201>, Errors<status::OpenOrder>> {
+    ) -> Result<OrderReply<201>, Errors<status::OpenOrder>> {
         auth.0.require_self_or(body.user_id, &[Role::Admin])?;
         let ledger = &state.ledger;
         let cmd = OpenOrder {
@@ -85,10 +125,25 @@ impl OrdersApi {
             side: body.side.into(),
             quantity: parse_amount("quantity", &body.quantity)?,
             leverage: ledger.trading.leverage(body.leverage)?,
+            fence: fence(&auth.0, lock_token.0.as_deref())?,
         };
-        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
-            .execute(ledger, &cmd)
-            .await?)
+        let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
+            let stored = Idempotent::new(&auth.0, req, &key, &body.0)
+                .execute::<_, Order, 201>(ledger, &cmd)
+                .await?;
+            return Ok(OrderReply::executed(stored.outcome()));
+        };
+        let trade = Trade {
+            user_id: cmd.user_id,
+            symbol: cmd.symbol.as_str().to_owned(),
+            side: cmd.side,
+            kind: OpenOrder::NAME,
+            principal: auth.0.id(),
+        };
+        let run = ledger
+            .execute_on_signal(&trade, &signal, cmd, rendered::<201>, refusal())
+            .await?;
+        Ok(OrderReply::on_signal(run))
     }
 
     /// Close an open order at the current price, in one transaction: margin
@@ -105,6 +160,9 @@ impl OrdersApi {
         operation_id = "close_order",
         tag = "ApiTags::Orders"
     )]
+    // Each argument is one documented part of the request (path, headers,
+    // body), as poem-openapi reads them.
+    #[allow(clippy::too_many_arguments)]
     async fn close_order(
         &self,
         auth: Auth,
@@ -112,12 +170,41 @@ impl OrdersApi {
         req: &Request,
         id: Path<i64>,
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
-        body: Json<EmptyRequest>,
-    ) -> Result<Stored<Order, 200>, Errors<status::CloseOrder>> {
-        visible_order(&state, &auth.0, id.0).await?;
-        Ok(Idempotent::new(&auth.0, req, &key, &body.0)
-            .execute(&state.ledger, &CloseOrder { order_id: id.0 })
-            .await?)
+        /// `<lock_id>:<fencing_token>`: run only while that lock is the
+        /// caller's and holds that token (else 409 `lock_lost`). Not with
+        /// `signal_id`.
+        #[oai(name = "Lock-Token")]
+        lock_token: Header<Option<String>>,
+        body: Json<CloseOrderRequest>,
+    ) -> Result<OrderReply<200>, Errors<status::CloseOrder>> {
+        let order = visible_order(&state, &auth.0, id.0).await?;
+        let cmd = CloseOrder {
+            order_id: id.0,
+            fence: fence(&auth.0, lock_token.0.as_deref())?,
+        };
+        let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
+            let stored = Idempotent::new(&auth.0, req, &key, &body.0)
+                .execute::<_, Order, 200>(&state.ledger, &cmd)
+                .await?;
+            return Ok(OrderReply::executed(stored.outcome()));
+        };
+        // A close trades the other way on the order's symbol.
+        let side = match order.side.as_str() {
+            "buy" => Side::Sell,
+            _ => Side::Buy,
+        };
+        let trade = Trade {
+            user_id: order.user_id,
+            symbol: order.symbol,
+            side,
+            kind: CloseOrder::NAME,
+            principal: auth.0.id(),
+        };
+        let run = state
+            .ledger
+            .execute_on_signal(&trade, &signal, cmd, rendered::<200>, refusal())
+            .await?;
+        Ok(OrderReply::on_signal(run))
     }
 
     /// One order; 404 for an unknown order and, to a user, for another

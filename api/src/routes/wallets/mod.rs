@@ -13,7 +13,7 @@ use crate::auth::{Auth, Role};
 use crate::error::Errors;
 use crate::replay::Stored;
 use crate::routes::shared::{IdempotencyKey, WalletKind};
-use crate::routes::{ApiTags, Idempotent, parse_amount};
+use crate::routes::{ApiTags, Idempotent, fence, parse_amount};
 use crate::state::AppState;
 use body::{
     DepositRequest, JournalEntry, JournalPage, Operation, Transfer, TransferRequest, Wallet,
@@ -98,6 +98,10 @@ impl WalletsApi {
         state: Data<&Arc<AppState>>,
         req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
+        /// `<lock_id>:<fencing_token>`: run only while that lock is the
+        /// caller's and holds that token (else 409 `lock_lost`).
+        #[oai(name = "Lock-Token")]
+        lock_token: Header<Option<String>>,
         body: Json<WithdrawRequest>,
     ) -> Result<Stored<Operation, 200>, Errors<status::Withdraw>> {
         auth.0
@@ -107,6 +111,7 @@ impl WalletsApi {
             wallet: body.wallet.into(),
             amount: parse_amount("amount", &body.amount)?,
             destination: body.destination.clone(),
+            fence: fence(&auth.0, lock_token.0.as_deref())?,
         };
         Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
@@ -128,6 +133,10 @@ impl WalletsApi {
         state: Data<&Arc<AppState>>,
         req: &Request,
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
+        /// `<lock_id>:<fencing_token>`: run only while that lock is the
+        /// caller's and holds that token (else 409 `lock_lost`).
+        #[oai(name = "Lock-Token")]
+        lock_token: Header<Option<String>>,
         body: Json<TransferRequest>,
     ) -> Result<Stored<Transfer, 200>, Errors<status::Transfer>> {
         auth.0.require_self_or(body.from_user_id, &[Role::Admin])?;
@@ -136,6 +145,7 @@ impl WalletsApi {
             to_user_id: body.to_user_id,
             wallet: body.wallet.into(),
             amount: parse_amount("amount", &body.amount)?,
+            fence: fence(&auth.0, lock_token.0.as_deref())?,
         };
         Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)

@@ -1,0 +1,318 @@
+//! Orders run under locks. With a `signal_id` — the client's id of one
+//! trading decision, such as a snipe target — an order executes under the
+//! lock `trade:{user_id}:{symbol}:{side}:{signal_id}` (a close: the order's
+//! symbol and the opposite side), at priority 1 for sells and closes and 5
+//! for buys, behind the lock's fencing token. Two bot processes acting on one
+//! signal cannot both trade:
+//!
+//! - while the first runs, the second gets 409 `resource_locked`, or with
+//!   `"wait": "queue"` a place in the lock's queue (the server executes it
+//!   when granted, and the lock's result is the order or the problem);
+//! - once the first has run, the same signal within the dedupe window is
+//!   answered with the first order, whatever its Idempotency-Key: the trade
+//!   itself is keyed by the signal (`signal_request`), so it executes at most
+//!   once per signal even across server instances.
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::error::{DomainError, DomainResult};
+use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, fingerprint, storage_key};
+use crate::locks::fencing::{Fence, LockToken};
+use crate::locks::{AcquireRequest, Acquired, LockView, QueueItemView, WaitMode};
+use crate::trading::orders::{CloseOrder, OpenOrder};
+use crate::trading::rules::Side;
+use crate::{Command, Ledger};
+
+/// A trading decision's id, as the client names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signal {
+    id: String,
+    pub wait: WaitMode,
+}
+
+impl Signal {
+    /// 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    pub fn parse(id: &str, wait: WaitMode) -> DomainResult<Self> {
+        let ok = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-');
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(ok) {
+            return Err(DomainError::invalid(
+                "signal_id",
+                "must be 1 to 64 letters, digits, '_', '.' or '-'",
+            ));
+        }
+        Ok(Self {
+            id: id.to_owned(),
+            wait,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.id
+    }
+}
+
+/// One trade on a signal: who, on what, which way.
+#[derive(Debug, Clone)]
+pub struct Trade {
+    pub user_id: i64,
+    pub symbol: String,
+    pub side: Side,
+    /// `order_open` or `order_close`.
+    pub kind: &'static str,
+    /// The principal asking (`user:42`, `admin:root`).
+    pub principal: String,
+}
+
+impl Trade {
+    /// Sells and closes go first: they reduce exposure.
+    fn priority(&self) -> u8 {
+        if self.side == Side::Sell || self.kind == CloseOrder::NAME {
+            1
+        } else {
+            5
+        }
+    }
+
+    fn identity(&self, signal: &Signal) -> serde_json::Value {
+        json!({
+            "user_id": self.user_id,
+            "symbol": self.symbol,
+            "side": self.side.as_str(),
+            "kind": self.kind,
+            "signal_id": signal.id,
+        })
+    }
+
+    fn resource(&self, signal: &Signal) -> String {
+        format!(
+            "trade:{}:{}:{}:{}",
+            self.user_id,
+            self.symbol,
+            self.side.as_str(),
+            signal.id
+        )
+    }
+
+    fn lock_request(&self, signal: &Signal) -> AcquireRequest {
+        AcquireRequest {
+            resources: vec![self.resource(signal)],
+            ttl_ms: None,
+            priority: Some(self.priority()),
+            transaction_type: self.kind.to_owned(),
+            transaction_data: Some(self.identity(signal)),
+            wait: signal.wait,
+            queue_timeout_ms: None,
+            owner_id: format!("user:{}", self.user_id),
+            requested_by: self.principal.clone(),
+        }
+    }
+
+    /// The trade's own idempotency: keyed by the signal, fingerprinted by
+    /// the trade's identity, so any request on this signal finds its one
+    /// answer.
+    fn signal_request(&self, signal: &Signal) -> IdempotentRequest {
+        let route = format!("signal {}", self.kind);
+        IdempotentRequest {
+            key: storage_key(&self.principal, "POST", &route, &self.resource(signal)),
+            principal: self.principal.clone(),
+            route,
+            request_hash: fingerprint(&self.identity(signal)),
+        }
+    }
+}
+
+/// A write that can run behind a fence.
+pub trait Fenced: Command {
+    fn fenced(&self, fence: Fence) -> Self;
+}
+
+impl Fenced for OpenOrder {
+    fn fenced(&self, fence: Fence) -> Self {
+        Self {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+}
+
+impl Fenced for CloseOrder {
+    fn fenced(&self, fence: Fence) -> Self {
+        Self {
+            fence: Some(fence),
+            ..self.clone()
+        }
+    }
+}
+
+/// How a trade on a signal was answered.
+#[derive(Debug, Clone)]
+pub enum SignalRun {
+    /// It ran now: the order (or its refusal).
+    Executed(Outcome),
+    /// This signal was already traded: the first trade's answer.
+    Deduplicated(StoredResponse),
+    /// Queued behind the signal's lock; the server executes it when granted.
+    Queued(Box<QueueItemView>),
+}
+
+/// The answer kept as the lock's result: the order, or the problem.
+struct LockResult(Outcome);
+
+impl Serialize for LockResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        serde_json::from_str::<serde_json::Value>(&self.0.response.body)
+            .unwrap_or(serde_json::Value::Null)
+            .serialize(s)
+    }
+}
+
+type Render<C> = fn(&<C as Command>::Output) -> StoredResponse;
+
+impl Ledger {
+    /// Runs `cmd` as the trade `trade` on `signal` (see the module).
+    /// `refuse` renders a refusal; it may run in a task of its own.
+    pub async fn execute_on_signal<C, E>(
+        &self,
+        trade: &Trade,
+        signal: &Signal,
+        cmd: C,
+        render: Render<C>,
+        refuse: E,
+    ) -> DomainResult<SignalRun>
+    where
+        C: Fenced,
+        E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
+    {
+        let req = trade.signal_request(signal);
+        if let Some(first) = self.idempotency.peek(&req).await? {
+            return Ok(SignalRun::Deduplicated(first));
+        }
+        let lock = trade.lock_request(signal);
+        let owner = lock.owner_id.clone();
+        match self.locks.acquire(&lock).await? {
+            Acquired::Granted(granted) => {
+                let run = |l| self.run_fenced(&req, &cmd, l, render, refuse);
+                let LockResult(outcome) = self.locks.run_locked(granted, &owner, run).await?;
+                Ok(SignalRun::Executed(outcome))
+            }
+            Acquired::Deduplicated(first) => self.deduplicated(&req, &first).await,
+            Acquired::Queued(item) => {
+                let ledger = self.clone();
+                let waiting = item.clone();
+                tokio::spawn(async move {
+                    let ran = async {
+                        let granted = ledger.locks.granted(waiting).await?;
+                        let run = |l| ledger.run_fenced(&req, &cmd, l, render, refuse);
+                        ledger.locks.run_locked(granted, &owner, run).await
+                    }
+                    .await;
+                    if let Err(e) = ran {
+                        tracing::warn!(error = %e, "a queued trade did not run");
+                    }
+                });
+                Ok(SignalRun::Queued(Box::new(item)))
+            }
+        }
+    }
+
+    /// The money write behind the lock's fencing token, once per signal.
+    async fn run_fenced<C, E>(
+        &self,
+        req: &IdempotentRequest,
+        cmd: &C,
+        lock: LockView,
+        render: Render<C>,
+        refuse: E,
+    ) -> DomainResult<LockResult>
+    where
+        C: Fenced,
+        E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
+    {
+        let fence = Fence {
+            lock: LockToken {
+                lock_id: lock.lock_id,
+                fencing_token: lock.fencing_token,
+            },
+            owner: lock.owner_id,
+        };
+        let outcome = self
+            .execute_once(req, &cmd.fenced(fence), render, refuse)
+            .await?;
+        Ok(LockResult(outcome))
+    }
+
+    /// An identical lock exists: while it is active the signal is being
+    /// traded (409 `resource_locked`); once finished, its answer is the one.
+    async fn deduplicated(
+        &self,
+        req: &IdempotentRequest,
+        first: &LockView,
+    ) -> DomainResult<SignalRun> {
+        if first.is_active() {
+            return Err(DomainError::ResourceLocked {
+                conflicts: first.resources.clone(),
+            });
+        }
+        match self.idempotency.peek(req).await? {
+            Some(answer) => Ok(SignalRun::Deduplicated(answer)),
+            None => Err(DomainError::ResourceLocked {
+                conflicts: first.resources.clone(),
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trade(side: Side, kind: &'static str) -> Trade {
+        Trade {
+            user_id: 42,
+            symbol: "BTCUSD".into(),
+            side,
+            kind,
+            principal: "user:42".into(),
+        }
+    }
+
+    #[test]
+    fn signal_ids_are_short_plain_names() {
+        assert!(Signal::parse("snipe-123_a.b", WaitMode::Fail).is_ok());
+        assert!(Signal::parse("", WaitMode::Fail).is_err());
+        assert!(Signal::parse(&"x".repeat(65), WaitMode::Fail).is_err());
+        assert!(Signal::parse("a b", WaitMode::Fail).is_err());
+        assert!(Signal::parse("a:b", WaitMode::Fail).is_err());
+    }
+
+    #[test]
+    fn the_lock_names_user_symbol_side_and_signal_and_sells_go_first() {
+        let signal = Signal::parse("snipe123", WaitMode::Queue).unwrap();
+        let buy = trade(Side::Buy, OpenOrder::NAME).lock_request(&signal);
+        assert_eq!(buy.resources, ["trade:42:BTCUSD:buy:snipe123"]);
+        assert_eq!(buy.priority, Some(5));
+        assert_eq!(buy.wait, WaitMode::Queue);
+        assert_eq!(buy.owner_id, "user:42");
+        let sell = trade(Side::Sell, OpenOrder::NAME).lock_request(&signal);
+        assert_eq!(sell.priority, Some(1));
+        let close = trade(Side::Buy, CloseOrder::NAME).lock_request(&signal);
+        assert_eq!(close.priority, Some(1));
+        assert!(crate::locks::resource::is_valid_resource(&buy.resources[0]));
+    }
+
+    #[test]
+    fn one_signal_is_one_trade_whatever_the_request() {
+        let signal = Signal::parse("s1", WaitMode::Fail).unwrap();
+        let t = trade(Side::Buy, OpenOrder::NAME);
+        assert_eq!(t.signal_request(&signal).key, t.signal_request(&signal).key);
+        let other = Signal::parse("s2", WaitMode::Fail).unwrap();
+        assert_ne!(t.signal_request(&signal).key, t.signal_request(&other).key);
+        // the other side of the same signal is another trade
+        let sell = trade(Side::Sell, OpenOrder::NAME);
+        assert_ne!(
+            t.signal_request(&signal).key,
+            sell.signal_request(&signal).key
+        );
+    }
+}
