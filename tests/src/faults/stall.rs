@@ -473,14 +473,17 @@ async fn one_cycle(
     let before = successor.balance().await?;
     let resumed_ms = now_ms();
     signal(h.pid, "CONT").await?;
+    let stale = h.next().await?;
     if still {
         s.stalls += 1;
         s.notes.push(format!(
-            "cycle {cycle}: holder stopped {} ms (lease {TTL_MS} ms, token {old_token}); new grant token {new_token}",
-            resumed_ms - stopped_at_ms
+            "cycle {cycle}: holder stopped {} ms (lease {TTL_MS} ms, token {old_token}); new grant \
+             token {new_token}; the stale write after the resume answered {} {}",
+            resumed_ms - stopped_at_ms,
+            status(&stale),
+            stale["body"]["code"].as_str().unwrap_or("")
         ));
     }
-    let stale = h.next().await?;
     if stale["sent_ms"].as_i64().unwrap_or(0) >= resumed_ms {
         s.stale_writes += 1;
     } else {
