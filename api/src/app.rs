@@ -170,74 +170,78 @@ pub async fn start(state: Arc<AppState>, listener: tokio::net::TcpListener) -> i
     })
 }
 
-fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
-    let mut jobs = Vec::new();
-    jobs.extend(state.ledger.db.spawn_health_probe());
-    let every = state
-        .config
-        .idempotency
-        .cleanup_interval
-        .max(Duration::from_secs(1));
-    let s = Arc::clone(state);
-    jobs.push(tokio::spawn(async move {
+/// Runs `pass` every `every` (the first pass one period after start; a
+/// late pass delays the next rather than bunching), logging what it did.
+fn every<F, Fut>(
+    every: Duration,
+    state: &Arc<AppState>,
+    job: &'static str,
+    pass: F,
+) -> JoinHandle<()>
+where
+    F: Fn(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = domain::DomainResult<u64>> + Send,
+{
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
-            match s.ledger.idempotency.cleanup_expired().await {
+            match pass(Arc::clone(&state)).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(removed = n, "expired idempotency keys removed"),
-                Err(e) => tracing::warn!(error = %e, "idempotency cleanup failed"),
+                Ok(n) => tracing::info!(job, n, "background pass done"),
+                Err(e) => tracing::warn!(job, error = %e, "background pass failed"),
             }
         }
-    }));
-    if !state.config.referrals.settle_interval.is_zero() {
-        let every = state.config.referrals.settle_interval;
-        let s = Arc::clone(state);
-        jobs.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let ledger = &s.ledger;
-                if let Err(e) = ledger.settle_pending_commissions().await {
-                    tracing::warn!(error = %e, "referral settlement failed");
-                }
-            }
-        }));
+    })
+}
+
+fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
+    let config = &state.config;
+    let mut jobs = Vec::new();
+    jobs.extend(state.ledger.db.spawn_health_probe());
+    let cleanup = config
+        .idempotency
+        .cleanup_interval
+        .max(Duration::from_secs(1));
+    jobs.push(every(
+        cleanup,
+        state,
+        "idempotency_cleanup",
+        |s| async move { s.ledger.idempotency.cleanup_expired().await },
+    ));
+    if !config.referrals.settle_interval.is_zero() {
+        let period = config.referrals.settle_interval;
+        jobs.push(every(
+            period,
+            state,
+            "referral_settlement",
+            |s| async move { Ok(s.ledger.settle_pending_commissions().await?.settled) },
+        ));
     }
-    if !state.config.holds.cleanup_interval.is_zero() {
-        let every = state.config.holds.cleanup_interval;
-        let s = Arc::clone(state);
-        jobs.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                match s.ledger.expire_due_holds().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(released = n, "expired holds released"),
-                    Err(e) => tracing::warn!(error = %e, "hold cleanup failed"),
-                }
-            }
+    if !config.holds.cleanup_interval.is_zero() {
+        let period = config.holds.cleanup_interval;
+        jobs.push(every(period, state, "hold_expiry", |s| async move {
+            s.ledger.expire_due_holds().await
         }));
     }
     if state.ledger.locks.rules().cleanup_every.is_some() {
         jobs.push(tokio::spawn(state.ledger.locks.clone().run_cleanup_job()));
     }
     if state.limiter.is_some() {
-        let s = Arc::clone(state);
-        jobs.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
-                tick.tick().await;
+        jobs.push(every(
+            Duration::from_secs(60),
+            state,
+            "rate_limit_forget",
+            |s| async move {
                 if let Some(limiter) = &s.limiter {
                     limiter.forget_idle();
                 }
-            }
-        }));
+                Ok(0)
+            },
+        ));
     }
     jobs
 }

@@ -4,7 +4,12 @@
 //! test binary (its own process), so the process-wide counters see only this
 //! test's work. A regression — a second commit, an extra statement — fails.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::time::Duration;
 

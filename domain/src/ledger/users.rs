@@ -63,7 +63,10 @@ impl ReferralCode {
         let mut rng = rand::rng();
         Self(
             (0..CODE_LEN)
-                .map(|_| char::from(CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())]))
+                .filter_map(|_| {
+                    let i = rng.random_range(0..CODE_ALPHABET.len());
+                    CODE_ALPHABET.get(i).copied().map(char::from)
+                })
                 .collect(),
         )
     }

@@ -58,7 +58,7 @@ pub fn normalize_resources(names: &[String]) -> DomainResult<Vec<String>> {
     }
     let mut sorted = names.to_vec();
     sorted.sort();
-    if sorted.windows(2).any(|w| w[0] == w[1]) {
+    if sorted.windows(2).any(|w| matches!(w, [a, b] if a == b)) {
         return Err(DomainError::invalid(
             "resources",
             "each resource may be named once",
