@@ -112,10 +112,40 @@ def short(frame):
     return frame if len(frame) <= 150 else frame[:147] + "..."
 
 
+# What a read spends its CPU on: the share of the weight whose stack holds
+# a frame matching each pattern (the areas overlap: JSON inside the
+# handler, the kernel inside the database I/O; each is counted where it is).
+areas = [
+    ("JWT verification (jsonwebtoken, HMAC-SHA256, the auth extractor)", r"jsonwebtoken|hmac|sha2::|api::auth"),
+    ("JSON (serde_json, poem-openapi ToJSON)", r"serde_json|ToJSON|to_json|ParseFromJSON"),
+    ("logging and tracing (tracing-subscriber, the request log line)", r"tracing_subscriber|tracing_core::event|tracing::span::Span::(new|record)|tracing_appender"),
+    ("metrics (prometheus)", r"prometheus"),
+    ("the connection pool (sqlx pool: acquire, the query through it, release)", r"sqlx_core::pool"),
+    ("  of which returning the connection (sqlx return_to_pool: a socket flush)", r"Floating<.*Live<.*>>::return_to_pool"),
+    ("the query in sea-orm/sea-query (build, bind, map rows)", r"sea_orm::|sea_query::"),
+    ("PostgreSQL protocol I/O (sqlx socket write/read)", r"sqlx_core::net::socket|BufferedSocket"),
+    ("HTTP (hyper + poem routing, headers)", r"hyper::proto|poem::route|poem::server"),
+    ("memory allocation (mimalloc)", r"^mi_|mimalloc"),
+    ("kernel: TCP send", r"tcp_sendmsg"),
+    ("kernel: TCP receive", r"tcp_recvmsg"),
+    ("kernel: scheduler / wake-ups (context switches, futex, epoll)", r"finish_task_switch|schedule|futex|ep_poll|try_to_wake_up"),
+]
+stacks = []
+for line in open(sys.argv[1]):
+    stack, _, count = line.rstrip("\n").rpartition(" ")
+    if count.isdigit():
+        stacks.append((stack.split(";"), int(count)))
+
 load = open(sys.argv[2]).read()
 first = next((l for l in load.splitlines() if " req/s " in l), "")
-print(f"samples: {total}")
+print(f"total weight (perf cpu-clock periods): {total}")
 print(f"load during the profile: {first}")
+print()
+print("where the CPU goes (% of the weight with a matching frame on the stack; areas overlap)")
+for name, pattern in areas:
+    rx = re.compile(pattern)
+    w = sum(c for frames, c in stacks if any(rx.search(f) for f in frames))
+    print(f"{w * 100 / total:6.2f}  {name}")
 print()
 print("top 25 frames by self time (% of samples)")
 for frame, n in own.most_common(25):

@@ -89,7 +89,7 @@ loadgen() {
   shift
   {
     echo "server: $server_cmd"
-    echo "loadgen --users-file $out/users.json --label $name $*"
+    echo "loadgen --users-file $out/users.json --target 127.0.0.1:$port --label $name $*"
   } >"$out/$name.cmd"
   "$bin/loadgen" --users-file "$out/users.json" --target "127.0.0.1:$port" \
     --label "$name" --json "$out/$name.json" "$@" | tee "$out/$name.txt"
@@ -123,6 +123,7 @@ echo "== seed $users users"
 psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 start=$(date +%s%N)
+echo "ledger seed-load --users $users --balance 1000 --out $out/users.json   # DATABASE_URL=$url" >"$out/seed.cmd"
 RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$out/users.json"
 echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/seed.txt"
 psql "$url" -qc "VACUUM ANALYZE"
