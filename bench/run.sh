@@ -14,6 +14,11 @@
 # checked and the database reconciled, once with 20-40 s think time and once
 # with 3-6 s (more than the server can serve: load shedding, and the
 # clients' retries with the same keys); the SQLite default at moderate load.
+# Between the API runs and the mixed runs: the writes without group commit
+# (before/after), resource locks (uncontended, and one hot resource with
+# 200 queued waiters), and orders opened without and with a signal_id (a
+# trade lock). Each run's commands are written beside its results
+# (NAME.cmd), and the report prints them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +39,7 @@ url="${admin%/*}/$db"
 out=bench/results
 port=18090
 mkdir -p "$out"
-rm -f "$out"/*.json "$out"/*.txt
+rm -f "$out"/*.json "$out"/*.txt "$out"/*.cmd
 servers=()
 
 stop_servers() {
@@ -55,8 +60,15 @@ export LEDGER_SHUTDOWN_DRAIN_MS=0
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn,sea_orm=warn}"
 
 # serve NAME [INSTANCES] [POOL]: starts the server(s) on $port, logs to $out.
+# The environment it adds (e.g. LEDGER_GROUP_COMMIT=false) is in server_cmd,
+# for the .cmd files of the runs against it.
+server_cmd=""
 serve() {
-  local name="$1" instances="${2:-1}" pool="${3:-50}" i
+  local name="$1" instances="${2:-1}" pool="${3:-50}" i extra=""
+  [ -n "${LEDGER_GROUP_COMMIT:-}" ] && extra="LEDGER_GROUP_COMMIT=$LEDGER_GROUP_COMMIT "
+  case "$DATABASE_URL" in sqlite:*) extra="${extra}DATABASE_URL=sqlite://…/ledger.db " ;; esac
+  server_cmd="${extra}LEDGER_LISTEN_REUSE_PORT=true LEDGER_DB_MAX_CONNECTIONS=$pool ledger serve"
+  [ "$instances" -gt 1 ] && server_cmd="$server_cmd   # $instances instances sharing the port"
   for i in $(seq "$instances"); do
     LEDGER_LISTEN="127.0.0.1:$port" LEDGER_LISTEN_REUSE_PORT=true \
       LEDGER_DB_MAX_CONNECTIONS="$pool" \
@@ -75,6 +87,10 @@ serve() {
 loadgen() {
   local name="$1"
   shift
+  {
+    echo "server: $server_cmd"
+    echo "loadgen --users-file $out/users.json --target 127.0.0.1:$port --label $name $*"
+  } >"$out/$name.cmd"
   "$bin/loadgen" --users-file "$out/users.json" --target "127.0.0.1:$port" \
     --label "$name" --json "$out/$name.json" "$@" | tee "$out/$name.txt"
 }
@@ -83,6 +99,8 @@ loadgen() {
 # on a copy of the seeded database (its journal rows carry a fixed hash, so
 # they must not join the API's hash chains).
 pgb() {
+  echo "pgbench -n -M prepared -c 50 -j 2 -T $step -D users=${3:-$users} -f bench/pgbench/$2 ${db}_pgbench" \
+    >"$out/pgbench-$1.cmd"
   pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 50 -j 2 -T "$step" \
     -D users="${3:-$users}" -f "bench/pgbench/$2" "${db}_pgbench" | tee "$out/pgbench-$1.txt"
 }
@@ -105,6 +123,7 @@ echo "== seed $users users"
 psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 start=$(date +%s%N)
+echo "ledger seed-load --users $users --balance 1000 --out $out/users.json   # DATABASE_URL=$url" >"$out/seed.cmd"
 RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$out/users.json"
 echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/seed.txt"
 psql "$url" -qc "VACUUM ANALYZE"
@@ -130,6 +149,20 @@ echo "== the same writes without group commit (one transaction per write)"
 LEDGER_GROUP_COMMIT=false serve solo
 loadgen deposit-solo --scenario deposit --vus 50 --duration "$step"
 loadgen hot-solo --scenario hot --vus 500 --ramp 2 --duration "$step"
+stop_servers
+
+echo "== resource locks: acquire and release, uncontended and one hot resource"
+serve locks
+loadgen locks --scenario locks --vus 50 --duration "$step" || echo "locks run FAILED" | tee -a "$out/locks.txt"
+loadgen locks-hot --scenario locks-hot --vus 200 --ramp 2 --duration "$step" \
+  || echo "locks-hot run FAILED" | tee -a "$out/locks-hot.txt"
+stop_servers
+
+echo "== orders opened and closed, without and with a signal_id (a trade lock)"
+serve orders
+loadgen orders --scenario orders --vus 50 --duration "$step" || echo "orders run FAILED" | tee -a "$out/orders.txt"
+loadgen orders-signal --scenario orders-signal --vus 50 --duration "$step" \
+  || echo "orders-signal run FAILED" | tee -a "$out/orders-signal.txt"
 stop_servers
 
 echo "== $users users, mixed, two instances sharing the port (pool 25 + 25)"

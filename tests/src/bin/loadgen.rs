@@ -330,6 +330,26 @@ fn print_summary(report: &serde_json::Value) {
     );
     println!("outcomes: {}", report["outcomes"]);
     println!("pool wait: {}", report["begin_wait"]);
+    if !report["locks"].is_null() {
+        let locks = &report["locks"];
+        let null = serde_json::Value::Null;
+        let grant = locks.get("latency_grant").unwrap_or(&null);
+        println!(
+            "locks: held {} (at once {}, from the queue {}, deduplicated {}) | released {} | unreleased {} | never granted {} | steady {:.0} grants/s | acquire-to-grant p50 {} p99 {} max {} ms | errors {}",
+            locks["held"],
+            locks["acquired"],
+            locks["granted_from_queue"],
+            locks["deduplicated"],
+            locks["released"],
+            locks["unreleased"],
+            locks["never_granted"],
+            locks["steady_grants_per_s"].as_f64().unwrap_or_default(),
+            grant["p50"],
+            grant["p99"],
+            grant["max"],
+            locks["errors"],
+        );
+    }
     println!("books: {}", report["books"]);
     println!("reconcile: {}", report["reconcile"]);
 }
@@ -339,8 +359,13 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
     if file.users.is_empty() {
         return Err("the users file has no users".into());
     }
-    if args.shards > 1 && args.scenario == Scenario::Hot {
-        return Err("the hot-wallet scenario runs in one process (--shards 1)".into());
+    if args.shards > 1
+        && matches!(
+            args.scenario,
+            Scenario::Hot | Scenario::Locks | Scenario::LocksHot
+        )
+    {
+        return Err("the hot-wallet and lock scenarios run in one process (--shards 1)".into());
     }
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if (limit as usize) < args.vus / args.shards.max(1) + 64 => eprintln!(
@@ -358,7 +383,13 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         .copied()
         .unwrap_or(IpAddr::from([127, 0, 0, 1]));
     let users = selected_users(&file, &args);
-    let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
+    // The lock scenarios move no money: no books to check.
+    let money = args.scenario.moves_money();
+    let ids: Vec<i64> = if money {
+        users.iter().map(|u| u.id).collect()
+    } else {
+        Vec::new()
+    };
     eprintln!("reading {} balances before the run", ids.len());
     let policy = args.retry();
     let before =
@@ -409,6 +440,27 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
     };
     let steady_rps = per_steady_second(|p| p.requests);
     let steady_served_rps = per_steady_second(|p| p.served);
+    let steady_grants = per_steady_second(|p| p.grants);
+    let locks = (!money).then(|| {
+        let t = &stats.locks;
+        json!({
+            "acquired": t.acquired,
+            "deduplicated": t.deduplicated,
+            "queued": t.queued,
+            "granted_from_queue": t.granted_from_queue,
+            "held": t.held(),
+            "released": t.released,
+            "unreleased": t.unreleased,
+            "never_granted": t.never_granted,
+            "errors": t.errors,
+            "all_released": t.is_clean(),
+            "grants_per_s": t.held() as f64 / elapsed.max(0.001),
+            "steady_grants_per_s": steady_grants,
+            "cycles_per_s": t.released as f64 / elapsed.max(0.001),
+            "latency_grant": Latency::from(&stats.grant_latency),
+            "latency_cycle": Latency::from(&stats.cycle_latency),
+        })
+    });
     let never_definite_writes = books.uncertain.len();
     let report = json!({
         "label": args.label,
@@ -427,6 +479,7 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         "steady_rps": steady_rps,
         "latency": Latency::from(&stats.all),
         "per_op": stats.per_op.iter().map(|(k, h)| (k.clone(), Latency::from(h))).collect::<BTreeMap<_, _>>(),
+        "per_op_rps": stats.per_op.iter().map(|(k, h)| (k.clone(), h.len() as f64 / elapsed.max(0.001))).collect::<BTreeMap<_, _>>(),
         "outcomes": stats.outcomes,
         "served": stats.served,
         "served_rps": stats.served as f64 / elapsed.max(0.001),
@@ -440,7 +493,9 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         "never_definite_reads": stats.never_definite_reads,
         "retry_bound_s": args.retry_bound,
         "begin_wait": begin_wait_delta(&wait_before, &wait_after),
+        "locks": locks,
         "books": {
+            "checked": money,
             "users_checked": books.delta.len(),
             "mismatch_count": mismatches.len(),
             "mismatches": mismatches.iter().take(20).collect::<Vec<_>>(),
@@ -461,7 +516,8 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         && never_definite_writes == 0
         && stats.never_definite_reads == 0
         && mismatches.is_empty()
-        && reconciled.as_ref().is_none_or(|r| r.is_clean());
+        && reconciled.as_ref().is_none_or(|r| r.is_clean())
+        && (money || stats.locks.is_clean());
     Ok(clean)
 }
 
@@ -481,7 +537,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
-                "FAILED: failed requests, requests never answered definitely, a books mismatch or a reconciliation discrepancy"
+                "FAILED: failed requests, requests never answered definitely, a books mismatch, a reconciliation discrepancy or a lock not released"
             );
             ExitCode::FAILURE
         }

@@ -78,10 +78,18 @@ impl<'a> Call<'a> {
 
     pub fn post(path: &str, token: &'a str, key: &'a str, body: &serde_json::Value) -> Self {
         Self {
+            key: Some(key),
+            ..Self::post_without_key(path, token, body)
+        }
+    }
+
+    /// A POST that needs no `Idempotency-Key` (a lock's release).
+    pub fn post_without_key(path: &str, token: &'a str, body: &serde_json::Value) -> Self {
+        Self {
             method: Method::POST,
             path: path.to_owned(),
             token: Some(token),
-            key: Some(key),
+            key: None,
             lock_token: None,
             body: Some(Bytes::from(body.to_string())),
         }

@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use client::{Answer, Call, Connection, Transport};
 use retry::{Class, Next, Policy};
-use stats::{Recorder, Sample};
+use stats::{LockEvent, Recorder, Sample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -45,6 +45,25 @@ pub enum Scenario {
     Read,
     /// Every virtual user deposits into the first user's live wallet.
     Hot,
+    /// Uncontended locks: each virtual user acquires `bench:{vu}` (its
+    /// own resource) and releases it at once. No money moves.
+    Locks,
+    /// One hot resource: every virtual user acquires `bench:hot` with
+    /// `"wait": "queue"`, waits on its queue item until granted, releases
+    /// at once. No money moves.
+    LocksHot,
+    /// Each user opens an order on the seeded symbol and closes it.
+    Orders,
+    /// As `orders`, each order opened with a fresh `signal_id` (so it runs
+    /// under the lock `trade:{user}:{symbol}:{side}:{signal}`).
+    OrdersSignal,
+}
+
+impl Scenario {
+    /// Whether the scenario moves money (and so has books to check).
+    pub fn moves_money(self) -> bool {
+        !matches!(self, Self::Locks | Self::LocksHot)
+    }
 }
 
 /// What to run.
@@ -316,6 +335,8 @@ pub async fn until_definite(
 
 struct Vu<'a> {
     ctx: &'a Ctx,
+    /// This virtual user's number in its process.
+    index: usize,
     conn: Connection,
     user: &'a LoadUser,
     books: Books,
@@ -343,6 +364,9 @@ impl Vu<'_> {
                 outcome: &outcome,
                 class: a.class,
             });
+            if a.class != Class::Success && !ctx.plan.scenario.moves_money() {
+                ctx.recorder.lock_error(&format!("{op} {outcome}"));
+            }
             // A lost connection says nothing about whether the service is
             // up; anything else that answered ends an outage.
             match (a.class.is_outage(), *outage_since) {
@@ -442,6 +466,175 @@ impl Vu<'_> {
                     .await;
             }
             Scenario::Mixed => self.mixed(n).await,
+            Scenario::Locks => self.lock_cycle(n, false).await,
+            Scenario::LocksHot => self.lock_cycle(n, true).await,
+            Scenario::Orders => self.order_cycle(n, false).await,
+            Scenario::OrdersSignal => self.order_cycle(n, true).await,
+        }
+    }
+
+    /// A lock operation's answer when it was a success. Every attempt that
+    /// was not is already in the tally's errors (see `request`); a request
+    /// never answered definitely is added here.
+    fn lock_answer(&self, op: &str, answer: Option<Answer>) -> Option<Answer> {
+        match answer {
+            Some(a) if (200..300).contains(&a.status) => Some(a),
+            Some(_) => None,
+            None => {
+                self.ctx
+                    .recorder
+                    .lock_error(&format!("{op} never definite"));
+                None
+            }
+        }
+    }
+
+    /// One lock: acquire (`hot`: the one shared resource, queueing behind
+    /// the others), wait for the grant when queued, release at once. Every
+    /// lock held is released, also after the run's end.
+    async fn lock_cycle(&mut self, n: u64, hot: bool) {
+        let ctx = self.ctx;
+        let recorder = &ctx.recorder;
+        let token = self.user.token.clone();
+        let vu = self.index;
+        let resource = if hot {
+            "bench:hot".to_owned()
+        } else {
+            format!("bench:{vu}")
+        };
+        // A fresh `transaction_data` each time: the same (owner, resources,
+        // type, data) within the dedupe window would be answered with the
+        // earlier lock instead of a new grant.
+        let mut body = json!({
+            "resources": [resource],
+            "ttl_ms": 30_000,
+            "transaction_type": "bench",
+            "transaction_data": {"vu": vu, "n": n},
+        });
+        if hot {
+            body["wait"] = json!("queue");
+        }
+        let key = Uuid::new_v4().to_string();
+        let sent = Instant::now();
+        let answer = self
+            .request(
+                "lock_acquire",
+                &Call::post("/api/v1/locks", &token, &key, &body),
+            )
+            .await;
+        let Some(answer) = self.lock_answer("lock_acquire", answer) else {
+            return;
+        };
+        let mut reply = answer.json();
+        let lock_id = match answer.status {
+            201 => {
+                recorder.lock(LockEvent::Acquired {
+                    latency: sent.elapsed(),
+                });
+                reply["lock_id"].as_str().map(str::to_owned)
+            }
+            200 => {
+                recorder.lock(LockEvent::Deduplicated {
+                    latency: sent.elapsed(),
+                });
+                // An earlier lock: release it only while it is active.
+                if reply["status"] == "active" {
+                    reply["lock_id"].as_str().map(str::to_owned)
+                } else {
+                    None
+                }
+            }
+            _ => {
+                recorder.lock(LockEvent::Queued);
+                let queue_id = reply["queue_id"].as_i64().unwrap_or_default();
+                let path = format!("/api/v1/locks/queue/{queue_id}?wait_ms=10000");
+                // Waits until granted, whatever the run's deadline: the lock
+                // must be taken and released, or the queue would stall.
+                loop {
+                    let answer = self
+                        .request("lock_queue_wait", &Call::get(path.clone(), Some(&token)))
+                        .await;
+                    let Some(answer) = self.lock_answer("lock_queue_wait", answer) else {
+                        recorder.lock(LockEvent::NeverGranted);
+                        return;
+                    };
+                    reply = answer.json();
+                    match reply["status"].as_str() {
+                        Some("pending") => continue,
+                        Some("granted") => {
+                            recorder.lock(LockEvent::Granted {
+                                latency: sent.elapsed(),
+                            });
+                            break reply["lock"]["lock_id"].as_str().map(str::to_owned);
+                        }
+                        other => {
+                            recorder.lock_error(&format!(
+                                "lock_queue_wait ended {}",
+                                other.unwrap_or("without a status")
+                            ));
+                            recorder.lock(LockEvent::NeverGranted);
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let Some(lock_id) = lock_id else {
+            if answer.status != 200 {
+                recorder.lock_error("lock_acquire granted without a lock_id");
+                recorder.lock(LockEvent::Unreleased);
+            }
+            return;
+        };
+        let path = format!("/api/v1/locks/{lock_id}/release");
+        let answer = self
+            .request(
+                "lock_release",
+                &Call::post_without_key(&path, &token, &json!({})),
+            )
+            .await;
+        if self.lock_answer("lock_release", answer).is_some() {
+            recorder.lock(LockEvent::Released {
+                cycle: sent.elapsed(),
+            });
+        } else {
+            recorder.lock(LockEvent::Unreleased);
+        }
+        self.think().await;
+    }
+
+    /// One order opened and closed (`signal`: opened with a fresh
+    /// `signal_id`, so under a trade lock). The books follow the fees and
+    /// the P&L.
+    async fn order_cycle(&mut self, n: u64, signal: bool) {
+        let (user, ctx) = (self.user, self.ctx);
+        let (id, token) = (user.id, &user.token);
+        let mut order = json!({
+            "user_id": id,
+            "symbol": ctx.file.symbol,
+            "side": if n.is_multiple_of(2) { "buy" } else { "sell" },
+            "quantity": ctx.plan.quantity.to_string(),
+            "leverage": 10,
+            "wallet": "live",
+        });
+        if signal {
+            order["signal_id"] = json!(format!("bench-{}", Uuid::new_v4().simple()));
+        }
+        let Some(opened) = self
+            .write("open_order", "/api/v1/orders", token, order)
+            .await
+        else {
+            return;
+        };
+        self.books
+            .add(id, -decimal(&opened["open_fee"]).unwrap_or_default());
+        let order_id = opened["id"].as_i64().unwrap_or_default();
+        let path = format!("/api/v1/orders/{order_id}/close");
+        if let Some(closed) = self.write("close_order", &path, token, json!({})).await {
+            let gained = decimal(&closed["pnl"]).unwrap_or_default()
+                - decimal(&closed["close_fee"]).unwrap_or_default()
+                + decimal(&closed["written_off"]).unwrap_or_default();
+            self.books.add(id, gained);
         }
     }
 
@@ -534,6 +727,7 @@ async fn run_vu(ctx: Arc<Ctx>, index: usize, user: LoadUser) -> Books {
     let source = plan.sources[index % plan.sources.len().max(1)];
     let mut vu = Vu {
         ctx: &ctx,
+        index,
         conn: Connection::new(source, plan.target, plan.timeout),
         user: &user,
         books: Books::default(),

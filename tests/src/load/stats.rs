@@ -24,6 +24,8 @@ struct Second {
     requests: u64,
     failed: u64,
     served: u64,
+    /// Locks granted (at once or from the queue) in this second.
+    grants: u64,
     latency: Histogram<u64>,
 }
 
@@ -33,6 +35,7 @@ impl Second {
             requests: 0,
             failed: 0,
             served: 0,
+            grants: 0,
             latency: histogram(2),
         }
     }
@@ -65,7 +68,89 @@ pub struct Stats {
     /// during which a virtual user saw refused connections or 503
     /// `unavailable`.
     pub outages: Vec<(u64, u64)>,
+    /// The lock scenarios: what became of each lock.
+    pub locks: LockTally,
+    /// From sending an acquire to holding the lock (at once, or granted
+    /// from the queue).
+    pub grant_latency: Histogram<u64>,
+    /// From sending an acquire to the release's answer.
+    pub cycle_latency: Histogram<u64>,
     timeline: Vec<Second>,
+}
+
+/// What the lock scenarios did with their locks. Every lock held must be
+/// released: `held() == released` at the end of a clean run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockTally {
+    /// 201: granted at once.
+    pub acquired: u64,
+    /// 200 `deduplicated`: answered with an earlier lock.
+    pub deduplicated: u64,
+    /// 202: joined the queue.
+    pub queued: u64,
+    /// Queue items seen `granted`.
+    pub granted_from_queue: u64,
+    /// 200 on release.
+    pub released: u64,
+    /// Locks held whose release did not succeed.
+    pub unreleased: u64,
+    /// Queue items that ended without a grant (`expired`, `cancelled`) or
+    /// whose wait never got a definite answer.
+    pub never_granted: u64,
+    /// `"lock_acquire 409 resource_locked"`, `"lock_release 503
+    /// overloaded"` -> count: every attempt of a lock operation that was not
+    /// a success (a shed attempt is retried, and counted here each time),
+    /// and the ends that were not a grant (`"lock_queue_wait ended
+    /// expired"`, `"lock_release never definite"`).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl LockTally {
+    /// Locks this run held (and so had to release).
+    pub fn held(&self) -> u64 {
+        self.acquired + self.deduplicated + self.granted_from_queue
+    }
+
+    fn merge(&mut self, other: &LockTally) {
+        self.acquired += other.acquired;
+        self.deduplicated += other.deduplicated;
+        self.queued += other.queued;
+        self.granted_from_queue += other.granted_from_queue;
+        self.released += other.released;
+        self.unreleased += other.unreleased;
+        self.never_granted += other.never_granted;
+        for (k, n) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    /// Every lock held was released, and every queued request was granted.
+    pub fn is_clean(&self) -> bool {
+        self.unreleased == 0 && self.never_granted == 0 && self.held() == self.released
+    }
+}
+
+/// What happened to one lock, for `Recorder::lock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockEvent {
+    /// Held at once (201), after `latency` from the acquire's sending.
+    Acquired {
+        latency: Duration,
+    },
+    Deduplicated {
+        latency: Duration,
+    },
+    Queued,
+    /// Granted from the queue, `latency` after the acquire was sent.
+    Granted {
+        latency: Duration,
+    },
+    /// Released; `cycle`: from the acquire's sending to the release's answer.
+    Released {
+        cycle: Duration,
+    },
+    Unreleased,
+    NeverGranted,
 }
 
 impl Default for Stats {
@@ -83,9 +168,18 @@ impl Default for Stats {
             unavailable: 0,
             never_definite_reads: 0,
             outages: Vec::new(),
+            locks: LockTally::default(),
+            grant_latency: histogram(3),
+            cycle_latency: histogram(3),
             timeline: Vec::new(),
         }
     }
+}
+
+fn micros_of(latency: Duration) -> u64 {
+    u64::try_from(latency.as_micros())
+        .unwrap_or(MAX_MICROS)
+        .clamp(1, MAX_MICROS)
 }
 
 /// What one attempt came to.
@@ -126,9 +220,7 @@ impl Recorder {
     }
 
     pub fn record(&self, sample: &Sample<'_>) {
-        let micros = u64::try_from(sample.latency.as_micros())
-            .unwrap_or(MAX_MICROS)
-            .clamp(1, MAX_MICROS);
+        let micros = micros_of(sample.latency);
         let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
         let failed = u64::from(sample.class.is_failure());
         let served = sample.class.is_definite();
@@ -161,6 +253,65 @@ impl Recorder {
                 slot.failed += failed;
                 slot.served += u64::from(served);
                 let _ = slot.latency.record(micros);
+            }
+        }
+    }
+
+    /// A lock operation's attempt that was not a success (`what`: the
+    /// operation, the status and the code, or the transport failure).
+    pub fn lock_error(&self, what: &str) {
+        if let Ok(mut s) = self.stats.lock() {
+            *slot(&mut s.locks.errors, what, u64::default) += 1;
+        }
+    }
+
+    /// What became of a lock.
+    pub fn lock(&self, event: LockEvent) {
+        let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
+        let Ok(mut s) = self.stats.lock() else {
+            return;
+        };
+        let s = &mut *s;
+        let granted = match event {
+            LockEvent::Acquired { latency } => {
+                s.locks.acquired += 1;
+                Some(latency)
+            }
+            LockEvent::Deduplicated { latency } => {
+                s.locks.deduplicated += 1;
+                Some(latency)
+            }
+            LockEvent::Granted { latency } => {
+                s.locks.granted_from_queue += 1;
+                Some(latency)
+            }
+            LockEvent::Queued => {
+                s.locks.queued += 1;
+                None
+            }
+            LockEvent::Released { cycle } => {
+                s.locks.released += 1;
+                let _ = s.cycle_latency.record(micros_of(cycle));
+                None
+            }
+            LockEvent::Unreleased => {
+                s.locks.unreleased += 1;
+                None
+            }
+            LockEvent::NeverGranted => {
+                s.locks.never_granted += 1;
+                None
+            }
+        };
+        if let Some(latency) = granted {
+            let _ = s.grant_latency.record(micros_of(latency));
+            if second < 86_400 {
+                if s.timeline.len() <= second {
+                    s.timeline.resize_with(second + 1, Second::new);
+                }
+                if let Some(slot) = s.timeline.get_mut(second) {
+                    slot.grants += 1;
+                }
             }
         }
     }
@@ -224,7 +375,10 @@ pub struct WireStats {
     unavailable: u64,
     never_definite_reads: u64,
     outages: Vec<(u64, u64)>,
-    timeline: Vec<(u64, u64, u64, String)>,
+    locks: LockTally,
+    grant_latency: String,
+    cycle_latency: String,
+    timeline: Vec<(u64, u64, u64, u64, String)>,
 }
 
 impl From<&Stats> for WireStats {
@@ -246,10 +400,13 @@ impl From<&Stats> for WireStats {
             unavailable: s.unavailable,
             never_definite_reads: s.never_definite_reads,
             outages: s.outages.clone(),
+            locks: s.locks.clone(),
+            grant_latency: encode(&s.grant_latency),
+            cycle_latency: encode(&s.cycle_latency),
             timeline: s
                 .timeline
                 .iter()
-                .map(|t| (t.requests, t.failed, t.served, encode(&t.latency)))
+                .map(|t| (t.requests, t.failed, t.served, t.grants, encode(&t.latency)))
                 .collect(),
         }
     }
@@ -267,6 +424,7 @@ impl Stats {
                     requests: t.requests,
                     failed: t.failed,
                     served: t.served,
+                    grants: t.grants,
                     p50: l.p50,
                     p99: l.p99,
                 }
@@ -295,13 +453,19 @@ impl Stats {
         self.unavailable += other.unavailable;
         self.never_definite_reads += other.never_definite_reads;
         self.outages.extend_from_slice(&other.outages);
+        self.locks.merge(&other.locks);
+        let _ = self.grant_latency.add(decode(&other.grant_latency));
+        let _ = self.cycle_latency.add(decode(&other.cycle_latency));
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize_with(other.timeline.len(), Second::new);
         }
-        for (slot, (requests, failed, served, h)) in self.timeline.iter_mut().zip(&other.timeline) {
+        for (slot, (requests, failed, served, grants, h)) in
+            self.timeline.iter_mut().zip(&other.timeline)
+        {
             slot.requests += requests;
             slot.failed += failed;
             slot.served += served;
+            slot.grants += grants;
             let _ = slot.latency.add(decode(h));
         }
     }
@@ -346,6 +510,8 @@ pub struct Point {
     pub failed: u64,
     /// Attempts with a definite answer.
     pub served: u64,
+    /// Locks granted (the lock scenarios).
+    pub grants: u64,
     pub p50: f64,
     pub p99: f64,
 }
@@ -381,6 +547,19 @@ mod tests {
             t0 + Duration::from_millis(500),
         );
         b.read_given_up();
+        a.lock(LockEvent::Acquired {
+            latency: Duration::from_millis(2),
+        });
+        b.lock(LockEvent::Queued);
+        b.lock(LockEvent::Granted {
+            latency: Duration::from_millis(40),
+        });
+        for r in [&a, &b] {
+            r.lock(LockEvent::Released {
+                cycle: Duration::from_millis(50),
+            });
+        }
+        b.lock_error("lock_acquire 429 queue_full");
         let mut merged = a.snapshot();
         merged.merge(&WireStats::from(&b.snapshot()));
         assert_eq!((merged.requests, merged.failed), (6, 2));
@@ -407,5 +586,28 @@ mod tests {
         assert_eq!(timeline[0].requests, 6);
         assert_eq!(timeline[0].failed, 2);
         assert_eq!(timeline[0].served, 3);
+        assert_eq!(timeline[0].grants, 2);
+        assert_eq!(merged.locks.held(), 2);
+        assert_eq!((merged.locks.queued, merged.locks.released), (1, 2));
+        assert!(merged.locks.is_clean(), "{:?}", merged.locks);
+        assert_eq!(merged.locks.errors["lock_acquire 429 queue_full"], 1);
+        let grant = Latency::from(&merged.grant_latency);
+        assert_eq!(grant.count, 2);
+        assert!((grant.max - 40.0).abs() < 0.1, "{grant:?}");
+        assert_eq!(merged.cycle_latency.len(), 2);
+    }
+
+    #[test]
+    fn a_lock_not_released_makes_the_tally_unclean() {
+        let mut t = LockTally {
+            acquired: 3,
+            released: 2,
+            ..LockTally::default()
+        };
+        assert!(!t.is_clean());
+        t.released = 3;
+        assert!(t.is_clean());
+        t.never_granted = 1;
+        assert!(!t.is_clean());
     }
 }

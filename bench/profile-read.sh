@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# A flame graph of the server serving wallet reads: where the CPU of one
+# `GET /api/v1/users/{id}/wallets` goes.
+#
+#   bench/profile-read.sh          writes bench/flamegraph-read.svg and
+#                                  bench/profile-read.txt (the top frames)
+#
+# Builds the release binaries, seeds a PostgreSQL database of its own
+# (ledger_profile) with `ledger seed-load`, starts the release server (the
+# same settings as bench/run.sh), runs loadgen's read scenario (50
+# connections) and samples the server with
+# `perf record -F 999 --call-graph dwarf -p <pid>` for PROFILE_SECONDS
+# (default 15) in the middle of it. Plain `-g` unwinds with frame pointers,
+# which a release build here does not keep: the stacks would stop at the
+# leaf. PERF_CALL_GRAPH=fp gives the `-g` behaviour anyway.
+# The graph is drawn with inferno (`cargo install inferno --locked` when
+# inferno-flamegraph is missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds="${PROFILE_SECONDS:-15}"
+users="${PROFILE_USERS:-2000}"
+call_graph="${PERF_CALL_GRAPH:-dwarf}"
+admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+db=ledger_profile
+url="${admin%/*}/$db"
+port=18091
+perf="${PERF:-perf}"
+svg=bench/flamegraph-read.svg
+summary=bench/profile-read.txt
+work="$(mktemp -d)"
+server=""
+load=""
+
+cleanup() {
+  [ -n "$load" ] && kill "$load" 2>/dev/null && wait "$load" 2>/dev/null || true
+  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
+  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+export PATH="$HOME/.cargo/bin:$PATH"
+command -v "$perf" >/dev/null || { echo "perf is missing" >&2; exit 1; }
+if ! command -v inferno-flamegraph >/dev/null || ! command -v inferno-collapse-perf >/dev/null; then
+  cargo install inferno --locked
+fi
+
+scripts/ensure-postgres.sh
+cargo build --release --locked --bin ledger --bin loadgen
+bin=target/release
+
+export LEDGER_JWT_SECRET="bench-secret-0123456789abcdef0123456789"
+export LEDGER_RATE_LIMIT_PER_SECOND=0
+export LEDGER_SHUTDOWN_DRAIN_MS=0
+export RUST_LOG="${RUST_LOG:-info,sqlx=warn,sea_orm=warn}"
+
+echo "== seed $users users into $db"
+psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+export DATABASE_URL="$url"
+RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$work/users.json"
+psql "$url" -qc "VACUUM ANALYZE"
+
+echo "== server"
+LEDGER_LISTEN="127.0.0.1:$port" LEDGER_DB_MAX_CONNECTIONS=50 "$bin/ledger" serve >"$work/server.log" 2>&1 &
+server=$!
+for _ in $(seq 200); do
+  curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "the server did not start" >&2; exit 1; }
+
+echo "== read load, perf on the server (pid $server) for ${seconds}s"
+"$bin/loadgen" --users-file "$work/users.json" --target "127.0.0.1:$port" --label profile-read \
+  --scenario read --vus 50 --duration "$((seconds + 6))" >"$work/loadgen.txt" 2>&1 &
+load=$!
+sleep 3
+"$perf" record -F 999 --call-graph "$call_graph" -p "$server" -o "$work/perf.data" -- sleep "$seconds" 2>&1 |
+  grep -v '^\[ perf record: Woken' || true
+wait "$load" || true
+load=""
+cat "$work/loadgen.txt"
+
+echo "== flame graph"
+"$perf" script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"$work/folded.txt"
+inferno-flamegraph --title "ledger: GET /api/v1/users/{id}/wallets, 50 connections (perf -F 999, ${seconds} s)" \
+  <"$work/folded.txt" >"$svg"
+
+# The top frames: self time (the frame on top of the stack) and total time
+# (the frame anywhere in the stack), each as a share of all samples.
+python3 - "$work/folded.txt" "$work/loadgen.txt" >"$summary" <<'EOF'
+import re
+import sys
+from collections import Counter
+
+total = 0
+own, anywhere = Counter(), Counter()
+for line in open(sys.argv[1]):
+    stack, _, count = line.rstrip("\n").rpartition(" ")
+    if not count.isdigit():
+        continue
+    n = int(count)
+    frames = stack.split(";")
+    total += n
+    own[frames[-1]] += n
+    for f in set(frames):
+        anywhere[f] += n
+
+
+def short(frame):
+    frame = re.sub(r"::h[0-9a-f]{16}$", "", frame)
+    return frame if len(frame) <= 150 else frame[:147] + "..."
+
+
+# What a read spends its CPU on: the share of the weight whose stack holds
+# a frame matching each pattern (the areas overlap: JSON inside the
+# handler, the kernel inside the database I/O; each is counted where it is).
+areas = [
+    ("JWT verification (jsonwebtoken, HMAC-SHA256, the auth extractor)", r"jsonwebtoken|hmac|sha2::|api::auth"),
+    ("JSON (serde_json, poem-openapi ToJSON)", r"serde_json|ToJSON|to_json|ParseFromJSON"),
+    ("logging and tracing (tracing-subscriber, the request log line)", r"tracing_subscriber|tracing_core::event|tracing::span::Span::(new|record)|tracing_appender"),
+    ("metrics (prometheus)", r"prometheus"),
+    ("the connection pool (sqlx pool: acquire, the query through it, release)", r"sqlx_core::pool"),
+    ("  of which returning the connection (sqlx return_to_pool: a socket flush)", r"Floating<.*Live<.*>>::return_to_pool"),
+    ("the query in sea-orm/sea-query (build, bind, map rows)", r"sea_orm::|sea_query::"),
+    ("PostgreSQL protocol I/O (sqlx socket write/read)", r"sqlx_core::net::socket|BufferedSocket"),
+    ("HTTP (hyper + poem routing, headers)", r"hyper::proto|poem::route|poem::server"),
+    ("memory allocation (mimalloc)", r"^mi_|mimalloc"),
+    ("kernel: TCP send", r"tcp_sendmsg"),
+    ("kernel: TCP receive", r"tcp_recvmsg"),
+    ("kernel: scheduler / wake-ups (context switches, futex, epoll)", r"finish_task_switch|schedule|futex|ep_poll|try_to_wake_up"),
+]
+stacks = []
+for line in open(sys.argv[1]):
+    stack, _, count = line.rstrip("\n").rpartition(" ")
+    if count.isdigit():
+        stacks.append((stack.split(";"), int(count)))
+
+load = open(sys.argv[2]).read()
+first = next((l for l in load.splitlines() if " req/s " in l), "")
+print(f"total weight (perf cpu-clock periods): {total}")
+print(f"load during the profile: {first}")
+print()
+print("where the CPU goes (% of the weight with a matching frame on the stack; areas overlap)")
+for name, pattern in areas:
+    rx = re.compile(pattern)
+    w = sum(c for frames, c in stacks if any(rx.search(f) for f in frames))
+    print(f"{w * 100 / total:6.2f}  {name}")
+print()
+print("top 25 frames by self time (% of samples)")
+for frame, n in own.most_common(25):
+    print(f"{n * 100 / total:6.2f}  {short(frame)}")
+print()
+print("top 40 frames by total time (% of samples in which the frame is on the stack)")
+for frame, n in anywhere.most_common(40):
+    print(f"{n * 100 / total:6.2f}  {short(frame)}")
+EOF
+cat "$summary"
+echo "wrote $svg and $summary"
