@@ -84,6 +84,9 @@ impl LockRules {
 const LOCK_ATTEMPTS: u32 = 6;
 /// Expired records handled per cleanup pass; the next pass takes the rest.
 const CLEANUP_BATCH: u64 = 500;
+/// While waiting on a queue item, how often the full read (which settles a
+/// holder that expired) runs besides the cheap status polls.
+const FULL_READ_EVERY: Duration = Duration::from_secs(1);
 /// The longest one wait on a queue item may last.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 const HISTORY: u64 = 20;
@@ -334,8 +337,14 @@ impl LockService {
     ) -> DomainResult<QueueItemView> {
         let mut changes = self.events.subscribe();
         let deadline = Instant::now() + wait.min(MAX_WAIT);
+        // The full read (position, wait estimate, settling a holder that
+        // expired) costs a scan of the resource's queue: with hundreds of
+        // waiters polling, doing it on every poll starves the hand-offs
+        // themselves. So a poll reads only the item's status, and the full
+        // read runs when it changed, at the deadline, or once a second.
+        let mut item = self.queue_item(queue_id).await?;
+        let mut full_at = Instant::now();
         loop {
-            let item = self.queue_item(queue_id).await?;
             let now = Instant::now();
             if item.status != QueueStatus::Pending || now >= deadline {
                 return Ok(item);
@@ -344,6 +353,15 @@ impl LockService {
             tokio::select! {
                 () = changed(&mut changes, queue_id) => {}
                 () = tokio::time::sleep(nap) => {}
+            }
+            let still_pending = queue_row::Entity::find_by_id(queue_id)
+                .one(self.conn())
+                .await?
+                .is_some_and(|row| row.status == "pending");
+            let now = Instant::now();
+            if !still_pending || now >= deadline || now - full_at >= FULL_READ_EVERY {
+                item = self.queue_item(queue_id).await?;
+                full_at = now;
             }
         }
     }
