@@ -120,14 +120,19 @@ pub struct LockBody {
     pub transaction_data: Value,
     /// SHA-256 of owner, sorted resources, type and canonical data.
     pub idempotency_key: String,
+    #[oai(nullable)]
     pub result: Option<Value>,
+    #[oai(nullable)]
     pub error: Option<String>,
     pub acquired_at: String,
     pub expires_at: String,
+    #[oai(nullable)]
     pub released_at: Option<String>,
+    #[oai(nullable)]
     pub released_by: Option<String>,
     /// Why it was released, when the releaser said (always, for a forced
     /// release by an admin).
+    #[oai(nullable)]
     pub release_reason: Option<String>,
     /// The principal that asked for the lock (a service may ask on an
     /// owner's behalf); a release by anyone else was forced.
@@ -181,6 +186,7 @@ pub struct QueueItemBody {
     /// `pending`, `granted`, `cancelled` or `expired`.
     pub status: String,
     /// The lock it was granted as.
+    #[oai(nullable)]
     pub lock: Option<LockBody>,
     pub queued_at: String,
     pub deadline: String,
@@ -246,6 +252,7 @@ impl From<&ResourceCheck> for CheckBody {
 #[oai(rename = "LockedResource")]
 pub struct ResourceBody {
     pub resource_id: String,
+    #[oai(nullable)]
     pub lock: Option<LockBody>,
     pub queue: Vec<QueueItemBody>,
     /// The last 20 locks of the resource, newest first.
@@ -334,7 +341,9 @@ pub struct LockEventBody {
     /// `queued`, `granted` or `cancelled`.
     #[oai(rename = "type")]
     pub kind: String,
+    #[oai(nullable)]
     pub lock: Option<LockBody>,
+    #[oai(nullable)]
     pub queue_item: Option<QueueItemBody>,
     pub at: String,
 }
