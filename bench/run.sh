@@ -32,9 +32,10 @@ if [ "$quick" = 1 ]; then
   fast_hold=20 fast_think_min=300 fast_think_max=600
   sqlite_users=200 sqlite_vus=100 sqlite_hold=15
 fi
-# The 20-40 s think run's hold can be shortened (seconds); BENCHMARKS.md
-# states the duration it ran.
+# The 20-40 s think run's hold and both 33,000-user ramps can be shortened
+# (seconds); BENCHMARKS.md states the durations they ran.
 mixed_hold="${BENCH_MIXED_HOLD:-$mixed_hold}"
+mixed_ramp="${BENCH_MIXED_RAMP:-$mixed_ramp}"
 
 admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db=ledger_bench
