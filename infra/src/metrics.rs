@@ -3,8 +3,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -37,6 +37,90 @@ pub struct Metrics {
     /// Resource locks: gauges refreshed from the database (they count every
     /// instance's locks), counters and histograms of this process's work.
     pub locks: LockMetrics,
+    /// Workflows, their outbound calls, circuit breakers and recovery.
+    pub workflows: WorkflowMetrics,
+}
+
+pub struct WorkflowMetrics {
+    /// Workflows started, by type.
+    pub started: IntCounterVec,
+    /// Workflows that reached a final status, by type and status
+    /// (`completed`, `compensated`, `rejected`, `failed`).
+    pub finished: IntCounterVec,
+    /// Step runs, by step and outcome (`done`, `retry`, `failed`,
+    /// `compensated`, `lease_lost`).
+    pub steps: IntCounterVec,
+    /// Calls to outside providers, by provider and outcome (`sent`,
+    /// `failed`, `transient`, `refused_open` when the breaker refused it).
+    pub provider_calls: IntCounterVec,
+    /// 1 while a provider's circuit breaker is open (calls refused), 0 while
+    /// closed or half-open.
+    pub breaker_open: IntGaugeVec,
+    /// Recovery passes run by this process.
+    pub recovery_runs: IntCounter,
+    /// Recovery outcomes, by kind: `resumed`, `compensated`, `failed`,
+    /// `expired_locks`, `expired_holds`, `released_idempotency_claims`.
+    pub recovery: IntCounterVec,
+    /// Recovery passes that ended in an error.
+    pub recovery_failures: IntCounter,
+}
+
+fn workflow_metrics(registry: &Registry) -> Result<WorkflowMetrics, prometheus::Error> {
+    let m = WorkflowMetrics {
+        started: IntCounterVec::new(
+            Opts::new("workflows_started_total", "Workflows started, by type"),
+            &["type"],
+        )?,
+        finished: IntCounterVec::new(
+            Opts::new(
+                "workflows_finished_total",
+                "Workflows that reached a final status, by type and status",
+            ),
+            &["type", "status"],
+        )?,
+        steps: IntCounterVec::new(
+            Opts::new(
+                "workflow_steps_total",
+                "Workflow step runs, by step and outcome",
+            ),
+            &["step", "outcome"],
+        )?,
+        provider_calls: IntCounterVec::new(
+            Opts::new(
+                "provider_calls_total",
+                "Calls to outside providers, by provider and outcome",
+            ),
+            &["provider", "outcome"],
+        )?,
+        breaker_open: IntGaugeVec::new(
+            Opts::new(
+                "circuit_breaker_open",
+                "1 while a provider's circuit breaker refuses calls",
+            ),
+            &["provider"],
+        )?,
+        recovery_runs: IntCounter::new("recovery_runs_total", "Recovery passes run")?,
+        recovery: IntCounterVec::new(
+            Opts::new(
+                "recovery_actions_total",
+                "What recovery passes did, by kind",
+            ),
+            &["kind"],
+        )?,
+        recovery_failures: IntCounter::new(
+            "recovery_failures_total",
+            "Recovery passes that ended in an error",
+        )?,
+    };
+    registry.register(Box::new(m.started.clone()))?;
+    registry.register(Box::new(m.finished.clone()))?;
+    registry.register(Box::new(m.steps.clone()))?;
+    registry.register(Box::new(m.provider_calls.clone()))?;
+    registry.register(Box::new(m.breaker_open.clone()))?;
+    registry.register(Box::new(m.recovery_runs.clone()))?;
+    registry.register(Box::new(m.recovery.clone()))?;
+    registry.register(Box::new(m.recovery_failures.clone()))?;
+    Ok(m)
 }
 
 pub struct LockMetrics {
@@ -196,6 +280,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     registry.register(Box::new(db_begin.clone()))?;
     registry.register(Box::new(process_id))?;
     let locks = lock_metrics(&registry)?;
+    let workflows = workflow_metrics(&registry)?;
     Ok(Metrics {
         registry,
         http_requests,
@@ -214,6 +299,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         db_up,
         shed,
         locks,
+        workflows,
     })
 }
 
@@ -251,5 +337,7 @@ mod tests {
         assert!(text.contains("ledger_db_transaction_attempts_total"));
         super::metrics().locks.conflicts.inc();
         assert!(super::render().contains("ledger_lock_conflicts_total"));
+        super::metrics().workflows.recovery_failures.inc();
+        assert!(super::render().contains("ledger_recovery_failures_total"));
     }
 }
