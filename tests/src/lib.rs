@@ -25,6 +25,7 @@ use serde_json::Value;
 
 pub mod faults;
 pub mod load;
+pub mod payout_sim;
 pub mod process;
 pub mod proxy;
 
