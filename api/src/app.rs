@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::Ledger;
+use domain::workflows::WorkflowService;
 use infra::metrics::{metrics, render};
 use infra::{Config, Database};
 use poem::http::Method;
@@ -28,6 +29,7 @@ use crate::routes::prices::PricesApi;
 use crate::routes::referrals::ReferralsApi;
 use crate::routes::users::UsersApi;
 use crate::routes::wallets::WalletsApi;
+use crate::routes::workflows::WorkflowsApi;
 use crate::state::AppState;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -63,6 +65,7 @@ pub type Apis = (
     ReferralsApi,
     LocksApi,
     HoldsApi,
+    WorkflowsApi,
 );
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
@@ -135,7 +138,8 @@ pub async fn prepare(config: Config) -> Result<Arc<AppState>, BoxError> {
     let db = Database::connect(&config.database).await?;
     db.migrate().await?;
     let ledger = Ledger::new(db, &config)?;
-    Ok(Arc::new(AppState::new(config, ledger)))
+    let workflows = WorkflowService::new(ledger.clone(), &config.workflows)?;
+    Ok(Arc::new(AppState::new(config, ledger, workflows)))
 }
 
 /// A running server.
@@ -227,6 +231,20 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
             s.ledger.expire_due_holds().await
         }));
     }
+    jobs.extend(state.workflows.spawn_workers());
+    // Recovery: once at start (a crash's leftovers), then every interval.
+    let recovery = Arc::clone(state);
+    let interval = config.workflows.recovery_interval;
+    jobs.push(tokio::spawn(async move {
+        loop {
+            // A failed pass is logged and counted by the manager itself.
+            let _ = recovery.recovery.run_once().await;
+            if interval.is_zero() {
+                return;
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }));
     if state.ledger.locks.rules().cleanup_every.is_some() {
         jobs.push(tokio::spawn(state.ledger.locks.clone().run_cleanup_job()));
     }

@@ -32,9 +32,17 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// The busy resources of a `resource_locked` refusal, sent as the
     /// problem's `conflicts` member.
-    pub conflicts: Option<Vec<String>>,
-    /// `hold_not_active`: the status the hold ended with.
-    pub hold_status: Option<&'static str>,
+    pub conflicts: Option<Box<[String]>>,
+    /// `hold_not_active`, `workflow_state`: the state that refused it.
+    pub state_of: Option<StateOf>,
+}
+
+/// The state a refusal names: `hold_not_active` the hold's (sent as
+/// `hold_status`), `workflow_state` the workflow's (`workflow_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateOf {
+    Hold(&'static str),
+    Workflow(&'static str),
 }
 
 impl fmt::Display for ApiError {
@@ -59,7 +67,7 @@ impl ApiError {
             detail: detail.into(),
             retry_after: None,
             conflicts: None,
-            hold_status: None,
+            state_of: None,
         }
     }
 
@@ -147,8 +155,15 @@ impl ApiError {
             code: self.code.into(),
             detail: self.detail.clone(),
             request_id,
-            conflicts: self.conflicts.clone(),
-            hold_status: self.hold_status.map(str::to_owned),
+            conflicts: self.conflicts.as_deref().map(<[String]>::to_vec),
+            hold_status: match self.state_of {
+                Some(StateOf::Hold(s)) => Some(s.to_owned()),
+                _ => None,
+            },
+            workflow_status: match self.state_of {
+                Some(StateOf::Workflow(s)) => Some(s.to_owned()),
+                _ => None,
+            },
         }
     }
 
@@ -209,11 +224,26 @@ impl From<&DomainError> for ApiError {
                 e.to_string(),
             ),
             DomainError::HoldNotActive { status, .. } => Self {
-                hold_status: Some(status),
+                state_of: Some(StateOf::Hold(status)),
                 ..Self::new(
                     S::CONFLICT,
                     "hold_not_active",
                     "Hold not active",
+                    e.to_string(),
+                )
+            },
+            DomainError::HoldInWorkflow { .. } => Self::new(
+                S::CONFLICT,
+                "hold_in_workflow",
+                "Hold belongs to a workflow",
+                e.to_string(),
+            ),
+            DomainError::WorkflowState { status, .. } => Self {
+                state_of: Some(StateOf::Workflow(status)),
+                ..Self::new(
+                    S::CONFLICT,
+                    "workflow_state",
+                    "Workflow not waiting for this",
                     e.to_string(),
                 )
             },
@@ -244,7 +274,7 @@ impl From<&DomainError> for ApiError {
                 unprocessable("idempotency_key_reused", "Idempotency key reused")
             }
             DomainError::ResourceLocked { conflicts } => Self {
-                conflicts: Some(conflicts.clone()),
+                conflicts: Some(conflicts.clone().into_boxed_slice()),
                 ..Self::new(
                     S::CONFLICT,
                     "resource_locked",
@@ -279,7 +309,10 @@ impl From<&DomainError> for ApiError {
                 tracing::error!(request_id = %current_request_id(), error = %error_chain(e), "database unavailable");
                 Self::unavailable()
             }
-            DomainError::Database(_) | DomainError::Unexpected(_) | DomainError::ClaimLost => {
+            DomainError::Database(_)
+            | DomainError::Unexpected(_)
+            | DomainError::ClaimLost
+            | DomainError::LeaseLost(_) => {
                 tracing::error!(request_id = %current_request_id(), error = %error_chain(e), "unexpected error");
                 Self::internal()
             }
@@ -340,7 +373,7 @@ const STATUSES: &[(u16, &str)] = &[
     ),
     (
         404,
-        "Unknown user, order, hold, symbol, lock or queue item (`not_found`)",
+        "Unknown user, order, hold, workflow, symbol, lock or queue item (`not_found`)",
     ),
     (
         405,
@@ -348,7 +381,7 @@ const STATUSES: &[(u16, &str)] = &[
     ),
     (
         409,
-        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`); a resource is locked (`resource_locked`, with `conflicts`: the busy resources); the lock is no longer active, expired, or holds another fencing token (`lock_lost`); hold already captured, voided or expired (`hold_not_active`, its status in `hold_status`)",
+        "Duplicate email (`conflict`); same Idempotency-Key still in flight (`idempotency_in_flight`, with Retry-After); order already closed (`order_not_open`); a resource is locked (`resource_locked`, with `conflicts`: the busy resources); the lock is no longer active, expired, or holds another fencing token (`lock_lost`); hold already captured, voided or expired (`hold_not_active`, its status in `hold_status`); a workflow's hold captured or voided through the holds routes (`hold_in_workflow`); a workflow not waiting for this action (`workflow_state`, its status in `workflow_status`)",
     ),
     (
         413,

@@ -1,6 +1,8 @@
 //! What every request can reach.
 
 use domain::Ledger;
+use domain::workflows::WorkflowService;
+use domain::workflows::recovery::RecoveryManager;
 use infra::Config;
 
 use crate::limiter::Limiter;
@@ -9,19 +11,23 @@ use crate::tokens::Tokens;
 pub struct AppState {
     pub config: Config,
     pub ledger: Ledger,
+    pub workflows: WorkflowService,
+    pub recovery: RecoveryManager,
     pub tokens: Tokens,
     pub limiter: Option<Limiter>,
     draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
-    pub fn new(config: Config, ledger: Ledger) -> Self {
+    pub fn new(config: Config, ledger: Ledger, workflows: WorkflowService) -> Self {
         let server = &config.server;
         let tokens = Tokens::new(server.jwt_secret.expose());
         let limiter = Limiter::new(server.rate_limit_per_second, server.rate_limit_burst);
         Self {
             config,
             ledger,
+            recovery: RecoveryManager::new(workflows.clone()),
+            workflows,
             tokens,
             limiter,
             draining: tokio::sync::watch::Sender::new(false),

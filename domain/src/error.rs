@@ -56,6 +56,20 @@ pub enum DomainError {
         resource: String,
         retry_after_ms: u64,
     },
+    /// The workflow is not waiting for this action (`status`: what it is).
+    #[error("workflow {workflow_id} is {status}: it cannot {action} now")]
+    WorkflowState {
+        workflow_id: i64,
+        status: &'static str,
+        action: &'static str,
+    },
+    /// A workflow's hold ends by the workflow, not by the holds routes.
+    #[error("hold {hold_id} belongs to workflow {workflow_id}, which decides its ending")]
+    HoldInWorkflow { hold_id: i64, workflow_id: i64 },
+    /// A worker's claim on a workflow was taken over: its write is void.
+    /// Never sent to a client.
+    #[error("the lease on workflow {0} was lost")]
+    LeaseLost(i64),
     #[error("a user with this email already exists")]
     DuplicateEmail,
     #[error("no user has this referral code")]
@@ -128,6 +142,8 @@ impl DomainError {
                 | Self::OrderNotOpen(_)
                 | Self::HoldNotActive { .. }
                 | Self::CaptureExceedsHold { .. }
+                | Self::WorkflowState { .. }
+                | Self::HoldInWorkflow { .. }
                 | Self::SameAccount
                 | Self::DuplicateEmail
                 | Self::UnknownReferralCode

@@ -416,6 +416,18 @@ impl IdempotencyService {
         Ok(())
     }
 
+    /// Deletes claims left `processing` past their lock: their write never
+    /// committed (a claim commits with its write), so the client may send
+    /// the request again. Returns how many.
+    pub async fn release_stale_claims(&self) -> DomainResult<u64> {
+        let result = key::Entity::delete_many()
+            .filter(key::Column::Status.eq(PROCESSING))
+            .filter(key::Column::LockedUntilMs.lt(now_ms()))
+            .exec(&self.tx.db().conn)
+            .await?;
+        Ok(result.rows_affected)
+    }
+
     /// Deletes keys past their TTL. Returns how many.
     pub async fn cleanup_expired(&self) -> DomainResult<u64> {
         let result = key::Entity::delete_many()

@@ -17,7 +17,10 @@
 //!   errors (`error`, `db_error`), retried transactions (`tx`),
 //!   exactly-once (`idempotency`), portable SQL (`sql`);
 //! - resource locks, their queue, fencing and cleanup: `locks/` (its own
-//!   map in `locks/mod.rs`), reached as `ledger.locks`.
+//!   map in `locks/mod.rs`), reached as `ledger.locks`;
+//! - workflows (withdrawal payouts, deposits in review), their workers,
+//!   circuit breakers and the recovery manager: `workflows/` (its own map
+//!   in `workflows/mod.rs`), a `WorkflowService` beside the ledger.
 //!
 //! Every write is a [`Command`]: the [`Ledger`] handle runs it in a retried
 //! transaction, once per Idempotency-Key ([`Ledger::execute_once`]).
@@ -34,6 +37,7 @@ pub mod page;
 pub mod sql;
 pub mod trading;
 pub mod tx;
+pub mod workflows;
 
 use std::future::Future;
 use std::sync::Arc;

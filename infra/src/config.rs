@@ -64,6 +64,7 @@ pub struct Config {
     pub group_commit: GroupCommitConfig,
     pub locks: LockConfig,
     pub holds: HoldConfig,
+    pub workflows: WorkflowConfig,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -323,6 +324,65 @@ impl Default for HoldConfig {
     }
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowConfig {
+    /// Worker tasks running workflows in this process; 0 runs none (another
+    /// instance's workers do the work).
+    pub workers: usize,
+    /// How long a claimed workflow stays its worker's: renewed at every
+    /// step; once it lapses, another worker (or instance) takes over.
+    pub lease: Duration,
+    /// How often idle workers look for runnable workflows (they are also
+    /// woken at once by this process's own new work).
+    pub poll: Duration,
+    /// A workflow not finished within this of its start is compensated, or
+    /// stops `failed` when an outside call's outcome is unknown.
+    pub deadline: Duration,
+    /// The payout provider's endpoint; none: withdrawals wait in
+    /// `awaiting_payout` for the payout result to be reported.
+    pub payout_url: Option<String>,
+    /// How long one payout call may take before it counts as a timeout.
+    pub payout_timeout: Duration,
+    /// The currency named in payout requests.
+    pub payout_currency: String,
+    /// Calls of one outbound step before the workflow stops `failed`.
+    pub payout_max_attempts: u32,
+    /// Backoff between outbound attempts: from `initial`, doubling, with
+    /// jitter, at most `max`.
+    pub payout_retry_initial: Duration,
+    pub payout_retry_max: Duration,
+    /// Consecutive transient failures that open a provider's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker refuses calls before one trial call.
+    pub breaker_open: Duration,
+    /// Deposits of at least this wait in `awaiting_review`.
+    pub review_threshold: Decimal,
+    /// How often the recovery manager runs (also once at start); zero: only
+    /// at start and when triggered.
+    pub recovery_interval: Duration,
+}
+
+impl Default for WorkflowConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            lease: Duration::from_millis(30_000),
+            poll: Duration::from_millis(500),
+            deadline: Duration::from_millis(86_400_000),
+            payout_url: None,
+            payout_timeout: Duration::from_millis(5_000),
+            payout_currency: "USD".into(),
+            payout_max_attempts: 10,
+            payout_retry_initial: Duration::from_millis(200),
+            payout_retry_max: Duration::from_millis(30_000),
+            breaker_failures: 5,
+            breaker_open: Duration::from_millis(30_000),
+            review_threshold: Decimal::from(10_000),
+            recovery_interval: Duration::from_millis(10_000),
+        }
+    }
+}
+
 /// The configuration as the file and the environment spell it: one flat
 /// document, one field per documented key. Absent keys keep the defaults of
 /// [`Config`].
@@ -378,6 +438,21 @@ struct Settings {
     lock_retention_hours: u64,
     lock_poll_ms: u64,
     hold_cleanup_interval_ms: u64,
+    workflow_workers: usize,
+    workflow_lease_ms: u64,
+    workflow_poll_ms: u64,
+    workflow_deadline_ms: u64,
+    payout_url: String,
+    payout_timeout_ms: u64,
+    payout_currency: String,
+    payout_max_attempts: u32,
+    payout_retry_initial_ms: u64,
+    payout_retry_max_ms: u64,
+    breaker_failures: u32,
+    breaker_open_ms: u64,
+    #[serde(deserialize_with = "decimal_text")]
+    review_threshold: String,
+    recovery_interval_ms: u64,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -405,6 +480,7 @@ impl Default for Settings {
             group_commit,
             locks,
             holds,
+            workflows,
         } = Config::default();
         Self {
             listen: server.listen,
@@ -450,6 +526,20 @@ impl Default for Settings {
             lock_retention_hours: locks.retention.as_secs() / 3_600,
             lock_poll_ms: millis(locks.poll),
             hold_cleanup_interval_ms: millis(holds.cleanup_interval),
+            workflow_workers: workflows.workers,
+            workflow_lease_ms: millis(workflows.lease),
+            workflow_poll_ms: millis(workflows.poll),
+            workflow_deadline_ms: millis(workflows.deadline),
+            payout_url: workflows.payout_url.unwrap_or_default(),
+            payout_timeout_ms: millis(workflows.payout_timeout),
+            payout_currency: workflows.payout_currency,
+            payout_max_attempts: workflows.payout_max_attempts,
+            payout_retry_initial_ms: millis(workflows.payout_retry_initial),
+            payout_retry_max_ms: millis(workflows.payout_retry_max),
+            breaker_failures: workflows.breaker_failures,
+            breaker_open_ms: millis(workflows.breaker_open),
+            review_threshold: workflows.review_threshold.to_string(),
+            recovery_interval_ms: millis(workflows.recovery_interval),
         }
     }
 }
@@ -578,6 +668,22 @@ impl TryFrom<Settings> for Config {
             holds: HoldConfig {
                 cleanup_interval: Duration::from_millis(s.hold_cleanup_interval_ms),
             },
+            workflows: WorkflowConfig {
+                workers: s.workflow_workers,
+                lease: Duration::from_millis(s.workflow_lease_ms),
+                poll: Duration::from_millis(s.workflow_poll_ms),
+                deadline: Duration::from_millis(s.workflow_deadline_ms),
+                payout_url: Some(s.payout_url.trim().to_owned()).filter(|u| !u.is_empty()),
+                payout_timeout: Duration::from_millis(s.payout_timeout_ms),
+                payout_currency: s.payout_currency,
+                payout_max_attempts: s.payout_max_attempts,
+                payout_retry_initial: Duration::from_millis(s.payout_retry_initial_ms),
+                payout_retry_max: Duration::from_millis(s.payout_retry_max_ms),
+                breaker_failures: s.breaker_failures,
+                breaker_open: Duration::from_millis(s.breaker_open_ms),
+                review_threshold: parse_decimal("review_threshold", &s.review_threshold)?,
+                recovery_interval: Duration::from_millis(s.recovery_interval_ms),
+            },
         })
     }
 }
@@ -632,6 +738,7 @@ impl Config {
             group_commit,
             locks,
             holds: _,
+            workflows,
         } = self;
         if database.max_connections == 0 {
             return bad("db_max_connections must be at least 1");
@@ -683,6 +790,34 @@ impl Config {
         }
         if group_commit.max_size == 0 || group_commit.groups == 0 {
             return bad("group_commit_max_size and group_commit_groups must be at least 1");
+        }
+        check_amount("review_threshold", workflows.review_threshold)?;
+        if workflows.lease < Duration::from_millis(100) || workflows.poll.is_zero() {
+            return bad("workflow_lease_ms must be at least 100 and workflow_poll_ms positive");
+        }
+        if workflows.payout_timeout.is_zero() || workflows.payout_timeout * 2 > workflows.lease {
+            return bad("payout_timeout_ms must be positive and at most half of workflow_lease_ms");
+        }
+        if workflows.payout_max_attempts == 0 || workflows.breaker_failures == 0 {
+            return bad("payout_max_attempts and breaker_failures must be at least 1");
+        }
+        if workflows.payout_retry_initial.is_zero()
+            || workflows.payout_retry_max < workflows.payout_retry_initial
+        {
+            return bad("payout_retry_initial_ms must be positive and at most payout_retry_max_ms");
+        }
+        if workflows.deadline.is_zero() || workflows.breaker_open.is_zero() {
+            return bad("workflow_deadline_ms and breaker_open_ms must be positive");
+        }
+        // No TLS stack is compiled in: an https provider is reached through
+        // a local egress proxy that terminates TLS (see README).
+        if let Some(url) = &workflows.payout_url
+            && !url.starts_with("http://")
+        {
+            return bad("payout_url must start with http://");
+        }
+        if workflows.payout_currency.trim().is_empty() || workflows.payout_currency.len() > 16 {
+            return bad("payout_currency must be 1 to 16 characters");
         }
         if referrals.settle_batch == 0 {
             return bad("referral_settle_batch must be at least 1");
@@ -833,6 +968,9 @@ mod tests {
         assert_eq!(c.referrals.settle_interval, Duration::from_secs(5));
         assert_eq!(c.referrals.settle_batch, 500);
         assert_eq!(c.holds.cleanup_interval, Duration::from_secs(10));
+        assert_eq!(c.workflows.review_threshold, dec("10000"));
+        assert_eq!(c.workflows.payout_url, None);
+        assert_eq!(c.workflows.recovery_interval, Duration::from_secs(10));
     }
 
     #[test]
@@ -849,8 +987,18 @@ mod tests {
             ("LEDGER_DEMO_BALANCE", "500"),
             ("LEDGER_LOG_FORMAT", "json"),
             ("LEDGER_HOLD_CLEANUP_INTERVAL_MS", "2500"),
+            ("LEDGER_PAYOUT_URL", "http://127.0.0.1:9100/payouts"),
+            ("LEDGER_REVIEW_THRESHOLD", "500.5"),
+            ("LEDGER_WORKFLOW_LEASE_MS", "2000"),
+            ("LEDGER_PAYOUT_TIMEOUT_MS", "1000"),
         ])
         .unwrap();
+        assert_eq!(
+            c.workflows.payout_url.as_deref(),
+            Some("http://127.0.0.1:9100/payouts")
+        );
+        assert_eq!(c.workflows.review_threshold, dec("500.5"));
+        assert_eq!(c.workflows.lease, Duration::from_secs(2));
         assert_eq!(c.holds.cleanup_interval, Duration::from_millis(2_500));
         assert_eq!(c.database.max_connections, 7);
         assert_eq!(c.database.url, "postgres://h/db");

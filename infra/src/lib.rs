@@ -7,5 +7,6 @@ pub mod entities;
 pub mod metrics;
 pub mod telemetry;
 
+pub mod payout;
 pub use config::Config;
 pub use db::{Backend, Database};

@@ -12,6 +12,7 @@ mod m20261121_000001_core;
 mod m20261121_000002_trading;
 mod m20261125_000001_locks;
 mod m20261201_000003_holds;
+mod m20261203_000004_workflows;
 
 pub struct Migrator;
 
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_trading::Migration),
             Box::new(m20261125_000001_locks::Migration),
             Box::new(m20261201_000003_holds::Migration),
+            Box::new(m20261203_000004_workflows::Migration),
         ]
     }
 }

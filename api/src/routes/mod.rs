@@ -10,6 +10,7 @@ pub mod referrals;
 pub mod shared;
 pub mod users;
 pub mod wallets;
+pub mod workflows;
 
 use std::sync::OnceLock;
 
@@ -47,6 +48,9 @@ pub enum ApiTags {
     Locks,
     /// Funds reserved for a while, then captured or voided.
     Holds,
+    /// Withdrawal payouts and deposits in review as durable, compensating
+    /// workflows; the recovery manager.
+    Workflows,
 }
 
 /// Parses a request amount; a refusal names the field it came from.

@@ -123,6 +123,9 @@ pub struct Problem {
     /// `voided` or `expired`).
     #[oai(skip_serializing_if_is_none)]
     pub hold_status: Option<String>,
+    /// `workflow_state` only: the status the workflow is in.
+    #[oai(skip_serializing_if_is_none)]
+    pub workflow_status: Option<String>,
 }
 
 /// The free-text fields (`reference`, `destination`, `payment_method`,

@@ -265,6 +265,7 @@ impl Command for CaptureHold {
     const NAME: &'static str = "capture_hold";
 
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<HoldView> {
+        not_in_workflow(txn, self.hold_id).await?;
         finish(txn, self.hold_id, Ending::Capture(self.amount)).await
     }
 }
@@ -274,12 +275,26 @@ impl Command for VoidHold {
     const NAME: &'static str = "void_hold";
 
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<HoldView> {
+        not_in_workflow(txn, self.hold_id).await?;
         finish(txn, self.hold_id, Ending::Void).await
     }
 }
 
+/// A workflow's hold is captured or voided by its workflow only: through
+/// the holds routes it is refused (`HoldInWorkflow`), so that a payout in
+/// flight can never lose the funds it will capture.
+async fn not_in_workflow(txn: &DatabaseTransaction, hold_id: i64) -> DomainResult<()> {
+    match crate::workflows::hold_owner(txn, hold_id).await? {
+        Some(workflow_id) => Err(DomainError::HoldInWorkflow {
+            hold_id,
+            workflow_id,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
-enum Ending {
+pub(crate) enum Ending {
     Capture(Option<Amount>),
     Void,
 }
@@ -302,7 +317,11 @@ async fn find_hold<C: ConnectionTrait>(conn: &C, hold_id: i64) -> DomainResult<h
 }
 
 /// Captures or voids an active hold under its wallet's lock.
-async fn finish(txn: &DatabaseTransaction, hold_id: i64, ending: Ending) -> DomainResult<HoldView> {
+pub(crate) async fn finish(
+    txn: &DatabaseTransaction,
+    hold_id: i64,
+    ending: Ending,
+) -> DomainResult<HoldView> {
     let row = find_hold(txn, hold_id).await?;
     let status = match ending {
         Ending::Capture(_) => HoldStatus::Captured,

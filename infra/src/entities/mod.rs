@@ -15,3 +15,5 @@ pub mod transaction_queue;
 pub mod transaction_queue_resource;
 pub mod user;
 pub mod wallet;
+pub mod workflow;
+pub mod workflow_step;

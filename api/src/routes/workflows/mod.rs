@@ -1,0 +1,332 @@
+pub mod body;
+
+use std::sync::Arc;
+
+use domain::DomainError;
+use domain::workflows::{Decide, Decision, WorkflowFilter, WorkflowView};
+use poem::Request;
+use poem::web::Data;
+use poem_openapi::OpenApi;
+use poem_openapi::param::{Header, Path, Query};
+use poem_openapi::payload::Json;
+
+use crate::auth::{Auth, Principal, Role};
+use crate::error::{ApiError, Errors};
+use crate::replay::Stored;
+use crate::routes::shared::{EmptyRequest, IdempotencyKey};
+use crate::routes::{ApiTags, Idempotent, parse_amount};
+use crate::state::AppState;
+use body::{
+    DecisionRequest, DepositWorkflowRequest, PayoutOutcome, PayoutResultRequest, Recovery,
+    WithdrawalWorkflowRequest, Workflow, WorkflowPage, WorkflowStatus, WorkflowType,
+};
+
+#[derive(Default)]
+pub struct WorkflowsApi;
+
+/// The error statuses each operation can answer.
+pub mod status {
+    crate::statuses! {
+        StartWithdrawal: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        StartDeposit: 400, 401, 403, 404, 405, 409, 413, 415, 422, 429, 500, 503;
+        /// No 403: another user's workflow is answered as unknown (404).
+        GetWorkflow: 400, 401, 404, 405, 429, 500, 503;
+        ListWorkflows: 400, 401, 403, 405, 429, 500, 503;
+        Decide: 400, 401, 403, 404, 405, 409, 413, 415, 429, 500, 503;
+        Recovery: 401, 403, 405, 429, 500, 503;
+        TriggerRecovery: 400, 401, 403, 405, 413, 415, 429, 500, 503;
+    }
+}
+
+/// The workflow, if `principal` may see it: to a user, someone else's
+/// workflow is answered exactly like one that does not exist.
+async fn visible_workflow(
+    state: &AppState,
+    principal: &Principal,
+    id: i64,
+) -> Result<WorkflowView, ApiError> {
+    let workflow = state.ledger.workflow(id).await?;
+    principal
+        .require_self_or(workflow.user_id, &[Role::Service, Role::Admin])
+        .map_err(|_| ApiError::from(DomainError::NotFound("workflow")))?;
+    Ok(workflow)
+}
+
+/// Applies an admin's (or the provider's) decision, then wakes the workers.
+async fn decide(state: &AppState, id: i64, decision: Decision) -> Result<Json<Workflow>, ApiError> {
+    let cmd = Decide {
+        workflow_id: id,
+        decision,
+        deadline_at_ms: state.workflows.rules.deadline_from_now(),
+    };
+    let workflow = state.ledger.execute(&cmd).await?;
+    state.workflows.wake();
+    Ok(Json(Workflow::from(&workflow)))
+}
+
+#[OpenApi]
+impl WorkflowsApi {
+    /// Start a withdrawal workflow: the funds are held at once (422
+    /// `insufficient_funds` when the free balance cannot cover them, and
+    /// nothing is created), then the workers send the payout and capture
+    /// the hold; if the payout fails for good the hold is voided
+    /// (compensation) and the workflow ends `compensated`. With a payout
+    /// provider configured (`LEDGER_PAYOUT_URL`) the payout is POSTed to it
+    /// with the workflow id as `payout_id` and `Idempotency-Key`, retried
+    /// with exponential backoff and jitter on timeouts and 5xx, through a
+    /// circuit breaker; without one the workflow waits in
+    /// `awaiting_payout` for `POST /api/v1/workflows/{id}/payout`. An
+    /// outcome still unknown after the last attempt, or at the deadline,
+    /// stops it `failed` with the funds still held, for an admin. Roles: the
+    /// user itself, service, admin. Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/workflows/withdrawals",
+        method = "post",
+        operation_id = "start_withdrawal_workflow",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn start_withdrawal(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        req: &Request,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
+        body: Json<WithdrawalWorkflowRequest>,
+    ) -> Result<Stored<Workflow, 202>, Errors<status::StartWithdrawal>> {
+        auth.0
+            .require_self_or(body.user_id, &[Role::Service, Role::Admin])?;
+        let cmd = state.workflows.rules.withdrawal(
+            body.user_id,
+            body.wallet.into(),
+            parse_amount("amount", &body.amount)?,
+            body.destination.clone(),
+        );
+        let started = Idempotent::new(&auth.0, req, &key, &body.0)
+            .execute(&state.ledger, &cmd)
+            .await?;
+        state.workflows.wake();
+        Ok(started)
+    }
+
+    /// Start a deposit workflow: the compliance check, then the credit.
+    /// Amounts at or above `LEDGER_REVIEW_THRESHOLD` (default `"10000"`)
+    /// wait in `awaiting_review` for `approve` or `reject`; smaller ones go
+    /// straight on to the credit (journal kind `deposit`). 404 for an
+    /// unknown user. Roles: service, admin. Requires `Idempotency-Key`.
+    #[oai(
+        path = "/api/v1/workflows/deposits",
+        method = "post",
+        operation_id = "start_deposit_workflow",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn start_deposit(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        req: &Request,
+        #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
+        body: Json<DepositWorkflowRequest>,
+    ) -> Result<Stored<Workflow, 202>, Errors<status::StartDeposit>> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let cmd = state.workflows.rules.deposit(
+            body.user_id,
+            body.wallet.into(),
+            parse_amount("amount", &body.amount)?,
+            body.payment_method.clone(),
+            body.reference.clone(),
+        );
+        let started = Idempotent::new(&auth.0, req, &key, &body.0)
+            .execute(&state.ledger, &cmd)
+            .await?;
+        state.workflows.wake();
+        Ok(started)
+    }
+
+    /// One workflow with its steps; 404 for an unknown workflow and, to a
+    /// user, for another user's. Roles: its owner, service, admin.
+    #[oai(
+        path = "/api/v1/workflows/:id",
+        method = "get",
+        operation_id = "get_workflow",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn get_workflow(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+    ) -> Result<Json<Workflow>, Errors<status::GetWorkflow>> {
+        let workflow = visible_workflow(&state, &auth.0, id.0).await?;
+        Ok(Json(Workflow::from(&workflow)))
+    }
+
+    /// Workflows, newest first, optionally by status, type and user;
+    /// `before_id` is the cursor from `next_before_id`. Roles: service,
+    /// admin.
+    #[oai(
+        path = "/api/v1/workflows",
+        method = "get",
+        operation_id = "list_workflows",
+        tag = "ApiTags::Workflows"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn list_workflows(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        status: Query<Option<WorkflowStatus>>,
+        #[oai(name = "type")] kind: Query<Option<WorkflowType>>,
+        user_id: Query<Option<i64>>,
+        /// 1 to 500, default 50.
+        #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+        limit: Query<Option<u64>>,
+        /// Only workflows with an id below this.
+        before_id: Query<Option<i64>>,
+    ) -> Result<Json<WorkflowPage>, Errors<status::ListWorkflows>> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let filter = WorkflowFilter {
+            status: status.0.map(Into::into),
+            kind: kind.0.map(Into::into),
+            user_id: user_id.0,
+        };
+        let page = state
+            .ledger
+            .workflows(&filter, limit.0.unwrap_or(50), before_id.0)
+            .await?;
+        Ok(Json(WorkflowPage {
+            items: page.items.iter().map(Workflow::from).collect(),
+            next_before_id: page.next_before_id,
+        }))
+    }
+
+    /// Approve a deposit in review: it goes on to its credit. 409
+    /// `workflow_state` (with `workflow_status`) when it is not in
+    /// `awaiting_review`. Roles: admin. Not keyed by `Idempotency-Key`: the
+    /// workflow's state makes a repeat a 409, never a second credit.
+    #[oai(
+        path = "/api/v1/workflows/:id/approve",
+        method = "post",
+        operation_id = "approve_workflow",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn approve(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        _body: Json<DecisionRequest>,
+    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+        auth.0.require(&[Role::Admin])?;
+        Ok(decide(&state, id.0, Decision::Approve).await?)
+    }
+
+    /// Reject a deposit in review: it ends `rejected` with `reason` as its
+    /// error, and nothing is credited. 409 `workflow_state` when it is not
+    /// in `awaiting_review`. Roles: admin.
+    #[oai(
+        path = "/api/v1/workflows/:id/reject",
+        method = "post",
+        operation_id = "reject_workflow",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn reject(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        body: Json<DecisionRequest>,
+    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+        auth.0.require(&[Role::Admin])?;
+        let reason = body.0.reason;
+        Ok(decide(&state, id.0, Decision::Reject { reason }).await?)
+    }
+
+    /// Report a withdrawal's payout result: `sent` goes on to the capture,
+    /// `failed` voids the hold (the workflow ends `compensated`). For manual
+    /// payouts (no provider configured: the workflow waits in
+    /// `awaiting_payout`), or a provider's late answer while the payout is
+    /// being retried or after it stopped `failed`. Any call still in flight
+    /// is superseded: its answer is ignored. 409 `workflow_state` once the
+    /// payout's outcome is recorded. Roles: service, admin.
+    #[oai(
+        path = "/api/v1/workflows/:id/payout",
+        method = "post",
+        operation_id = "report_workflow_payout",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn payout(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        body: Json<PayoutResultRequest>,
+    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+        auth.0.require(&[Role::Service, Role::Admin])?;
+        let decision = Decision::Payout {
+            sent: body.outcome == PayoutOutcome::Sent,
+            provider_ref: body.0.provider_ref,
+        };
+        Ok(decide(&state, id.0, decision).await?)
+    }
+
+    /// Resume a `failed` workflow from its last checkpoint: the step that
+    /// stopped it runs again (a payout is re-sent with the same
+    /// `Idempotency-Key`, so a provider that paid answers `sent` without
+    /// paying again), with a new deadline. 409 `workflow_state` unless it is
+    /// `failed`. Roles: admin.
+    #[oai(
+        path = "/api/v1/workflows/:id/retry",
+        method = "post",
+        operation_id = "retry_workflow",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn retry(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        id: Path<i64>,
+        _body: Json<EmptyRequest>,
+    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+        auth.0.require(&[Role::Admin])?;
+        Ok(decide(&state, id.0, Decision::Retry).await?)
+    }
+
+    /// The recovery manager's counts in this process since it started
+    /// (a pass runs at start and every `LEDGER_RECOVERY_INTERVAL_MS`,
+    /// default 10 s): workflows resumed after their worker's lease lapsed,
+    /// compensated or stopped `failed` at their deadline, expired locks and
+    /// holds released, stale idempotency claims deleted. Roles: admin.
+    #[oai(
+        path = "/api/v1/recovery/status",
+        method = "get",
+        operation_id = "recovery_status",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn recovery_status(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+    ) -> Result<Json<Recovery>, Errors<status::Recovery>> {
+        auth.0.require(&[Role::Admin])?;
+        Ok(Json(Recovery::from(&state.recovery.status())))
+    }
+
+    /// Run one recovery pass now and answer the counts after it. Roles:
+    /// admin.
+    #[oai(
+        path = "/api/v1/recovery/trigger",
+        method = "post",
+        operation_id = "trigger_recovery",
+        tag = "ApiTags::Workflows"
+    )]
+    async fn trigger_recovery(
+        &self,
+        auth: Auth,
+        state: Data<&Arc<AppState>>,
+        _body: Json<EmptyRequest>,
+    ) -> Result<Json<Recovery>, Errors<status::TriggerRecovery>> {
+        auth.0.require(&[Role::Admin])?;
+        let status = state.recovery.run_once().await?;
+        Ok(Json(Recovery::from(&status)))
+    }
+}
