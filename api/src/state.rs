@@ -3,6 +3,7 @@
 use domain::Ledger;
 use infra::Config;
 
+use crate::alerts::Alerts;
 use crate::limiter::Limiter;
 use crate::tokens::Tokens;
 
@@ -11,6 +12,8 @@ pub struct AppState {
     pub ledger: Ledger,
     pub tokens: Tokens,
     pub limiter: Option<Limiter>,
+    /// The in-process alert rules over this process's metrics.
+    pub alerts: Alerts,
     draining: tokio::sync::watch::Sender<bool>,
 }
 
@@ -24,6 +27,7 @@ impl AppState {
             ledger,
             tokens,
             limiter,
+            alerts: Alerts::default(),
             draining: tokio::sync::watch::Sender::new(false),
         }
     }
