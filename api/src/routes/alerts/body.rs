@@ -38,12 +38,12 @@ impl From<Rule> for AlertName {
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "lowercase")]
-pub enum Severity {
+pub enum AlertSeverity {
     Critical,
     Warning,
 }
 
-impl From<alerts::Severity> for Severity {
+impl From<alerts::Severity> for AlertSeverity {
     fn from(s: alerts::Severity) -> Self {
         match s {
             alerts::Severity::Critical => Self::Critical,
@@ -56,7 +56,7 @@ impl From<alerts::Severity> for Severity {
 #[derive(Object, Debug, Clone)]
 pub struct Alert {
     pub name: AlertName,
-    pub severity: Severity,
+    pub severity: AlertSeverity,
     /// Over the last 5 minutes: a ratio (0.06 = 6 %) for the error and
     /// timeout rates, seconds for the p99 latency, a count for recovery
     /// failures and deadlock retries; 1 for an open circuit breaker.
