@@ -19,4 +19,5 @@ target/debug/faults --seconds 4 --clients 8
 scripts/schemathesis.sh
 scripts/browser-test.sh
 scripts/k6-check.sh
+scripts/promtool-check.sh
 scripts/load-smoke.sh 200 15

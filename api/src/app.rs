@@ -19,8 +19,10 @@ use poem_openapi::OpenApiService;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::alerts;
 use crate::middleware::observe;
 use crate::monitor;
+use crate::routes::alerts::AlertsApi;
 use crate::routes::health::HealthApi;
 use crate::routes::holds::HoldsApi;
 use crate::routes::locks::LocksApi;
@@ -66,6 +68,7 @@ pub type Apis = (
     LocksApi,
     HoldsApi,
     WorkflowsApi,
+    AlertsApi,
 );
 
 pub fn openapi() -> OpenApiService<Apis, ()> {
@@ -248,6 +251,15 @@ fn spawn_jobs(state: &Arc<AppState>) -> Vec<JoinHandle<()>> {
     if state.ledger.locks.rules().cleanup_every.is_some() {
         jobs.push(tokio::spawn(state.ledger.locks.clone().run_cleanup_job()));
     }
+    jobs.push(every(
+        alerts::SAMPLE_EVERY,
+        state,
+        "alerts_sampler",
+        |s| async move {
+            s.alerts.sample();
+            Ok(0)
+        },
+    ));
     if state.limiter.is_some() {
         jobs.push(every(
             Duration::from_secs(60),

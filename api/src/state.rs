@@ -5,6 +5,7 @@ use domain::workflows::WorkflowService;
 use domain::workflows::recovery::RecoveryManager;
 use infra::Config;
 
+use crate::alerts::Alerts;
 use crate::limiter::Limiter;
 use crate::tokens::Tokens;
 
@@ -15,6 +16,8 @@ pub struct AppState {
     pub recovery: RecoveryManager,
     pub tokens: Tokens,
     pub limiter: Option<Limiter>,
+    /// The in-process alert rules over this process's metrics.
+    pub alerts: Alerts,
     draining: tokio::sync::watch::Sender<bool>,
 }
 
@@ -30,6 +33,7 @@ impl AppState {
             workflows,
             tokens,
             limiter,
+            alerts: Alerts::default(),
             draining: tokio::sync::watch::Sender::new(false),
         }
     }

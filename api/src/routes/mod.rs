@@ -1,6 +1,7 @@
 //! HTTP routes. Each handler: check the principal, parse the input into
 //! domain types, call the domain, render the result.
 
+pub mod alerts;
 pub mod health;
 pub mod holds;
 pub mod locks;
@@ -51,6 +52,8 @@ pub enum ApiTags {
     /// Withdrawal payouts and deposits in review as durable, compensating
     /// workflows; the recovery manager.
     Workflows,
+    /// Alerts firing now, from this process's metrics.
+    Alerts,
 }
 
 /// Parses a request amount; a refusal names the field it came from.

@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod alerts;
 mod concurrency;
 mod faults;
 mod group_commit;
