@@ -286,6 +286,7 @@ impl Command for StartWithdrawal {
         ledger: &Ledger,
         txn: &DatabaseTransaction,
     ) -> DomainResult<WorkflowView> {
+        require_user(txn, self.user_id).await?;
         let params = json!({
             "wallet": self.wallet.as_str(),
             "amount": format_units(self.amount.units()),
