@@ -96,6 +96,7 @@ both_engines!(
     manual_payouts_wait_for_the_reported_result,
     deposits_are_credited_or_wait_for_review,
     an_admin_retry_resumes_a_failed_payout,
+    an_open_breaker_holds_calls_back_and_shows_in_readiness,
     lists_filter_and_page,
     recovery_reports_and_runs_on_demand,
     deadlines_compensate_or_stop_for_an_admin,
@@ -622,4 +623,56 @@ async fn deadlines_compensate_or_stop_for_an_admin(engine: Engine) {
     assert_eq!(d["status"], "compensated", "{d}");
     assert_eq!(app.balance(u, "live").await, "100");
     app.assert_books_balance().await;
+}
+
+async fn an_open_breaker_holds_calls_back_and_shows_in_readiness(engine: Engine) {
+    let sim = PayoutSim::start(Mode::FailFirst(2)).await.unwrap();
+    let app = app_with(engine, Some(&sim), |c| {
+        c.workflows.breaker_failures = 2;
+        c.workflows.breaker_open = Duration::from_secs(2);
+    })
+    .await;
+    let provider = sim.addr().to_string();
+    let u = app.funded_user("breaker@example.com", "50").await;
+    let r = start(&app, WITHDRAWALS, &app.user(u), withdrawal(u, "5")).await;
+    r.expect(202);
+    let id = r.body["id"].as_i64().unwrap();
+    // Two 503s in a row open the breaker: readiness and the metric say so,
+    // and no call is made while it is open.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ready = app.get("/health/ready", None).await;
+        ready.expect(200);
+        let open = ready.body["breakers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["provider"] == provider.as_str() && b["state"] == "open");
+        if open {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "breaker never opened: {}",
+            ready.body
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let metrics = app.get("/metrics", None).await.text;
+    let line = format!("ledger_circuit_breaker_open{{provider=\"{provider}\"}} 1");
+    assert!(metrics.contains(&line), "{line} missing");
+    assert_eq!(sim.calls(id), 2);
+    // After the open time one trial call goes through, pays, and closes it.
+    let w = wait_for(&app, id, &["completed"]).await;
+    assert_eq!(step(&w, "payout")["attempts"], 3);
+    assert_eq!(sim.payments(id), 1);
+    let ready = app.get("/health/ready", None).await;
+    let states: Vec<_> = ready.body["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["provider"] == provider.as_str())
+        .map(|b| b["state"].clone())
+        .collect();
+    assert_eq!(states, ["closed"]);
 }

@@ -9,7 +9,7 @@ use poem_openapi::{ApiResponse, OpenApi};
 use crate::error::{ApiError, Errors};
 use crate::routes::ApiTags;
 use crate::state::AppState;
-use body::{Health, PoolInfo, Readiness};
+use body::{BreakerInfo, Health, PoolInfo, Readiness};
 
 #[derive(Default)]
 pub struct HealthApi;
@@ -84,6 +84,16 @@ impl HealthApi {
                 idle: stats.idle,
                 max: stats.max,
             },
+            breakers: state
+                .workflows
+                .breakers
+                .states()
+                .into_iter()
+                .map(|(provider, state)| BreakerInfo {
+                    provider,
+                    state: state.into(),
+                })
+                .collect(),
         })))
     }
 }
