@@ -25,3 +25,4 @@ mod trading;
 mod trading_concurrency;
 mod users;
 mod wallets;
+mod workflows_concurrency;
