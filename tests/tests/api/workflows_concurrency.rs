@@ -592,18 +592,26 @@ async fn kill_9_mid_payout_loses_no_workflow_and_pays_none_twice() {
 
 /// Invariant: two server instances working one database never run a step
 /// twice. Both run workers; 100 withdrawals (10 users × 10) are started
-/// half on each, against a provider that answers 30 % of calls with a 503
-/// (so retries move between instances): each payout id is paid exactly
-/// once, every workflow is `completed`, each hold's journal is exactly one
-/// `hold` and one `hold_capture`, balances are as the withdrawals say, and
-/// the books balance.
+/// half on each, against a provider that pays at once and answers 50 ms
+/// later (so payouts are in flight while the other instance's workers look
+/// for work). Nothing fails and no lease lapses (6 s, calls time out after
+/// 3 s), so each step runs exactly once: the provider saw exactly one call
+/// and made one payment per payout id, each payout step counts one
+/// attempt, every workflow is `completed`, each hold's journal is exactly
+/// one `hold` and one `hold_capture`, balances are as the withdrawals say,
+/// and the books balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_one_database_run_each_step_once() {
-    let sim = PayoutSim::start(Mode::random(0.3, 0.0, 7).unwrap())
+    let sim = PayoutSim::start(Mode::Slow(Duration::from_millis(50)))
         .await
         .unwrap();
     let url = sim.url();
-    let app = TestApp::spawn_with(Engine::Postgres, |c| fast(c, Some(url))).await;
+    let app = TestApp::spawn_with(Engine::Postgres, |c| {
+        fast(c, Some(url));
+        c.workflows.lease = Duration::from_secs(6);
+        c.workflows.payout_timeout = Duration::from_secs(3);
+    })
+    .await;
     let sibling = app.sibling().await;
     let one = Api::new(app.base.clone());
     let two = Api::new(sibling.base.clone());
@@ -621,10 +629,17 @@ async fn two_instances_on_one_database_run_each_step_once() {
             "payout {}: paid {} times; {rec:?}",
             s.id, rec.payments
         );
+        assert_eq!(
+            rec.calls, 1,
+            "payout {}: sent more than once; {rec:?}",
+            s.id
+        );
         assert_completed(w, &rec, s.amount);
+        assert_eq!(w["steps"][1]["attempts"], 1, "{w}");
         assert_eq!(one.hold_status(s.hold_id).await, "captured", "{w}");
     }
     assert_eq!(sim.total_payments(), 100);
+    assert_eq!(sim.total_calls(), 100);
     assert_eq!(sim.protocol_errors(), 0);
     one.assert_balances(&started, &workflows).await;
     one.assert_hold_journals(&started, &workflows).await;
