@@ -26,3 +26,4 @@ mod trading_concurrency;
 mod users;
 mod wallets;
 mod workflows;
+mod workflows_concurrency;
