@@ -251,14 +251,20 @@ mod tests {
             );
             // Every POST that creates something or moves money takes a key;
             // the others act on a lock that exists (its owner's extend and
-            // release, fenced by status and token) or are admin reads and
-            // sweeps that are safe to repeat.
+            // release, fenced by status and token), are admin reads and
+            // sweeps that are safe to repeat, or move a workflow on from the
+            // one state that waits for them (a repeat is 409).
             let keyless = [
                 "extend_lock",
                 "release_lock",
                 "check_lock",
                 "cleanup_locks",
                 "clear_all_locks",
+                "approve_workflow",
+                "reject_workflow",
+                "report_workflow_payout",
+                "retry_workflow",
+                "trigger_recovery",
             ];
             if method == "post" && !keyless.contains(&op["operationId"].as_str().unwrap_or("")) {
                 let key = op["parameters"]
