@@ -73,7 +73,16 @@ async fn xact_commits(database: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
-    let mut app = TestApp::spawn(Engine::Postgres).await;
+    // No workflow workers polling, and the recovery pass at start done
+    // before counting: only the requests' own transactions commit.
+    let mut app = TestApp::spawn_with(Engine::Postgres, |c| {
+        c.workflows.workers = 0;
+        c.workflows.recovery_interval = Duration::ZERO;
+    })
+    .await;
+    while app.state.recovery.status().runs == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let database = app.pg_database().unwrap().to_owned();
     let commits_at_start = xact_commits(&database).await;
     let server_commits_at_start = counters().commits;

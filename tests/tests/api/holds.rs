@@ -732,8 +732,9 @@ async fn existing_wallets_and_entries_migrate(engine: Engine) {
     conn.execute_unprepared("UPDATE wallets SET held = 60 WHERE id = 1")
         .await
         .unwrap();
-    // and the migration can be undone and redone
-    Migrator::down(&conn, Some(1)).await.unwrap();
+    // and the migration can be undone and redone (the workflows' migration,
+    // which came after it, first)
+    Migrator::down(&conn, Some(2)).await.unwrap();
     assert!(
         conn.execute_unprepared("SELECT held FROM wallets")
             .await
