@@ -76,6 +76,27 @@ impl RetryPolicy {
     }
 }
 
+/// The retry schedule of calls outside the database (a workflow's
+/// payout), from the same `backoff` crate as transaction retries. How long
+/// to wait before outbound attempt `attempt + 1` after `attempt`
+/// failed (`attempt` ≥ 1): from `initial`, doubling, at most `max`, each
+/// drawn from ±50 % around that (the `backoff` crate's jitter), so that
+/// retries of many workflows against one recovering provider spread out.
+pub fn retry_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let mut schedule = ExponentialBackoffBuilder::new()
+        .with_initial_interval(initial)
+        .with_multiplier(2.0)
+        .with_randomization_factor(0.5)
+        .with_max_interval(max)
+        .with_max_elapsed_time(None)
+        .build();
+    let mut delay = initial;
+    for _ in 0..attempt.clamp(1, 64) {
+        delay = schedule.next_backoff().unwrap_or(max);
+    }
+    delay
+}
+
 #[derive(Clone, Debug)]
 pub struct TransactionService {
     db: Database,
@@ -364,5 +385,30 @@ mod tests {
         let (result, calls) = always_failing(&svc, || DomainError::SameAccount).await;
         assert!(matches!(result, Err(DomainError::SameAccount)));
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn retry_delays_double_with_jitter_and_stop_growing_at_the_cap() {
+        let (initial, max) = (Duration::from_millis(100), Duration::from_millis(1_000));
+        for _ in 0..50 {
+            for (attempt, base) in [
+                (1, 100u64),
+                (2, 200),
+                (3, 400),
+                (4, 800),
+                (5, 1_000),
+                (20, 1_000),
+            ] {
+                let d = retry_delay(initial, max, attempt).as_millis() as u64;
+                assert!(
+                    d >= base / 2 && d <= base * 3 / 2,
+                    "attempt {attempt}: {d} ms outside {base} ± 50 %"
+                );
+            }
+        }
+        // Jitter: not every draw is the same.
+        let draws: std::collections::HashSet<_> =
+            (0..20).map(|_| retry_delay(initial, max, 3)).collect();
+        assert!(draws.len() > 1);
     }
 }

@@ -28,9 +28,8 @@ use crate::error::{DomainError, DomainResult};
 use crate::ledger::holds::{self, Ending};
 use crate::ledger::wallets::{Deposit, WalletKind};
 use crate::money::{Amount, format_units};
-use crate::workflows::model::{
-    Phase, StepName, StepStatus, WorkflowKind, WorkflowStatus, retry_delay,
-};
+use crate::tx::retry_delay;
+use crate::workflows::model::{Phase, StepName, StepStatus, WorkflowKind, WorkflowStatus};
 use crate::workflows::store::{self, Lease, Patch, StepChange};
 use crate::workflows::{WorkflowService, corrupt};
 

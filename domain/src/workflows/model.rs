@@ -1,11 +1,6 @@
 //! What a workflow is made of, as pure rules: its kinds and their steps,
-//! the statuses of workflows and steps and the moves between them, and the
-//! backoff of outbound retries. No database here.
-
-use std::time::Duration;
-
-use backoff::ExponentialBackoffBuilder;
-use backoff::backoff::Backoff;
+//! the statuses of workflows and steps and the moves between them. No
+//! database here; the backoff of outbound retries is `tx::retry_delay`.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum WorkflowKind {
@@ -175,25 +170,6 @@ impl StepStatus {
     }
 }
 
-/// How long to wait before outbound attempt `attempt + 1` after `attempt`
-/// failed (`attempt` ≥ 1): from `initial`, doubling, at most `max`, each
-/// drawn from ±50 % around that (the `backoff` crate's jitter), so that
-/// retries of many workflows against one recovering provider spread out.
-pub fn retry_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let mut schedule = ExponentialBackoffBuilder::new()
-        .with_initial_interval(initial)
-        .with_multiplier(2.0)
-        .with_randomization_factor(0.5)
-        .with_max_interval(max)
-        .with_max_elapsed_time(None)
-        .build();
-    let mut delay = initial;
-    for _ in 0..attempt.clamp(1, 64) {
-        delay = schedule.next_backoff().unwrap_or(max);
-    }
-    delay
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,30 +238,5 @@ mod tests {
         assert!(Running.can_become(Pending));
         assert!(Failed.can_become(Pending));
         assert!(!Pending.can_become(Compensated));
-    }
-
-    #[test]
-    fn retry_delays_double_with_jitter_and_stop_growing_at_the_cap() {
-        let (initial, max) = (Duration::from_millis(100), Duration::from_millis(1_000));
-        for _ in 0..50 {
-            for (attempt, base) in [
-                (1, 100u64),
-                (2, 200),
-                (3, 400),
-                (4, 800),
-                (5, 1_000),
-                (20, 1_000),
-            ] {
-                let d = retry_delay(initial, max, attempt).as_millis() as u64;
-                assert!(
-                    d >= base / 2 && d <= base * 3 / 2,
-                    "attempt {attempt}: {d} ms outside {base} ± 50 %"
-                );
-            }
-        }
-        // Jitter: not every draw is the same.
-        let draws: std::collections::HashSet<_> =
-            (0..20).map(|_| retry_delay(initial, max, 3)).collect();
-        assert!(draws.len() > 1);
     }
 }
