@@ -110,11 +110,14 @@ impl WorkflowService {
                 // is retried after a pause, by whichever worker comes first.
                 let pause = now_ms().saturating_add(millis(self.rules.poll));
                 let _ = self
-                    .write(&lease, |_| Patch {
-                        next_run_at_ms: Some(pause),
-                        release: true,
-                        ..Patch::default()
-                    })
+                    .write(
+                        &lease,
+                        Patch {
+                            next_run_at_ms: Some(pause),
+                            release: true,
+                            ..Patch::default()
+                        },
+                    )
                     .await;
             }
         }
@@ -122,12 +125,36 @@ impl WorkflowService {
     }
 
     /// A guarded write of the workflow row alone.
-    async fn write(&self, lease: &Lease, patch: impl Fn(&()) -> Patch) -> DomainResult<()> {
+    async fn write(&self, lease: &Lease, patch: Patch) -> DomainResult<()> {
         self.ledger
             .tx
             .execute_with_retry("workflow_checkpoint", |txn| {
-                let patch = patch(&());
+                let patch = patch.clone();
                 async move { store::leased(&txn, lease, patch).await }
+            })
+            .await
+    }
+
+    /// One checkpoint of the workflow its worker holds by `lease`: the guard
+    /// (which also locks the row until commit), step `position`'s change and
+    /// the workflow's, in one transaction. Returns the step's attempts.
+    async fn checkpoint(
+        &self,
+        lease: &Lease,
+        position: i32,
+        change: StepChange,
+        patch: Patch,
+    ) -> DomainResult<i32> {
+        self.ledger
+            .tx
+            .execute_with_retry("workflow_checkpoint", |txn| {
+                let (change, patch) = (change.clone(), patch.clone());
+                async move {
+                    store::leased(&txn, lease, Patch::default()).await?;
+                    let attempts = store::change_step(&txn, lease.id, position, change).await?;
+                    store::leased(&txn, lease, patch).await?;
+                    Ok(attempts)
+                }
             })
             .await
     }
@@ -141,10 +168,13 @@ impl WorkflowService {
             let (kind, status, phase) = store::states(&row)?;
             if status != WorkflowStatus::Running {
                 return self
-                    .write(lease, |_| Patch {
-                        release: true,
-                        ..Patch::default()
-                    })
+                    .write(
+                        lease,
+                        Patch {
+                            release: true,
+                            ..Patch::default()
+                        },
+                    )
                     .await;
             }
             let next = match phase {
@@ -172,11 +202,14 @@ impl WorkflowService {
             StepName::Payout => self.payout(lease, row).await,
             StepName::Compliance => {
                 // Reached only by a retried review: wait for the reviewer.
-                self.write(lease, |_| Patch {
-                    status: Some(WorkflowStatus::AwaitingReview),
-                    release: true,
-                    ..Patch::default()
-                })
+                self.write(
+                    lease,
+                    Patch {
+                        status: Some(WorkflowStatus::AwaitingReview),
+                        release: true,
+                        ..Patch::default()
+                    },
+                )
                 .await?;
                 Ok(Next::Stop)
             }
@@ -305,24 +338,13 @@ impl WorkflowService {
         kind: WorkflowKind,
         reason: &str,
     ) -> DomainResult<Next> {
-        let position = row.step;
-        self.ledger
-            .tx
-            .execute_with_retry("workflow_checkpoint", |txn| async move {
-                store::leased(&txn, lease, Patch::default()).await?;
-                store::change_step(&txn, row.id, position, StepChange::failed(reason)).await?;
-                store::leased(
-                    &txn,
-                    lease,
-                    Patch {
-                        status: Some(WorkflowStatus::Failed),
-                        error: Some(reason.to_owned()),
-                        release: true,
-                        ..Patch::default()
-                    },
-                )
-                .await
-            })
+        let stop = Patch {
+            status: Some(WorkflowStatus::Failed),
+            error: Some(reason.to_owned()),
+            release: true,
+            ..Patch::default()
+        };
+        self.checkpoint(lease, row.step, StepChange::failed(reason), stop)
             .await?;
         tracing::warn!(workflow = row.id, reason, "workflow stopped failed");
         finished(kind, WorkflowStatus::Failed);
@@ -336,12 +358,15 @@ impl WorkflowService {
         status: WorkflowStatus,
         error: Option<String>,
     ) -> DomainResult<Next> {
-        self.write(lease, |_| Patch {
-            status: Some(status),
-            error: error.clone(),
-            release: true,
-            ..Patch::default()
-        })
+        self.write(
+            lease,
+            Patch {
+                status: Some(status),
+                error: error.clone(),
+                release: true,
+                ..Patch::default()
+            },
+        )
         .await?;
         finished(kind, status);
         Ok(Next::Stop)
@@ -352,22 +377,12 @@ impl WorkflowService {
     async fn payout(&self, lease: &Lease, row: &workflow::Model) -> DomainResult<Next> {
         let position = row.step;
         let Some(client) = &self.payout else {
-            self.ledger
-                .tx
-                .execute_with_retry("workflow_checkpoint", |txn| async move {
-                    store::leased(&txn, lease, Patch::default()).await?;
-                    store::change_step(&txn, row.id, position, StepChange::started()).await?;
-                    store::leased(
-                        &txn,
-                        lease,
-                        Patch {
-                            status: Some(WorkflowStatus::AwaitingPayout),
-                            release: true,
-                            ..Patch::default()
-                        },
-                    )
-                    .await
-                })
+            let wait = Patch {
+                status: Some(WorkflowStatus::AwaitingPayout),
+                release: true,
+                ..Patch::default()
+            };
+            self.checkpoint(lease, position, StepChange::started(), wait)
                 .await?;
             return Ok(Next::Stop);
         };
@@ -377,22 +392,20 @@ impl WorkflowService {
         if let Err(wait) = breaker.allow(Instant::now()) {
             calls.with_label_values(&[&provider, "refused_open"]).inc();
             let at = now_ms().saturating_add(millis(wait).max(1));
-            self.write(lease, |_| Patch {
-                next_run_at_ms: Some(at),
-                release: true,
-                ..Patch::default()
-            })
+            self.write(
+                lease,
+                Patch {
+                    next_run_at_ms: Some(at),
+                    release: true,
+                    ..Patch::default()
+                },
+            )
             .await?;
             return Ok(Next::Stop);
         }
         // The attempt is on record before the call.
         let attempts = self
-            .ledger
-            .tx
-            .execute_with_retry("workflow_checkpoint", |txn| async move {
-                store::leased(&txn, lease, Patch::default()).await?;
-                store::change_step(&txn, row.id, position, StepChange::attempt()).await
-            })
+            .checkpoint(lease, position, StepChange::attempt(), Patch::default())
             .await?;
         let params: serde_json::Value =
             serde_json::from_str(&row.params).map_err(|_| corrupt("params", row.id))?;
@@ -414,26 +427,12 @@ impl WorkflowService {
                 breaker.record_success();
                 calls.with_label_values(&[&provider, "sent"]).inc();
                 step_metric(StepName::Payout, "done");
-                let result = json!({ "provider_ref": provider_ref });
-                self.ledger
-                    .tx
-                    .execute_with_retry("workflow_checkpoint", |txn| {
-                        let result = result.clone();
-                        async move {
-                            store::leased(&txn, lease, Patch::default()).await?;
-                            store::change_step(&txn, row.id, position, StepChange::done()).await?;
-                            store::leased(
-                                &txn,
-                                lease,
-                                Patch {
-                                    step: Some(position + 1),
-                                    result: Some(result),
-                                    ..Patch::default()
-                                },
-                            )
-                            .await
-                        }
-                    })
+                let next = Patch {
+                    step: Some(position + 1),
+                    result: Some(json!({ "provider_ref": provider_ref })),
+                    ..Patch::default()
+                };
+                self.checkpoint(lease, position, StepChange::done(), next)
                     .await?;
                 Ok(Next::Continue)
             }
@@ -442,26 +441,12 @@ impl WorkflowService {
                 calls.with_label_values(&[&provider, "failed"]).inc();
                 step_metric(StepName::Payout, "failed");
                 let reason = format!("payout failed: {reason}");
-                self.ledger
-                    .tx
-                    .execute_with_retry("workflow_checkpoint", |txn| {
-                        let reason = reason.clone();
-                        async move {
-                            store::leased(&txn, lease, Patch::default()).await?;
-                            store::change_step(&txn, row.id, position, StepChange::failed(&reason))
-                                .await?;
-                            store::leased(
-                                &txn,
-                                lease,
-                                Patch {
-                                    phase: Some(Phase::Compensate),
-                                    error: Some(reason),
-                                    ..Patch::default()
-                                },
-                            )
-                            .await
-                        }
-                    })
+                let undo = Patch {
+                    phase: Some(Phase::Compensate),
+                    error: Some(reason.clone()),
+                    ..Patch::default()
+                };
+                self.checkpoint(lease, position, StepChange::failed(&reason), undo)
                     .await?;
                 Ok(Next::Continue)
             }
@@ -482,27 +467,12 @@ impl WorkflowService {
                     self.rules.payout_retry_max,
                     attempts,
                 );
-                let at = now_ms().saturating_add(millis(delay));
-                self.ledger
-                    .tx
-                    .execute_with_retry("workflow_checkpoint", |txn| {
-                        let error = error.clone();
-                        async move {
-                            store::leased(&txn, lease, Patch::default()).await?;
-                            store::change_step(&txn, row.id, position, StepChange::note(&error))
-                                .await?;
-                            store::leased(
-                                &txn,
-                                lease,
-                                Patch {
-                                    next_run_at_ms: Some(at),
-                                    release: true,
-                                    ..Patch::default()
-                                },
-                            )
-                            .await
-                        }
-                    })
+                let later = Patch {
+                    next_run_at_ms: Some(now_ms().saturating_add(millis(delay))),
+                    release: true,
+                    ..Patch::default()
+                };
+                self.checkpoint(lease, position, StepChange::note(&error), later)
                     .await?;
                 Ok(Next::Stop)
             }
@@ -566,27 +536,20 @@ impl WorkflowService {
             || status == WorkflowStatus::AwaitingReview;
         let reason = "the workflow passed its deadline".to_owned();
         if undoable {
-            self.write(lease, |_| Patch {
+            let undo = Patch {
                 status: Some(WorkflowStatus::Running),
                 phase: Some(Phase::Compensate),
                 error: Some(reason.clone()),
                 ..Patch::default()
-            })
-            .await?;
-            if status == WorkflowStatus::AwaitingReview {
-                let position = row.step;
-                self.ledger
-                    .tx
-                    .execute_with_retry("workflow_checkpoint", |txn| {
-                        let reason = reason.clone();
-                        async move {
-                            store::change_step(&txn, row.id, position, StepChange::failed(&reason))
-                                .await
-                                .map(|_| ())
-                        }
-                    })
-                    .await?;
-            }
+            };
+            // A review never held is failed; a step not started is left
+            // pending.
+            let change = if status == WorkflowStatus::AwaitingReview {
+                StepChange::failed(&reason)
+            } else {
+                StepChange::default()
+            };
+            self.checkpoint(lease, row.step, change, undo).await?;
             loop {
                 let row = store::find(&self.ledger.db.conn, lease.id).await?;
                 if let Next::Stop = self.compensate(lease, &row, kind).await? {

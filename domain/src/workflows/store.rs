@@ -302,15 +302,27 @@ pub async fn claim(
         DbBackend::Sqlite => query,
         _ => query.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked),
     };
-    let Some(row) = query.one(txn).await? else {
-        return Ok(None);
-    };
+    match query.one(txn).await? {
+        Some(row) => lease_to(txn, &row, owner, lease_ms).await,
+        None => Ok(None),
+    }
+}
+
+/// Gives `row` (as read in this transaction) to `owner` for `lease_ms`,
+/// bumping its generation; `None` if it changed since it was read.
+async fn lease_to(
+    txn: &DatabaseTransaction,
+    row: &workflow::Model,
+    owner: &str,
+    lease_ms: i64,
+) -> DomainResult<Option<Lease>> {
+    use workflow::Column as C;
     let generation = row.generation + 1;
     let done = workflow::Entity::update_many()
         .col_expr(C::LeaseOwner, Expr::value(owner))
         .col_expr(
             C::LeaseExpiresAtMs,
-            Expr::value(now.saturating_add(lease_ms)),
+            Expr::value(now_ms().saturating_add(lease_ms)),
         )
         .col_expr(C::Generation, Expr::value(generation))
         .filter(C::Id.eq(row.id))
@@ -348,6 +360,17 @@ pub struct StepChange {
 }
 
 impl StepChange {
+    fn changes_nothing(&self) -> bool {
+        let flags = [
+            self.attempt,
+            self.reset_attempts,
+            self.start,
+            self.finish,
+            self.unfinish,
+        ];
+        self.status.is_none() && self.error.is_none() && !flags.contains(&true)
+    }
+
     pub fn started() -> Self {
         Self {
             status: Some(StepStatus::Running),
@@ -422,6 +445,16 @@ pub async fn change_step(
 ) -> DomainResult<i32> {
     use workflow_step::Column as C;
     let at = stamp();
+    if change.changes_nothing() {
+        let step = workflow_step::Entity::find()
+            .filter(C::WorkflowId.eq(id))
+            .filter(C::Position.eq(position))
+            .one(txn)
+            .await?;
+        return step
+            .map(|s| s.attempts)
+            .ok_or_else(|| corrupt("step position", id));
+    }
     let mut update = workflow_step::Entity::update_many();
     if let Some(status) = change.status {
         update = update.col_expr(C::Status, Expr::value(status.as_str()));
@@ -466,28 +499,9 @@ pub async fn seize(
     owner: &str,
     lease_ms: i64,
 ) -> DomainResult<Option<Lease>> {
-    use workflow::Column as C;
     let row = lock(txn, id).await?;
-    let now = now_ms();
-    if row.lease_expires_at_ms.is_some_and(|at| at > now) {
+    if row.lease_expires_at_ms.is_some_and(|at| at > now_ms()) {
         return Ok(None);
     }
-    let generation = row.generation + 1;
-    let done = workflow::Entity::update_many()
-        .col_expr(C::LeaseOwner, Expr::value(owner))
-        .col_expr(
-            C::LeaseExpiresAtMs,
-            Expr::value(now.saturating_add(lease_ms)),
-        )
-        .col_expr(C::Generation, Expr::value(generation))
-        .filter(C::Id.eq(row.id))
-        .filter(C::Generation.eq(row.generation))
-        .exec(txn)
-        .await?;
-    Ok((done.rows_affected == 1).then(|| Lease {
-        id,
-        owner: owner.to_owned(),
-        generation,
-        lease_ms,
-    }))
+    lease_to(txn, &row, owner, lease_ms).await
 }
