@@ -345,6 +345,11 @@ impl TestApp {
             .await
     }
 
+    /// POST with an `Idempotency-Key` of its own: a new operation.
+    pub async fn post_new(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.post(path, token, Some(&fresh_key()), body).await
+    }
+
     pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
         let req = self
             .client

@@ -1,13 +1,12 @@
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines, fresh_key};
+use tests::{Engine, TestApp, both_engines};
 
 async fn create_user_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let r = app
-        .post(
+        .post_new(
             "/api/v1/users",
             &app.service(),
-            Some(&fresh_key()),
             json!({"email": "Ann@Example.com"}),
         )
         .await;
@@ -46,10 +45,9 @@ async fn create_user_contract(engine: Engine) {
     assert_eq!(got.body["wallets"].as_array().unwrap().len(), 2);
 
     // duplicate email, in any case
-    app.post(
+    app.post_new(
         "/api/v1/users",
         &app.admin(),
-        Some(&fresh_key()),
         json!({"email": "ANN@example.com"}),
     )
     .await
@@ -66,14 +64,9 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(400, "idempotency_key_missing");
     // wrong role
-    app.post(
-        path,
-        &app.user(1),
-        Some(&fresh_key()),
-        json!({"email": "a@x.io"}),
-    )
-    .await
-    .problem(403, "forbidden");
+    app.post_new(path, &app.user(1), json!({"email": "a@x.io"}))
+        .await
+        .problem(403, "forbidden");
     // no token, bad token
     app.post_raw(path, None, Some("k"), r#"{"email":"a@x.io"}"#)
         .await
@@ -82,18 +75,12 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(401, "unauthorized");
     // invalid email, unknown field, malformed JSON
-    app.post(
+    app.post_new(path, &app.service(), json!({"email": "not-an-email"}))
+        .await
+        .problem(400, "invalid_request");
+    app.post_new(
         path,
         &app.service(),
-        Some(&fresh_key()),
-        json!({"email": "not-an-email"}),
-    )
-    .await
-    .problem(400, "invalid_request");
-    app.post(
-        path,
-        &app.service(),
-        Some(&fresh_key()),
         json!({"email": "a@x.io", "admin": true}),
     )
     .await
@@ -102,10 +89,9 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(400, "invalid_request");
     // unknown referral code
-    app.post(
+    app.post_new(
         path,
         &app.service(),
-        Some(&fresh_key()),
         json!({"email": "a@x.io", "referral_code": "ZZZZ9999"}),
     )
     .await
@@ -121,20 +107,18 @@ async fn create_user_refusals(engine: Engine) {
 async fn referral_code_links_the_referrer(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let r = app
-        .post(
+        .post_new(
             "/api/v1/users",
             &app.service(),
-            Some(&fresh_key()),
             json!({"email": "ref@x.io"}),
         )
         .await;
     let referrer = r.body["id"].as_i64().unwrap();
     let code = r.body["referral_code"].as_str().unwrap().to_lowercase();
     let r = app
-        .post(
+        .post_new(
             "/api/v1/users",
             &app.service(),
-            Some(&fresh_key()),
             json!({"email": "new@x.io", "referral_code": code}),
         )
         .await;
