@@ -463,22 +463,32 @@ impl LockService {
 
     async fn lock_ids_of(&self, resource_id: &str) -> DomainResult<Vec<String>> {
         use infra::entities::transaction_lock_resource as lr;
-        Ok(lr::Entity::find()
-            .filter(lr::Column::ResourceId.eq(resource_id))
-            .select_only()
-            .column(lr::Column::LockId)
-            .into_tuple::<String>()
-            .all(self.conn())
-            .await?)
+        self.ids_on::<lr::Entity, String>(lr::Column::ResourceId, lr::Column::LockId, resource_id)
+            .await
     }
 
     async fn queue_ids_of(&self, resource_id: &str) -> DomainResult<Vec<i64>> {
         use infra::entities::transaction_queue_resource as qr;
-        Ok(qr::Entity::find()
-            .filter(qr::Column::ResourceId.eq(resource_id))
+        self.ids_on::<qr::Entity, i64>(qr::Column::ResourceId, qr::Column::QueueId, resource_id)
+            .await
+    }
+
+    /// The `id` column of the (owner, resource) rows of `E` on one resource.
+    async fn ids_on<E, T>(
+        &self,
+        resource: E::Column,
+        id: E::Column,
+        resource_id: &str,
+    ) -> DomainResult<Vec<T>>
+    where
+        E: EntityTrait,
+        T: sea_orm::TryGetableMany + Send + Sync,
+    {
+        Ok(E::find()
+            .filter(resource.eq(resource_id))
             .select_only()
-            .column(qr::Column::QueueId)
-            .into_tuple::<i64>()
+            .column(id)
+            .into_tuple::<T>()
             .all(self.conn())
             .await?)
     }
