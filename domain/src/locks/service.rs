@@ -980,16 +980,21 @@ mod tests {
         }
     }
 
+    /// Acquires `resources` for `owner` without waiting; it must be granted.
+    async fn acquire_now(locks: &LockService, owner: &str, resources: &[&str]) -> LockView {
+        granted(
+            locks
+                .acquire(&request(owner, resources, WaitMode::Fail))
+                .await
+                .unwrap(),
+        )
+    }
+
     #[tokio::test]
     async fn release_hands_the_resource_to_the_queue_head_with_a_higher_token() {
         let dir = tempfile::tempdir().unwrap();
         let locks = ledger(&dir).await.locks;
-        let first = granted(
-            locks
-                .acquire(&request("user:1", &["item:a"], WaitMode::Fail))
-                .await
-                .unwrap(),
-        );
+        let first = acquire_now(&locks, "user:1", &["item:a"]).await;
         let refused = locks
             .acquire(&request("user:2", &["item:a", "item:b"], WaitMode::Fail))
             .await;
@@ -1030,19 +1035,9 @@ mod tests {
     async fn an_expired_lock_is_free_at_once_and_cannot_be_released() {
         let dir = tempfile::tempdir().unwrap();
         let locks = ledger(&dir).await.locks;
-        let first = granted(
-            locks
-                .acquire(&request("user:1", &["item:a"], WaitMode::Fail))
-                .await
-                .unwrap(),
-        );
+        let first = acquire_now(&locks, "user:1", &["item:a"]).await;
         tokio::time::sleep(Duration::from_millis(1_100)).await;
-        let second = granted(
-            locks
-                .acquire(&request("user:2", &["item:a"], WaitMode::Fail))
-                .await
-                .unwrap(),
-        );
+        let second = acquire_now(&locks, "user:2", &["item:a"]).await;
         assert!(second.fencing_token > first.fencing_token);
         assert_eq!(
             locks.lock(&first.lock_id).await.unwrap().status,
