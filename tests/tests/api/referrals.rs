@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines, dec, fresh_key};
+use tests::{Engine, TestApp, USERS, both_engines, dec, fresh_key};
 
 const SETTLE: &str = "/api/v1/referrals/settle";
 
@@ -69,14 +69,14 @@ async fn signup_bonuses_are_paid_once_to_live_wallets(engine: Engine) {
     assert_eq!(app.balance(rid, "live").await, "20");
     // a refused signup pays nothing
     app.post_new(
-        "/api/v1/users",
+        USERS,
         &app.service(),
         json!({"email": "new@x.io", "referral_code": code}),
     )
     .await
     .problem(409, "conflict");
     app.post_new(
-        "/api/v1/users",
+        USERS,
         &app.service(),
         json!({"email": "lost@x.io", "referral_code": "NOSUCHCODE"}),
     )

@@ -1,14 +1,10 @@
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines};
+use tests::{Engine, TestApp, USERS, both_engines};
 
 async fn create_user_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let r = app
-        .post_new(
-            "/api/v1/users",
-            &app.service(),
-            json!({"email": "Ann@Example.com"}),
-        )
+        .post_new(USERS, &app.service(), json!({"email": "Ann@Example.com"}))
         .await;
     r.expect(201);
     let b = &r.body;
@@ -45,13 +41,9 @@ async fn create_user_contract(engine: Engine) {
     assert_eq!(got.body["wallets"].as_array().unwrap().len(), 2);
 
     // duplicate email, in any case
-    app.post_new(
-        "/api/v1/users",
-        &app.admin(),
-        json!({"email": "ANN@example.com"}),
-    )
-    .await
-    .problem(409, "conflict");
+    app.post_new(USERS, &app.admin(), json!({"email": "ANN@example.com"}))
+        .await
+        .problem(409, "conflict");
     app.assert_books_balance().await;
     app.stop().await;
 }
@@ -107,17 +99,13 @@ async fn create_user_refusals(engine: Engine) {
 async fn referral_code_links_the_referrer(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let r = app
-        .post_new(
-            "/api/v1/users",
-            &app.service(),
-            json!({"email": "ref@x.io"}),
-        )
+        .post_new(USERS, &app.service(), json!({"email": "ref@x.io"}))
         .await;
     let referrer = r.body["id"].as_i64().unwrap();
     let code = r.body["referral_code"].as_str().unwrap().to_lowercase();
     let r = app
         .post_new(
-            "/api/v1/users",
+            USERS,
             &app.service(),
             json!({"email": "new@x.io", "referral_code": code}),
         )
