@@ -22,24 +22,18 @@ cd "$(dirname "$0")/.."
 seconds="${PROFILE_SECONDS:-15}"
 users="${PROFILE_USERS:-2000}"
 call_graph="${PERF_CALL_GRAPH:-dwarf}"
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db=ledger_profile
-url="${admin%/*}/$db"
+url="$(database_url "$db")"
 port=18091
 perf="${PERF:-perf}"
 svg=bench/flamegraph-read.svg
 summary=bench/profile-read.txt
-work="$(mktemp -d)"
-server=""
 load=""
-
-cleanup() {
+on_exit() {
   stop_pid "$load"
-  stop_pid "$server"
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
+  psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+scratch
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v "$perf" >/dev/null || { echo "perf is missing" >&2; exit 1; }
@@ -50,7 +44,7 @@ fi
 bench_setup
 
 echo "== seed $users users into $db"
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$work/users.json"
 psql "$url" -qc "VACUUM ANALYZE"

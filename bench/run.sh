@@ -38,9 +38,8 @@ fi
 mixed_hold="${BENCH_MIXED_HOLD:-$mixed_hold}"
 mixed_ramp="${BENCH_MIXED_RAMP:-$mixed_ramp}"
 
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db=ledger_bench
-url="${admin%/*}/$db"
+url="$(database_url "$db")"
 out=bench/results
 port=18090
 mkdir -p "$out"
@@ -104,7 +103,7 @@ echo "== machine"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "kernel: $(uname -r)"
-  echo "postgresql: $(psql "$admin" -Atc 'show server_version')"
+  echo "postgresql: $(psql "$pg_admin" -Atc 'show server_version')"
   echo "pgbench: $(pgbench --version)"
   echo "rustc: $(rustc --version)"
   echo "open files per process (hard): $(ulimit -Hn)"
@@ -113,7 +112,7 @@ echo "== machine"
 } | tee "$out/machine.txt"
 
 echo "== seed $users users"
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 start=$(date +%s%N)
 echo "ledger seed-load --users $users --balance 1000 --out $out/users.json   # DATABASE_URL=$url" >"$out/seed.cmd"
@@ -122,14 +121,14 @@ echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/seed.txt"
 psql "$url" -qc "VACUUM ANALYZE"
 
 echo "== pgbench: the database's own limit for the same SQL"
-psql "$admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
   -qc "CREATE DATABASE ${db}_pgbench TEMPLATE $db"
 pgb deposit deposit.sql
 pgb deposit-1rt deposit-1rt.sql
 pgb read read.sql
 pgb hot deposit.sql 1
 pgb hot-1rt deposit-1rt.sql 1
-psql "$admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
+psql "$pg_admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
 
 echo "== the API, one instance, pool 50"
 serve single

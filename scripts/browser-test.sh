@@ -28,13 +28,7 @@ fi
 cargo build --locked --quiet -p api --bin ledger
 bin=target/debug/ledger
 
-work="$(mktemp -d)"
-server=""
-cleanup() {
-  stop_pid "$server"
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
 export DATABASE_URL="sqlite://$work/ledger.db"
 export LEDGER_LISTEN="127.0.0.1:$(free_port)"

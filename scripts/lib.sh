@@ -2,6 +2,29 @@
 # repository root): a free port, the server's test settings, starting and
 # stopping a `ledger serve` and waiting for it to be ready.
 
+# The PostgreSQL server the scripts use (TEST_DATABASE_URL, else the local
+# one), and database_url DB: the URL of its database DB.
+pg_admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+database_url() {
+  echo "${pg_admin%/*}/$1"
+}
+
+# scratch: a scratch directory in $work, no server yet in $server, and on
+# exit: the server stopped, the script's own on_exit run (when it defines
+# one), the directory removed.
+scratch() {
+  work="$(mktemp -d)"
+  server=""
+  trap scratch_cleanup EXIT
+}
+scratch_cleanup() {
+  stop_pid "$server"
+  if declare -F on_exit >/dev/null; then
+    on_exit
+  fi
+  rm -rf "$work"
+}
+
 # A TCP port on 127.0.0.1 that nothing listens on right now.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

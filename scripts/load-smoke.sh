@@ -12,22 +12,16 @@ cd "$(dirname "$0")/.."
 
 users="${1:-200}"
 seconds="${2:-15}"
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db="ledger_smoke_$$"
-url="${admin%/*}/$db"
-work="$(mktemp -d)"
-server=""
-
-cleanup() {
-  stop_pid "$server"
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
+url="$(database_url "$db")"
+on_exit() {
+  psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+scratch
 
 cargo build --locked --quiet --bin ledger --bin loadgen
 bin=target/debug
-psql "$admin" -qc "CREATE DATABASE $db" >/dev/null
+psql "$pg_admin" -qc "CREATE DATABASE $db" >/dev/null
 
 export DATABASE_URL="$url"
 export LEDGER_LISTEN="127.0.0.1:$(free_port)"

@@ -19,14 +19,7 @@ version="${SCHEMATHESIS_VERSION:-4.32.5}"
 export SCHEMATHESIS_SEED="${SCHEMATHESIS_SEED:-20251129}"
 examples="${SCHEMATHESIS_EXAMPLES:-100}"
 venv="$(realpath -m "${SCHEMATHESIS_VENV:-target/schemathesis-venv}")"
-work="$(mktemp -d)"
-server=""
-
-cleanup() {
-  stop_pid "$server"
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
 if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $version" ]; then
   echo "installing schemathesis $version into $venv"
