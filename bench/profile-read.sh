@@ -17,28 +17,23 @@
 # inferno-flamegraph is missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 seconds="${PROFILE_SECONDS:-15}"
 users="${PROFILE_USERS:-2000}"
 call_graph="${PERF_CALL_GRAPH:-dwarf}"
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db=ledger_profile
-url="${admin%/*}/$db"
+url="$(database_url "$db")"
 port=18091
 perf="${PERF:-perf}"
 svg=bench/flamegraph-read.svg
 summary=bench/profile-read.txt
-work="$(mktemp -d)"
-server=""
 load=""
-
-cleanup() {
-  [ -n "$load" ] && kill "$load" 2>/dev/null && wait "$load" 2>/dev/null || true
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-  psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  rm -rf "$work"
+on_exit() {
+  stop_pid "$load"
+  psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
 }
-trap cleanup EXIT
+scratch
 
 export PATH="$HOME/.cargo/bin:$PATH"
 command -v "$perf" >/dev/null || { echo "perf is missing" >&2; exit 1; }
@@ -46,29 +41,17 @@ if ! command -v inferno-flamegraph >/dev/null || ! command -v inferno-collapse-p
   cargo install inferno --locked
 fi
 
-scripts/ensure-postgres.sh
-cargo build --release --locked --bin ledger --bin loadgen
-bin=target/release
-
-export LEDGER_JWT_SECRET="bench-secret-0123456789abcdef0123456789"
-export LEDGER_RATE_LIMIT_PER_SECOND=0
-export LEDGER_SHUTDOWN_DRAIN_MS=0
-export RUST_LOG="${RUST_LOG:-info,sqlx=warn,sea_orm=warn}"
+bench_setup
 
 echo "== seed $users users into $db"
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$work/users.json"
 psql "$url" -qc "VACUUM ANALYZE"
 
 echo "== server"
-LEDGER_LISTEN="127.0.0.1:$port" LEDGER_DB_MAX_CONNECTIONS=50 "$bin/ledger" serve >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 200); do
-  curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null || { echo "the server did not start" >&2; exit 1; }
+export LEDGER_LISTEN="127.0.0.1:$port" LEDGER_DB_MAX_CONNECTIONS=50
+start_server "$bin/ledger" "$work/server.log" 200
 
 echo "== read load, perf on the server (pid $server) for ${seconds}s"
 "$bin/loadgen" --users-file "$work/users.json" --target "127.0.0.1:$port" --label profile-read \

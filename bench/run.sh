@@ -21,6 +21,7 @@
 # (NAME.cmd), and the report prints them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 quick="${BENCH_QUICK:-0}"
 users=33000 step=30 mixed_ramp=120 mixed_hold=600 think_min=20000 think_max=40000
@@ -37,9 +38,8 @@ fi
 mixed_hold="${BENCH_MIXED_HOLD:-$mixed_hold}"
 mixed_ramp="${BENCH_MIXED_RAMP:-$mixed_ramp}"
 
-admin="${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 db=ledger_bench
-url="${admin%/*}/$db"
+url="$(database_url "$db")"
 out=bench/results
 port=18090
 mkdir -p "$out"
@@ -48,20 +48,13 @@ servers=()
 
 stop_servers() {
   for pid in "${servers[@]:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    stop_pid "$pid"
   done
   servers=()
 }
 trap stop_servers EXIT
 
-scripts/ensure-postgres.sh
-cargo build --release --locked --bin ledger --bin loadgen
-bin=target/release
-
-export LEDGER_JWT_SECRET="bench-secret-0123456789abcdef0123456789"
-export LEDGER_RATE_LIMIT_PER_SECOND=0
-export LEDGER_SHUTDOWN_DRAIN_MS=0
-export RUST_LOG="${RUST_LOG:-info,sqlx=warn,sea_orm=warn}"
+bench_setup
 
 # serve NAME [INSTANCES] [POOL]: starts the server(s) on $port, logs to $out.
 # The environment it adds (e.g. LEDGER_GROUP_COMMIT=false) is in server_cmd,
@@ -79,12 +72,7 @@ serve() {
       "$bin/ledger" serve >"$out/server-$name-$i.log" 2>&1 &
     servers+=($!)
   done
-  for _ in $(seq 200); do
-    curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "the server did not start" >&2
-  return 1
+  wait_ready "http://127.0.0.1:$port" "" 200
 }
 
 # loadgen NAME ARGS...: one generator run; its report goes to $out/NAME.json.
@@ -115,7 +103,7 @@ echo "== machine"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
   echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
   echo "kernel: $(uname -r)"
-  echo "postgresql: $(psql "$admin" -Atc 'show server_version')"
+  echo "postgresql: $(psql "$pg_admin" -Atc 'show server_version')"
   echo "pgbench: $(pgbench --version)"
   echo "rustc: $(rustc --version)"
   echo "open files per process (hard): $(ulimit -Hn)"
@@ -124,7 +112,7 @@ echo "== machine"
 } | tee "$out/machine.txt"
 
 echo "== seed $users users"
-psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 start=$(date +%s%N)
 echo "ledger seed-load --users $users --balance 1000 --out $out/users.json   # DATABASE_URL=$url" >"$out/seed.cmd"
@@ -133,14 +121,14 @@ echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/seed.txt"
 psql "$url" -qc "VACUUM ANALYZE"
 
 echo "== pgbench: the database's own limit for the same SQL"
-psql "$admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
+psql "$pg_admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
   -qc "CREATE DATABASE ${db}_pgbench TEMPLATE $db"
 pgb deposit deposit.sql
 pgb deposit-1rt deposit-1rt.sql
 pgb read read.sql
 pgb hot deposit.sql 1
 pgb hot-1rt deposit-1rt.sql 1
-psql "$admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
+psql "$pg_admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
 
 echo "== the API, one instance, pool 50"
 serve single
@@ -169,25 +157,25 @@ loadgen orders-signal --scenario orders-signal --vus 50 --duration "$step" \
   || echo "orders-signal run FAILED" | tee -a "$out/orders-signal.txt"
 stop_servers
 
+# mixed NAME HOLD THINK_MIN THINK_MAX: the 33,000-user mixed scenario on two
+# instances sharing the port (pool 25 + 25).
+mixed() {
+  local name="$1" hold="$2" think_min="$3" think_max="$4"
+  psql "$url" -qc "VACUUM ANALYZE"
+  serve "$name" 2 25
+  loadgen "$name" --scenario mixed --vus "$users" --shards 2 \
+    --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
+    --ramp "$mixed_ramp" --duration "$hold" \
+    --think-min-ms "$think_min" --think-max-ms "$think_max" \
+    --timeout 60 --database-url "$url" || echo "$name run FAILED" | tee -a "$out/$name.txt"
+  stop_servers
+}
+
 echo "== $users users, mixed, two instances sharing the port (pool 25 + 25)"
-psql "$url" -qc "VACUUM ANALYZE"
-serve mixed 2 25
-loadgen mixed --scenario mixed --vus "$users" --shards 2 \
-  --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
-  --ramp "$mixed_ramp" --duration "$mixed_hold" \
-  --think-min-ms "$think_min" --think-max-ms "$think_max" \
-  --timeout 60 --database-url "$url" || echo "mixed run FAILED" | tee -a "$out/mixed.txt"
-stop_servers
+mixed mixed "$mixed_hold" "$think_min" "$think_max"
 
 echo "== $users users, mixed, fast think ($fast_think_min-$fast_think_max ms): more than can be served"
-psql "$url" -qc "VACUUM ANALYZE"
-serve mixed-fast 2 25
-loadgen mixed-fast --scenario mixed --vus "$users" --shards 2 \
-  --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
-  --ramp "$mixed_ramp" --duration "$fast_hold" \
-  --think-min-ms "$fast_think_min" --think-max-ms "$fast_think_max" \
-  --timeout 60 --database-url "$url" || echo "mixed-fast run FAILED" | tee -a "$out/mixed-fast.txt"
-stop_servers
+mixed mixed-fast "$fast_hold" "$fast_think_min" "$fast_think_max"
 
 echo "== SQLite (the default), moderate load"
 sqlite_dir="$(mktemp -d)"

@@ -7,6 +7,7 @@
 # MONITOR_SCREENSHOTS=docs scripts/browser-test.sh refreshes the committed ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
 if [ ! -x "$CHROMIUM" ] || ! command -v node >/dev/null || ! command -v npm >/dev/null; then
@@ -27,33 +28,12 @@ fi
 cargo build --locked --quiet -p api --bin ledger
 bin=target/debug/ledger
 
-work="$(mktemp -d)"
-server=""
-cleanup() {
-  if [ -n "$server" ]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  fi
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 export DATABASE_URL="sqlite://$work/ledger.db"
-export LEDGER_JWT_SECRET="browser-test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
-export LEDGER_LISTEN="127.0.0.1:$port"
-export LEDGER_RATE_LIMIT_PER_SECOND=0
-export LEDGER_SHUTDOWN_DRAIN_MS=0
-export RUST_LOG="${RUST_LOG:-warn}"
-
-"$bin" serve >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 150); do
-  curl -fs "http://$LEDGER_LISTEN/health/ready" >/dev/null 2>&1 && break
-  kill -0 "$server" 2>/dev/null || { cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-curl -fs "http://$LEDGER_LISTEN/health/ready" >/dev/null || { echo "the server did not start" >&2; cat "$work/server.log" >&2; exit 1; }
+export LEDGER_LISTEN="127.0.0.1:$(free_port)"
+server_env "browser-test-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+start_server "$bin" "$work/server.log"
 
 # Not LEDGER_*: those are the server's configuration.
 MONITOR_URL="http://$LEDGER_LISTEN"

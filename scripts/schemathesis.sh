@@ -13,19 +13,13 @@
 #   SCHEMATHESIS_EXAMPLES=100  generated cases per operation and phase
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 version="${SCHEMATHESIS_VERSION:-4.32.5}"
 export SCHEMATHESIS_SEED="${SCHEMATHESIS_SEED:-20251129}"
 examples="${SCHEMATHESIS_EXAMPLES:-100}"
 venv="$(realpath -m "${SCHEMATHESIS_VENV:-target/schemathesis-venv}")"
-work="$(mktemp -d)"
-server=""
-
-cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch
 
 if [ "$("$venv/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $version" ]; then
   echo "installing schemathesis $version into $venv"
@@ -36,22 +30,12 @@ fi
 cargo build --locked --quiet --bin ledger
 bin=target/debug/ledger
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+port="$(free_port)"
 base="http://127.0.0.1:$port"
 export DATABASE_URL="sqlite://$work/ledger.db"
-export LEDGER_JWT_SECRET="schemathesis-secret-0123456789abcdef"
 export LEDGER_LISTEN="127.0.0.1:$port"
-export LEDGER_RATE_LIMIT_PER_SECOND=0
-export LEDGER_SHUTDOWN_DRAIN_MS=0
-export RUST_LOG="${RUST_LOG:-warn}"
-
-"$bin" serve >"$work/server.log" 2>&1 &
-server=$!
-for _ in $(seq 100); do
-  curl -fs "$base/health/ready" >/dev/null 2>&1 && break
-  sleep 0.1
-done
-curl -fs "$base/health/ready" >/dev/null || { cat "$work/server.log"; exit 1; }
+server_env "schemathesis-secret-0123456789abcdef"
+start_server "$bin" "$work/server.log"
 
 admin="$("$bin" token --sub root --role admin --ttl 1h)"
 

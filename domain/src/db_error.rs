@@ -22,15 +22,6 @@ pub enum DbErrorKind {
     Other,
 }
 
-impl DbErrorKind {
-    pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Self::Retryable(_) | Self::ConnectionLost | Self::Unavailable | Self::PoolTimeout
-        )
-    }
-}
-
 /// PostgreSQL SQLSTATE codes.
 pub fn classify_sqlstate(code: &str, constraint: Option<&str>) -> DbErrorKind {
     match code {
@@ -135,7 +126,16 @@ mod tests {
                 !matches!(classify_sqlstate(code, None), DbErrorKind::Retryable(_)),
                 "{code}"
             );
-            assert!(!classify_sqlstate(code, None).is_transient(), "{code}");
+            // nor any other kind that becomes a transient DomainError
+            assert!(
+                !matches!(
+                    classify_sqlstate(code, None),
+                    DbErrorKind::ConnectionLost
+                        | DbErrorKind::Unavailable
+                        | DbErrorKind::PoolTimeout
+                ),
+                "{code}"
+            );
         }
     }
 
@@ -189,37 +189,35 @@ mod tests {
 
     #[test]
     fn pool_and_io_errors() {
-        assert_eq!(
-            classify(&DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)),
-            DbErrorKind::PoolTimeout
-        );
-        assert_eq!(
-            classify(&DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed)),
-            DbErrorKind::Unavailable
-        );
-        let io = sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "reset",
-        ));
-        assert_eq!(
-            classify(&DbErr::Exec(RuntimeErr::SqlxError(Arc::new(io)))),
-            DbErrorKind::ConnectionLost
-        );
-        let refused = sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::ConnectionRefused,
-            "refused",
-        ));
-        assert_eq!(
-            classify(&DbErr::Conn(RuntimeErr::SqlxError(Arc::new(refused)))),
-            DbErrorKind::Unavailable
-        );
-        assert_eq!(
-            classify(&DbErr::Query(RuntimeErr::SqlxError(Arc::new(
-                sqlx::Error::PoolTimedOut
-            )))),
-            DbErrorKind::PoolTimeout
-        );
-        assert_eq!(classify(&DbErr::Custom("x".into())), DbErrorKind::Other);
+        let io = |kind, what| {
+            RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(std::io::Error::new(kind, what))))
+        };
+        let cases = [
+            (
+                DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+                DbErrorKind::PoolTimeout,
+            ),
+            (
+                DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+                DbErrorKind::Unavailable,
+            ),
+            (
+                DbErr::Exec(io(std::io::ErrorKind::ConnectionReset, "reset")),
+                DbErrorKind::ConnectionLost,
+            ),
+            (
+                DbErr::Conn(io(std::io::ErrorKind::ConnectionRefused, "refused")),
+                DbErrorKind::Unavailable,
+            ),
+            (
+                DbErr::Query(RuntimeErr::SqlxError(Arc::new(sqlx::Error::PoolTimedOut))),
+                DbErrorKind::PoolTimeout,
+            ),
+            (DbErr::Custom("x".into()), DbErrorKind::Other),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(classify(&err), kind, "{err:?}");
+        }
     }
 
     #[tokio::test]

@@ -4,24 +4,13 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    bigint, bigint_zero, drop_tables, foreign_key, id, index, integer, nullable_bigint,
-    nullable_ts, nullable_uuid, ts, uuid, varchar,
+    bigint, bigint_zero, check, create_table, drop_tables, foreign_key, id, indexes, integer, ix,
+    nonneg, nullable_bigint, nullable_ts, nullable_uuid, one_of, positive, primary_key, ts,
+    user_fk, uuid, ux, varchar, wallet_fk,
 };
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
-
-#[derive(DeriveIden)]
-enum Users {
-    Table,
-    Id,
-}
-
-#[derive(DeriveIden)]
-enum Wallets {
-    Table,
-    Id,
-}
 
 #[derive(DeriveIden)]
 enum Prices {
@@ -92,247 +81,219 @@ enum TradeCooldowns {
     LastOrderMs,
 }
 
-fn user_fk(name: &str, table: impl IntoIden, col: impl IntoIden) -> ForeignKeyCreateStatement {
-    foreign_key(name, (table, col), (Users::Table, Users::Id))
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(Prices::Table)
-                    .col(varchar(Prices::Symbol, 20).primary_key())
-                    .col(bigint_zero(Prices::Price))
-                    .col(ts(Prices::UpdatedAt))
-                    .check(("ck_prices_positive", Expr::col(Prices::Price).gt(0)))
-                    .to_owned(),
-            )
-            .await?;
-
-        manager
-            .create_table(
-                Table::create()
-                    .table(Orders::Table)
-                    .col(id(Orders::Id))
-                    .col(bigint(Orders::UserId))
-                    .col(bigint(Orders::WalletId))
-                    .col(varchar(Orders::WalletKind, 8))
-                    .col(varchar(Orders::Symbol, 20))
-                    .col(varchar(Orders::Side, 4))
-                    .col(bigint_zero(Orders::Quantity))
-                    .col(integer(Orders::Leverage))
-                    .col(varchar(Orders::Status, 8))
-                    .col(bigint_zero(Orders::OpenPrice))
-                    .col(nullable_bigint(Orders::ClosePrice))
-                    .col(bigint_zero(Orders::Margin))
-                    .col(bigint_zero(Orders::OpenFee))
-                    .col(nullable_bigint(Orders::CloseFee))
-                    .col(nullable_bigint(Orders::Pnl))
-                    .col(nullable_bigint(Orders::WrittenOff))
-                    .col(ts(Orders::OpenedAt))
-                    .col(nullable_ts(Orders::ClosedAt))
-                    .foreign_key(&mut user_fk(
-                        "fk_orders_user",
-                        Orders::Table,
-                        Orders::UserId,
-                    ))
-                    .foreign_key(&mut foreign_key(
-                        "fk_orders_wallet",
-                        (Orders::Table, Orders::WalletId),
-                        (Wallets::Table, Wallets::Id),
-                    ))
-                    .check((
-                        "ck_orders_side",
-                        Expr::col(Orders::Side).is_in(["buy", "sell"]),
-                    ))
-                    .check((
-                        "ck_orders_status",
-                        Expr::col(Orders::Status).is_in(["open", "closed"]),
-                    ))
-                    .check((
-                        "ck_orders_quantity_positive",
-                        Expr::col(Orders::Quantity).gt(0),
-                    ))
-                    .check(("ck_orders_leverage", Expr::col(Orders::Leverage).gte(1)))
-                    .check(("ck_orders_margin_nonneg", Expr::col(Orders::Margin).gte(0)))
-                    .to_owned(),
-            )
-            .await?;
-        index(
+        create_table(
             manager,
-            "ix_orders_user",
-            Orders::Table,
-            vec![Orders::UserId, Orders::Id],
-            false,
-        )
-        .await?;
-        index(
-            manager,
-            "ix_orders_user_status",
-            Orders::Table,
-            vec![Orders::UserId, Orders::Status, Orders::Id],
-            false,
+            Prices::Table,
+            [
+                varchar(Prices::Symbol, 20).primary_key().to_owned(),
+                bigint_zero(Prices::Price),
+                ts(Prices::UpdatedAt),
+            ],
+            [positive("ck_prices_positive", Prices::Price)],
         )
         .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(ReferralCommissions::Table)
-                    .col(id(ReferralCommissions::Id))
-                    .col(bigint(ReferralCommissions::OrderId))
-                    .col(varchar(ReferralCommissions::FeeKind, 8))
-                    .col(integer(ReferralCommissions::Level))
-                    .col(bigint(ReferralCommissions::ReferrerId))
-                    .col(bigint(ReferralCommissions::RefereeId))
-                    .col(bigint_zero(ReferralCommissions::Fee))
-                    .col(bigint_zero(ReferralCommissions::Rate))
-                    .col(bigint_zero(ReferralCommissions::Amount))
-                    .col(varchar(ReferralCommissions::Status, 8))
-                    .col(ts(ReferralCommissions::CreatedAt))
-                    .col(nullable_ts(ReferralCommissions::SettledAt))
-                    .col(nullable_uuid(ReferralCommissions::SettlementId))
-                    .foreign_key(&mut foreign_key(
-                        "fk_commissions_order",
-                        (ReferralCommissions::Table, ReferralCommissions::OrderId),
-                        (Orders::Table, Orders::Id),
-                    ))
-                    .foreign_key(&mut user_fk(
-                        "fk_commissions_referrer",
-                        ReferralCommissions::Table,
+        create_table(
+            manager,
+            Orders::Table,
+            [
+                id(Orders::Id),
+                bigint(Orders::UserId),
+                bigint(Orders::WalletId),
+                varchar(Orders::WalletKind, 8),
+                varchar(Orders::Symbol, 20),
+                varchar(Orders::Side, 4),
+                bigint_zero(Orders::Quantity),
+                integer(Orders::Leverage),
+                varchar(Orders::Status, 8),
+                bigint_zero(Orders::OpenPrice),
+                nullable_bigint(Orders::ClosePrice),
+                bigint_zero(Orders::Margin),
+                bigint_zero(Orders::OpenFee),
+                nullable_bigint(Orders::CloseFee),
+                nullable_bigint(Orders::Pnl),
+                nullable_bigint(Orders::WrittenOff),
+                ts(Orders::OpenedAt),
+                nullable_ts(Orders::ClosedAt),
+            ],
+            [
+                user_fk("fk_orders_user", Orders::Table, Orders::UserId),
+                wallet_fk("fk_orders_wallet", Orders::Table, Orders::WalletId),
+                one_of("ck_orders_side", Orders::Side, ["buy", "sell"]),
+                one_of("ck_orders_status", Orders::Status, ["open", "closed"]),
+                positive("ck_orders_quantity_positive", Orders::Quantity),
+                check("ck_orders_leverage", Expr::col(Orders::Leverage).gte(1)),
+                nonneg("ck_orders_margin_nonneg", Orders::Margin),
+            ],
+        )
+        .await?;
+        indexes(
+            manager,
+            Orders::Table,
+            [
+                ix("ix_orders_user", vec![Orders::UserId, Orders::Id]),
+                ix(
+                    "ix_orders_user_status",
+                    vec![Orders::UserId, Orders::Status, Orders::Id],
+                ),
+            ],
+        )
+        .await?;
+
+        create_table(
+            manager,
+            ReferralCommissions::Table,
+            [
+                id(ReferralCommissions::Id),
+                bigint(ReferralCommissions::OrderId),
+                varchar(ReferralCommissions::FeeKind, 8),
+                integer(ReferralCommissions::Level),
+                bigint(ReferralCommissions::ReferrerId),
+                bigint(ReferralCommissions::RefereeId),
+                bigint_zero(ReferralCommissions::Fee),
+                bigint_zero(ReferralCommissions::Rate),
+                bigint_zero(ReferralCommissions::Amount),
+                varchar(ReferralCommissions::Status, 8),
+                ts(ReferralCommissions::CreatedAt),
+                nullable_ts(ReferralCommissions::SettledAt),
+                nullable_uuid(ReferralCommissions::SettlementId),
+            ],
+            [
+                foreign_key(
+                    "fk_commissions_order",
+                    (ReferralCommissions::Table, ReferralCommissions::OrderId),
+                    (Orders::Table, Orders::Id),
+                ),
+                user_fk(
+                    "fk_commissions_referrer",
+                    ReferralCommissions::Table,
+                    ReferralCommissions::ReferrerId,
+                ),
+                user_fk(
+                    "fk_commissions_referee",
+                    ReferralCommissions::Table,
+                    ReferralCommissions::RefereeId,
+                ),
+                one_of(
+                    "ck_commissions_fee_kind",
+                    ReferralCommissions::FeeKind,
+                    ["open", "close"],
+                ),
+                one_of(
+                    "ck_commissions_status",
+                    ReferralCommissions::Status,
+                    ["pending", "paid"],
+                ),
+                positive(
+                    "ck_commissions_amount_positive",
+                    ReferralCommissions::Amount,
+                ),
+                check(
+                    "ck_commissions_not_own_referrer",
+                    Expr::col(ReferralCommissions::ReferrerId)
+                        .ne(Expr::col(ReferralCommissions::RefereeId)),
+                ),
+            ],
+        )
+        .await?;
+        indexes(
+            manager,
+            ReferralCommissions::Table,
+            [
+                ux(
+                    "ux_commissions_order_fee_level",
+                    vec![
+                        ReferralCommissions::OrderId,
+                        ReferralCommissions::FeeKind,
+                        ReferralCommissions::Level,
+                    ],
+                ),
+                ix(
+                    "ix_commissions_status",
+                    vec![ReferralCommissions::Status, ReferralCommissions::Id],
+                ),
+                ix(
+                    "ix_commissions_referrer",
+                    vec![
                         ReferralCommissions::ReferrerId,
-                    ))
-                    .foreign_key(&mut user_fk(
-                        "fk_commissions_referee",
-                        ReferralCommissions::Table,
-                        ReferralCommissions::RefereeId,
-                    ))
-                    .check((
-                        "ck_commissions_fee_kind",
-                        Expr::col(ReferralCommissions::FeeKind).is_in(["open", "close"]),
-                    ))
-                    .check((
-                        "ck_commissions_status",
-                        Expr::col(ReferralCommissions::Status).is_in(["pending", "paid"]),
-                    ))
-                    .check((
-                        "ck_commissions_amount_positive",
-                        Expr::col(ReferralCommissions::Amount).gt(0),
-                    ))
-                    .check((
-                        "ck_commissions_not_own_referrer",
-                        Expr::col(ReferralCommissions::ReferrerId)
-                            .ne(Expr::col(ReferralCommissions::RefereeId)),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        index(
-            manager,
-            "ux_commissions_order_fee_level",
-            ReferralCommissions::Table,
-            vec![
-                ReferralCommissions::OrderId.into_iden(),
-                ReferralCommissions::FeeKind.into_iden(),
-                ReferralCommissions::Level.into_iden(),
+                        ReferralCommissions::Level,
+                        ReferralCommissions::Status,
+                    ],
+                ),
             ],
-            true,
-        )
-        .await?;
-        index(
-            manager,
-            "ix_commissions_status",
-            ReferralCommissions::Table,
-            vec![ReferralCommissions::Status, ReferralCommissions::Id],
-            false,
-        )
-        .await?;
-        index(
-            manager,
-            "ix_commissions_referrer",
-            ReferralCommissions::Table,
-            vec![
-                ReferralCommissions::ReferrerId,
-                ReferralCommissions::Level,
-                ReferralCommissions::Status,
-            ],
-            false,
         )
         .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(ReferralBonuses::Table)
-                    .col(id(ReferralBonuses::Id))
-                    .col(bigint(ReferralBonuses::RefereeId))
-                    .col(bigint(ReferralBonuses::BeneficiaryId))
-                    .col(varchar(ReferralBonuses::Role, 8))
-                    .col(bigint_zero(ReferralBonuses::Amount))
-                    .col(uuid(ReferralBonuses::OperationId))
-                    .col(ts(ReferralBonuses::CreatedAt))
-                    .foreign_key(&mut user_fk(
-                        "fk_bonuses_referee",
-                        ReferralBonuses::Table,
-                        ReferralBonuses::RefereeId,
-                    ))
-                    .foreign_key(&mut user_fk(
-                        "fk_bonuses_beneficiary",
-                        ReferralBonuses::Table,
-                        ReferralBonuses::BeneficiaryId,
-                    ))
-                    .check((
-                        "ck_bonuses_role",
-                        Expr::col(ReferralBonuses::Role).is_in(["referrer", "referee"]),
-                    ))
-                    .check((
-                        "ck_bonuses_amount_positive",
-                        Expr::col(ReferralBonuses::Amount).gt(0),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        // Once per referee: one referrer bonus and one referee bonus at most.
-        index(
+        create_table(
             manager,
-            "ux_bonuses_referee_role",
             ReferralBonuses::Table,
-            vec![ReferralBonuses::RefereeId, ReferralBonuses::Role],
-            true,
+            [
+                id(ReferralBonuses::Id),
+                bigint(ReferralBonuses::RefereeId),
+                bigint(ReferralBonuses::BeneficiaryId),
+                varchar(ReferralBonuses::Role, 8),
+                bigint_zero(ReferralBonuses::Amount),
+                uuid(ReferralBonuses::OperationId),
+                ts(ReferralBonuses::CreatedAt),
+            ],
+            [
+                user_fk(
+                    "fk_bonuses_referee",
+                    ReferralBonuses::Table,
+                    ReferralBonuses::RefereeId,
+                ),
+                user_fk(
+                    "fk_bonuses_beneficiary",
+                    ReferralBonuses::Table,
+                    ReferralBonuses::BeneficiaryId,
+                ),
+                one_of(
+                    "ck_bonuses_role",
+                    ReferralBonuses::Role,
+                    ["referrer", "referee"],
+                ),
+                positive("ck_bonuses_amount_positive", ReferralBonuses::Amount),
+            ],
         )
         .await?;
-        index(
+        indexes(
             manager,
-            "ix_bonuses_beneficiary",
             ReferralBonuses::Table,
-            vec![ReferralBonuses::BeneficiaryId],
-            false,
+            [
+                // Once per referee: one referrer bonus and one referee bonus at most.
+                ux(
+                    "ux_bonuses_referee_role",
+                    vec![ReferralBonuses::RefereeId, ReferralBonuses::Role],
+                ),
+                ix(
+                    "ix_bonuses_beneficiary",
+                    vec![ReferralBonuses::BeneficiaryId],
+                ),
+            ],
         )
         .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(TradeCooldowns::Table)
-                    .col(bigint(TradeCooldowns::UserId))
-                    .col(varchar(TradeCooldowns::Symbol, 20))
-                    .col(bigint(TradeCooldowns::LastOrderMs))
-                    .primary_key(
-                        Index::create()
-                            .col(TradeCooldowns::UserId)
-                            .col(TradeCooldowns::Symbol),
-                    )
-                    .foreign_key(&mut user_fk(
-                        "fk_cooldowns_user",
-                        TradeCooldowns::Table,
-                        TradeCooldowns::UserId,
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        Ok(())
+        create_table(
+            manager,
+            TradeCooldowns::Table,
+            [
+                bigint(TradeCooldowns::UserId),
+                varchar(TradeCooldowns::Symbol, 20),
+                bigint(TradeCooldowns::LastOrderMs),
+            ],
+            [
+                primary_key([TradeCooldowns::UserId, TradeCooldowns::Symbol]),
+                user_fk(
+                    "fk_cooldowns_user",
+                    TradeCooldowns::Table,
+                    TradeCooldowns::UserId,
+                ),
+            ],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {

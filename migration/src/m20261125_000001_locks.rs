@@ -7,25 +7,59 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::columns::{id, index};
+use crate::columns::{
+    Constraint, bigint, bigint_zero, cascade_foreign_key, check, create_table, drop_tables, id,
+    indexes, integer, ix, nullable_bigint, nullable_text, nullable_varchar, one_of, positive,
+    primary_key, text, varchar,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
+
+/// The columns of a lock request, the same whether it is granted
+/// (`transaction_locks`) or waiting (`transaction_queue`).
+#[derive(DeriveIden)]
+enum Request {
+    Resources,
+    OwnerId,
+    OwnerType,
+    CreatedBy,
+    Priority,
+    TransactionType,
+    TransactionData,
+    IdempotencyKey,
+}
+
+/// Who asks for which resources: the first columns of a request.
+fn requester() -> [ColumnDef; 4] {
+    [
+        text(Request::Resources),
+        varchar(Request::OwnerId, 200),
+        varchar(Request::OwnerType, 16),
+        varchar(Request::CreatedBy, 300),
+    ]
+}
+
+/// What the request is for, and how urgent it is.
+fn request_body() -> [ColumnDef; 4] {
+    [
+        integer(Request::Priority),
+        varchar(Request::TransactionType, 100),
+        text(Request::TransactionData),
+        varchar(Request::IdempotencyKey, 64),
+    ]
+}
+
+fn priority_check(name: &'static str) -> Constraint {
+    check(name, Expr::col(Request::Priority).between(1, 10))
+}
 
 #[derive(DeriveIden)]
 enum TransactionLocks {
     Table,
     Id,
-    Resources,
-    OwnerId,
-    OwnerType,
-    CreatedBy,
     Status,
     FencingToken,
-    Priority,
-    TransactionType,
-    TransactionData,
-    IdempotencyKey,
     Result,
     Error,
     AcquiredAtMs,
@@ -50,14 +84,6 @@ enum TransactionLockResources {
 enum TransactionQueue {
     Table,
     Id,
-    Resources,
-    OwnerId,
-    OwnerType,
-    CreatedBy,
-    Priority,
-    TransactionType,
-    TransactionData,
-    IdempotencyKey,
     TtlMs,
     Status,
     LockId,
@@ -80,136 +106,110 @@ enum LockFencing {
     FencingToken,
 }
 
-fn text(col: impl IntoIden, len: u32) -> ColumnDef {
-    ColumnDef::new(col).string_len(len).not_null().to_owned()
-}
-
-fn ms(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).big_integer().not_null().to_owned()
-}
-
-fn nullable_ms(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).big_integer().null().to_owned()
-}
-
 const LOCK_STATUSES: [&str; 4] = ["active", "released", "expired", "failed"];
 
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(TransactionLocks::Table)
-                    .col(text(TransactionLocks::Id, 36).primary_key())
-                    .col(
-                        ColumnDef::new(TransactionLocks::Resources)
-                            .text()
-                            .not_null(),
-                    )
-                    .col(text(TransactionLocks::OwnerId, 200))
-                    .col(text(TransactionLocks::OwnerType, 16))
-                    .col(text(TransactionLocks::CreatedBy, 300))
-                    .col(text(TransactionLocks::Status, 16))
-                    .col(ms(TransactionLocks::FencingToken))
-                    .col(
-                        ColumnDef::new(TransactionLocks::Priority)
-                            .integer()
-                            .not_null(),
-                    )
-                    .col(text(TransactionLocks::TransactionType, 100))
-                    .col(
-                        ColumnDef::new(TransactionLocks::TransactionData)
-                            .text()
-                            .not_null(),
-                    )
-                    .col(text(TransactionLocks::IdempotencyKey, 64))
-                    .col(ColumnDef::new(TransactionLocks::Result).text().null())
-                    .col(ColumnDef::new(TransactionLocks::Error).text().null())
-                    .col(ms(TransactionLocks::AcquiredAtMs))
-                    .col(ms(TransactionLocks::ExpiresAtMs))
-                    .col(nullable_ms(TransactionLocks::ReleasedAtMs))
-                    .col(
-                        ColumnDef::new(TransactionLocks::ReleasedBy)
-                            .string_len(300)
-                            .null(),
-                    )
-                    .col(
-                        ColumnDef::new(TransactionLocks::ReleaseReason)
-                            .text()
-                            .null(),
-                    )
-                    .col(ms(TransactionLocks::WaitMs).default(0))
-                    .col(nullable_ms(TransactionLocks::QueueId))
-                    .check((
-                        "ck_transaction_locks_status",
-                        Expr::col(TransactionLocks::Status).is_in(LOCK_STATUSES),
-                    ))
-                    .check((
-                        "ck_transaction_locks_priority",
-                        Expr::col(TransactionLocks::Priority).between(1, 10),
-                    ))
-                    .check((
-                        "ck_transaction_locks_token_positive",
-                        Expr::col(TransactionLocks::FencingToken).gt(0),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        for (name, cols) in [
-            (
-                "ix_transaction_locks_dedupe",
-                vec![
-                    TransactionLocks::IdempotencyKey,
-                    TransactionLocks::AcquiredAtMs,
-                ],
-            ),
-            (
-                "ix_transaction_locks_status_expiry",
-                vec![TransactionLocks::Status, TransactionLocks::ExpiresAtMs],
-            ),
-            (
-                "ix_transaction_locks_owner",
-                vec![TransactionLocks::OwnerId, TransactionLocks::AcquiredAtMs],
-            ),
-            (
-                "ix_transaction_locks_released_at",
-                vec![TransactionLocks::ReleasedAtMs],
-            ),
-        ] {
-            index(manager, name, TransactionLocks::Table, cols, false).await?;
-        }
+        let mut lock_cols = vec![varchar(TransactionLocks::Id, 36).primary_key().to_owned()];
+        lock_cols.extend(requester());
+        lock_cols.extend([
+            varchar(TransactionLocks::Status, 16),
+            bigint(TransactionLocks::FencingToken),
+        ]);
+        lock_cols.extend(request_body());
+        lock_cols.extend([
+            nullable_text(TransactionLocks::Result),
+            nullable_text(TransactionLocks::Error),
+            bigint(TransactionLocks::AcquiredAtMs),
+            bigint(TransactionLocks::ExpiresAtMs),
+            nullable_bigint(TransactionLocks::ReleasedAtMs),
+            nullable_varchar(TransactionLocks::ReleasedBy, 300),
+            nullable_text(TransactionLocks::ReleaseReason),
+            bigint_zero(TransactionLocks::WaitMs),
+            nullable_bigint(TransactionLocks::QueueId),
+        ]);
+        create_table(
+            manager,
+            TransactionLocks::Table,
+            lock_cols,
+            [
+                one_of(
+                    "ck_transaction_locks_status",
+                    TransactionLocks::Status,
+                    LOCK_STATUSES,
+                ),
+                priority_check("ck_transaction_locks_priority"),
+                positive(
+                    "ck_transaction_locks_token_positive",
+                    TransactionLocks::FencingToken,
+                ),
+            ],
+        )
+        .await?;
+        indexes(
+            manager,
+            TransactionLocks::Table,
+            [
+                ix(
+                    "ix_transaction_locks_dedupe",
+                    vec![
+                        Request::IdempotencyKey.into_iden(),
+                        TransactionLocks::AcquiredAtMs.into_iden(),
+                    ],
+                ),
+                ix(
+                    "ix_transaction_locks_status_expiry",
+                    vec![
+                        TransactionLocks::Status.into_iden(),
+                        TransactionLocks::ExpiresAtMs.into_iden(),
+                    ],
+                ),
+                ix(
+                    "ix_transaction_locks_owner",
+                    vec![
+                        Request::OwnerId.into_iden(),
+                        TransactionLocks::AcquiredAtMs.into_iden(),
+                    ],
+                ),
+                ix(
+                    "ix_transaction_locks_released_at",
+                    vec![TransactionLocks::ReleasedAtMs.into_iden()],
+                ),
+            ],
+        )
+        .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(TransactionLockResources::Table)
-                    .col(text(TransactionLockResources::LockId, 36))
-                    .col(text(TransactionLockResources::ResourceId, 200))
-                    .col(text(TransactionLockResources::Status, 16))
-                    .col(ms(TransactionLockResources::FencingToken))
-                    .primary_key(
-                        Index::create()
-                            .col(TransactionLockResources::LockId)
-                            .col(TransactionLockResources::ResourceId),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_lock_resources_lock")
-                            .from(
-                                TransactionLockResources::Table,
-                                TransactionLockResources::LockId,
-                            )
-                            .to(TransactionLocks::Table, TransactionLocks::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .check((
-                        "ck_lock_resources_status",
-                        Expr::col(TransactionLockResources::Status).is_in(LOCK_STATUSES),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
+        create_table(
+            manager,
+            TransactionLockResources::Table,
+            [
+                varchar(TransactionLockResources::LockId, 36),
+                varchar(TransactionLockResources::ResourceId, 200),
+                varchar(TransactionLockResources::Status, 16),
+                bigint(TransactionLockResources::FencingToken),
+            ],
+            [
+                primary_key([
+                    TransactionLockResources::LockId,
+                    TransactionLockResources::ResourceId,
+                ]),
+                cascade_foreign_key(
+                    "fk_lock_resources_lock",
+                    (
+                        TransactionLockResources::Table,
+                        TransactionLockResources::LockId,
+                    ),
+                    (TransactionLocks::Table, TransactionLocks::Id),
+                ),
+                one_of(
+                    "ck_lock_resources_status",
+                    TransactionLockResources::Status,
+                    LOCK_STATUSES,
+                ),
+            ],
+        )
+        .await?;
         // The last line of defence: whatever the code does, on whichever
         // instance, a resource has at most one active grant.
         manager
@@ -223,150 +223,131 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        index(
+        indexes(
             manager,
-            "ix_lock_resources_resource",
             TransactionLockResources::Table,
-            vec![
-                TransactionLockResources::ResourceId,
-                TransactionLockResources::LockId,
-            ],
-            false,
+            [ix(
+                "ix_lock_resources_resource",
+                vec![
+                    TransactionLockResources::ResourceId,
+                    TransactionLockResources::LockId,
+                ],
+            )],
         )
         .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(TransactionQueue::Table)
-                    .col(id(TransactionQueue::Id))
-                    .col(
-                        ColumnDef::new(TransactionQueue::Resources)
-                            .text()
-                            .not_null(),
-                    )
-                    .col(text(TransactionQueue::OwnerId, 200))
-                    .col(text(TransactionQueue::OwnerType, 16))
-                    .col(text(TransactionQueue::CreatedBy, 300))
-                    .col(
-                        ColumnDef::new(TransactionQueue::Priority)
-                            .integer()
-                            .not_null(),
-                    )
-                    .col(text(TransactionQueue::TransactionType, 100))
-                    .col(
-                        ColumnDef::new(TransactionQueue::TransactionData)
-                            .text()
-                            .not_null(),
-                    )
-                    .col(text(TransactionQueue::IdempotencyKey, 64))
-                    .col(ms(TransactionQueue::TtlMs))
-                    .col(text(TransactionQueue::Status, 16))
-                    .col(
-                        ColumnDef::new(TransactionQueue::LockId)
-                            .string_len(36)
-                            .null(),
-                    )
-                    .col(ms(TransactionQueue::QueuedAtMs))
-                    .col(ms(TransactionQueue::DeadlineMs))
-                    .col(nullable_ms(TransactionQueue::FinishedAtMs))
-                    .check((
-                        "ck_transaction_queue_status",
-                        Expr::col(TransactionQueue::Status).is_in([
-                            "pending",
-                            "granted",
-                            "cancelled",
-                            "expired",
-                        ]),
-                    ))
-                    .check((
-                        "ck_transaction_queue_priority",
-                        Expr::col(TransactionQueue::Priority).between(1, 10),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        for (name, cols) in [
-            (
-                "ix_transaction_queue_status_deadline",
-                vec![TransactionQueue::Status, TransactionQueue::DeadlineMs],
-            ),
-            (
-                "ix_transaction_queue_dedupe",
-                vec![TransactionQueue::IdempotencyKey, TransactionQueue::Status],
-            ),
-            (
-                "ix_transaction_queue_finished_at",
-                vec![TransactionQueue::FinishedAtMs],
-            ),
-        ] {
-            index(manager, name, TransactionQueue::Table, cols, false).await?;
-        }
-
-        manager
-            .create_table(
-                Table::create()
-                    .table(TransactionQueueResources::Table)
-                    .col(
-                        ColumnDef::new(TransactionQueueResources::QueueId)
-                            .big_integer()
-                            .not_null(),
-                    )
-                    .col(text(TransactionQueueResources::ResourceId, 200))
-                    .primary_key(
-                        Index::create()
-                            .col(TransactionQueueResources::QueueId)
-                            .col(TransactionQueueResources::ResourceId),
-                    )
-                    .foreign_key(
-                        ForeignKey::create()
-                            .name("fk_queue_resources_item")
-                            .from(
-                                TransactionQueueResources::Table,
-                                TransactionQueueResources::QueueId,
-                            )
-                            .to(TransactionQueue::Table, TransactionQueue::Id)
-                            .on_delete(ForeignKeyAction::Cascade),
-                    )
-                    .to_owned(),
-            )
-            .await?;
-        index(
+        let mut queue_cols = vec![id(TransactionQueue::Id)];
+        queue_cols.extend(requester());
+        queue_cols.extend(request_body());
+        queue_cols.extend([
+            bigint(TransactionQueue::TtlMs),
+            varchar(TransactionQueue::Status, 16),
+            nullable_varchar(TransactionQueue::LockId, 36),
+            bigint(TransactionQueue::QueuedAtMs),
+            bigint(TransactionQueue::DeadlineMs),
+            nullable_bigint(TransactionQueue::FinishedAtMs),
+        ]);
+        create_table(
             manager,
-            "ix_queue_resources_resource",
-            TransactionQueueResources::Table,
-            vec![
-                TransactionQueueResources::ResourceId,
-                TransactionQueueResources::QueueId,
+            TransactionQueue::Table,
+            queue_cols,
+            [
+                one_of(
+                    "ck_transaction_queue_status",
+                    TransactionQueue::Status,
+                    ["pending", "granted", "cancelled", "expired"],
+                ),
+                priority_check("ck_transaction_queue_priority"),
             ],
-            false,
+        )
+        .await?;
+        indexes(
+            manager,
+            TransactionQueue::Table,
+            [
+                ix(
+                    "ix_transaction_queue_status_deadline",
+                    vec![
+                        TransactionQueue::Status.into_iden(),
+                        TransactionQueue::DeadlineMs.into_iden(),
+                    ],
+                ),
+                ix(
+                    "ix_transaction_queue_dedupe",
+                    vec![
+                        Request::IdempotencyKey.into_iden(),
+                        TransactionQueue::Status.into_iden(),
+                    ],
+                ),
+                ix(
+                    "ix_transaction_queue_finished_at",
+                    vec![TransactionQueue::FinishedAtMs.into_iden()],
+                ),
+            ],
         )
         .await?;
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(LockFencing::Table)
-                    .col(text(LockFencing::ResourceId, 200).primary_key())
-                    .col(ms(LockFencing::FencingToken).default(0))
+        create_table(
+            manager,
+            TransactionQueueResources::Table,
+            [
+                bigint(TransactionQueueResources::QueueId),
+                varchar(TransactionQueueResources::ResourceId, 200),
+            ],
+            [
+                primary_key([
+                    TransactionQueueResources::QueueId,
+                    TransactionQueueResources::ResourceId,
+                ]),
+                cascade_foreign_key(
+                    "fk_queue_resources_item",
+                    (
+                        TransactionQueueResources::Table,
+                        TransactionQueueResources::QueueId,
+                    ),
+                    (TransactionQueue::Table, TransactionQueue::Id),
+                ),
+            ],
+        )
+        .await?;
+        indexes(
+            manager,
+            TransactionQueueResources::Table,
+            [ix(
+                "ix_queue_resources_resource",
+                vec![
+                    TransactionQueueResources::ResourceId,
+                    TransactionQueueResources::QueueId,
+                ],
+            )],
+        )
+        .await?;
+
+        create_table(
+            manager,
+            LockFencing::Table,
+            [
+                varchar(LockFencing::ResourceId, 200)
+                    .primary_key()
                     .to_owned(),
-            )
-            .await?;
-        Ok(())
+                bigint_zero(LockFencing::FencingToken),
+            ],
+            [],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for table in [
-            LockFencing::Table.into_iden(),
-            TransactionQueueResources::Table.into_iden(),
-            TransactionQueue::Table.into_iden(),
-            TransactionLockResources::Table.into_iden(),
-            TransactionLocks::Table.into_iden(),
-        ] {
-            manager
-                .drop_table(Table::drop().table(table).to_owned())
-                .await?;
-        }
-        Ok(())
+        drop_tables(
+            manager,
+            [
+                LockFencing::Table.into_iden(),
+                TransactionQueueResources::Table.into_iden(),
+                TransactionQueue::Table.into_iden(),
+                TransactionLockResources::Table.into_iden(),
+                TransactionLocks::Table.into_iden(),
+            ],
+        )
+        .await
     }
 }

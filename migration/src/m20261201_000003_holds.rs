@@ -8,23 +8,16 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::columns::{
-    bigint, bigint_zero, drop_tables, foreign_key, id, index, nullable_ts, nullable_varchar, ts,
-    varchar,
+    add_column, bigint, bigint_zero, check, create_table, drop_column, drop_tables, id, indexes,
+    ix, nullable_ts, nullable_varchar, one_of, positive, ts, user_fk, varchar, wallet_fk,
 };
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
 #[derive(DeriveIden)]
-enum Users {
-    Table,
-    Id,
-}
-
-#[derive(DeriveIden)]
 enum Wallets {
     Table,
-    Id,
     Held,
 }
 
@@ -83,112 +76,75 @@ impl MigrationTrait for Migration {
             .await?;
         // SQLite takes one column per ALTER TABLE.
         for col in [JournalEntries::HeldDelta, JournalEntries::HeldAfter] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(JournalEntries::Table)
-                        .add_column(bigint_zero(col))
-                        .to_owned(),
-                )
-                .await?;
+            add_column(manager, JournalEntries::Table, bigint_zero(col)).await?;
         }
 
-        manager
-            .create_table(
-                Table::create()
-                    .table(Holds::Table)
-                    .col(id(Holds::Id))
-                    .col(bigint(Holds::UserId))
-                    .col(bigint(Holds::WalletId))
-                    .col(varchar(Holds::WalletKind, 8))
-                    .col(bigint(Holds::Amount))
-                    .col(bigint_zero(Holds::CapturedAmount))
-                    .col(varchar(Holds::Status, 8))
-                    .col(nullable_varchar(Holds::Reference, 255))
-                    .col(ts(Holds::ExpiresAt))
-                    .col(bigint(Holds::ExpiresAtMs))
-                    .col(ts(Holds::CreatedAt))
-                    .col(nullable_ts(Holds::FinishedAt))
-                    .foreign_key(&mut foreign_key(
-                        "fk_holds_user",
-                        (Holds::Table, Holds::UserId),
-                        (Users::Table, Users::Id),
-                    ))
-                    .foreign_key(&mut foreign_key(
-                        "fk_holds_wallet",
-                        (Holds::Table, Holds::WalletId),
-                        (Wallets::Table, Wallets::Id),
-                    ))
-                    .check((
-                        "ck_holds_status",
-                        Expr::col(Holds::Status).is_in(["held", "captured", "voided", "expired"]),
-                    ))
-                    .check(("ck_holds_amount_positive", Expr::col(Holds::Amount).gt(0)))
-                    .check((
-                        "ck_holds_captured_within_amount",
-                        Expr::col(Holds::CapturedAmount)
-                            .gte(0)
-                            .and(Expr::col(Holds::CapturedAmount).lte(Expr::col(Holds::Amount))),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        // A user's holds, newest first, optionally by status.
-        index(
+        create_table(
             manager,
-            "ix_holds_user",
             Holds::Table,
-            vec![Holds::UserId, Holds::Id],
-            false,
+            [
+                id(Holds::Id),
+                bigint(Holds::UserId),
+                bigint(Holds::WalletId),
+                varchar(Holds::WalletKind, 8),
+                bigint(Holds::Amount),
+                bigint_zero(Holds::CapturedAmount),
+                varchar(Holds::Status, 8),
+                nullable_varchar(Holds::Reference, 255),
+                ts(Holds::ExpiresAt),
+                bigint(Holds::ExpiresAtMs),
+                ts(Holds::CreatedAt),
+                nullable_ts(Holds::FinishedAt),
+            ],
+            [
+                user_fk("fk_holds_user", Holds::Table, Holds::UserId),
+                wallet_fk("fk_holds_wallet", Holds::Table, Holds::WalletId),
+                one_of(
+                    "ck_holds_status",
+                    Holds::Status,
+                    ["held", "captured", "voided", "expired"],
+                ),
+                positive("ck_holds_amount_positive", Holds::Amount),
+                check(
+                    "ck_holds_captured_within_amount",
+                    Expr::col(Holds::CapturedAmount)
+                        .gte(0)
+                        .and(Expr::col(Holds::CapturedAmount).lte(Expr::col(Holds::Amount))),
+                ),
+            ],
         )
         .await?;
-        // The active holds of one wallet that are due (lazy expiry under the
-        // wallet lock), and every due hold (the cleanup job).
-        index(
+        indexes(
             manager,
-            "ix_holds_wallet_status_expiry",
             Holds::Table,
-            vec![Holds::WalletId, Holds::Status, Holds::ExpiresAtMs],
-            false,
+            [
+                // A user's holds, newest first, optionally by status.
+                ix("ix_holds_user", vec![Holds::UserId, Holds::Id]),
+                // The active holds of one wallet that are due (lazy expiry
+                // under the wallet lock), and every due hold (the cleanup job).
+                ix(
+                    "ix_holds_wallet_status_expiry",
+                    vec![Holds::WalletId, Holds::Status, Holds::ExpiresAtMs],
+                ),
+                ix(
+                    "ix_holds_status_expiry",
+                    vec![Holds::Status, Holds::ExpiresAtMs],
+                ),
+            ],
         )
-        .await?;
-        index(
-            manager,
-            "ix_holds_status_expiry",
-            Holds::Table,
-            vec![Holds::Status, Holds::ExpiresAtMs],
-            false,
-        )
-        .await?;
-        Ok(())
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         drop_tables(manager, [Holds::Table.into_iden()]).await?;
         let conn = manager.get_connection();
         for col in [JournalEntries::HeldDelta, JournalEntries::HeldAfter] {
-            manager
-                .alter_table(
-                    Table::alter()
-                        .table(JournalEntries::Table)
-                        .drop_column(col)
-                        .to_owned(),
-                )
-                .await?;
+            drop_column(manager, JournalEntries::Table, col).await?;
         }
         match manager.get_database_backend() {
             // SQLite drops a column only when no constraint names it; its
             // checks sit on the column itself, so they go with it.
-            DbBackend::Sqlite => {
-                manager
-                    .alter_table(
-                        Table::alter()
-                            .table(Wallets::Table)
-                            .drop_column(Wallets::Held)
-                            .to_owned(),
-                    )
-                    .await
-            }
+            DbBackend::Sqlite => drop_column(manager, Wallets::Table, Wallets::Held).await,
             _ => conn
                 .execute_unprepared(
                     "ALTER TABLE wallets DROP CONSTRAINT ck_wallets_balance_covers_margin_and_held, \

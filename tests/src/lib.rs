@@ -29,6 +29,9 @@ pub mod payout_sim;
 pub mod process;
 pub mod proxy;
 
+/// Where users are created.
+pub const USERS: &str = "/api/v1/users";
+
 pub const SECRET: &str = "integration-test-secret-0123456789";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -346,6 +349,11 @@ impl TestApp {
             .await
     }
 
+    /// POST with an `Idempotency-Key` of its own: a new operation.
+    pub async fn post_new(&self, path: &str, token: &str, body: Value) -> Reply {
+        self.post(path, token, Some(&fresh_key()), body).await
+    }
+
     pub async fn put(&self, path: &str, token: &str, body: Value) -> Reply {
         let req = self
             .client
@@ -408,9 +416,7 @@ impl TestApp {
         if let Some(code) = referral_code {
             body["referral_code"] = code.into();
         }
-        let r = self
-            .post("/api/v1/users", &self.service(), Some(&fresh_key()), body)
-            .await;
+        let r = self.post_new(USERS, &self.service(), body).await;
         r.expect(201);
         r.body
     }
@@ -442,23 +448,13 @@ impl TestApp {
 
     /// Creates a user through the API and returns its id.
     pub async fn create_user(&self, email: &str) -> i64 {
-        let r = self
-            .post(
-                "/api/v1/users",
-                &self.service(),
-                Some(&fresh_key()),
-                serde_json::json!({ "email": email }),
-            )
-            .await;
-        r.expect(201);
-        r.body["id"].as_i64().unwrap()
+        self.signup(email, None).await["id"].as_i64().unwrap()
     }
 
     pub async fn deposit(&self, user_id: i64, amount: &str, wallet: &str) -> Reply {
-        self.post(
+        self.post_new(
             "/api/v1/wallets/deposit",
             &self.service(),
-            Some(&fresh_key()),
             serde_json::json!({ "user_id": user_id, "amount": amount, "wallet": wallet }),
         )
         .await

@@ -16,6 +16,21 @@ use std::time::{Duration, Instant};
 
 use crate::SECRET;
 
+/// The tokio runtime of a tool's `main` (`faults`, `loadgen`): multi-thread,
+/// or current-thread for a small helper process. When it cannot be built
+/// the reason is printed and the exit code to return is the error.
+pub fn runtime(multi_thread: bool) -> Result<tokio::runtime::Runtime, std::process::ExitCode> {
+    let mut builder = if multi_thread {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: {e}");
+        std::process::ExitCode::FAILURE
+    })
+}
+
 /// How long a start may take: migrations on a fresh database in a debug
 /// build on a busy machine.
 const START_TIMEOUT: Duration = Duration::from_secs(90);

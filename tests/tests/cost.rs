@@ -16,7 +16,7 @@ use std::time::Duration;
 use infra::metrics::metrics;
 use sea_orm::{ConnectionTrait, Database, Statement};
 use serde_json::json;
-use tests::{Engine, TestApp, admin_url, fresh_key};
+use tests::{Engine, TestApp, admin_url};
 
 /// Operations of each kind measured.
 const N: i64 = 30;
@@ -95,10 +95,9 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
     let deposit = per_operation("deposit", |_| {
         let (app, service) = (&app, &service);
         async move {
-            app.post(
+            app.post_new(
                 "/api/v1/wallets/deposit",
                 service,
-                Some(&fresh_key()),
                 json!({"user_id": a, "amount": "1000", "wallet": "live"}),
             )
             .await
@@ -109,10 +108,9 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
     let withdraw = per_operation("withdrawal", |_| {
         let (app, user_a) = (&app, &user_a);
         async move {
-            app.post(
+            app.post_new(
                 "/api/v1/wallets/withdraw",
                 user_a,
-                Some(&fresh_key()),
                 json!({"user_id": a, "amount": "1", "wallet": "live"}),
             )
             .await
@@ -123,10 +121,9 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
     let transfer = per_operation("transfer", |_| {
         let (app, user_a) = (&app, &user_a);
         async move {
-            app.post(
+            app.post_new(
                 "/api/v1/wallets/transfer",
                 user_a,
-                Some(&fresh_key()),
                 json!({"from_user_id": a, "to_user_id": b, "amount": "1", "wallet": "live"}),
             )
             .await

@@ -25,7 +25,7 @@ use poem_openapi::types::ToJSON;
 use poem_openapi::{OpenApi, Tags};
 
 use crate::app::Apis;
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
 use crate::request_id::current_request_id;
@@ -55,6 +55,9 @@ pub enum ApiTags {
     /// Alerts firing now, from this process's metrics.
     Alerts,
 }
+
+/// The back office: the roles that may act for any user.
+pub const BACK_OFFICE: &[Role] = &[Role::Service, Role::Admin];
 
 /// Parses a request amount; a refusal names the field it came from.
 pub fn parse_amount(field: &str, input: &DecimalString) -> Result<Amount, ApiError> {

@@ -100,6 +100,31 @@ impl From<WalletKind> for domain::ledger::wallets::WalletKind {
     }
 }
 
+/// The body of a page of a list route, `NAME { items, next_before_id }`, and
+/// its conversion from the domain's page of `VIEW`s, each item through
+/// `ITEM: From<&VIEW>`.
+macro_rules! page_body {
+    ($name:ident, $item:ty, $view:ty) => {
+        #[derive(poem_openapi::Object, Debug, Clone)]
+        pub struct $name {
+            pub items: Vec<$item>,
+            /// Pass as `before_id` for the next (older) page; null on the last page.
+            #[oai(nullable)]
+            pub next_before_id: Option<i64>,
+        }
+
+        impl From<&domain::page::Page<$view>> for $name {
+            fn from(page: &domain::page::Page<$view>) -> Self {
+                Self {
+                    items: page.items.iter().map(<$item>::from).collect(),
+                    next_before_id: page.next_before_id,
+                }
+            }
+        }
+    };
+}
+pub(crate) use page_body;
+
 /// No fields: `{}`.
 #[derive(Object, Debug, Clone)]
 #[oai(deny_unknown_fields)]

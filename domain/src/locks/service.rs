@@ -463,22 +463,32 @@ impl LockService {
 
     async fn lock_ids_of(&self, resource_id: &str) -> DomainResult<Vec<String>> {
         use infra::entities::transaction_lock_resource as lr;
-        Ok(lr::Entity::find()
-            .filter(lr::Column::ResourceId.eq(resource_id))
-            .select_only()
-            .column(lr::Column::LockId)
-            .into_tuple::<String>()
-            .all(self.conn())
-            .await?)
+        self.ids_on::<lr::Entity, String>(lr::Column::ResourceId, lr::Column::LockId, resource_id)
+            .await
     }
 
     async fn queue_ids_of(&self, resource_id: &str) -> DomainResult<Vec<i64>> {
         use infra::entities::transaction_queue_resource as qr;
-        Ok(qr::Entity::find()
-            .filter(qr::Column::ResourceId.eq(resource_id))
+        self.ids_on::<qr::Entity, i64>(qr::Column::ResourceId, qr::Column::QueueId, resource_id)
+            .await
+    }
+
+    /// The `id` column of the (owner, resource) rows of `E` on one resource.
+    async fn ids_on<E, T>(
+        &self,
+        resource: E::Column,
+        id: E::Column,
+        resource_id: &str,
+    ) -> DomainResult<Vec<T>>
+    where
+        E: EntityTrait,
+        T: sea_orm::TryGetableMany + Send + Sync,
+    {
+        Ok(E::find()
+            .filter(resource.eq(resource_id))
             .select_only()
-            .column(qr::Column::QueueId)
-            .into_tuple::<i64>()
+            .column(id)
+            .into_tuple::<T>()
             .all(self.conn())
             .await?)
     }
@@ -970,16 +980,21 @@ mod tests {
         }
     }
 
+    /// Acquires `resources` for `owner` without waiting; it must be granted.
+    async fn acquire_now(locks: &LockService, owner: &str, resources: &[&str]) -> LockView {
+        granted(
+            locks
+                .acquire(&request(owner, resources, WaitMode::Fail))
+                .await
+                .unwrap(),
+        )
+    }
+
     #[tokio::test]
     async fn release_hands_the_resource_to_the_queue_head_with_a_higher_token() {
         let dir = tempfile::tempdir().unwrap();
         let locks = ledger(&dir).await.locks;
-        let first = granted(
-            locks
-                .acquire(&request("user:1", &["item:a"], WaitMode::Fail))
-                .await
-                .unwrap(),
-        );
+        let first = acquire_now(&locks, "user:1", &["item:a"]).await;
         let refused = locks
             .acquire(&request("user:2", &["item:a", "item:b"], WaitMode::Fail))
             .await;
@@ -1020,19 +1035,9 @@ mod tests {
     async fn an_expired_lock_is_free_at_once_and_cannot_be_released() {
         let dir = tempfile::tempdir().unwrap();
         let locks = ledger(&dir).await.locks;
-        let first = granted(
-            locks
-                .acquire(&request("user:1", &["item:a"], WaitMode::Fail))
-                .await
-                .unwrap(),
-        );
+        let first = acquire_now(&locks, "user:1", &["item:a"]).await;
         tokio::time::sleep(Duration::from_millis(1_100)).await;
-        let second = granted(
-            locks
-                .acquire(&request("user:2", &["item:a"], WaitMode::Fail))
-                .await
-                .unwrap(),
-        );
+        let second = acquire_now(&locks, "user:2", &["item:a"]).await;
         assert!(second.fencing_token > first.fencing_token);
         assert_eq!(
             locks.lock(&first.lock_id).await.unwrap().status,

@@ -71,15 +71,9 @@ fn main() -> ExitCode {
         pg_down: Duration::from_secs_f64(args.pg_down),
         retry_bound: Duration::from_secs_f64(args.retry_bound),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tests::process::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let rows = runtime.block_on(faults::run_all(&scenarios, &settings));
     println!("\n{}", faults::report::table(&rows));
@@ -114,15 +108,9 @@ fn main() -> ExitCode {
 }
 
 fn lock_holder(args: stall::HolderArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tests::process::runtime(false) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(stall::holder(args)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -523,15 +523,9 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tests::process::runtime(true) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match runtime.block_on(main_run(args)) {
         Ok(true) => ExitCode::SUCCESS,

@@ -15,7 +15,7 @@ fn hold_body(user_id: i64, amount: &str) -> Value {
 
 /// Creates a hold with `token`.
 async fn create(app: &TestApp, token: &str, body: Value) -> Reply {
-    app.post(HOLDS, token, Some(&fresh_key()), body).await
+    app.post_new(HOLDS, token, body).await
 }
 
 /// A hold of `amount` on the user's live wallet, made by the user itself;
@@ -29,23 +29,13 @@ async fn held(app: &TestApp, user_id: i64, amount: &str, ttl_ms: u64) -> Value {
 }
 
 async fn capture(app: &TestApp, token: &str, id: i64, body: Value) -> Reply {
-    app.post(
-        &format!("{HOLDS}/{id}/capture"),
-        token,
-        Some(&fresh_key()),
-        body,
-    )
-    .await
+    app.post_new(&format!("{HOLDS}/{id}/capture"), token, body)
+        .await
 }
 
 async fn void(app: &TestApp, token: &str, id: i64) -> Reply {
-    app.post(
-        &format!("{HOLDS}/{id}/void"),
-        token,
-        Some(&fresh_key()),
-        json!({}),
-    )
-    .await
+    app.post_new(&format!("{HOLDS}/{id}/void"), token, json!({}))
+        .await
 }
 
 fn id_of(hold: &Value) -> i64 {
@@ -463,10 +453,9 @@ async fn an_expired_hold_stops_counting_at_once(engine: Engine) {
     not_active(&void(&app, &app.user(u), id).await, "expired");
     // the next write to the wallet releases it and may use all the funds
     let r = app
-        .post(
+        .post_new(
             "/api/v1/wallets/transfer",
             &app.user(u),
-            Some(&fresh_key()),
             json!({"from_user_id": u, "to_user_id": app.create_user("to@x.io").await,
                    "amount": "100", "wallet": "live"}),
         )

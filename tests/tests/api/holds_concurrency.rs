@@ -10,7 +10,7 @@ use futures::future::join_all;
 use rand::Rng;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, dec_of, fresh_key, scale};
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, dec_of, scale};
 
 const HOLDS: &str = "/api/v1/holds";
 
@@ -26,20 +26,18 @@ async fn until(at: DateTime<Utc>) {
 }
 
 async fn create_hold(app: &TestApp, user_id: i64, amount: &str, ttl_ms: u64) -> Reply {
-    app.post(
+    app.post_new(
         HOLDS,
         &app.user(user_id),
-        Some(&fresh_key()),
         json!({"user_id": user_id, "wallet": "live", "amount": amount, "ttl_ms": ttl_ms}),
     )
     .await
 }
 
 async fn withdraw(app: &TestApp, user_id: i64, amount: &str) -> Reply {
-    app.post(
+    app.post_new(
         "/api/v1/wallets/withdraw",
         &app.user(user_id),
-        Some(&fresh_key()),
         json!({"user_id": user_id, "amount": amount, "wallet": "live"}),
     )
     .await
@@ -70,13 +68,8 @@ async fn end(app: &TestApp, owner: i64, id: i64, ending: Ending) -> Reply {
         Ending::CaptureAll => ("capture", app.admin(), json!({})),
         Ending::Void => ("void", app.user(owner), json!({})),
     };
-    app.post(
-        &format!("{HOLDS}/{id}/{path}"),
-        &token,
-        Some(&fresh_key()),
-        body,
-    )
-    .await
+    app.post_new(&format!("{HOLDS}/{id}/{path}"), &token, body)
+        .await
 }
 
 /// Invariant: a hold ends exactly once. 100 holds (10 per user), each raced
@@ -267,13 +260,8 @@ async fn holds_and_withdrawals_never_overdraw(engine: Engine) {
             .collect();
         async move {
             let voids = held.iter().map(|&id| async move {
-                app.post(
-                    &format!("{HOLDS}/{id}/void"),
-                    &app.user(*u),
-                    Some(&fresh_key()),
-                    json!({}),
-                )
-                .await
+                app.post_new(&format!("{HOLDS}/{id}/void"), &app.user(*u), json!({}))
+                    .await
             });
             let short = (0..4).map(|_| async { create_hold(app, *u, "25", 30).await });
             let takes = (0..4).map(|_| async {

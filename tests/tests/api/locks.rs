@@ -9,7 +9,17 @@ use tests::{Engine, Reply, TestApp, both_engines, fresh_key};
 const LOCKS: &str = "/api/v1/locks";
 
 async fn acquire(app: &TestApp, token: &str, body: Value) -> Reply {
-    app.post(LOCKS, token, Some(&fresh_key()), body).await
+    app.post_new(LOCKS, token, body).await
+}
+
+/// Acquire `resources` for a transaction of type `ty`, nothing else asked.
+async fn acquire_for(app: &TestApp, token: &str, resources: &[&str], ty: &str) -> Reply {
+    acquire(
+        app,
+        token,
+        json!({"resources": resources, "transaction_type": ty}),
+    )
+    .await
 }
 
 async fn delete(app: &TestApp, path: &str, token: Option<&str>) -> Reply {
@@ -119,22 +129,13 @@ async fn acquire_contract(engine: Engine) {
     assert_eq!(dup.body["lock_id"], lock["lock_id"]);
     assert_eq!(dup.body["deduplicated"], true);
     // someone else: 409 with the busy resources
-    let busy = acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:b", "item:c"], "transaction_type": "cart"}),
-    )
-    .await;
+    let busy = acquire_for(&app, &bob, &["item:b", "item:c"], "cart").await;
     busy.problem(409, "resource_locked");
     assert_eq!(busy.body["conflicts"], json!(["item:b"]));
     // nothing of the refused request was taken: item:c is free
-    acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:c"], "transaction_type": "cart"}),
-    )
-    .await
-    .expect(201);
+    acquire_for(&app, &bob, &["item:c"], "cart")
+        .await
+        .expect(201);
     // or a place in the queue
     let queued = acquire(
         &app,
@@ -339,12 +340,7 @@ async fn extend_and_release_contract(engine: Engine) {
     forced.expect(200);
     assert_eq!(forced.body["released_by"], "admin:root");
     assert_eq!(forced.body["status"], "released");
-    let c = acquire(
-        &app,
-        &ann,
-        json!({"resources": ["item:f"], "transaction_type": "t"}),
-    )
-    .await;
+    let c = acquire_for(&app, &ann, &["item:f"], "t").await;
     let failed = app
         .post(
             &format!("{LOCKS}/{}/release", c.body["lock_id"].as_str().unwrap()),
@@ -372,23 +368,14 @@ async fn expiry_frees_at_once(engine: Engine) {
     .await;
     first.expect(201);
     let id = first.body["lock_id"].as_str().unwrap().to_owned();
-    acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:x"], "transaction_type": "t"}),
-    )
-    .await
-    .problem(409, "resource_locked");
+    acquire_for(&app, &bob, &["item:x"], "t")
+        .await
+        .problem(409, "resource_locked");
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     // no cleanup has run: the expired lock is free all the same
     let got = app.get(&format!("{LOCKS}/{id}"), Some(&ann)).await;
     assert_eq!(got.body["status"], "expired");
-    let second = acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:x"], "transaction_type": "t"}),
-    )
-    .await;
+    let second = acquire_for(&app, &bob, &["item:x"], "t").await;
     second.expect(201);
     assert!(second.body["fencing_token"].as_i64() > first.body["fencing_token"].as_i64());
     app.post(
@@ -408,12 +395,7 @@ async fn expiry_frees_at_once(engine: Engine) {
 async fn queue_contract(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.locks.queue_max = 2).await;
     let (ann, bob, cy) = (app.user(1), app.user(2), app.user(3));
-    let holder = acquire(
-        &app,
-        &ann,
-        json!({"resources": ["item:q"], "transaction_type": "t"}),
-    )
-    .await;
+    let holder = acquire_for(&app, &ann, &["item:q"], "t").await;
     holder.expect(201);
     let queue = json!({"resources": ["item:q"], "transaction_type": "t", "wait": "queue"});
     let first = acquire(&app, &bob, queue.clone()).await;
@@ -490,19 +472,8 @@ async fn queue_contract(engine: Engine) {
 async fn admin_routes_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let (ann, bob, admin) = (app.user(1), app.user(2), app.admin());
-    let a = acquire(
-        &app,
-        &ann,
-        json!({"resources": ["item:1"], "transaction_type": "t"}),
-    )
-    .await;
-    acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:2"], "transaction_type": "t"}),
-    )
-    .await
-    .expect(201);
+    let a = acquire_for(&app, &ann, &["item:1"], "t").await;
+    acquire_for(&app, &bob, &["item:2"], "t").await.expect(201);
     let waiter = acquire(
         &app,
         &bob,
@@ -640,13 +611,7 @@ async fn admin_routes_contract(engine: Engine) {
         .await;
     cleanup.expect(200);
     assert!(cleanup.body["expired"].is_u64() && cleanup.body["purged"].is_u64());
-    acquire(
-        &app,
-        &ann,
-        json!({"resources": ["item:5"], "transaction_type": "t"}),
-    )
-    .await
-    .expect(201);
+    acquire_for(&app, &ann, &["item:5"], "t").await.expect(201);
     acquire(
         &app,
         &bob,
@@ -763,12 +728,7 @@ async fn events_stream_every_change(engine: Engine) {
             .starts_with("text/event-stream")
     );
     let mut buf = String::new();
-    let a = acquire(
-        &app,
-        &ann,
-        json!({"resources": ["item:e"], "transaction_type": "t"}),
-    )
-    .await;
+    let a = acquire_for(&app, &ann, &["item:e"], "t").await;
     let acquired = next_event(&mut resp, &mut buf, "acquired").await;
     assert_eq!(acquired["type"], "acquired");
     assert_eq!(acquired["lock"]["lock_id"], a.body["lock_id"]);

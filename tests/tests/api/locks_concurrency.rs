@@ -17,7 +17,7 @@ use tests::{Engine, Reply, TestApp, assert_no_5xx, fresh_key, token};
 const LOCKS: &str = "/api/v1/locks";
 
 async fn acquire(app: &TestApp, token: &str, body: Value) -> Reply {
-    app.post(LOCKS, token, Some(&fresh_key()), body).await
+    app.post_new(LOCKS, token, body).await
 }
 
 async fn release(app: &TestApp, token: &str, lock_id: &str) -> Reply {

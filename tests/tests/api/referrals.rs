@@ -5,14 +5,12 @@ use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines, dec, fresh_key};
+use tests::{Engine, TestApp, USERS, both_engines, dec, fresh_key};
 
 const SETTLE: &str = "/api/v1/referrals/settle";
 
 async fn settle(app: &TestApp) -> serde_json::Value {
-    let r = app
-        .post(SETTLE, &app.service(), Some(&fresh_key()), json!({}))
-        .await;
+    let r = app.post_new(SETTLE, &app.service(), json!({})).await;
     r.expect(200);
     r.body
 }
@@ -70,18 +68,16 @@ async fn signup_bonuses_are_paid_once_to_live_wallets(engine: Engine) {
     assert_eq!(again.text, first.text);
     assert_eq!(app.balance(rid, "live").await, "20");
     // a refused signup pays nothing
-    app.post(
-        "/api/v1/users",
+    app.post_new(
+        USERS,
         &app.service(),
-        Some(&fresh_key()),
         json!({"email": "new@x.io", "referral_code": code}),
     )
     .await
     .problem(409, "conflict");
-    app.post(
-        "/api/v1/users",
+    app.post_new(
+        USERS,
         &app.service(),
-        Some(&fresh_key()),
         json!({"email": "lost@x.io", "referral_code": "NOSUCHCODE"}),
     )
     .await
@@ -182,20 +178,15 @@ async fn referral_routes_check_roles_and_input(engine: Engine) {
     app.get("/api/v1/users/777777/referrals", Some(&app.admin()))
         .await
         .problem(404, "not_found");
-    app.post(SETTLE, &app.user(u), Some(&fresh_key()), json!({}))
+    app.post_new(SETTLE, &app.user(u), json!({}))
         .await
         .problem(403, "forbidden");
     app.post(SETTLE, &app.service(), None, json!({}))
         .await
         .problem(400, "idempotency_key_missing");
-    app.post(
-        SETTLE,
-        &app.admin(),
-        Some(&fresh_key()),
-        json!({"all": true}),
-    )
-    .await
-    .problem(400, "invalid_request");
+    app.post_new(SETTLE, &app.admin(), json!({"all": true}))
+        .await
+        .problem(400, "invalid_request");
     let key = fresh_key();
     let first = app.post(SETTLE, &app.admin(), Some(&key), json!({})).await;
     first.expect(200);

@@ -241,7 +241,7 @@ async fn forged_tokens_are_refused(engine: Engine) {
             ),
         ];
         for (path, body) in writes {
-            app.post(path, token, Some(&fresh_key()), body)
+            app.post_new(path, token, body)
                 .await
                 .problem(401, "unauthorized");
         }
@@ -316,7 +316,7 @@ async fn cross_user_access_is_refused(engine: Engine) {
         ("/api/v1/referrals/settle".to_owned(), json!({}), 403),
     ];
     for (path, body, status) in writes {
-        let r = app.post(&path, &user_a, Some(&fresh_key()), body).await;
+        let r = app.post_new(&path, &user_a, body).await;
         let code = if status == 403 {
             "forbidden"
         } else {
@@ -582,10 +582,9 @@ async fn a_user_token_named_like_a_service_stays_a_user(engine: Engine) {
     let u = app.funded_user("named@x.io", "10").await;
     let before = snapshot(&app, &[u]).await;
     let token = app.token("backoffice", Role::User);
-    app.post(
+    app.post_new(
         DEPOSIT,
         &token,
-        Some(&fresh_key()),
         json!({"user_id": u, "amount": "5", "wallet": "live"}),
     )
     .await

@@ -13,7 +13,7 @@ const WITHDRAW: &str = "/api/v1/wallets/withdraw";
 const ORDERS: &str = "/api/v1/orders";
 
 async fn acquire(app: &TestApp, token: &str, body: Value) -> Reply {
-    app.post(LOCKS, token, Some(&fresh_key()), body).await
+    app.post_new(LOCKS, token, body).await
 }
 
 /// A POST with a `Lock-Token` header.
@@ -146,21 +146,11 @@ async fn a_signal_trades_once(engine: Engine) {
     let u = app.funded_user("signal@x.io", "1000").await;
     let user = app.user(u);
     let first = app
-        .post(
-            ORDERS,
-            &user,
-            Some(&fresh_key()),
-            order(u, Some("snipe-1"), None),
-        )
+        .post_new(ORDERS, &user, order(u, Some("snipe-1"), None))
         .await;
     first.expect(201);
     let again = app
-        .post(
-            ORDERS,
-            &user,
-            Some(&fresh_key()),
-            order(u, Some("snipe-1"), None),
-        )
+        .post_new(ORDERS, &user, order(u, Some("snipe-1"), None))
         .await;
     again.expect(200);
     assert_eq!(again.body["deduplicated"], true);
@@ -188,21 +178,11 @@ async fn a_signal_trades_once(engine: Engine) {
     )
     .await;
     holder.expect(201);
-    app.post(
-        ORDERS,
-        &user,
-        Some(&fresh_key()),
-        order(u, Some("snipe-2"), None),
-    )
-    .await
-    .problem(409, "resource_locked");
+    app.post_new(ORDERS, &user, order(u, Some("snipe-2"), None))
+        .await
+        .problem(409, "resource_locked");
     let queued = app
-        .post(
-            ORDERS,
-            &user,
-            Some(&fresh_key()),
-            order(u, Some("snipe-2"), Some("queue")),
-        )
+        .post_new(ORDERS, &user, order(u, Some("snipe-2"), Some("queue")))
         .await;
     queued.expect(202);
     let queue_id = queued.body["queue_id"].as_i64().unwrap();
@@ -247,10 +227,9 @@ async fn a_signal_trades_once(engine: Engine) {
     // closing on a signal: the opposite side, priority 1
     let id = first.body["id"].as_i64().unwrap();
     let close = app
-        .post(
+        .post_new(
             &format!("{ORDERS}/{id}/close"),
             &user,
-            Some(&fresh_key()),
             json!({"signal_id": "exit-1"}),
         )
         .await;
@@ -264,14 +243,9 @@ async fn a_signal_trades_once(engine: Engine) {
         .await;
     assert_eq!(exit.body["history"][0]["priority"], 1);
     // `wait` without a signal, or a signal with a Lock-Token, is refused
-    app.post(
-        ORDERS,
-        &user,
-        Some(&fresh_key()),
-        order(u, None, Some("queue")),
-    )
-    .await
-    .problem(400, "invalid_request");
+    app.post_new(ORDERS, &user, order(u, None, Some("queue")))
+        .await
+        .problem(400, "invalid_request");
     app.assert_books_balance().await;
     app.stop().await;
 }

@@ -117,28 +117,23 @@ async fn open_order_contract(engine: Engine) {
     assert_eq!(app.wallet(u, "demo").await["margin"], "100");
     // an admin may open for a user; a service may not; nor another user
     let body = order_body(u, "BTCUSD", "1", 5);
-    app.post(ORDERS, &app.admin(), Some(&fresh_key()), body.clone())
+    app.post_new(ORDERS, &app.admin(), body.clone())
         .await
         .expect(201);
-    app.post(ORDERS, &app.service(), Some(&fresh_key()), body.clone())
+    app.post_new(ORDERS, &app.service(), body.clone())
         .await
         .problem(403, "forbidden");
     let other = app.create_user("other@x.io").await;
-    app.post(ORDERS, &app.user(other), Some(&fresh_key()), body.clone())
+    app.post_new(ORDERS, &app.user(other), body.clone())
         .await
         .problem(403, "forbidden");
     app.post(ORDERS, &app.user(u), None, body.clone())
         .await
         .problem(400, "idempotency_key_missing");
     // unknown user
-    app.post(
-        ORDERS,
-        &app.admin(),
-        Some(&fresh_key()),
-        order_body(999_999, "BTCUSD", "1", 5),
-    )
-    .await
-    .problem(404, "not_found");
+    app.post_new(ORDERS, &app.admin(), order_body(999_999, "BTCUSD", "1", 5))
+        .await
+        .problem(404, "not_found");
     // a replay answers the same body and changes nothing
     let key = fresh_key();
     let first = app
@@ -197,7 +192,7 @@ async fn order_refusals_change_nothing(engine: Engine) {
         json!({"user_id": u, "symbol": "BTCUSD", "side": "buy", "quantity": "1", "leverage": 1, "wallet": "live", "price": "1"}),
         json!({"user_id": u, "symbol": "BTCUSD", "side": "buy", "leverage": 1, "wallet": "live"}),
     ] {
-        app.post(ORDERS, &app.user(u), Some(&fresh_key()), body)
+        app.post_new(ORDERS, &app.user(u), body)
             .await
             .problem(400, "invalid_request");
     }
@@ -298,10 +293,9 @@ async fn close_order_contract(engine: Engine) {
     )
     .await
     .problem(400, "idempotency_key_missing");
-    app.post(
+    app.post_new(
         &format!("{ORDERS}/{id}/close"),
         &app.user(u),
-        Some(&fresh_key()),
         json!({"price": "200"}),
     )
     .await

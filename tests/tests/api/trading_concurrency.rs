@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use rust_decimal::Decimal;
 use serde_json::json;
-use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, dec_of, fresh_key, scale};
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, dec_of, scale};
 
 fn count(replies: &[Reply], status: u16, code: &str) -> usize {
     replies
@@ -145,12 +145,7 @@ async fn many_referees_trade_while_commissions_settle(engine: Engine) {
     // drain what the job has not settled yet
     loop {
         let r = app
-            .post(
-                "/api/v1/referrals/settle",
-                &app.service(),
-                Some(&fresh_key()),
-                json!({}),
-            )
+            .post_new("/api/v1/referrals/settle", &app.service(), json!({}))
             .await;
         r.expect(200);
         if r.body["settled"] == 0 {

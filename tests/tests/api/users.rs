@@ -1,15 +1,10 @@
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines, fresh_key};
+use tests::{Engine, TestApp, USERS, both_engines};
 
 async fn create_user_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let r = app
-        .post(
-            "/api/v1/users",
-            &app.service(),
-            Some(&fresh_key()),
-            json!({"email": "Ann@Example.com"}),
-        )
+        .post_new(USERS, &app.service(), json!({"email": "Ann@Example.com"}))
         .await;
     r.expect(201);
     let b = &r.body;
@@ -46,14 +41,9 @@ async fn create_user_contract(engine: Engine) {
     assert_eq!(got.body["wallets"].as_array().unwrap().len(), 2);
 
     // duplicate email, in any case
-    app.post(
-        "/api/v1/users",
-        &app.admin(),
-        Some(&fresh_key()),
-        json!({"email": "ANN@example.com"}),
-    )
-    .await
-    .problem(409, "conflict");
+    app.post_new(USERS, &app.admin(), json!({"email": "ANN@example.com"}))
+        .await
+        .problem(409, "conflict");
     app.assert_books_balance().await;
     app.stop().await;
 }
@@ -66,14 +56,9 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(400, "idempotency_key_missing");
     // wrong role
-    app.post(
-        path,
-        &app.user(1),
-        Some(&fresh_key()),
-        json!({"email": "a@x.io"}),
-    )
-    .await
-    .problem(403, "forbidden");
+    app.post_new(path, &app.user(1), json!({"email": "a@x.io"}))
+        .await
+        .problem(403, "forbidden");
     // no token, bad token
     app.post_raw(path, None, Some("k"), r#"{"email":"a@x.io"}"#)
         .await
@@ -82,18 +67,12 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(401, "unauthorized");
     // invalid email, unknown field, malformed JSON
-    app.post(
+    app.post_new(path, &app.service(), json!({"email": "not-an-email"}))
+        .await
+        .problem(400, "invalid_request");
+    app.post_new(
         path,
         &app.service(),
-        Some(&fresh_key()),
-        json!({"email": "not-an-email"}),
-    )
-    .await
-    .problem(400, "invalid_request");
-    app.post(
-        path,
-        &app.service(),
-        Some(&fresh_key()),
         json!({"email": "a@x.io", "admin": true}),
     )
     .await
@@ -102,10 +81,9 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(400, "invalid_request");
     // unknown referral code
-    app.post(
+    app.post_new(
         path,
         &app.service(),
-        Some(&fresh_key()),
         json!({"email": "a@x.io", "referral_code": "ZZZZ9999"}),
     )
     .await
@@ -121,20 +99,14 @@ async fn create_user_refusals(engine: Engine) {
 async fn referral_code_links_the_referrer(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let r = app
-        .post(
-            "/api/v1/users",
-            &app.service(),
-            Some(&fresh_key()),
-            json!({"email": "ref@x.io"}),
-        )
+        .post_new(USERS, &app.service(), json!({"email": "ref@x.io"}))
         .await;
     let referrer = r.body["id"].as_i64().unwrap();
     let code = r.body["referral_code"].as_str().unwrap().to_lowercase();
     let r = app
-        .post(
-            "/api/v1/users",
+        .post_new(
+            USERS,
             &app.service(),
-            Some(&fresh_key()),
             json!({"email": "new@x.io", "referral_code": code}),
         )
         .await;

@@ -9,10 +9,9 @@ async fn deposit_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let u = app.create_user("d@x.io").await;
     let r = app
-        .post(
+        .post_new(
             DEPOSIT,
             &app.service(),
-            Some(&fresh_key()),
             json!({"user_id": u, "amount": "100.5", "wallet": "live", "payment_method": "card", "reference": "psp-1"}),
         )
         .await;
@@ -52,10 +51,9 @@ async fn deposit_contract(engine: Engine) {
     r.expect(200);
     assert_eq!(r.body["balance_after"], "10005");
     // roles: a user may not credit itself; unknown user is 404
-    app.post(
+    app.post_new(
         DEPOSIT,
         &app.user(u),
-        Some(&fresh_key()),
         json!({"user_id": u, "amount": "1", "wallet": "live"}),
     )
     .await
@@ -152,10 +150,9 @@ async fn withdraw_contract(engine: Engine) {
     let other = app.create_user("o@x.io").await;
     app.deposit(u, "10", "live").await.expect(200);
     let r = app
-        .post(
+        .post_new(
             WITHDRAW,
             &app.user(u),
-            Some(&fresh_key()),
             json!({"user_id": u, "amount": "3.25", "wallet": "live", "destination": "iban:DE00"}),
         )
         .await;
@@ -169,28 +166,25 @@ async fn withdraw_contract(engine: Engine) {
         (Some("withdrawal"), Some("10"), Some("6.75"))
     );
     let r = app
-        .post(
+        .post_new(
             WITHDRAW,
             &app.user(u),
-            Some(&fresh_key()),
             json!({"user_id": u, "amount": "25", "wallet": "live"}),
         )
         .await;
     r.problem(422, "insufficient_funds");
     assert_eq!(r.body["detail"], "free balance 6.75 < requested 25");
     // another user may not withdraw from u; service may
-    app.post(
+    app.post_new(
         WITHDRAW,
         &app.user(other),
-        Some(&fresh_key()),
         json!({"user_id": u, "amount": "1", "wallet": "live"}),
     )
     .await
     .problem(403, "forbidden");
-    app.post(
+    app.post_new(
         WITHDRAW,
         &app.service(),
-        Some(&fresh_key()),
         json!({"user_id": u, "amount": "6.75", "wallet": "live"}),
     )
     .await
@@ -206,10 +200,9 @@ async fn transfer_contract(engine: Engine) {
     let b = app.create_user("b@x.io").await;
     app.deposit(a, "50", "live").await.expect(200);
     let r = app
-        .post(
+        .post_new(
             TRANSFER,
             &app.user(a),
-            Some(&fresh_key()),
             json!({"from_user_id": a, "to_user_id": b, "amount": "20", "wallet": "live"}),
         )
         .await;
@@ -233,7 +226,7 @@ async fn transfer_contract(engine: Engine) {
         let body =
             json!({"from_user_id": from, "to_user_id": to, "amount": amount, "wallet": "live"});
         let app = &app;
-        async move { app.post(TRANSFER, &token, Some(&fresh_key()), body).await }
+        async move { app.post_new(TRANSFER, &token, body).await }
     };
     send(a, a, "1", app.user(a))
         .await
@@ -251,10 +244,9 @@ async fn transfer_contract(engine: Engine) {
     send(a, b, "1", app.admin()).await.expect(200);
     // demo wallets move separately
     let r = app
-        .post(
+        .post_new(
             TRANSFER,
             &app.user(a),
-            Some(&fresh_key()),
             json!({"from_user_id": a, "to_user_id": b, "amount": "100", "wallet": "demo"}),
         )
         .await;
@@ -271,7 +263,7 @@ async fn journal_is_paginated_newest_first(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let u = app.create_user("j@x.io").await;
     for i in 1..=5 {
-        app.post(DEPOSIT, &app.service(), Some(&fresh_key()), json!({"user_id": u, "amount": format!("{i}"), "wallet": "live", "reference": format!("r{i}")}))
+        app.post_new(DEPOSIT, &app.service(), json!({"user_id": u, "amount": format!("{i}"), "wallet": "live", "reference": format!("r{i}")}))
             .await
             .expect(200);
     }
@@ -388,9 +380,7 @@ async fn control_characters_in_text_fields_are_refused(engine: Engine) {
         ),
     ];
     for (path, field, body) in refused {
-        let r = app
-            .post(path, &app.service(), Some(&fresh_key()), body)
-            .await;
+        let r = app.post_new(path, &app.service(), body).await;
         r.problem(400, "invalid_request");
         let detail = r.body["detail"].as_str().unwrap();
         assert!(detail.contains(&format!("`{field}`")), "{field}: {detail}");
@@ -404,10 +394,9 @@ async fn control_characters_in_text_fields_are_refused(engine: Engine) {
         .await;
     assert_eq!(journal.body["items"].as_array().unwrap().len(), 1);
     // printable text, non-ASCII included, still goes through
-    app.post(
+    app.post_new(
         DEPOSIT,
         &app.service(),
-        Some(&fresh_key()),
         json!({"user_id": u, "amount": "5", "wallet": "live", "reference": "Zürich €-1"}),
     )
     .await

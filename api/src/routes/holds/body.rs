@@ -91,10 +91,4 @@ impl From<&HoldView> for Hold {
     }
 }
 
-#[derive(Object, Debug, Clone)]
-pub struct HoldPage {
-    pub items: Vec<Hold>,
-    /// Pass as `before_id` for the next (older) page; null on the last page.
-    #[oai(nullable)]
-    pub next_before_id: Option<i64>,
-}
+crate::routes::shared::page_body!(HoldPage, Hold, HoldView);

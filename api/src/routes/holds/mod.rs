@@ -10,11 +10,11 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Principal, Role};
+use crate::auth::{Auth, Principal};
 use crate::error::{ApiError, Errors};
 use crate::replay::Stored;
 use crate::routes::shared::{EmptyRequest, IdempotencyKey};
-use crate::routes::{ApiTags, Idempotent, parse_amount};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, parse_amount};
 use crate::state::AppState;
 use body::{CaptureHoldRequest, CreateHoldRequest, Hold, HoldPage, HoldStatus};
 
@@ -44,7 +44,7 @@ async fn visible_hold(
 ) -> Result<HoldView, ApiError> {
     let hold = state.ledger.hold(id).await?;
     principal
-        .require_self_or(hold.user_id, &[Role::Service, Role::Admin])
+        .require_self_or(hold.user_id, BACK_OFFICE)
         .map_err(|_| ApiError::from(DomainError::NotFound("hold")))?;
     Ok(hold)
 }
@@ -72,8 +72,7 @@ impl HoldsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<CreateHoldRequest>,
     ) -> Result<Stored<Hold, 201>, Errors<status::CreateHold>> {
-        auth.0
-            .require_self_or(body.user_id, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(body.user_id, BACK_OFFICE)?;
         let ttl = match body.ttl_ms {
             Some(ms) => HoldTtl::from_millis(ms)?,
             None => HoldTtl::default(),
@@ -113,7 +112,7 @@ impl HoldsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<CaptureHoldRequest>,
     ) -> Result<Stored<Hold, 200>, Errors<status::CaptureHold>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let cmd = CaptureHold {
             hold_id: id.0,
             amount: match &body.amount {
@@ -194,8 +193,7 @@ impl HoldsApi {
         /// Only holds with an id below this.
         before_id: Query<Option<i64>>,
     ) -> Result<Json<HoldPage>, Errors<status::ListHolds>> {
-        auth.0
-            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(id.0, BACK_OFFICE)?;
         let page = state
             .ledger
             .holds(
@@ -205,9 +203,6 @@ impl HoldsApi {
                 before_id.0,
             )
             .await?;
-        Ok(Json(HoldPage {
-            items: page.items.iter().map(Hold::from).collect(),
-            next_before_id: page.next_before_id,
-        }))
+        Ok(Json(HoldPage::from(&page)))
     }
 }

@@ -149,13 +149,7 @@ impl From<&OrderView> for Order {
     }
 }
 
-#[derive(Object, Debug, Clone)]
-pub struct OrderPage {
-    pub items: Vec<Order>,
-    /// Pass as `before_id` for the next (older) page; null on the last page.
-    #[oai(nullable)]
-    pub next_before_id: Option<i64>,
-}
+crate::routes::shared::page_body!(OrderPage, Order, OrderView);
 
 /// The answer of an order route: the order executed now (`STATUS`), or on a
 /// signal already traded its first order (200, `"deduplicated": true`), or a

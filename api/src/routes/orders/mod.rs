@@ -17,7 +17,7 @@ use crate::auth::{Auth, Principal, Role};
 use crate::error::{ApiError, Errors};
 use crate::routes::locks::body::Wait;
 use crate::routes::shared::IdempotencyKey;
-use crate::routes::{ApiTags, Idempotent, fence, parse_amount, refusal};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, fence, parse_amount, refusal};
 use crate::state::AppState;
 use body::{CloseOrderRequest, OpenOrderRequest, Order, OrderPage, OrderReply, OrderStatus};
 use poem_openapi::types::ToJSON;
@@ -47,7 +47,7 @@ async fn visible_order(
 ) -> Result<OrderView, ApiError> {
     let order = state.ledger.order(id).await?;
     principal
-        .require_self_or(order.user_id, &[Role::Service, Role::Admin])
+        .require_self_or(order.user_id, BACK_OFFICE)
         .map_err(|_| ApiError::from(DomainError::NotFound("order")))?;
     Ok(order)
 }
@@ -246,8 +246,7 @@ impl OrdersApi {
         /// Only orders with an id below this.
         before_id: Query<Option<i64>>,
     ) -> Result<Json<OrderPage>, Errors<status::ListOrders>> {
-        auth.0
-            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(id.0, BACK_OFFICE)?;
         let page = state
             .ledger
             .orders(
@@ -257,9 +256,6 @@ impl OrdersApi {
                 before_id.0,
             )
             .await?;
-        Ok(Json(OrderPage {
-            items: page.items.iter().map(Order::from).collect(),
-            next_before_id: page.next_before_id,
-        }))
+        Ok(Json(OrderPage::from(&page)))
     }
 }

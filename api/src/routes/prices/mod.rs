@@ -8,9 +8,9 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Role};
+use crate::auth::Auth;
 use crate::error::Errors;
-use crate::routes::{ApiTags, parse_amount};
+use crate::routes::{ApiTags, BACK_OFFICE, parse_amount};
 use crate::state::AppState;
 use body::{Price, PriceRequest};
 
@@ -44,7 +44,7 @@ impl PricesApi {
         #[oai(validator(pattern = "^[A-Z0-9]{2,20}$"))] symbol: Path<String>,
         body: Json<PriceRequest>,
     ) -> Result<Json<Price>, Errors<status::SetPrice>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let symbol = Symbol::parse(&symbol.0)?;
         let price = parse_amount("price", &body.price)?;
         let view = state.ledger.set_price(&symbol, price).await?;

@@ -9,11 +9,11 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Role};
+use crate::auth::Auth;
 use crate::error::Errors;
 use crate::replay::Stored;
 use crate::routes::shared::{EmptyRequest, IdempotencyKey};
-use crate::routes::{ApiTags, Idempotent};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent};
 use crate::state::AppState;
 use body::{ReferralStats, Settlement};
 
@@ -50,8 +50,7 @@ impl ReferralsApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<ReferralStats>, Errors<status::ReferralStats>> {
-        auth.0
-            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(id.0, BACK_OFFICE)?;
         let stats = state.ledger.referral_stats(id.0).await?;
         Ok(Json(ReferralStats::from(&stats)))
     }
@@ -75,7 +74,7 @@ impl ReferralsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<EmptyRequest>,
     ) -> Result<Stored<Settlement, 200>, Errors<status::Settle>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let cmd = SettleCommissions {
             limit: state.ledger.settle_batch.saturating_mul(ROUTE_BATCHES),
         };

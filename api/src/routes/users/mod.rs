@@ -9,11 +9,11 @@ use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Role};
+use crate::auth::Auth;
 use crate::error::Errors;
 use crate::replay::Stored;
 use crate::routes::shared::IdempotencyKey;
-use crate::routes::{ApiTags, Idempotent};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent};
 use crate::state::AppState;
 use body::{CreateUserRequest, User};
 
@@ -50,7 +50,7 @@ impl UsersApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<CreateUserRequest>,
     ) -> Result<Stored<User, 201>, Errors<status::CreateUser>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let cmd = NewUser {
             email: Email::parse(&body.email)?,
             referral_code: body
@@ -77,8 +77,7 @@ impl UsersApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<User>, Errors<status::GetUser>> {
-        auth.0
-            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(id.0, BACK_OFFICE)?;
         let user = state.ledger.user(id.0).await?;
         Ok(Json(User::from(&user)))
     }

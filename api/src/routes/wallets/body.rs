@@ -184,10 +184,4 @@ impl From<&JournalView> for JournalEntry {
     }
 }
 
-#[derive(Object, Debug, Clone)]
-pub struct JournalPage {
-    pub items: Vec<JournalEntry>,
-    /// Pass as `before_id` for the next (older) page; null on the last page.
-    #[oai(nullable)]
-    pub next_before_id: Option<i64>,
-}
+crate::routes::shared::page_body!(JournalPage, JournalEntry, JournalView);

@@ -13,11 +13,10 @@ use crate::auth::{Auth, Role};
 use crate::error::Errors;
 use crate::replay::Stored;
 use crate::routes::shared::{IdempotencyKey, WalletKind};
-use crate::routes::{ApiTags, Idempotent, fence, parse_amount};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, fence, parse_amount};
 use crate::state::AppState;
 use body::{
-    DepositRequest, JournalEntry, JournalPage, Operation, Transfer, TransferRequest, Wallet,
-    WithdrawRequest,
+    DepositRequest, JournalPage, Operation, Transfer, TransferRequest, Wallet, WithdrawRequest,
 };
 
 #[derive(Default)]
@@ -49,8 +48,7 @@ impl WalletsApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<Vec<Wallet>>, Errors<status::ListWallets>> {
-        auth.0
-            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(id.0, BACK_OFFICE)?;
         let wallets = state.ledger.wallets(id.0).await?;
         Ok(Json(wallets.iter().map(Wallet::from).collect()))
     }
@@ -70,7 +68,7 @@ impl WalletsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<DepositRequest>,
     ) -> Result<Stored<Operation, 200>, Errors<status::Deposit>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let cmd = Deposit {
             user_id: body.user_id,
             wallet: body.wallet.into(),
@@ -104,8 +102,7 @@ impl WalletsApi {
         lock_token: Header<Option<String>>,
         body: Json<WithdrawRequest>,
     ) -> Result<Stored<Operation, 200>, Errors<status::Withdraw>> {
-        auth.0
-            .require_self_or(body.user_id, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(body.user_id, BACK_OFFICE)?;
         let cmd = Withdrawal {
             user_id: body.user_id,
             wallet: body.wallet.into(),
@@ -173,8 +170,7 @@ impl WalletsApi {
         /// Only this wallet's entries.
         wallet: Query<Option<WalletKind>>,
     ) -> Result<Json<JournalPage>, Errors<status::ListTransactions>> {
-        auth.0
-            .require_self_or(id.0, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(id.0, BACK_OFFICE)?;
         let page = state
             .ledger
             .journal(
@@ -184,9 +180,6 @@ impl WalletsApi {
                 before_id.0,
             )
             .await?;
-        Ok(Json(JournalPage {
-            items: page.items.iter().map(JournalEntry::from).collect(),
-            next_before_id: page.next_before_id,
-        }))
+        Ok(Json(JournalPage::from(&page)))
     }
 }
