@@ -10,18 +10,13 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    bigint, bigint_zero, drop_tables, foreign_key, id, index, integer, nullable_bigint,
-    nullable_text, nullable_ts, nullable_varchar, ts, varchar,
+    bigint, bigint_zero, cascade_foreign_key, create_table, drop_tables, id, indexes, integer, ix,
+    nullable_bigint, nullable_text, nullable_ts, nullable_varchar, one_of, positive, text, ts,
+    user_fk, ux, varchar,
 };
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
-
-#[derive(DeriveIden)]
-enum Users {
-    Table,
-    Id,
-}
 
 #[derive(DeriveIden)]
 enum Workflows {
@@ -78,109 +73,101 @@ const STEP_STATUSES: [&str; 5] = ["pending", "running", "done", "compensated", "
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_table(
-                Table::create()
-                    .table(Workflows::Table)
-                    .col(id(Workflows::Id))
-                    .col(varchar(Workflows::Kind, 16))
-                    .col(bigint(Workflows::UserId))
-                    .col(varchar(Workflows::WalletKind, 8))
-                    .col(bigint(Workflows::Amount))
-                    .col(varchar(Workflows::Status, 16))
-                    .col(ColumnDef::new(Workflows::Params).text().not_null())
-                    .col(nullable_text(Workflows::Result))
-                    .col(nullable_text(Workflows::Error))
-                    .col(nullable_bigint(Workflows::HoldId))
-                    .col(integer(Workflows::Step))
-                    .col(varchar(Workflows::Phase, 12))
-                    .col(bigint(Workflows::NextRunAtMs))
-                    .col(bigint(Workflows::DeadlineAtMs))
-                    .col(nullable_varchar(Workflows::LeaseOwner, 64))
-                    .col(nullable_bigint(Workflows::LeaseExpiresAtMs))
-                    .col(bigint_zero(Workflows::Generation))
-                    .col(ts(Workflows::CreatedAt))
-                    .col(ts(Workflows::UpdatedAt))
-                    .foreign_key(&mut foreign_key(
-                        "fk_workflows_user",
-                        (Workflows::Table, Workflows::UserId),
-                        (Users::Table, Users::Id),
-                    ))
-                    .check((
-                        "ck_workflows_kind",
-                        Expr::col(Workflows::Kind).is_in(["withdrawal", "deposit"]),
-                    ))
-                    .check((
-                        "ck_workflows_status",
-                        Expr::col(Workflows::Status).is_in(STATUSES),
-                    ))
-                    .check((
-                        "ck_workflows_phase",
-                        Expr::col(Workflows::Phase).is_in(["forward", "compensate"]),
-                    ))
-                    .check((
-                        "ck_workflows_amount_positive",
-                        Expr::col(Workflows::Amount).gt(0),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        // What the workers claim: running workflows whose time has come.
-        index(
+        create_table(
             manager,
-            "ix_workflows_status_next_run",
             Workflows::Table,
-            vec![Workflows::Status, Workflows::NextRunAtMs],
-            false,
+            [
+                id(Workflows::Id),
+                varchar(Workflows::Kind, 16),
+                bigint(Workflows::UserId),
+                varchar(Workflows::WalletKind, 8),
+                bigint(Workflows::Amount),
+                varchar(Workflows::Status, 16),
+                text(Workflows::Params),
+                nullable_text(Workflows::Result),
+                nullable_text(Workflows::Error),
+                nullable_bigint(Workflows::HoldId),
+                integer(Workflows::Step),
+                varchar(Workflows::Phase, 12),
+                bigint(Workflows::NextRunAtMs),
+                bigint(Workflows::DeadlineAtMs),
+                nullable_varchar(Workflows::LeaseOwner, 64),
+                nullable_bigint(Workflows::LeaseExpiresAtMs),
+                bigint_zero(Workflows::Generation),
+                ts(Workflows::CreatedAt),
+                ts(Workflows::UpdatedAt),
+            ],
+            [
+                user_fk("fk_workflows_user", Workflows::Table, Workflows::UserId),
+                one_of(
+                    "ck_workflows_kind",
+                    Workflows::Kind,
+                    ["withdrawal", "deposit"],
+                ),
+                one_of("ck_workflows_status", Workflows::Status, STATUSES),
+                one_of(
+                    "ck_workflows_phase",
+                    Workflows::Phase,
+                    ["forward", "compensate"],
+                ),
+                positive("ck_workflows_amount_positive", Workflows::Amount),
+            ],
         )
         .await?;
-        index(
+        indexes(
             manager,
-            "ix_workflows_user",
             Workflows::Table,
-            vec![Workflows::UserId, Workflows::Id],
-            false,
+            [
+                // What the workers claim: running workflows whose time has come.
+                ix(
+                    "ix_workflows_status_next_run",
+                    vec![Workflows::Status, Workflows::NextRunAtMs],
+                ),
+                ix("ix_workflows_user", vec![Workflows::UserId, Workflows::Id]),
+            ],
         )
         .await?;
-        manager
-            .create_table(
-                Table::create()
-                    .table(WorkflowSteps::Table)
-                    .col(id(WorkflowSteps::Id))
-                    .col(bigint(WorkflowSteps::WorkflowId))
-                    .col(integer(WorkflowSteps::Position))
-                    .col(varchar(WorkflowSteps::Name, 32))
-                    .col(varchar(WorkflowSteps::Status, 12))
-                    .col(
-                        ColumnDef::new(WorkflowSteps::Attempts)
-                            .integer()
-                            .not_null()
-                            .default(0),
-                    )
-                    .col(nullable_ts(WorkflowSteps::StartedAt))
-                    .col(nullable_ts(WorkflowSteps::FinishedAt))
-                    .col(nullable_text(WorkflowSteps::Error))
-                    .foreign_key(&mut foreign_key(
-                        "fk_workflow_steps_workflow",
-                        (WorkflowSteps::Table, WorkflowSteps::WorkflowId),
-                        (Workflows::Table, Workflows::Id),
-                    ))
-                    .check((
-                        "ck_workflow_steps_status",
-                        Expr::col(WorkflowSteps::Status).is_in(STEP_STATUSES),
-                    ))
-                    .to_owned(),
-            )
-            .await?;
-        index(
+        create_table(
             manager,
-            "ux_workflow_steps_position",
             WorkflowSteps::Table,
-            vec![WorkflowSteps::WorkflowId, WorkflowSteps::Position],
-            true,
+            [
+                id(WorkflowSteps::Id),
+                bigint(WorkflowSteps::WorkflowId),
+                integer(WorkflowSteps::Position),
+                varchar(WorkflowSteps::Name, 32),
+                varchar(WorkflowSteps::Status, 12),
+                ColumnDef::new(WorkflowSteps::Attempts)
+                    .integer()
+                    .not_null()
+                    .default(0)
+                    .to_owned(),
+                nullable_ts(WorkflowSteps::StartedAt),
+                nullable_ts(WorkflowSteps::FinishedAt),
+                nullable_text(WorkflowSteps::Error),
+            ],
+            [
+                cascade_foreign_key(
+                    "fk_workflow_steps_workflow",
+                    (WorkflowSteps::Table, WorkflowSteps::WorkflowId),
+                    (Workflows::Table, Workflows::Id),
+                ),
+                one_of(
+                    "ck_workflow_steps_status",
+                    WorkflowSteps::Status,
+                    STEP_STATUSES,
+                ),
+            ],
         )
         .await?;
-        Ok(())
+        indexes(
+            manager,
+            WorkflowSteps::Table,
+            [ux(
+                "ux_workflow_steps_position",
+                vec![WorkflowSteps::WorkflowId, WorkflowSteps::Position],
+            )],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
