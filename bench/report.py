@@ -153,6 +153,24 @@ def load_average(results: Path, name: str):
     return sum(values) / len(values), max(values), len(values)
 
 
+OWN_PROCESSES = {"ledger", "postgres", "loadgen", "payout-sim", "ps", "awk", "sleep"}
+
+
+def other_busy(results: Path, name: str):
+    """Processes outside the run among the three busiest of a NAME.load
+    sample: (name -> samples it was in, samples)."""
+    seen, samples = {}, 0
+    for line in text(results, f"{name}.load").splitlines():
+        if "busiest:" not in line:
+            continue
+        samples += 1
+        busiest = line.split("busiest:", 1)[1]
+        names = {p.strip().rsplit(" ", 1)[0] for p in busiest.split(",") if p.strip()}
+        for other in sorted(names - OWN_PROCESSES):
+            seen[other] = seen.get(other, 0) + 1
+    return seen, samples
+
+
 def workflow_runs(results: Path):
     """The withdrawal-workflow runs (workflows-N.json), by worker count."""
     runs = []
@@ -347,16 +365,64 @@ def flows_section(md, results: Path, holds, workflows):
                 f"pool wait mean {run['begin_wait']['mean_ms']:.2f} ms, "
                 f"{run['begin_wait']['over_10ms'] * 100:.1f} % over 10 ms"
             )
-            paid = re.search(r"payout-sim: stopping: (.*)", text(results, f"payout-sim-{name}.log"))
+            paid = re.search(r"payout-sim: stopping: (.*)", text(results, f"payout-sim-{name}.txt"))
             if paid:
                 md.append(f"  - payout-sim at the end of the run: {paid.group(1)}")
+    md.append("")
+    if workflows:
+        md.append(
+            "What the workflow numbers measure: the 50 users form a closed loop, each starting its next "
+            "withdrawal as soon as it has seen the last one end, so 50 workflows are always in the system, and "
+            "by Little's law the end-to-end time is about 50 / throughput: "
+            + "; ".join(
+                f"{w} workers: 50 / {run['flows']['steady_per_s']:.0f} /s = "
+                f"{run['vus'] / run['flows']['steady_per_s'] * 1000:,.0f} ms against a measured p50 of "
+                f"{run['flows']['latency_cycle']['p50']:,.0f} ms"
+                for w, run in workflows
+                if run.get("flows") and run["flows"]["steady_per_s"]
+            )
+            + ". So the end-to-end time here is mostly waiting for a free worker, not the path of one "
+            "workflow (its start request, the payout call and the capture)"
+            + (
+                f"; from {workflows[0][0]} to {workflows[-1][0]} workers the throughput went × "
+                f"{workflows[-1][1]['flows']['steady_per_s'] / workflows[0][1]['flows']['steady_per_s']:.2f}"
+                if len(workflows) > 1
+                and all(r.get("flows") for _, r in workflows)
+                and workflows[0][1]["flows"]["steady_per_s"]
+                else ""
+            )
+            + ". The polling is real load as well: "
+            + "; ".join(
+                f"{w} workers: {run['per_op']['poll_workflow']['count'] / run['flows']['done']:.0f} polls per workflow"
+                for w, run in workflows
+                if run.get("flows") and run["flows"]["done"] and "poll_workflow" in run["per_op"]
+            )
+            + ". There is no pgbench comparison for these two: unlike a deposit, their SQL has not been "
+            "written out as a pgbench script."
+        )
+        md.append("")
+    md.append(
+        "The load average (1 minute, sampled every 5 s into `bench/results/NAME.load`, with the three processes "
+        "that used the most CPU in each 5 s) counts the run's own processes too: the server, PostgreSQL and "
+        "the generator are all runnable at once under this load."
+    )
+    for name in ["holds"] + [f"workflows-{w}" for w, _ in workflows]:
+        seen, samples = other_busy(results, name)
+        # a process seen in fewer than a quarter of the samples is noise
+        # (kernel threads, a short compile)
+        frequent = sorted(((p, k) for p, k in seen.items() if 4 * k >= samples), key=lambda pk: -pk[1])
+        if frequent:
+            md.append(
+                f"- `{name}`: processes other than the run's among the three busiest: "
+                + ", ".join(f"{p} in {k} of {samples} samples" for p, k in frequent)
+                + (" (`NAME-<hash>`: a cargo test binary)" if any(re.search(r"-[0-9a-f]{10,}$", p) for p, _ in frequent) else "")
+            )
     md.append("")
     only = text(results, "machine-only.txt").strip()
     if only:
         md.append(
-            "These runs were made on their own (`BENCH_ONLY`), on the machine below while other builds were "
-            "running on it (hence the load average in the table: above 2 means the 2 cores were oversubscribed, "
-            "and these numbers are lower and noisier than on a quiet machine):"
+            "These runs were made on their own (`BENCH_ONLY`), later than the runs above, on the machine below"
+            + (" (its note says what else ran on it):" if "\nnote: " in only else ":")
         )
         md.append("")
         md.append("```")

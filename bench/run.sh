@@ -8,6 +8,8 @@
 #                                    seed, then only these sections (holds,
 #                                    workflows); the other results stay, and
 #                                    the report is written from all of them
+#   BENCH_NOTE="..."                 a remark on the machine (other work running
+#                                    on it) for the report's machine block
 #
 # Steps: seed 33,000 users on PostgreSQL; pgbench the deposit and wallet-read
 # SQL (bench/pgbench/), the deposit both as the API sends it today (7 round
@@ -102,9 +104,22 @@ serve() {
 }
 
 # loadgen NAME ARGS...: one generator run; its report goes to $out/NAME.json,
-# the load average every 5 s during it to $out/NAME.load. $pre_cmd (a helper
+# the load average every 5 s during it to $out/NAME.load (with the three
+# processes that used the most CPU in those 5 s). $pre_cmd (a helper
 # process the server talks to) goes into NAME.cmd before the server.
 pre_cmd=""
+# busiest: the three processes with the most CPU time over the last 5 s.
+busiest() {
+  local a b
+  a="$(ps -eo pid=,time=,comm= 2>/dev/null)"
+  sleep 5
+  b="$(ps -eo pid=,time=,comm= 2>/dev/null)"
+  awk 'function secs(t,  d, p) { d = 0; if (index(t, "-")) { split(t, p, "-"); d = p[1]; t = p[2] }
+         split(t, p, ":"); return d * 86400 + p[1] * 3600 + p[2] * 60 + p[3] }
+       NR == FNR { before[$1] = secs($2); next }
+       { used = secs($2) - ($1 in before ? before[$1] : 0); if (used > 0) print used, $3 }' \
+    <(echo "$a") <(echo "$b") | sort -rn | head -3 | awk '{printf "%s%s %ss", sep, $2, $1; sep = ", "}'
+}
 loadgen() {
   local name="$1" sampler rc=0
   shift
@@ -113,8 +128,9 @@ loadgen() {
     echo "server: $server_cmd"
     echo "loadgen --users-file $out/users.json --target 127.0.0.1:$port --label $name $*"
   } >"$out/$name.cmd"
-  (while :; do echo "$(date -u +%H:%M:%S) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 5; done) \
-    >"$out/$name.load" &
+  (while :; do
+    echo "$(date -u +%H:%M:%S) $(cut -d' ' -f1-3 /proc/loadavg) busiest: $(busiest)"
+  done) >"$out/$name.load" &
   sampler=$!
   "$bin/loadgen" --users-file "$out/users.json" --target "127.0.0.1:$port" \
     --label "$name" --json "$out/$name.json" "$@" | tee "$out/$name.txt" || rc=$?
@@ -124,11 +140,11 @@ loadgen() {
 
 # payout_sim NAME: a payout provider that accepts every payout at once, for
 # the server's LEDGER_PAYOUT_URL; stopped with the servers (on SIGTERM it
-# logs what it paid to $out/payout-sim-NAME.log).
+# logs what it paid to $out/payout-sim-NAME.txt).
 payout_sim() {
   local name="$1" url=""
   "$bin/payout-sim" --listen 127.0.0.1:0 --mode accept --quiet \
-    >"$out/payout-sim-$name.out" 2>"$out/payout-sim-$name.log" &
+    >"$out/payout-sim-$name.out" 2>"$out/payout-sim-$name.txt" &
   servers+=($!)
   for _ in $(seq 100); do
     url="$(sed -n 's/^LEDGER_PAYOUT_URL=//p' "$out/payout-sim-$name.out")"
@@ -195,15 +211,18 @@ echo "== machine"
     echo "sections: $only (run on their own; the other results are from the full run above)"
     echo "load average at the start: $(cut -d' ' -f1-3 /proc/loadavg)"
   fi
+  if [ -n "${BENCH_NOTE:-}" ]; then echo "note: $BENCH_NOTE"; fi
 } | tee "$machine"
 
 echo "== seed $users users"
 psql "$admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
 start=$(date +%s%N)
-echo "ledger seed-load --users $users --balance 1000 --out $out/users.json   # DATABASE_URL=$url" >"$out/seed.cmd"
+seed="seed"
+[ -n "$only" ] && seed="seed-only"
+echo "ledger seed-load --users $users --balance 1000 --out $out/users.json   # DATABASE_URL=$url" >"$out/$seed.cmd"
 RUST_LOG=warn "$bin/ledger" seed-load --users "$users" --balance 1000 --out "$out/users.json"
-echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/seed.txt"
+echo "seed_ms: $(( ($(date +%s%N) - start) / 1000000 ))" | tee "$out/$seed.txt"
 psql "$url" -qc "VACUUM ANALYZE"
 
 if [ -n "$only" ]; then
