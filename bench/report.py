@@ -138,6 +138,70 @@ def books_text(run):
     return s
 
 
+def load_average(results: Path, name: str):
+    """The 1-minute load average sampled during a run (NAME.load): (mean, max, samples)."""
+    values = []
+    for line in text(results, f"{name}.load").splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            try:
+                values.append(float(parts[1]))
+            except ValueError:
+                pass
+    if not values:
+        return None
+    return sum(values) / len(values), max(values), len(values)
+
+
+OWN_PROCESSES = {"ledger", "postgres", "loadgen", "payout-sim", "ps", "awk", "sleep"}
+
+
+def other_busy(results: Path, name: str):
+    """Processes outside the run among the three busiest of a NAME.load
+    sample: (name -> samples it was in, samples)."""
+    seen, samples = {}, 0
+    for line in text(results, f"{name}.load").splitlines():
+        if "busiest:" not in line:
+            continue
+        samples += 1
+        busiest = line.split("busiest:", 1)[1]
+        names = {p.strip().rsplit(" ", 1)[0] for p in busiest.split(",") if p.strip()}
+        for other in sorted(names - OWN_PROCESSES):
+            seen[other] = seen.get(other, 0) + 1
+    return seen, samples
+
+
+def workflow_runs(results: Path):
+    """The withdrawal-workflow runs (workflows-N.json), by worker count."""
+    runs = []
+    for path in results.glob("workflows-*.json"):
+        workers = path.stem.split("-", 1)[1]
+        if workers.isdigit():
+            runs.append((int(workers), json.loads(path.read_text())))
+    return sorted(runs, key=lambda r: r[0])
+
+
+def flow_ok(run):
+    """Every cycle ended as it should, nothing failed, the books are exact."""
+    return bool(run and run.get("flows") and run["flows"]["not_done"] == 0 and run["failed"] == 0 and books_ok(run))
+
+
+def flow_gaps(run, what):
+    if not run or not run.get("flows"):
+        return [f"{what}: not measured"]
+    f = run["flows"]
+    return [
+        f["not_done"] and f"{f['not_done']:,} {what} did not end as they should ({f['ends']})",
+        run["failed"] and f"{run['failed']:,} failed requests",
+        not books_ok(run) and "books differ",
+    ]
+
+
+def op_p99(run, op):
+    l = run["per_op"].get(op) if run else None
+    return f"{l['p99']:.1f}" if l else "n/a"
+
+
 def latency_row(name, l):
     return f"| {name} | {l['count']:,} | {l['p50']:.1f} | {l['p95']:.1f} | {l['p99']:.1f} | {l['max']:.1f} |"
 
@@ -252,6 +316,122 @@ def chart(run, path: Path):
     path.write_text(svg)
 
 
+def flows_section(md, results: Path, holds, workflows):
+    md.append("## Holds and withdrawal workflows")
+    md.append("")
+    md.append(
+        "**Holds**: each virtual user, on its own user, reserves 0.01 of its live wallet "
+        "(`POST /api/v1/holds` with its own token and an Idempotency-Key), then the service captures all of it "
+        "(`POST /api/v1/holds/{id}/capture`, service token, its own Idempotency-Key): one cycle is the create "
+        "and the capture, timed from sending the create to the capture's answer. **Withdrawal workflows**: each "
+        "virtual user starts a withdrawal of 0.01 (`POST /api/v1/workflows/withdrawals`, 202: the funds are held "
+        "in that request), and the server's workflow workers send the payout to `payout-sim` (accepting every "
+        "payout at once) and capture the hold; the user polls `GET /api/v1/workflows/{id}` with its own token "
+        "every 20 ms until the status is final. One cycle runs from sending the start to the poll that sees "
+        "`completed`, so the end-to-end time is measured to within the poll interval, and the polls are part of "
+        "the load the server carries. Per second counts the cycles that ended as they should, over the run's "
+        "steady seconds. Requests are retried as in every run (same Idempotency-Key); the books (balance and "
+        "`held` of every user) are checked and the database reconciled after each run."
+    )
+    md.append("")
+    md.append(
+        "| | clients | workers | per second | cycle p50 ms | p95 ms | p99 ms | max ms | per request p99 ms | "
+        "ends | failed | books | load average (1 min) mean / max |"
+    )
+    md.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = [("Holds, create + capture", "holds", None, holds)]
+    rows += [("Withdrawal workflows, start to `completed`", f"workflows-{w}", w, run) for w, run in workflows]
+    for label, name, workers, run in rows:
+        if not run or not run.get("flows"):
+            md.append(f"| {label} | not run | | | | | | | | | | | |")
+            continue
+        f, l = run["flows"], run["flows"]["latency_cycle"]
+        per_request = ", ".join(
+            f"{op} {lat['p99']:.1f}" for op, lat in run["per_op"].items() if op != "read_wallets"
+        )
+        ends = ", ".join(f"{k}: {v:,}" for k, v in f["ends"].items()) or "none"
+        la = load_average(results, name)
+        la_text = f"{la[0]:.1f} / {la[1]:.1f}" if la else "not sampled"
+        md.append(
+            f"| {label} | {run['vus']:,} | {workers if workers else '—'} | **{n(f['steady_per_s'])}** | "
+            f"{l['p50']:.1f} | {l['p95']:.1f} | **{l['p99']:.1f}** | {l['max']:.1f} | {per_request} | {ends} | "
+            f"{run['failed']:,} | {books_text(run)} | {la_text} |"
+        )
+    md.append("")
+    for name, run in [("holds", holds)] + [(f"workflows-{w}", r) for w, r in workflows]:
+        if run:
+            md.append(
+                f"- `{name}`: {run['requests']:,} requests in {run['elapsed_s']:.0f} s, outcomes {run['outcomes']}; "
+                f"pool wait mean {run['begin_wait']['mean_ms']:.2f} ms, "
+                f"{run['begin_wait']['over_10ms'] * 100:.1f} % over 10 ms"
+            )
+            paid = re.search(r"payout-sim: stopping: (.*)", text(results, f"payout-sim-{name}.txt"))
+            if paid:
+                md.append(f"  - payout-sim at the end of the run: {paid.group(1)}")
+    md.append("")
+    if workflows:
+        md.append(
+            "What the workflow numbers measure: the 50 users form a closed loop, each starting its next "
+            "withdrawal as soon as it has seen the last one end, so 50 workflows are always in the system, and "
+            "by Little's law the end-to-end time is about 50 / throughput: "
+            + "; ".join(
+                f"{w} workers: 50 / {run['flows']['steady_per_s']:.0f} /s = "
+                f"{run['vus'] / run['flows']['steady_per_s'] * 1000:,.0f} ms against a measured p50 of "
+                f"{run['flows']['latency_cycle']['p50']:,.0f} ms"
+                for w, run in workflows
+                if run.get("flows") and run["flows"]["steady_per_s"]
+            )
+            + ". So the end-to-end time here is mostly waiting for a free worker, not the path of one "
+            "workflow (its start request, the payout call and the capture)"
+            + (
+                f"; from {workflows[0][0]} to {workflows[-1][0]} workers the throughput went × "
+                f"{workflows[-1][1]['flows']['steady_per_s'] / workflows[0][1]['flows']['steady_per_s']:.2f}"
+                if len(workflows) > 1
+                and all(r.get("flows") for _, r in workflows)
+                and workflows[0][1]["flows"]["steady_per_s"]
+                else ""
+            )
+            + ". The polling is real load as well: "
+            + "; ".join(
+                f"{w} workers: {run['per_op']['poll_workflow']['count'] / run['flows']['done']:.0f} polls per workflow"
+                for w, run in workflows
+                if run.get("flows") and run["flows"]["done"] and "poll_workflow" in run["per_op"]
+            )
+            + ". There is no pgbench comparison for these two: unlike a deposit, their SQL has not been "
+            "written out as a pgbench script."
+        )
+        md.append("")
+    md.append(
+        "The load average (1 minute, sampled every 5 s into `bench/results/NAME.load`, with the three processes "
+        "that used the most CPU in each 5 s) counts the run's own processes too: the server, PostgreSQL and "
+        "the generator are all runnable at once under this load."
+    )
+    for name in ["holds"] + [f"workflows-{w}" for w, _ in workflows]:
+        seen, samples = other_busy(results, name)
+        # a process seen in fewer than a quarter of the samples is noise
+        # (kernel threads, a short compile)
+        frequent = sorted(((p, k) for p, k in seen.items() if 4 * k >= samples), key=lambda pk: -pk[1])
+        if frequent:
+            md.append(
+                f"- `{name}`: processes other than the run's among the three busiest: "
+                + ", ".join(f"{p} in {k} of {samples} samples" for p, k in frequent)
+                + (" (`NAME-<hash>`: a cargo test binary)" if any(re.search(r"-[0-9a-f]{10,}$", p) for p, _ in frequent) else "")
+            )
+    md.append("")
+    only = text(results, "machine-only.txt").strip()
+    if only:
+        md.append(
+            "These runs were made on their own (`BENCH_ONLY`), later than the runs above, on the machine below"
+            + (" (its note says what else ran on it):" if "\nnote: " in only else ":")
+        )
+        md.append("")
+        md.append("```")
+        md.append(only)
+        md.append("```")
+        md.append("")
+    command_block(md, results, ["holds"] + [f"workflows-{w}" for w, _ in workflows])
+
+
 def main():
     results, md_path, svg_path = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
     machine = text(results, "machine.txt").strip()
@@ -267,6 +447,7 @@ def main():
     dep_solo, hot_solo = load(results, "deposit-solo"), load(results, "hot-solo")
     locks, locks_hot = load(results, "locks"), load(results, "locks-hot")
     orders, orders_sig = load(results, "orders"), load(results, "orders-signal")
+    holds, workflows = load(results, "holds"), workflow_runs(results)
     # Definite answers per second after the ramp (a shed attempt is not a
     # deposit); reports without the field count every attempt.
     rps = lambda run: run.get("steady_served_rps", run["steady_rps"]) if run else None  # noqa: E731
@@ -343,6 +524,28 @@ def main():
             f"{n(opened(orders_sig))} /s vs {n(opened(orders))} /s = **{n(orders_ratio, 2)} ×**",
             [short_of(opened(orders_sig), opened(orders) and 0.8 * opened(orders), "opened with a signal")],
         )
+
+    if holds or workflows:
+        hf = holds and holds.get("flows")
+        target_row(
+            rows,
+            f"Holds, create + capture, {holds['vus'] if holds else 50} users",
+            "holds/s and p99 reported; every hold captured, 0 failed, books exact",
+            f"**{n(hf and hf['steady_per_s'])} /s**, cycle p99 **{n(hf and hf['latency_cycle']['p99'], 1)} ms** "
+            f"(create p99 {op_p99(holds, 'create_hold')} ms, capture p99 {op_p99(holds, 'capture_hold')} ms)",
+            flow_gaps(holds, "holds"),
+        )
+        for workers, run in workflows or [(None, None)]:
+            wf = run and run.get("flows")
+            target_row(
+                rows,
+                f"Withdrawal workflows end to end, {run['vus'] if run else 50} users, payout-sim accepting, "
+                f"{workers} workers",
+                "workflows/s and p99 reported; every workflow completed, 0 failed, books exact",
+                f"**{n(wf and wf['steady_per_s'])} /s**, start-to-completed p99 **{n(wf and wf['latency_cycle']['p99'], 1)} ms** "
+                f"(start p99 {op_p99(run, 'start_withdrawal')} ms)",
+                flow_gaps(run, "workflows"),
+            )
 
     money = []
     money.append(
@@ -587,6 +790,9 @@ def main():
         md.append("")
         command_block(md, results, ["orders", "orders-signal"])
 
+    if holds or workflows:
+        flows_section(md, results, holds, workflows)
+
     if mixed:
         mixed_section(md, mixed, "mixed workload")
     if fast:
@@ -619,7 +825,8 @@ def main():
     md.append("")
     names = ["pgbench-deposit", "pgbench-deposit-1rt", "pgbench-read", "pgbench-hot", "pgbench-hot-1rt",
              "deposit", "read", "hot", "deposit-solo", "hot-solo", "locks", "locks-hot", "orders",
-             "orders-signal", "mixed", "mixed-fast", "sqlite"]
+             "orders-signal", "holds"] + [f"workflows-{w}" for w, _ in workflows] + [
+             "mixed", "mixed-fast", "sqlite"]
     command_block(md, results, ["seed"] + names)
     md.append("(pgbench runs on a copy of the seeded database: `CREATE DATABASE ledger_bench_pgbench TEMPLATE ledger_bench`.)")
     md.append("")

@@ -43,7 +43,7 @@ server_env() {
 # settings the benchmarks share.
 bench_setup() {
   scripts/ensure-postgres.sh
-  cargo build --release --locked --bin ledger --bin loadgen
+  cargo build --release --locked --bin ledger --bin loadgen --bin payout-sim
   bin=target/release
   RUST_LOG_DEFAULT="info,sqlx=warn,sea_orm=warn" server_env "bench-secret-0123456789abcdef0123456789"
 }

@@ -521,6 +521,15 @@ impl TestApp {
     }
 }
 
+/// Tests that run several servers or server processes (each with a pool of
+/// its own) take this first and so run one at a time: beside the other
+/// tests of the binary running in parallel, they then stay within
+/// PostgreSQL's default 100 connections.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 pub fn fresh_key() -> String {
     uuid::Uuid::new_v4().to_string()
 }

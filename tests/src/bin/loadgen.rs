@@ -5,8 +5,10 @@
 //! Idempotency-Key, until its answer is definite or `--retry-bound` passes.
 //! Exits 1 on any failed request (a refusal or a server error), any request
 //! never answered definitely, any balance that differs from what the run's
-//! own definite successful operations imply, or any reconciliation
-//! discrepancy. Shedding and outages are reported, not failed.
+//! own definite successful operations imply, any hold or withdrawal
+//! workflow that did not end as it should (captured, completed), or any
+//! reconciliation discrepancy. Shedding and outages are reported, not
+//! failed.
 //!
 //! A process holds at most its open-files limit of connections; `--shards N`
 //! runs N child processes, each with its share of the users, and merges them.
@@ -84,6 +86,10 @@ struct Args {
     /// Order quantity.
     #[arg(long, default_value = "0.01")]
     quantity: Decimal,
+    /// Pause between two polls of a withdrawal workflow, milliseconds (the
+    /// resolution of its end-to-end time).
+    #[arg(long, default_value_t = 20)]
+    poll_ms: u64,
     /// Run `ledger reconcile`'s check against this database at the end.
     #[arg(long)]
     database_url: Option<String>,
@@ -124,6 +130,7 @@ impl Args {
             retry: self.retry(),
             amount: self.amount,
             quantity: self.quantity,
+            poll: Duration::from_millis(self.poll_ms),
         }
     }
 }
@@ -330,6 +337,23 @@ fn print_summary(report: &serde_json::Value) {
     );
     println!("outcomes: {}", report["outcomes"]);
     println!("pool wait: {}", report["begin_wait"]);
+    if !report["flows"].is_null() {
+        let flows = &report["flows"];
+        let l = &flows["latency_cycle"];
+        println!(
+            "{}: done {} ({:.0}/s, steady {:.0}/s) | not done {} | cycle p50 {} p95 {} p99 {} max {} ms | ends {}",
+            flows["cycle"].as_str().unwrap_or(""),
+            flows["done"],
+            flows["per_s"].as_f64().unwrap_or_default(),
+            flows["steady_per_s"].as_f64().unwrap_or_default(),
+            flows["not_done"],
+            l["p50"],
+            l["p95"],
+            l["p99"],
+            l["max"],
+            flows["ends"],
+        );
+    }
     if !report["locks"].is_null() {
         let locks = &report["locks"];
         let null = serde_json::Value::Null;
@@ -406,8 +430,8 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         (out.stats, out.books, out.elapsed.as_secs_f64())
     };
     let wait_after = scrape_begin_wait(args.target, source).await;
-    eprintln!("checking the books of {} users", books.delta.len());
-    let touched: Vec<i64> = books.delta.keys().copied().collect();
+    let touched = books.users();
+    eprintln!("checking the books of {} users", touched.len());
     let after = load::read_balances(
         args.target,
         source,
@@ -441,6 +465,7 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
     let steady_rps = per_steady_second(|p| p.requests);
     let steady_served_rps = per_steady_second(|p| p.served);
     let steady_grants = per_steady_second(|p| p.grants);
+    let steady_flows = per_steady_second(|p| p.flows);
     let locks = (!money).then(|| {
         let t = &stats.locks;
         json!({
@@ -459,6 +484,22 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
             "cycles_per_s": t.released as f64 / elapsed.max(0.001),
             "latency_grant": Latency::from(&stats.grant_latency),
             "latency_cycle": Latency::from(&stats.cycle_latency),
+        })
+    });
+    let flows = args.scenario.has_flows().then(|| {
+        let t = &stats.flows;
+        json!({
+            "cycle": match args.scenario {
+                Scenario::WithdrawalWorkflows => "withdrawal workflow (start to a final status seen)",
+                _ => "hold (create + capture)",
+            },
+            "done": t.done,
+            "not_done": t.not_done,
+            "ends": t.ends,
+            "per_s": t.done as f64 / elapsed.max(0.001),
+            "steady_per_s": steady_flows,
+            "latency_cycle": Latency::from(&stats.flow_latency),
+            "poll_ms": (args.scenario == Scenario::WithdrawalWorkflows).then_some(args.poll_ms),
         })
     });
     let never_definite_writes = books.uncertain.len();
@@ -494,9 +535,10 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         "retry_bound_s": args.retry_bound,
         "begin_wait": begin_wait_delta(&wait_before, &wait_after),
         "locks": locks,
+        "flows": flows,
         "books": {
             "checked": money,
-            "users_checked": books.delta.len(),
+            "users_checked": touched.len(),
             "mismatch_count": mismatches.len(),
             "mismatches": mismatches.iter().take(20).collect::<Vec<_>>(),
         },
@@ -517,7 +559,8 @@ async fn main_run(args: Args) -> Result<bool, BoxError> {
         && stats.never_definite_reads == 0
         && mismatches.is_empty()
         && reconciled.as_ref().is_none_or(|r| r.is_clean())
-        && (money || stats.locks.is_clean());
+        && (money || stats.locks.is_clean())
+        && stats.flows.is_clean();
     Ok(clean)
 }
 
@@ -531,7 +574,7 @@ fn main() -> ExitCode {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {
             eprintln!(
-                "FAILED: failed requests, requests never answered definitely, a books mismatch, a reconciliation discrepancy or a lock not released"
+                "FAILED: failed requests, requests never answered definitely, a books mismatch, a reconciliation discrepancy, a lock not released, or a hold or workflow that did not end as it should"
             );
             ExitCode::FAILURE
         }

@@ -1,8 +1,8 @@
 //! The load generator behind the `loadgen` binary: virtual users, each on a
 //! keep-alive connection of its own, run one of the scenarios below (the
 //! same mix as the k6 scripts), and at the end the books are checked: each
-//! user's live balance moved by exactly what the generator's own definite,
-//! successful operations imply.
+//! user's live balance, and the funds its holds reserve, moved by exactly
+//! what the generator's own definite, successful operations imply.
 //!
 //! Every request rides through faults: it is sent again (a write with the
 //! same Idempotency-Key) after refused or broken connections, timeouts,
@@ -57,12 +57,27 @@ pub enum Scenario {
     /// As `orders`, each order opened with a fresh `signal_id` (so it runs
     /// under the lock `trade:{user}:{symbol}:{side}:{signal}`).
     OrdersSignal,
+    /// Each user holds the amount of its live wallet, and the service
+    /// captures the hold at once: one cycle is the create and the capture.
+    Holds,
+    /// Each user starts a withdrawal workflow of the amount (hold, payout,
+    /// capture) and polls it until it ends: one cycle runs from the start
+    /// to the poll that sees a final status. Needs a server with a payout
+    /// provider (`LEDGER_PAYOUT_URL`); with one that accepts at once, every
+    /// workflow ends `completed`.
+    WithdrawalWorkflows,
 }
 
 impl Scenario {
     /// Whether the scenario moves money (and so has books to check).
     pub fn moves_money(self) -> bool {
         !matches!(self, Self::Locks | Self::LocksHot)
+    }
+
+    /// Whether the scenario runs cycles whose ends are counted (see
+    /// `stats::FlowTally`).
+    pub fn has_flows(self) -> bool {
+        matches!(self, Self::Holds | Self::WithdrawalWorkflows)
     }
 }
 
@@ -90,12 +105,19 @@ pub struct Plan {
     pub amount: Decimal,
     /// Order quantity (leverage 10).
     pub quantity: Decimal,
+    /// Pause between two polls of a workflow.
+    pub poll: Duration,
 }
 
-/// Money each user's live wallet should have gained (negative: lost).
+/// Money each user's live wallet should have gained (negative: lost), and
+/// the change in what its active holds reserve.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Books {
     pub delta: HashMap<i64, Decimal>,
+    /// Change of `held` (funds reserved by active holds), for the users
+    /// whose holds the run made or ended.
+    #[serde(default)]
+    pub held: HashMap<i64, Decimal>,
     /// Users with a write whose outcome stayed unknown (one entry per such
     /// write).
     pub uncertain: Vec<i64>,
@@ -106,11 +128,27 @@ impl Books {
         *self.delta.entry(user).or_default() += amount;
     }
 
+    /// `amount` more (negative: less) reserved by `user`'s active holds.
+    fn hold(&mut self, user: i64, amount: Decimal) {
+        self.delta.entry(user).or_default();
+        *self.held.entry(user).or_default() += amount;
+    }
+
     pub fn merge(&mut self, other: Books) {
         for (user, d) in other.delta {
             self.add(user, d);
         }
+        for (user, d) in other.held {
+            self.hold(user, d);
+        }
         self.uncertain.extend(other.uncertain);
+    }
+
+    /// The users whose books the run touched.
+    pub fn users(&self) -> Vec<i64> {
+        let mut users: Vec<i64> = self.delta.keys().copied().collect();
+        users.sort_unstable();
+        users
     }
 }
 
@@ -122,8 +160,9 @@ pub struct Mismatch {
 }
 
 /// The books check: `after == before + delta`, no margin left held (every
-/// order was closed) and the funds held by holds unchanged (the run makes
-/// none, and a hold expiring during the run would show as a change), for
+/// order was closed) and the funds held by holds changed by exactly what the
+/// run's holds imply (nothing, unless a hold or a withdrawal workflow was
+/// left active; a hold expiring during the run would show as a change), for
 /// every user the run touched.
 pub fn check_books(
     before: &HashMap<i64, Balance>,
@@ -138,10 +177,9 @@ pub fn check_books(
             problem: "a write never got a definite answer".into(),
         })
         .collect();
-    let mut users: Vec<_> = books.delta.keys().copied().collect();
-    users.sort_unstable();
-    for user_id in users {
+    for user_id in books.users() {
         let delta = books.delta.get(&user_id).copied().unwrap_or_default();
+        let held = books.held.get(&user_id).copied().unwrap_or_default();
         let problem = match (before.get(&user_id), after.get(&user_id)) {
             (Some(b), Some(a)) if a.balance != b.balance + delta => Some(format!(
                 "balance {} != {} before + {} from the run",
@@ -151,9 +189,9 @@ pub fn check_books(
                 "margin {} != {} before (every order was closed)",
                 a.margin, b.margin
             )),
-            (Some(b), Some(a)) if a.held != b.held => Some(format!(
-                "held {} != {} before (the run makes no holds)",
-                a.held, b.held
+            (Some(b), Some(a)) if a.held != b.held + held => Some(format!(
+                "held {} != {} before + {} from the run's holds",
+                a.held, b.held, held
             )),
             (Some(_), Some(_)) => None,
             _ => Some("balance could not be read".into()),
@@ -333,6 +371,16 @@ pub async fn until_definite(
     }
 }
 
+/// What became of a write sent until definite.
+enum Written {
+    /// A 2xx, with its body.
+    Done(Value),
+    /// A definite refusal that changed nothing: `"422 insufficient_funds"`.
+    Refused(String),
+    /// Never definite within the bound: its user is marked uncertain.
+    Unknown,
+}
+
 struct Vu<'a> {
     ctx: &'a Ctx,
     /// This virtual user's number in its process.
@@ -413,18 +461,33 @@ impl Vu<'_> {
         token: &str,
         body: Value,
     ) -> Option<Value> {
-        let key = Uuid::new_v4().to_string();
-        let call = Call::post(path, token, &key, &body);
-        let result = match self.request(op, &call).await {
-            Some(a) if (200..300).contains(&a.status) => Some(a.json()),
-            Some(_) => None,
-            None => {
-                self.books.uncertain.push(self.user.id);
-                None
-            }
+        let result = match self.write_as(op, path, token, body).await {
+            Written::Done(v) => Some(v),
+            Written::Refused(_) | Written::Unknown => None,
         };
         self.think().await;
         result
+    }
+
+    /// `write` without the think time after it, telling a refusal from an
+    /// unknown outcome.
+    async fn write_as(
+        &mut self,
+        op: &'static str,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> Written {
+        let key = Uuid::new_v4().to_string();
+        let call = Call::post(path, token, &key, &body);
+        match self.request(op, &call).await {
+            Some(a) if (200..300).contains(&a.status) => Written::Done(a.json()),
+            Some(a) => Written::Refused(format!("{} {}", a.status, a.code())),
+            None => {
+                self.books.uncertain.push(self.user.id);
+                Written::Unknown
+            }
+        }
     }
 
     async fn think(&mut self) {
@@ -470,7 +533,147 @@ impl Vu<'_> {
             Scenario::LocksHot => self.lock_cycle(n, true).await,
             Scenario::Orders => self.order_cycle(n, false).await,
             Scenario::OrdersSignal => self.order_cycle(n, true).await,
+            Scenario::Holds => self.hold_cycle().await,
+            Scenario::WithdrawalWorkflows => self.withdrawal_cycle().await,
         }
+    }
+
+    /// One hold: the user reserves the amount of its live wallet, the
+    /// service captures all of it at once. The books follow the held funds
+    /// and the capture.
+    async fn hold_cycle(&mut self) {
+        let (user, ctx) = (self.user, self.ctx);
+        let (id, amount) = (user.id, ctx.plan.amount);
+        let body = json!({
+            "user_id": id,
+            "wallet": "live",
+            "amount": amount.to_string(),
+            "reference": "bench",
+        });
+        let sent = Instant::now();
+        let hold = match self
+            .write_as("create_hold", "/api/v1/holds", &user.token, body)
+            .await
+        {
+            Written::Done(hold) => hold,
+            Written::Refused(why) => {
+                return self.flow_end(&format!("create_hold {why}"), None).await;
+            }
+            Written::Unknown => return self.flow_end("create_hold never definite", None).await,
+        };
+        self.books.hold(id, amount);
+        let Some(hold_id) = hold["id"].as_i64() else {
+            return self
+                .flow_end("create_hold answered without an id", None)
+                .await;
+        };
+        let path = format!("/api/v1/holds/{hold_id}/capture");
+        let token = &ctx.file.service_token;
+        match self.write_as("capture_hold", &path, token, json!({})).await {
+            Written::Done(captured) => {
+                let taken = decimal(&captured["captured_amount"]).unwrap_or(amount);
+                self.books.hold(id, -amount);
+                self.books.add(id, -taken);
+                self.flow_end("captured", Some(sent.elapsed())).await;
+            }
+            // The hold stays as the books have it: active.
+            Written::Refused(why) => self.flow_end(&format!("capture_hold {why}"), None).await,
+            Written::Unknown => self.flow_end("capture_hold never definite", None).await,
+        }
+    }
+
+    /// One withdrawal workflow: started by the user, then polled with the
+    /// user's own token every `plan.poll` until its status is final (or
+    /// the retry bound has passed since the start). The books follow the
+    /// final status: `completed` took the captured amount, `compensated`
+    /// took nothing, `failed` and `awaiting_payout` (no provider
+    /// configured) leave the amount held.
+    async fn withdrawal_cycle(&mut self) {
+        let (user, ctx) = (self.user, self.ctx);
+        let (id, amount) = (user.id, ctx.plan.amount);
+        let body = json!({
+            "user_id": id,
+            "wallet": "live",
+            "amount": amount.to_string(),
+            "destination": format!("bench-account-{id}"),
+        });
+        let sent = Instant::now();
+        let mut workflow = match self
+            .write_as(
+                "start_withdrawal",
+                "/api/v1/workflows/withdrawals",
+                &user.token,
+                body,
+            )
+            .await
+        {
+            Written::Done(workflow) => workflow,
+            Written::Refused(why) => {
+                return self
+                    .flow_end(&format!("start_withdrawal {why}"), None)
+                    .await;
+            }
+            Written::Unknown => {
+                return self.flow_end("start_withdrawal never definite", None).await;
+            }
+        };
+        let Some(workflow_id) = workflow["id"].as_i64() else {
+            self.books.uncertain.push(id);
+            return self
+                .flow_end("start_withdrawal answered without an id", None)
+                .await;
+        };
+        let path = format!("/api/v1/workflows/{workflow_id}");
+        loop {
+            match workflow["status"].as_str().unwrap_or("") {
+                "completed" => {
+                    let taken = decimal(&workflow["result"]["captured"]).unwrap_or(amount);
+                    self.books.add(id, -taken);
+                    return self.flow_end("completed", Some(sent.elapsed())).await;
+                }
+                "compensated" => return self.flow_end("compensated", None).await,
+                status @ ("failed" | "awaiting_payout") => {
+                    self.books.hold(id, amount);
+                    return self.flow_end(status, None).await;
+                }
+                "running" => {}
+                other => {
+                    self.books.uncertain.push(id);
+                    return self
+                        .flow_end(&format!("unexpected status {other:?}"), None)
+                        .await;
+                }
+            }
+            if sent.elapsed() > ctx.plan.retry.bound {
+                self.books.uncertain.push(id);
+                return self
+                    .flow_end("still running at the retry bound", None)
+                    .await;
+            }
+            tokio::time::sleep(ctx.plan.poll).await;
+            let answer = self
+                .request("poll_workflow", &Call::get(path.clone(), Some(&user.token)))
+                .await;
+            workflow = match answer {
+                Some(a) if a.status == 200 => a.json(),
+                Some(a) => {
+                    self.books.uncertain.push(id);
+                    let end = format!("poll_workflow {} {}", a.status, a.code());
+                    return self.flow_end(&end, None).await;
+                }
+                None => {
+                    self.ctx.recorder.read_given_up();
+                    self.books.uncertain.push(id);
+                    return self.flow_end("poll_workflow never definite", None).await;
+                }
+            };
+        }
+    }
+
+    /// Records how a cycle ended, then thinks.
+    async fn flow_end(&mut self, end: &str, done: Option<Duration>) {
+        self.ctx.recorder.flow(end, done);
+        self.think().await;
     }
 
     /// A lock operation's answer when it was a success. Every attempt that
@@ -806,12 +1009,18 @@ mod tests {
             (2, bal(100, 0)),
             (3, bal(50, 0)),
             (5, held(20, 10)),
+            (6, held(30, 2)),
+            (8, held(40, 0)),
         ]);
         let after = HashMap::from([
             (1, bal(105, 0)),
             (2, bal(99, 0)),
             (3, bal(50, 5)),
             (5, held(20, 0)),
+            // a hold left active: held as the books say
+            (6, held(29, 3)),
+            // a hold the books do not know of
+            (8, held(39, 1)),
         ]);
         let mut books = Books::default();
         books.add(1, Decimal::from(5));
@@ -819,10 +1028,18 @@ mod tests {
         books.add(3, Decimal::ZERO);
         books.add(4, Decimal::ONE);
         books.add(5, Decimal::ZERO);
+        // user 6: two holds made, one captured (1 left the wallet), one
+        // left active; user 8: one made and captured
+        books.hold(6, Decimal::from(2));
+        books.hold(6, Decimal::from(-1));
+        books.add(6, Decimal::from(-1));
+        books.hold(8, Decimal::ONE);
+        books.hold(8, Decimal::from(-1));
+        books.add(8, Decimal::from(-1));
         books.uncertain.push(7);
         let problems = check_books(&before, &after, &books);
         let users: Vec<i64> = problems.iter().map(|p| p.user_id).collect();
-        assert_eq!(users, vec![7, 2, 3, 4, 5], "{problems:?}");
+        assert_eq!(users, vec![7, 2, 3, 4, 5, 8], "{problems:?}");
         assert!(
             problems[1]
                 .problem
@@ -830,6 +1047,28 @@ mod tests {
         );
         assert!(problems[2].problem.contains("margin"));
         assert!(problems[4].problem.contains("held 0 != 10 before"));
+        assert!(
+            problems[5].problem.contains("held 1 != 0 before + 0"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn books_merge_the_held_funds_and_touch_the_holders() {
+        let mut a = Books::default();
+        a.hold(3, Decimal::ONE);
+        let mut b = Books::default();
+        b.hold(3, Decimal::from(-1));
+        b.add(3, Decimal::from(-1));
+        b.add(1, Decimal::TWO);
+        a.merge(b);
+        assert_eq!(a.users(), vec![1, 3]);
+        assert_eq!(a.held[&3], Decimal::ZERO);
+        assert_eq!(a.delta[&3], Decimal::from(-1));
+        // a user with only a hold is checked as well
+        let mut c = Books::default();
+        c.hold(9, Decimal::ONE);
+        assert_eq!(c.users(), vec![9]);
     }
 
     #[test]

@@ -26,6 +26,9 @@ struct Second {
     served: u64,
     /// Locks granted (at once or from the queue) in this second.
     grants: u64,
+    /// Cycles of the hold and workflow scenarios that ended as they should
+    /// in this second.
+    flows: u64,
     latency: Histogram<u64>,
 }
 
@@ -36,6 +39,7 @@ impl Second {
             failed: 0,
             served: 0,
             grants: 0,
+            flows: 0,
             latency: histogram(2),
         }
     }
@@ -75,7 +79,43 @@ pub struct Stats {
     pub grant_latency: Histogram<u64>,
     /// From sending an acquire to the release's answer.
     pub cycle_latency: Histogram<u64>,
+    /// The hold and workflow scenarios: how each cycle ended.
+    pub flows: FlowTally,
+    /// From the cycle's first request to the answer that showed it done
+    /// (the capture's; the poll that saw the workflow `completed`), for the
+    /// cycles that ended as they should.
+    pub flow_latency: Histogram<u64>,
     timeline: Vec<Second>,
+}
+
+/// How the cycles of the hold and workflow scenarios ended: a hold created
+/// and captured; a withdrawal workflow started and seen in a final status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FlowTally {
+    /// Cycles that ended as they should (`captured`, `completed`).
+    pub done: u64,
+    /// Cycles that did not: refused, never answered definitely, or a
+    /// workflow that ended `compensated` or `failed`.
+    pub not_done: u64,
+    /// `"captured"`, `"completed"`, `"failed"`, `"create_hold 422
+    /// insufficient_funds"`, `"poll_workflow never definite"` -> count: how
+    /// every cycle ended.
+    pub ends: BTreeMap<String, u64>,
+}
+
+impl FlowTally {
+    fn merge(&mut self, other: &FlowTally) {
+        self.done += other.done;
+        self.not_done += other.not_done;
+        for (k, n) in &other.ends {
+            *self.ends.entry(k.clone()).or_default() += n;
+        }
+    }
+
+    /// Every cycle ended as it should.
+    pub fn is_clean(&self) -> bool {
+        self.not_done == 0
+    }
 }
 
 /// What the lock scenarios did with their locks. Every lock held must be
@@ -171,6 +211,8 @@ impl Default for Stats {
             locks: LockTally::default(),
             grant_latency: histogram(3),
             cycle_latency: histogram(3),
+            flows: FlowTally::default(),
+            flow_latency: histogram(3),
             timeline: Vec::new(),
         }
     }
@@ -316,6 +358,32 @@ impl Recorder {
         }
     }
 
+    /// How a cycle of the hold or workflow scenarios ended (`end`: its
+    /// label in `FlowTally::ends`). `done`: it ended as it should, this
+    /// long after its first request was sent.
+    pub fn flow(&self, end: &str, done: Option<Duration>) {
+        let second = usize::try_from(self.started.elapsed().as_secs()).unwrap_or(usize::MAX);
+        let Ok(mut s) = self.stats.lock() else {
+            return;
+        };
+        let s = &mut *s;
+        *slot(&mut s.flows.ends, end, u64::default) += 1;
+        let Some(latency) = done else {
+            s.flows.not_done += 1;
+            return;
+        };
+        s.flows.done += 1;
+        let _ = s.flow_latency.record(micros_of(latency));
+        if second < 86_400 {
+            if s.timeline.len() <= second {
+                s.timeline.resize_with(second + 1, Second::new);
+            }
+            if let Some(slot) = s.timeline.get_mut(second) {
+                slot.flows += 1;
+            }
+        }
+    }
+
     /// A read that never got a definite answer within the bound.
     pub fn read_given_up(&self) {
         if let Ok(mut s) = self.stats.lock() {
@@ -378,7 +446,9 @@ pub struct WireStats {
     locks: LockTally,
     grant_latency: String,
     cycle_latency: String,
-    timeline: Vec<(u64, u64, u64, u64, String)>,
+    flows: FlowTally,
+    flow_latency: String,
+    timeline: Vec<(u64, u64, u64, u64, u64, String)>,
 }
 
 impl From<&Stats> for WireStats {
@@ -403,10 +473,21 @@ impl From<&Stats> for WireStats {
             locks: s.locks.clone(),
             grant_latency: encode(&s.grant_latency),
             cycle_latency: encode(&s.cycle_latency),
+            flows: s.flows.clone(),
+            flow_latency: encode(&s.flow_latency),
             timeline: s
                 .timeline
                 .iter()
-                .map(|t| (t.requests, t.failed, t.served, t.grants, encode(&t.latency)))
+                .map(|t| {
+                    (
+                        t.requests,
+                        t.failed,
+                        t.served,
+                        t.grants,
+                        t.flows,
+                        encode(&t.latency),
+                    )
+                })
                 .collect(),
         }
     }
@@ -425,6 +506,7 @@ impl Stats {
                     failed: t.failed,
                     served: t.served,
                     grants: t.grants,
+                    flows: t.flows,
                     p50: l.p50,
                     p99: l.p99,
                 }
@@ -456,16 +538,19 @@ impl Stats {
         self.locks.merge(&other.locks);
         let _ = self.grant_latency.add(decode(&other.grant_latency));
         let _ = self.cycle_latency.add(decode(&other.cycle_latency));
+        self.flows.merge(&other.flows);
+        let _ = self.flow_latency.add(decode(&other.flow_latency));
         if self.timeline.len() < other.timeline.len() {
             self.timeline.resize_with(other.timeline.len(), Second::new);
         }
-        for (slot, (requests, failed, served, grants, h)) in
+        for (slot, (requests, failed, served, grants, flows, h)) in
             self.timeline.iter_mut().zip(&other.timeline)
         {
             slot.requests += requests;
             slot.failed += failed;
             slot.served += served;
             slot.grants += grants;
+            slot.flows += flows;
             let _ = slot.latency.add(decode(h));
         }
     }
@@ -512,6 +597,8 @@ pub struct Point {
     pub served: u64,
     /// Locks granted (the lock scenarios).
     pub grants: u64,
+    /// Cycles that ended as they should (the hold and workflow scenarios).
+    pub flows: u64,
     pub p50: f64,
     pub p99: f64,
 }
@@ -560,6 +647,9 @@ mod tests {
             });
         }
         b.lock_error("lock_acquire 429 queue_full");
+        a.flow("captured", Some(Duration::from_millis(7)));
+        b.flow("completed", Some(Duration::from_millis(30)));
+        b.flow("failed", None);
         let mut merged = a.snapshot();
         merged.merge(&WireStats::from(&b.snapshot()));
         assert_eq!((merged.requests, merged.failed), (6, 2));
@@ -595,6 +685,14 @@ mod tests {
         assert_eq!(grant.count, 2);
         assert!((grant.max - 40.0).abs() < 0.1, "{grant:?}");
         assert_eq!(merged.cycle_latency.len(), 2);
+        assert_eq!((merged.flows.done, merged.flows.not_done), (2, 1));
+        assert_eq!(merged.flows.ends["failed"], 1);
+        assert_eq!(merged.flows.ends["captured"], 1);
+        assert!(!merged.flows.is_clean());
+        assert_eq!(timeline[0].flows, 2);
+        let flow = Latency::from(&merged.flow_latency);
+        assert_eq!(flow.count, 2);
+        assert!((flow.max - 30.0).abs() < 0.1, "{flow:?}");
     }
 
     #[test]

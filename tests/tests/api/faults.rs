@@ -328,6 +328,7 @@ async fn client(
 /// exactly once and nothing else is; the books reconcile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_under_load_loses_and_doubles_nothing() {
+    let _several_servers = tests::heavy().await;
     const CLIENTS: usize = 30;
     const WRITES: usize = 12;
     // The bound only keeps a failing run short: the contract is 2 s.
@@ -499,6 +500,7 @@ async fn timed(
 /// few seconds and the same keys execute, each exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_unreachable_answers_503_fast_and_recovers() {
+    let _several_servers = tests::heavy().await;
     let db = PgDatabase::create().await;
     let url = db.url.clone();
     let (mut proxy, proxied) = Proxy::for_url(&url).await.unwrap();
@@ -680,6 +682,7 @@ async fn database_unreachable_answers_503_fast_and_recovers() {
 /// exactly once: the balance is the opening balance plus every deposit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn saturated_pool_sheds_fast_and_retries_succeed() {
+    let _several_servers = tests::heavy().await;
     const N: usize = 40;
     const POOL: usize = 2;
     let db = PgDatabase::create().await;
@@ -826,6 +829,7 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
 /// others queue behind it; the kill comes with all of them in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_group_commits_nothing_partial() {
+    let _several_servers = tests::heavy().await;
     const N: usize = 24;
     let db = PgDatabase::create().await;
     let url = db.url.clone();

@@ -120,6 +120,7 @@ fn count(replies: &[Reply], status: u16) -> usize {
 /// one is granted in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_active_grant_per_resource_across_instances() {
+    let _several_servers = tests::heavy().await;
     let app = TestApp::spawn(Engine::Postgres).await;
     let (b, c) = (app.sibling().await, app.sibling().await);
     let instances = [&app, &b, &c];
@@ -315,6 +316,7 @@ async fn aging_grants_a_low_priority_waiter_within_its_bound() {
 /// nothing, and every queued cart is granted whole in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn carts_are_reserved_all_or_nothing() {
+    let _several_servers = tests::heavy().await;
     let app = TestApp::spawn(Engine::Postgres).await;
     let sibling = app.sibling().await;
     let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
@@ -399,6 +401,7 @@ async fn carts_are_reserved_all_or_nothing() {
 /// exactly one active grant and two grants in all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_holders_lock_expires_and_the_queue_head_is_granted() {
+    let _several_servers = tests::heavy().await;
     let app = TestApp::spawn(Engine::Postgres).await;
     let mut process = LedgerProcess::start(&app.database_url, &[]).await;
     let client = reqwest::Client::new();

@@ -258,6 +258,7 @@ both_engines!(a_stale_holder_cannot_write, a_signal_trades_once);
 /// 202 queued (whose execution, when granted, answers the same first order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_bots_on_one_signal_open_one_order() {
+    let _several_servers = tests::heavy().await;
     let app = TestApp::spawn(Engine::Postgres).await;
     let sibling = app.sibling().await;
     app.set_price("SIGUSD", "100").await.expect(200);

@@ -174,6 +174,7 @@ async fn many_referees_trade_while_commissions_settle(engine: Engine) {
 /// database receive 20 racing orders of one user on one symbol: exactly one
 /// opens, the rest get 429 `cooldown_active`.
 async fn cooldown_holds_across_two_instances(engine: Engine) {
+    let _several_servers = tests::heavy().await;
     let n = scale(engine, 20, 10);
     let app = TestApp::spawn_with(engine, |c| {
         c.trading.cooldown = Duration::from_millis(30_000)

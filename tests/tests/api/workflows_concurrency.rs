@@ -521,6 +521,7 @@ async fn a_flaky_provider_pays_each_payout_at_most_once_and_refusals_compensate(
 /// completed withdrawals say, and the books balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_mid_payout_loses_no_workflow_and_pays_none_twice() {
+    let _several_servers = tests::heavy().await;
     let sim = PayoutSim::start(Mode::Slow(Duration::from_millis(300)))
         .await
         .unwrap();
@@ -602,6 +603,7 @@ async fn kill_9_mid_payout_loses_no_workflow_and_pays_none_twice() {
 /// and the books balance.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_instances_on_one_database_run_each_step_once() {
+    let _several_servers = tests::heavy().await;
     let sim = PayoutSim::start(Mode::Slow(Duration::from_millis(50)))
         .await
         .unwrap();
