@@ -832,9 +832,11 @@ mod tests {
     #[tokio::test]
     async fn an_expired_hold_stops_counting_before_anything_releases_it() {
         let (_dir, ledger, u) = ledger().await;
-        let hold = ledger.execute(&hold_of(u, 900, 20)).await.unwrap();
+        // Long enough for the read below to come before the expiry on a
+        // slow machine.
+        let hold = ledger.execute(&hold_of(u, 900, 500)).await.unwrap();
         assert_eq!(live(&ledger, u).await, (1_000, 900, 100));
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         // nothing has written to the wallet: it still stores the hold ...
         let stored = find_hold(&ledger.db.conn, hold.id).await.unwrap();
         assert_eq!(stored.status, "held");
@@ -896,9 +898,15 @@ mod tests {
     #[tokio::test]
     async fn the_cleanup_releases_due_holds_once_and_leaves_the_others() {
         let (_dir, ledger, u) = ledger().await;
-        let due = ledger.execute(&hold_of(u, 100, 10)).await.unwrap();
-        let also_due = ledger.execute(&hold_of(u, 50, 10)).await.unwrap();
+        // Nothing writes to a wallet after its due hold is made: a write
+        // would release it under the wallet lock before the cleanup runs.
         let active = ledger.execute(&hold_of(u, 200, 60_000)).await.unwrap();
+        let due = ledger.execute(&hold_of(u, 100, 10)).await.unwrap();
+        let also_due = CreateHold {
+            wallet: WalletKind::Demo,
+            ..hold_of(u, 50, 10)
+        };
+        let also_due = ledger.execute(&also_due).await.unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(ledger.expire_due_holds().await.unwrap(), 2);
         assert_eq!(ledger.expire_due_holds().await.unwrap(), 0);
