@@ -123,28 +123,6 @@ fn raise_fd_limit() {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 /// The listening socket; with `reuse_port`, other instances may bind the
 /// same address and the kernel spreads new connections across them.
 async fn bind(addr: &str, reuse_port: bool) -> Result<tokio::net::TcpListener, BoxError> {
@@ -175,7 +153,7 @@ async fn serve(config: Config) -> Result<(), BoxError> {
     let state = app::prepare(config).await?;
     let server = app::start(state, listener).await?;
     tracing::info!(addr = %server.addr, "listening");
-    shutdown_signal().await;
+    app::shutdown_signal().await;
     server.shutdown(drain).await;
     Ok(())
 }

@@ -31,7 +31,7 @@ use crate::money::{Amount, format_units};
 use crate::tx::retry_delay;
 use crate::workflows::model::{Phase, StepName, StepStatus, WorkflowKind, WorkflowStatus};
 use crate::workflows::store::{self, Lease, Patch, StepChange};
-use crate::workflows::{WorkflowService, corrupt};
+use crate::workflows::{WorkflowService, corrupt, withdrawal_hold};
 
 /// What a worker does after a step.
 enum Next {
@@ -135,9 +135,10 @@ impl WorkflowService {
             .await
     }
 
-    /// One checkpoint of the workflow its worker holds by `lease`: the guard
-    /// (which also locks the row until commit), step `position`'s change and
-    /// the workflow's, in one transaction. Returns the step's attempts.
+    /// One checkpoint of the workflow its worker holds by `lease`: the
+    /// workflow's guarded change (which also locks its row until commit),
+    /// then step `position`'s, in one transaction. Returns the step's
+    /// attempts.
     async fn checkpoint(
         &self,
         lease: &Lease,
@@ -150,10 +151,8 @@ impl WorkflowService {
             .execute_with_retry("workflow_checkpoint", |txn| {
                 let (change, patch) = (change.clone(), patch.clone());
                 async move {
-                    store::leased(&txn, lease, Patch::default()).await?;
-                    let attempts = store::change_step(&txn, lease.id, position, change).await?;
                     store::leased(&txn, lease, patch).await?;
-                    Ok(attempts)
+                    store::change_step(&txn, lease.id, position, change).await
                 }
             })
             .await
@@ -239,15 +238,9 @@ impl WorkflowService {
                 store::leased(&txn, lease, Patch::default()).await?;
                 let result = match step {
                     StepName::Hold => {
-                        let hold = holds::CreateHold {
-                            user_id: row.user_id,
-                            wallet,
-                            amount,
-                            ttl: holds::HoldTtl::from_millis(holds::MAX_TTL_MS)?,
-                            reference: Some(super::hold_reference(row.id)),
-                        }
-                        .execute(ledger, &txn)
-                        .await;
+                        let hold = withdrawal_hold(row.id, row.user_id, wallet, amount)?
+                            .execute(ledger, &txn)
+                            .await;
                         hold.map(|h| (None, Some(h.id)))
                     }
                     StepName::Capture => {
@@ -544,12 +537,12 @@ impl WorkflowService {
             };
             // A review never held is failed; a step not started is left
             // pending.
-            let change = if status == WorkflowStatus::AwaitingReview {
-                StepChange::failed(&reason)
+            if status == WorkflowStatus::AwaitingReview {
+                let failed = StepChange::failed(&reason);
+                self.checkpoint(lease, row.step, failed, undo).await?;
             } else {
-                StepChange::default()
-            };
-            self.checkpoint(lease, row.step, change, undo).await?;
+                self.write(lease, undo).await?;
+            }
             loop {
                 let row = store::find(&self.ledger.db.conn, lease.id).await?;
                 if let Next::Stop = self.compensate(lease, &row, kind).await? {

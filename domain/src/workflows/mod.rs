@@ -36,7 +36,7 @@ use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::clock::{now, now_ms};
+use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::holds::{CreateHold, HoldTtl, MAX_TTL_MS};
 use crate::ledger::users::require_user;
@@ -272,9 +272,22 @@ impl WorkflowRules {
     }
 }
 
-/// The reference a workflow's hold carries.
-pub fn hold_reference(workflow_id: i64) -> String {
-    format!("workflow:{workflow_id}")
+/// The hold withdrawal `workflow_id` places: its amount, for as long as a
+/// hold may live (the deadline is shorter, see `WorkflowRules::from_config`),
+/// referenced `workflow:<id>`.
+pub fn withdrawal_hold(
+    workflow_id: i64,
+    user_id: i64,
+    wallet: WalletKind,
+    amount: Amount,
+) -> DomainResult<CreateHold> {
+    Ok(CreateHold {
+        user_id,
+        wallet,
+        amount,
+        ttl: HoldTtl::from_millis(MAX_TTL_MS)?,
+        reference: Some(format!("workflow:{workflow_id}")),
+    })
 }
 
 impl Command for StartWithdrawal {
@@ -292,7 +305,7 @@ impl Command for StartWithdrawal {
             "amount": format_units(self.amount.units()),
             "destination": self.destination,
         });
-        let (row, _) = store::insert(
+        let row = store::insert(
             txn,
             NewWorkflow {
                 kind: WorkflowKind::Withdrawal,
@@ -305,17 +318,10 @@ impl Command for StartWithdrawal {
             },
         )
         .await?;
-        // Step 0: reserve the funds, for as long as a hold may live (the
-        // deadline is shorter, see `WorkflowRules::from_config`).
-        let hold = CreateHold {
-            user_id: self.user_id,
-            wallet: self.wallet,
-            amount: self.amount,
-            ttl: HoldTtl::from_millis(MAX_TTL_MS)?,
-            reference: Some(hold_reference(row.id)),
-        }
-        .execute(ledger, txn)
-        .await?;
+        // Step 0: reserve the funds.
+        let hold = withdrawal_hold(row.id, self.user_id, self.wallet, self.amount)?
+            .execute(ledger, txn)
+            .await?;
         store::change_step(txn, row.id, 0, StepChange::done()).await?;
         store::patch_unleased(
             txn,
@@ -344,7 +350,7 @@ impl Command for StartDeposit {
             "payment_method": self.payment_method,
             "reference": self.reference,
         });
-        let (row, _) = store::insert(
+        let row = store::insert(
             txn,
             NewWorkflow {
                 kind: WorkflowKind::Deposit,
@@ -621,9 +627,4 @@ pub async fn hold_owner(txn: &DatabaseTransaction, hold_id: i64) -> DomainResult
         .one(txn)
         .await?
         .map(|w| w.id))
-}
-
-/// The current time, for rows.
-fn stamp() -> DateTime<Utc> {
-    now()
 }

@@ -22,10 +22,19 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use crate::clock::{now, now_ms};
-use crate::error::DomainResult;
+use crate::error::{DomainError, DomainResult};
 use crate::workflows::WorkflowService;
 use crate::workflows::model::WorkflowStatus;
 use crate::workflows::store;
+
+/// The value of one part of a pass, or nothing (its default) when it failed,
+/// keeping the pass's first error.
+fn kept<T: Default>(result: DomainResult<T>, first: &mut Option<DomainError>) -> T {
+    result.unwrap_or_else(|e| {
+        first.get_or_insert(e);
+        T::default()
+    })
+}
 
 /// Workflows past their deadline handled per pass.
 const DEADLINE_BATCH: u64 = 100;
@@ -140,36 +149,25 @@ impl RecoveryManager {
 
     /// Every part runs even if an earlier one failed; the first error is
     /// returned.
-    async fn pass(&self) -> (Pass, Option<crate::DomainError>) {
-        let mut pass = Pass::default();
-        let mut first_error = None;
-        let mut note = |r: DomainResult<u64>, slot: &mut u64| match r {
-            Ok(n) => *slot = n,
-            Err(e) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
-                }
-            }
-        };
-        note(self.resume_lapsed().await, &mut pass.resumed);
-        match self.expire_deadlines().await {
-            Ok((compensated, failed)) => {
-                pass.compensated = compensated;
-                pass.failed = failed;
-            }
-            Err(e) => note(Err(e), &mut 0),
-        }
+    async fn pass(&self) -> (Pass, Option<DomainError>) {
+        let mut error = None;
         let ledger = &self.workflows.ledger;
-        note(ledger.expire_due_holds().await, &mut pass.expired_holds);
-        note(
-            ledger.locks.cleanup().await.map(|r| r.expired),
-            &mut pass.expired_locks,
-        );
-        note(
-            ledger.idempotency.release_stale_claims().await,
-            &mut pass.released_idempotency_claims,
-        );
-        (pass, first_error)
+        let resumed = kept(self.resume_lapsed().await, &mut error);
+        let (compensated, failed) = kept(self.expire_deadlines().await, &mut error);
+        let expired_holds = kept(ledger.expire_due_holds().await, &mut error);
+        let locks = ledger.locks.cleanup().await.map(|r| r.expired);
+        let expired_locks = kept(locks, &mut error);
+        let claims = ledger.idempotency.release_stale_claims().await;
+        let released_idempotency_claims = kept(claims, &mut error);
+        let pass = Pass {
+            resumed,
+            compensated,
+            failed,
+            expired_locks,
+            expired_holds,
+            released_idempotency_claims,
+        };
+        (pass, error)
     }
 
     /// Running workflows whose lease lapsed: released, generation bumped,

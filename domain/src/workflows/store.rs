@@ -14,11 +14,11 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use crate::clock::now_ms;
+use crate::clock::{now, now_ms};
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::wallets::WalletKind;
 use crate::workflows::model::{Phase, StepStatus, WorkflowKind, WorkflowStatus};
-use crate::workflows::{WorkflowView, corrupt, stamp};
+use crate::workflows::{WorkflowView, corrupt};
 
 /// A worker's claim on a workflow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,11 +42,8 @@ pub struct NewWorkflow {
 
 /// Inserts a workflow (at step 0, going forward, runnable now, unleased)
 /// and its steps, all `pending`.
-pub async fn insert(
-    txn: &DatabaseTransaction,
-    new: NewWorkflow,
-) -> DomainResult<(workflow::Model, Vec<workflow_step::Model>)> {
-    let at = stamp();
+pub async fn insert(txn: &DatabaseTransaction, new: NewWorkflow) -> DomainResult<workflow::Model> {
+    let at = now();
     let row = workflow::Entity::insert(workflow::ActiveModel {
         kind: Set(new.kind.as_str().to_owned()),
         user_id: Set(new.user_id),
@@ -70,7 +67,7 @@ pub async fn insert(
     })
     .exec_with_returning(txn)
     .await?;
-    let steps = new
+    let rows = new
         .kind
         .steps()
         .iter()
@@ -86,12 +83,12 @@ pub async fn insert(
             error: Set(None),
             ..Default::default()
         });
-    workflow_step::Entity::insert_many(steps).exec(txn).await?;
-    let steps = steps_in_order(txn, row.id).await?;
-    Ok((row, steps))
+    workflow_step::Entity::insert_many(rows).exec(txn).await?;
+    Ok(row)
 }
 
-async fn steps_in_order<C: ConnectionTrait>(
+/// A workflow's steps, first first.
+pub async fn steps<C: ConnectionTrait>(
     conn: &C,
     id: i64,
 ) -> DomainResult<Vec<workflow_step::Model>> {
@@ -100,13 +97,6 @@ async fn steps_in_order<C: ConnectionTrait>(
         .order_by_asc(workflow_step::Column::Position)
         .all(conn)
         .await?)
-}
-
-pub async fn steps<C: ConnectionTrait>(
-    conn: &C,
-    id: i64,
-) -> DomainResult<Vec<workflow_step::Model>> {
-    steps_in_order(conn, id).await
 }
 
 /// The steps of several workflows, by workflow.
@@ -153,7 +143,7 @@ pub async fn lock(txn: &DatabaseTransaction, id: i64) -> DomainResult<workflow::
 
 pub async fn view<C: ConnectionTrait>(conn: &C, id: i64) -> DomainResult<WorkflowView> {
     let row = find(conn, id).await?;
-    WorkflowView::of(&row, &steps_in_order(conn, id).await?)
+    WorkflowView::of(&row, &steps(conn, id).await?)
 }
 
 /// The row's kind, status and phase.
@@ -184,7 +174,7 @@ pub struct Patch {
 impl Patch {
     fn apply(self, mut update: UpdateMany<workflow::Entity>) -> UpdateMany<workflow::Entity> {
         use workflow::Column as C;
-        update = update.col_expr(C::UpdatedAt, Expr::value(stamp()));
+        update = update.col_expr(C::UpdatedAt, Expr::value(now()));
         if let Some(s) = self.status {
             update = update.col_expr(C::Status, Expr::value(s.as_str()));
         }
@@ -360,17 +350,6 @@ pub struct StepChange {
 }
 
 impl StepChange {
-    fn changes_nothing(&self) -> bool {
-        let flags = [
-            self.attempt,
-            self.reset_attempts,
-            self.start,
-            self.finish,
-            self.unfinish,
-        ];
-        self.status.is_none() && self.error.is_none() && !flags.contains(&true)
-    }
-
     pub fn started() -> Self {
         Self {
             status: Some(StepStatus::Running),
@@ -444,17 +423,7 @@ pub async fn change_step(
     change: StepChange,
 ) -> DomainResult<i32> {
     use workflow_step::Column as C;
-    let at = stamp();
-    if change.changes_nothing() {
-        let step = workflow_step::Entity::find()
-            .filter(C::WorkflowId.eq(id))
-            .filter(C::Position.eq(position))
-            .one(txn)
-            .await?;
-        return step
-            .map(|s| s.attempts)
-            .ok_or_else(|| corrupt("step position", id));
-    }
+    let at = now();
     let mut update = workflow_step::Entity::update_many();
     if let Some(status) = change.status {
         update = update.col_expr(C::Status, Expr::value(status.as_str()));

@@ -67,7 +67,7 @@ async fn run(args: Args) -> ExitCode {
         args.mode,
         addr = sim.addr()
     );
-    shutdown_signal().await;
+    api::app::shutdown_signal().await;
     let records = sim.records();
     let payments = sim.total_payments();
     let doubled = records.iter().filter(|r| r.payments > 1).count();
@@ -80,26 +80,4 @@ async fn run(args: Args) -> ExitCode {
     );
     sim.stop().await;
     ExitCode::SUCCESS
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }

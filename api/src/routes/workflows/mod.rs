@@ -2,13 +2,14 @@ pub mod body;
 
 use std::sync::Arc;
 
-use domain::DomainError;
 use domain::workflows::{Decide, Decision, WorkflowFilter, WorkflowView};
+use domain::{Command, DomainError};
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::types::ToJSON;
 
 use crate::auth::{Auth, Principal, Role};
 use crate::error::{ApiError, Errors};
@@ -50,6 +51,27 @@ async fn visible_workflow(
         .require_self_or(workflow.user_id, &[Role::Service, Role::Admin])
         .map_err(|_| ApiError::from(DomainError::NotFound("workflow")))?;
     Ok(workflow)
+}
+
+/// Starts a workflow once for this Idempotency-Key (a repeat replays the
+/// first answer), then wakes the workers.
+async fn start<C, B>(
+    state: &AppState,
+    principal: &Principal,
+    req: &Request,
+    key: &IdempotencyKey,
+    body: &B,
+    cmd: &C,
+) -> Result<Stored<Workflow, 202>, ApiError>
+where
+    C: Command<Output = WorkflowView>,
+    B: ToJSON,
+{
+    let started = Idempotent::new(principal, req, key, body)
+        .execute(&state.ledger, cmd)
+        .await?;
+    state.workflows.wake();
+    Ok(started)
 }
 
 /// Applies an admin's (or the provider's) decision, then wakes the workers.
@@ -101,11 +123,7 @@ impl WorkflowsApi {
             parse_amount("amount", &body.amount)?,
             body.destination.clone(),
         );
-        let started = Idempotent::new(&auth.0, req, &key, &body.0)
-            .execute(&state.ledger, &cmd)
-            .await?;
-        state.workflows.wake();
-        Ok(started)
+        Ok(start(&state, &auth.0, req, &key, &body.0, &cmd).await?)
     }
 
     /// Start a deposit workflow: the compliance check, then the credit.
@@ -135,11 +153,7 @@ impl WorkflowsApi {
             body.payment_method.clone(),
             body.reference.clone(),
         );
-        let started = Idempotent::new(&auth.0, req, &key, &body.0)
-            .execute(&state.ledger, &cmd)
-            .await?;
-        state.workflows.wake();
-        Ok(started)
+        Ok(start(&state, &auth.0, req, &key, &body.0, &cmd).await?)
     }
 
     /// One workflow with its steps; 404 for an unknown workflow and, to a
