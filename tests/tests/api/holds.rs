@@ -432,10 +432,14 @@ async fn an_expired_hold_stops_counting_at_once(engine: Engine) {
     // the cleanup job never runs here: expiry must not need it
     let app = TestApp::spawn_with(engine, |c| c.holds.cleanup_interval = Duration::ZERO).await;
     let u = app.funded_user("exp@x.io", "100").await;
-    let hold = held(&app, u, "70", 400).await;
+    let hold = held(&app, u, "70", 1_500).await;
     let id = id_of(&hold);
-    assert_eq!(funds(&app, u).await, strings(["100", "70", "30"]));
     let expires_at = time(&hold["expires_at"]);
+    let before_expiry = funds(&app, u).await;
+    // a machine too busy to read within the TTL saw it expire already
+    if Utc::now() < expires_at {
+        assert_eq!(before_expiry, strings(["100", "70", "30"]));
+    }
     let wait = (expires_at - Utc::now()).to_std().unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_millis(5)).await;
     // reads no longer count it, before anything released it

@@ -89,7 +89,9 @@ async fn captures_voids_and_expiry_race_and_each_hold_ends_once(engine: Engine) 
     })
     .await;
     let owners = funded_users(&app, "race", users, "1000").await;
-    let ttl = scale(engine, 2_000, 1_500) as u64;
+    // long enough that every hold exists well before the first racer starts,
+    // even when the suite's other tests keep the machine busy
+    let ttl = scale(engine, 4_000, 3_000) as u64;
     let created = join_all(owners.iter().flat_map(|&u| {
         let app = &app;
         (0..holds_per_user).map(move |_| async move { (u, create_hold(app, u, "10", ttl).await) })
@@ -104,13 +106,13 @@ async fn captures_voids_and_expiry_race_and_each_hold_ends_once(engine: Engine) 
         .collect();
     assert_eq!(holds.len(), users * holds_per_user);
     // each hold's racers start within 40 ms either side of its expiry; for
-    // every other hold that window is 400 ms earlier, so that some endings
+    // every other hold that window is 1.5 s earlier, so that some endings
     // win before the expiry even when the machine is slow to answer
     let races = join_all(holds.iter().map(|(owner, hold)| {
         let app = &app;
         let id = hold["id"].as_i64().unwrap();
         let at = expires_at(hold);
-        let early = if id % 2 == 0 { -400 } else { 0 };
+        let early = if id % 2 == 0 { -1_500 } else { 0 };
         async move {
             let replies = join_all([Ending::CapturePart, Ending::CaptureAll, Ending::Void].map(
                 |ending| async move {
@@ -316,10 +318,10 @@ async fn a_withdrawal_just_after_expiry_takes_everything(engine: Engine) {
     let rounds = scale(engine, 5, 2);
     for round in 0..rounds {
         let u = app.funded_user(&format!("edge{round}@x.io"), "100").await;
-        let r = create_hold(&app, u, "100", 300).await;
+        let r = create_hold(&app, u, "100", 1_500).await;
         r.expect(201);
         let at = expires_at(&r.body);
-        until(at - chrono::Duration::milliseconds(150)).await;
+        until(at - chrono::Duration::milliseconds(700)).await;
         withdraw(&app, u, "100")
             .await
             .problem(422, "insufficient_funds");
