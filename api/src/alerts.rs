@@ -28,8 +28,9 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 pub const MIN_REQUESTS: u64 = 20;
 /// `high_error_rate`: 5xx responses over all responses, above 5 %.
 pub const ERROR_RATE: f64 = 0.05;
-/// `high_timeout_rate`: requests shed for want of a database connection
-/// within the wait budget plus 504 responses, over all responses, above 2 %.
+/// `high_timeout_rate`: requests shed as `overloaded` (past the in-flight
+/// limit, or no database connection within the wait budget) plus 504
+/// responses, over all responses, above 2 %.
 pub const TIMEOUT_RATE: f64 = 0.02;
 /// `high_latency_p99`: the 99th percentile of request latency, above 5 s.
 pub const LATENCY_P99_SECONDS: f64 = 5.0;

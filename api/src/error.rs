@@ -122,7 +122,8 @@ impl ApiError {
         .retry_after(1)
     }
 
-    /// Shed at once: no database connection within the wait budget.
+    /// Shed at once: past the in-flight limit, or no database connection
+    /// within the wait budget.
     pub fn overloaded() -> Self {
         metrics().shed.with_label_values(&["overloaded"]).inc();
         Self::new(
@@ -402,7 +403,7 @@ const STATUSES: &[(u16, &str)] = &[
     (500, "A bug; the body never carries internals (`internal`)"),
     (
         503,
-        "Database unreachable or draining (`unavailable`), or no database connection within the wait budget (`overloaded`); both with Retry-After",
+        "Database unreachable or draining (`unavailable`), or the server at capacity (`overloaded`: more requests in flight than it takes, or no database connection within the wait budget); both with Retry-After, which for `overloaded` grows with the overload (1 s plus 1 s per refused request per admitted one over the last second, at most 30 s)",
     ),
 ];
 

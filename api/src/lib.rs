@@ -1,6 +1,7 @@
 //! HTTP edge: poem + poem-openapi. Routes turn HTTP into a domain call and a
 //! result into HTTP; nothing here holds a business rule.
 
+pub mod admission;
 pub mod alerts;
 pub mod app;
 pub mod auth;

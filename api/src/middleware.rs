@@ -157,10 +157,19 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
         .map(|s| s.config.server.max_body_bytes)
         .unwrap_or(64 * 1024);
     // While the database is known to be unreachable, the API answers at once
-    // rather than letting every request find out for itself; health and
-    // metrics stay outside `/api` and are never refused.
+    // rather than letting every request find out for itself; past the
+    // in-flight limit, too. Health and metrics stay outside `/api` and are
+    // never refused.
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
+            let _admitted = match state.as_ref().map(|s| s.admission.enter(&method, &path)) {
+                Some(Err(refused)) => {
+                    return ApiError::overloaded()
+                        .retry_after(refused.retry_after_secs)
+                        .into_response();
+                }
+                admitted => admitted,
+            };
             if path_is_api
                 && let Some(s) = &state
                 && !s.ledger.db.health().is_up()

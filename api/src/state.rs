@@ -5,6 +5,7 @@ use domain::workflows::WorkflowService;
 use domain::workflows::recovery::RecoveryManager;
 use infra::Config;
 
+use crate::admission::Admission;
 use crate::alerts::Alerts;
 use crate::limiter::Limiter;
 use crate::tokens::Tokens;
@@ -16,6 +17,7 @@ pub struct AppState {
     pub recovery: RecoveryManager,
     pub tokens: Tokens,
     pub limiter: Option<Limiter>,
+    pub admission: Admission,
     /// The in-process alert rules over this process's metrics.
     pub alerts: Alerts,
     draining: tokio::sync::watch::Sender<bool>,
@@ -26,6 +28,7 @@ impl AppState {
         let server = &config.server;
         let tokens = Tokens::new(server.jwt_secret.expose());
         let limiter = Limiter::new(server.rate_limit_per_second, server.rate_limit_burst);
+        let admission = Admission::new(server.max_in_flight);
         Self {
             config,
             ledger,
@@ -33,6 +36,7 @@ impl AppState {
             workflows,
             tokens,
             limiter,
+            admission,
             alerts: Alerts::default(),
             draining: tokio::sync::watch::Sender::new(false),
         }

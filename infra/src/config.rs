@@ -87,6 +87,9 @@ pub struct ServerConfig {
     /// Requests per second per authenticated principal; 0 turns it off.
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
+    /// API requests this process works on at once; one more is refused at
+    /// once with 503 `overloaded` instead of queueing. 0 turns it off.
+    pub max_in_flight: usize,
     /// HS256 signing secret. Required with PostgreSQL; generated and kept
     /// beside the database file for the SQLite default when unset.
     pub jwt_secret: Secret,
@@ -104,6 +107,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
+            max_in_flight: 200,
             jwt_secret: Secret::default(),
         }
     }
@@ -409,6 +413,7 @@ struct Settings {
     jwt_secret: Secret,
     rate_limit_per_second: u32,
     rate_limit_burst: u32,
+    max_in_flight: usize,
     max_body_bytes: usize,
     cors_allowed_origins: String,
     log_format: LogFormat,
@@ -502,6 +507,7 @@ impl Default for Settings {
             jwt_secret: server.jwt_secret,
             rate_limit_per_second: server.rate_limit_per_second,
             rate_limit_burst: server.rate_limit_burst,
+            max_in_flight: server.max_in_flight,
             max_body_bytes: server.max_body_bytes,
             cors_allowed_origins: server.cors_allowed_origins,
             log_format: server.log_format,
@@ -614,6 +620,7 @@ impl TryFrom<Settings> for Config {
                 shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs),
                 rate_limit_per_second: s.rate_limit_per_second,
                 rate_limit_burst: s.rate_limit_burst,
+                max_in_flight: s.max_in_flight,
                 jwt_secret: s.jwt_secret,
             },
             database: DatabaseConfig {
@@ -927,6 +934,7 @@ mod tests {
             (c.server.rate_limit_per_second, c.server.rate_limit_burst),
             (100, 200)
         );
+        assert_eq!(c.server.max_in_flight, 200);
         assert_eq!(
             (c.server.shutdown_drain, c.server.shutdown_timeout),
             (Duration::from_secs(2), Duration::from_secs(30))

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// connection within the wait budget) or `unavailable` (the database is
     /// known to be unreachable).
     pub shed: IntCounterVec,
+    /// API requests admitted and not yet answered (admission control).
+    pub in_flight: IntGauge,
     /// Resource locks: gauges refreshed from the database (they count every
     /// instance's locks), counters and histograms of this process's work.
     pub locks: LockMetrics,
@@ -275,6 +277,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
     )?;
     registry.register(Box::new(db_up.clone()))?;
     registry.register(Box::new(shed.clone()))?;
+    let in_flight = IntGauge::new(
+        "http_requests_in_flight",
+        "API requests admitted and not yet answered",
+    )?;
+    registry.register(Box::new(in_flight.clone()))?;
     process_id.set(i64::from(std::process::id()));
     registry.register(Box::new(pool_max.clone()))?;
     registry.register(Box::new(db_begin.clone()))?;
@@ -298,6 +305,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         db_commits,
         db_up,
         shed,
+        in_flight,
         locks,
         workflows,
     })

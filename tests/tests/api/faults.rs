@@ -790,36 +790,175 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
         );
     }
 
+    let served: Vec<String> = served.into_iter().map(|(k, _)| k).collect();
+    every_deposit_executes_once(&http, &url, u, opening, &keys, &served, "0.5").await;
+}
+
+/// Retries every deposit of `amount` by `keys` into `u`'s live wallet with
+/// its key until it has a definite answer: those `served` the first time
+/// are replayed, the others execute now. Then the balance is the opening
+/// balance plus each deposit once, the journal has one entry per deposit
+/// (and the funding one), and reconciliation is clean.
+async fn every_deposit_executes_once(
+    http: &Http,
+    url: &str,
+    u: i64,
+    opening: Decimal,
+    keys: &[String],
+    served: &[String],
+    amount: &str,
+) {
+    let service = token("backoffice", Role::Service);
+    let body = json!({ "user_id": u, "amount": amount, "wallet": "live" });
     let policy = Policy {
         bound: Duration::from_secs(30),
         ..Policy::default()
     };
-    for key in &keys {
+    for key in keys {
         let r = http
             .post_until_definite("/api/v1/wallets/deposit", &service, key, &body, &policy)
             .await
             .unwrap_or_else(|e| panic!("deposit {key}: {e}"));
         r.expect(200);
-        let first_served = served.iter().any(|(k, _)| k == key);
         assert_eq!(
             r.header("idempotent-replayed") == Some("true"),
-            first_served,
+            served.contains(key),
             "deposit {key}: replayed iff it was served the first time"
         );
     }
     assert_eq!(
         http.live_balance(u).await,
-        opening + Decimal::new(5, 1) * Decimal::from(N),
+        opening + dec(amount) * Decimal::from(keys.len()),
         "the balance is not the opening balance plus each deposit once"
     );
-    let deposits: i64 = journal(&url)
+    let deposits: i64 = journal(url)
         .await
         .iter()
         .filter(|((_, kind), _)| kind == "deposit")
         .map(|(_, n)| *n)
         .sum();
-    assert_eq!(deposits, 1 + N as i64, "deposit journal entries");
-    assert_reconciled(&url).await;
+    assert_eq!(deposits, 1 + keys.len() as i64, "deposit journal entries");
+    assert_reconciled(url).await;
+}
+
+/// Invariant: past the in-flight limit a request is refused at once. With
+/// `LEDGER_MAX_IN_FLIGHT=4` and every admitted deposit blocked on a wallet
+/// row locked from outside (the pool has room and the wait budget is long,
+/// so nothing is shed by the pool), 40 concurrent deposits: exactly 4 are
+/// let in and all 36 others are answered 503 `overloaded` with
+/// `Retry-After` while the 4 are still blocked — they never waited for the
+/// database. Health, readiness and metrics answer meanwhile, and the metrics
+/// show 4 in flight and 36 shed. After the release the 4 complete, and every
+/// refused deposit retried with its key executes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn past_the_in_flight_limit_requests_are_refused_at_once() {
+    let _several_servers = tests::heavy().await;
+    const N: usize = 40;
+    const LIMIT: usize = 4;
+    let db = PgDatabase::create().await;
+    let url = db.url.clone();
+    let server = LedgerProcess::start(
+        &url,
+        &[
+            ("LEDGER_DB_MAX_CONNECTIONS", "8"),
+            ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
+            ("LEDGER_MAX_IN_FLIGHT", "4"),
+        ],
+    )
+    .await;
+    let http = Arc::new(Http::new(server.base(), Duration::from_secs(30)));
+    let u = http.create_users(1).await[0];
+    http.fund(u, "100").await;
+    let opening = http.live_balance(u).await;
+    let service = token("backoffice", Role::Service);
+    let body = json!({ "user_id": u, "amount": "0.25", "wallet": "live" });
+    let keys: Vec<String> = (0..N).map(|_| fresh_key()).collect();
+
+    let outside = sea_orm::Database::connect(&url).await.unwrap();
+    let lock = outside.begin().await.unwrap();
+    lock.execute_unprepared(&format!(
+        "SELECT id FROM wallets WHERE user_id = {u} FOR UPDATE"
+    ))
+    .await
+    .unwrap();
+    let first_round: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (http, service, key, body) = (
+                Arc::clone(&http),
+                service.clone(),
+                key.clone(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                let r = http
+                    .post("/api/v1/wallets/deposit", &service, &key, &body)
+                    .await;
+                (key, r.map_err(|e| e.to_string()), Instant::now())
+            })
+        })
+        .collect();
+    // the refusals come back at once; wait for them with the 4 still blocked
+    let mut in_flight = None;
+    for _ in 0..100 {
+        let m = http.get("/metrics", None).await.unwrap();
+        let shed = metric(&m.text, "ledger_requests_shed_total{reason=\"overloaded\"}");
+        in_flight = metric(&m.text, "ledger_http_requests_in_flight");
+        if shed == Some(N - LIMIT) && in_flight == Some(LIMIT) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(in_flight, Some(LIMIT), "requests in flight while saturated");
+    for probe in ["/health", "/health/ready"] {
+        http.get(probe, None).await.unwrap().expect(200);
+    }
+    // well under the server's lock_timeout (5 s)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let released_at = Instant::now();
+    lock.rollback().await.unwrap();
+    outside.close().await.unwrap();
+
+    let mut served = Vec::new();
+    let mut refused = 0;
+    for task in join_all(first_round).await {
+        let (key, reply, at) = task.unwrap();
+        let r = reply.unwrap_or_else(|e| panic!("deposit {key}: no answer ({e})"));
+        match (r.status, r.code()) {
+            (200, _) => {
+                assert!(at >= released_at, "deposit {key} completed while locked");
+                served.push(key);
+            }
+            (503, "overloaded") => {
+                assert!(
+                    at < released_at,
+                    "deposit {key} was refused only after the release"
+                );
+                let retry_after = r.header("retry-after").and_then(retry::parse_retry_after);
+                assert!(
+                    retry_after.is_some(),
+                    "refused without a Retry-After: {}",
+                    r.text
+                );
+                refused += 1;
+            }
+            _ => panic!(
+                "deposit {key}: {} {} (expected 200 or 503 overloaded)",
+                r.status, r.text
+            ),
+        }
+    }
+    assert_eq!((served.len(), refused), (LIMIT, N - LIMIT));
+    every_deposit_executes_once(&http, &url, u, opening, &keys, &served, "0.25").await;
+}
+
+/// The value of the sample `name` (with its labels) in a Prometheus text
+/// exposition.
+fn metric(text: &str, name: &str) -> Option<usize> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as usize)
 }
 
 /// Invariant: a server killed while a group of writes is in flight commits
