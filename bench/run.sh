@@ -6,7 +6,8 @@
 #   BENCH_QUICK=1 bench/run.sh       a short rehearsal (smaller, shorter)
 #   BENCH_ONLY=holds,workflows bench/run.sh
 #                                    seed, then only these sections (holds,
-#                                    workflows); the other results stay, and
+#                                    workflows, fast: the 33,000-user
+#                                    fast-think run); the other results stay, and
 #                                    the report is written from all of them
 #   BENCH_NOTE="..."                 a remark on the machine (other work running
 #                                    on it) for the report's machine block
@@ -76,7 +77,7 @@ bench_setup
 server_cmd=""
 serve() {
   local name="$1" instances="${2:-1}" pool="${3:-50}" i extra="" var
-  for var in LEDGER_GROUP_COMMIT LEDGER_PAYOUT_URL LEDGER_WORKFLOW_WORKERS; do
+  for var in LEDGER_GROUP_COMMIT LEDGER_PAYOUT_URL LEDGER_WORKFLOW_WORKERS LEDGER_MAX_IN_FLIGHT; do
     [ -n "${!var:-}" ] && extra="$extra$var=${!var} "
   done
   case "$DATABASE_URL" in sqlite:*) extra="${extra}DATABASE_URL=sqlite://…/ledger.db " ;; esac
@@ -152,6 +153,26 @@ section_holds() {
   loadgen holds --scenario holds --vus "$flow_vus" --duration "$flow_hold" --amount 0.01 \
     --database-url "$url" || echo "holds run FAILED" | tee -a "$out/holds.txt"
   stop_servers
+}
+
+# mixed NAME HOLD THINK_MIN THINK_MAX: the 33,000-user mixed scenario on two
+# instances sharing the port (pool 25 + 25), each taking 4 requests per
+# pooled connection in flight (100) and refusing the rest at once.
+mixed() {
+  local name="$1" hold="$2" think_min="$3" think_max="$4"
+  psql "$url" -qc "VACUUM ANALYZE"
+  LEDGER_MAX_IN_FLIGHT=100 serve "$name" 2 25
+  loadgen "$name" --scenario mixed --vus "$users" --shards 2 \
+    --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
+    --ramp "$mixed_ramp" --duration "$hold" \
+    --think-min-ms "$think_min" --think-max-ms "$think_max" \
+    --timeout 60 --database-url "$url" || echo "$name run FAILED" | tee -a "$out/$name.txt"
+  stop_servers
+}
+
+section_fast() {
+  echo "== $users users, mixed, fast think ($fast_think_min-$fast_think_max ms): more than can be served"
+  mixed mixed-fast "$fast_hold" "$fast_think_min" "$fast_think_max"
 }
 
 # Withdrawal workflows end to end (start, then poll until a final status),
@@ -263,25 +284,11 @@ stop_servers
 section_holds
 section_workflows
 
-# mixed NAME HOLD THINK_MIN THINK_MAX: the 33,000-user mixed scenario on two
-# instances sharing the port (pool 25 + 25).
-mixed() {
-  local name="$1" hold="$2" think_min="$3" think_max="$4"
-  psql "$url" -qc "VACUUM ANALYZE"
-  serve "$name" 2 25
-  loadgen "$name" --scenario mixed --vus "$users" --shards 2 \
-    --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
-    --ramp "$mixed_ramp" --duration "$hold" \
-    --think-min-ms "$think_min" --think-max-ms "$think_max" \
-    --timeout 60 --database-url "$url" || echo "$name run FAILED" | tee -a "$out/$name.txt"
-  stop_servers
-}
 
 echo "== $users users, mixed, two instances sharing the port (pool 25 + 25)"
 mixed mixed "$mixed_hold" "$think_min" "$think_max"
 
-echo "== $users users, mixed, fast think ($fast_think_min-$fast_think_max ms): more than can be served"
-mixed mixed-fast "$fast_hold" "$fast_think_min" "$fast_think_max"
+section_fast
 
 echo "== SQLite (the default), moderate load"
 sqlite_dir="$(mktemp -d)"
