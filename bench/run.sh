@@ -156,12 +156,13 @@ section_holds() {
 }
 
 # mixed NAME HOLD THINK_MIN THINK_MAX: the 33,000-user mixed scenario on two
-# instances sharing the port (pool 25 + 25), each taking 4 requests per
-# pooled connection in flight (100) and refusing the rest at once.
+# instances sharing the port (pool 25 + 25), each taking as many requests in
+# flight as it has pooled connections (the default) and refusing the rest at
+# once.
 mixed() {
   local name="$1" hold="$2" think_min="$3" think_max="$4"
   psql "$url" -qc "VACUUM ANALYZE"
-  LEDGER_MAX_IN_FLIGHT=100 serve "$name" 2 25
+  serve "$name" 2 25
   loadgen "$name" --scenario mixed --vus "$users" --shards 2 \
     --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 \
     --ramp "$mixed_ramp" --duration "$hold" \

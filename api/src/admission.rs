@@ -48,7 +48,7 @@ impl Drop for Admitted<'_> {
 }
 
 /// A refused request: how long its client should wait.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Refused {
     pub retry_after_secs: u64,
 }

@@ -12,6 +12,7 @@ use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::OperationId;
 use tracing::Instrument;
 
+use crate::admission::Refused;
 use crate::error::{ApiError, from_poem_error};
 use crate::request_id::{REQUEST_ID, REQUEST_ID_HEADER, request_id};
 use crate::routes::allowed_methods;
@@ -164,9 +165,11 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
         .scope(id.clone(), async move {
             let _admitted = match state.as_ref().map(|s| s.admission.enter(&method, &path)) {
                 Some(Err(refused)) => {
-                    return ApiError::overloaded()
+                    let mut resp = ApiError::overloaded()
                         .retry_after(refused.retry_after_secs)
                         .into_response();
+                    resp.set_data(refused);
+                    return resp;
                 }
                 admitted => admitted,
             };
@@ -217,13 +220,16 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
     m.http_latency
         .with_label_values(&[route])
         .observe(elapsed.as_secs_f64());
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
     span.in_scope(|| {
-        tracing::info!(
-            status = status.as_u16(),
-            route,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            "request"
-        );
+        // Refusals past the in-flight limit come by the thousand exactly
+        // when the server has no time to spare; they change nothing and
+        // `ledger_requests_shed_total` counts them.
+        if resp.data::<Refused>().is_some() {
+            tracing::debug!(status = status.as_u16(), route, latency_ms, "refused");
+        } else {
+            tracing::info!(status = status.as_u16(), route, latency_ms, "request");
+        }
     });
     Ok(resp)
 }

@@ -28,7 +28,7 @@ impl AppState {
         let server = &config.server;
         let tokens = Tokens::new(server.jwt_secret.expose());
         let limiter = Limiter::new(server.rate_limit_per_second, server.rate_limit_burst);
-        let admission = Admission::new(server.max_in_flight);
+        let admission = Admission::new(config.max_in_flight());
         Self {
             config,
             ledger,

@@ -88,8 +88,9 @@ pub struct ServerConfig {
     pub rate_limit_per_second: u32,
     pub rate_limit_burst: u32,
     /// API requests this process works on at once; one more is refused at
-    /// once with 503 `overloaded` instead of queueing. 0 turns it off.
-    pub max_in_flight: usize,
+    /// once with 503 `overloaded` instead of queueing. 0 turns it off; unset,
+    /// it is the pool size (see [`Config::max_in_flight`]).
+    pub max_in_flight: Option<usize>,
     /// HS256 signing secret. Required with PostgreSQL; generated and kept
     /// beside the database file for the SQLite default when unset.
     pub jwt_secret: Secret,
@@ -107,7 +108,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(30),
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
-            max_in_flight: 200,
+            max_in_flight: None,
             jwt_secret: Secret::default(),
         }
     }
@@ -413,7 +414,7 @@ struct Settings {
     jwt_secret: Secret,
     rate_limit_per_second: u32,
     rate_limit_burst: u32,
-    max_in_flight: usize,
+    max_in_flight: Option<usize>,
     max_body_bytes: usize,
     cors_allowed_origins: String,
     log_format: LogFormat,
@@ -710,6 +711,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How many API requests this process works on at once: as set, or the
+    /// pool size. More in flight than connections only queues for the pool,
+    /// and under overload that queue is the latency (BENCHMARKS.md).
+    pub fn max_in_flight(&self) -> usize {
+        self.server
+            .max_in_flight
+            .unwrap_or(self.database.max_connections as usize)
+    }
+
     /// Defaults, then `LEDGER_CONFIG` (a TOML file) if set, then the
     /// environment. `DATABASE_URL` is honoured as well as `LEDGER_DATABASE_URL`.
     pub fn load() -> Result<Self, ConfigError> {
@@ -922,6 +932,21 @@ mod tests {
     }
 
     #[test]
+    fn the_in_flight_limit_follows_the_pool_unless_set() {
+        let pool = load_with(&[("LEDGER_DB_MAX_CONNECTIONS", "25")]).unwrap();
+        assert_eq!(pool.max_in_flight(), 25);
+        let set = load_with(&[
+            ("LEDGER_DB_MAX_CONNECTIONS", "25"),
+            ("LEDGER_MAX_IN_FLIGHT", "100"),
+        ])
+        .unwrap();
+        assert_eq!(set.max_in_flight(), 100);
+        let off = load_with(&[("LEDGER_MAX_IN_FLIGHT", "0")]).unwrap();
+        assert_eq!(off.max_in_flight(), 0);
+        assert!(load_with(&[("LEDGER_MAX_IN_FLIGHT", "-1")]).is_err());
+    }
+
+    #[test]
     fn defaults_are_valid_and_match_the_documented_values() {
         let c = load_with(&[]).unwrap();
         assert_eq!(c, Config::default());
@@ -934,7 +959,8 @@ mod tests {
             (c.server.rate_limit_per_second, c.server.rate_limit_burst),
             (100, 200)
         );
-        assert_eq!(c.server.max_in_flight, 200);
+        assert_eq!(c.server.max_in_flight, None);
+        assert_eq!(c.max_in_flight(), 50);
         assert_eq!(
             (c.server.shutdown_drain, c.server.shutdown_timeout),
             (Duration::from_secs(2), Duration::from_secs(30))

@@ -248,7 +248,7 @@ impl TestApp {
         // not shedding: they wait for a connection as long as a patient
         // client would retry. Shedding has tests of its own.
         config.database.wait_budget = Duration::from_secs(30);
-        config.server.max_in_flight = 0;
+        config.server.max_in_flight = Some(0);
         config.server.jwt_secret = Secret::new(SECRET);
         config.server.rate_limit_per_second = 0;
         config.server.shutdown_drain = Duration::ZERO;

@@ -101,7 +101,7 @@ pub struct LedgerProcess {
 
 impl LedgerProcess {
     /// Starts `ledger serve` on a free port against `database_url` with the
-    /// test secret, no rate limit and no drain, plus `env` (which may
+    /// test secret, no rate limit, no in-flight limit and no drain, plus `env` (which may
     /// override those), and waits until it is ready.
     pub async fn start(database_url: &str, env: &[(&str, &str)]) -> Self {
         Self::start_at(&Placement::default(), database_url, env).await
@@ -123,6 +123,7 @@ impl LedgerProcess {
             ("LEDGER_JWT_SECRET".into(), SECRET.into()),
             ("LEDGER_LISTEN".into(), addr.to_string()),
             ("LEDGER_RATE_LIMIT_PER_SECOND".into(), "0".into()),
+            ("LEDGER_MAX_IN_FLIGHT".into(), "0".into()),
             ("LEDGER_SHUTDOWN_DRAIN_MS".into(), "0".into()),
             // The log is read by people when a test fails, not by a terminal.
             ("NO_COLOR".into(), "1".into()),

@@ -673,6 +673,134 @@ async fn database_unreachable_answers_503_fast_and_recovers() {
     assert_reconciled(&url).await;
 }
 
+/// A server started with `env`, one user funded with 100, `n` deposit keys
+/// and that user's wallet row locked from outside, so that every deposit
+/// that reaches the database blocks until [`BlockedDeposits::release`].
+struct BlockedDeposits {
+    _db: PgDatabase,
+    url: String,
+    server: LedgerProcess,
+    http: Arc<Http>,
+    user: i64,
+    opening: Decimal,
+    keys: Vec<String>,
+    amount: &'static str,
+    /// The outside connection and its transaction holding the row lock.
+    lock: Option<(sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction)>,
+}
+
+/// One deposit of the first round: its key, its answer (or why there was
+/// none), how long it took and when it came back.
+type Sent = (String, Result<Reply, String>, Duration, Instant);
+
+impl BlockedDeposits {
+    async fn start(env: &[(&str, &str)], n: usize, amount: &'static str) -> Self {
+        let db = PgDatabase::create().await;
+        let url = db.url.clone();
+        let server = LedgerProcess::start(&url, env).await;
+        let http = Arc::new(Http::new(server.base(), Duration::from_secs(30)));
+        let user = http.create_users(1).await[0];
+        http.fund(user, "100").await;
+        let opening = http.live_balance(user).await;
+        let outside = sea_orm::Database::connect(&url).await.unwrap();
+        let lock = outside.begin().await.unwrap();
+        lock.execute_unprepared(&format!(
+            "SELECT id FROM wallets WHERE user_id = {user} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        Self {
+            _db: db,
+            url,
+            server,
+            http,
+            user,
+            opening,
+            keys: (0..n).map(|_| fresh_key()).collect(),
+            amount,
+            lock: Some((outside, lock)),
+        }
+    }
+
+    fn body(&self) -> Value {
+        json!({ "user_id": self.user, "amount": self.amount, "wallet": "live" })
+    }
+
+    /// Sends every deposit at once.
+    fn send_all(&self) -> Vec<tokio::task::JoinHandle<Sent>> {
+        let service = token("backoffice", Role::Service);
+        let body = self.body();
+        self.keys
+            .iter()
+            .map(|key| {
+                let (http, service, key, body) = (
+                    Arc::clone(&self.http),
+                    service.clone(),
+                    key.clone(),
+                    body.clone(),
+                );
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    let r = http
+                        .post("/api/v1/wallets/deposit", &service, &key, &body)
+                        .await;
+                    let at = Instant::now();
+                    (key, r.map_err(|e| e.to_string()), at - sent, at)
+                })
+            })
+            .collect()
+    }
+
+    /// Unlocks the wallet; returns when.
+    async fn release(&mut self) -> Instant {
+        let released_at = Instant::now();
+        let (outside, lock) = self.lock.take().expect("released once");
+        lock.rollback().await.unwrap();
+        outside.close().await.unwrap();
+        released_at
+    }
+
+    /// Retries every deposit with its key until it has a definite answer:
+    /// those `served` the first time are replayed, the others execute now.
+    /// Then the balance is the opening balance plus each deposit once, the
+    /// journal has one entry per deposit (and the funding one), and
+    /// reconciliation is clean.
+    async fn every_deposit_executes_once(&self, served: &[String]) {
+        let (http, url, keys) = (&self.http, self.url.as_str(), &self.keys);
+        let service = token("backoffice", Role::Service);
+        let body = self.body();
+        let policy = Policy {
+            bound: Duration::from_secs(30),
+            ..Policy::default()
+        };
+        for key in keys {
+            let r = http
+                .post_until_definite("/api/v1/wallets/deposit", &service, key, &body, &policy)
+                .await
+                .unwrap_or_else(|e| panic!("deposit {key}: {e}"));
+            r.expect(200);
+            assert_eq!(
+                r.header("idempotent-replayed") == Some("true"),
+                served.contains(key),
+                "deposit {key}: replayed iff it was served the first time"
+            );
+        }
+        assert_eq!(
+            http.live_balance(self.user).await,
+            self.opening + dec(self.amount) * Decimal::from(keys.len()),
+            "the balance is not the opening balance plus each deposit once"
+        );
+        let deposits: i64 = journal(url)
+            .await
+            .iter()
+            .filter(|((_, kind), _)| kind == "deposit")
+            .map(|(_, n)| *n)
+            .sum();
+        assert_eq!(deposits, 1 + keys.len() as i64, "deposit journal entries");
+        assert_reconciled(url).await;
+    }
+}
+
 /// Invariant: with every pooled connection busy (a pool of 2, both held by
 /// deposits blocked on a wallet row locked from outside), a request waits
 /// no longer than its wait budget and is shed with 503 `overloaded` and
@@ -685,60 +813,17 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
     let _several_servers = tests::heavy().await;
     const N: usize = 40;
     const POOL: usize = 2;
-    let db = PgDatabase::create().await;
-    let url = db.url.clone();
-    let server = LedgerProcess::start(
-        &url,
-        &[
-            ("LEDGER_DB_MAX_CONNECTIONS", "2"),
-            ("LEDGER_DB_WAIT_BUDGET_MS", "100"),
-        ],
-    )
-    .await;
-    let http = Arc::new(Http::new(server.base(), Duration::from_secs(30)));
-    let u = http.create_users(1).await[0];
-    http.fund(u, "100").await;
-    let opening = http.live_balance(u).await;
-    let service = token("backoffice", Role::Service);
-    let body = json!({ "user_id": u, "amount": "0.5", "wallet": "live" });
-    let keys: Vec<String> = (0..N).map(|_| fresh_key()).collect();
-
-    let outside = sea_orm::Database::connect(&url).await.unwrap();
-    let lock = outside.begin().await.unwrap();
-    lock.execute_unprepared(&format!(
-        "SELECT id FROM wallets WHERE user_id = {u} FOR UPDATE"
-    ))
-    .await
-    .unwrap();
-    let first_round: Vec<_> = keys
-        .iter()
-        .map(|key| {
-            let (http, service, key, body) = (
-                Arc::clone(&http),
-                service.clone(),
-                key.clone(),
-                body.clone(),
-            );
-            tokio::spawn(async move {
-                let sent = Instant::now();
-                let r = http
-                    .post("/api/v1/wallets/deposit", &service, &key, &body)
-                    .await;
-                (
-                    key,
-                    r.map_err(|e| e.to_string()),
-                    sent.elapsed(),
-                    Instant::now(),
-                )
-            })
-        })
-        .collect();
+    let env = [
+        ("LEDGER_DB_MAX_CONNECTIONS", "2"),
+        ("LEDGER_DB_WAIT_BUDGET_MS", "100"),
+    ];
+    let mut blocked = BlockedDeposits::start(&env, N, "0.5").await;
+    let first_round = blocked.send_all();
     // Well under the server's lock_timeout (5 s), so the blocked deposits
     // wait for this lock instead of failing on it.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let released_at = Instant::now();
-    lock.rollback().await.unwrap();
-    outside.close().await.unwrap();
+    let released_at = blocked.release().await;
+    let server = &blocked.server;
 
     let mut served = Vec::new();
     let mut shed = Vec::new();
@@ -791,54 +876,7 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
     }
 
     let served: Vec<String> = served.into_iter().map(|(k, _)| k).collect();
-    every_deposit_executes_once(&http, &url, u, opening, &keys, &served, "0.5").await;
-}
-
-/// Retries every deposit of `amount` by `keys` into `u`'s live wallet with
-/// its key until it has a definite answer: those `served` the first time
-/// are replayed, the others execute now. Then the balance is the opening
-/// balance plus each deposit once, the journal has one entry per deposit
-/// (and the funding one), and reconciliation is clean.
-async fn every_deposit_executes_once(
-    http: &Http,
-    url: &str,
-    u: i64,
-    opening: Decimal,
-    keys: &[String],
-    served: &[String],
-    amount: &str,
-) {
-    let service = token("backoffice", Role::Service);
-    let body = json!({ "user_id": u, "amount": amount, "wallet": "live" });
-    let policy = Policy {
-        bound: Duration::from_secs(30),
-        ..Policy::default()
-    };
-    for key in keys {
-        let r = http
-            .post_until_definite("/api/v1/wallets/deposit", &service, key, &body, &policy)
-            .await
-            .unwrap_or_else(|e| panic!("deposit {key}: {e}"));
-        r.expect(200);
-        assert_eq!(
-            r.header("idempotent-replayed") == Some("true"),
-            served.contains(key),
-            "deposit {key}: replayed iff it was served the first time"
-        );
-    }
-    assert_eq!(
-        http.live_balance(u).await,
-        opening + dec(amount) * Decimal::from(keys.len()),
-        "the balance is not the opening balance plus each deposit once"
-    );
-    let deposits: i64 = journal(url)
-        .await
-        .iter()
-        .filter(|((_, kind), _)| kind == "deposit")
-        .map(|(_, n)| *n)
-        .sum();
-    assert_eq!(deposits, 1 + keys.len() as i64, "deposit journal entries");
-    assert_reconciled(url).await;
+    blocked.every_deposit_executes_once(&served).await;
 }
 
 /// Invariant: past the in-flight limit a request is refused at once. With
@@ -855,49 +893,14 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
     let _several_servers = tests::heavy().await;
     const N: usize = 40;
     const LIMIT: usize = 4;
-    let db = PgDatabase::create().await;
-    let url = db.url.clone();
-    let server = LedgerProcess::start(
-        &url,
-        &[
-            ("LEDGER_DB_MAX_CONNECTIONS", "8"),
-            ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
-            ("LEDGER_MAX_IN_FLIGHT", "4"),
-        ],
-    )
-    .await;
-    let http = Arc::new(Http::new(server.base(), Duration::from_secs(30)));
-    let u = http.create_users(1).await[0];
-    http.fund(u, "100").await;
-    let opening = http.live_balance(u).await;
-    let service = token("backoffice", Role::Service);
-    let body = json!({ "user_id": u, "amount": "0.25", "wallet": "live" });
-    let keys: Vec<String> = (0..N).map(|_| fresh_key()).collect();
-
-    let outside = sea_orm::Database::connect(&url).await.unwrap();
-    let lock = outside.begin().await.unwrap();
-    lock.execute_unprepared(&format!(
-        "SELECT id FROM wallets WHERE user_id = {u} FOR UPDATE"
-    ))
-    .await
-    .unwrap();
-    let first_round: Vec<_> = keys
-        .iter()
-        .map(|key| {
-            let (http, service, key, body) = (
-                Arc::clone(&http),
-                service.clone(),
-                key.clone(),
-                body.clone(),
-            );
-            tokio::spawn(async move {
-                let r = http
-                    .post("/api/v1/wallets/deposit", &service, &key, &body)
-                    .await;
-                (key, r.map_err(|e| e.to_string()), Instant::now())
-            })
-        })
-        .collect();
+    let env = [
+        ("LEDGER_DB_MAX_CONNECTIONS", "8"),
+        ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
+        ("LEDGER_MAX_IN_FLIGHT", "4"),
+    ];
+    let mut blocked = BlockedDeposits::start(&env, N, "0.25").await;
+    let http = Arc::clone(&blocked.http);
+    let first_round = blocked.send_all();
     // the refusals come back at once; wait for them with the 4 still blocked
     let mut in_flight = None;
     for _ in 0..100 {
@@ -915,14 +918,12 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
     }
     // well under the server's lock_timeout (5 s)
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let released_at = Instant::now();
-    lock.rollback().await.unwrap();
-    outside.close().await.unwrap();
+    let released_at = blocked.release().await;
 
     let mut served = Vec::new();
     let mut refused = 0;
     for task in join_all(first_round).await {
-        let (key, reply, at) = task.unwrap();
+        let (key, reply, _, at) = task.unwrap();
         let r = reply.unwrap_or_else(|e| panic!("deposit {key}: no answer ({e})"));
         match (r.status, r.code()) {
             (200, _) => {
@@ -949,7 +950,7 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
         }
     }
     assert_eq!((served.len(), refused), (LIMIT, N - LIMIT));
-    every_deposit_executes_once(&http, &url, u, opening, &keys, &served, "0.25").await;
+    blocked.every_deposit_executes_once(&served).await;
 }
 
 /// The value of the sample `name` (with its labels) in a Prometheus text
