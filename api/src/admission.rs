@@ -10,17 +10,53 @@
 //! (a server offered four times what it serves says 4 s), capped at
 //! [`MAX_RETRY_AFTER_SECS`].
 //!
+//! Retried writes come first. A quarter of the places is kept for a write
+//! whose Idempotency-Key (with its Authorization) was refused before: under
+//! a long overload, a client retrying a money write would otherwise lose to
+//! new requests again and again and never learn whether its write happened;
+//! finishing what was started comes before starting more. The server
+//! remembers the last [`REMEMBERED`] to 2 × [`REMEMBERED`] refused writes.
+//!
 //! Requests that wait on an event rather than on the database — a queue
 //! item's long poll and the lock event stream — are not counted: they would
 //! otherwise fill the limit while doing nothing.
 
+use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Instant;
 
-use poem::http::Method;
+use poem::Request;
+use poem::http::{Method, header};
 
 /// The longest `Retry-After` of a refusal, in seconds.
 pub const MAX_RETRY_AFTER_SECS: u64 = 30;
+
+/// Refused writes remembered per generation (two generations are kept).
+pub const REMEMBERED: usize = 65_536;
+
+/// Refused writes, by a hash of their Authorization and Idempotency-Key:
+/// the current generation and the one before it.
+#[derive(Default)]
+struct Refusals {
+    current: HashSet<u64>,
+    previous: HashSet<u64>,
+}
+
+impl Refusals {
+    fn remember(&mut self, write: u64) {
+        if self.current.len() >= REMEMBERED {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(write);
+    }
+
+    /// Whether `write` was refused before; it is forgotten then.
+    fn take(&mut self, write: u64) -> bool {
+        self.current.remove(&write) | self.previous.remove(&write)
+    }
+}
 
 pub struct Admission {
     /// 0: no limit.
@@ -33,6 +69,8 @@ pub struct Admission {
     refused: AtomicU64,
     /// What the last full second's counts said.
     retry_after: AtomicU64,
+    refusals: Mutex<Refusals>,
+    hasher: RandomState,
 }
 
 /// One admitted request; leaving frees its place.
@@ -63,24 +101,38 @@ impl Admission {
             admitted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             retry_after: AtomicU64::new(1),
+            refusals: Mutex::default(),
+            hasher: RandomState::new(),
         }
     }
 
     /// Lets the request in, or refuses it at once when the limit is reached.
     /// Requests outside `/api` and those that wait on events pass uncounted.
-    pub fn enter(&self, method: &Method, path: &str) -> Result<Admitted<'_>, Refused> {
-        self.enter_at(method, path, self.started.elapsed().as_secs())
+    pub fn enter(&self, req: &Request) -> Result<Admitted<'_>, Refused> {
+        self.enter_at(req, self.started.elapsed().as_secs())
     }
 
     /// `enter` in the second `now` since this was made.
-    fn enter_at(&self, method: &Method, path: &str, now: u64) -> Result<Admitted<'_>, Refused> {
-        if self.limit == 0 || !path.starts_with("/api/") || waits_on_events(method, path) {
+    fn enter_at(&self, req: &Request, now: u64) -> Result<Admitted<'_>, Refused> {
+        let path = req.uri().path();
+        if self.limit == 0 || !path.starts_with("/api/") || waits_on_events(req.method(), path) {
             return Ok(Admitted(None));
         }
         self.tick(now);
-        if self.in_flight.fetch_add(1, Relaxed) >= self.limit {
+        let write = self.write_of(req);
+        let refusals = || self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        let retried = write.is_some_and(|w| refusals().take(w));
+        let places = if retried {
+            self.limit
+        } else {
+            self.limit - self.limit / 4
+        };
+        if self.in_flight.fetch_add(1, Relaxed) >= places {
             self.in_flight.fetch_sub(1, Relaxed);
             self.refused.fetch_add(1, Relaxed);
+            if let Some(w) = write {
+                refusals().remember(w);
+            }
             return Err(Refused {
                 retry_after_secs: self.retry_after.load(Relaxed),
             });
@@ -88,6 +140,19 @@ impl Admission {
         self.admitted.fetch_add(1, Relaxed);
         infra::metrics::metrics().in_flight.inc();
         Ok(Admitted(Some(self)))
+    }
+
+    /// A write's identity: its Authorization and Idempotency-Key, hashed.
+    fn write_of(&self, req: &Request) -> Option<u64> {
+        if req.method() != Method::POST {
+            return None;
+        }
+        let key = req.headers().get("idempotency-key")?;
+        let auth = req.headers().get(header::AUTHORIZATION);
+        Some(
+            self.hasher
+                .hash_one((auth.map(|a| a.as_bytes()), key.as_bytes())),
+        )
     }
 
     /// At the first request of a new second, the last second's counts set
@@ -133,49 +198,108 @@ mod tests {
 
     const DEPOSIT: &str = "/api/v1/wallets/deposit";
 
+    fn request(method: Method, path: &str) -> Request {
+        Request::builder().method(method).uri_str(path).finish()
+    }
+
+    /// A deposit by `who` with the Idempotency-Key `key`.
+    fn write(who: &str, key: &str) -> Request {
+        Request::builder()
+            .method(Method::POST)
+            .uri_str(DEPOSIT)
+            .header(header::AUTHORIZATION, format!("Bearer {who}"))
+            .header("Idempotency-Key", key)
+            .finish()
+    }
+
+    fn deposit() -> Request {
+        request(Method::POST, DEPOSIT)
+    }
+
+    const REFUSED: Refused = Refused {
+        retry_after_secs: 1,
+    };
+
     #[test]
     fn the_limit_refuses_at_once_and_a_leaving_request_frees_its_place() {
-        let a = Admission::new(2);
-        let one = a.enter(&Method::POST, DEPOSIT).unwrap();
-        let two = a.enter(&Method::GET, "/api/v1/users/1").unwrap();
-        assert_eq!(
-            a.enter(&Method::POST, DEPOSIT).err(),
-            Some(Refused {
-                retry_after_secs: 1
-            })
-        );
+        // 4 places, of which 1 is kept for retried writes
+        let a = Admission::new(4);
+        let one = a.enter(&deposit()).unwrap();
+        let two = a.enter(&request(Method::GET, "/api/v1/users/1")).unwrap();
+        let three = a.enter(&deposit()).unwrap();
+        assert_eq!(a.enter(&deposit()).err(), Some(REFUSED));
         drop(one);
-        let three = a.enter(&Method::POST, DEPOSIT).unwrap();
-        assert!(a.enter(&Method::POST, DEPOSIT).is_err());
-        drop((two, three));
+        let four = a.enter(&deposit()).unwrap();
+        assert!(a.enter(&deposit()).is_err());
+        drop((two, three, four));
         assert_eq!(a.in_flight.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_refused_write_retried_takes_a_kept_place() {
+        let a = Admission::new(4);
+        let _new: Vec<_> = (0..3).map(|_| a.enter(&deposit()).unwrap()).collect();
+        assert!(a.enter(&write("alice", "k1")).is_err());
+        assert!(a.enter(&write("bob", "k2")).is_err());
+        // another principal's key of the same name is another write
+        assert!(a.enter(&write("bob", "k1")).is_err());
+        assert!(a.enter(&deposit()).is_err());
+        // alice's retry comes first; then the kept place is taken too
+        let retried = a.enter(&write("alice", "k1")).unwrap();
+        assert!(a.enter(&write("bob", "k2")).is_err());
+        drop(retried);
+        let _retried = a.enter(&write("bob", "k2")).unwrap();
+        // an admitted retry is forgotten: refused again, it waits its turn
+        assert_eq!(a.in_flight.load(Relaxed), 4);
+    }
+
+    #[test]
+    fn only_posts_with_a_key_are_remembered_and_memory_is_bounded() {
+        let a = Admission::new(4);
+        let get = || request(Method::GET, "/api/v1/users/1");
+        assert_eq!(a.write_of(&get()), None);
+        assert_eq!(a.write_of(&deposit()), None);
+        assert_eq!(a.write_of(&write("a", "k")), a.write_of(&write("a", "k")));
+        assert_ne!(a.write_of(&write("a", "k")), a.write_of(&write("b", "k")));
+        let mut r = Refusals::default();
+        for w in 0..(2 * REMEMBERED as u64 + 10) {
+            r.remember(w);
+        }
+        assert!(r.current.len() + r.previous.len() <= 2 * REMEMBERED);
+        assert!(r.take(2 * REMEMBERED as u64 + 9));
+        assert!(!r.take(2 * REMEMBERED as u64 + 9));
+        assert!(!r.take(0));
     }
 
     #[test]
     fn health_metrics_and_event_waits_are_never_counted() {
         let a = Admission::new(1);
-        let _busy = a.enter(&Method::POST, DEPOSIT).unwrap();
+        let _busy = a.enter(&deposit()).unwrap();
         for (method, path) in [
-            (Method::GET, "/health/ready"),
             (Method::GET, "/health"),
+            (Method::GET, "/health/ready"),
             (Method::GET, "/metrics"),
             (Method::GET, "/admin/locks"),
             (Method::GET, "/api/v1/locks/events"),
             (Method::GET, "/api/v1/locks/queue/7"),
         ] {
-            assert!(a.enter(&method, path).is_ok(), "{method} {path}");
+            assert!(
+                a.enter(&request(method.clone(), path)).is_ok(),
+                "{method} {path}"
+            );
         }
         // cancelling a queue item is ordinary work
-        assert!(a.enter(&Method::DELETE, "/api/v1/locks/queue/7").is_err());
+        assert!(
+            a.enter(&request(Method::DELETE, "/api/v1/locks/queue/7"))
+                .is_err()
+        );
         assert_eq!(a.in_flight.load(Relaxed), 1);
     }
 
     #[test]
     fn no_limit_admits_everything() {
         let a = Admission::new(0);
-        let all: Vec<_> = (0..1000)
-            .map(|_| a.enter(&Method::POST, DEPOSIT).unwrap())
-            .collect();
+        let all: Vec<_> = (0..1000).map(|_| a.enter(&deposit()).unwrap()).collect();
         assert_eq!(all.len(), 1000);
     }
 
@@ -193,42 +317,18 @@ mod tests {
     #[test]
     fn the_last_full_seconds_counts_set_retry_after() {
         let a = Admission::new(1);
-        let enter = |second| a.enter_at(&Method::POST, DEPOSIT, second);
+        let enter = |second| a.enter_at(&deposit(), second);
         let _busy = enter(10).unwrap();
+        let after = |retry_after_secs| Some(Refused { retry_after_secs });
         for _ in 0..3 {
-            assert_eq!(
-                enter(10).err(),
-                Some(Refused {
-                    retry_after_secs: 1
-                })
-            );
+            assert_eq!(enter(10).err(), after(1));
         }
         // the next second: 1 admitted, 3 refused in the last one
-        assert_eq!(
-            enter(11).err(),
-            Some(Refused {
-                retry_after_secs: 4
-            })
-        );
-        assert_eq!(
-            enter(11).err(),
-            Some(Refused {
-                retry_after_secs: 4
-            })
-        );
+        assert_eq!(enter(11).err(), after(4));
+        assert_eq!(enter(11).err(), after(4));
         // 2 refused, none admitted
-        assert_eq!(
-            enter(12).err(),
-            Some(Refused {
-                retry_after_secs: 3
-            })
-        );
+        assert_eq!(enter(12).err(), after(3));
         // a quiet gap: old counts no longer count
-        assert_eq!(
-            enter(20).err(),
-            Some(Refused {
-                retry_after_secs: 1
-            })
-        );
+        assert_eq!(enter(20).err(), after(1));
     }
 }

@@ -163,7 +163,7 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
     // never refused.
     let mut resp = REQUEST_ID
         .scope(id.clone(), async move {
-            let _admitted = match state.as_ref().map(|s| s.admission.enter(&method, &path)) {
+            let _admitted = match state.as_ref().map(|s| s.admission.enter(&req)) {
                 Some(Err(refused)) => {
                     let mut resp = ApiError::overloaded()
                         .retry_after(refused.retry_after_secs)

@@ -728,10 +728,14 @@ impl BlockedDeposits {
 
     /// Sends every deposit at once.
     fn send_all(&self) -> Vec<tokio::task::JoinHandle<Sent>> {
+        self.send(&self.keys)
+    }
+
+    /// Sends the deposits of `keys` at once.
+    fn send(&self, keys: &[String]) -> Vec<tokio::task::JoinHandle<Sent>> {
         let service = token("backoffice", Role::Service);
         let body = self.body();
-        self.keys
-            .iter()
+        keys.iter()
             .map(|key| {
                 let (http, service, key, body) = (
                     Arc::clone(&self.http),
@@ -879,77 +883,108 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
     blocked.every_deposit_executes_once(&served).await;
 }
 
-/// Invariant: past the in-flight limit a request is refused at once. With
-/// `LEDGER_MAX_IN_FLIGHT=4` and every admitted deposit blocked on a wallet
-/// row locked from outside (the pool has room and the wait budget is long,
-/// so nothing is shed by the pool), 40 concurrent deposits: exactly 4 are
-/// let in and all 36 others are answered 503 `overloaded` with
-/// `Retry-After` while the 4 are still blocked — they never waited for the
-/// database. Health, readiness and metrics answer meanwhile, and the metrics
-/// show 4 in flight and 36 shed. After the release the 4 complete, and every
-/// refused deposit retried with its key executes exactly once.
+/// Invariant: past the in-flight limit a request is refused at once, and a
+/// refused write retried comes before new work. With
+/// `LEDGER_MAX_IN_FLIGHT=8` (2 places kept for retried writes) and every
+/// admitted deposit blocked on a wallet row locked from outside (the pool
+/// has room and the wait budget is long, so nothing is shed by the pool),
+/// 40 concurrent deposits: exactly 6 are let in and the 34 others are
+/// answered 503 `overloaded` with `Retry-After` while the 6 are still
+/// blocked — they never waited for the database. Two of the refused,
+/// retried with their keys, take the kept places; a third is refused again.
+/// Health, readiness and metrics answer meanwhile, and the metrics show what
+/// is in flight and what was shed. After the release the 8 complete, and
+/// every refused deposit retried with its key executes exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn past_the_in_flight_limit_requests_are_refused_at_once() {
     let _several_servers = tests::heavy().await;
     const N: usize = 40;
-    const LIMIT: usize = 4;
+    const NEW: usize = 6;
     let env = [
-        ("LEDGER_DB_MAX_CONNECTIONS", "8"),
+        ("LEDGER_DB_MAX_CONNECTIONS", "10"),
         ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
-        ("LEDGER_MAX_IN_FLIGHT", "4"),
+        ("LEDGER_MAX_IN_FLIGHT", "8"),
     ];
     let mut blocked = BlockedDeposits::start(&env, N, "0.25").await;
     let http = Arc::clone(&blocked.http);
-    let first_round = blocked.send_all();
-    // the refusals come back at once; wait for them with the 4 still blocked
-    let mut in_flight = None;
-    for _ in 0..100 {
+    let metrics = || async {
         let m = http.get("/metrics", None).await.unwrap();
-        let shed = metric(&m.text, "ledger_requests_shed_total{reason=\"overloaded\"}");
-        in_flight = metric(&m.text, "ledger_http_requests_in_flight");
-        if shed == Some(N - LIMIT) && in_flight == Some(LIMIT) {
+        let of = |name| metric(&m.text, name);
+        (
+            of("ledger_http_requests_in_flight"),
+            of("ledger_requests_shed_total{reason=\"overloaded\"}"),
+        )
+    };
+    let until_metrics = |want: (usize, usize)| async move {
+        let mut seen = (None, None);
+        for _ in 0..200 {
+            seen = metrics().await;
+            if seen == (Some(want.0), Some(want.1)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("in flight and shed: {seen:?}, expected {want:?}");
+    };
+    let first_round = blocked.send_all();
+    // the refusals come back at once, with the admitted still blocked
+    until_metrics((NEW, N - NEW)).await;
+    // counted before sent: wait for the refusals to reach the client too
+    for _ in 0..200 {
+        if first_round.iter().filter(|t| t.is_finished()).count() >= N - NEW {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(in_flight, Some(LIMIT), "requests in flight while saturated");
+    let (finished, waiting): (Vec<_>, Vec<_>) =
+        first_round.into_iter().partition(|t| t.is_finished());
+    assert_eq!(
+        finished.len(),
+        N - NEW,
+        "answered while the wallet was locked"
+    );
+    let mut refused = Vec::new();
+    for task in finished {
+        let (key, reply, _, _) = task.await.unwrap();
+        let r = reply.unwrap_or_else(|e| panic!("deposit {key}: no answer ({e})"));
+        r.problem(503, "overloaded");
+        let retry_after = r.header("retry-after").and_then(retry::parse_retry_after);
+        assert!(
+            retry_after.is_some(),
+            "refused without a Retry-After: {}",
+            r.text
+        );
+        refused.push(key);
+    }
+    // two retried writes take the kept places; a third is refused again
+    let retried = blocked.send(&refused[..2]);
+    until_metrics((NEW + 2, N - NEW)).await;
+    let service = token("backoffice", Role::Service);
+    let again = http
+        .post(
+            "/api/v1/wallets/deposit",
+            &service,
+            &refused[2],
+            &blocked.body(),
+        )
+        .await
+        .unwrap();
+    again.problem(503, "overloaded");
+    until_metrics((NEW + 2, N - NEW + 1)).await;
     for probe in ["/health", "/health/ready"] {
         http.get(probe, None).await.unwrap().expect(200);
     }
-    // well under the server's lock_timeout (5 s)
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let released_at = blocked.release().await;
 
     let mut served = Vec::new();
-    let mut refused = 0;
-    for task in join_all(first_round).await {
-        let (key, reply, _, at) = task.unwrap();
+    for task in waiting.into_iter().chain(retried) {
+        let (key, reply, _, at) = task.await.unwrap();
         let r = reply.unwrap_or_else(|e| panic!("deposit {key}: no answer ({e})"));
-        match (r.status, r.code()) {
-            (200, _) => {
-                assert!(at >= released_at, "deposit {key} completed while locked");
-                served.push(key);
-            }
-            (503, "overloaded") => {
-                assert!(
-                    at < released_at,
-                    "deposit {key} was refused only after the release"
-                );
-                let retry_after = r.header("retry-after").and_then(retry::parse_retry_after);
-                assert!(
-                    retry_after.is_some(),
-                    "refused without a Retry-After: {}",
-                    r.text
-                );
-                refused += 1;
-            }
-            _ => panic!(
-                "deposit {key}: {} {} (expected 200 or 503 overloaded)",
-                r.status, r.text
-            ),
-        }
+        r.expect(200);
+        assert!(at >= released_at, "deposit {key} completed while locked");
+        served.push(key);
     }
-    assert_eq!((served.len(), refused), (LIMIT, N - LIMIT));
+    assert_eq!(served.len(), NEW + 2);
     blocked.every_deposit_executes_once(&served).await;
 }
 
