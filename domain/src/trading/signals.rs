@@ -29,6 +29,7 @@ use serde_json::json;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, fingerprint, storage_key};
 use crate::locks::fencing::{Fence, LockToken};
+use crate::locks::service::MAX_WAIT;
 use crate::locks::{AcquireRequest, Acquired, AtOnce, LockView, QueueItemView, WaitMode};
 use crate::trading::orders::{CloseOrder, OpenOrder};
 use crate::trading::rules::Side;
@@ -315,8 +316,34 @@ impl Ledger {
     {
         let outcome = self
             .execute_once(req, &cmd.fenced(fence(lock)), render, refuse)
-            .await?;
-        Ok(LockResult(outcome))
+            .await;
+        match outcome {
+            // Identical requests queued behind a busy signal share one queue
+            // item, so its grant may reach several of them: the one that
+            // claimed the signal's key is executing the trade, and its
+            // answer is this one's too. Releasing the lock with an error
+            // meanwhile would fence that trade off, and no order would open.
+            Err(DomainError::IdempotencyInFlight) => self.answer_of(req).await.map(LockResult),
+            outcome => outcome.map(LockResult),
+        }
+    }
+
+    /// The answer the trade keyed by `req` stores, once it has: read every
+    /// poll interval, for at most `locks::service::MAX_WAIT`.
+    async fn answer_of(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            if let Some(response) = self.idempotency.peek(req).await? {
+                return Ok(Outcome {
+                    response,
+                    replayed: true,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DomainError::IdempotencyInFlight);
+            }
+            tokio::time::sleep(self.locks.rules().poll).await;
+        }
     }
 
     /// An identical lock exists: while it is active the signal is being

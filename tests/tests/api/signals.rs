@@ -373,7 +373,7 @@ async fn racers_on_a_free_or_busy_signal_trade_once() {
             .iter()
             .filter(|l| l["transaction_type"] == "open_order")
             .map(|l| {
-                assert_ne!(l["status"], "active", "{l}");
+                assert_eq!(l["status"], "released", "{l}");
                 l["result"]["id"]
                     .as_i64()
                     .unwrap_or_else(|| panic!("no order: {l}"))
