@@ -1280,4 +1280,38 @@ mod tests {
         // the same work may then run: nothing deduplicates against it
         acquire_now(&locks, "user:1", &["item:a"]).await;
     }
+
+    #[tokio::test]
+    async fn run_at_once_on_several_resources_takes_a_token_above_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let mut last = 0;
+        for owner in ["user:7", "user:8", "user:9"] {
+            let held = acquire_now(&locks, owner, &["item:a"]).await;
+            locks
+                .release(&held.lock_id, owner, Release::default())
+                .await
+                .unwrap();
+            last = held.fencing_token;
+        }
+        let ran = locks
+            .run_at_once(
+                &request("user:1", &["item:a", "item:b"], WaitMode::Fail),
+                |_, lock| async move { Ok(lock.fencing_token) },
+            )
+            .await
+            .unwrap();
+        let AtOnce::Ran(token) = ran else {
+            panic!("did not run: {ran:?}")
+        };
+        assert_eq!(token, last + 1);
+        // b, fresh before, now carries that token too: the next grant of b
+        // is above it
+        let next = acquire_now(&locks, "user:2", &["item:b"]).await;
+        assert!(
+            next.fencing_token > token,
+            "{} after {token}",
+            next.fencing_token
+        );
+    }
 }
