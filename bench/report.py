@@ -418,18 +418,27 @@ def flows_section(md, results: Path, holds, workflows):
                 + (" (`NAME-<hash>`: a cargo test binary)" if any(re.search(r"-[0-9a-f]{10,}$", p) for p, _ in frequent) else "")
             )
     md.append("")
-    only = text(results, "machine-only.txt").strip()
-    if only:
-        md.append(
-            "These runs were made on their own (`BENCH_ONLY`), later than the runs above, on the machine below"
-            + (" (its note says what else ran on it):" if "\nnote: " in only else ":")
-        )
-        md.append("")
-        md.append("```")
-        md.append(only)
-        md.append("```")
-        md.append("")
+    run_alone(md, results, "holds")
     command_block(md, results, ["holds"] + [f"workflows-{w}" for w, _ in workflows])
+
+
+def run_alone(md, results: Path, section: str):
+    """The machine block of a `BENCH_ONLY` run that included `section`, if it
+    was run so (bench/run.sh writes one machine-only-SECTIONS.txt per set)."""
+    for path in sorted(results.glob("machine-only*.txt")):
+        only = path.read_text().strip()
+        sections = re.search(r"^sections: (\S+)", only, re.M)
+        if sections and section in sections.group(1).split(","):
+            md.append(
+                "These runs were made on their own (`BENCH_ONLY`), later than the runs above, on the machine below"
+                + (" (its note says what else ran on it):" if "\nnote: " in only else ":")
+            )
+            md.append("")
+            md.append("```")
+            md.append(only)
+            md.append("```")
+            md.append("")
+            return
 
 
 def main():
@@ -788,6 +797,7 @@ def main():
                 "so the ratio is not measured."
             )
         md.append("")
+        run_alone(md, results, "orders")
         command_block(md, results, ["orders", "orders-signal"])
 
     if holds or workflows:
@@ -797,6 +807,7 @@ def main():
         mixed_section(md, mixed, "mixed workload")
     if fast:
         mixed_section(md, fast, "mixed workload, fast think: more than can be served")
+        run_alone(md, results, "fast")
 
     if sqlite:
         md.append("## SQLite (the default), moderate load")

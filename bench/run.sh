@@ -5,12 +5,14 @@
 #   bench/run.sh                     the full run (about 30 minutes)
 #   BENCH_QUICK=1 bench/run.sh       a short rehearsal (smaller, shorter)
 #   BENCH_ONLY=holds,workflows bench/run.sh
-#                                    seed, then only these sections (holds,
-#                                    workflows, fast: the 33,000-user
+#                                    seed, then only these sections (orders,
+#                                    holds, workflows, fast: the 33,000-user
 #                                    fast-think run); the other results stay, and
 #                                    the report is written from all of them
 #   BENCH_NOTE="..."                 a remark on the machine (other work running
 #                                    on it) for the report's machine block
+#   BENCH_DB=name BENCH_PORT=n       another database and port than ledger_bench
+#                                    and 18090
 #
 # Steps: seed 33,000 users on PostgreSQL; pgbench the deposit and wallet-read
 # SQL (bench/pgbench/), the deposit both as the API sends it today (7 round
@@ -51,10 +53,12 @@ only="${BENCH_ONLY:-}"
 mixed_hold="${BENCH_MIXED_HOLD:-$mixed_hold}"
 mixed_ramp="${BENCH_MIXED_RAMP:-$mixed_ramp}"
 
-db=ledger_bench
+# BENCH_DB and BENCH_PORT let a second run share the machine with another
+# one (another checkout's) without dropping its database or its port.
+db="${BENCH_DB:-ledger_bench}"
 url="$(database_url "$db")"
 out=bench/results
-port=18090
+port="${BENCH_PORT:-18090}"
 mkdir -p "$out"
 if [ -z "$only" ]; then
   rm -f "$out"/*.json "$out"/*.txt "$out"/*.cmd "$out"/*.load
@@ -145,6 +149,17 @@ payout_sim() {
   payout_url="$url"
 }
 
+# Orders opened and closed by 50 users, without and then with a fresh
+# signal_id per order, back to back against the same server.
+section_orders() {
+  echo "== orders opened and closed, without and with a signal_id (a trade lock)"
+  serve orders
+  loadgen orders --scenario orders --vus 50 --duration "$step" || echo "orders run FAILED" | tee -a "$out/orders.txt"
+  loadgen orders-signal --scenario orders-signal --vus 50 --duration "$step" \
+    || echo "orders-signal run FAILED" | tee -a "$out/orders-signal.txt"
+  stop_servers
+}
+
 # Holds: each of $flow_vus users holds 0.01 of its live wallet, the service
 # captures it at once; books checked, database reconciled (held included).
 section_holds() {
@@ -204,7 +219,9 @@ pgb() {
 }
 
 machine="$out/machine.txt"
-[ -n "$only" ] && machine="$out/machine-only.txt"
+# One file per set of sections run on their own, so that a later set does
+# not take the machine of an earlier one.
+[ -n "$only" ] && machine="$out/machine-only-${only//,/-}.txt"
 echo "== machine"
 {
   echo "cpus: $(nproc)"
@@ -275,13 +292,7 @@ loadgen locks-hot --scenario locks-hot --vus 200 --ramp 2 --duration "$step" \
   || echo "locks-hot run FAILED" | tee -a "$out/locks-hot.txt"
 stop_servers
 
-echo "== orders opened and closed, without and with a signal_id (a trade lock)"
-serve orders
-loadgen orders --scenario orders --vus 50 --duration "$step" || echo "orders run FAILED" | tee -a "$out/orders.txt"
-loadgen orders-signal --scenario orders-signal --vus 50 --duration "$step" \
-  || echo "orders-signal run FAILED" | tee -a "$out/orders-signal.txt"
-stop_servers
-
+section_orders
 section_holds
 section_workflows
 

@@ -160,6 +160,40 @@ impl TransactionService {
         F: Fn(Arc<DatabaseTransaction>) -> Fut,
         Fut: Future<Output = DomainResult<T>>,
     {
+        self.run(operation, policy, &op, |_| true).await
+    }
+
+    /// As [`execute_with_policy`](Self::execute_with_policy), for work that
+    /// may turn out not to be wanted once it has run: `op` answering
+    /// `Ok(Err(r))` rolls the transaction back, so nothing it wrote stays,
+    /// and `r` is returned without a retry. An `Err` is retried or returned
+    /// as usual.
+    pub async fn execute_or_roll_back<T, R, F, Fut>(
+        &self,
+        operation: &'static str,
+        policy: &RetryPolicy,
+        op: F,
+    ) -> DomainResult<Result<T, R>>
+    where
+        F: Fn(Arc<DatabaseTransaction>) -> Fut,
+        Fut: Future<Output = DomainResult<Result<T, R>>>,
+    {
+        self.run(operation, policy, &op, Result::is_ok).await
+    }
+
+    /// The retry loop; `keep` says whether a value is committed or rolled
+    /// back.
+    async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        policy: &RetryPolicy,
+        op: &F,
+        keep: fn(&T) -> bool,
+    ) -> DomainResult<T>
+    where
+        F: Fn(Arc<DatabaseTransaction>) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
         let m = metrics();
         let mut delays = policy.delays().into_iter();
         let mut attempt = 0u32;
@@ -167,7 +201,7 @@ impl TransactionService {
             attempt += 1;
             m.tx_attempts.with_label_values(&[operation]).inc();
             tracing::debug!(operation, attempt, "transaction_start");
-            let error = match self.attempt(operation, &op).await {
+            let error = match self.attempt(operation, op, keep).await {
                 Ok(value) => {
                     tracing::debug!(operation, attempt, "transaction_success");
                     return Ok(value);
@@ -208,7 +242,12 @@ impl TransactionService {
         }
     }
 
-    async fn attempt<T, F, Fut>(&self, operation: &'static str, op: &F) -> DomainResult<T>
+    async fn attempt<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        op: &F,
+        keep: fn(&T) -> bool,
+    ) -> DomainResult<T>
     where
         F: Fn(Arc<DatabaseTransaction>) -> Fut,
         Fut: Future<Output = DomainResult<T>>,
@@ -218,16 +257,16 @@ impl TransactionService {
         let txn = Arc::try_unwrap(txn)
             .map_err(|_| DomainError::unexpected("transaction handle kept past its closure"))?;
         match result {
-            Ok(value) => {
+            Ok(value) if keep(&value) => {
                 txn.commit().await?;
                 metrics().db_commits.with_label_values(&[operation]).inc();
                 Ok(value)
             }
-            Err(e) => {
+            result => {
                 if let Err(rollback) = txn.rollback().await {
                     tracing::warn!(error = %rollback, "rollback failed");
                 }
-                Err(e)
+                result
             }
         }
     }
@@ -385,6 +424,34 @@ mod tests {
         let (result, calls) = always_failing(&svc, || DomainError::SameAccount).await;
         assert!(matches!(result, Err(DomainError::SameAccount)));
         assert_eq!(calls, 1);
+    }
+
+    #[tokio::test]
+    async fn a_declined_result_rolls_back_and_a_kept_one_commits() {
+        use sea_orm::ConnectionTrait;
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(&dir).await;
+        let conn = &svc.db().conn;
+        conn.execute_unprepared("CREATE TABLE t (n INTEGER)")
+            .await
+            .unwrap();
+        let write = |keep: bool| {
+            svc.execute_or_roll_back("test", &svc.policy, move |txn| async move {
+                txn.execute_unprepared("INSERT INTO t VALUES (1)").await?;
+                Ok(if keep { Ok(()) } else { Err("declined") })
+            })
+        };
+        assert_eq!(write(false).await.unwrap(), Err("declined"));
+        assert_eq!(write(true).await.unwrap(), Ok(()));
+        let rows = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                conn.get_database_backend(),
+                "SELECT COUNT(*) AS n FROM t",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows.try_get::<i64>("", "n").unwrap(), 1);
     }
 
     #[test]

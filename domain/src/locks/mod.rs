@@ -5,7 +5,8 @@
 //!
 //! Where is X?
 //! - the service the API calls (acquire, extend, release, the queue, admin
-//!   views, cleanup, `execute_with_lock`, `check_fence`): `service.rs`;
+//!   views, cleanup, `execute_with_lock`, `run_at_once` — acquire, run and
+//!   release in one transaction —, `check_fence`): `service.rs`;
 //! - what happens inside one transaction (the per-resource row locks, expiry
 //!   at read, the hand-off to the queue head, the grant): `store.rs`;
 //! - ordering rules of the queue (priority, FIFO, aging): `queue.rs`;
@@ -390,6 +391,20 @@ pub enum LockedRun<T> {
     /// did not run here; the lock (with its `result`, once finished) says
     /// what the first one did.
     Deduplicated(Box<LockView>),
+}
+
+/// What `run_at_once` did.
+#[derive(Debug)]
+pub enum AtOnce<T> {
+    /// Granted at once: the operation ran under the lock, and the lock was
+    /// released with its result, in one transaction.
+    Ran(T),
+    /// Not free (held, waited for, or an identical lock within the dedupe
+    /// window): nothing was done, `acquire` decides.
+    Busy,
+    /// Granted, but the operation failed with this error: the transaction
+    /// rolled back, grant included, so the lock never existed.
+    Declined(DomainError),
 }
 
 pub(crate) fn to_datetime(ms: i64) -> DateTime<Utc> {

@@ -22,7 +22,7 @@ use tokio::sync::broadcast;
 use super::events::{EventKind, Events, LockEvent};
 use super::store::{self, Store, active_on, annotate, pending_on};
 use super::{
-    AcquireRequest, Acquired, CleanupReport, ClearReport, LockFilter, LockList, LockStats,
+    AcquireRequest, Acquired, AtOnce, CleanupReport, ClearReport, LockFilter, LockList, LockStats,
     LockStatus, LockView, LockedRun, QueueItemView, QueueStatus, Release, ResourceCheck,
     ResourceInfo, names, resource,
 };
@@ -193,6 +193,70 @@ impl LockService {
             self.events.publish(events.unwrap_or_default());
         }
         Ok(outcome)
+    }
+
+    /// Acquire, run and release in one transaction, for the uncontended
+    /// case: when nothing at all is on `req`'s resources (no grant, no
+    /// waiter, no identical lock within the dedupe window), they are
+    /// granted, `op` runs with the grant in the same transaction and the
+    /// lock is recorded there, released with `op`'s value as its result —
+    /// one commit where `execute_with_lock` needs three. The grant is never
+    /// seen active outside the transaction: its resources' fencing rows stay
+    /// locked, with its token taken, until the commit, so a concurrent
+    /// acquirer waits for it and then finds the finished lock. That is also
+    /// the fence of what `op` writes: no other grant of these resources can
+    /// exist before the write commits, and the write commits only with the
+    /// grant. (The lock row is written finished, after `op`: a fence check
+    /// against it inside `op` would refuse.) Its events (acquired,
+    /// released) are published after the commit, as any lock's.
+    ///
+    /// Anything on the resources answers `Busy` with nothing done: the
+    /// caller then acquires as usual, which settles, deduplicates, queues
+    /// or refuses. `op` failing for good rolls the whole transaction back,
+    /// grant included, and is answered `Declined` with its error.
+    #[tracing::instrument(skip_all, fields(owner = %req.owner_id))]
+    pub async fn run_at_once<T, F, Fut>(
+        &self,
+        req: &AcquireRequest,
+        op: F,
+    ) -> DomainResult<AtOnce<T>>
+    where
+        T: Serialize,
+        F: Fn(Arc<DatabaseTransaction>, LockView) -> Fut,
+        Fut: Future<Output = DomainResult<T>>,
+    {
+        let spec = req.validate()?;
+        let (dedupe, aging) = (self.rules.dedupe_ms, self.rules.queue_aging_ms);
+        let (spec, op) = (&spec, &op);
+        let ran = self
+            .tx
+            .execute_or_roll_back("lock_run_at_once", &self.policy, |txn| async move {
+                let mut s = Store::new(&txn, now_ms(), aging);
+                let Some(grant) = s.take_if_free(spec, dedupe).await? else {
+                    return Ok(Err(AtOnce::Busy));
+                };
+                let view = LockView::from_row(grant.clone(), s.now);
+                let value = match op(Arc::clone(&txn), view).await {
+                    Ok(value) => value,
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => return Ok(Err(AtOnce::Declined(e))),
+                };
+                let result = serde_json::to_value(&value).map_err(DomainError::unexpected)?;
+                let how = Release {
+                    result: Some(result),
+                    ..Release::default()
+                };
+                s.record_own(grant, &spec.owner_id, &how).await?;
+                Ok(Ok((value, s.into_events())))
+            })
+            .await?;
+        match ran {
+            Ok((value, events)) => {
+                self.events.publish(events);
+                Ok(AtOnce::Ran(value))
+            }
+            Err(not_now) => Ok(not_now),
+        }
     }
 
     /// Expiry is enforced where it is read: before deciding about
@@ -1097,5 +1161,157 @@ mod tests {
         assert!(list.locks[0].error.is_some());
         // nothing is left held
         assert!(!locks.check("item:a").await.unwrap().is_locked);
+    }
+
+    /// The kinds of the events published so far, oldest first.
+    fn kinds(changes: &mut broadcast::Receiver<LockEvent>) -> Vec<EventKind> {
+        std::iter::from_fn(|| changes.try_recv().ok())
+            .map(|e| e.kind)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn run_at_once_grants_runs_and_releases_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let before = acquire_now(&locks, "user:9", &["item:a"]).await;
+        locks
+            .release(&before.lock_id, "user:9", Release::default())
+            .await
+            .unwrap();
+        let mut changes = locks.subscribe();
+        let ran = locks
+            .run_at_once(
+                &request("user:1", &["item:a"], WaitMode::Fail),
+                |_, lock| async move {
+                    // the grant is active inside the transaction
+                    assert!(lock.is_active());
+                    Ok(lock.fencing_token)
+                },
+            )
+            .await
+            .unwrap();
+        let AtOnce::Ran(token) = ran else {
+            panic!("did not run: {ran:?}")
+        };
+        assert!(token > before.fencing_token, "tokens only grow");
+        // the history shows the grant and its release, with the result
+        assert_eq!(
+            kinds(&mut changes),
+            [EventKind::Acquired, EventKind::Released]
+        );
+        let info = locks.resource("item:a").await.unwrap();
+        assert!(info.lock.is_none(), "nothing is left held");
+        let record = &info.history[0];
+        assert_eq!(record.status, LockStatus::Released);
+        assert_eq!(record.result, Some(serde_json::json!(token)));
+        assert_eq!(record.released_by.as_deref(), Some("user:1"));
+        // the same work again does not run: acquiring answers the first lock
+        let same = request("user:1", &["item:a"], WaitMode::Fail);
+        let again = locks
+            .run_at_once(&same, |_, _| async move { Ok(0) })
+            .await
+            .unwrap();
+        assert!(matches!(again, AtOnce::Busy), "ran twice: {again:?}");
+        let Acquired::Deduplicated(first) = locks.acquire(&same).await.unwrap() else {
+            panic!("not deduplicated")
+        };
+        assert_eq!(first.result, Some(serde_json::json!(token)));
+    }
+
+    #[tokio::test]
+    async fn run_at_once_leaves_a_held_or_awaited_resource_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let never = |_, _| async move { Err::<(), _>(DomainError::unexpected("ran while busy")) };
+        let holder = acquire_now(&locks, "user:1", &["item:a"]).await;
+        for wait in [WaitMode::Fail, WaitMode::Queue] {
+            let busy = locks
+                .run_at_once(&request("user:2", &["item:a"], wait), never)
+                .await
+                .unwrap();
+            assert!(matches!(busy, AtOnce::Busy), "{busy:?}");
+        }
+        let info = locks.resource("item:a").await.unwrap();
+        assert_eq!(info.lock.unwrap().lock_id, holder.lock_id);
+        assert!(info.queue.is_empty(), "queued by a run at once");
+        // a waiter for b and c, held up by c only: b is free but awaited,
+        // so a run at once on b does not take it from under the waiter
+        let on_c = acquire_now(&locks, "user:1", &["item:c"]).await;
+        let Acquired::Queued(item) = locks
+            .acquire(&request("user:2", &["item:b", "item:c"], WaitMode::Queue))
+            .await
+            .unwrap()
+        else {
+            panic!("not queued")
+        };
+        let busy = locks
+            .run_at_once(&request("user:3", &["item:b"], WaitMode::Fail), never)
+            .await
+            .unwrap();
+        assert!(matches!(busy, AtOnce::Busy), "{busy:?}");
+        locks
+            .release(&on_c.lock_id, "user:1", Release::default())
+            .await
+            .unwrap();
+        let item = locks.queue_item(item.queue_id).await.unwrap();
+        assert_eq!(item.status, QueueStatus::Granted);
+    }
+
+    #[tokio::test]
+    async fn a_declined_run_at_once_leaves_no_lock_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let mut changes = locks.subscribe();
+        let declined = locks
+            .run_at_once(
+                &request("user:1", &["item:a"], WaitMode::Fail),
+                |_, _| async move { Err::<(), _>(DomainError::SameAccount) },
+            )
+            .await
+            .unwrap();
+        assert!(matches!(
+            declined,
+            AtOnce::Declined(DomainError::SameAccount)
+        ));
+        assert!(kinds(&mut changes).is_empty(), "events of a rollback");
+        let info = locks.resource("item:a").await.unwrap();
+        assert!(info.lock.is_none() && info.history.is_empty());
+        // the same work may then run: nothing deduplicates against it
+        acquire_now(&locks, "user:1", &["item:a"]).await;
+    }
+
+    #[tokio::test]
+    async fn run_at_once_on_several_resources_takes_a_token_above_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        let mut last = 0;
+        for owner in ["user:7", "user:8", "user:9"] {
+            let held = acquire_now(&locks, owner, &["item:a"]).await;
+            locks
+                .release(&held.lock_id, owner, Release::default())
+                .await
+                .unwrap();
+            last = held.fencing_token;
+        }
+        let ran = locks
+            .run_at_once(
+                &request("user:1", &["item:a", "item:b"], WaitMode::Fail),
+                |_, lock| async move { Ok(lock.fencing_token) },
+            )
+            .await
+            .unwrap();
+        let AtOnce::Ran(token) = ran else {
+            panic!("did not run: {ran:?}")
+        };
+        assert_eq!(token, last + 1);
+        // b, fresh before, now carries that token too: the next grant of b
+        // is above it
+        let next = acquire_now(&locks, "user:2", &["item:b"]).await;
+        assert!(
+            next.fencing_token > token,
+            "{} after {token}",
+            next.fencing_token
+        );
     }
 }

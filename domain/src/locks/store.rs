@@ -619,26 +619,7 @@ impl<'t> Store<'t> {
             .collect();
         conflicts.extend(self.waiters_ahead(&spec.resources, spec.priority).await?);
         if conflicts.is_empty() {
-            let view = self
-                .grant(
-                    Uuid::new_v4().to_string(),
-                    Grant {
-                        resources: &spec.resources,
-                        owner_id: &spec.owner_id,
-                        created_by: &spec.created_by,
-                        priority: spec.priority,
-                        transaction_type: &spec.transaction_type,
-                        transaction_data: json(&spec.transaction_data),
-                        idempotency_key: &spec.idempotency_key,
-                        ttl_ms: spec.ttl_ms,
-                        wait_ms: 0,
-                        queue_id: None,
-                    },
-                )
-                .await?;
-            self.events
-                .push(LockEvent::lock(EventKind::Acquired, view.clone(), self.now));
-            return Ok(Acquired::Granted(view));
+            return self.grant_now(spec).await.map(Acquired::Granted);
         }
         match spec.wait {
             WaitMode::Fail => Err(DomainError::ResourceLocked {
@@ -646,6 +627,179 @@ impl<'t> Store<'t> {
             }),
             WaitMode::Queue => self.enqueue(spec, queue_max).await.map(Acquired::Queued),
         }
+    }
+
+    /// Grants `spec` at once, without waiting.
+    async fn grant_now(&mut self, spec: &LockSpec) -> DomainResult<LockView> {
+        let view = self
+            .grant(
+                Uuid::new_v4().to_string(),
+                Grant {
+                    resources: &spec.resources,
+                    owner_id: &spec.owner_id,
+                    created_by: &spec.created_by,
+                    priority: spec.priority,
+                    transaction_type: &spec.transaction_type,
+                    transaction_data: json(&spec.transaction_data),
+                    idempotency_key: &spec.idempotency_key,
+                    ttl_ms: spec.ttl_ms,
+                    wait_ms: 0,
+                    queue_id: None,
+                },
+            )
+            .await?;
+        self.events
+            .push(LockEvent::lock(EventKind::Acquired, view.clone(), self.now));
+        Ok(view)
+    }
+
+    /// The uncontended grant, in two statements: the resources' fencing
+    /// rows are locked with the next token taken, and one read says whether
+    /// anything at all is on them — a grant marked active (even one past its
+    /// expiry: settling it is `acquire`'s work), a waiter, an identical lock
+    /// within the dedupe window. `None` when something is: the caller rolls
+    /// back (the tokens taken go with it). Otherwise the grant, as it will
+    /// be recorded by [`record_own`](Self::record_own) once its work is done
+    /// — it is written only then, finished. Until this transaction ends it
+    /// holds the fencing rows with the grant's token: whoever would
+    /// acquire, queue for or release these resources waits for it.
+    pub async fn take_if_free(
+        &mut self,
+        spec: &LockSpec,
+        dedupe_ms: i64,
+    ) -> DomainResult<Option<lock::Model>> {
+        let rows = vec!["(?, 1)"; spec.resources.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO lock_fencing (resource_id, fencing_token) VALUES {rows} \
+             ON CONFLICT (resource_id) DO UPDATE SET fencing_token = lock_fencing.fencing_token + 1 \
+             RETURNING resource_id, fencing_token"
+        );
+        let mut taken: BTreeMap<String, i64> = BTreeMap::new();
+        for row in self
+            .txn
+            .query_all_raw(self.stmt(&sql, values(&spec.resources)))
+            .await?
+        {
+            taken.insert(
+                row.try_get("", "resource_id")?,
+                row.try_get("", "fencing_token")?,
+            );
+        }
+        self.now = self.now.max(now_ms());
+        // Each row went one up; a grant of several takes the highest, on all.
+        let token = fencing::next_token(taken.values().map(|t| t - 1));
+        if taken.values().any(|t| *t != token) {
+            let sql = format!(
+                "UPDATE lock_fencing SET fencing_token = ? WHERE resource_id IN ({})",
+                marks(spec.resources.len())
+            );
+            let mut vals: Vec<Value> = vec![token.into()];
+            vals.extend(values(&spec.resources));
+            self.txn.execute_raw(self.stmt(&sql, vals)).await?;
+        }
+        self.locked
+            .extend(spec.resources.iter().map(|r| (r.clone(), token)));
+        let m = marks(spec.resources.len());
+        let sql = format!(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM transaction_lock_resources r \
+             WHERE r.status = 'active' AND r.resource_id IN ({m})) \
+             OR EXISTS (SELECT 1 FROM transaction_queue_resources qr JOIN transaction_queue q \
+             ON q.id = qr.queue_id WHERE qr.resource_id IN ({m}) AND q.status = 'pending') \
+             OR EXISTS (SELECT 1 FROM transaction_locks l WHERE l.idempotency_key = ? \
+             AND (l.status = 'active' OR l.released_at_ms >= ?)) THEN 1 ELSE 0 END AS busy"
+        );
+        let mut vals = values(&spec.resources);
+        vals.extend(values(&spec.resources));
+        vals.push(spec.idempotency_key.clone().into());
+        vals.push(self.now.saturating_sub(dedupe_ms).into());
+        let busy = self
+            .txn
+            .query_one_raw(self.stmt(&sql, vals))
+            .await?
+            .map(|row| row.try_get::<i32>("", "busy"))
+            .transpose()?;
+        if busy != Some(0) {
+            return Ok(None);
+        }
+        let grant = lock::Model {
+            id: Uuid::new_v4().to_string(),
+            resources: json(&serde_json::json!(spec.resources)),
+            owner_id: spec.owner_id.clone(),
+            owner_type: super::resource::owner_type(&spec.owner_id).to_owned(),
+            created_by: spec.created_by.clone(),
+            status: ACTIVE.into(),
+            fencing_token: token,
+            priority: spec.priority,
+            transaction_type: spec.transaction_type.clone(),
+            transaction_data: json(&spec.transaction_data),
+            idempotency_key: spec.idempotency_key.clone(),
+            result: None,
+            error: None,
+            acquired_at_ms: self.now,
+            expires_at_ms: self.now.saturating_add(spec.ttl_ms),
+            released_at_ms: None,
+            released_by: None,
+            release_reason: None,
+            wait_ms: 0,
+            queue_id: None,
+        };
+        let view = LockView::from_row(grant.clone(), self.now);
+        self.events
+            .push(LockEvent::lock(EventKind::Acquired, view, self.now));
+        Ok(Some(grant))
+    }
+
+    /// Writes `grant`, taken by [`take_if_free`](Self::take_if_free) in this
+    /// same transaction, as it ends: `released` with `how.result`, or
+    /// `failed` with `how.error`. Its resource rows are never `active`, so
+    /// the unique index has nothing to refuse: the fencing rows this
+    /// transaction holds already kept every other grant out. No hand-off:
+    /// nobody waited for these resources, and nobody can have queued since
+    /// (queueing locks their fencing rows).
+    pub async fn record_own(
+        &mut self,
+        grant: lock::Model,
+        by: &str,
+        how: &Release,
+    ) -> DomainResult<LockView> {
+        // Held until now: the history shows how long the work under it took.
+        self.now = self.now.max(now_ms());
+        let status = if how.error.is_some() {
+            LockStatus::Failed
+        } else {
+            LockStatus::Released
+        };
+        let row = lock::Model {
+            status: status.as_str().into(),
+            result: how.result.as_ref().map(json),
+            error: how.error.clone(),
+            released_at_ms: Some(self.now),
+            released_by: Some(by.to_owned()),
+            release_reason: how.reason.clone(),
+            ..grant
+        };
+        lock::Entity::insert(lock::ActiveModel::from(row.clone()))
+            .exec_without_returning(self.txn)
+            .await?;
+        let resources = names(&row.resources);
+        let children = resources.iter().map(|r| lock_resource::ActiveModel {
+            lock_id: Set(row.id.clone()),
+            resource_id: Set(r.clone()),
+            status: Set(status.as_str().into()),
+            fencing_token: Set(row.fencing_token),
+        });
+        lock_resource::Entity::insert_many(children)
+            .exec_without_returning(self.txn)
+            .await?;
+        let view = LockView::from_row(row, self.now);
+        let kind = if status == LockStatus::Failed {
+            EventKind::Failed
+        } else {
+            EventKind::Released
+        };
+        self.events
+            .push(LockEvent::lock(kind, view.clone(), self.now));
+        Ok(view)
     }
 
     async fn enqueue(&mut self, spec: &LockSpec, queue_max: i64) -> DomainResult<QueueItemView> {

@@ -12,14 +12,25 @@
 //!   answered with the first order, whatever its Idempotency-Key: the trade
 //!   itself is keyed by the signal (`signal_request`), so it executes at most
 //!   once per signal even across server instances.
+//!
+//! A trade on a free signal, the common case, commits once: the lock's
+//! grant, the order, the lock's release with the order as its result and
+//! the signal's answer are one transaction (`LockService::run_at_once`),
+//! which is the order's fence. A signal that is busy, waited for or
+//! already traded, and an order that is refused or fails (which rolls that
+//! transaction back), take the steps one by one: the stored answer, or
+//! grant, fenced order and release, which record a refusal or a failure in
+//! the lock's history.
 
+use sea_orm::DatabaseTransaction;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, fingerprint, storage_key};
 use crate::locks::fencing::{Fence, LockToken};
-use crate::locks::{AcquireRequest, Acquired, LockView, QueueItemView, WaitMode};
+use crate::locks::service::MAX_WAIT;
+use crate::locks::{AcquireRequest, Acquired, AtOnce, LockView, QueueItemView, WaitMode};
 use crate::trading::orders::{CloseOrder, OpenOrder};
 use crate::trading::rules::Side;
 use crate::{Command, Ledger};
@@ -169,6 +180,17 @@ impl Serialize for LockResult {
 
 type Render<C> = fn(&<C as Command>::Output) -> StoredResponse;
 
+/// The fence of a write under `lock`, as its owner.
+fn fence(lock: LockView) -> Fence {
+    Fence {
+        lock: LockToken {
+            lock_id: lock.lock_id,
+            fencing_token: lock.fencing_token,
+        },
+        owner: lock.owner_id,
+    }
+}
+
 impl Ledger {
     /// Runs `cmd` as the trade `trade` on `signal` (see the module).
     /// `refuse` renders a refusal; it may run in a task of its own.
@@ -185,12 +207,75 @@ impl Ledger {
         E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
     {
         let req = trade.signal_request(signal);
+        let lock = trade.lock_request(signal);
+        // The common case, a signal nobody else is trading: the grant, the
+        // order behind it, the lock's release with the order as its result
+        // and the signal's answer commit together.
+        let at_once = self
+            .locks
+            .run_at_once(&lock, |txn, _| {
+                let (req, cmd) = (&req, &cmd);
+                async move { self.trade_at_once(&txn, req, cmd, render).await }
+            })
+            .await?;
+        match at_once {
+            AtOnce::Ran(LockResult(outcome)) => return Ok(SignalRun::Executed(outcome)),
+            AtOnce::Busy => {}
+            // Nothing of it was committed: the steps one by one answer it
+            // as they always have (a stored answer is the first trade's, and
+            // a refused or failed order is recorded in the lock's history).
+            AtOnce::Declined(why) => {
+                tracing::debug!(error = %why, "a trade on a signal takes the steps one by one");
+            }
+        }
         if let Some(first) = self.idempotency.peek(&req).await? {
             return Ok(SignalRun::Deduplicated(first));
         }
-        let lock = trade.lock_request(signal);
-        let owner = lock.owner_id.clone();
-        match self.locks.acquire(&lock).await? {
+        let acquired = self.locks.acquire(&lock).await?;
+        self.on_acquired(acquired, req, cmd, lock.owner_id, render, refuse)
+            .await
+    }
+
+    /// The trade inside the transaction that takes the signal's lock: the
+    /// order, and its answer stored under the signal's key. That
+    /// transaction is the order's fence (see `LockService::run_at_once`),
+    /// and it keeps every other trade on the signal out, so no claim of the
+    /// key is needed: a key that already has an answer (the signal traded
+    /// before its lock left the dedupe window) refuses the store with
+    /// `ClaimLost`, and that answer is the trade's.
+    async fn trade_at_once<C: Fenced>(
+        &self,
+        txn: &DatabaseTransaction,
+        req: &IdempotentRequest,
+        cmd: &C,
+        render: Render<C>,
+    ) -> DomainResult<LockResult> {
+        let order = cmd.execute(self, txn).await?;
+        let response = render(&order);
+        self.idempotency.store(txn, req, &response).await?;
+        Ok(LockResult(Outcome {
+            response,
+            replayed: false,
+        }))
+    }
+
+    /// Runs the trade as the signal's lock request was answered: now when
+    /// granted, the first trade's answer when deduplicated, or, when
+    /// queued, in a task of its own once granted.
+    async fn on_acquired<C, E>(
+        &self,
+        acquired: Acquired,
+        req: IdempotentRequest,
+        cmd: C,
+        owner: String,
+        render: Render<C>,
+        refuse: E,
+    ) -> DomainResult<SignalRun>
+    where
+        C: Fenced,
+        E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
+    {
+        match acquired {
             Acquired::Granted(granted) => {
                 let run = |l| self.run_fenced(&req, &cmd, l, render, refuse);
                 let LockResult(outcome) = self.locks.run_locked(granted, &owner, run).await?;
@@ -229,17 +314,36 @@ impl Ledger {
         C: Fenced,
         E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
     {
-        let fence = Fence {
-            lock: LockToken {
-                lock_id: lock.lock_id,
-                fencing_token: lock.fencing_token,
-            },
-            owner: lock.owner_id,
-        };
         let outcome = self
-            .execute_once(req, &cmd.fenced(fence), render, refuse)
-            .await?;
-        Ok(LockResult(outcome))
+            .execute_once(req, &cmd.fenced(fence(lock)), render, refuse)
+            .await;
+        match outcome {
+            // Identical requests queued behind a busy signal share one queue
+            // item, so its grant may reach several of them: the one that
+            // claimed the signal's key is executing the trade, and its
+            // answer is this one's too. Releasing the lock with an error
+            // meanwhile would fence that trade off, and no order would open.
+            Err(DomainError::IdempotencyInFlight) => self.answer_of(req).await.map(LockResult),
+            outcome => outcome.map(LockResult),
+        }
+    }
+
+    /// The answer the trade keyed by `req` stores, once it has: read every
+    /// poll interval, for at most `locks::service::MAX_WAIT`.
+    async fn answer_of(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
+        let deadline = tokio::time::Instant::now() + MAX_WAIT;
+        loop {
+            if let Some(response) = self.idempotency.peek(req).await? {
+                return Ok(Outcome {
+                    response,
+                    replayed: true,
+                });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(DomainError::IdempotencyInFlight);
+            }
+            tokio::time::sleep(self.locks.rules().poll).await;
+        }
     }
 
     /// An identical lock exists: while it is active the signal is being

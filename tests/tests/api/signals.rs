@@ -288,3 +288,109 @@ async fn racing_bots_on_one_signal_open_one_order() {
     sibling.stop().await;
     app.stop().await;
 }
+
+/// Invariant: many racers on one signal, on two instances, with `"wait":
+/// "queue"` and without, while the signal's lock is free (the grant, the
+/// order and the release commit together) or held by another request that
+/// lets go halfway (the waiters are served through the queue): exactly one
+/// order per signal, every answer one of the documented ones, every finished
+/// lock on the signal answering that one order, and in the end no lock
+/// active and nobody left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racers_on_a_free_or_busy_signal_trade_once() {
+    let _several_servers = tests::heavy().await;
+    let app = TestApp::spawn(Engine::Postgres).await;
+    let sibling = app.sibling().await;
+    app.set_price("SIGUSD", "100").await.expect(200);
+    let u = app.funded_user("race-queue@x.io", "1000").await;
+    let user = app.user(u);
+    let rounds = 4;
+    for round in 0..rounds {
+        let signal = format!("race-{round}");
+        let resource = format!("trade:{u}:SIGUSD:buy:{signal}");
+        // every other round, the lock is held elsewhere when the race starts
+        let holder = if round % 2 == 1 {
+            let held = acquire(
+                &app,
+                &user,
+                json!({"resources": [resource], "transaction_type": "manual"}),
+            )
+            .await;
+            held.expect(201);
+            Some(held.body["lock_id"].as_str().unwrap().to_owned())
+        } else {
+            None
+        };
+        let racers = join_all((0..16).map(|i| {
+            let target = if i % 2 == 0 { &app } else { &sibling };
+            let wait = (i % 4 >= 2).then_some("queue");
+            target.post_new(ORDERS, &user, order(u, Some(&signal), wait))
+        }));
+        let release = async {
+            if let Some(lock_id) = &holder {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                app.post(
+                    &format!("{LOCKS}/{lock_id}/release"),
+                    &user,
+                    None,
+                    json!({}),
+                )
+                .await
+                .expect(200);
+            }
+        };
+        let (replies, ()) = tokio::join!(racers, release);
+        let opened = replies.iter().filter(|r| r.status == 201).count();
+        for r in &replies {
+            match (r.status, r.code()) {
+                (201, _) => {}
+                (200, _) => assert_eq!(r.body["deduplicated"], true, "{}", r.text),
+                (202, _) | (409, "resource_locked") => {}
+                _ => panic!("unexpected answer: {} {}", r.status, r.text),
+            }
+        }
+        assert!(opened <= 1, "round {round}: {opened} orders answered 201");
+        // the queued ones run when granted; then nothing is held or waiting
+        let mut settled = Value::Null;
+        for _ in 0..100 {
+            let info = app
+                .get(&format!("{LOCKS}/resources/{resource}"), Some(&app.admin()))
+                .await;
+            info.expect(200);
+            if info.body["lock"].is_null() && info.body["queue"].as_array().unwrap().is_empty() {
+                settled = info.body;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !settled.is_null(),
+            "round {round}: a lock or a waiter is left"
+        );
+        let answered: std::collections::BTreeSet<i64> = settled["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["transaction_type"] == "open_order")
+            .map(|l| {
+                assert_eq!(l["status"], "released", "{l}");
+                l["result"]["id"]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("no order: {l}"))
+            })
+            .collect();
+        assert_eq!(
+            answered.len(),
+            1,
+            "round {round}: locks answered {answered:?}"
+        );
+    }
+    assert_eq!(
+        orders_of(&app, u).await.len(),
+        rounds,
+        "one order per signal"
+    );
+    app.assert_books_balance().await;
+    sibling.stop().await;
+    app.stop().await;
+}
