@@ -18,6 +18,7 @@ use std::time::Duration;
 use api::app::{self, Server};
 use api::auth::{Role, Tokens};
 use api::state::AppState;
+use chrono::{DateTime, Utc};
 use infra::Config;
 use infra::config::Secret;
 use sea_orm::{ConnectionTrait, Database};
@@ -582,6 +583,18 @@ macro_rules! both_engines {
             )*
         }
     };
+}
+
+/// The instant an RFC 3339 timestamp of a response body names.
+pub fn time(v: &Value) -> DateTime<Utc> {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+/// Sleeps until `at` (at once when it has passed).
+pub async fn until(at: DateTime<Utc>) {
+    if let Ok(wait) = (at - Utc::now()).to_std() {
+        tokio::time::sleep(wait).await;
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,11 @@ impl Serialize for LockResult {
 
 type Render<C> = fn(&<C as Command>::Output) -> StoredResponse;
 
+/// Renders a refusal; a queued trade takes it into a task of its own.
+pub trait Refuse: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static {}
+
+impl<F: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static> Refuse for F {}
+
 /// The fence of a write under `lock`, as its owner.
 fn fence(lock: LockView) -> Fence {
     Fence {
@@ -204,7 +209,7 @@ impl Ledger {
     ) -> DomainResult<SignalRun>
     where
         C: Fenced,
-        E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
+        E: Refuse,
     {
         let req = trade.signal_request(signal);
         let lock = trade.lock_request(signal);
@@ -273,7 +278,7 @@ impl Ledger {
     ) -> DomainResult<SignalRun>
     where
         C: Fenced,
-        E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
+        E: Refuse,
     {
         match acquired {
             Acquired::Granted(granted) => {
@@ -312,7 +317,7 @@ impl Ledger {
     ) -> DomainResult<LockResult>
     where
         C: Fenced,
-        E: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static,
+        E: Refuse,
     {
         let outcome = self
             .execute_once(req, &cmd.fenced(fence(lock)), render, refuse)

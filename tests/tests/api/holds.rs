@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{Value, json};
-use tests::{Engine, Reply, TestApp, both_engines, fresh_key};
+use tests::{Engine, Reply, TestApp, both_engines, fresh_key, time, until};
 
 const HOLDS: &str = "/api/v1/holds";
 
@@ -40,10 +40,6 @@ async fn void(app: &TestApp, token: &str, id: i64) -> Reply {
 
 fn id_of(hold: &Value) -> i64 {
     hold["id"].as_i64().unwrap()
-}
-
-fn time(v: &Value) -> DateTime<Utc> {
-    v.as_str().unwrap().parse().unwrap()
 }
 
 /// `(balance, held, free_margin)` of the user's live wallet.
@@ -440,8 +436,7 @@ async fn an_expired_hold_stops_counting_at_once(engine: Engine) {
     if Utc::now() < expires_at {
         assert_eq!(before_expiry, strings(["100", "70", "30"]));
     }
-    let wait = (expires_at - Utc::now()).to_std().unwrap_or_default();
-    tokio::time::sleep(wait + Duration::from_millis(5)).await;
+    until(expires_at + chrono::Duration::milliseconds(5)).await;
     // reads no longer count it, before anything released it
     assert_eq!(funds(&app, u).await, strings(["100", "0", "100"]));
     let r = app.get(&format!("{HOLDS}/{id}"), Some(&app.user(u))).await;

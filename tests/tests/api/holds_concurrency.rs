@@ -10,19 +10,12 @@ use futures::future::join_all;
 use rand::Rng;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, dec_of, scale};
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, dec_of, scale, time, until};
 
 const HOLDS: &str = "/api/v1/holds";
 
 fn expires_at(hold: &Value) -> DateTime<Utc> {
-    hold["expires_at"].as_str().unwrap().parse().unwrap()
-}
-
-/// Sleeps until `at` (at once when it has passed).
-async fn until(at: DateTime<Utc>) {
-    if let Ok(wait) = (at - Utc::now()).to_std() {
-        tokio::time::sleep(wait).await;
-    }
+    time(&hold["expires_at"])
 }
 
 async fn create_hold(app: &TestApp, user_id: i64, amount: &str, ttl_ms: u64) -> Reply {

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tests::{Engine, Reply, TestApp, both_engines, fresh_key};
+use tests::{Engine, Reply, TestApp, both_engines, fresh_key, time, until};
 
 const LOCKS: &str = "/api/v1/locks";
 
@@ -363,7 +363,7 @@ async fn expiry_frees_at_once(engine: Engine) {
     let first = acquire(
         &app,
         &ann,
-        json!({"resources": ["item:x"], "transaction_type": "t", "ttl_ms": 1_000}),
+        json!({"resources": ["item:x"], "transaction_type": "t", "ttl_ms": 3_000}),
     )
     .await;
     first.expect(201);
@@ -371,7 +371,7 @@ async fn expiry_frees_at_once(engine: Engine) {
     acquire_for(&app, &bob, &["item:x"], "t")
         .await
         .problem(409, "resource_locked");
-    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    until(time(&first.body["expires_at"]) + chrono::Duration::milliseconds(100)).await;
     // no cleanup has run: the expired lock is free all the same
     let got = app.get(&format!("{LOCKS}/{id}"), Some(&ann)).await;
     assert_eq!(got.body["status"], "expired");

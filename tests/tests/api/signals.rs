@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
-use tests::{Engine, Reply, TestApp, both_engines, fresh_key};
+use tests::{Engine, Reply, TestApp, both_engines, fresh_key, time, until};
 
 const LOCKS: &str = "/api/v1/locks";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
@@ -48,7 +48,7 @@ async fn a_stale_holder_cannot_write(engine: Engine) {
     let held = acquire(
         &app,
         &user,
-        json!({"resources": [resource], "ttl_ms": 1000, "transaction_type": "withdrawal"}),
+        json!({"resources": [resource], "ttl_ms": 3000, "transaction_type": "withdrawal"}),
     )
     .await;
     held.expect(201);
@@ -59,7 +59,7 @@ async fn a_stale_holder_cannot_write(engine: Engine) {
         .expect(200);
     assert_eq!(app.balance(u, "live").await, "90");
 
-    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    until(time(&held.body["expires_at"]) + chrono::Duration::milliseconds(300)).await;
     // expired: refused even before anyone else holds the resource
     fenced(&app, WITHDRAW, &user, &stale, body.clone())
         .await
