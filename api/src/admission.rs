@@ -119,23 +119,23 @@ impl Admission {
             return Ok(Admitted(None));
         }
         self.tick(now);
-        let write = self.write_of(req);
-        let refusals = || self.refusals.lock().unwrap_or_else(|e| e.into_inner());
-        let retried = write.is_some_and(|w| refusals().take(w));
-        let places = if retried {
-            self.limit
-        } else {
-            self.limit - self.limit / 4
-        };
-        if self.in_flight.fetch_add(1, Relaxed) >= places {
-            self.in_flight.fetch_sub(1, Relaxed);
-            self.refused.fetch_add(1, Relaxed);
-            if let Some(w) = write {
-                refusals().remember(w);
+        let ahead = self.in_flight.fetch_add(1, Relaxed);
+        // Past the places for new work, only a refused write retried is let
+        // in; below them nothing is hashed or locked.
+        if ahead >= self.limit - self.limit / 4 {
+            let write = self.write_of(req);
+            let mut refusals = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+            let retried = write.is_some_and(|w| refusals.take(w));
+            if !retried || ahead >= self.limit {
+                if let Some(w) = write {
+                    refusals.remember(w);
+                }
+                self.in_flight.fetch_sub(1, Relaxed);
+                self.refused.fetch_add(1, Relaxed);
+                return Err(Refused {
+                    retry_after_secs: self.retry_after.load(Relaxed),
+                });
             }
-            return Err(Refused {
-                retry_after_secs: self.retry_after.load(Relaxed),
-            });
         }
         self.admitted.fetch_add(1, Relaxed);
         infra::metrics::metrics().in_flight.inc();

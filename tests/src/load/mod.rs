@@ -551,15 +551,11 @@ impl Vu<'_> {
             "reference": "bench",
         });
         let sent = Instant::now();
-        let hold = match self
-            .write_as("create_hold", "/api/v1/holds", &user.token, body)
+        let Some(hold) = self
+            .flow_write("create_hold", "/api/v1/holds", &user.token, body)
             .await
-        {
-            Written::Done(hold) => hold,
-            Written::Refused(why) => {
-                return self.flow_end(&format!("create_hold {why}"), None).await;
-            }
-            Written::Unknown => return self.flow_end("create_hold never definite", None).await,
+        else {
+            return;
         };
         self.books.hold(id, amount);
         let Some(hold_id) = hold["id"].as_i64() else {
@@ -569,16 +565,15 @@ impl Vu<'_> {
         };
         let path = format!("/api/v1/holds/{hold_id}/capture");
         let token = &ctx.file.service_token;
-        match self.write_as("capture_hold", &path, token, json!({})).await {
-            Written::Done(captured) => {
-                let taken = decimal(&captured["captured_amount"]).unwrap_or(amount);
-                self.books.hold(id, -amount);
-                self.books.add(id, -taken);
-                self.flow_end("captured", Some(sent.elapsed())).await;
-            }
-            // The hold stays as the books have it: active.
-            Written::Refused(why) => self.flow_end(&format!("capture_hold {why}"), None).await,
-            Written::Unknown => self.flow_end("capture_hold never definite", None).await,
+        // Not captured, the hold stays as the books have it: active.
+        if let Some(captured) = self
+            .flow_write("capture_hold", &path, token, json!({}))
+            .await
+        {
+            let taken = decimal(&captured["captured_amount"]).unwrap_or(amount);
+            self.books.hold(id, -amount);
+            self.books.add(id, -taken);
+            self.flow_end("captured", Some(sent.elapsed())).await;
         }
     }
 
@@ -598,24 +593,12 @@ impl Vu<'_> {
             "destination": format!("bench-account-{id}"),
         });
         let sent = Instant::now();
-        let mut workflow = match self
-            .write_as(
-                "start_withdrawal",
-                "/api/v1/workflows/withdrawals",
-                &user.token,
-                body,
-            )
+        let path = "/api/v1/workflows/withdrawals";
+        let Some(mut workflow) = self
+            .flow_write("start_withdrawal", path, &user.token, body)
             .await
-        {
-            Written::Done(workflow) => workflow,
-            Written::Refused(why) => {
-                return self
-                    .flow_end(&format!("start_withdrawal {why}"), None)
-                    .await;
-            }
-            Written::Unknown => {
-                return self.flow_end("start_withdrawal never definite", None).await;
-            }
+        else {
+            return;
         };
         let Some(workflow_id) = workflow["id"].as_i64() else {
             self.books.uncertain.push(id);
@@ -671,6 +654,24 @@ impl Vu<'_> {
     }
 
     /// Records how a cycle ended, then thinks.
+    /// A write of a flow: its answer when it was done; otherwise the flow
+    /// ends there, named by the operation and why, and the answer is `None`.
+    async fn flow_write(
+        &mut self,
+        op: &'static str,
+        path: &str,
+        token: &str,
+        body: Value,
+    ) -> Option<Value> {
+        let end = match self.write_as(op, path, token, body).await {
+            Written::Done(answer) => return Some(answer),
+            Written::Refused(why) => format!("{op} {why}"),
+            Written::Unknown => format!("{op} never definite"),
+        };
+        self.flow_end(&end, None).await;
+        None
+    }
+
     async fn flow_end(&mut self, end: &str, done: Option<Duration>) {
         self.ctx.recorder.flow(end, done);
         self.think().await;
