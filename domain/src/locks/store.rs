@@ -16,8 +16,8 @@ use infra::entities::{
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, Statement, Value,
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr,
+    EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set, Statement, Value,
 };
 use uuid::Uuid;
 
@@ -204,6 +204,51 @@ struct Grant<'s> {
     ttl_ms: i64,
     wait_ms: i64,
     queue_id: Option<i64>,
+}
+
+impl<'s> Grant<'s> {
+    /// `spec` granted at once, without waiting.
+    fn now(spec: &'s LockSpec) -> Self {
+        Self {
+            resources: &spec.resources,
+            owner_id: &spec.owner_id,
+            created_by: &spec.created_by,
+            priority: spec.priority,
+            transaction_type: &spec.transaction_type,
+            transaction_data: json(&spec.transaction_data),
+            idempotency_key: &spec.idempotency_key,
+            ttl_ms: spec.ttl_ms,
+            wait_ms: 0,
+            queue_id: None,
+        }
+    }
+
+    /// The active lock row of this grant as `lock_id`, behind `token`,
+    /// acquired at `now`.
+    fn row(self, lock_id: String, token: i64, now: i64) -> lock::Model {
+        lock::Model {
+            id: lock_id,
+            resources: json(&serde_json::json!(self.resources)),
+            owner_id: self.owner_id.to_owned(),
+            owner_type: super::resource::owner_type(self.owner_id).to_owned(),
+            created_by: self.created_by.to_owned(),
+            status: ACTIVE.into(),
+            fencing_token: token,
+            priority: self.priority,
+            transaction_type: self.transaction_type.to_owned(),
+            transaction_data: self.transaction_data,
+            idempotency_key: self.idempotency_key.to_owned(),
+            result: None,
+            error: None,
+            acquired_at_ms: now,
+            expires_at_ms: now.saturating_add(self.ttl_ms),
+            released_at_ms: None,
+            released_by: None,
+            release_reason: None,
+            wait_ms: self.wait_ms,
+            queue_id: self.queue_id,
+        }
+    }
 }
 
 pub(crate) struct Store<'t> {
@@ -476,57 +521,57 @@ impl<'t> Store<'t> {
                 .iter()
                 .map(|r| self.locked.get(r).copied().unwrap_or(0)),
         );
-        let sql = format!(
-            "UPDATE lock_fencing SET fencing_token = ? WHERE resource_id IN ({})",
-            marks(g.resources.len())
-        );
-        let mut vals: Vec<Value> = vec![token.into()];
-        vals.extend(values(g.resources));
-        self.txn.execute_raw(self.stmt(&sql, vals)).await?;
-        for r in g.resources {
-            self.locked.insert(r.clone(), token);
-        }
-        let row = lock::Model {
-            id: lock_id,
-            resources: json(&serde_json::json!(g.resources)),
-            owner_id: g.owner_id.to_owned(),
-            owner_type: super::resource::owner_type(g.owner_id).to_owned(),
-            created_by: g.created_by.to_owned(),
-            status: ACTIVE.into(),
-            fencing_token: token,
-            priority: g.priority,
-            transaction_type: g.transaction_type.to_owned(),
-            transaction_data: g.transaction_data,
-            idempotency_key: g.idempotency_key.to_owned(),
-            result: None,
-            error: None,
-            acquired_at_ms: self.now,
-            expires_at_ms: self.now.saturating_add(g.ttl_ms),
-            released_at_ms: None,
-            released_by: None,
-            release_reason: None,
-            wait_ms: g.wait_ms,
-            queue_id: g.queue_id,
-        };
-        lock::Entity::insert(lock::ActiveModel::from(row.clone()))
-            .exec_without_returning(self.txn)
-            .await?;
-        let children = g.resources.iter().map(|r| lock_resource::ActiveModel {
-            lock_id: Set(row.id.clone()),
-            resource_id: Set(r.clone()),
-            status: Set(ACTIVE.into()),
-            fencing_token: Set(token),
-        });
-        lock_resource::Entity::insert_many(children)
-            .exec_without_returning(self.txn)
+        self.set_tokens(g.resources, token).await?;
+        let resources = g.resources;
+        let row = g.row(lock_id, token, self.now);
+        self.insert_lock(&row, resources, ACTIVE)
             .await
             .map_err(|e| match classify(&e) {
                 DbErrorKind::UniqueViolation(_) => DomainError::ResourceLocked {
-                    conflicts: g.resources.to_vec(),
+                    conflicts: resources.to_vec(),
                 },
                 _ => DomainError::from(e),
             })?;
         Ok(LockView::from_row(row, self.now))
+    }
+
+    /// Sets the fencing token of `resources`, whose rows this transaction
+    /// holds, to `token`.
+    async fn set_tokens(&mut self, resources: &[String], token: i64) -> DomainResult<()> {
+        let sql = format!(
+            "UPDATE lock_fencing SET fencing_token = ? WHERE resource_id IN ({})",
+            marks(resources.len())
+        );
+        let mut vals: Vec<Value> = vec![token.into()];
+        vals.extend(values(resources));
+        self.txn.execute_raw(self.stmt(&sql, vals)).await?;
+        for r in resources {
+            self.locked.insert(r.clone(), token);
+        }
+        Ok(())
+    }
+
+    /// Inserts the lock `row` and one row of `status` per resource (the
+    /// unique partial index refuses a second `active` one on a resource).
+    async fn insert_lock(
+        &self,
+        row: &lock::Model,
+        resources: &[String],
+        status: &str,
+    ) -> Result<(), DbErr> {
+        lock::Entity::insert(lock::ActiveModel::from(row.clone()))
+            .exec_without_returning(self.txn)
+            .await?;
+        let children = resources.iter().map(|r| lock_resource::ActiveModel {
+            lock_id: Set(row.id.clone()),
+            resource_id: Set(r.clone()),
+            status: Set(status.into()),
+            fencing_token: Set(row.fencing_token),
+        });
+        lock_resource::Entity::insert_many(children)
+            .exec_without_returning(self.txn)
+            .await?;
+        Ok(())
     }
 
     /// A request identical to a lock that is active or finished within the
@@ -632,21 +677,7 @@ impl<'t> Store<'t> {
     /// Grants `spec` at once, without waiting.
     async fn grant_now(&mut self, spec: &LockSpec) -> DomainResult<LockView> {
         let view = self
-            .grant(
-                Uuid::new_v4().to_string(),
-                Grant {
-                    resources: &spec.resources,
-                    owner_id: &spec.owner_id,
-                    created_by: &spec.created_by,
-                    priority: spec.priority,
-                    transaction_type: &spec.transaction_type,
-                    transaction_data: json(&spec.transaction_data),
-                    idempotency_key: &spec.idempotency_key,
-                    ttl_ms: spec.ttl_ms,
-                    wait_ms: 0,
-                    queue_id: None,
-                },
-            )
+            .grant(Uuid::new_v4().to_string(), Grant::now(spec))
             .await?;
         self.events
             .push(LockEvent::lock(EventKind::Acquired, view.clone(), self.now));
@@ -689,16 +720,11 @@ impl<'t> Store<'t> {
         // Each row went one up; a grant of several takes the highest, on all.
         let token = fencing::next_token(taken.values().map(|t| t - 1));
         if taken.values().any(|t| *t != token) {
-            let sql = format!(
-                "UPDATE lock_fencing SET fencing_token = ? WHERE resource_id IN ({})",
-                marks(spec.resources.len())
-            );
-            let mut vals: Vec<Value> = vec![token.into()];
-            vals.extend(values(&spec.resources));
-            self.txn.execute_raw(self.stmt(&sql, vals)).await?;
+            self.set_tokens(&spec.resources, token).await?;
+        } else {
+            self.locked
+                .extend(spec.resources.iter().map(|r| (r.clone(), token)));
         }
-        self.locked
-            .extend(spec.resources.iter().map(|r| (r.clone(), token)));
         let m = marks(spec.resources.len());
         let sql = format!(
             "SELECT CASE WHEN EXISTS (SELECT 1 FROM transaction_lock_resources r \
@@ -721,28 +747,7 @@ impl<'t> Store<'t> {
         if busy != Some(0) {
             return Ok(None);
         }
-        let grant = lock::Model {
-            id: Uuid::new_v4().to_string(),
-            resources: json(&serde_json::json!(spec.resources)),
-            owner_id: spec.owner_id.clone(),
-            owner_type: super::resource::owner_type(&spec.owner_id).to_owned(),
-            created_by: spec.created_by.clone(),
-            status: ACTIVE.into(),
-            fencing_token: token,
-            priority: spec.priority,
-            transaction_type: spec.transaction_type.clone(),
-            transaction_data: json(&spec.transaction_data),
-            idempotency_key: spec.idempotency_key.clone(),
-            result: None,
-            error: None,
-            acquired_at_ms: self.now,
-            expires_at_ms: self.now.saturating_add(spec.ttl_ms),
-            released_at_ms: None,
-            released_by: None,
-            release_reason: None,
-            wait_ms: 0,
-            queue_id: None,
-        };
+        let grant = Grant::now(spec).row(Uuid::new_v4().to_string(), token, self.now);
         let view = LockView::from_row(grant.clone(), self.now);
         self.events
             .push(LockEvent::lock(EventKind::Acquired, view, self.now));
@@ -778,18 +783,7 @@ impl<'t> Store<'t> {
             release_reason: how.reason.clone(),
             ..grant
         };
-        lock::Entity::insert(lock::ActiveModel::from(row.clone()))
-            .exec_without_returning(self.txn)
-            .await?;
-        let resources = names(&row.resources);
-        let children = resources.iter().map(|r| lock_resource::ActiveModel {
-            lock_id: Set(row.id.clone()),
-            resource_id: Set(r.clone()),
-            status: Set(status.as_str().into()),
-            fencing_token: Set(row.fencing_token),
-        });
-        lock_resource::Entity::insert_many(children)
-            .exec_without_returning(self.txn)
+        self.insert_lock(&row, &names(&row.resources), status.as_str())
             .await?;
         let view = LockView::from_row(row, self.now);
         let kind = if status == LockStatus::Failed {
