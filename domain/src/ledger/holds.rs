@@ -15,18 +15,16 @@
 //! cleanup has done. Taking a wallet's lock releases its expired holds
 //! ([`release_expired`], called by the lock functions in `wallets`), so every
 //! free-balance check under the lock counts only unexpired holds; reads
-//! subtract expired holds not yet released ([`expired_held`]) and report
+//! subtract expired holds not yet released ([`wallets_with_expired`]) and report
 //! them `expired`; the cleanup job ([`ExpireDueHolds`]) releases the holds of
 //! wallets nothing writes to.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
 use infra::entities::{hold, wallet};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -411,30 +409,51 @@ pub async fn release_expired(
     Ok(expired.len() as u64)
 }
 
-/// Per wallet, the funds of its holds that expired but are still `held`
-/// (not released yet): what a read subtracts from `held`.
-pub async fn expired_held<C: ConnectionTrait>(
+/// A wallet row read together with the funds of its holds that expired but
+/// are still `held` (not released yet): what a read subtracts from `held`.
+#[derive(Debug, FromQueryResult)]
+pub struct WalletWithExpired {
+    #[sea_orm(nested)]
+    pub wallet: wallet::Model,
+    pub expired_held: i64,
+}
+
+/// The wallets `wallet_ids`, lowest id first, each with its expired holds'
+/// funds, in one statement: the row and the sum come from one snapshot.
+/// (Read apart, the cleanup could release a hold between the two reads,
+/// and the wallet's old `held` would keep a hold no longer subtracted.)
+pub async fn wallets_with_expired<C: ConnectionTrait>(
     conn: &C,
     wallet_ids: &[i64],
-) -> DomainResult<HashMap<i64, i64>> {
-    let mut sums = HashMap::new();
+) -> DomainResult<Vec<WalletWithExpired>> {
     if wallet_ids.is_empty() {
-        return Ok(sums);
+        return Ok(Vec::new());
     }
-    let due: Vec<(i64, i64)> = hold::Entity::find()
-        .select_only()
-        .column(hold::Column::WalletId)
-        .column(hold::Column::Amount)
-        .filter(hold::Column::WalletId.is_in(wallet_ids.iter().copied()))
-        .filter(hold::Column::Status.eq(HoldStatus::Held.as_str()))
-        .filter(hold::Column::ExpiresAtMs.lte(now_ms()))
-        .into_tuple()
+    let due = Query::select()
+        .expr(Func::coalesce([
+            Expr::from(Func::sum(Expr::col((hold::Entity, hold::Column::Amount)))),
+            Expr::val(0),
+        ]))
+        .from(hold::Entity)
+        .and_where(
+            Expr::col((hold::Entity, hold::Column::WalletId))
+                .equals((wallet::Entity, wallet::Column::Id)),
+        )
+        .and_where(Expr::col((hold::Entity, hold::Column::Status)).eq(HoldStatus::Held.as_str()))
+        .and_where(Expr::col((hold::Entity, hold::Column::ExpiresAtMs)).lte(now_ms()))
+        .to_owned();
+    // SUM of a BIGINT is a NUMERIC on PostgreSQL.
+    let expired = Expr::from(Func::cast_as(
+        Expr::SubQuery(None, Box::new(due.into())),
+        "BIGINT",
+    ));
+    Ok(wallet::Entity::find()
+        .filter(wallet::Column::Id.is_in(wallet_ids.iter().copied()))
+        .order_by_asc(wallet::Column::Id)
+        .column_as(expired, "expired_held")
+        .into_model::<WalletWithExpired>()
         .all(conn)
-        .await?;
-    for (wallet_id, amount) in due {
-        *sums.entry(wallet_id).or_insert(0) += amount;
-    }
-    Ok(sums)
+        .await?)
 }
 
 /// One step of the cleanup job: the wallets (at most `max_wallets`, lowest
@@ -893,6 +912,30 @@ mod tests {
             ["deposit", "hold", "hold_release", "withdrawal"]
         );
         assert_reconciled(&ledger).await;
+    }
+
+    #[tokio::test]
+    async fn a_read_racing_the_cleanup_counts_a_released_hold_once() {
+        let (_dir, ledger, u) = ledger().await;
+        ledger.execute(&hold_of(u, 300, 10)).await.unwrap();
+        // A read takes the wallet row while the hold is still stored ...
+        let stale = wallet::Entity::find()
+            .filter(wallet::Column::UserId.eq(u))
+            .order_by_asc(wallet::Column::Id)
+            .all(&ledger.db.conn)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // ... the cleanup releases it before the read looks for expired
+        // holds to subtract ...
+        assert_eq!(ledger.expire_due_holds().await.unwrap(), 1);
+        // ... and the read still reports nothing held (the old row's 300
+        // with nothing left to subtract would report 300).
+        let views = crate::ledger::wallets::wallet_views(&ledger.db.conn, &stale)
+            .await
+            .unwrap();
+        let live = views.iter().find(|w| w.kind == "live").unwrap();
+        assert_eq!((live.balance, live.held), (1_000, 0));
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 //! same transaction: whatever a write then checks against the free balance
 //! counts only unexpired holds.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use infra::entities::wallet;
 use sea_orm::{
@@ -16,7 +18,7 @@ use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
-use crate::ledger::holds::{expired_held, release_expired};
+use crate::ledger::holds::{WalletWithExpired, release_expired, wallets_with_expired};
 use crate::ledger::journal::kinds;
 use crate::ledger::users::require_user;
 use crate::locks::fencing::{Fence, check_optional};
@@ -495,7 +497,10 @@ impl Ledger {
 }
 
 /// The wallets as they read (see [`WalletView::of`]). Only a wallet with
-/// held funds can have an expired hold, so most reads cost no extra query.
+/// held funds can have an expired hold, so most reads cost no extra query;
+/// one with held funds is read again with its expired holds in one
+/// statement, so that its `held` and what is subtracted from it are of one
+/// moment.
 pub async fn wallet_views<C: ConnectionTrait>(
     conn: &C,
     wallets: &[wallet::Model],
@@ -505,10 +510,17 @@ pub async fn wallet_views<C: ConnectionTrait>(
         .filter(|w| w.held > 0)
         .map(|w| w.id)
         .collect();
-    let expired = expired_held(conn, &holding).await?;
+    let fresh: HashMap<i64, WalletWithExpired> = wallets_with_expired(conn, &holding)
+        .await?
+        .into_iter()
+        .map(|w| (w.wallet.id, w))
+        .collect();
     Ok(wallets
         .iter()
-        .map(|w| WalletView::of(w, expired.get(&w.id).copied().unwrap_or(0)))
+        .map(|w| match fresh.get(&w.id) {
+            Some(f) => WalletView::of(&f.wallet, f.expired_held),
+            None => WalletView::of(w, 0),
+        })
         .collect())
 }
 
