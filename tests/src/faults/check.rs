@@ -15,6 +15,14 @@
 //!   voided, or, left alone, expired once its time is up); a capture or void
 //!   refused as `expired` came after the hold's expiry, and one that went
 //!   through came before it;
+//! - every workflow the answers reported was started once (one row in the
+//!   workflows table per answer, none that no answer explains) and ended as
+//!   a fault may leave it: a withdrawal paid exactly once by the provider
+//!   and its hold captured in full, or refused by the provider (never paid)
+//!   and its hold voided; a deposit credited by one journal operation, or
+//!   rejected with nothing credited; a decision the back office was told
+//!   went through is the one the workflow followed; the provider saw no
+//!   payout no workflow explains, and no call that broke its protocol;
 //! - a write fenced by a stale lock (`workload::Fence::Stale`) was refused
 //!   with 409 `lock_lost`, and one by the current holder went through;
 //! - the sum of the users' balances is their opening sum plus the successful
@@ -35,7 +43,9 @@ use sea_orm::{
     AccessMode, ConnectionTrait, Database, DbBackend, IsolationLevel, Statement, TransactionTrait,
 };
 
+use super::flows::{self, Flow, FlowKind};
 use super::workload::{Books, Ending, Fence, Op, Wallet, Write, now_ms, unix_ms};
+use crate::payout_sim::{Record, Status};
 
 /// Where the run started in the database: anything at or below these ids
 /// is set-up.
@@ -44,9 +54,11 @@ pub struct Baseline {
     pub journal_id: i64,
     pub order_id: i64,
     pub hold_id: i64,
+    pub workflow_id: i64,
 }
 
-async fn scalar<C: ConnectionTrait>(conn: &C, sql: &str) -> Result<i64, String> {
+/// The `n` column of a one-row query.
+pub async fn scalar<C: ConnectionTrait>(conn: &C, sql: &str) -> Result<i64, String> {
     let row = conn
         .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
         .await
@@ -68,11 +80,17 @@ pub async fn baseline(url: &str) -> Result<Baseline, String> {
     )
     .await?;
     let hold_id = scalar(&conn, "SELECT COALESCE(MAX(id), 0)::bigint AS n FROM holds").await?;
+    let workflow_id = scalar(
+        &conn,
+        "SELECT COALESCE(MAX(id), 0)::bigint AS n FROM workflows",
+    )
+    .await?;
     let _ = conn.close().await;
     Ok(Baseline {
         journal_id,
         order_id,
         hold_id,
+        workflow_id,
     })
 }
 
@@ -102,8 +120,17 @@ fn money_kinds(op: Op) -> &'static [&'static str] {
         Op::Withdraw => &["withdrawal"],
         Op::Transfer => &["transfer_out", "transfer_in"],
         // Orders and holds are journaled under their `order:{id}` and
-        // `hold:{id}` references.
-        Op::OpenOrder | Op::CloseOrder | Op::CreateHold | Op::CaptureHold | Op::VoidHold => &[],
+        // `hold:{id}` references; workflows move money in the background,
+        // checked from their final states.
+        Op::OpenOrder
+        | Op::CloseOrder
+        | Op::CreateHold
+        | Op::CaptureHold
+        | Op::VoidHold
+        | Op::StartWithdrawal
+        | Op::StartDeposit
+        | Op::ApproveDeposit
+        | Op::RejectDeposit => &[],
     }
 }
 
@@ -113,7 +140,7 @@ fn expected_refusal(op: Op, status: u16, code: &str) -> bool {
     matches!(
         (op, status, code),
         (
-            Op::Withdraw | Op::Transfer | Op::CreateHold,
+            Op::Withdraw | Op::Transfer | Op::CreateHold | Op::StartWithdrawal,
             422,
             "insufficient_funds"
         ) | (Op::OpenOrder, 422, "insufficient_margin")
@@ -136,6 +163,15 @@ struct HoldJournal {
     held: i64,
 }
 
+/// The workflows at their ends and what the payout provider recorded.
+#[derive(Debug, Clone, Copy)]
+pub struct Workflows<'a> {
+    pub flows: &'a [Flow],
+    pub payouts: &'a [Record],
+    /// Provider calls refused for breaking its protocol.
+    pub protocol_errors: u64,
+}
+
 /// Checks every invariant; `server` is what the API reported at `read_ms`
 /// (Unix ms) for the users of `opening`.
 pub async fn verify(
@@ -145,6 +181,7 @@ pub async fn verify(
     opening: &HashMap<i64, Wallet>,
     server: &HashMap<i64, Wallet>,
     read_ms: i64,
+    workflows: Workflows<'_>,
 ) -> Result<Verdict, String> {
     let mut v = Verdict::default();
     let problem = |v: &mut Verdict, line: String| {
@@ -169,7 +206,11 @@ pub async fn verify(
     for w in writes {
         books.account(w);
     }
+    for f in workflows.flows {
+        books.account_flow(f);
+    }
     books.hold_at(read_ms);
+    let flow_of: HashMap<i64, &Flow> = workflows.flows.iter().map(|f| (f.id, f)).collect();
     for w in writes {
         let Some((status, body)) = &w.answer else {
             continue;
@@ -211,8 +252,13 @@ pub async fn verify(
                 && (*status, code) == (409, "hold_not_active")
                 && body["hold_status"] == "expired"
                 && hold.is_some_and(|(_, h)| h.expires_at_ms <= w.settled_ms);
-            let expected =
-                w.fence.is_none() && (expired_first || expected_refusal(w.op, *status, code));
+            // A decision whose earlier attempt got no answer may have gone
+            // through: its retry then finds the workflow past review.
+            let decided_before = matches!(w.op, Op::ApproveDeposit | Op::RejectDeposit)
+                && (*status, code) == (409, "workflow_state")
+                && w.interrupted;
+            let expected = w.fence.is_none()
+                && (expired_first || decided_before || expected_refusal(w.op, *status, code));
             if !expected {
                 v.discrepancies += 1;
                 problem(
@@ -221,6 +267,27 @@ pub async fn verify(
                         "{} of user {} refused: {status} {body}",
                         w.op.label(),
                         w.user
+                    ),
+                );
+            }
+        }
+        // A decision that went through is the one the workflow followed.
+        let decision = match w.op {
+            Op::ApproveDeposit => Some("completed"),
+            Op::RejectDeposit => Some("rejected"),
+            _ => None,
+        };
+        if let (Some(want), Some(id)) = (decision, w.workflow)
+            && (ok || (*status, code) == (409, "workflow_state") && w.interrupted)
+        {
+            let got = flow_of.get(&id).map_or("unknown", |f| f.status.as_str());
+            if got != want {
+                v.discrepancies += 1;
+                problem(
+                    &mut v,
+                    format!(
+                        "deposit workflow {id}: {} answered {status}, and it ended {got}",
+                        w.op.label()
                     ),
                 );
             }
@@ -330,6 +397,19 @@ pub async fn verify(
             }
         }
     }
+    // A withdrawal's hold was made by the answer that started it; a
+    // deposit's credit is one journal operation.
+    for f in workflows.flows {
+        if let Some((hold, _)) = f.hold {
+            *made.entry(hold).or_default() += 1;
+        }
+        if let (FlowKind::Deposit, Some(op)) = (f.kind, &f.credit) {
+            *expected
+                .entry((op.clone(), "deposit".to_owned()))
+                .or_default() += 1;
+        }
+    }
+    check_workflows(&snap, base, writes, workflows, &mut v).await?;
     for ((op, kind), n) in &found {
         match expected.get(&(op.clone(), kind.clone())) {
             Some(e) if e == n => {}
@@ -505,6 +585,143 @@ pub async fn verify(
     Ok(v)
 }
 
+/// Every workflow of the run against the workflows table and the payout
+/// provider: started by one answer, ended as a fault may leave it, each
+/// payout paid at most once and exactly when its withdrawal completed.
+async fn check_workflows<C: ConnectionTrait>(
+    conn: &C,
+    base: Baseline,
+    writes: &[Write],
+    workflows: Workflows<'_>,
+    v: &mut Verdict,
+) -> Result<(), String> {
+    let problem = |v: &mut Verdict, line: String| {
+        if v.problems.len() < 40 {
+            v.problems.push(line);
+        }
+    };
+    let started = flows::started(writes);
+    let rows = conn
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT id, status FROM workflows WHERE id > {} ORDER BY id",
+                base.workflow_id
+            ),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+    let flow_of: HashMap<i64, &Flow> = workflows.flows.iter().map(|f| (f.id, f)).collect();
+    let mut seen = HashSet::new();
+    for row in rows {
+        let id: i64 = row.try_get("", "id").map_err(|e| e.to_string())?;
+        let status: String = row.try_get("", "status").map_err(|e| e.to_string())?;
+        seen.insert(id);
+        match started.get(&id) {
+            None => {
+                v.duplicates += 1;
+                problem(
+                    v,
+                    format!("workflow {id} exists but no answer reported it (started twice?)"),
+                );
+            }
+            Some(&n) if n > 1 => {
+                v.duplicates += 1;
+                problem(v, format!("workflow {id} reported by {n} different keys"));
+            }
+            Some(_) => {}
+        }
+        if let Some(f) = flow_of.get(&id)
+            && f.status != status
+        {
+            v.discrepancies += 1;
+            problem(
+                v,
+                format!("workflow {id} is {status}, the API said {}", f.status),
+            );
+        }
+    }
+    for id in started.keys().filter(|id| !seen.contains(id)) {
+        v.discrepancies += 1;
+        problem(
+            v,
+            format!("workflow {id} was answered but is not in the workflows table"),
+        );
+    }
+    for f in workflows.flows.iter().filter(|f| !f.ended_well()) {
+        v.discrepancies += 1;
+        problem(
+            v,
+            format!(
+                "{:?} workflow {} ended {} ({})",
+                f.kind,
+                f.id,
+                f.status,
+                f.error.as_deref().unwrap_or("no error")
+            ),
+        );
+    }
+    let paid: HashMap<i64, &Record> = workflows.payouts.iter().map(|r| (r.payout_id, r)).collect();
+    for f in workflows
+        .flows
+        .iter()
+        .filter(|f| f.kind == FlowKind::Withdrawal)
+    {
+        let record = paid.get(&f.id);
+        let payments = record.map_or(0, |r| r.payments);
+        let fits = match f.status.as_str() {
+            "completed" => payments == 1 && record.is_some_and(|r| r.status == Some(Status::Sent)),
+            "compensated" => {
+                payments == 0 && record.is_some_and(|r| r.status == Some(Status::Failed))
+            }
+            _ => payments <= 1,
+        };
+        if payments > 1 {
+            v.duplicates += 1;
+            problem(
+                v,
+                format!("withdrawal workflow {}: paid {payments} times", f.id),
+            );
+        } else if !fits {
+            v.discrepancies += 1;
+            problem(
+                v,
+                format!(
+                    "withdrawal workflow {} ended {}, and the provider has {:?}",
+                    f.id,
+                    f.status,
+                    record.map(|r| (r.payments, r.status))
+                ),
+            );
+        }
+    }
+    for r in workflows
+        .payouts
+        .iter()
+        .filter(|r| !flow_of.contains_key(&r.payout_id))
+    {
+        v.discrepancies += 1;
+        problem(
+            v,
+            format!(
+                "the provider saw payout {} ({} paid), which no workflow of the run explains",
+                r.payout_id, r.payments
+            ),
+        );
+    }
+    if workflows.protocol_errors > 0 {
+        v.discrepancies += 1;
+        problem(
+            v,
+            format!(
+                "{} payout calls broke the provider's protocol",
+                workflows.protocol_errors
+            ),
+        );
+    }
+    Ok(())
+}
+
 /// Every hold of the run against the holds table and its journal: made by
 /// one answer, ended at most once, its sums and status the answers'.
 async fn check_holds<C: ConnectionTrait>(
@@ -642,6 +859,19 @@ mod tests {
         assert!(expected_refusal(Op::Transfer, 422, "insufficient_funds"));
         assert!(expected_refusal(Op::OpenOrder, 422, "insufficient_margin"));
         assert!(expected_refusal(Op::CreateHold, 422, "insufficient_funds"));
+        assert!(expected_refusal(
+            Op::StartWithdrawal,
+            422,
+            "insufficient_funds"
+        ));
+        // A decision refused for the workflow's state is expected only
+        // after an attempt without an answer: `verify` decides.
+        assert!(!expected_refusal(Op::ApproveDeposit, 409, "workflow_state"));
+        assert!(!expected_refusal(
+            Op::StartDeposit,
+            422,
+            "insufficient_funds"
+        ));
         // Whether a refused capture or void met an expired hold depends
         // on the hold's expiry: `verify` decides, never this table.
         assert!(!expected_refusal(Op::CaptureHold, 409, "hold_not_active"));

@@ -11,23 +11,27 @@
 //! directly or through a `Proxy` when the scenario cuts the connection.
 //! Network faults run the servers in a namespace of their own (`netns`).
 //!
-//! Holds are part of the workload (made, captured, voided and left to
-//! expire while every fault happens), so each scenario checks them too; a
-//! resource lock's holder paused past its lease is `lock-stall` (`stall`).
-//! Scenarios still to write, and those waiting for workflows, join as new
-//! `Scenario` variants (the matches below are exhaustive, so each one
-//! lists what a new scenario must say) with their operations added to
-//! `workload::Op`; until then they are named in `PENDING`, which the
-//! report prints.
+//! Holds and workflows are part of the workload (holds made, captured,
+//! voided and left to expire; withdrawal workflows paid through a payout
+//! provider of the run's own, `payout_sim::PayoutSim`, that fails calls
+//! and refuses payouts at random; deposit workflows in and out of review)
+//! while every fault happens, so each scenario checks them too. A resource
+//! lock's holder paused past its lease is `lock-stall` (`stall`); payouts
+//! in flight when every instance dies are `workflow-recovery`. A new
+//! scenario is a `Scenario` variant (the matches below are exhaustive, so
+//! each one lists what it must say) with its operations added to
+//! `workload::Op`; one named but not written yet goes in `PENDING`, which
+//! the report prints.
 
 pub mod check;
 pub mod cluster;
+pub mod flows;
 pub mod netns;
 pub mod report;
 pub mod stall;
 pub mod workload;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +44,7 @@ use sea_orm::{ConnectionTrait, Database, DbBackend, Statement, TransactionTrait}
 use crate::PgDatabase;
 use crate::load::client::Call;
 use crate::load::retry::{Class, Policy, covered};
+use crate::payout_sim::{self, PayoutSim};
 use crate::process::{LedgerProcess, Placement};
 use crate::proxy::{Proxy, with_host_port};
 use cluster::PrivatePg;
@@ -48,16 +53,10 @@ pub use report::{Outcome, Row};
 use workload::{Mix, User};
 
 /// Fault scenarios not written yet, with what they will inject.
-pub const PENDING: &[(&str, &str)] = &[
-    (
-        "lock-holder-killed",
-        "kill -9 of the server instance whose order (with a `signal_id`) holds its trade lock; the lock must expire, the queued order behind it run once, and no write land under the dead request's token (locks exist; this scenario is not written yet — `lock-stall` covers a paused client holder)",
-    ),
-    (
-        "workflow-recovery",
-        "withdrawal and deposit workflows in the workload, kill -9 mid-workflow and PostgreSQL restarts; every step takes effect once or is compensated (waiting for workflows, which do not exist yet)",
-    ),
-];
+pub const PENDING: &[(&str, &str)] = &[(
+    "lock-holder-killed",
+    "kill -9 of the server instance whose order (with a `signal_id`) holds its trade lock; the lock must expire, the queued order behind it run once, and no write land under the dead request's token (locks exist; this scenario is not written yet — `lock-stall` covers a paused client holder)",
+)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -87,10 +86,15 @@ pub enum Scenario {
     /// past its lease while another client takes the lock, then resumed:
     /// its write under the old `Lock-Token` must be refused (`lock_lost`).
     LockStall,
+    /// Every instance killed (-9) while withdrawal payouts are in flight:
+    /// the provider has paid them and answers late; after the restart each
+    /// workflow resumes from its checkpoint once its lease lapses, calls
+    /// the provider again with the same key and captures once.
+    WorkflowRecovery,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Self::KillOne,
         Self::KillAll,
         Self::PgRestart,
@@ -101,6 +105,7 @@ impl Scenario {
         Self::RollingKill,
         Self::NetworkDelayLoss,
         Self::LockStall,
+        Self::WorkflowRecovery,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +120,7 @@ impl Scenario {
             Self::RollingKill => "rolling-kill",
             Self::NetworkDelayLoss => "network-delay-loss",
             Self::LockStall => "lock-stall",
+            Self::WorkflowRecovery => "workflow-recovery",
         }
     }
 
@@ -133,16 +139,46 @@ impl Scenario {
         }
     }
 
-    fn server_env(self) -> Vec<(&'static str, &'static str)> {
-        let mut env = vec![("RUST_LOG", "warn"), ("LEDGER_DB_MAX_CONNECTIONS", "10")];
+    /// The servers' settings: small pools, and workflows that go fast (a
+    /// short lease, so a dead instance's workflows resume within seconds;
+    /// quick payout retries; a breaker that opens and closes within the
+    /// run) against the run's payout provider at `payout_url`.
+    fn server_env(self, payout_url: &str) -> Vec<(&'static str, String)> {
+        let pool = if self == Self::PoolExhaustion {
+            "3"
+        } else {
+            "10"
+        };
+        let mut env: Vec<(&'static str, String)> = vec![
+            ("RUST_LOG", "warn".into()),
+            ("LEDGER_DB_MAX_CONNECTIONS", pool.into()),
+            ("LEDGER_PAYOUT_URL", payout_url.into()),
+            ("LEDGER_WORKFLOW_WORKERS", "4".into()),
+            ("LEDGER_WORKFLOW_LEASE_MS", "2000".into()),
+            ("LEDGER_WORKFLOW_POLL_MS", "50".into()),
+            ("LEDGER_PAYOUT_TIMEOUT_MS", "1000".into()),
+            ("LEDGER_PAYOUT_MAX_ATTEMPTS", "200".into()),
+            ("LEDGER_PAYOUT_RETRY_INITIAL_MS", "20".into()),
+            ("LEDGER_PAYOUT_RETRY_MAX_MS", "300".into()),
+            ("LEDGER_BREAKER_OPEN_MS", "300".into()),
+            ("LEDGER_RECOVERY_INTERVAL_MS", "500".into()),
+            ("LEDGER_REVIEW_THRESHOLD", workload::REVIEW_THRESHOLD.into()),
+        ];
         if self == Self::PoolExhaustion {
-            env = vec![
-                ("RUST_LOG", "warn"),
-                ("LEDGER_DB_MAX_CONNECTIONS", "3"),
-                ("LEDGER_DB_WAIT_BUDGET_MS", "100"),
-            ];
+            env.push(("LEDGER_DB_WAIT_BUDGET_MS", "100".into()));
         }
         env
+    }
+}
+
+/// The payout provider's answers in every scenario: a fifth of the calls
+/// fail (503) before anything happens, a tenth of the payouts are refused
+/// for good; seeded by the scenario so a run can be repeated.
+fn payout_mode(s: Scenario) -> payout_sim::Mode {
+    payout_sim::Mode::Random {
+        transient: 0.2,
+        reject: 0.1,
+        seed: s as u64,
     }
 }
 
@@ -333,7 +369,17 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         Ok(db) => db,
         Err(reason) => return Ok(Row::skipped(s.name(), reason)),
     };
-    let env = s.server_env();
+    // The run's payout provider, where the servers can reach it (in a
+    // network namespace: on the host's end of its link).
+    let sim_ip = db
+        .netns
+        .as_ref()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |ns| ns.host_ip.into());
+    let sim = PayoutSim::start_on(SocketAddr::new(sim_ip, 0), payout_mode(s))
+        .await
+        .map_err(|e| format!("the payout provider did not start: {e}"))?;
+    let env = s.server_env(&sim.url());
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut servers = Vec::new();
     // One after the other: the first runs the migrations.
     for _ in 0..s.instances() {
@@ -415,6 +461,7 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         &mut servers,
         &users,
         lock_user.as_ref(),
+        &sim,
         fault_span,
     )
     .await;
@@ -432,6 +479,11 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     stop_feed.store(true, Ordering::Relaxed);
     let _ = feed.await;
     run.writes.append(&mut injected.writes);
+    // The workflows' money moves in the background: each to its end first.
+    let settled = flows::settle(first, &run.writes, settings.retry_bound, &policy).await?;
+    let payouts = sim.records();
+    let protocol_errors = sim.protocol_errors();
+    sim.stop().await;
 
     // Read the wallets when no hold is about to expire: after the last
     // short hold's expiry, long before any long one's.
@@ -448,8 +500,19 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         &opening,
         &server_wallets,
         read_ms,
+        check::Workflows {
+            flows: &settled.flows,
+            payouts: &payouts,
+            protocol_errors,
+        },
     )
     .await?;
+    for body in &settled.unreadable {
+        verdict.discrepancies += 1;
+        verdict
+            .problems
+            .push(format!("a workflow answer is not a workflow: {body}"));
+    }
     // What the fault saw go wrong comes first: it says the most.
     verdict.discrepancies += injected.problems.len();
     injected.problems.append(&mut verdict.problems);
@@ -480,6 +543,7 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
         workload::now_ms() - i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX)
     };
     notes.push(hold_summary(&run.writes, read_ms, (wall(from), wall(to))));
+    notes.push(flows::summary(&settled, &payouts));
     let evidence = evidence(s, &injected, &run.attempts);
     let outcome = if let Err(missing) = evidence {
         Outcome::Failed(format!("the fault left no trace: {missing}"))
@@ -594,6 +658,10 @@ fn evidence(s: Scenario, injected: &Injected, a: &workload::Attempts) -> Result<
             injected.stale_writes > 0,
             "the paused holder never wrote after it resumed",
         ),
+        Scenario::WorkflowRecovery => need(
+            injected.busy > 0,
+            "no payout was paid and still unrecorded when the instances were killed",
+        ),
     }
 }
 
@@ -603,10 +671,64 @@ async fn inject(
     servers: &mut [LedgerProcess],
     users: &[User],
     lock_user: Option<&User>,
+    sim: &PayoutSim,
     span: Duration,
 ) -> Result<Injected, String> {
     let mut f = Injected::default();
     match s {
+        Scenario::WorkflowRecovery => {
+            f.what = format!(
+                "kill -9 (every instance at once) with payouts in flight, the provider answering {} ms late",
+                PAYOUT_DELAY.as_millis()
+            );
+            let conn = Database::connect(&db.url)
+                .await
+                .map_err(|e| e.to_string())?;
+            f.begin();
+            let deadline = Instant::now() + span;
+            while f.count == 0 || Instant::now() < deadline {
+                // Paid at once, answered late: the calls of the last moment
+                // are paid and not yet recorded by the ledger.
+                sim.set_mode(payout_sim::Mode::Slow(PAYOUT_DELAY));
+                tokio::time::sleep(PAYOUT_DELAY + Duration::from_millis(300)).await;
+                let paid: Vec<String> = sim
+                    .records()
+                    .iter()
+                    .filter(|r| r.payments > 0)
+                    .map(|r| r.payout_id.to_string())
+                    .collect();
+                for server in servers.iter_mut() {
+                    server.kill();
+                    f.count += 1;
+                }
+                if !paid.is_empty() {
+                    f.busy += u64::try_from(
+                        check::scalar(
+                            &conn,
+                            &format!(
+                                "SELECT COUNT(*)::bigint AS n FROM workflows \
+                                 WHERE status = 'running' AND id IN ({})",
+                                paid.join(",")
+                            ),
+                        )
+                        .await?,
+                    )
+                    .unwrap_or(0);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                sim.set_mode(payout_mode(s));
+                for server in servers.iter_mut() {
+                    restart(server).await?;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            f.end();
+            f.notes.push(format!(
+                "{} payouts paid by the provider and not yet recorded by the ledger when it was killed",
+                f.busy
+            ));
+            let _ = conn.close().await;
+        }
         Scenario::LockStall => {
             let user = lock_user.ok_or("no user for the lock")?;
             let (Some(a), Some(b)) = (servers.first(), servers.last()) else {
@@ -813,6 +935,10 @@ async fn inject(
     }
     Ok(f)
 }
+
+/// How late the provider answers while `workflow-recovery` kills the
+/// instances (under the servers' 1 s payout timeout).
+const PAYOUT_DELAY: Duration = Duration::from_millis(600);
 
 /// Runs the scenarios one after the other (the machine is small: they
 /// would measure each other).

@@ -163,7 +163,10 @@ pub fn document(rows: &[Row], command: &str, pending: &[(&str, &str)]) -> String
          Each scenario starts `ledger serve` processes on one PostgreSQL database, drives a bank\n\
          workload (deposits, withdrawals, transfers between users in both directions, orders opened\n\
          and closed while a price feed moves the price, holds of 0.3–1.5 s and of an hour on the live\n\
-         wallets, captured by the back office in full or in part, voided, or left to expire), every\n\
+         wallets, captured by the back office in full or in part, voided, or left to expire;\n\
+         withdrawal workflows paid through the run's own payout provider, which fails a fifth of the\n\
+         calls with a 503 and refuses a tenth of the payouts for good; deposit workflows below and\n\
+         above the review threshold, approved or rejected by the back office), every\n\
          write with its own Idempotency-Key and sent again with that key until its answer is definite,\n\
          a tenth of them once more on purpose (the replay must be byte-identical), and injects one\n\
          fault on a schedule. At the end it checks: every write definite; each key executed at most\n\
@@ -177,7 +180,11 @@ pub fn document(rows: &[Row], command: &str, pending: &[(&str, &str)]) -> String
          deposits minus withdrawals plus fees, P&L and write-offs minus captures; no negative balance,\n\
          margin or held, no balance below margin + held; balance, margin, profit and held equal the\n\
          journal sums, held equals the active holds, and every hash chain verifies\n\
-         (`domain::ledger::reconcile::check_all`). A scenario whose fault left no trace in what the\n\
+         (`domain::ledger::reconcile::check_all`); every workflow started once and ended as a fault\n\
+         may leave it (a withdrawal paid exactly once and its hold captured, or refused by the\n\
+         provider, never paid, and its hold voided; a deposit credited by one journal operation, or\n\
+         rejected), the decisions the back office was told went through the ones followed, and the\n\
+         provider saw no payout that no workflow explains. A scenario whose fault left no trace in what the\n\
          clients saw (no refused connection after a kill, no shed request under pool exhaustion, …)\n\
          fails too.\n\n",
     );
@@ -251,14 +258,27 @@ pub fn document(rows: &[Row], command: &str, pending: &[(&str, &str)]) -> String
            fencing token) and withdraws under the new token; after `kill -CONT` the holder sends the\n\
            withdrawal it had decided on under its old token, which must be refused with 409\n\
            `lock_lost` and leave the balance as it was; its extend must be refused too, and the new\n\
-           holder's next withdrawal and release go through. Repeated for the fault's span.\n\n\
-         ## Scenarios still to come\n\n\
-         Workflows do not exist yet, and one lock scenario is not written yet; each joins as a new\n\
-         `tests::faults::Scenario` variant with its operations in `tests::faults::workload::Op`\n\
-         (both matched exhaustively, so the compiler lists what each must provide):\n\n",
+           holder's next withdrawal and release go through. Repeated for the fault's span.\n\
+         - **workflow-recovery**: the payout provider switched to answering 600 ms late (it pays at\n\
+           once), and after 0.9 s every instance killed: the payouts called in the last moment are\n\
+           paid and not yet recorded by the ledger (counted from the workflows table at the kill);\n\
+           after the restart each workflow waits out its 2 s lease, resumes from its checkpoint and\n\
+           calls the provider again with the same key, which answers the stored result. Repeated\n\
+           for the fault's span.\n\
+         - **every scenario**: the servers run 4 workflow workers each with a 2 s lease and a\n\
+           recovery pass every 0.5 s; after the load the harness reads every workflow until it is\n\
+           final, approving or rejecting the deposits still in review.\n",
     );
-    for (name, what) in pending {
-        let _ = writeln!(d, "- **{name}**: {what}.");
+    if !pending.is_empty() {
+        d.push_str(
+            "\n## Scenarios still to come\n\n\
+             Each joins as a new `tests::faults::Scenario` variant with its operations in\n\
+             `tests::faults::workload::Op` (both matched exhaustively, so the compiler lists what\n\
+             each must provide):\n\n",
+        );
+        for (name, what) in pending {
+            let _ = writeln!(d, "- **{name}**: {what}.");
+        }
     }
     d
 }

@@ -251,6 +251,7 @@ fn fenced_write(user: i64, amount: Decimal, fence: Fence, started: Instant, seen
         amount,
         order: None,
         hold: None,
+        workflow: None,
         fence: Some(fence),
         started,
         settled: Instant::now(),

@@ -4,7 +4,11 @@
 //! while a price feed moves the price, and reserves funds with holds (short
 //! ones of 0.3–1.5 s and long ones of an hour) that the back office
 //! captures in full or in part, that the client voids, or that it lets
-//! expire. Every write carries its own
+//! expire. It also starts workflows: withdrawals (hold, payout to the
+//! provider, capture or void) and deposits, which at or above the review
+//! threshold wait for the back office to approve or reject them; their
+//! money moves in the background, so the books take their effect from the
+//! final states `flows::settle` reads at the end. Every write carries its own
 //! Idempotency-Key and is sent with that key until its answer is definite
 //! (the rules of `load::retry`); some definite writes are sent once more on
 //! purpose and their replay must be byte-identical.
@@ -14,10 +18,9 @@
 //! behind a load balancer would; the retry goes out with the same key, so
 //! which instance answers does not matter.
 //!
-//! Hook for the operations still to come (workflows): add an `Op` variant,
-//! its request in `Client::step`, and its effect on the books in
-//! `Books::account`; both matches are exhaustive, so the compiler lists
-//! every place that must learn the new operation.
+//! A new operation is an `Op` variant, its request in `Client::step`, and
+//! its effect on the books in `Books::account`; both matches are
+//! exhaustive, so the compiler lists every place that must learn it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -32,12 +35,17 @@ use rand::Rng;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 
+use super::flows::{Flow, FlowKind};
 use crate::load::client::{Answer, Call, Connection};
 use crate::load::retry::{self, Class, Next, Policy};
 use crate::load::{class_of, until_definite};
 use crate::token;
 
 pub const SYMBOL: &str = "FLTUSD";
+
+/// The servers' `LEDGER_REVIEW_THRESHOLD`: deposit workflows of at least
+/// this wait for the back office (the workload's go up to 60).
+pub const REVIEW_THRESHOLD: &str = "40";
 
 /// The money writes of the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -50,9 +58,25 @@ pub enum Op {
     CreateHold,
     CaptureHold,
     VoidHold,
+    /// `POST /api/v1/workflows/withdrawals`: the hold is placed in the
+    /// request, the payout and the capture (or void) follow in the
+    /// background.
+    StartWithdrawal,
+    /// `POST /api/v1/workflows/deposits`.
+    StartDeposit,
+    /// The back office decides a deposit in review (keyless: a repeat is
+    /// 409 `workflow_state`).
+    ApproveDeposit,
+    RejectDeposit,
 }
 
 impl Op {
+    /// Sent without an `Idempotency-Key`: a workflow decision is made once
+    /// by the workflow's own state.
+    fn keyless(self) -> bool {
+        matches!(self, Self::ApproveDeposit | Self::RejectDeposit)
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Deposit => "deposit",
@@ -63,6 +87,10 @@ impl Op {
             Self::CreateHold => "create_hold",
             Self::CaptureHold => "capture_hold",
             Self::VoidHold => "void_hold",
+            Self::StartWithdrawal => "start_withdrawal",
+            Self::StartDeposit => "start_deposit",
+            Self::ApproveDeposit => "approve_deposit",
+            Self::RejectDeposit => "reject_deposit",
         }
     }
 }
@@ -88,6 +116,8 @@ pub struct Subject {
     pub order: Option<i64>,
     /// The hold a capture or void is for.
     pub hold: Option<i64>,
+    /// The workflow a decision is for.
+    pub workflow: Option<i64>,
 }
 
 /// One write and what became of it.
@@ -102,6 +132,8 @@ pub struct Write {
     pub order: Option<i64>,
     /// The hold a capture or void is for.
     pub hold: Option<i64>,
+    /// The workflow a decision is for.
+    pub workflow: Option<i64>,
     /// Set for a write sent with a `Lock-Token`.
     pub fence: Option<Fence>,
     pub started: Instant,
@@ -328,15 +360,26 @@ impl Sender {
     }
 }
 
+/// Whose token a write is sent with.
+#[derive(Debug, Clone, Copy)]
+enum Who {
+    Owner,
+    Service,
+    Admin,
+}
+
 struct Client {
     user: User,
     service: String,
+    admin: String,
     peers: Vec<i64>,
     sender: Sender,
     mix: Mix,
     open_order: Option<i64>,
     /// Holds this client made and has not tried to end yet.
     holds: Vec<i64>,
+    /// Deposit workflows of this client waiting in review.
+    reviews: Vec<i64>,
     writes: Vec<Write>,
 }
 
@@ -349,6 +392,15 @@ fn decimal(v: &Value) -> Decimal {
 /// A random amount in `[lo, hi]` cents.
 fn cents(lo: i64, hi: i64) -> Decimal {
     Decimal::new(rand::rng().random_range(lo..=hi), 2)
+}
+
+/// The back office with probability `service`, else the owner.
+fn owner_or_service(service: f64) -> Who {
+    if rand::rng().random_bool(service) {
+        Who::Service
+    } else {
+        Who::Owner
+    }
 }
 
 /// An RFC 3339 time of an answer as Unix milliseconds.
@@ -374,22 +426,29 @@ impl Client {
         &mut self,
         op: Op,
         path: &str,
-        as_service: bool,
+        who: Who,
         body: Value,
         on: Subject,
     ) -> Option<Value> {
         let key = uuid::Uuid::new_v4().to_string();
-        let token = if as_service {
-            self.service.clone()
-        } else {
-            self.user.token.clone()
+        let token = match who {
+            Who::Owner => self.user.token.clone(),
+            Who::Service => self.service.clone(),
+            Who::Admin => self.admin.clone(),
         };
-        let call = Call::post(path, &token, &key, &body);
+        let call = if op.keyless() {
+            Call::post_without_key(path, &token, &body)
+        } else {
+            Call::post(path, &token, &key, &body)
+        };
         let started = Instant::now();
         let out = self.sender.send(&call, &self.mix.policy).await;
         let answer = out.answer.as_ref().map(|a| (a.status, a.json()));
         let mut replay_mismatch = None;
+        // A keyless decision sent again is refused by design (409): only
+        // keyed writes replay.
         if let Some(first) = &out.answer
+            && !op.keyless()
             && rand::rng().random::<f64>() < self.mix.resend_share
         {
             let again = self.sender.send(&call, &self.mix.policy).await;
@@ -421,6 +480,7 @@ impl Client {
             amount: on.amount,
             order: on.order,
             hold: on.hold,
+            workflow: on.workflow,
             fence: None,
             started,
             settled: out.at,
@@ -436,13 +496,13 @@ impl Client {
 
     async fn close(&mut self, order: i64) {
         // The back office may close any order; the owner its own.
-        let as_service = rand::rng().random_bool(0.3);
+        let who = owner_or_service(0.3);
         let path = format!("/api/v1/orders/{order}/close");
         let closed = self
             .write(
                 Op::CloseOrder,
                 &path,
-                as_service,
+                who,
                 json!({}),
                 Subject {
                     order: Some(order),
@@ -467,15 +527,20 @@ impl Client {
         }
         let roll = rand::rng().random_range(0..100);
         let op = match roll {
-            0..25 => Op::Deposit,
-            25..42 => Op::Withdraw,
-            42..59 => Op::Transfer,
-            59..76 if self.open_order.is_none() => Op::OpenOrder,
-            59..76 => Op::Deposit,
-            76..88 => Op::CreateHold,
-            _ if self.holds.is_empty() => Op::CreateHold,
+            0..22 => Op::Deposit,
+            22..37 => Op::Withdraw,
+            37..52 => Op::Transfer,
+            52..66 if self.open_order.is_none() => Op::OpenOrder,
+            52..66 => Op::Deposit,
+            66..76 => Op::CreateHold,
+            76..86 if self.holds.is_empty() => Op::CreateHold,
             // A capture or a void; which one is decided below.
-            _ => Op::CaptureHold,
+            76..86 => Op::CaptureHold,
+            86..93 => Op::StartWithdrawal,
+            93..97 if !self.reviews.is_empty() => Op::ApproveDeposit,
+            // An approval or a rejection when one is in review; which one
+            // is decided below.
+            _ => Op::StartDeposit,
         };
         match op {
             Op::Deposit => {
@@ -484,7 +549,7 @@ impl Client {
                 self.write(
                     op,
                     "/api/v1/wallets/deposit",
-                    true,
+                    Who::Service,
                     body,
                     Subject {
                         amount,
@@ -501,7 +566,7 @@ impl Client {
                 self.write(
                     op,
                     "/api/v1/wallets/withdraw",
-                    false,
+                    Who::Owner,
                     body,
                     Subject {
                         amount,
@@ -517,7 +582,7 @@ impl Client {
                 self.write(
                     op,
                     "/api/v1/wallets/transfer",
-                    false,
+                    Who::Owner,
                     body,
                     Subject {
                         peer: Some(peer),
@@ -539,7 +604,7 @@ impl Client {
                     amount: quantity,
                     ..Subject::default()
                 };
-                if let Some(order) = self.write(op, "/api/v1/orders", false, body, on).await {
+                if let Some(order) = self.write(op, "/api/v1/orders", Who::Owner, body, on).await {
                     self.open_order = order["id"].as_i64();
                 }
             }
@@ -556,15 +621,69 @@ impl Client {
                     amount,
                     ..Subject::default()
                 };
-                if let Some(hold) = self.write(op, "/api/v1/holds", false, body, on).await
+                if let Some(hold) = self.write(op, "/api/v1/holds", Who::Owner, body, on).await
                     && let Some(hold) = hold["id"].as_i64()
                 {
                     self.holds.push(hold);
                 }
             }
             Op::CaptureHold | Op::VoidHold => self.end_hold().await,
+            Op::StartWithdrawal => {
+                // Now and then more than is free: refused, nothing held,
+                // no workflow.
+                let amount = cents(100, 6_000);
+                let body = json!({"user_id": id, "wallet": "live", "amount": amount.to_string(), "destination": format!("acct-{id}")});
+                let on = Subject {
+                    amount,
+                    ..Subject::default()
+                };
+                self.write(op, "/api/v1/workflows/withdrawals", Who::Owner, body, on)
+                    .await;
+            }
+            Op::StartDeposit => {
+                // Amounts on both sides of the review threshold
+                // (`REVIEW_THRESHOLD`).
+                let amount = cents(100, 6_000);
+                let reference = format!("fault-{}", uuid::Uuid::new_v4().simple());
+                let body = json!({"user_id": id, "wallet": "live", "amount": amount.to_string(), "payment_method": "bank", "reference": reference});
+                let on = Subject {
+                    amount,
+                    ..Subject::default()
+                };
+                if let Some(flow) = self
+                    .write(op, "/api/v1/workflows/deposits", Who::Service, body, on)
+                    .await
+                    && flow["status"] == "awaiting_review"
+                    && let Some(flow) = flow["id"].as_i64()
+                {
+                    self.reviews.push(flow);
+                }
+            }
+            Op::ApproveDeposit | Op::RejectDeposit => self.decide().await,
             Op::CloseOrder => {}
         }
+    }
+
+    /// The back office decides one of this client's deposits in review:
+    /// mostly approves it, sometimes rejects it.
+    async fn decide(&mut self) {
+        if self.reviews.is_empty() {
+            return;
+        }
+        let flow = self
+            .reviews
+            .swap_remove(rand::rng().random_range(0..self.reviews.len()));
+        let (op, verb) = if rand::rng().random_bool(0.7) {
+            (Op::ApproveDeposit, "approve")
+        } else {
+            (Op::RejectDeposit, "reject")
+        };
+        let path = format!("/api/v1/workflows/{flow}/{verb}");
+        let on = Subject {
+            workflow: Some(flow),
+            ..Subject::default()
+        };
+        self.write(op, &path, Who::Admin, json!({}), on).await;
     }
 
     /// Ends one of this client's holds, once: the back office captures all
@@ -586,7 +705,7 @@ impl Client {
         match how {
             0..4 => {
                 let path = format!("/api/v1/holds/{hold}/capture");
-                self.write(Op::CaptureHold, &path, true, json!({}), on)
+                self.write(Op::CaptureHold, &path, Who::Service, json!({}), on)
                     .await;
             }
             4..7 => {
@@ -597,16 +716,15 @@ impl Client {
                 self.write(
                     Op::CaptureHold,
                     &path,
-                    true,
+                    Who::Service,
                     json!({"amount": part.to_string()}),
                     on,
                 )
                 .await;
             }
             _ => {
-                let as_service = rand::rng().random_bool(0.3);
                 let path = format!("/api/v1/holds/{hold}/void");
-                self.write(Op::VoidHold, &path, as_service, json!({}), on)
+                self.write(Op::VoidHold, &path, owner_or_service(0.3), json!({}), on)
                     .await;
             }
         }
@@ -638,6 +756,7 @@ pub struct Run {
 /// closes its open order before it stops.
 pub async fn run(targets: &[SocketAddr], users: &[User], mix: &Mix) -> Run {
     let service = token("backoffice", Role::Service);
+    let admin = token("root", Role::Admin);
     let ids: Vec<i64> = users.iter().map(|u| u.id).collect();
     let deadline = Instant::now() + mix.duration;
     let handles: Vec<_> = users
@@ -648,11 +767,13 @@ pub async fn run(targets: &[SocketAddr], users: &[User], mix: &Mix) -> Run {
             let mut client = Client {
                 user: user.clone(),
                 service: service.clone(),
+                admin: admin.clone(),
                 peers: ids.iter().copied().filter(|&p| p != user.id).collect(),
                 sender: Sender::new(targets, i, mix.request_timeout, mix.synchronized_retries),
                 mix: mix.clone(),
                 open_order: None,
                 holds: Vec::new(),
+                reviews: Vec::new(),
                 writes: Vec::new(),
             };
             tokio::spawn(async move {
@@ -930,6 +1051,47 @@ impl Books {
                     hold.ended = Some(Ending::Voided);
                 }
             }
+            // Their money moves in the background: `account_flow` takes it
+            // from the workflow's final state.
+            Op::StartWithdrawal | Op::StartDeposit | Op::ApproveDeposit | Op::RejectDeposit => {}
+        }
+    }
+
+    /// The effect of a workflow, from its final state: a completed
+    /// withdrawal captured its hold in full (the money left), a compensated
+    /// one voided it; a completed deposit credited its amount, a rejected
+    /// one nothing. Any other state moved nothing that the books can
+    /// count on, and `check` reports it.
+    pub fn account_flow(&mut self, f: &Flow) {
+        match f.kind {
+            FlowKind::Withdrawal => {
+                let ended = match f.status.as_str() {
+                    "completed" => Some(Ending::Captured(f.amount)),
+                    "compensated" => Some(Ending::Voided),
+                    _ => None,
+                };
+                if matches!(ended, Some(Ending::Captured(_))) {
+                    self.wallet(f.user).balance -= f.amount;
+                    self.withdrawn += f.amount;
+                }
+                if let Some((id, expires_at_ms)) = f.hold {
+                    self.holds.insert(
+                        id,
+                        HoldBook {
+                            user: f.user,
+                            amount: f.amount,
+                            expires_at_ms,
+                            ended,
+                        },
+                    );
+                }
+            }
+            FlowKind::Deposit => {
+                if f.status == "completed" {
+                    self.wallet(f.user).balance += f.amount;
+                    self.deposited += f.amount;
+                }
+            }
         }
     }
 }
@@ -946,6 +1108,7 @@ mod tests {
             amount: Decimal::ZERO,
             order: None,
             hold,
+            workflow: None,
             fence: None,
             started: Instant::now(),
             settled: Instant::now(),
@@ -1011,5 +1174,49 @@ mod tests {
         books.hold_at(t0 + 5_000);
         assert_eq!(books.wallets[&1].held, Decimal::ZERO);
         assert_eq!(last_short_expiry(&writes), Some(t0 + 5_000));
+    }
+
+    fn flow(id: i64, kind: FlowKind, status: &str, hold: Option<(i64, i64)>) -> Flow {
+        Flow {
+            id,
+            kind,
+            user: 1,
+            amount: Decimal::from(10),
+            status: status.into(),
+            error: None,
+            hold,
+            credit: None,
+        }
+    }
+
+    #[test]
+    fn the_books_take_a_workflow_from_its_final_state() {
+        let opening = HashMap::from([(
+            1,
+            Wallet {
+                balance: Decimal::from(100),
+                ..Wallet::default()
+            },
+        )]);
+        let mut books = Books::new(&opening);
+        let far = i64::MAX;
+        for f in [
+            flow(1, FlowKind::Withdrawal, "completed", Some((11, far))),
+            flow(2, FlowKind::Withdrawal, "compensated", Some((12, far))),
+            flow(3, FlowKind::Withdrawal, "failed", Some((13, far))),
+            flow(4, FlowKind::Deposit, "completed", None),
+            flow(5, FlowKind::Deposit, "rejected", None),
+        ] {
+            books.account_flow(&f);
+        }
+        // Paid out 10, credited 10; the rest moved nothing.
+        assert_eq!(books.wallets[&1].balance, Decimal::from(100));
+        assert_eq!((books.withdrawn, books.deposited), (10.into(), 10.into()));
+        assert_eq!(books.holds[&11].ended, Some(Ending::Captured(10.into())));
+        assert_eq!(books.holds[&12].ended, Some(Ending::Voided));
+        // A failed one's hold is still held until the admin retries it.
+        assert_eq!(books.holds[&13].ended, None);
+        books.hold_at(0);
+        assert_eq!(books.wallets[&1].held, Decimal::from(10));
     }
 }
