@@ -118,6 +118,7 @@ impl LocksApi {
             queue_timeout_ms: body.queue_timeout_ms,
             owner_id,
             requested_by: auth.0.id(),
+            fenced_work: false,
         };
         let idempotent = Idempotent::new(&auth.0, req, &key.0, &body.0);
         let outcome = state

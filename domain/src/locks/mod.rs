@@ -122,6 +122,13 @@ pub struct AcquireRequest {
     pub owner_id: String,
     /// The principal asking (`role:sub`); it may act for the owner.
     pub requested_by: String,
+    /// The work under the lock writes only behind its fencing token (a
+    /// signal's order): an identical lock that *expired* before its holder
+    /// finished left nothing that can still land, so it does not answer a
+    /// later identical request, which is granted anew. A lock API client's
+    /// work is outside the ledger's sight: its expired lock deduplicates as
+    /// any finished one.
+    pub fenced_work: bool,
 }
 
 /// An [`AcquireRequest`] checked and normalized.
@@ -137,6 +144,8 @@ pub(crate) struct LockSpec {
     pub owner_id: String,
     pub created_by: String,
     pub idempotency_key: String,
+    /// See [`AcquireRequest::fenced_work`].
+    pub fenced_work: bool,
 }
 
 impl AcquireRequest {
@@ -166,6 +175,7 @@ impl AcquireRequest {
             owner_id: self.owner_id.clone(),
             created_by: self.requested_by.clone(),
             idempotency_key,
+            fenced_work: self.fenced_work,
         })
     }
 }

@@ -1034,6 +1034,7 @@ mod tests {
             queue_timeout_ms: None,
             owner_id: owner.into(),
             requested_by: owner.into(),
+            fenced_work: false,
         }
     }
 
@@ -1113,6 +1114,43 @@ mod tests {
         assert!(matches!(late, Err(DomainError::LockLost(_))));
         let extended = locks.extend(&first.lock_id, 5_000, None).await;
         assert!(matches!(extended, Err(DomainError::LockLost(_))));
+    }
+
+    #[tokio::test]
+    async fn an_expired_lock_deduplicates_unless_its_work_was_fenced() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = ledger(&dir).await.locks;
+        // The shortest lease there is: 1 s.
+        let req = request("user:1", &["item:a"], WaitMode::Fail);
+        let first = granted(locks.acquire(&req).await.unwrap());
+        // While it is active, identical requests of both kinds are its.
+        let fenced = AcquireRequest {
+            fenced_work: true,
+            ..req.clone()
+        };
+        for r in [&req, &fenced] {
+            assert!(matches!(
+                locks.acquire(r).await.unwrap(),
+                Acquired::Deduplicated(l) if l.lock_id == first.lock_id
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        // Expired: the holder's own work may have happened outside …
+        let Acquired::Deduplicated(seen) = locks.acquire(&req).await.unwrap() else {
+            panic!("an expired lock must deduplicate a lock API request")
+        };
+        assert_eq!(
+            (seen.lock_id.as_str(), seen.status),
+            (first.lock_id.as_str(), LockStatus::Expired)
+        );
+        // … but fenced work cannot have landed: granted anew, above it.
+        let again = granted(locks.acquire(&fenced).await.unwrap());
+        assert!(again.fencing_token > first.fencing_token);
+        // and that new lock deduplicates as any active one
+        assert!(matches!(
+            locks.acquire(&fenced).await.unwrap(),
+            Acquired::Deduplicated(l) if l.lock_id == again.lock_id
+        ));
     }
 
     #[tokio::test]

@@ -575,7 +575,8 @@ impl<'t> Store<'t> {
     }
 
     /// A request identical to a lock that is active or finished within the
-    /// dedupe window, or to a waiter still pending.
+    /// dedupe window (for fenced work, not one that expired: see
+    /// `AcquireRequest::fenced_work`), or to a waiter still pending.
     async fn duplicate(
         &mut self,
         spec: &LockSpec,
@@ -589,7 +590,8 @@ impl<'t> Store<'t> {
         if let Some(row) = latest {
             let view = LockView::from_row(row, self.now);
             let finished = view.released_at_ms.unwrap_or(i64::MAX);
-            if view.is_active() || finished >= self.now.saturating_sub(dedupe_ms) {
+            let counts = !(spec.fenced_work && view.status == LockStatus::Expired);
+            if view.is_active() || counts && finished >= self.now.saturating_sub(dedupe_ms) {
                 return Ok(Some(Acquired::Deduplicated(view)));
             }
         }
@@ -732,7 +734,12 @@ impl<'t> Store<'t> {
              OR EXISTS (SELECT 1 FROM transaction_queue_resources qr JOIN transaction_queue q \
              ON q.id = qr.queue_id WHERE qr.resource_id IN ({m}) AND q.status = 'pending') \
              OR EXISTS (SELECT 1 FROM transaction_locks l WHERE l.idempotency_key = ? \
-             AND (l.status = 'active' OR l.released_at_ms >= ?)) THEN 1 ELSE 0 END AS busy"
+             AND (l.status = 'active' OR l.released_at_ms >= ?{expired})) THEN 1 ELSE 0 END AS busy",
+            expired = if spec.fenced_work {
+                " AND l.status <> 'expired'"
+            } else {
+                ""
+            }
         );
         let mut vals = values(&spec.resources);
         vals.extend(values(&spec.resources));

@@ -116,6 +116,8 @@ impl Trade {
             queue_timeout_ms: None,
             owner_id: format!("user:{}", self.user_id),
             requested_by: self.principal.clone(),
+            // The order's writes are fenced and commit with its answer.
+            fenced_work: true,
         }
     }
 
