@@ -13,7 +13,9 @@
 //!
 //! Holds are part of the workload (made, captured, voided and left to
 //! expire while every fault happens), so each scenario checks them too; a
-//! resource lock's holder paused past its lease is `lock-stall` (`stall`).
+//! resource lock's holder paused past its lease is `lock-stall` (`stall`),
+//! and a server killed while its order runs inside a signal's trade lock is
+//! `lock-holder-killed` (`holder_killed`).
 //! Scenarios still to write, and those waiting for workflows, join as new
 //! `Scenario` variants (the matches below are exhaustive, so each one
 //! lists what a new scenario must say) with their operations added to
@@ -22,6 +24,7 @@
 
 pub mod check;
 pub mod cluster;
+pub mod holder_killed;
 pub mod netns;
 pub mod report;
 pub mod stall;
@@ -48,16 +51,10 @@ pub use report::{Outcome, Row};
 use workload::{Mix, User};
 
 /// Fault scenarios not written yet, with what they will inject.
-pub const PENDING: &[(&str, &str)] = &[
-    (
-        "lock-holder-killed",
-        "kill -9 of the server instance whose order (with a `signal_id`) holds its trade lock; the lock must expire, the queued order behind it run once, and no write land under the dead request's token (locks exist; this scenario is not written yet — `lock-stall` covers a paused client holder)",
-    ),
-    (
-        "workflow-recovery",
-        "withdrawal and deposit workflows in the workload, kill -9 mid-workflow and PostgreSQL restarts; every step takes effect once or is compensated (waiting for workflows, which do not exist yet)",
-    ),
-];
+pub const PENDING: &[(&str, &str)] = &[(
+    "workflow-recovery",
+    "withdrawal and deposit workflows in the workload, kill -9 mid-workflow and PostgreSQL restarts; every step takes effect once or is compensated (waiting for workflows, which do not exist yet)",
+)];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -87,10 +84,15 @@ pub enum Scenario {
     /// past its lease while another client takes the lock, then resumed:
     /// its write under the old `Lock-Token` must be refused (`lock_lost`).
     LockStall,
+    /// kill -9 of the instance running an order on a signal inside the
+    /// signal's trade lock: the lock expires after its lease, the dead
+    /// order leaves nothing, and the same signal sent to the other
+    /// instance then trades exactly once.
+    LockHolderKilled,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Self::KillOne,
         Self::KillAll,
         Self::PgRestart,
@@ -101,6 +103,7 @@ impl Scenario {
         Self::RollingKill,
         Self::NetworkDelayLoss,
         Self::LockStall,
+        Self::LockHolderKilled,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +118,7 @@ impl Scenario {
             Self::RollingKill => "rolling-kill",
             Self::NetworkDelayLoss => "network-delay-loss",
             Self::LockStall => "lock-stall",
+            Self::LockHolderKilled => "lock-holder-killed",
         }
     }
 
@@ -178,7 +182,9 @@ struct Injected {
     what: String,
     from: Option<Instant>,
     to: Option<Instant>,
-    /// Of the terminated backends, those inside a statement or transaction.
+    /// Of the terminated backends, those inside a statement or transaction;
+    /// for `lock-holder-killed`, the killed instance's backend that was
+    /// running the lock holder's order.
     busy: u64,
     /// Writes a paused lock holder sent under its lost lock after it ran
     /// again.
@@ -348,10 +354,11 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     let clients = s.clients(settings.clients);
     let users =
         workload::create_users(first, clients, rust_decimal::Decimal::from(500), &policy).await?;
-    // The paused lock holder's wallet: a user of its own, outside the
-    // workload, so that what the stale write must not change is exact.
+    // The paused lock holder's wallet (or the killed holder's signal): a
+    // user of its own, outside the workload, so that what the stale write
+    // (or the dead order) must not change is exact.
     let lock_user = match s {
-        Scenario::LockStall => {
+        Scenario::LockStall | Scenario::LockHolderKilled => {
             workload::create_users(first, 1, rust_decimal::Decimal::from(1000), &policy)
                 .await?
                 .pop()
@@ -391,6 +398,10 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     let fault_span = match s {
         Scenario::PgStop => settings.pg_down,
         Scenario::RetryStorm => Duration::from_secs(3),
+        // The load goes on while the dead holder's lease runs out.
+        Scenario::LockHolderKilled => {
+            Duration::from_millis(holder_killed::LEASE_MS) + Duration::from_secs(5)
+        }
         _ => settings.duration / 2,
     };
     let tail = (settings.duration / 4).max(Duration::from_secs(2));
@@ -594,6 +605,10 @@ fn evidence(s: Scenario, injected: &Injected, a: &workload::Attempts) -> Result<
             injected.stale_writes > 0,
             "the paused holder never wrote after it resumed",
         ),
+        Scenario::LockHolderKilled => need(
+            injected.busy > 0,
+            "the killed instance was not seen running the lock holder's order",
+        ),
     }
 }
 
@@ -624,6 +639,23 @@ async fn inject(
             f.writes = stalls.writes;
             f.problems = stalls.problems;
             f.notes = stalls.notes;
+        }
+        Scenario::LockHolderKilled => {
+            let user = lock_user.ok_or("no user for the signal")?;
+            f.what = format!(
+                "kill -9 of the instance running an order inside its signal's trade lock (lease {} s)",
+                holder_killed::LEASE_MS / 1000
+            );
+            f.begin();
+            let killed = holder_killed::run(&db.url, servers, user).await?;
+            f.end();
+            f.count = killed.kills;
+            // The fault is the kill, not the set-up before it.
+            f.from = killed.killed_at.or(f.from);
+            f.busy = u64::from(killed.serving);
+            f.writes = killed.writes;
+            f.problems = killed.problems;
+            f.notes = killed.notes;
         }
         Scenario::KillOne => {
             f.what = "kill -9".into();
