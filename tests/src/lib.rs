@@ -138,7 +138,8 @@ fn init_tracing() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
-            infra::telemetry::init(infra::config::LogFormat::Text);
+            // The test process's log writer lives as long as the process.
+            std::mem::forget(infra::telemetry::init(infra::config::LogFormat::Text));
         }
     });
 }

@@ -16,16 +16,18 @@
 //! provider of the run's own, `payout_sim::PayoutSim`, that fails calls
 //! and refuses payouts at random; deposit workflows in and out of review)
 //! while every fault happens, so each scenario checks them too. A resource
-//! lock's holder paused past its lease is `lock-stall` (`stall`); payouts
-//! in flight when every instance dies are `workflow-recovery`. A new
-//! scenario is a `Scenario` variant (the matches below are exhaustive, so
-//! each one lists what it must say) with its operations added to
-//! `workload::Op`; one named but not written yet goes in `PENDING`, which
-//! the report prints.
+//! lock's holder paused past its lease is `lock-stall` (`stall`); a server
+//! killed while its order runs inside a signal's trade lock is
+//! `lock-holder-killed` (`holder_killed`); payouts in flight when every
+//! instance dies are `workflow-recovery`. A new scenario is a `Scenario`
+//! variant (the matches below are exhaustive, so each one lists what it
+//! must say) with its operations added to `workload::Op`; one named but
+//! not written yet goes in `PENDING`, which the report prints.
 
 pub mod check;
 pub mod cluster;
 pub mod flows;
+pub mod holder_killed;
 pub mod netns;
 pub mod report;
 pub mod stall;
@@ -53,10 +55,7 @@ pub use report::{Outcome, Row};
 use workload::{Mix, User};
 
 /// Fault scenarios not written yet, with what they will inject.
-pub const PENDING: &[(&str, &str)] = &[(
-    "lock-holder-killed",
-    "kill -9 of the server instance whose order (with a `signal_id`) holds its trade lock; the lock must expire, the queued order behind it run once, and no write land under the dead request's token (locks exist; this scenario is not written yet — `lock-stall` covers a paused client holder)",
-)];
+pub const PENDING: &[(&str, &str)] = &[];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
@@ -86,6 +85,11 @@ pub enum Scenario {
     /// past its lease while another client takes the lock, then resumed:
     /// its write under the old `Lock-Token` must be refused (`lock_lost`).
     LockStall,
+    /// kill -9 of the instance running an order on a signal inside the
+    /// signal's trade lock: the lock expires after its lease, the dead
+    /// order leaves nothing, and the same signal sent to the other
+    /// instance then trades exactly once.
+    LockHolderKilled,
     /// Every instance killed (-9) while withdrawal payouts are in flight:
     /// the provider has paid them and answers late; after the restart each
     /// workflow resumes from its checkpoint once its lease lapses, calls
@@ -94,7 +98,7 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 11] = [
+    pub const ALL: [Scenario; 12] = [
         Self::KillOne,
         Self::KillAll,
         Self::PgRestart,
@@ -105,6 +109,7 @@ impl Scenario {
         Self::RollingKill,
         Self::NetworkDelayLoss,
         Self::LockStall,
+        Self::LockHolderKilled,
         Self::WorkflowRecovery,
     ];
 
@@ -120,6 +125,7 @@ impl Scenario {
             Self::RollingKill => "rolling-kill",
             Self::NetworkDelayLoss => "network-delay-loss",
             Self::LockStall => "lock-stall",
+            Self::LockHolderKilled => "lock-holder-killed",
             Self::WorkflowRecovery => "workflow-recovery",
         }
     }
@@ -214,7 +220,9 @@ struct Injected {
     what: String,
     from: Option<Instant>,
     to: Option<Instant>,
-    /// Of the terminated backends, those inside a statement or transaction.
+    /// Of the terminated backends, those inside a statement or transaction;
+    /// for `lock-holder-killed`, the killed instance's backend that was
+    /// running the lock holder's order.
     busy: u64,
     /// Writes a paused lock holder sent under its lost lock after it ran
     /// again.
@@ -394,10 +402,11 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     let clients = s.clients(settings.clients);
     let users =
         workload::create_users(first, clients, rust_decimal::Decimal::from(500), &policy).await?;
-    // The paused lock holder's wallet: a user of its own, outside the
-    // workload, so that what the stale write must not change is exact.
+    // The paused lock holder's wallet (or the killed holder's signal): a
+    // user of its own, outside the workload, so that what the stale write
+    // (or the dead order) must not change is exact.
     let lock_user = match s {
-        Scenario::LockStall => {
+        Scenario::LockStall | Scenario::LockHolderKilled => {
             workload::create_users(first, 1, rust_decimal::Decimal::from(1000), &policy)
                 .await?
                 .pop()
@@ -437,6 +446,10 @@ async fn run_inner(s: Scenario, settings: &Settings) -> Result<Row, String> {
     let fault_span = match s {
         Scenario::PgStop => settings.pg_down,
         Scenario::RetryStorm => Duration::from_secs(3),
+        // The load goes on while the dead holder's lease runs out.
+        Scenario::LockHolderKilled => {
+            Duration::from_millis(holder_killed::LEASE_MS) + Duration::from_secs(5)
+        }
         _ => settings.duration / 2,
     };
     let tail = (settings.duration / 4).max(Duration::from_secs(2));
@@ -658,6 +671,10 @@ fn evidence(s: Scenario, injected: &Injected, a: &workload::Attempts) -> Result<
             injected.stale_writes > 0,
             "the paused holder never wrote after it resumed",
         ),
+        Scenario::LockHolderKilled => need(
+            injected.busy > 0,
+            "the killed instance was not seen running the lock holder's order",
+        ),
         Scenario::WorkflowRecovery => need(
             injected.busy > 0,
             "no payout was paid and still unrecorded when the instances were killed",
@@ -746,6 +763,23 @@ async fn inject(
             f.writes = stalls.writes;
             f.problems = stalls.problems;
             f.notes = stalls.notes;
+        }
+        Scenario::LockHolderKilled => {
+            let user = lock_user.ok_or("no user for the signal")?;
+            f.what = format!(
+                "kill -9 of the instance running an order inside its signal's trade lock (lease {} s)",
+                holder_killed::LEASE_MS / 1000
+            );
+            f.begin();
+            let killed = holder_killed::run(&db.url, servers, user).await?;
+            f.end();
+            f.count = killed.kills;
+            // The fault is the kill, not the set-up before it.
+            f.from = killed.killed_at.or(f.from);
+            f.busy = u64::from(killed.serving);
+            f.writes = killed.writes;
+            f.problems = killed.problems;
+            f.notes = killed.notes;
         }
         Scenario::KillOne => {
             f.what = "kill -9".into();

@@ -259,6 +259,16 @@ pub fn document(rows: &[Row], command: &str, pending: &[(&str, &str)]) -> String
            withdrawal it had decided on under its old token, which must be refused with 409\n\
            `lock_lost` and leave the balance as it was; its extend must be refused too, and the new\n\
            holder's next withdrawal and release go through. Repeated for the fault's span.\n\
+         - **lock-holder-killed**: the scenario takes a signal's trade resource, queues an order on\n\
+           that signal (`\"wait\": \"queue\"`) on instance A, locks the user's wallet row from outside\n\
+           (`SELECT … FOR UPDATE`) and releases the resource: the queued order is granted the lock\n\
+           (30 s lease) and waits on the row inside it. Once its backend, on one of A's own sockets,\n\
+           is seen waiting (`pg_blocking_pids`), A gets SIGKILL and the row is let go; that backend\n\
+           must end uncommitted, and A restarts. The same signal is then sent to instance B until it\n\
+           trades: it must be refused 409 `resource_locked` while the lease lasts and executed once\n\
+           after it; the dead holder's lock must end `expired` with no result, the user must hold\n\
+           exactly one order, the newer lock's result, under a higher fencing token, and the signal\n\
+           sent again must answer that order (`deduplicated`).\n\
          - **workflow-recovery**: the payout provider switched to answering 600 ms late (it pays at\n\
            once), and after 0.9 s every instance killed: the payouts called in the last moment are\n\
            paid and not yet recorded by the ledger (counted from the workflows table at the kill);\n\
