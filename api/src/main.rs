@@ -241,7 +241,7 @@ async fn main() -> ExitCode {
     let format = config
         .as_ref()
         .map_or(LogFormat::Text, |c| c.server.log_format);
-    infra::telemetry::init(format);
+    let _log = infra::telemetry::init(format);
     let command = Cli::parse().command.unwrap_or(Command::Serve);
     match run(command, config).await {
         Ok(code) => code,
