@@ -17,6 +17,12 @@
 //!    others; a transient failure aborts the group, which is re-run whole;
 //! 4. one commit; only then is each request answered, with its own answer.
 //!
+//! A group of writes that are seldom refused (`Command::SELDOM_REFUSED`:
+//! deposits) first runs without the savepoints, two round trips fewer per
+//! write; if one of them is refused after all (or its key was stored
+//! elsewhere meanwhile), that transaction is rolled back, nothing of it
+//! stays, and the group runs again as above.
+//!
 //! Groups form without waiting: a request queues its write and, when fewer
 //! than `groups` groups are running, starts a leader that takes everything
 //! queued (up to `max_size`) — so a lone request goes at once, and under load
@@ -51,12 +57,29 @@ pub type WriteOp = Arc<
 /// Renders a business refusal as the answer stored under the key.
 pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
 
+/// What kind of write a queued one is.
+#[derive(Debug, Clone, Copy)]
+pub struct Kind {
+    /// The command's name, for metrics and logs.
+    pub name: &'static str,
+    /// See `Command::SELDOM_REFUSED`.
+    pub seldom_refused: bool,
+}
+
+impl Kind {
+    pub fn of<C: crate::Command>() -> Self {
+        Self {
+            name: C::NAME,
+            seldom_refused: C::SELDOM_REFUSED,
+        }
+    }
+}
+
 /// A queued write and where its answer goes.
 pub struct Write {
     /// Tells a queued write from the others, to take it back out.
     id: u64,
-    /// The command's name, for metrics and logs.
-    pub name: &'static str,
+    pub kind: Kind,
     pub req: IdempotentRequest,
     /// The wallets it will lock; all of a group's are locked first.
     pub wallets: Vec<(i64, WalletKind)>,
@@ -110,7 +133,7 @@ impl GroupCommit {
     pub async fn submit(
         self: &Arc<Self>,
         ledger: &Ledger,
-        name: &'static str,
+        kind: Kind,
         req: IdempotentRequest,
         wallets: Vec<(i64, WalletKind)>,
         op: WriteOp,
@@ -120,7 +143,7 @@ impl GroupCommit {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_queue().push_back(Write {
             id,
-            name,
+            kind,
             req,
             wallets,
             op,
@@ -194,7 +217,7 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             let outcome = ledger
                 .idempotency
                 .run(
-                    write.name,
+                    write.kind.name,
                     &write.req,
                     |txn| op(txn),
                     |response: &StoredResponse| response.clone(),
@@ -206,13 +229,41 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
         return;
     }
     let policy: RetryPolicy = ledger.tx.policy().clone().with_connection_loss_retry();
-    let result = ledger
-        .tx
-        .execute_with_policy("group", &policy, |txn| {
-            let group = &group;
-            async move { run_writes(ledger, &txn, group).await }
-        })
-        .await;
+    let seldom_refused = group.iter().all(|w| w.kind.seldom_refused);
+    let together = if seldom_refused {
+        ledger
+            .tx
+            .execute_or_roll_back("group", &policy, |txn| {
+                let group = &group;
+                async move { run_together(ledger, &txn, group).await }
+            })
+            .await
+    } else {
+        Ok(Err(NotTogether))
+    };
+    let result = match together {
+        Ok(Ok(answered)) => {
+            metrics()
+                .group_together
+                .with_label_values(&["committed"])
+                .inc();
+            Ok(answered)
+        }
+        // One of them was refused: nothing of that attempt stayed.
+        Ok(Err(NotTogether)) => {
+            if seldom_refused {
+                metrics().group_together.with_label_values(&["rerun"]).inc();
+            }
+            ledger
+                .tx
+                .execute_with_policy("group", &policy, |txn| {
+                    let group = &group;
+                    async move { run_writes(ledger, &txn, group).await }
+                })
+                .await
+        }
+        Err(e) => Err(e),
+    };
     match result {
         Ok(ended) => {
             for (write, ended) in group.into_iter().zip(ended) {
@@ -232,6 +283,52 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             }
         }
     }
+}
+
+/// A group of seldom-refused writes that could not run together: one of
+/// them was refused, or its key was answered elsewhere.
+struct NotTogether;
+
+/// One attempt at a group of seldom-refused writes, without a savepoint per
+/// write: `Err(NotTogether)` (the transaction is then rolled back) as soon
+/// as one of them does not simply succeed.
+async fn run_together(
+    ledger: &Ledger,
+    txn: &Arc<DatabaseTransaction>,
+    group: &[Write],
+) -> DomainResult<Result<Vec<Ended>, NotTogether>> {
+    let idempotency = &ledger.idempotency;
+    for write in group {
+        match idempotency.claim(txn, &write.req).await {
+            Ok(None) => {}
+            Err(e) if e.is_transient() => return Err(e),
+            // A replay or a key in flight elsewhere: the careful way.
+            Ok(Some(_)) | Err(_) => return Ok(Err(NotTogether)),
+        }
+    }
+    let wallets: Vec<(i64, WalletKind)> = group
+        .iter()
+        .flat_map(|w| w.wallets.iter().copied())
+        .collect();
+    lock_wallets_of(txn, &wallets).await?;
+    let mut out = Vec::with_capacity(group.len());
+    for write in group {
+        let ran: DomainResult<StoredResponse> = async {
+            let response = (write.op)(Arc::clone(txn)).await?;
+            idempotency.store(&**txn, &write.req, &response).await?;
+            Ok(response)
+        }
+        .await;
+        match ran {
+            Ok(response) => out.push(Ended::Answered(Outcome {
+                response,
+                replayed: false,
+            })),
+            Err(e) if e.is_transient() => return Err(e),
+            Err(_) => return Ok(Err(NotTogether)),
+        }
+    }
+    Ok(Ok(out))
 }
 
 /// One attempt at a group, inside its transaction.

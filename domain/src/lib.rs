@@ -47,7 +47,7 @@ use infra::{Config, Database};
 use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
-use crate::group::{GroupCommit, WriteOp};
+use crate::group::{GroupCommit, Kind, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::ledger::wallets::WalletKind;
 use crate::locks::{LockRules, LockService};
@@ -71,6 +71,12 @@ pub trait Command: Clone + Send + Sync + 'static {
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
         None
     }
+
+    /// Its refusals are rare (a deposit's: an unknown user, an overflow).
+    /// A group of such writes shares its transaction without a savepoint
+    /// per write, and is run again with savepoints only when one of them is
+    /// refused after all (see `group`).
+    const SELDOM_REFUSED: bool = false;
 
     fn execute(
         &self,
@@ -132,7 +138,14 @@ impl Ledger {
                 Box::pin(async move { Ok(render(&cmd.execute(&ledger, &txn).await?)) })
             });
             return group
-                .submit(self, C::NAME, req.clone(), wallets, op, Arc::new(refuse))
+                .submit(
+                    self,
+                    Kind::of::<C>(),
+                    req.clone(),
+                    wallets,
+                    op,
+                    Arc::new(refuse),
+                )
                 .await;
         }
         self.idempotency

@@ -28,6 +28,10 @@ pub struct Metrics {
     pub db_commits: IntCounterVec,
     /// Writes per group-commit transaction.
     pub group_size: prometheus::Histogram,
+    /// Groups of seldom-refused writes (deposits) run without savepoints,
+    /// by how that went: `committed`, or `rerun` with savepoints because
+    /// one of them was refused or replayed.
+    pub group_together: IntCounterVec,
     /// 1 while the health probe sees the database answer, 0 while not.
     pub db_up: IntGauge,
     /// Requests answered 503 at once, by reason: `overloaded` (no pooled
@@ -265,6 +269,14 @@ fn build() -> Result<Metrics, prometheus::Error> {
             .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
     )?;
     registry.register(Box::new(group_size.clone()))?;
+    let group_together = IntCounterVec::new(
+        Opts::new(
+            "db_group_together_total",
+            "Groups of seldom-refused writes run without a savepoint per write, by outcome",
+        ),
+        &["outcome"],
+    )?;
+    registry.register(Box::new(group_together.clone()))?;
     registry.register(Box::new(db_statements.clone()))?;
     registry.register(Box::new(db_commits.clone()))?;
     db_up.set(1);
@@ -301,6 +313,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         pool_max,
         db_begin,
         group_size,
+        group_together,
         db_statements,
         db_commits,
         db_up,

@@ -331,6 +331,8 @@ async fn single_wallet_operation(
 impl Command for Deposit {
     type Output = Operation;
     const NAME: &'static str = "deposit";
+    // Refused only for an unknown user or a balance past the largest amount.
+    const SELDOM_REFUSED: bool = true;
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
         Some(vec![(self.user_id, self.wallet)])

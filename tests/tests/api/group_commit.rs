@@ -26,6 +26,15 @@ fn shared_groups() -> u64 {
     h.get_sample_count() - alone
 }
 
+/// Groups of deposits run without savepoints so far, by outcome
+/// (`committed` or `rerun`; process-wide, a floor).
+fn together(outcome: &str) -> u64 {
+    infra::metrics::metrics()
+        .group_together
+        .with_label_values(&[outcome])
+        .get()
+}
+
 fn journal_count(body: &serde_json::Value, kind: &str) -> usize {
     body["items"]
         .as_array()
@@ -144,27 +153,7 @@ async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.group_commit.groups = 1).await;
     let a = app.funded_user("group-a@x.io", "10").await;
     let b = app.funded_user("group-b@x.io", "10").await;
-    let outside = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let blocker = outside.begin().await.unwrap();
-    match engine {
-        Engine::Postgres => {
-            blocker
-                .execute_unprepared(&format!(
-                    "SELECT id FROM wallets WHERE user_id = {a} FOR UPDATE"
-                ))
-                .await
-                .unwrap();
-        }
-        // SQLite: a write takes the database write lock
-        Engine::Sqlite => {
-            blocker
-                .execute_unprepared(&format!(
-                    "UPDATE wallets SET version = version WHERE user_id = {a}"
-                ))
-                .await
-                .unwrap();
-        }
-    }
+    let (outside, blocker) = block_wallets_of(&app, engine, a).await;
     let shared_before = shared_groups();
     let service = app.service();
     let first_key = fresh_key();
@@ -246,7 +235,102 @@ async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
     app.stop().await;
 }
 
+/// Locks `user`'s wallets from outside, in a transaction of its own, so
+/// that the next write to them waits (and the writes behind it queue up).
+async fn block_wallets_of(
+    app: &TestApp,
+    engine: Engine,
+    user: i64,
+) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction) {
+    let outside = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let blocker = outside.begin().await.unwrap();
+    let sql = match engine {
+        Engine::Postgres => format!("SELECT id FROM wallets WHERE user_id = {user} FOR UPDATE"),
+        // SQLite: a write takes the database write lock
+        Engine::Sqlite => format!("UPDATE wallets SET version = version WHERE user_id = {user}"),
+    };
+    blocker.execute_unprepared(&sql).await.unwrap();
+    (outside, blocker)
+}
+
+/// Invariant: a group of deposits only (which share their transaction
+/// without a savepoint each) in which one is refused still commits the
+/// others once each, and each request gets its own answer: the attempt
+/// that met the refusal, in which an earlier deposit of the group had
+/// already run, leaves nothing.
+async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.group_commit.groups = 1).await;
+    let a = app.funded_user("deposits-a@x.io", "10").await;
+    let b = app.funded_user("deposits-b@x.io", "10").await;
+    let service = app.service();
+    let (outside, blocker) = block_wallets_of(&app, engine, a).await;
+    let (shared_before, reruns_before) = (shared_groups(), together("rerun"));
+    let first_key = fresh_key();
+    let first = app.post(
+        DEPOSIT,
+        &service,
+        Some(&first_key),
+        json!({"user_id": a, "amount": "1", "wallet": "live"}),
+    );
+    let shared_app = &app;
+    let rest = async {
+        // the first deposit is in its transaction, waiting for the lock
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // queued in this order: b's deposit runs before the refused one
+        let writes = [
+            json!({"user_id": b, "amount": "2", "wallet": "live"}),
+            json!({"user_id": 999_999, "amount": "1", "wallet": "live"}),
+            json!({"user_id": a, "amount": "5", "wallet": "live"}),
+        ];
+        let sent = join_all(writes.iter().enumerate().map(|(i, body)| {
+            let (service, body) = (&service, body.clone());
+            async move {
+                tokio::time::sleep(Duration::from_millis(40 * i as u64)).await;
+                let key = fresh_key();
+                shared_app.post(DEPOSIT, service, Some(&key), body).await
+            }
+        }));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            blocker.rollback().await.unwrap();
+        };
+        let (replies, ()) = tokio::join!(sent, release);
+        replies
+    };
+    let (first, replies) = tokio::join!(first, rest);
+    first.expect(200);
+    replies[0].expect(200);
+    assert_eq!(
+        (
+            replies[0].body["user_id"].as_i64(),
+            replies[0].body["amount"].as_str()
+        ),
+        (Some(b), Some("2"))
+    );
+    replies[1].problem(404, "not_found");
+    replies[2].expect(200);
+    assert_eq!(replies[2].body["amount"], "5");
+    assert_eq!(app.balance(a, "live").await, "16");
+    assert_eq!(app.balance(b, "live").await, "12");
+    // b: the opening deposit and this one, not a second from the attempt
+    // rolled back
+    let kinds = app.journal_kinds(b, "live").await;
+    assert_eq!(kinds.iter().filter(|k| *k == "deposit").count(), 2);
+    assert!(
+        shared_groups() > shared_before,
+        "the queued deposits ran alone"
+    );
+    assert!(
+        together("rerun") > reruns_before,
+        "no group of deposits met the refusal without savepoints"
+    );
+    outside.close().await.unwrap();
+    app.assert_books_balance().await;
+    app.stop().await;
+}
+
 both_engines!(
     a_hot_wallet_drained_while_filled,
-    a_refusal_in_a_group_commits_the_others
+    a_refusal_in_a_group_commits_the_others,
+    a_refused_deposit_in_a_group_of_deposits_commits_the_others
 );
