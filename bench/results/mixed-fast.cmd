@@ -1,2 +1,2 @@
 server: LEDGER_LISTEN_REUSE_PORT=true LEDGER_DB_MAX_CONNECTIONS=25 ledger serve   # 2 instances sharing the port
-loadgen --users-file bench/results/users.json --target 127.0.0.1:18090 --label mixed-fast --scenario mixed --vus 33000 --shards 2 --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --ramp 60 --duration 300 --think-min-ms 3000 --think-max-ms 6000 --timeout 60 --database-url postgres://postgres@127.0.0.1:5432/ledger_bench
+loadgen --users-file bench/results/users.json --target 127.0.0.1:18090 --label mixed-fast --scenario mixed --vus 33000 --shards 2 --sources 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 --ramp 120 --duration 300 --think-min-ms 3000 --think-max-ms 6000 --timeout 60 --database-url postgres://postgres@127.0.0.1:5432/ledger_bench
