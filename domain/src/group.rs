@@ -229,40 +229,35 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
         return;
     }
     let policy: RetryPolicy = ledger.tx.policy().clone().with_connection_loss_retry();
-    let seldom_refused = group.iter().all(|w| w.kind.seldom_refused);
-    let together = if seldom_refused {
-        ledger
+    let with_savepoints = || {
+        ledger.tx.execute_with_policy("group", &policy, |txn| {
+            let group = &group;
+            async move { run_writes(ledger, &txn, group).await }
+        })
+    };
+    let result = if group.iter().all(|w| w.kind.seldom_refused) {
+        let together = ledger
             .tx
             .execute_or_roll_back("group", &policy, |txn| {
                 let group = &group;
                 async move { run_together(ledger, &txn, group).await }
             })
-            .await
-    } else {
-        Ok(Err(NotTogether))
-    };
-    let result = match together {
-        Ok(Ok(answered)) => {
-            metrics()
-                .group_together
-                .with_label_values(&["committed"])
-                .inc();
-            Ok(answered)
-        }
-        // One of them was refused: nothing of that attempt stayed.
-        Ok(Err(NotTogether)) => {
-            if seldom_refused {
-                metrics().group_together.with_label_values(&["rerun"]).inc();
+            .await;
+        let counted = |outcome| metrics().group_together.with_label_values(&[outcome]).inc();
+        match together {
+            Ok(Ok(answered)) => {
+                counted("committed");
+                Ok(answered)
             }
-            ledger
-                .tx
-                .execute_with_policy("group", &policy, |txn| {
-                    let group = &group;
-                    async move { run_writes(ledger, &txn, group).await }
-                })
-                .await
+            // One of them was refused: nothing of that attempt stayed.
+            Ok(Err(NotTogether)) => {
+                counted("rerun");
+                with_savepoints().await
+            }
+            Err(e) => Err(e),
         }
-        Err(e) => Err(e),
+    } else {
+        with_savepoints().await
     };
     match result {
         Ok(ended) => {

@@ -409,7 +409,7 @@ pub async fn verify(
                 .or_default() += 1;
         }
     }
-    check_workflows(&snap, base, writes, workflows, &mut v).await?;
+    check_workflows(&snap, base, writes, workflows, &flow_of, &mut v).await?;
     for ((op, kind), n) in &found {
         match expected.get(&(op.clone(), kind.clone())) {
             Some(e) if e == n => {}
@@ -593,6 +593,7 @@ async fn check_workflows<C: ConnectionTrait>(
     base: Baseline,
     writes: &[Write],
     workflows: Workflows<'_>,
+    flow_of: &HashMap<i64, &Flow>,
     v: &mut Verdict,
 ) -> Result<(), String> {
     let problem = |v: &mut Verdict, line: String| {
@@ -611,7 +612,6 @@ async fn check_workflows<C: ConnectionTrait>(
         ))
         .await
         .map_err(|e| e.to_string())?;
-    let flow_of: HashMap<i64, &Flow> = workflows.flows.iter().map(|f| (f.id, f)).collect();
     let mut seen = HashSet::new();
     for row in rows {
         let id: i64 = row.try_get("", "id").map_err(|e| e.to_string())?;

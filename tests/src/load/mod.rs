@@ -653,7 +653,6 @@ impl Vu<'_> {
         }
     }
 
-    /// Records how a cycle ended, then thinks.
     /// A write of a flow: its answer when it was done; otherwise the flow
     /// ends there, named by the operation and why, and the answer is `None`.
     async fn flow_write(
@@ -672,6 +671,7 @@ impl Vu<'_> {
         None
     }
 
+    /// Records how a cycle ended, then thinks.
     async fn flow_end(&mut self, end: &str, done: Option<Duration>) {
         self.ctx.recorder.flow(end, done);
         self.think().await;
