@@ -5,23 +5,26 @@
 //! per-commit ceiling — on a hot wallet above all, whose row lock otherwise
 //! admits one commit at a time.
 //!
-//! How a group runs (`run_group`, one retried transaction):
-//! 1. every write's Idempotency-Key is claimed first (`idempotency::claim`):
-//!    a stored answer is replayed and a key still in flight elsewhere is
-//!    answered 409 at once, before anything waits on a row lock;
+//! How a group runs (one retried transaction):
+//! 1. every write's Idempotency-Key is claimed first, all in one statement
+//!    (`idempotency::claim_all`): a stored answer is replayed and a key still
+//!    in flight elsewhere is answered 409 at once, before anything waits on a
+//!    row lock;
 //! 2. the wallets of all remaining writes are locked in one statement, in
 //!    ascending id order — one lock per wallet, and two groups (in this
 //!    process or another) never wait on each other in a cycle;
-//! 3. each write runs in a savepoint of its own: a business refusal rolls
-//!    back that write only and is stored as its answer, so it never fails the
-//!    others; a transient failure aborts the group, which is re-run whole;
-//! 4. one commit; only then is each request answered, with its own answer.
-//!
-//! A group of writes that are seldom refused (`Command::SELDOM_REFUSED`:
-//! deposits) first runs without the savepoints, two round trips fewer per
-//! write; if one of them is refused after all (or its key was stored
-//! elsewhere meanwhile), that transaction is rolled back, nothing of it
-//! stays, and the group runs again as above.
+//! 3. a group of planned writes (`Command::PLANNED`: deposits) is applied to
+//!    the group's books in memory, write after write, a refused one leaving
+//!    no trace (`ledger::books`); then one `UPDATE` for all the wallets, one
+//!    journal `INSERT` for all the entries and one statement storing every
+//!    answer, refusals included. Should one of those keys have been stored
+//!    elsewhere meanwhile, that attempt is rolled back and the group runs as
+//!    below;
+//! 4. otherwise each write runs in a savepoint of its own: a business
+//!    refusal rolls back that write only and is stored as its answer, so it
+//!    never fails the others; a transient failure aborts the group, which is
+//!    re-run whole;
+//! 5. one commit; only then is each request answered, with its own answer.
 //!
 //! Groups form without waiting: a request queues its write and, when fewer
 //! than `groups` groups are running, starts a leader that takes everything
@@ -30,7 +33,7 @@
 //! leader runs as a task of its own: a client that hangs up cannot cancel
 //! the others' writes.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,7 +46,8 @@ use tokio::sync::{Semaphore, oneshot};
 use crate::Ledger;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse};
-use crate::ledger::wallets::{WalletKind, lock_wallets_of};
+use crate::ledger::books::Books;
+use crate::ledger::wallets::{WalletKind, lock_books, lock_wallets_of};
 use crate::tx::RetryPolicy;
 
 /// One write, type-erased: it runs the command in the transaction it is
@@ -57,33 +61,21 @@ pub type WriteOp = Arc<
 /// Renders a business refusal as the answer stored under the key.
 pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
 
-/// What kind of write a queued one is.
-#[derive(Debug, Clone, Copy)]
-pub struct Kind {
-    /// The command's name, for metrics and logs.
-    pub name: &'static str,
-    /// See `Command::SELDOM_REFUSED`.
-    pub seldom_refused: bool,
-}
-
-impl Kind {
-    pub fn of<C: crate::Command>() -> Self {
-        Self {
-            name: C::NAME,
-            seldom_refused: C::SELDOM_REFUSED,
-        }
-    }
-}
+/// A planned write (`Command::PLANNED`), type-erased: it applies the command
+/// to the group's books and renders its success (pure; re-runnable).
+pub type PlanOp = Arc<dyn Fn(&mut Books) -> DomainResult<StoredResponse> + Send + Sync>;
 
 /// A queued write and where its answer goes.
 pub struct Write {
     /// Tells a queued write from the others, to take it back out.
     id: u64,
-    pub kind: Kind,
+    /// The command's name, for metrics and logs.
+    pub name: &'static str,
     pub req: IdempotentRequest,
     /// The wallets it will lock; all of a group's are locked first.
     pub wallets: Vec<(i64, WalletKind)>,
     pub op: WriteOp,
+    pub plan: Option<PlanOp>,
     pub refuse: Refusal,
     reply: oneshot::Sender<DomainResult<Outcome>>,
 }
@@ -133,20 +125,21 @@ impl GroupCommit {
     pub async fn submit(
         self: &Arc<Self>,
         ledger: &Ledger,
-        kind: Kind,
+        name: &'static str,
         req: IdempotentRequest,
         wallets: Vec<(i64, WalletKind)>,
-        op: WriteOp,
+        (op, plan): (WriteOp, Option<PlanOp>),
         refuse: Refusal,
     ) -> DomainResult<Outcome> {
         let (reply, mut answer) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_queue().push_back(Write {
             id,
-            kind,
+            name,
             req,
             wallets,
             op,
+            plan,
             refuse,
             reply,
         });
@@ -217,7 +210,7 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             let outcome = ledger
                 .idempotency
                 .run(
-                    write.kind.name,
+                    write.name,
                     &write.req,
                     |txn| op(txn),
                     |response: &StoredResponse| response.clone(),
@@ -235,12 +228,12 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             async move { run_writes(ledger, &txn, group).await }
         })
     };
-    let result = if group.iter().all(|w| w.kind.seldom_refused) {
+    let result = if planned(&group) {
         let together = ledger
             .tx
             .execute_or_roll_back("group", &policy, |txn| {
                 let group = &group;
-                async move { run_together(ledger, &txn, group).await }
+                async move { run_planned(ledger, &txn, group).await }
             })
             .await;
         let counted = |outcome| metrics().group_together.with_label_values(&[outcome]).inc();
@@ -249,7 +242,7 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
                 counted("committed");
                 Ok(answered)
             }
-            // One of them was refused: nothing of that attempt stayed.
+            // A key was stored elsewhere: nothing of that attempt stayed.
             Ok(Err(NotTogether)) => {
                 counted("rerun");
                 with_savepoints().await
@@ -280,62 +273,28 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
     }
 }
 
-/// A group of seldom-refused writes that could not run together: one of
-/// them was refused, or its key was answered elsewhere.
-struct NotTogether;
-
-/// One attempt at a group of seldom-refused writes, without a savepoint per
-/// write: `Err(NotTogether)` (the transaction is then rolled back) as soon
-/// as one of them does not simply succeed.
-async fn run_together(
-    ledger: &Ledger,
-    txn: &Arc<DatabaseTransaction>,
-    group: &[Write],
-) -> DomainResult<Result<Vec<Ended>, NotTogether>> {
-    let idempotency = &ledger.idempotency;
-    for write in group {
-        match idempotency.claim(txn, &write.req).await {
-            Ok(None) => {}
-            Err(e) if e.is_transient() => return Err(e),
-            // A replay or a key in flight elsewhere: the careful way.
-            Ok(Some(_)) | Err(_) => return Ok(Err(NotTogether)),
-        }
-    }
-    let wallets: Vec<(i64, WalletKind)> = group
-        .iter()
-        .flat_map(|w| w.wallets.iter().copied())
-        .collect();
-    lock_wallets_of(txn, &wallets).await?;
-    let mut out = Vec::with_capacity(group.len());
-    for write in group {
-        let ran: DomainResult<StoredResponse> = async {
-            let response = (write.op)(Arc::clone(txn)).await?;
-            idempotency.store(&**txn, &write.req, &response).await?;
-            Ok(response)
-        }
-        .await;
-        match ran {
-            Ok(response) => out.push(Ended::Answered(Outcome {
-                response,
-                replayed: false,
-            })),
-            Err(e) if e.is_transient() => return Err(e),
-            Err(_) => return Ok(Err(NotTogether)),
-        }
-    }
-    Ok(Ok(out))
+/// Every write of the group is planned, each under its own key (two
+/// answers to one key cannot be stored in one statement).
+fn planned(group: &[Write]) -> bool {
+    let keys: HashSet<&str> = group.iter().map(|w| w.req.key.as_str()).collect();
+    keys.len() == group.len() && group.iter().all(|w| w.plan.is_some())
 }
 
-/// One attempt at a group, inside its transaction.
-async fn run_writes(
+/// A group of planned writes that could not be written together: one of
+/// its keys was stored elsewhere meanwhile.
+struct NotTogether;
+
+/// Claims every write's key in one statement: `None` for a write that owns
+/// its key now, how it ended for the others (replayed or refused).
+async fn claim_all(
     ledger: &Ledger,
-    txn: &Arc<DatabaseTransaction>,
+    txn: &DatabaseTransaction,
     group: &[Write],
-) -> DomainResult<Vec<Ended>> {
-    let idempotency = &ledger.idempotency;
-    let mut ended: Vec<Option<Ended>> = Vec::with_capacity(group.len());
-    for write in group {
-        ended.push(match idempotency.claim(txn, &write.req).await {
+) -> DomainResult<Vec<Option<Ended>>> {
+    let reqs: Vec<&IdempotentRequest> = group.iter().map(|w| &w.req).collect();
+    let mut ended = Vec::with_capacity(group.len());
+    for claim in ledger.idempotency.claim_all(txn, &reqs).await? {
+        ended.push(match claim {
             Ok(Some(response)) => {
                 metrics().idempotent_replays.inc();
                 Some(Ended::Answered(Outcome {
@@ -348,13 +307,78 @@ async fn run_writes(
             Err(e) => Some(Ended::Refused(e)),
         });
     }
-    let wallets: Vec<(i64, WalletKind)> = group
+    Ok(ended)
+}
+
+/// The wallets of the writes that still have to run.
+fn wallets_to_lock(group: &[Write], ended: &[Option<Ended>]) -> Vec<(i64, WalletKind)> {
+    group
         .iter()
-        .zip(&ended)
+        .zip(ended)
         .filter(|(_, e)| e.is_none())
         .flat_map(|(w, _)| w.wallets.iter().copied())
+        .collect()
+}
+
+/// One attempt at a group of planned writes: applied to the group's books
+/// in memory, then written and their answers stored, three statements for
+/// the whole group. `Err(NotTogether)` (the transaction is then rolled back)
+/// when one of the keys was stored elsewhere meanwhile.
+async fn run_planned(
+    ledger: &Ledger,
+    txn: &Arc<DatabaseTransaction>,
+    group: &[Write],
+) -> DomainResult<Result<Vec<Ended>, NotTogether>> {
+    let mut ended = claim_all(ledger, txn, group).await?;
+    let mut books = lock_books(txn, &wallets_to_lock(group, &ended)).await?;
+    let mut answers = Vec::with_capacity(group.len());
+    for (write, ended) in group.iter().zip(ended.iter_mut()) {
+        let (None, Some(plan)) = (&ended, &write.plan) else {
+            continue;
+        };
+        match plan(&mut books) {
+            Ok(response) => answers.push((&write.req, response)),
+            Err(e) if e.is_refusal() => answers.push((&write.req, (write.refuse)(&e))),
+            Err(e) => *ended = Some(Ended::Refused(e)),
+        }
+    }
+    books.write(&**txn).await?;
+    let stored: Vec<(&IdempotentRequest, &StoredResponse)> = answers
+        .iter()
+        .map(|(req, response)| (*req, response))
         .collect();
-    lock_wallets_of(txn, &wallets).await?;
+    match ledger.idempotency.store_all(&**txn, &stored).await {
+        Ok(()) => {}
+        Err(DomainError::ClaimLost) => return Ok(Err(NotTogether)),
+        Err(e) => return Err(e),
+    }
+    let mut answers = answers.into_iter();
+    let out = ended
+        .into_iter()
+        .map(|ended| match ended {
+            Some(done) => Ok(done),
+            None => answers
+                .next()
+                .map(|(_, response)| {
+                    Ended::Answered(Outcome {
+                        response,
+                        replayed: false,
+                    })
+                })
+                .ok_or_else(|| DomainError::unexpected("a planned write without an answer")),
+        })
+        .collect::<DomainResult<Vec<_>>>()?;
+    Ok(Ok(out))
+}
+
+/// One attempt at a group, inside its transaction.
+async fn run_writes(
+    ledger: &Ledger,
+    txn: &Arc<DatabaseTransaction>,
+    group: &[Write],
+) -> DomainResult<Vec<Ended>> {
+    let ended = claim_all(ledger, txn, group).await?;
+    lock_wallets_of(txn, &wallets_to_lock(group, &ended)).await?;
     let mut out = Vec::with_capacity(group.len());
     for (write, ended) in group.iter().zip(ended) {
         out.push(match ended {

@@ -318,48 +318,72 @@ impl IdempotencyService {
         txn: &DatabaseTransaction,
         req: &IdempotentRequest,
     ) -> DomainResult<Option<StoredResponse>> {
-        let existing = match txn.get_database_backend() {
-            DbBackend::Postgres => {
-                // The lock and the read in one round trip. Should a request
-                // that held the key commit between this statement's snapshot
-                // and its lock, the read misses its row and the store below
-                // finds it: this one then rolls back and replays.
-                let sql = "SELECT pg_try_advisory_xact_lock(?) AS locked, k.request_hash, \
-                           k.status, k.response_status, k.response_body, k.locked_until_ms, \
-                           k.expires_at_ms \
-                           FROM (SELECT 1) AS one \
-                           LEFT JOIN idempotency_keys k ON k.key = ?";
-                let row = txn
-                    .query_one_raw(statement(
-                        DbBackend::Postgres,
-                        sql,
-                        vec![lock_id(&req.key).into(), req.key.clone().into()],
-                    ))
-                    .await?
-                    .ok_or_else(|| DomainError::unexpected("the claim query returned no row"))?;
-                if !row.try_get::<bool>("", "locked")? {
-                    return Err(DomainError::IdempotencyInFlight);
-                }
-                match row.try_get::<Option<String>>("", "request_hash")? {
-                    None => None,
-                    Some(request_hash) => Some(Existing {
-                        request_hash,
-                        status: row.try_get("", "status")?,
-                        response_status: row.try_get("", "response_status")?,
-                        response_body: row.try_get("", "response_body")?,
-                        locked_until_ms: row.try_get("", "locked_until_ms")?,
-                        expires_at_ms: row.try_get("", "expires_at_ms")?,
-                    }),
-                }
-            }
+        self.claim_all(txn, &[req])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(DomainError::unexpected("a claim without an answer")))
+    }
+
+    /// Phase 1 for several requests at once (a group commit), each claimed
+    /// as `claim` would: one answer per request, in order. `Err` only when
+    /// the database failed.
+    pub(crate) async fn claim_all(
+        &self,
+        txn: &DatabaseTransaction,
+        reqs: &[&IdempotentRequest],
+    ) -> DomainResult<Vec<DomainResult<Option<StoredResponse>>>> {
+        let at_ms = now_ms();
+        let mut out = Vec::with_capacity(reqs.len());
+        if txn.get_database_backend() != DbBackend::Postgres {
             // SQLite: the transaction holds the database write lock, so no
-            // other writer can be between this read and the store.
-            _ => key::Entity::find_by_id(req.key.clone())
-                .one(txn)
-                .await?
-                .map(Existing::from),
-        };
-        decide(existing, &req.request_hash, now_ms())
+            // other writer can be between these reads and the store.
+            for req in reqs {
+                let row = key::Entity::find_by_id(req.key.clone()).one(txn).await?;
+                out.push(decide(row.map(Existing::from), &req.request_hash, at_ms));
+            }
+            return Ok(out);
+        }
+        // The locks and the reads in one round trip. Should a request that
+        // held a key commit between this statement's snapshot and its lock,
+        // the read misses its row and the store finds it: this one then
+        // rolls back and replays.
+        let rows = vec!["(?::bigint, ?::text, ?::int)"; reqs.len()].join(", ");
+        let sql = format!(
+            "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
+             k.status, k.response_status, k.response_body, k.locked_until_ms, \
+             k.expires_at_ms \
+             FROM (VALUES {rows}) AS q(lock_id, key, ord) \
+             LEFT JOIN idempotency_keys k ON k.key = q.key ORDER BY q.ord"
+        );
+        let mut values = Vec::with_capacity(reqs.len() * 3);
+        for (ord, req) in (0i32..).zip(reqs) {
+            values.extend([lock_id(&req.key).into(), req.key.clone().into(), ord.into()]);
+        }
+        let rows = txn
+            .query_all_raw(statement(DbBackend::Postgres, &sql, values))
+            .await?;
+        if rows.len() != reqs.len() {
+            return Err(DomainError::unexpected("the claim query lost a row"));
+        }
+        for (row, req) in rows.iter().zip(reqs) {
+            if !row.try_get::<bool>("", "locked")? {
+                out.push(Err(DomainError::IdempotencyInFlight));
+                continue;
+            }
+            let existing = match row.try_get::<Option<String>>("", "request_hash")? {
+                None => None,
+                Some(request_hash) => Some(Existing {
+                    request_hash,
+                    status: row.try_get("", "status")?,
+                    response_status: row.try_get("", "response_status")?,
+                    response_body: row.try_get("", "response_body")?,
+                    locked_until_ms: row.try_get("", "locked_until_ms")?,
+                    expires_at_ms: row.try_get("", "expires_at_ms")?,
+                }),
+            };
+            out.push(decide(existing, &req.request_hash, at_ms));
+        }
+        Ok(out)
     }
 
     /// Stores `response` as the key's one answer: a new row, or over a row
@@ -371,8 +395,22 @@ impl IdempotencyService {
         req: &IdempotentRequest,
         response: &StoredResponse,
     ) -> DomainResult<()> {
+        self.store_all(conn, &[(req, response)]).await
+    }
+
+    /// Stores several answers in one statement, each as `store` would;
+    /// `ClaimLost` when any of them found another request's answer there
+    /// (the caller then rolls back: which one is not told).
+    pub(crate) async fn store_all<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        answers: &[(&IdempotentRequest, &StoredResponse)],
+    ) -> DomainResult<()> {
+        if answers.is_empty() {
+            return Ok(());
+        }
         let at_ms = now_ms();
-        let row = key::ActiveModel {
+        let rows = answers.iter().map(|(req, response)| key::ActiveModel {
             key: Set(req.key.clone()),
             principal: Set(req.principal.clone()),
             route: Set(req.route.clone()),
@@ -384,13 +422,13 @@ impl IdempotencyService {
             locked_until_ms: Set(0),
             expires_at_ms: Set(at_ms + millis(self.ttl)),
             created_at: Set(now()),
-        };
+        });
         let free = Expr::col((key::Entity, key::Column::ExpiresAtMs))
             .lte(at_ms)
             .or(Expr::col((key::Entity, key::Column::Status))
                 .eq(PROCESSING)
                 .and(Expr::col((key::Entity, key::Column::LockedUntilMs)).lte(at_ms)));
-        let written = key::Entity::insert(row)
+        let written = key::Entity::insert_many(rows)
             .on_conflict(
                 OnConflict::column(key::Column::Key)
                     .update_columns([
@@ -410,7 +448,7 @@ impl IdempotencyService {
             )
             .exec_without_returning(conn)
             .await?;
-        if written != 1 {
+        if written != answers.len() as u64 {
             return Err(DomainError::ClaimLost);
         }
         Ok(())

@@ -7,6 +7,9 @@
 //! - holds (create, capture, void, lazy expiry under the wallet lock, the
 //!   cleanup job): `ledger/holds.rs`;
 //! - the money-moving primitive (FinancialService): `ledger/financial.rs`;
+//! - group commit (writes sharing one transaction): `group.rs`; the books
+//!   a group of deposits and withdrawals is applied to in memory:
+//!   `ledger/books.rs`;
 //! - journal kinds and the hash chain: `ledger/journal.rs`; the books
 //!   check: `ledger/reconcile.rs`;
 //! - margin, fees and P&L arithmetic: `trading/rules.rs`; orders under the
@@ -47,8 +50,9 @@ use infra::{Config, Database};
 use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
-use crate::group::{GroupCommit, Kind, WriteOp};
+use crate::group::{GroupCommit, PlanOp, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
+use crate::ledger::books::Books;
 use crate::ledger::wallets::WalletKind;
 use crate::locks::{LockRules, LockService};
 use crate::money::Rate;
@@ -72,11 +76,22 @@ pub trait Command: Clone + Send + Sync + 'static {
         None
     }
 
-    /// Its refusals are rare (a deposit's: an unknown user, an overflow).
-    /// A group of such writes shares its transaction without a savepoint
-    /// per write, and is run again with savepoints only when one of them is
-    /// refused after all (see `group`).
-    const SELDOM_REFUSED: bool = false;
+    /// Its effect follows from its locked wallets alone, with nothing read
+    /// or written on the way (a deposit, a withdrawal not behind a fencing
+    /// token): such writes of a group are applied to the group's books in
+    /// memory one after the other, a refused one leaving no trace, and
+    /// written together (see `group`). `plan` must then do it.
+    fn planned(&self) -> bool {
+        false
+    }
+
+    /// Applies it to a group's books (see `planned`).
+    fn plan(&self, _books: &mut Books) -> DomainResult<Self::Output> {
+        Err(DomainError::unexpected(format!(
+            "{} is not planned",
+            Self::NAME
+        )))
+    }
 
     fn execute(
         &self,
@@ -133,6 +148,12 @@ impl Ledger {
     ) -> DomainResult<Outcome> {
         if let (Some(group), Some(wallets)) = (&self.group, cmd.wallets()) {
             let (ledger, cmd, render) = (self.clone(), Arc::new(cmd.clone()), Arc::new(render));
+            let plan: Option<PlanOp> = cmd.planned().then(|| {
+                let (cmd, render) = (Arc::clone(&cmd), Arc::clone(&render));
+                let plan: PlanOp =
+                    Arc::new(move |books: &mut Books| cmd.plan(books).map(|o| render(&o)));
+                plan
+            });
             let op: WriteOp = Arc::new(move |txn| {
                 let (ledger, cmd, render) = (ledger.clone(), Arc::clone(&cmd), Arc::clone(&render));
                 Box::pin(async move { Ok(render(&cmd.execute(&ledger, &txn).await?)) })
@@ -140,10 +161,10 @@ impl Ledger {
             return group
                 .submit(
                     self,
-                    Kind::of::<C>(),
+                    C::NAME,
                     req.clone(),
                     wallets,
-                    op,
+                    (op, plan),
                     Arc::new(refuse),
                 )
                 .await;

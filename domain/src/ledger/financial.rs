@@ -140,6 +140,56 @@ pub fn prepare(
     Ok(entry)
 }
 
+/// Applies `legs` in order to `w` (pure: nothing is written) and returns the
+/// wallet as they leave it and their journal entries, or the refusal of the
+/// first leg that would break an invariant.
+pub fn apply_legs(
+    w: &wallet::Model,
+    legs: &[Leg],
+    operation_id: Uuid,
+    at: DateTime<Utc>,
+) -> DomainResult<(wallet::Model, Vec<journal_entry::Model>)> {
+    let mut next = w.clone();
+    let mut entries = Vec::with_capacity(legs.len());
+    for leg in legs {
+        let entry = prepare(&next, leg, operation_id, at)?;
+        next.balance = entry.balance_after;
+        next.margin = entry.margin_after;
+        next.profit = entry.profit_after;
+        next.held = entry.held_after;
+        next.last_hash = entry.hash.clone();
+        entries.push(entry);
+    }
+    if !legs.is_empty() {
+        next.version += 1;
+        next.updated_at = at;
+    }
+    Ok((next, entries))
+}
+
+/// One `financial` event per journal entry, with the old and new values.
+pub fn log_entries(entries: &[journal_entry::Model]) {
+    for e in entries {
+        tracing::info!(
+            target: "financial",
+            operation_id = %e.operation_id,
+            wallet_id = e.wallet_id,
+            user_id = e.user_id,
+            wallet = %e.wallet_kind,
+            kind = %e.kind,
+            old_balance = %format_units(e.balance_after - e.balance_delta),
+            new_balance = %format_units(e.balance_after),
+            old_margin = %format_units(e.margin_after - e.margin_delta),
+            new_margin = %format_units(e.margin_after),
+            old_profit = %format_units(e.profit_after - e.profit_delta),
+            new_profit = %format_units(e.profit_after),
+            old_held = %format_units(e.held_after - e.held_delta),
+            new_held = %format_units(e.held_after),
+            "financial"
+        );
+    }
+}
+
 /// Applies every posting of one operation: per wallet one `UPDATE` (all its
 /// legs summed, guarded by the version read under the lock), then one
 /// multi-row journal `INSERT` for all legs of all wallets.
@@ -151,61 +201,19 @@ pub async fn post<C: ConnectionTrait>(
     let at = now();
     let mut entries = Vec::new();
     for posting in postings {
-        let w = posting.wallet;
-        let mut next = w.clone();
-        let mut total = Deltas::default();
-        for leg in &posting.legs {
-            let entry = prepare(&next, leg, operation_id, at)?;
-            total = Deltas {
-                balance: apply(total.balance, leg.deltas.balance)?,
-                margin: apply(total.margin, leg.deltas.margin)?,
-                profit: apply(total.profit, leg.deltas.profit)?,
-                held: apply(total.held, leg.deltas.held)?,
-            };
-            next.balance = entry.balance_after;
-            next.margin = entry.margin_after;
-            next.profit = entry.profit_after;
-            next.held = entry.held_after;
-            next.last_hash = entry.hash.clone();
-            tracing::info!(
-                target: "financial",
-                operation_id = %operation_id,
-                wallet_id = w.id,
-                user_id = w.user_id,
-                wallet = %w.kind,
-                kind = leg.kind,
-                old_balance = %format_units(entry.balance_after - leg.deltas.balance),
-                new_balance = %format_units(entry.balance_after),
-                old_margin = %format_units(entry.margin_after - leg.deltas.margin),
-                new_margin = %format_units(entry.margin_after),
-                old_profit = %format_units(entry.profit_after - leg.deltas.profit),
-                new_profit = %format_units(entry.profit_after),
-                old_held = %format_units(entry.held_after - leg.deltas.held),
-                new_held = %format_units(entry.held_after),
-                "financial"
-            );
-            entries.push(entry);
-        }
         if posting.legs.is_empty() {
             continue;
         }
+        let w = posting.wallet;
+        let (next, legs) = apply_legs(w, &posting.legs, operation_id, at)?;
+        log_entries(&legs);
+        entries.extend(legs);
+        // Under the lock and the version guard, the values the legs left.
         let updated = wallet::Entity::update_many()
-            .col_expr(
-                wallet::Column::Balance,
-                Expr::col(wallet::Column::Balance).add(total.balance),
-            )
-            .col_expr(
-                wallet::Column::Margin,
-                Expr::col(wallet::Column::Margin).add(total.margin),
-            )
-            .col_expr(
-                wallet::Column::Profit,
-                Expr::col(wallet::Column::Profit).add(total.profit),
-            )
-            .col_expr(
-                wallet::Column::Held,
-                Expr::col(wallet::Column::Held).add(total.held),
-            )
+            .col_expr(wallet::Column::Balance, Expr::value(next.balance))
+            .col_expr(wallet::Column::Margin, Expr::value(next.margin))
+            .col_expr(wallet::Column::Profit, Expr::value(next.profit))
+            .col_expr(wallet::Column::Held, Expr::value(next.held))
             .col_expr(
                 wallet::Column::Version,
                 Expr::col(wallet::Column::Version).add(1),
@@ -226,12 +234,19 @@ pub async fn post<C: ConnectionTrait>(
                 w.id
             )));
         }
-        next.version += 1;
-        next.updated_at = at;
         *w = next;
     }
+    insert_entries(conn, &entries).await?;
+    Ok(entries)
+}
+
+/// Appends journal entries, one multi-row `INSERT` (none for no entries).
+pub async fn insert_entries<C: ConnectionTrait>(
+    conn: &C,
+    entries: &[journal_entry::Model],
+) -> DomainResult<()> {
     if entries.is_empty() {
-        return Ok(entries);
+        return Ok(());
     }
     let rows = entries.iter().map(|e| journal_entry::ActiveModel {
         operation_id: Set(e.operation_id),
@@ -256,7 +271,7 @@ pub async fn post<C: ConnectionTrait>(
     journal_entry::Entity::insert_many(rows)
         .exec_without_returning(conn)
         .await?;
-    Ok(entries)
+    Ok(())
 }
 
 /// One locked wallet, any mix of balance, margin and profit changes in one

@@ -1,7 +1,8 @@
 //! The ledger: users and their wallets, the money-moving primitive
-//! (`financial`), holds on wallet funds, the hash-chained journal, and
+//! (`financial`) and a group commit's books kept in memory (`books`), holds on wallet funds, the hash-chained journal, and
 //! reconciliation.
 
+pub mod books;
 pub mod financial;
 pub mod holds;
 pub mod journal;

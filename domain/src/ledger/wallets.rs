@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use infra::entities::wallet;
+use infra::entities::{journal_entry, wallet};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect,
@@ -17,6 +17,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
+use crate::ledger::books::Books;
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
 use crate::ledger::holds::{WalletWithExpired, release_expired, wallets_with_expired};
 use crate::ledger::journal::kinds;
@@ -234,11 +235,12 @@ pub async fn lock_wallets_by_id(
 }
 
 /// Locks the wallets of several writes at once (a group commit), in
-/// ascending id order in one statement, like `lock_wallets_in_order`.
+/// ascending id order in one statement, like `lock_wallets_in_order`, and
+/// returns them as they are.
 pub async fn lock_wallets_of(
     txn: &DatabaseTransaction,
     wallets: &[(i64, WalletKind)],
-) -> DomainResult<()> {
+) -> DomainResult<Vec<wallet::Model>> {
     let mut of_kind = Condition::any();
     for kind in [WalletKind::Live, WalletKind::Demo] {
         let users: Vec<i64> = wallets
@@ -255,13 +257,25 @@ pub async fn lock_wallets_of(
         }
     }
     if wallets.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let query = wallet::Entity::find()
         .filter(of_kind)
         .order_by_asc(wallet::Column::Id);
-    locking(query, txn.get_database_backend()).all(txn).await?;
-    Ok(())
+    Ok(locking(query, txn.get_database_backend()).all(txn).await?)
+}
+
+/// A group's books over the wallets of its writes: locked as
+/// `lock_wallets_of` does, their expired holds released.
+pub async fn lock_books(
+    txn: &DatabaseTransaction,
+    wallets: &[(i64, WalletKind)],
+) -> DomainResult<Books> {
+    let mut locked = lock_wallets_of(txn, wallets).await?;
+    for wallet in &mut locked {
+        release_expired(txn, wallet).await?;
+    }
+    Books::new(locked)
 }
 
 /// The one way a single-wallet write takes its lock: within the caller's
@@ -295,14 +309,9 @@ async fn single_wallet_operation(
     metadata: Option<serde_json::Value>,
 ) -> DomainResult<Operation> {
     execute_with_user_lock(txn, user_id, wallet, async |w| {
-        let (delta, kind) = match direction {
-            Direction::Credit => (amount.units(), kinds::DEPOSIT),
-            Direction::Debit => {
-                check_withdrawable(w, amount)?;
-                (-amount.units(), kinds::WITHDRAWAL)
-            }
-        };
+        let leg = single_leg(w, amount, direction)?;
         let before = w.balance;
+        let (delta, kind) = (leg.deltas.balance, leg.kind);
         let operation_id = Uuid::new_v4();
         let entry = financial::update_wallet_balance(
             txn,
@@ -314,25 +323,97 @@ async fn single_wallet_operation(
             metadata,
         )
         .await?;
-        Ok(Operation {
-            operation_id,
-            user_id,
-            wallet,
-            kind,
-            amount: amount.units(),
-            balance_before: before,
-            balance_after: entry.balance_after,
-            created_at: entry.created_at,
-        })
+        Ok(operation_of(&entry, wallet, kind, amount, before))
     })
     .await
+}
+
+/// The same as `single_wallet_operation`, applied to a group's books.
+fn plan_single(
+    books: &mut Books,
+    (user_id, wallet): (i64, WalletKind),
+    amount: Amount,
+    direction: Direction,
+    reference: Option<String>,
+    metadata: Option<serde_json::Value>,
+) -> DomainResult<Operation> {
+    let w = books
+        .wallet(user_id, wallet)
+        .ok_or(DomainError::NotFound("user"))?;
+    let leg = single_leg(w, amount, direction)?
+        .reference(reference)
+        .metadata(metadata);
+    let (before, entries) = books.post(
+        (user_id, wallet),
+        Uuid::new_v4(),
+        std::slice::from_ref(&leg),
+    )?;
+    let entry = entries
+        .first()
+        .ok_or_else(|| DomainError::unexpected("posting produced no entry"))?;
+    Ok(operation_of(
+        entry,
+        wallet,
+        leg.kind,
+        amount,
+        before.balance,
+    ))
+}
+
+/// The leg of a deposit or withdrawal on `w`: a withdrawal may take at most
+/// the free margin.
+fn single_leg(w: &wallet::Model, amount: Amount, direction: Direction) -> DomainResult<Leg> {
+    Ok(match direction {
+        Direction::Credit => Leg::new(kinds::DEPOSIT, Deltas::balance(amount.units())),
+        Direction::Debit => {
+            check_withdrawable(w, amount)?;
+            Leg::new(kinds::WITHDRAWAL, Deltas::balance(-amount.units()))
+        }
+    })
+}
+
+/// What one balance change of `amount` did, from its journal entry.
+fn operation_of(
+    entry: &journal_entry::Model,
+    wallet: WalletKind,
+    kind: &'static str,
+    amount: Amount,
+    balance_before: i64,
+) -> Operation {
+    Operation {
+        operation_id: entry.operation_id,
+        user_id: entry.user_id,
+        wallet,
+        kind,
+        amount: amount.units(),
+        balance_before,
+        balance_after: entry.balance_after,
+        created_at: entry.created_at,
+    }
 }
 
 impl Command for Deposit {
     type Output = Operation;
     const NAME: &'static str = "deposit";
-    // Refused only for an unknown user or a balance past the largest amount.
-    const SELDOM_REFUSED: bool = true;
+
+    /// A credit needs nothing but its wallet.
+    fn planned(&self) -> bool {
+        true
+    }
+
+    fn plan(&self, books: &mut Books) -> DomainResult<Operation> {
+        let metadata = metadata(&[("payment_method", &self.payment_method)]);
+        let (wallet, amount) = ((self.user_id, self.wallet), self.amount);
+        let reference = self.reference.clone();
+        plan_single(
+            books,
+            wallet,
+            amount,
+            Direction::Credit,
+            reference,
+            metadata,
+        )
+    }
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
         Some(vec![(self.user_id, self.wallet)])
@@ -364,6 +445,17 @@ pub fn check_withdrawable(wallet: &wallet::Model, amount: Amount) -> DomainResul
 impl Command for Withdrawal {
     type Output = Operation;
     const NAME: &'static str = "withdraw";
+
+    /// Behind a fencing token it must check the token in the database.
+    fn planned(&self) -> bool {
+        self.fence.is_none()
+    }
+
+    fn plan(&self, books: &mut Books) -> DomainResult<Operation> {
+        let metadata = metadata(&[("destination", &self.destination)]);
+        let (wallet, amount) = ((self.user_id, self.wallet), self.amount);
+        plan_single(books, wallet, amount, Direction::Debit, None, metadata)
+    }
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
         Some(vec![(self.user_id, self.wallet)])
@@ -531,6 +623,65 @@ mod tests {
     use super::*;
 
     use crate::ledger::financial::test_wallet as wallet;
+
+    /// Planned writes (group commit) follow the rules of the ones run in the
+    /// database: a withdrawal takes at most the free margin as the books
+    /// stand after the writes before it, a refused one changes nothing, and
+    /// the balances answered are the ones each write saw.
+    #[test]
+    fn planned_writes_follow_the_same_rules_on_the_books() {
+        let held = wallet::Model {
+            held: 20,
+            ..wallet(100, 30)
+        };
+        let mut books = Books::new(vec![held]).unwrap();
+        let units = |u| Amount::from_units(u).unwrap();
+        let withdraw = |u| Withdrawal {
+            user_id: 3,
+            wallet: WalletKind::Live,
+            amount: units(u),
+            destination: None,
+            fence: None,
+        };
+        let deposit = |user_id, u| Deposit {
+            user_id,
+            wallet: WalletKind::Live,
+            amount: units(u),
+            payment_method: None,
+            reference: None,
+        };
+        // free: 100 - 30 margin - 20 held
+        match withdraw(51).plan(&mut books) {
+            Err(DomainError::InsufficientFunds {
+                available,
+                requested,
+            }) => assert_eq!((available, requested), (50, 51)),
+            other => panic!("expected insufficient funds, got {other:?}"),
+        }
+        let taken = withdraw(50).plan(&mut books).unwrap();
+        assert_eq!((taken.balance_before, taken.balance_after), (100, 50));
+        assert!(withdraw(1).plan(&mut books).is_err());
+        let added = deposit(3, 7).plan(&mut books).unwrap();
+        assert_eq!((added.balance_before, added.balance_after), (50, 57));
+        assert_eq!(withdraw(7).plan(&mut books).unwrap().balance_after, 50);
+        assert!(matches!(
+            deposit(4, 1).plan(&mut books),
+            Err(DomainError::NotFound("user"))
+        ));
+        // behind a fencing token a withdrawal runs in the database
+        assert!(withdraw(1).planned() && deposit(3, 1).planned());
+        let fenced = Withdrawal {
+            fence: Some(Fence {
+                lock: crate::locks::fencing::LockToken {
+                    lock_id: "lk_1".into(),
+                    fencing_token: 1,
+                },
+                owner: "user:3".into(),
+            }),
+            ..withdraw(1)
+        };
+        assert!(!fenced.planned());
+    }
 
     #[test]
     fn withdrawal_is_limited_by_free_margin() {

@@ -253,18 +253,18 @@ async fn block_wallets_of(
     (outside, blocker)
 }
 
-/// Invariant: a group of deposits only (which share their transaction
-/// without a savepoint each) in which one is refused still commits the
-/// others once each, and each request gets its own answer: the attempt
-/// that met the refusal, in which an earlier deposit of the group had
-/// already run, leaves nothing.
+/// Invariant: a group of deposits only (planned in memory and written
+/// together: one wallet UPDATE, one journal INSERT, one key statement) in
+/// which one is refused and one replays a key still commits the others once
+/// each, and each request gets its own answer: the refused one leaves
+/// nothing, the replay is the first answer byte for byte.
 async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.group_commit.groups = 1).await;
     let a = app.funded_user("deposits-a@x.io", "10").await;
     let b = app.funded_user("deposits-b@x.io", "10").await;
     let service = app.service();
     let (outside, blocker) = block_wallets_of(&app, engine, a).await;
-    let (shared_before, reruns_before) = (shared_groups(), together("rerun"));
+    let (shared_before, together_before) = (shared_groups(), together("committed"));
     let first_key = fresh_key();
     let first = app.post(
         DEPOSIT,
@@ -278,16 +278,29 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
         tokio::time::sleep(Duration::from_millis(300)).await;
         // queued in this order: b's deposit runs before the refused one
         let writes = [
-            json!({"user_id": b, "amount": "2", "wallet": "live"}),
-            json!({"user_id": 999_999, "amount": "1", "wallet": "live"}),
-            json!({"user_id": a, "amount": "5", "wallet": "live"}),
+            (
+                fresh_key(),
+                json!({"user_id": b, "amount": "2", "wallet": "live"}),
+            ),
+            (
+                fresh_key(),
+                json!({"user_id": 999_999, "amount": "1", "wallet": "live"}),
+            ),
+            (
+                fresh_key(),
+                json!({"user_id": a, "amount": "5", "wallet": "live"}),
+            ),
+            // the first deposit again: by the time its group runs, a replay
+            (
+                first_key.clone(),
+                json!({"user_id": a, "amount": "1", "wallet": "live"}),
+            ),
         ];
-        let sent = join_all(writes.iter().enumerate().map(|(i, body)| {
+        let sent = join_all(writes.iter().enumerate().map(|(i, (key, body))| {
             let (service, body) = (&service, body.clone());
             async move {
                 tokio::time::sleep(Duration::from_millis(40 * i as u64)).await;
-                let key = fresh_key();
-                shared_app.post(DEPOSIT, service, Some(&key), body).await
+                shared_app.post(DEPOSIT, service, Some(key), body).await
             }
         }));
         let release = async {
@@ -299,6 +312,11 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
     };
     let (first, replies) = tokio::join!(first, rest);
     first.expect(200);
+    replies[3].expect(200);
+    assert_eq!(
+        replies[3].body, first.body,
+        "the replay is the first answer"
+    );
     replies[0].expect(200);
     assert_eq!(
         (
@@ -312,17 +330,18 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
     assert_eq!(replies[2].body["amount"], "5");
     assert_eq!(app.balance(a, "live").await, "16");
     assert_eq!(app.balance(b, "live").await, "12");
-    // b: the opening deposit and this one, not a second from the attempt
-    // rolled back
-    let kinds = app.journal_kinds(b, "live").await;
-    assert_eq!(kinds.iter().filter(|k| *k == "deposit").count(), 2);
+    // b: the opening deposit and this one; a: the opening one, the first
+    // and the 5, not a second 1 from the replay
+    let deposits = |kinds: Vec<String>| kinds.iter().filter(|k| *k == "deposit").count();
+    assert_eq!(deposits(app.journal_kinds(b, "live").await), 2);
+    assert_eq!(deposits(app.journal_kinds(a, "live").await), 3);
     assert!(
         shared_groups() > shared_before,
         "the queued deposits ran alone"
     );
     assert!(
-        together("rerun") > reruns_before,
-        "no group of deposits met the refusal without savepoints"
+        together("committed") > together_before,
+        "no group of deposits was written together"
     );
     outside.close().await.unwrap();
     app.assert_books_balance().await;

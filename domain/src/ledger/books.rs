@@ -1,0 +1,209 @@
+//! A group's books (group commit): the wallets a group of writes locked,
+//! changed in memory one write after the other and then written at once —
+//! one `UPDATE` for all the wallets, one journal `INSERT` for all entries.
+//!
+//! A write posts to the books all or nothing (`post` is pure): a refused one
+//! leaves no trace, so the group needs no savepoint and never rolls back for
+//! it. What is written is exactly what `financial::post` would have written
+//! write by write: the same entries, the same hash chain per wallet, the
+//! wallet as the last write left it, under the version it was locked at.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use infra::entities::{journal_entry, wallet};
+use sea_orm::{ConnectionTrait, Value};
+use uuid::Uuid;
+
+use crate::clock::now;
+use crate::error::{DomainError, DomainResult};
+use crate::ledger::financial::{Leg, apply_legs, insert_entries, log_entries};
+use crate::ledger::wallets::WalletKind;
+use crate::sql::statement;
+
+#[derive(Debug)]
+pub struct Books {
+    /// Locked wallets, by owner and kind, as the writes so far left them.
+    wallets: HashMap<(i64, WalletKind), wallet::Model>,
+    /// Each wallet's version when it was locked: the `UPDATE`'s guard.
+    locked_versions: HashMap<i64, i64>,
+    entries: Vec<journal_entry::Model>,
+    at: DateTime<Utc>,
+}
+
+impl Books {
+    /// Books over wallets locked in this transaction (expired holds already
+    /// released).
+    pub fn new(locked: Vec<wallet::Model>) -> DomainResult<Self> {
+        let mut wallets = HashMap::with_capacity(locked.len());
+        let mut locked_versions = HashMap::with_capacity(locked.len());
+        for w in locked {
+            let kind = WalletKind::parse(&w.kind).ok_or_else(|| {
+                DomainError::unexpected(format!("wallet {} has kind {:?}", w.id, w.kind))
+            })?;
+            locked_versions.insert(w.id, w.version);
+            wallets.insert((w.user_id, kind), w);
+        }
+        Ok(Self {
+            wallets,
+            locked_versions,
+            entries: Vec::new(),
+            at: now(),
+        })
+    }
+
+    /// The wallet as the writes so far left it; `None` for a user without
+    /// one (not locked: unknown).
+    pub fn wallet(&self, user_id: i64, kind: WalletKind) -> Option<&wallet::Model> {
+        self.wallets.get(&(user_id, kind))
+    }
+
+    /// Applies the legs of one operation to one wallet, all or nothing, and
+    /// returns the wallet before them and their entries. An unknown user is
+    /// 404 like `lock_wallet`'s.
+    pub fn post(
+        &mut self,
+        (user_id, kind): (i64, WalletKind),
+        operation_id: Uuid,
+        legs: &[Leg],
+    ) -> DomainResult<(wallet::Model, Vec<journal_entry::Model>)> {
+        let w = self
+            .wallets
+            .get_mut(&(user_id, kind))
+            .ok_or(DomainError::NotFound("user"))?;
+        let (next, entries) = apply_legs(w, legs, operation_id, self.at)?;
+        log_entries(&entries);
+        let before = std::mem::replace(w, next);
+        self.entries.extend(entries.iter().cloned());
+        Ok((before, entries))
+    }
+
+    /// Writes what the writes posted: every changed wallet in one `UPDATE`
+    /// guarded by the version it was locked at, every entry in one `INSERT`.
+    pub async fn write<C: ConnectionTrait>(self, conn: &C) -> DomainResult<()> {
+        let mut changed: Vec<(&wallet::Model, i64)> = self
+            .wallets
+            .values()
+            .filter_map(|w| {
+                let locked = *self.locked_versions.get(&w.id)?;
+                (w.version != locked).then_some((w, locked))
+            })
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        changed.sort_by_key(|(w, _)| w.id);
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; changed.len()].join(", ");
+        let sql = format!(
+            "WITH v(id, locked_version, version, balance, margin, profit, held, last_hash) \
+             AS (VALUES {rows}) \
+             UPDATE wallets SET balance = v.balance, margin = v.margin, profit = v.profit, \
+             held = v.held, version = v.version, last_hash = v.last_hash, updated_at = ? \
+             FROM v WHERE wallets.id = v.id AND wallets.version = v.locked_version"
+        );
+        let mut values: Vec<Value> = Vec::with_capacity(changed.len() * 8 + 1);
+        for (w, locked) in &changed {
+            values.extend([
+                w.id.into(),
+                (*locked).into(),
+                w.version.into(),
+                w.balance.into(),
+                w.margin.into(),
+                w.profit.into(),
+                w.held.into(),
+                w.last_hash.clone().into(),
+            ]);
+        }
+        values.push(self.at.into());
+        let backend = conn.get_database_backend();
+        let updated = conn
+            .execute_raw(statement(backend, &sql, values))
+            .await?
+            .rows_affected();
+        if updated != changed.len() as u64 {
+            // A wallet changed under us: the group did not hold its lock.
+            return Err(DomainError::unexpected(format!(
+                "{} of {} wallets were not locked for this group",
+                changed.len() as u64 - updated,
+                changed.len()
+            )));
+        }
+        insert_entries(conn, &self.entries).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::financial::{Deltas, test_wallet};
+    use crate::ledger::journal::chain_hash;
+
+    fn books_of(balances: &[(i64, i64)]) -> Books {
+        let wallets = balances
+            .iter()
+            .map(|&(user_id, balance)| wallet::Model {
+                id: user_id * 10,
+                user_id,
+                ..test_wallet(balance, 0)
+            })
+            .collect();
+        Books::new(wallets).unwrap()
+    }
+
+    fn credit(units: i64) -> Vec<Leg> {
+        vec![Leg::new("deposit", Deltas::balance(units))]
+    }
+
+    #[test]
+    fn writes_to_one_wallet_chain_in_order_and_count_each_version() {
+        let mut books = books_of(&[(1, 100)]);
+        let genesis = books.wallet(1, WalletKind::Live).unwrap().last_hash.clone();
+        let (before, first) = books
+            .post((1, WalletKind::Live), Uuid::new_v4(), &credit(5))
+            .unwrap();
+        assert_eq!((before.balance, first[0].balance_after), (100, 105));
+        let (before, second) = books
+            .post((1, WalletKind::Live), Uuid::new_v4(), &credit(7))
+            .unwrap();
+        assert_eq!((before.balance, second[0].balance_after), (105, 112));
+        // the second entry chains to the first, as two commits would
+        assert_eq!(first[0].hash, chain_hash(&genesis, &first[0]));
+        assert_eq!(second[0].hash, chain_hash(&first[0].hash, &second[0]));
+        let w = books.wallet(1, WalletKind::Live).unwrap();
+        assert_eq!(
+            (w.balance, w.version, &w.last_hash),
+            (112, 2, &second[0].hash)
+        );
+        assert_eq!(books.entries.len(), 2);
+    }
+
+    #[test]
+    fn a_refused_write_leaves_no_trace() {
+        let mut books = books_of(&[(1, 100), (2, 50)]);
+        let debit = vec![
+            Leg::new("withdrawal", Deltas::balance(-30)),
+            Leg::new("fee", Deltas::balance(-80)),
+        ];
+        // the first leg alone would pass; the second is refused: nothing stays
+        assert!(matches!(
+            books.post((1, WalletKind::Live), Uuid::new_v4(), &debit),
+            Err(DomainError::InsufficientFunds { .. })
+        ));
+        assert!(matches!(
+            books.post((3, WalletKind::Live), Uuid::new_v4(), &credit(1)),
+            Err(DomainError::NotFound("user"))
+        ));
+        assert!(matches!(
+            books.post((2, WalletKind::Demo), Uuid::new_v4(), &credit(1)),
+            Err(DomainError::NotFound("user"))
+        ));
+        let w = books.wallet(1, WalletKind::Live).unwrap();
+        assert_eq!((w.balance, w.version), (100, 0));
+        assert!(books.entries.is_empty());
+        // and the next write sees the wallet as it was
+        books
+            .post((1, WalletKind::Live), Uuid::new_v4(), &credit(1))
+            .unwrap();
+        assert_eq!(books.wallet(1, WalletKind::Live).unwrap().balance, 101);
+    }
+}
