@@ -19,7 +19,9 @@
 //!
 //! Requests that wait on an event rather than on the database — a queue
 //! item's long poll and the lock event stream — are not counted: they would
-//! otherwise fill the limit while doing nothing.
+//! otherwise fill the limit while doing nothing. Nor is a money write while
+//! it waits in the group-commit queue (`infra::in_flight`): it holds no
+//! connection there, and that queue sheds what waits past its budget.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
@@ -91,6 +93,13 @@ pub struct Refused {
     pub retry_after_secs: u64,
 }
 
+impl Admitted<'_> {
+    /// Whether this request counts against the limit.
+    pub fn counted(&self) -> bool {
+        self.0.is_some()
+    }
+}
+
 impl Admission {
     pub fn new(limit: usize) -> Self {
         Self {
@@ -104,6 +113,19 @@ impl Admission {
             refusals: Mutex::default(),
             hasher: RandomState::new(),
         }
+    }
+
+    /// A counted request stops counting while it waits without a
+    /// connection (`infra::in_flight`).
+    pub fn leave(&self) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        infra::metrics::metrics().in_flight.dec();
+    }
+
+    /// It counts again after such a wait; it is never refused here.
+    pub fn rejoin(&self) {
+        self.in_flight.fetch_add(1, Relaxed);
+        infra::metrics::metrics().in_flight.inc();
     }
 
     /// Lets the request in, or refuses it at once when the limit is reached.

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use infra::in_flight;
 use infra::metrics::metrics;
 use poem::http::{HeaderValue, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
@@ -145,6 +146,19 @@ fn duplicated_key(body: &[u8]) -> Option<String> {
     Walk.deserialize(&mut de).ok().flatten()
 }
 
+/// An admitted request's place among those in flight.
+struct Place(Arc<AppState>);
+
+impl in_flight::Place for Place {
+    fn leave(&self) {
+        self.0.admission.leave();
+    }
+
+    fn rejoin(&self) {
+        self.0.admission.rejoin();
+    }
+}
+
 pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Result<Response> {
     let id = request_id(&req);
     let started = Instant::now();
@@ -184,7 +198,14 @@ pub async fn observe<E: Endpoint>(next: Arc<E>, mut req: Request) -> poem::Resul
             if let Err(e) = limit_body(&mut req, max_body).await {
                 return e.into_response();
             }
-            match next.call(req).await {
+            let handled = match (&state, &_admitted) {
+                (Some(state), Some(Ok(admitted))) if admitted.counted() => {
+                    let place = Arc::new(Place(Arc::clone(state)));
+                    in_flight::counted(place, next.call(req)).await
+                }
+                _ => next.call(req).await,
+            };
+            match handled {
                 Ok(resp) => resp.into_response(),
                 Err(err) => {
                     let route = err.data::<OperationId>().copied();

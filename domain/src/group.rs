@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use infra::in_flight;
 use infra::metrics::metrics;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
 use tokio::sync::{Semaphore, oneshot};
@@ -148,13 +149,18 @@ impl GroupCommit {
             tokio::spawn(async move { group.lead(slot, ledger).await });
         }
         let ended = |_| Err(DomainError::unexpected("a group ended without an answer"));
-        match tokio::time::timeout(self.wait_budget, &mut answer).await {
-            Ok(outcome) => outcome.unwrap_or_else(ended),
-            // Still queued: shed it. Already taken by a group: it may be
-            // committing, so its answer is awaited whatever it takes.
-            Err(_) if self.take_back(id) => Err(DomainError::Overloaded),
-            Err(_) => answer.await.unwrap_or_else(ended),
-        }
+        // Queued, the request holds no connection: it does not count among
+        // the requests in flight (see `infra::in_flight`).
+        in_flight::uncounted(async {
+            match tokio::time::timeout(self.wait_budget, &mut answer).await {
+                Ok(outcome) => outcome.unwrap_or_else(ended),
+                // Still queued: shed it. Already taken by a group: it may be
+                // committing, so its answer is awaited whatever it takes.
+                Err(_) if self.take_back(id) => Err(DomainError::Overloaded),
+                Err(_) => answer.await.unwrap_or_else(ended),
+            }
+        })
+        .await
     }
 
     /// Removes a write that no group has taken yet; false when one has.

@@ -279,7 +279,10 @@ impl Default for GroupCommitConfig {
         Self {
             enabled: true,
             max_size: 64,
-            groups: 8,
+            // Fewer groups at once make bigger ones: measured with pool 50,
+            // 2 against 8 served 2,265 against 1,542 deposits/s at 50
+            // clients and 2,319 against 1,314 on one hot wallet (README).
+            groups: 2,
         }
     }
 }

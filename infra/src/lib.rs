@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 pub mod entities;
+pub mod in_flight;
 pub mod metrics;
 pub mod telemetry;
 

@@ -885,9 +885,10 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
 
 /// Invariant: past the in-flight limit a request is refused at once, and a
 /// refused write retried comes before new work. With
-/// `LEDGER_MAX_IN_FLIGHT=8` (2 places kept for retried writes) and every
-/// admitted deposit blocked on a wallet row locked from outside (the pool
-/// has room and the wait budget is long, so nothing is shed by the pool),
+/// `LEDGER_MAX_IN_FLIGHT=8` (2 places kept for retried writes), group commit
+/// off (a write queued for a group does not count: see the next test) and
+/// every admitted deposit blocked on a wallet row locked from outside (the
+/// pool has room and the wait budget is long, so nothing is shed by the pool),
 /// 40 concurrent deposits: exactly 6 are let in and the 34 others are
 /// answered 503 `overloaded` with `Retry-After` while the 6 are still
 /// blocked — they never waited for the database. Two of the refused,
@@ -904,6 +905,7 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
         ("LEDGER_DB_MAX_CONNECTIONS", "10"),
         ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
         ("LEDGER_MAX_IN_FLIGHT", "8"),
+        ("LEDGER_GROUP_COMMIT", "false"),
     ];
     let mut blocked = BlockedDeposits::start(&env, N, "0.25").await;
     let http = Arc::clone(&blocked.http);
@@ -985,6 +987,54 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
         served.push(key);
     }
     assert_eq!(served.len(), NEW + 2);
+    blocked.every_deposit_executes_once(&served).await;
+}
+
+/// Invariant: a money write waiting in the group-commit queue holds no
+/// connection and does not count against the in-flight limit. With
+/// `LEDGER_MAX_IN_FLIGHT=8`, group commit on and 40 concurrent deposits all
+/// waiting on one wallet row locked from outside, none is refused: while
+/// they wait the in-flight gauge counts none of them, nothing is shed, and a
+/// read is let in and answered. After the release all 40 are served, each
+/// executed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_queued_for_group_commit_leave_the_in_flight_limit_free() {
+    let _several_servers = tests::heavy().await;
+    const N: usize = 40;
+    let env = [
+        ("LEDGER_DB_MAX_CONNECTIONS", "10"),
+        ("LEDGER_DB_WAIT_BUDGET_MS", "30000"),
+        ("LEDGER_MAX_IN_FLIGHT", "8"),
+    ];
+    let mut blocked = BlockedDeposits::start(&env, N, "0.25").await;
+    let http = Arc::clone(&blocked.http);
+    let first_round = blocked.send_all();
+    // Well under the server's lock_timeout (5 s): the deposits wait.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        first_round.iter().all(|t| !t.is_finished()),
+        "a deposit was answered while the wallet was locked"
+    );
+    let m = http.get("/metrics", None).await.unwrap();
+    assert_eq!(metric(&m.text, "ledger_http_requests_in_flight"), Some(0));
+    let shed = metric(&m.text, "ledger_requests_shed_total{reason=\"overloaded\"}");
+    assert!(shed.unwrap_or(0) == 0, "shed: {shed:?}");
+    let service = token("backoffice", Role::Service);
+    let wallets = format!("/api/v1/users/{}/wallets", blocked.user);
+    http.get(&wallets, Some(&service))
+        .await
+        .unwrap()
+        .expect(200);
+    let released_at = blocked.release().await;
+    let mut served = Vec::new();
+    for task in first_round {
+        let (key, reply, _, at) = task.await.unwrap();
+        let r = reply.unwrap_or_else(|e| panic!("deposit {key}: no answer ({e})"));
+        r.expect(200);
+        assert!(at >= released_at, "deposit {key} completed while locked");
+        served.push(key);
+    }
+    assert_eq!(served.len(), N);
     blocked.every_deposit_executes_once(&served).await;
 }
 
