@@ -27,11 +27,13 @@
 //! 5. one commit; only then is each request answered, with its own answer.
 //!
 //! Groups form without waiting: a request queues its write and, when fewer
-//! than `groups` groups are running, starts a leader that takes everything
-//! queued (up to `max_size`) — so a lone request goes at once, and under load
-//! the writes that arrived during one commit make up the next group. The
-//! leader runs as a task of its own: a client that hangs up cannot cancel
-//! the others' writes.
+//! than `groups` groups are running, starts a leader that takes what is
+//! queued (up to `max_size`, planned writes and the others in groups of
+//! their own) — so a lone request goes at once, and under load the writes
+//! that arrived during one commit make up the next group. The leader runs as
+//! a task of its own: a client that hangs up cannot cancel the others'
+//! writes. A planned write waiting for its group does not count against the
+//! in-flight limit (`infra::in_flight`).
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -134,6 +136,7 @@ impl GroupCommit {
     ) -> DomainResult<Outcome> {
         let (reply, mut answer) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let planned = plan.is_some();
         self.lock_queue().push_back(Write {
             id,
             name,
@@ -149,9 +152,7 @@ impl GroupCommit {
             tokio::spawn(async move { group.lead(slot, ledger).await });
         }
         let ended = |_| Err(DomainError::unexpected("a group ended without an answer"));
-        // Queued, the request holds no connection: it does not count among
-        // the requests in flight (see `infra::in_flight`).
-        in_flight::uncounted(async {
+        let wait = async {
             match tokio::time::timeout(self.wait_budget, &mut answer).await {
                 Ok(outcome) => outcome.unwrap_or_else(ended),
                 // Still queued: shed it. Already taken by a group: it may be
@@ -159,8 +160,16 @@ impl GroupCommit {
                 Err(_) if self.take_back(id) => Err(DomainError::Overloaded),
                 Err(_) => answer.await.unwrap_or_else(ended),
             }
-        })
-        .await
+        };
+        // A planned write, queued, holds no connection, and its group takes
+        // five statements however big it is: it does not count among the
+        // requests in flight (see `infra::in_flight`). Any other waits
+        // counted: its group's length grows with its size.
+        if planned {
+            in_flight::uncounted(wait).await
+        } else {
+            wait.await
+        }
     }
 
     /// Removes a write that no group has taken yet; false when one has.
@@ -178,10 +187,24 @@ impl GroupCommit {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The next group: up to `max_size` writes of the kind of the oldest
+    /// queued one — planned or not, so that planned writes keep their fast
+    /// path beside the others — in the order they came.
     fn take_group(&self) -> Vec<Write> {
         let mut queue = self.lock_queue();
-        let n = queue.len().min(self.max_size);
-        queue.drain(..n).collect()
+        let Some(planned) = queue.front().map(|w| w.plan.is_some()) else {
+            return Vec::new();
+        };
+        let (mut group, mut rest) = (Vec::new(), VecDeque::with_capacity(queue.len()));
+        for write in queue.drain(..) {
+            if group.len() < self.max_size && write.plan.is_some() == planned {
+                group.push(write);
+            } else {
+                rest.push_back(write);
+            }
+        }
+        *queue = rest;
+        group
     }
 
     /// Runs groups until the queue is empty. The slot is given back before
