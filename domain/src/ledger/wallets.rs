@@ -299,65 +299,60 @@ enum Direction {
     Debit,
 }
 
-/// A deposit or withdrawal: one balance change on one locked wallet.
-async fn single_wallet_operation(
-    txn: &DatabaseTransaction,
-    (user_id, wallet): (i64, WalletKind),
+/// A deposit or withdrawal: one balance change of one wallet.
+struct SingleWalletOperation {
+    wallet: (i64, WalletKind),
     amount: Amount,
     direction: Direction,
     reference: Option<String>,
     metadata: Option<serde_json::Value>,
-) -> DomainResult<Operation> {
-    execute_with_user_lock(txn, user_id, wallet, async |w| {
-        let leg = single_leg(w, amount, direction)?;
-        let before = w.balance;
-        let (delta, kind) = (leg.deltas.balance, leg.kind);
-        let operation_id = Uuid::new_v4();
-        let entry = financial::update_wallet_balance(
-            txn,
-            w,
-            delta,
-            kind,
-            operation_id,
-            reference,
-            metadata,
-        )
-        .await?;
-        Ok(operation_of(&entry, wallet, kind, amount, before))
-    })
-    .await
 }
 
-/// The same as `single_wallet_operation`, applied to a group's books.
-fn plan_single(
-    books: &mut Books,
-    (user_id, wallet): (i64, WalletKind),
-    amount: Amount,
-    direction: Direction,
-    reference: Option<String>,
-    metadata: Option<serde_json::Value>,
-) -> DomainResult<Operation> {
-    let w = books
-        .wallet(user_id, wallet)
-        .ok_or(DomainError::NotFound("user"))?;
-    let leg = single_leg(w, amount, direction)?
-        .reference(reference)
-        .metadata(metadata);
-    let (before, entries) = books.post(
-        (user_id, wallet),
-        Uuid::new_v4(),
-        std::slice::from_ref(&leg),
-    )?;
-    let entry = entries
-        .first()
-        .ok_or_else(|| DomainError::unexpected("posting produced no entry"))?;
-    Ok(operation_of(
-        entry,
-        wallet,
-        leg.kind,
-        amount,
-        before.balance,
-    ))
+impl SingleWalletOperation {
+    /// On the wallet locked in this transaction.
+    async fn execute(self, txn: &DatabaseTransaction) -> DomainResult<Operation> {
+        let (user_id, wallet) = self.wallet;
+        execute_with_user_lock(txn, user_id, wallet, async |w| {
+            let leg = single_leg(w, self.amount, self.direction)?;
+            let before = w.balance;
+            let (delta, kind) = (leg.deltas.balance, leg.kind);
+            let entry = financial::update_wallet_balance(
+                txn,
+                w,
+                delta,
+                kind,
+                Uuid::new_v4(),
+                self.reference,
+                self.metadata,
+            )
+            .await?;
+            Ok(operation_of(&entry, wallet, kind, self.amount, before))
+        })
+        .await
+    }
+
+    /// The same, applied to a group's books.
+    fn plan(self, books: &mut Books) -> DomainResult<Operation> {
+        let (user_id, wallet) = self.wallet;
+        let w = books
+            .wallet(user_id, wallet)
+            .ok_or(DomainError::NotFound("user"))?;
+        let leg = single_leg(w, self.amount, self.direction)?
+            .reference(self.reference)
+            .metadata(self.metadata);
+        let (before, entries) =
+            books.post(self.wallet, Uuid::new_v4(), std::slice::from_ref(&leg))?;
+        let entry = entries
+            .first()
+            .ok_or_else(|| DomainError::unexpected("posting produced no entry"))?;
+        Ok(operation_of(
+            entry,
+            wallet,
+            leg.kind,
+            self.amount,
+            before.balance,
+        ))
+    }
 }
 
 /// The leg of a deposit or withdrawal on `w`: a withdrawal may take at most
@@ -402,17 +397,7 @@ impl Command for Deposit {
     }
 
     fn plan(&self, books: &mut Books) -> DomainResult<Operation> {
-        let metadata = metadata(&[("payment_method", &self.payment_method)]);
-        let (wallet, amount) = ((self.user_id, self.wallet), self.amount);
-        let reference = self.reference.clone();
-        plan_single(
-            books,
-            wallet,
-            amount,
-            Direction::Credit,
-            reference,
-            metadata,
-        )
+        self.operation().plan(books)
     }
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
@@ -420,16 +405,19 @@ impl Command for Deposit {
     }
 
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
-        let metadata = metadata(&[("payment_method", &self.payment_method)]);
-        single_wallet_operation(
-            txn,
-            (self.user_id, self.wallet),
-            self.amount,
-            Direction::Credit,
-            self.reference.clone(),
-            metadata,
-        )
-        .await
+        self.operation().execute(txn).await
+    }
+}
+
+impl Deposit {
+    fn operation(&self) -> SingleWalletOperation {
+        SingleWalletOperation {
+            wallet: (self.user_id, self.wallet),
+            amount: self.amount,
+            direction: Direction::Credit,
+            reference: self.reference.clone(),
+            metadata: metadata(&[("payment_method", &self.payment_method)]),
+        }
     }
 }
 
@@ -452,9 +440,7 @@ impl Command for Withdrawal {
     }
 
     fn plan(&self, books: &mut Books) -> DomainResult<Operation> {
-        let metadata = metadata(&[("destination", &self.destination)]);
-        let (wallet, amount) = ((self.user_id, self.wallet), self.amount);
-        plan_single(books, wallet, amount, Direction::Debit, None, metadata)
+        self.operation().plan(books)
     }
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
@@ -463,16 +449,19 @@ impl Command for Withdrawal {
 
     async fn execute(&self, _: &Ledger, txn: &DatabaseTransaction) -> DomainResult<Operation> {
         check_optional(self.fence.as_ref(), txn).await?;
-        let metadata = metadata(&[("destination", &self.destination)]);
-        single_wallet_operation(
-            txn,
-            (self.user_id, self.wallet),
-            self.amount,
-            Direction::Debit,
-            None,
-            metadata,
-        )
-        .await
+        self.operation().execute(txn).await
+    }
+}
+
+impl Withdrawal {
+    fn operation(&self) -> SingleWalletOperation {
+        SingleWalletOperation {
+            wallet: (self.user_id, self.wallet),
+            amount: self.amount,
+            direction: Direction::Debit,
+            reference: None,
+            metadata: metadata(&[("destination", &self.destination)]),
+        }
     }
 }
 
