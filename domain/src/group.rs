@@ -13,9 +13,9 @@
 //! 2. the wallets of all remaining writes are locked in one statement, in
 //!    ascending id order — one lock per wallet, and two groups (in this
 //!    process or another) never wait on each other in a cycle;
-//! 3. a group of planned writes (`Command::PLANNED`: deposits) is applied to
-//!    the group's books in memory, write after write, a refused one leaving
-//!    no trace (`ledger::books`); then one `UPDATE` for all the wallets, one
+//! 3. a group of planned writes (`Command::planned`: deposits, unfenced
+//!    withdrawals) is applied to the group's books in memory, write after
+//!    write, a refused one leaving no trace (`ledger::books`); then one `UPDATE` for all the wallets, one
 //!    journal `INSERT` for all the entries and one statement storing every
 //!    answer, refusals included. Should one of those keys have been stored
 //!    elsewhere meanwhile, that attempt is rolled back and the group runs as
@@ -64,7 +64,7 @@ pub type WriteOp = Arc<
 /// Renders a business refusal as the answer stored under the key.
 pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
 
-/// A planned write (`Command::PLANNED`), type-erased: it applies the command
+/// A planned write (`Command::planned`), type-erased: it applies the command
 /// to the group's books and renders its success (pure; re-runnable).
 pub type PlanOp = Arc<dyn Fn(&mut Books) -> DomainResult<StoredResponse> + Send + Sync>;
 

@@ -28,9 +28,9 @@ pub struct Metrics {
     pub db_commits: IntCounterVec,
     /// Writes per group-commit transaction.
     pub group_size: prometheus::Histogram,
-    /// Groups of seldom-refused writes (deposits) run without savepoints,
-    /// by how that went: `committed`, or `rerun` with savepoints because
-    /// one of them was refused or replayed.
+    /// Groups of planned writes (deposits, withdrawals) written together
+    /// without savepoints, by how that went: `committed`, or `rerun` with
+    /// savepoints because one of their keys was stored elsewhere meanwhile.
     pub group_together: IntCounterVec,
     /// 1 while the health probe sees the database answer, 0 while not.
     pub db_up: IntGauge,
@@ -272,7 +272,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
     let group_together = IntCounterVec::new(
         Opts::new(
             "db_group_together_total",
-            "Groups of seldom-refused writes run without a savepoint per write, by outcome",
+            "Groups of planned writes (deposits, withdrawals) written together without savepoints, by outcome",
         ),
         &["outcome"],
     )?;

@@ -7,7 +7,7 @@
 
 use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
 use uuid::Uuid;
 
@@ -190,8 +190,8 @@ pub fn log_entries(entries: &[journal_entry::Model]) {
     }
 }
 
-/// Applies every posting of one operation: per wallet one `UPDATE` (all its
-/// legs summed, guarded by the version read under the lock), then one
+/// Applies every posting of one operation: per wallet one `UPDATE` (the
+/// values its legs leave, guarded by the version read under the lock), then one
 /// multi-row journal `INSERT` for all legs of all wallets.
 pub async fn post<C: ConnectionTrait>(
     conn: &C,
@@ -214,10 +214,7 @@ pub async fn post<C: ConnectionTrait>(
             .col_expr(wallet::Column::Margin, Expr::value(next.margin))
             .col_expr(wallet::Column::Profit, Expr::value(next.profit))
             .col_expr(wallet::Column::Held, Expr::value(next.held))
-            .col_expr(
-                wallet::Column::Version,
-                Expr::col(wallet::Column::Version).add(1),
-            )
+            .col_expr(wallet::Column::Version, Expr::value(next.version))
             .col_expr(
                 wallet::Column::LastHash,
                 Expr::value(next.last_hash.clone()),
