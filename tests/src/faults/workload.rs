@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 
 use super::flows::{Flow, FlowKind};
 use crate::load::client::{Answer, Call, Connection};
-use crate::load::retry::{self, Class, Next, Policy};
+use crate::load::retry::{self, Class, Next, Policy, Retrying};
 use crate::load::{class_of, until_definite};
 use crate::token;
 
@@ -271,8 +271,7 @@ impl Sender {
     }
 
     pub async fn send(&mut self, call: &Call<'_>, policy: &Policy) -> Outcome {
-        let first = Instant::now();
-        let mut failures = 0u32;
+        let mut retrying = Retrying::start();
         let mut attempts = 0u32;
         let mut interrupted = false;
         loop {
@@ -308,7 +307,6 @@ impl Sender {
                 _ => {}
             }
             if !class.is_definite() {
-                failures += 1;
                 interrupted = true;
             }
             if matches!(class, Class::ConnectRefused | Class::Lost) {
@@ -319,14 +317,7 @@ impl Sender {
             } else {
                 rand::rng().random::<f64>()
             };
-            match retry::next(
-                policy,
-                class,
-                failures,
-                retry_after,
-                first.elapsed(),
-                jitter,
-            ) {
+            match retrying.after(policy, class, retry_after, jitter) {
                 Next::Done => {
                     return Outcome {
                         answer: result.ok(),

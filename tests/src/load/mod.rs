@@ -30,7 +30,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use client::{Answer, Call, Connection, Transport};
-use retry::{Class, Next, Policy};
+use retry::{Class, Next, Policy, Retrying};
 use stats::{LockEvent, Recorder, Sample};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -322,8 +322,7 @@ pub async fn until_definite(
     policy: &Policy,
     mut seen: impl FnMut(&Attempt<'_>),
 ) -> Settled {
-    let first = Instant::now();
-    let mut failures = 0u32;
+    let mut retrying = Retrying::start();
     let mut attempts = 0u32;
     loop {
         let sent = Instant::now();
@@ -340,18 +339,8 @@ pub async fn until_definite(
             sent,
             latency,
         });
-        if !class.is_definite() {
-            failures += 1;
-        }
         let jitter = rand::rng().random::<f64>();
-        match retry::next(
-            policy,
-            class,
-            failures,
-            retry_after,
-            first.elapsed(),
-            jitter,
-        ) {
+        match retrying.after(policy, class, retry_after, jitter) {
             Next::Done => {
                 return Settled {
                     answer: result.ok(),
@@ -811,34 +800,55 @@ impl Vu<'_> {
     /// `signal_id`, so under a trade lock). The books follow the fees and
     /// the P&L.
     async fn order_cycle(&mut self, n: u64, signal: bool) {
-        let (user, ctx) = (self.user, self.ctx);
-        let (id, token) = (user.id, &user.token);
-        let mut order = json!({
-            "user_id": id,
-            "symbol": ctx.file.symbol,
-            "side": if n.is_multiple_of(2) { "buy" } else { "sell" },
-            "quantity": ctx.plan.quantity.to_string(),
-            "leverage": 10,
-            "wallet": "live",
-        });
+        let user = self.user;
+        let mut order = self.order_body(n);
         if signal {
             order["signal_id"] = json!(format!("bench-{}", Uuid::new_v4().simple()));
         }
         let Some(opened) = self
-            .write("open_order", "/api/v1/orders", token, order)
+            .write("open_order", "/api/v1/orders", &user.token, order)
             .await
         else {
             return;
         };
-        self.books
-            .add(id, -decimal(&opened["open_fee"]).unwrap_or_default());
-        let order_id = opened["id"].as_i64().unwrap_or_default();
+        let order_id = self.took_open_fee(&opened);
+        self.close_order(order_id).await;
+    }
+
+    /// An order on the run's symbol, buying on even `n`, selling on odd.
+    fn order_body(&self, n: u64) -> Value {
+        json!({
+            "user_id": self.user.id,
+            "symbol": self.ctx.file.symbol,
+            "side": if n.is_multiple_of(2) { "buy" } else { "sell" },
+            "quantity": self.ctx.plan.quantity.to_string(),
+            "leverage": 10,
+            "wallet": "live",
+        })
+    }
+
+    /// The books take an opened order's open fee; returns the order's id.
+    fn took_open_fee(&mut self, opened: &Value) -> i64 {
+        self.books.add(
+            self.user.id,
+            -decimal(&opened["open_fee"]).unwrap_or_default(),
+        );
+        opened["id"].as_i64().unwrap_or_default()
+    }
+
+    /// Closes the user's order `order_id`; the books take its P&L less the
+    /// close fee, plus what was written off.
+    async fn close_order(&mut self, order_id: i64) {
+        let user = self.user;
         let path = format!("/api/v1/orders/{order_id}/close");
-        if let Some(closed) = self.write("close_order", &path, token, json!({})).await {
+        if let Some(closed) = self
+            .write("close_order", &path, &user.token, json!({}))
+            .await
+        {
             let gained = decimal(&closed["pnl"]).unwrap_or_default()
                 - decimal(&closed["close_fee"]).unwrap_or_default()
                 + decimal(&closed["written_off"]).unwrap_or_default();
-            self.books.add(id, gained);
+            self.books.add(user.id, gained);
         }
     }
 
@@ -868,34 +878,19 @@ impl Vu<'_> {
             self.read("read_price", format!("/api/v1/prices/{symbol}"))
                 .await
         );
-        let order = json!({
-            "user_id": id,
-            "symbol": symbol,
-            "side": if n.is_multiple_of(2) { "buy" } else { "sell" },
-            "quantity": self.ctx.plan.quantity.to_string(),
-            "leverage": 10,
-            "wallet": "live",
-        });
+        let order = self.order_body(n);
         let opened = step!(
             self.write("open_order", "/api/v1/orders", token, order)
                 .await
         );
         if let Some(opened) = opened {
-            self.books
-                .add(id, -decimal(&opened["open_fee"]).unwrap_or_default());
-            let order_id = opened["id"].as_i64().unwrap_or_default();
+            let order_id = self.took_open_fee(&opened);
             if self.ctx.go_on() {
                 self.read("read_order", format!("/api/v1/orders/{order_id}"))
                     .await;
                 self.read("read_wallets", wallets.clone()).await;
             }
-            let path = format!("/api/v1/orders/{order_id}/close");
-            if let Some(closed) = self.write("close_order", &path, token, json!({})).await {
-                let gained = decimal(&closed["pnl"]).unwrap_or_default()
-                    - decimal(&closed["close_fee"]).unwrap_or_default()
-                    + decimal(&closed["written_off"]).unwrap_or_default();
-                self.books.add(id, gained);
-            }
+            self.close_order(order_id).await;
         }
         step!(
             self.read(

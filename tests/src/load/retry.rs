@@ -8,7 +8,7 @@
 //! `overloaded` / `unavailable`, other 5xx — leaves the outcome open, and
 //! the same key is sent again until the bound.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::client::Transport;
 
@@ -122,6 +122,48 @@ pub enum Next {
     RetryAfter(Duration),
     /// The bound is reached without a definite answer.
     GiveUp,
+}
+
+/// One request's retry state: since when it has been sent and how many of
+/// its attempts left the outcome open. The loop every sender runs around
+/// `next`.
+#[derive(Debug)]
+pub struct Retrying {
+    first: Instant,
+    failures: u32,
+}
+
+impl Retrying {
+    /// The state at the request's first attempt, now.
+    pub fn start() -> Self {
+        Self {
+            first: Instant::now(),
+            failures: 0,
+        }
+    }
+
+    /// Counts an attempt of class `class` (a failure unless definite) and
+    /// decides what comes next: `next` with this request's failures and
+    /// time since its first attempt.
+    pub fn after(
+        &mut self,
+        policy: &Policy,
+        class: Class,
+        retry_after: Option<Duration>,
+        jitter: f64,
+    ) -> Next {
+        if !class.is_definite() {
+            self.failures += 1;
+        }
+        next(
+            policy,
+            class,
+            self.failures,
+            retry_after,
+            self.first.elapsed(),
+            jitter,
+        )
+    }
 }
 
 /// The decision after an attempt of class `class`.

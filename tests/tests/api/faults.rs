@@ -17,7 +17,7 @@ use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use serde_json::{Value, json};
 use tests::load::client::{Call, Connection};
-use tests::load::retry::{self, Class, Next, Policy};
+use tests::load::retry::{self, Class, Next, Policy, Retrying};
 use tests::load::until_definite;
 use tests::process::LedgerProcess;
 use tests::proxy::Proxy;
@@ -76,8 +76,7 @@ impl Http {
         body: &Value,
         policy: &Policy,
     ) -> Result<Reply, String> {
-        let first = Instant::now();
-        let mut failures = 0;
+        let mut retrying = Retrying::start();
         loop {
             let (class, retry_after, reply) = match self.post(path, token, key, body).await {
                 Ok(r) => (
@@ -88,18 +87,8 @@ impl Http {
                 Err(e) if e.is_connect() => (Class::ConnectRefused, None, Err(e.to_string())),
                 Err(e) => (Class::Lost, None, Err(e.to_string())),
             };
-            if !class.is_definite() {
-                failures += 1;
-            }
             let jitter = rand::random::<f64>();
-            match retry::next(
-                policy,
-                class,
-                failures,
-                retry_after,
-                first.elapsed(),
-                jitter,
-            ) {
+            match retrying.after(policy, class, retry_after, jitter) {
                 Next::Done => return reply,
                 Next::RetryAfter(pause) => tokio::time::sleep(pause).await,
                 Next::GiveUp => {
