@@ -45,6 +45,18 @@ impl Second {
     }
 }
 
+/// The timeline's slot for `second` (the timeline grown to hold it), if
+/// `second` is within a day.
+fn second_slot(timeline: &mut Vec<Second>, second: usize) -> Option<&mut Second> {
+    if second >= 86_400 {
+        return None;
+    }
+    if timeline.len() <= second {
+        timeline.resize_with(second + 1, Second::new);
+    }
+    timeline.get_mut(second)
+}
+
 /// Every count is of attempts (a retried request counts once per attempt),
 /// except `never_definite_reads`, which counts requests.
 #[derive(Debug, Clone)]
@@ -286,16 +298,11 @@ impl Recorder {
             _ => {}
         }
         *slot(&mut s.outcomes, sample.outcome, u64::default) += 1;
-        if second < 86_400 {
-            if s.timeline.len() <= second {
-                s.timeline.resize_with(second + 1, Second::new);
-            }
-            if let Some(slot) = s.timeline.get_mut(second) {
-                slot.requests += 1;
-                slot.failed += failed;
-                slot.served += u64::from(served);
-                let _ = slot.latency.record(micros);
-            }
+        if let Some(slot) = second_slot(&mut s.timeline, second) {
+            slot.requests += 1;
+            slot.failed += failed;
+            slot.served += u64::from(served);
+            let _ = slot.latency.record(micros);
         }
     }
 
@@ -347,13 +354,8 @@ impl Recorder {
         };
         if let Some(latency) = granted {
             let _ = s.grant_latency.record(micros_of(latency));
-            if second < 86_400 {
-                if s.timeline.len() <= second {
-                    s.timeline.resize_with(second + 1, Second::new);
-                }
-                if let Some(slot) = s.timeline.get_mut(second) {
-                    slot.grants += 1;
-                }
+            if let Some(slot) = second_slot(&mut s.timeline, second) {
+                slot.grants += 1;
             }
         }
     }
@@ -374,13 +376,8 @@ impl Recorder {
         };
         s.flows.done += 1;
         let _ = s.flow_latency.record(micros_of(latency));
-        if second < 86_400 {
-            if s.timeline.len() <= second {
-                s.timeline.resize_with(second + 1, Second::new);
-            }
-            if let Some(slot) = s.timeline.get_mut(second) {
-                slot.flows += 1;
-            }
+        if let Some(slot) = second_slot(&mut s.timeline, second) {
+            slot.flows += 1;
         }
     }
 
