@@ -120,8 +120,10 @@ impl NetNs {
         IpAddr::V4(self.ns_ip)
     }
 
-    async fn qdisc(&self, spec: &[&str]) -> Result<(), String> {
-        let mut host = vec!["tc", "qdisc", "replace", "dev", &self.host_dev, "root"];
+    /// `tc qdisc {action} dev … root {spec}` on both ends of the pair: the
+    /// host's, then the namespace's.
+    async fn qdisc(&self, action: &str, spec: &[&str]) -> Result<(), String> {
+        let mut host = vec!["tc", "qdisc", action, "dev", &self.host_dev, "root"];
         host.extend_from_slice(spec);
         sh(&host).await?;
         let mut inner = vec![
@@ -131,7 +133,7 @@ impl NetNs {
             &self.name,
             "tc",
             "qdisc",
-            "replace",
+            action,
             "dev",
             &self.ns_dev,
             "root",
@@ -143,13 +145,13 @@ impl NetNs {
     /// Installs delay and loss on both ends of the pair.
     pub async fn degrade(&mut self) -> Result<Shaping, String> {
         let netem = ["netem", "delay", "40ms", "10ms", "loss", "2%"];
-        let shaping = match self.qdisc(&netem).await {
+        let shaping = match self.qdisc("replace", &netem).await {
             Ok(()) => Shaping::Netem(netem[1..].join(" ")),
             Err(netem_error) => {
                 // 2 Mbit/s with a 20 ms queue: replies of a few kB queue for
                 // milliseconds and bursts overflow it and are dropped.
                 let tbf = ["tbf", "rate", "2mbit", "burst", "8kb", "latency", "20ms"];
-                self.qdisc(&tbf).await?;
+                self.qdisc("replace", &tbf).await?;
                 Shaping::Tbf {
                     spec: tbf[1..].join(" "),
                     netem_error,
@@ -165,20 +167,7 @@ impl NetNs {
         if !self.shaped {
             return Ok(());
         }
-        sh(&["tc", "qdisc", "del", "dev", &self.host_dev, "root"]).await?;
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.name,
-            "tc",
-            "qdisc",
-            "del",
-            "dev",
-            &self.ns_dev,
-            "root",
-        ])
-        .await?;
+        self.qdisc("del", &[]).await?;
         self.shaped = false;
         Ok(())
     }

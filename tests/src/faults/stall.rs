@@ -314,6 +314,26 @@ impl Successor<'_> {
         ))
     }
 
+    /// `withdraw`, kept in `writes`; a refusal is a problem in `bad`, the
+    /// new holder's `what` ("write", "second write").
+    async fn withdraw_into(
+        &self,
+        amount: Decimal,
+        lock_token: &str,
+        what: &str,
+        (bad, writes): (&mut Vec<String>, &mut Vec<Write>),
+    ) -> Result<(), String> {
+        let w = self.withdraw(amount, lock_token).await?;
+        if !w.succeeded() {
+            bad.push(format!(
+                "the new holder's {what} was refused: {:?}",
+                w.answer
+            ));
+        }
+        writes.push(w);
+        Ok(())
+    }
+
     async fn balance(&self) -> Result<Decimal, String> {
         let w = workload::wallets(self.target, &[self.user.id], &Policy::default()).await?;
         Ok(w.get(&self.user.id).map(|w| w.balance).unwrap_or_default())
@@ -459,16 +479,14 @@ async fn one_cycle(
         ));
     }
     let new_lock_token = format!("{new_id}:{new_token}");
-    let w = successor
-        .withdraw(Decimal::new(333, 2), &new_lock_token)
+    successor
+        .withdraw_into(
+            Decimal::new(333, 2),
+            &new_lock_token,
+            "write",
+            (&mut bad, &mut writes),
+        )
         .await?;
-    if !w.succeeded() {
-        bad.push(format!(
-            "the new holder's write was refused: {:?}",
-            w.answer
-        ));
-    }
-    writes.push(w);
 
     // The resume: the holder sends the write it had decided on.
     let before = successor.balance().await?;
@@ -516,16 +534,14 @@ async fn one_cycle(
     let _ = tokio::time::timeout(Duration::from_secs(10), h.child.wait()).await;
 
     // The new holder goes on writing, then lets go.
-    let w = successor
-        .withdraw(Decimal::new(444, 2), &new_lock_token)
+    successor
+        .withdraw_into(
+            Decimal::new(444, 2),
+            &new_lock_token,
+            "second write",
+            (&mut bad, &mut writes),
+        )
         .await?;
-    if !w.succeeded() {
-        bad.push(format!(
-            "the new holder's second write was refused: {:?}",
-            w.answer
-        ));
-    }
-    writes.push(w);
     let (_, released) = post(
         successor.target,
         &user.token,
