@@ -866,6 +866,21 @@ mod tests {
 
     /// Calls until a final (2xx) answer, as the ledger retries; returns it
     /// and the number of calls it took.
+    /// GETs `url` and reads the answer as JSON.
+    async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+        client.get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    /// PUTs `body` to the simulator's `/mode`.
+    async fn put_mode(client: &reqwest::Client, base: &str, body: &Value) -> reqwest::Response {
+        client
+            .put(format!("{base}/mode"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn until_final(client: &reqwest::Client, sim: &PayoutSim, id: i64) -> (Value, u32) {
         for attempt in 1..=200 {
             match call(client, sim, id).await {
@@ -1217,23 +1232,11 @@ mod tests {
             (json!({"mode": "drop"}), Mode::DropAfterProcessing),
         ];
         for (body, mode) in examples {
-            let resp = client
-                .put(format!("{base}/mode"))
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
+            let resp = put_mode(&client, &base, &body).await;
             assert_eq!(resp.status().as_u16(), 200, "{body}");
             assert_eq!(sim.mode(), mode, "{body}");
             assert_eq!(resp.json::<Value>().await.unwrap(), body);
-            let now: Value = client
-                .get(format!("{base}/mode"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let now = get_json(&client, &format!("{base}/mode")).await;
             assert_eq!(now, body);
         }
         for bad in [
@@ -1241,24 +1244,12 @@ mod tests {
             json!({"mode": "slow"}),
             json!({"mode": "random", "transient": 1.5, "reject": 0.1}),
         ] {
-            let resp = client
-                .put(format!("{base}/mode"))
-                .json(&bad)
-                .send()
-                .await
-                .unwrap();
+            let resp = put_mode(&client, &base, &bad).await;
             assert_eq!(resp.status().as_u16(), 400, "{bad}");
         }
         assert_eq!(sim.mode(), Mode::DropAfterProcessing);
 
-        let list: Value = client
-            .get(sim.url())
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list = get_json(&client, &sim.url()).await;
         assert_eq!(list.as_array().unwrap().len(), 1);
         assert_eq!(list[0]["payout_id"], 3);
         assert_eq!(list[0]["payments"], 1);
@@ -1274,14 +1265,7 @@ mod tests {
             let resp = client.get(format!("{base}{missing}")).send().await.unwrap();
             assert_eq!(resp.status().as_u16(), 404, "{missing}");
         }
-        let stats: Value = client
-            .get(format!("{base}/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = get_json(&client, &format!("{base}/stats")).await;
         assert_eq!(
             stats,
             json!({"total_calls": 1, "protocol_errors": 0, "payouts": 1, "payments": 1})
