@@ -325,6 +325,21 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// GET with `token` that must answer 200; returns the answer.
+    pub async fn get_ok(&self, path: &str, token: &str) -> Reply {
+        let r = self.get(path, Some(token)).await;
+        r.expect(200);
+        r
+    }
+
+    /// `assert_look_alike` for a GET with `token` of another user's
+    /// resource at `theirs` and of a missing one at `missing`.
+    pub async fn assert_get_looks_alike(&self, theirs: &str, missing: &str, token: &str) {
+        let theirs = self.get(theirs, Some(token)).await;
+        let missing = self.get(missing, Some(token)).await;
+        assert_look_alike(&theirs, &missing);
+    }
+
     /// POST a raw body (for malformed-input tests).
     pub async fn post_raw(
         &self,
@@ -427,12 +442,8 @@ impl TestApp {
     /// The wallet as the API reports it.
     pub async fn wallet(&self, user_id: i64, wallet: &str) -> Value {
         let r = self
-            .get(
-                &format!("/api/v1/users/{user_id}/wallets"),
-                Some(&self.admin()),
-            )
+            .get_ok(&format!("/api/v1/users/{user_id}/wallets"), &self.admin())
             .await;
-        r.expect(200);
         r.body
             .as_array()
             .unwrap()
@@ -446,6 +457,14 @@ impl TestApp {
     pub async fn funded_user(&self, email: &str, amount: &str) -> i64 {
         let u = self.create_user(email).await;
         self.deposit(u, amount, "live").await.expect(200);
+        u
+    }
+
+    /// A funded user (`funded_user`) and `symbol` priced at `price`: the
+    /// set-up of a trading test.
+    pub async fn trader(&self, email: &str, amount: &str, (symbol, price): (&str, &str)) -> i64 {
+        let u = self.funded_user(email, amount).await;
+        self.set_price(symbol, price).await.expect(200);
         u
     }
 
@@ -463,6 +482,36 @@ impl TestApp {
         .await
     }
 
+    /// Withdraws `amount` from the user's `wallet` with `token`, under a key
+    /// of its own.
+    pub async fn withdraw(&self, token: &str, user_id: i64, amount: &str, wallet: &str) -> Reply {
+        self.post_new(
+            "/api/v1/wallets/withdraw",
+            token,
+            serde_json::json!({ "user_id": user_id, "amount": amount, "wallet": wallet }),
+        )
+        .await
+    }
+
+    /// Transfers `amount` between the `wallet`s of `(from, to)` with `token`,
+    /// under a key of its own.
+    pub async fn transfer(
+        &self,
+        token: &str,
+        (from, to): (i64, i64),
+        amount: &str,
+        wallet: &str,
+    ) -> Reply {
+        self.post_new(
+            "/api/v1/wallets/transfer",
+            token,
+            serde_json::json!({
+                "from_user_id": from, "to_user_id": to, "amount": amount, "wallet": wallet,
+            }),
+        )
+        .await
+    }
+
     /// The wallet's balance as the API reports it.
     pub async fn balance(&self, user_id: i64, wallet: &str) -> String {
         self.wallet(user_id, wallet).await["balance"]
@@ -474,12 +523,11 @@ impl TestApp {
     /// The kinds of the user's journal entries, oldest first.
     pub async fn journal_kinds(&self, user_id: i64, wallet: &str) -> Vec<String> {
         let r = self
-            .get(
+            .get_ok(
                 &format!("/api/v1/users/{user_id}/transactions?wallet={wallet}&limit=500"),
-                Some(&self.admin()),
+                &self.admin(),
             )
             .await;
-        r.expect(200);
         let mut kinds: Vec<String> = r.body["items"]
             .as_array()
             .unwrap()
@@ -508,6 +556,13 @@ impl TestApp {
         report
     }
 
+    /// Asserts the books balance (`assert_books_balance`), then stops: the
+    /// end of most tests.
+    pub async fn assert_books_balance_and_stop(self) {
+        self.assert_books_balance().await;
+        self.stop().await;
+    }
+
     /// Stops the server and closes its pool, keeping the database.
     pub async fn stop_server(&mut self) {
         if let Some(server) = self.server.take() {
@@ -524,6 +579,19 @@ impl TestApp {
     }
 }
 
+/// Balances equal journal sums and hash chains verify, for every wallet of
+/// the database at `url` (one a server process, not this test, runs on).
+pub async fn assert_books_balance_at(url: &str) {
+    let conn = Database::connect(url).await.unwrap();
+    let report = domain::ledger::reconcile::check_all(&conn).await.unwrap();
+    conn.close().await.unwrap();
+    assert!(
+        report.is_clean(),
+        "reconciliation failed: {:?}",
+        report.discrepancies
+    );
+}
+
 /// Tests that run several servers or server processes (each with a pool of
 /// its own) take this first and so run one at a time: beside the other
 /// tests of the binary running in parallel, they then stay within
@@ -531,6 +599,15 @@ impl TestApp {
 pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
     static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     HEAVY.lock().await
+}
+
+/// Two servers on one fresh PostgreSQL database (two processes behind one
+/// balancer), and the `heavy` guard to hold while they run.
+pub async fn two_instances() -> (tokio::sync::MutexGuard<'static, ()>, TestApp, TestApp) {
+    let several_servers = heavy().await;
+    let app = TestApp::spawn(Engine::Postgres).await;
+    let sibling = app.sibling().await;
+    (several_servers, app, sibling)
 }
 
 pub fn fresh_key() -> String {
@@ -546,11 +623,32 @@ pub fn scale(engine: Engine, postgres: usize, sqlite: usize) -> usize {
     }
 }
 
+/// Another user's resource looks unknown: `theirs` (an answer about it)
+/// and `missing` (the same question about one that does not exist) are
+/// both 404 `not_found`, alike in type, title, status, code and detail.
+#[track_caller]
+pub fn assert_look_alike(theirs: &Reply, missing: &Reply) {
+    theirs.problem(404, "not_found");
+    missing.problem(404, "not_found");
+    for field in ["type", "title", "status", "code", "detail"] {
+        assert_eq!(
+            theirs.body[field], missing.body[field],
+            "{field}: {} / {}",
+            theirs.text, missing.text
+        );
+    }
+}
+
 #[track_caller]
 pub fn assert_no_5xx(replies: &[Reply]) {
     for r in replies {
         assert!(r.status < 500, "server error: {} {}", r.status, r.text);
     }
+}
+
+/// The body of a deposit or withdrawal of `amount` on `user`'s live wallet.
+pub fn live(user: i64, amount: &str) -> Value {
+    serde_json::json!({ "user_id": user, "amount": amount, "wallet": "live" })
 }
 
 /// A decimal string as a number, for comparing amounts.

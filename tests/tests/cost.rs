@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use infra::metrics::metrics;
 use sea_orm::{ConnectionTrait, Database, Statement};
-use serde_json::json;
 use tests::{Engine, TestApp, admin_url};
 
 /// Operations of each kind measured.
@@ -89,45 +88,26 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
     let a = app.create_user("cost-a@x.io").await;
     let b = app.create_user("cost-b@x.io").await;
     app.set_price("COSTUSD", "100").await.expect(200);
-    let service = app.service();
     let user_a = app.user(a);
 
     let deposit = per_operation("deposit", |_| {
-        let (app, service) = (&app, &service);
+        let app = &app;
         async move {
-            app.post_new(
-                "/api/v1/wallets/deposit",
-                service,
-                json!({"user_id": a, "amount": "1000", "wallet": "live"}),
-            )
-            .await
-            .expect(200);
+            app.deposit(a, "1000", "live").await.expect(200);
         }
     })
     .await;
     let withdraw = per_operation("withdrawal", |_| {
         let (app, user_a) = (&app, &user_a);
         async move {
-            app.post_new(
-                "/api/v1/wallets/withdraw",
-                user_a,
-                json!({"user_id": a, "amount": "1", "wallet": "live"}),
-            )
-            .await
-            .expect(200);
+            app.withdraw(user_a, a, "1", "live").await.expect(200);
         }
     })
     .await;
     let transfer = per_operation("transfer", |_| {
         let (app, user_a) = (&app, &user_a);
         async move {
-            app.post_new(
-                "/api/v1/wallets/transfer",
-                user_a,
-                json!({"from_user_id": a, "to_user_id": b, "amount": "1", "wallet": "live"}),
-            )
-            .await
-            .expect(200);
+            app.transfer(user_a, (a, b), "1", "live").await.expect(200);
         }
     })
     .await;

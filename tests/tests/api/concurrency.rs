@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures::future::join_all;
 use serde_json::json;
-use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, fresh_key, scale};
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, fresh_key, live, scale};
 
 /// Invariant: N concurrent deposits of 0.01 into one wallet leave exactly
 /// N × 0.01 and exactly N deposit journal entries (no lost update).
@@ -32,8 +32,7 @@ async fn concurrent_deposits_are_all_counted(engine: Engine) {
         .filter(|e| e["kind"] == "deposit")
         .count();
     assert_eq!(deposits, n);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: no double spend. 2N concurrent withdrawals of 10 from 10 × N:
@@ -47,14 +46,10 @@ async fn concurrent_withdrawals_never_overdraw(engine: Engine) {
         .expect(200);
     let token = app.user(u);
     let keys: Vec<String> = (0..half * 2).map(|_| fresh_key()).collect();
-    let replies = join_all(keys.iter().map(|key| {
-        app.post(
-            "/api/v1/wallets/withdraw",
-            &token,
-            Some(key),
-            json!({"user_id": u, "amount": "10", "wallet": "live"}),
-        )
-    }))
+    let replies = join_all(
+        keys.iter()
+            .map(|key| app.post("/api/v1/wallets/withdraw", &token, Some(key), live(u, "10"))),
+    )
     .await;
     assert_no_5xx(&replies);
     let ok = replies.iter().filter(|r| r.status == 200).count();
@@ -64,8 +59,7 @@ async fn concurrent_withdrawals_never_overdraw(engine: Engine) {
         .count();
     assert_eq!((ok, refused), (half, half));
     assert_eq!(app.balance(u, "live").await, "0");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: interleaved transfers A→B and B→A (ascending lock order, no
@@ -99,8 +93,7 @@ async fn crossing_transfers_conserve_the_sum(engine: Engine) {
     let bb: rust_decimal::Decimal = app.balance(b, "live").await.parse().unwrap();
     assert_eq!(ba + bb, rust_decimal::Decimal::from(2000));
     assert!(ba >= rust_decimal::Decimal::ZERO && bb >= rust_decimal::Decimal::ZERO);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: one execution per idempotency key. N identical concurrent
@@ -112,7 +105,7 @@ async fn one_key_many_requests_execute_once(engine: Engine) {
     let u = app.create_user("once@x.io").await;
     let key = fresh_key();
     let token = app.service();
-    let body = json!({"user_id": u, "amount": "25", "wallet": "live"});
+    let body = live(u, "25");
     let replies = join_all(
         (0..n).map(|_| app.post("/api/v1/wallets/deposit", &token, Some(&key), body.clone())),
     )
@@ -138,8 +131,7 @@ async fn one_key_many_requests_execute_once(engine: Engine) {
         .await;
     assert_eq!(last.text, originals[0].text);
     assert_eq!(app.balance(u, "live").await, "25");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 both_engines!(
@@ -199,6 +191,5 @@ async fn reconciliation_during_deposits_reads_one_snapshot() {
         unclean.len(),
         unclean.first()
     );
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }

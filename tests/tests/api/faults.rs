@@ -181,18 +181,6 @@ async fn journal(url: &str) -> BTreeMap<(String, String), i64> {
     out
 }
 
-/// Balances equal journal sums and hash chains verify, for every wallet.
-async fn assert_reconciled(url: &str) {
-    let conn = sea_orm::Database::connect(url).await.unwrap();
-    let report = domain::ledger::reconcile::check_all(&conn).await.unwrap();
-    conn.close().await.unwrap();
-    assert!(
-        report.is_clean(),
-        "reconciliation failed: {:?}",
-        report.discrepancies
-    );
-}
-
 /// The end of a long server log, for an assertion message.
 fn tail(log: &str) -> &str {
     let mut start = log.len().saturating_sub(6000);
@@ -457,7 +445,7 @@ async fn kill_9_under_load_loses_and_doubles_nothing() {
         "journal entries no definite answer accounts for: {unexplained:?}"
     );
     assert_eq!(found, expected, "journal != definite successes");
-    assert_reconciled(&url).await;
+    tests::assert_books_balance_at(&url).await;
 }
 
 /// What one request during the outage came to.
@@ -659,7 +647,7 @@ async fn database_unreachable_answers_503_fast_and_recovers() {
         http.live_balance(b).await,
         opening.1 + deposited(b) + Decimal::from(5)
     );
-    assert_reconciled(&url).await;
+    tests::assert_books_balance_at(&url).await;
 }
 
 /// A server started with `env`, one user funded with 100, `n` deposit keys
@@ -790,7 +778,7 @@ impl BlockedDeposits {
             .map(|(_, n)| *n)
             .sum();
         assert_eq!(deposits, 1 + keys.len() as i64, "deposit journal entries");
-        assert_reconciled(url).await;
+        tests::assert_books_balance_at(url).await;
     }
 }
 
@@ -1144,5 +1132,5 @@ async fn kill_9_mid_group_commits_nothing_partial() {
         (users.len() + N) as i64,
         "deposit journal entries"
     );
-    assert_reconciled(&url).await;
+    tests::assert_books_balance_at(&url).await;
 }

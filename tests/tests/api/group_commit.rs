@@ -8,7 +8,7 @@ use futures::future::join_all;
 use rust_decimal::Decimal;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
-use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, fresh_key, scale};
+use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, fresh_key, live, scale};
 
 const DEPOSIT: &str = "/api/v1/wallets/deposit";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
@@ -141,8 +141,7 @@ async fn a_hot_wallet_drained_while_filled(engine: Engine) {
         shared_groups() > shared_before,
         "writes arriving together never shared a commit"
     );
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: a group that contains a refused write commits the others, and
@@ -157,62 +156,29 @@ async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
     let shared_before = shared_groups();
     let service = app.service();
     let first_key = fresh_key();
-    let first = app.post(
-        DEPOSIT,
-        &service,
-        Some(&first_key),
-        json!({"user_id": a, "amount": "1", "wallet": "live"}),
-    );
+    let first = app.post(DEPOSIT, &service, Some(&first_key), live(a, "1"));
     let (user_a, user_b) = (app.user(a), app.user(b));
     let rest =
         async {
             // the first write is in its transaction, waiting for the lock
             tokio::time::sleep(Duration::from_millis(300)).await;
             let writes = [
-                (
-                    DEPOSIT,
-                    service.clone(),
-                    json!({"user_id": b, "amount": "2", "wallet": "live"}),
-                ),
-                (
-                    WITHDRAW,
-                    user_a.clone(),
-                    json!({"user_id": a, "amount": "1000", "wallet": "live"}),
-                ),
-                (
-                    WITHDRAW,
-                    user_b.clone(),
-                    json!({"user_id": b, "amount": "3", "wallet": "live"}),
-                ),
-                (
-                    DEPOSIT,
-                    service.clone(),
-                    json!({"user_id": a, "amount": "5", "wallet": "live"}),
-                ),
+                (DEPOSIT, service.clone(), live(b, "2")),
+                (WITHDRAW, user_a.clone(), live(a, "1000")),
+                (WITHDRAW, user_b.clone(), live(b, "3")),
+                (DEPOSIT, service.clone(), live(a, "5")),
             ];
             let keys: Vec<String> = writes.iter().map(|_| fresh_key()).collect();
             let sent =
                 join_all(writes.iter().zip(&keys).map(|((path, token, body), key)| {
                     app.post(path, token, Some(key), body.clone())
                 }));
-            let release = async {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                blocker.rollback().await.unwrap();
-            };
-            let (replies, ()) = tokio::join!(sent, release);
-            replies
+            released_after(blocker, 300, sent).await
         };
     let (first, replies) = tokio::join!(first, rest);
     first.expect(200);
     // the four arrive in any order; each answer is its own request's
-    replies[0].expect(200);
-    assert_eq!(
-        (
-            replies[0].body["user_id"].as_i64(),
-            replies[0].body["amount"].as_str()
-        ),
-        (Some(b), Some("2"))
-    );
+    assert_written(&replies[0], b, "2");
     replies[1].problem(422, "insufficient_funds");
     replies[2].expect(200);
     assert_eq!(
@@ -231,8 +197,32 @@ async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
         "the queued writes ran alone"
     );
     outside.close().await.unwrap();
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
+}
+
+/// Sends `sent` (writes that queue behind `blocker`'s lock) and rolls
+/// `blocker` back `ms` milliseconds later; returns what `sent` answered.
+async fn released_after<T>(
+    blocker: sea_orm::DatabaseTransaction,
+    ms: u64,
+    sent: impl Future<Output = T>,
+) -> T {
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        blocker.rollback().await.unwrap();
+    };
+    let (replies, ()) = tokio::join!(sent, release);
+    replies
+}
+
+/// A 200 for a write of `amount` to `user`.
+#[track_caller]
+fn assert_written(r: &Reply, user: i64, amount: &str) {
+    r.expect(200);
+    assert_eq!(
+        (r.body["user_id"].as_i64(), r.body["amount"].as_str()),
+        (Some(user), Some(amount))
+    );
 }
 
 /// Locks `user`'s wallets from outside, in a transaction of its own, so
@@ -266,35 +256,18 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
     let (outside, blocker) = block_wallets_of(&app, engine, a).await;
     let (shared_before, together_before) = (shared_groups(), together("committed"));
     let first_key = fresh_key();
-    let first = app.post(
-        DEPOSIT,
-        &service,
-        Some(&first_key),
-        json!({"user_id": a, "amount": "1", "wallet": "live"}),
-    );
+    let first = app.post(DEPOSIT, &service, Some(&first_key), live(a, "1"));
     let shared_app = &app;
     let rest = async {
         // the first deposit is in its transaction, waiting for the lock
         tokio::time::sleep(Duration::from_millis(300)).await;
         // queued in this order: b's deposit runs before the refused one
         let writes = [
-            (
-                fresh_key(),
-                json!({"user_id": b, "amount": "2", "wallet": "live"}),
-            ),
-            (
-                fresh_key(),
-                json!({"user_id": 999_999, "amount": "1", "wallet": "live"}),
-            ),
-            (
-                fresh_key(),
-                json!({"user_id": a, "amount": "5", "wallet": "live"}),
-            ),
+            (fresh_key(), live(b, "2")),
+            (fresh_key(), live(999_999, "1")),
+            (fresh_key(), live(a, "5")),
             // the first deposit again: by the time its group runs, a replay
-            (
-                first_key.clone(),
-                json!({"user_id": a, "amount": "1", "wallet": "live"}),
-            ),
+            (first_key.clone(), live(a, "1")),
         ];
         let sent = join_all(writes.iter().enumerate().map(|(i, (key, body))| {
             let (service, body) = (&service, body.clone());
@@ -303,12 +276,7 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
                 shared_app.post(DEPOSIT, service, Some(key), body).await
             }
         }));
-        let release = async {
-            tokio::time::sleep(Duration::from_millis(400)).await;
-            blocker.rollback().await.unwrap();
-        };
-        let (replies, ()) = tokio::join!(sent, release);
-        replies
+        released_after(blocker, 400, sent).await
     };
     let (first, replies) = tokio::join!(first, rest);
     first.expect(200);
@@ -317,14 +285,7 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
         replies[3].body, first.body,
         "the replay is the first answer"
     );
-    replies[0].expect(200);
-    assert_eq!(
-        (
-            replies[0].body["user_id"].as_i64(),
-            replies[0].body["amount"].as_str()
-        ),
-        (Some(b), Some("2"))
-    );
+    assert_written(&replies[0], b, "2");
     replies[1].problem(404, "not_found");
     replies[2].expect(200);
     assert_eq!(replies[2].body["amount"], "5");
@@ -344,8 +305,7 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
         "no group of deposits was written together"
     );
     outside.close().await.unwrap();
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 both_engines!(

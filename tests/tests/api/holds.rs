@@ -136,8 +136,7 @@ async fn create_capture_and_read_follow_the_contract(engine: Engine) {
     // reads: the owner, the back office
     let id = id_of(&hold);
     for token in [app.user(u), app.service(), app.admin()] {
-        let r = app.get(&format!("{HOLDS}/{id}"), Some(&token)).await;
-        r.expect(200);
+        let r = app.get_ok(&format!("{HOLDS}/{id}"), &token).await;
         assert_eq!(r.body, hold);
     }
     // capture part: 120 leaves the wallet, 180 goes back to the free balance
@@ -155,12 +154,11 @@ async fn create_capture_and_read_follow_the_contract(engine: Engine) {
     assert_eq!(funds(&app, u).await, strings(["880", "0", "880"]));
     // the journal explains it, held fields included
     let j = app
-        .get(
+        .get_ok(
             &format!("/api/v1/users/{u}/transactions?wallet=live"),
-            Some(&app.user(u)),
+            &app.user(u),
         )
         .await;
-    j.expect(200);
     let entries: Vec<(&str, &str, &str, &str, &str)> = j.body["items"]
         .as_array()
         .unwrap()
@@ -204,8 +202,7 @@ async fn create_capture_and_read_follow_the_contract(engine: Engine) {
     r.expect(200);
     assert_eq!(r.body["captured_amount"], "80");
     assert_eq!(funds(&app, u).await, strings(["800", "0", "800"]));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn void_roles_and_privacy(engine: Engine) {
@@ -215,26 +212,16 @@ async fn void_roles_and_privacy(engine: Engine) {
     let hold = held(&app, owner, "40", 60_000).await;
     let id = id_of(&hold);
     let unknown = id + 1_000;
-    let same = |a: &Reply, b: &Reply| {
-        for field in ["type", "title", "status", "code", "detail"] {
-            assert_eq!(a.body[field], b.body[field], "{} / {}", a.text, b.text);
-        }
-    };
     // another user's hold looks unknown, as another user's order does
-    let theirs = app
-        .get(&format!("{HOLDS}/{id}"), Some(&app.user(nosy)))
-        .await;
-    theirs.problem(404, "not_found");
-    let missing = app
-        .get(&format!("{HOLDS}/{unknown}"), Some(&app.user(nosy)))
-        .await;
-    missing.problem(404, "not_found");
-    same(&theirs, &missing);
+    app.assert_get_looks_alike(
+        &format!("{HOLDS}/{id}"),
+        &format!("{HOLDS}/{unknown}"),
+        &app.user(nosy),
+    )
+    .await;
     let theirs = void(&app, &app.user(nosy), id).await;
-    theirs.problem(404, "not_found");
     let missing = void(&app, &app.user(nosy), unknown).await;
-    missing.problem(404, "not_found");
-    same(&theirs, &missing);
+    tests::assert_look_alike(&theirs, &missing);
     // users never capture, not even their own holds
     capture(&app, &app.user(owner), id, json!({}))
         .await
@@ -302,8 +289,7 @@ async fn void_roles_and_privacy(engine: Engine) {
         app.journal_kinds(owner, "live").await,
         ["deposit", "hold", "hold_release"]
     );
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn refusals_and_validation_change_nothing(engine: Engine) {
@@ -387,8 +373,7 @@ async fn refusals_and_validation_change_nothing(engine: Engine) {
             .problem(400, "invalid_request");
     }
     assert_eq!(funds(&app, u).await, strings(["100", "1", "99"]));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn a_repeated_key_replays_the_hold(engine: Engine) {
@@ -420,8 +405,7 @@ async fn a_repeated_key_replays_the_hold(engine: Engine) {
     r.problem(422, "capture_exceeds_hold");
     let r2 = app.post(&path, &app.service(), Some(&key), big).await;
     assert_eq!((r2.status, r2.text.as_str()), (422, r.text.as_str()));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn an_expired_hold_stops_counting_at_once(engine: Engine) {
@@ -439,8 +423,7 @@ async fn an_expired_hold_stops_counting_at_once(engine: Engine) {
     until(expires_at + chrono::Duration::milliseconds(5)).await;
     // reads no longer count it, before anything released it
     assert_eq!(funds(&app, u).await, strings(["100", "0", "100"]));
-    let r = app.get(&format!("{HOLDS}/{id}"), Some(&app.user(u))).await;
-    r.expect(200);
+    let r = app.get_ok(&format!("{HOLDS}/{id}"), &app.user(u)).await;
     assert_eq!(
         (&r.body["status"], &r.body["finished_at"]),
         (&json!("expired"), &hold["expires_at"])
@@ -466,8 +449,7 @@ async fn an_expired_hold_stops_counting_at_once(engine: Engine) {
     );
     let r = app.get(&format!("{HOLDS}/{id}"), Some(&app.admin())).await;
     assert_eq!(r.body["status"], "expired");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn the_cleanup_job_releases_expired_holds(engine: Engine) {
@@ -500,8 +482,7 @@ async fn the_cleanup_job_releases_expired_holds(engine: Engine) {
         ]
     );
     assert_eq!(funds(&app, u).await, strings(["100", "30", "70"]));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn lists_are_newest_first_and_filter_by_status(engine: Engine) {
@@ -525,12 +506,8 @@ async fn lists_are_newest_first_and_filter_by_status(engine: Engine) {
         let app = &app;
         async move {
             let r = app
-                .get(
-                    &format!("/api/v1/users/{u}/holds?{query}"),
-                    Some(&app.user(u)),
-                )
+                .get_ok(&format!("/api/v1/users/{u}/holds?{query}"), &app.user(u))
                 .await;
-            r.expect(200);
             let items: Vec<i64> = r.body["items"]
                 .as_array()
                 .unwrap()
@@ -583,8 +560,7 @@ async fn lists_are_newest_first_and_filter_by_status(engine: Engine) {
 /// in full.
 async fn a_closing_loss_never_eats_held_funds(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("loss@x.io", "100").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("loss@x.io", "100", ("BTCUSD", "100")).await;
     // margin 10, open fee 0.1
     let order = app.opened(u, ("BTCUSD", "buy", "1", 10, "live")).await;
     let hold = held(&app, u, "80", 60_000).await;
@@ -598,8 +574,7 @@ async fn a_closing_loss_never_eats_held_funds(engine: Engine) {
     let r = capture(&app, &app.service(), id_of(&hold), json!({})).await;
     r.expect(200);
     assert_eq!(funds(&app, u).await, strings(["0", "0", "0"]));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Wallets and journal entries written before holds migrate: they hold 0,

@@ -28,12 +28,8 @@ async fn create_hold(app: &TestApp, user_id: i64, amount: &str, ttl_ms: u64) -> 
 }
 
 async fn withdraw(app: &TestApp, user_id: i64, amount: &str) -> Reply {
-    app.post_new(
-        "/api/v1/wallets/withdraw",
-        &app.user(user_id),
-        json!({"user_id": user_id, "amount": amount, "wallet": "live"}),
-    )
-    .await
+    app.withdraw(&app.user(user_id), user_id, amount, "live")
+        .await
 }
 
 /// `n` users, each with `amount` in its live wallet, named `{prefix}{i}`.
@@ -128,8 +124,7 @@ async fn captures_voids_and_expiry_race_and_each_hold_ends_once(engine: Engine) 
     for (id, owner, replies) in &races {
         let all: Vec<Reply> = replies.iter().map(|(_, r)| r.clone()).collect();
         assert_no_5xx(&all);
-        let final_hold = app.get(&format!("{HOLDS}/{id}"), Some(&app.admin())).await;
-        final_hold.expect(200);
+        let final_hold = app.get_ok(&format!("{HOLDS}/{id}"), &app.admin()).await;
         let status = final_hold.body["status"].as_str().unwrap().to_owned();
         let winners: Vec<&(Ending, Reply)> =
             replies.iter().filter(|(_, r)| r.status == 200).collect();
@@ -201,8 +196,7 @@ async fn captures_voids_and_expiry_race_and_each_hold_ends_once(engine: Engine) 
             "user {owner}: {kinds:?}"
         );
     }
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: free balance never goes negative. Per user, holds and
@@ -298,8 +292,7 @@ async fn holds_and_withdrawals_never_overdraw(engine: Engine) {
         assert!(dec_of(&w["free_margin"]) >= Decimal::ZERO, "{w}");
         assert!(dec_of(&w["balance"]) >= dec_of(&w["margin"]) + dec_of(&w["held"]));
     }
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: a hold stops counting at its expiry exactly, without the
@@ -329,8 +322,7 @@ async fn a_withdrawal_just_after_expiry_takes_everything(engine: Engine) {
         let w = app.wallet(u, "live").await;
         assert_eq!((&w["balance"], &w["held"]), (&json!("0"), &json!("0")));
     }
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 both_engines!(

@@ -5,20 +5,23 @@ use infra::entities::idempotency_key as key;
 use poem_openapi::types::ToJSON;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, Set};
-use serde_json::json;
-use tests::{Engine, TestApp, both_engines, fresh_key};
+use serde_json::{Value, json};
+use tests::{Engine, Reply, TestApp, both_engines, fresh_key, live};
 
 const DEPOSIT: &str = "/api/v1/wallets/deposit";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
+
+/// POSTs `body` to `path` as the back office under the client key `key`.
+async fn keyed(app: &TestApp, path: &str, key: &str, body: Value) -> Reply {
+    app.post(path, &app.service(), Some(key), body).await
+}
 
 async fn same_key_same_body_replays_exactly(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let u = app.create_user("i@x.io").await;
     let k = fresh_key();
-    let body = json!({"user_id": u, "amount": "7", "wallet": "live"});
-    let first = app
-        .post(DEPOSIT, &app.service(), Some(&k), body.clone())
-        .await;
+    let body = live(u, "7");
+    let first = keyed(&app, DEPOSIT, &k, body.clone()).await;
     first.expect(200);
     // same JSON, other key order and spacing: the same request
     let reordered = format!(r#"{{ "wallet": "live", "amount": "7",  "user_id": {u} }}"#);
@@ -30,14 +33,9 @@ async fn same_key_same_body_replays_exactly(engine: Engine) {
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.balance(u, "live").await, "7");
     // same key, different body
-    app.post(
-        DEPOSIT,
-        &app.service(),
-        Some(&k),
-        json!({"user_id": u, "amount": "8", "wallet": "live"}),
-    )
-    .await
-    .problem(422, "idempotency_key_reused");
+    keyed(&app, DEPOSIT, &k, live(u, "8"))
+        .await
+        .problem(422, "idempotency_key_reused");
     // the same client key from another principal is another key
     let admin = app
         .post(DEPOSIT, &app.admin(), Some(&k), body.clone())
@@ -46,7 +44,7 @@ async fn same_key_same_body_replays_exactly(engine: Engine) {
     assert!(admin.header("idempotent-replayed").is_none());
     assert_eq!(app.balance(u, "live").await, "14");
     // ... and on another route too
-    let w = app.post(WITHDRAW, &app.service(), Some(&k), body).await;
+    let w = keyed(&app, WITHDRAW, &k, body).await;
     w.expect(200);
     assert_eq!(w.body["kind"], "withdrawal");
     assert_eq!(app.balance(u, "live").await, "7");
@@ -57,36 +55,22 @@ async fn refusals_are_stored_and_replayed(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let u = app.create_user("r@x.io").await;
     let k = fresh_key();
-    let body = json!({"user_id": u, "amount": "5", "wallet": "live"});
-    let refused = app
-        .post(WITHDRAW, &app.service(), Some(&k), body.clone())
-        .await;
+    let body = live(u, "5");
+    let refused = keyed(&app, WITHDRAW, &k, body.clone()).await;
     refused.problem(422, "insufficient_funds");
     // money arrives, but the key's answer stays the stored refusal
     app.deposit(u, "100", "live").await.expect(200);
-    let replay = app.post(WITHDRAW, &app.service(), Some(&k), body).await;
+    let replay = keyed(&app, WITHDRAW, &k, body).await;
     replay.problem(422, "insufficient_funds");
     assert_eq!(replay.text, refused.text);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.balance(u, "live").await, "100");
     // validation errors are not stored: the same key may be used once the body is right
     let k2 = fresh_key();
-    app.post(
-        DEPOSIT,
-        &app.service(),
-        Some(&k2),
-        json!({"user_id": u, "amount": "-1", "wallet": "live"}),
-    )
-    .await
-    .problem(400, "invalid_request");
-    app.post(
-        DEPOSIT,
-        &app.service(),
-        Some(&k2),
-        json!({"user_id": u, "amount": "1", "wallet": "live"}),
-    )
-    .await
-    .expect(200);
+    keyed(&app, DEPOSIT, &k2, live(u, "-1"))
+        .await
+        .problem(400, "invalid_request");
+    keyed(&app, DEPOSIT, &k2, live(u, "1")).await.expect(200);
     app.stop().await;
 }
 
@@ -124,10 +108,8 @@ async fn in_flight_then_stale_claims(engine: Engine) {
     .exec_without_returning(&app.state.ledger.db.conn)
     .await
     .unwrap();
-    let body = json!({"user_id": u, "amount": "3", "wallet": "live"});
-    let busy = app
-        .post(DEPOSIT, &app.service(), Some(&client_key), body.clone())
-        .await;
+    let body = live(u, "3");
+    let busy = keyed(&app, DEPOSIT, &client_key, body.clone()).await;
     busy.problem(409, "idempotency_in_flight");
     assert_eq!(busy.header("retry-after"), Some("1"));
     assert_eq!(app.balance(u, "live").await, "0");
@@ -138,14 +120,10 @@ async fn in_flight_then_stale_claims(engine: Engine) {
         .exec(&app.state.ledger.db.conn)
         .await
         .unwrap();
-    let done = app
-        .post(DEPOSIT, &app.service(), Some(&client_key), body.clone())
-        .await;
+    let done = keyed(&app, DEPOSIT, &client_key, body.clone()).await;
     done.expect(200);
     assert!(done.header("idempotent-replayed").is_none());
-    let replay = app
-        .post(DEPOSIT, &app.service(), Some(&client_key), body)
-        .await;
+    let replay = keyed(&app, DEPOSIT, &client_key, body).await;
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.text, done.text);
     assert_eq!(app.balance(u, "live").await, "3");
@@ -156,10 +134,8 @@ async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let u = app.create_user("x@x.io").await;
     let k = fresh_key();
-    let body = json!({"user_id": u, "amount": "2", "wallet": "live"});
-    app.post(DEPOSIT, &app.service(), Some(&k), body.clone())
-        .await
-        .expect(200);
+    let body = live(u, "2");
+    keyed(&app, DEPOSIT, &k, body.clone()).await.expect(200);
     let conn = &app.state.ledger.db.conn;
     // nothing has expired yet
     assert_eq!(
@@ -177,9 +153,7 @@ async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
         .await
         .unwrap();
     // an expired key is free even before the cleanup job runs
-    let r = app
-        .post(DEPOSIT, &app.service(), Some(&k), body.clone())
-        .await;
+    let r = keyed(&app, DEPOSIT, &k, body.clone()).await;
     r.expect(200);
     assert!(r.header("idempotent-replayed").is_none());
     assert_eq!(app.balance(u, "live").await, "4");
@@ -288,7 +262,7 @@ async fn a_concurrent_duplicate_is_told_in_flight_at_once() {
         .await
         .unwrap();
     let k = fresh_key();
-    let body = json!({"user_id": u, "amount": "4", "wallet": "live"});
+    let body = live(u, "4");
     let first = {
         let (base, client, token, k, body) = (
             app.base.clone(),
@@ -314,9 +288,7 @@ async fn a_concurrent_duplicate_is_told_in_flight_at_once() {
     // the first request is inside its transaction, holding the key
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let busy = app
-        .post(DEPOSIT, &app.service(), Some(&k), body.clone())
-        .await;
+    let busy = keyed(&app, DEPOSIT, &k, body.clone()).await;
     busy.problem(409, "idempotency_in_flight");
     assert_eq!(busy.header("retry-after"), Some("1"));
     assert!(
@@ -326,7 +298,7 @@ async fn a_concurrent_duplicate_is_told_in_flight_at_once() {
     );
     blocker.rollback().await.unwrap();
     let first = first.await.unwrap();
-    let replay = app.post(DEPOSIT, &app.service(), Some(&k), body).await;
+    let replay = keyed(&app, DEPOSIT, &k, body).await;
     replay.expect(200);
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     assert_eq!(replay.text, first);

@@ -22,6 +22,39 @@ async fn acquire_for(app: &TestApp, token: &str, resources: &[&str], ty: &str) -
     .await
 }
 
+/// Releases lock `id` (no Idempotency-Key: the route takes none).
+async fn release(app: &TestApp, id: &str, token: &str, body: Value) -> Reply {
+    app.post(&format!("{LOCKS}/{id}/release"), token, None, body)
+        .await
+}
+
+/// Extends lock `id` (no Idempotency-Key: the route takes none).
+async fn extend(app: &TestApp, id: &str, token: &str, body: Value) -> Reply {
+    app.post(&format!("{LOCKS}/{id}/extend"), token, None, body)
+        .await
+}
+
+/// Asks whether `resource_id` is locked (no Idempotency-Key: a read).
+async fn check(app: &TestApp, token: &str, resource_id: &str) -> Reply {
+    app.post(
+        &format!("{LOCKS}/check"),
+        token,
+        None,
+        json!({"resource_id": resource_id}),
+    )
+    .await
+}
+
+/// `acquire_for`, waiting in the queue when the resources are taken.
+async fn queue_for(app: &TestApp, token: &str, resources: &[&str], ty: &str) -> Reply {
+    acquire(
+        app,
+        token,
+        json!({"resources": resources, "transaction_type": ty, "wait": "queue"}),
+    )
+    .await
+}
+
 async fn delete(app: &TestApp, path: &str, token: Option<&str>) -> Reply {
     let mut req = app.client.delete(format!("{}{path}", app.base));
     if let Some(t) = token {
@@ -219,9 +252,8 @@ async fn acquire_contract(engine: Engine) {
 
     // reading a lock: owner and admin, not others
     let path = format!("{LOCKS}/{}", lock["lock_id"].as_str().unwrap());
-    app.get(&path, Some(&ann)).await.expect(200);
-    let by_admin = app.get(&path, Some(&app.admin())).await;
-    by_admin.expect(200);
+    app.get_ok(&path, &ann).await;
+    let by_admin = app.get_ok(&path, &app.admin()).await;
     assert_eq!(by_admin.body["lock_id"], lock["lock_id"]);
     app.get(&path, Some(&bob)).await.problem(403, "forbidden");
     app.get(&path, None).await.problem(401, "unauthorized");
@@ -243,63 +275,42 @@ async fn extend_and_release_contract(engine: Engine) {
     .body
     .clone();
     let id = lock["lock_id"].as_str().unwrap().to_owned();
-    let extend = |token: String, body: Value| {
-        let app = &app;
-        let id = id.clone();
-        async move {
-            app.post(&format!("{LOCKS}/{id}/extend"), &token, None, body)
-                .await
-        }
-    };
-    let release = |token: String, body: Value| {
-        let app = &app;
-        let id = id.clone();
-        async move {
-            app.post(&format!("{LOCKS}/{id}/release"), &token, None, body)
-                .await
-        }
-    };
-    let waiter = acquire(
-        &app,
-        &bob,
-        json!({"resources": ["trade:1:BTCUSDT:sell:s1"], "transaction_type": "trade", "wait": "queue"}),
-    )
-    .await;
+    let waiter = queue_for(&app, &bob, &["trade:1:BTCUSDT:sell:s1"], "trade").await;
     waiter.expect(202);
     let queue_id = waiter.body["queue_id"].as_i64().unwrap();
 
     tokio::time::sleep(Duration::from_millis(20)).await;
-    let extended = extend(ann.clone(), json!({"ttl_ms": 60_000})).await;
+    let extended = extend(&app, &id, &ann, json!({"ttl_ms": 60_000})).await;
     extended.expect(200);
     assert_eq!(extended.body["fencing_token"], lock["fencing_token"]);
     assert!(ms(&extended.body["expires_at"]) > ms(&lock["expires_at"]));
-    extend(bob.clone(), json!({"ttl_ms": 60_000}))
+    extend(&app, &id, &bob, json!({"ttl_ms": 60_000}))
         .await
         .problem(403, "forbidden");
-    extend(ann.clone(), json!({"ttl_ms": 10}))
+    extend(&app, &id, &ann, json!({"ttl_ms": 10}))
         .await
         .problem(400, "invalid_request");
-    extend(ann.clone(), json!({}))
+    extend(&app, &id, &ann, json!({}))
         .await
         .problem(400, "invalid_request");
 
     // only the owner releases; an admin only with force and a reason
-    release(bob.clone(), json!({}))
+    release(&app, &id, &bob, json!({}))
         .await
         .problem(403, "forbidden");
-    release(admin.clone(), json!({}))
+    release(&app, &id, &admin, json!({}))
         .await
         .problem(403, "forbidden");
-    release(ann.clone(), json!({"force": true, "reason": "mine"}))
+    release(&app, &id, &ann, json!({"force": true, "reason": "mine"}))
         .await
         .problem(403, "forbidden");
-    release(admin.clone(), json!({"force": true}))
+    release(&app, &id, &admin, json!({"force": true}))
         .await
         .problem(400, "invalid_request");
-    release(ann.clone(), json!({"unknown": 1}))
+    release(&app, &id, &ann, json!({"unknown": 1}))
         .await
         .problem(400, "invalid_request");
-    let released = release(ann.clone(), json!({"result": {"order_id": 9}})).await;
+    let released = release(&app, &id, &ann, json!({"result": {"order_id": 9}})).await;
     released.expect(200);
     assert_lock_shape(&released.body);
     assert_eq!(released.body["status"], "released");
@@ -307,48 +318,43 @@ async fn extend_and_release_contract(engine: Engine) {
     assert_eq!(released.body["released_by"], "user:1");
     assert!(released.body["released_at"].is_string());
     // the queue head was granted in the same transaction, with a newer token
-    let item = app
-        .get(&format!("{LOCKS}/queue/{queue_id}"), Some(&bob))
-        .await;
-    item.expect(200);
+    let item = app.get_ok(&format!("{LOCKS}/queue/{queue_id}"), &bob).await;
     assert_eq!(item.body["status"], "granted");
     assert_eq!(item.body["position"], 0);
     let granted = &item.body["lock"];
     assert_eq!(granted["owner_id"], "user:2");
     assert!(granted["fencing_token"].as_i64() > lock["fencing_token"].as_i64());
     // a released lock is lost for good
-    release(ann.clone(), json!({}))
+    release(&app, &id, &ann, json!({}))
         .await
         .problem(409, "lock_lost");
-    extend(ann.clone(), json!({"ttl_ms": 5_000}))
+    extend(&app, &id, &ann, json!({"ttl_ms": 5_000}))
         .await
         .problem(409, "lock_lost");
-    app.post(&format!("{LOCKS}/nope/release"), &ann, None, json!({}))
+    release(&app, "nope", &ann, json!({}))
         .await
         .problem(404, "not_found");
 
     // an error ends it `failed`; an admin may force, recorded with why
     let bob_lock = granted["lock_id"].as_str().unwrap();
-    let forced = app
-        .post(
-            &format!("{LOCKS}/{bob_lock}/release"),
-            &admin,
-            None,
-            json!({"force": true, "reason": "stuck bot"}),
-        )
-        .await;
+    let forced = release(
+        &app,
+        bob_lock,
+        &admin,
+        json!({"force": true, "reason": "stuck bot"}),
+    )
+    .await;
     forced.expect(200);
     assert_eq!(forced.body["released_by"], "admin:root");
     assert_eq!(forced.body["status"], "released");
     let c = acquire_for(&app, &ann, &["item:f"], "t").await;
-    let failed = app
-        .post(
-            &format!("{LOCKS}/{}/release", c.body["lock_id"].as_str().unwrap()),
-            &ann,
-            None,
-            json!({"error": "payment declined"}),
-        )
-        .await;
+    let failed = release(
+        &app,
+        c.body["lock_id"].as_str().unwrap(),
+        &ann,
+        json!({"error": "payment declined"}),
+    )
+    .await;
     failed.expect(200);
     assert_eq!(
         (&failed.body["status"], &failed.body["error"]),
@@ -378,15 +384,10 @@ async fn expiry_frees_at_once(engine: Engine) {
     let second = acquire_for(&app, &bob, &["item:x"], "t").await;
     second.expect(201);
     assert!(second.body["fencing_token"].as_i64() > first.body["fencing_token"].as_i64());
-    app.post(
-        &format!("{LOCKS}/{id}/extend"),
-        &ann,
-        None,
-        json!({"ttl_ms": 5_000}),
-    )
-    .await
-    .problem(409, "lock_lost");
-    app.post(&format!("{LOCKS}/{id}/release"), &ann, None, json!({}))
+    extend(&app, &id, &ann, json!({"ttl_ms": 5_000}))
+        .await
+        .problem(409, "lock_lost");
+    release(&app, &id, &ann, json!({}))
         .await
         .problem(409, "lock_lost");
     app.stop().await;
@@ -417,7 +418,7 @@ async fn queue_contract(engine: Engine) {
     app.get(&item(q1), Some(&cy))
         .await
         .problem(403, "forbidden");
-    app.get(&item(q1), Some(&app.admin())).await.expect(200);
+    app.get_ok(&item(q1), &app.admin()).await;
     app.get(&item(999_999), Some(&bob))
         .await
         .problem(404, "not_found");
@@ -426,10 +427,7 @@ async fn queue_contract(engine: Engine) {
         .problem(400, "invalid_request");
     // a wait with nothing happening answers pending when the time is up
     let started = Instant::now();
-    let pending = app
-        .get(&format!("{}?wait_ms=300", item(q1)), Some(&bob))
-        .await;
-    pending.expect(200);
+    let pending = app.get_ok(&format!("{}?wait_ms=300", item(q1)), &bob).await;
     assert_eq!(pending.body["status"], "pending");
     assert!(started.elapsed() >= Duration::from_millis(300));
 
@@ -445,9 +443,7 @@ async fn queue_contract(engine: Engine) {
     let release = async {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let id = holder.body["lock_id"].as_str().unwrap();
-        app.post(&format!("{LOCKS}/{id}/release"), &ann, None, json!({}))
-            .await
-            .expect(200);
+        release(&app, id, &ann, json!({})).await.expect(200);
     };
     let ((woken, waited), ()) = tokio::join!(waiting, release);
     woken.expect(200);
@@ -474,17 +470,11 @@ async fn admin_routes_contract(engine: Engine) {
     let (ann, bob, admin) = (app.user(1), app.user(2), app.admin());
     let a = acquire_for(&app, &ann, &["item:1"], "t").await;
     acquire_for(&app, &bob, &["item:2"], "t").await.expect(201);
-    let waiter = acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:1"], "transaction_type": "t", "wait": "queue"}),
-    )
-    .await;
+    let waiter = queue_for(&app, &bob, &["item:1"], "t").await;
     waiter.expect(202);
 
     // list, with filters
-    let all = app.get(LOCKS, Some(&admin)).await;
-    all.expect(200);
+    let all = app.get_ok(LOCKS, &admin).await;
     assert_eq!(all.body["locks"].as_array().unwrap().len(), 2);
     assert_eq!(all.body["queue"].as_array().unwrap().len(), 1);
     let mine = app
@@ -516,47 +506,26 @@ async fn admin_routes_contract(engine: Engine) {
         .problem(400, "invalid_request");
 
     // check and resource views
-    let check = app
-        .post(
-            &format!("{LOCKS}/check"),
-            &admin,
-            None,
-            json!({"resource_id": "item:1"}),
-        )
-        .await;
-    check.expect(200);
+    let checked = check(&app, &admin, "item:1").await;
+    checked.expect(200);
     assert_eq!(
-        check.body,
+        checked.body,
         json!({"resource_id": "item:1", "is_locked": true, "active_locks": 1, "queue_length": 1})
     );
-    let free = app
-        .post(
-            &format!("{LOCKS}/check"),
-            &admin,
-            None,
-            json!({"resource_id": "item:9"}),
-        )
-        .await;
+    let free = check(&app, &admin, "item:9").await;
     assert_eq!(free.body["is_locked"], false);
-    app.post(
-        &format!("{LOCKS}/check"),
-        &admin,
-        None,
-        json!({"resource_id": "BAD"}),
-    )
-    .await
-    .problem(400, "invalid_request");
+    check(&app, &admin, "BAD")
+        .await
+        .problem(400, "invalid_request");
     let res = app
-        .get(&format!("{LOCKS}/resources/item:1"), Some(&admin))
+        .get_ok(&format!("{LOCKS}/resources/item:1"), &admin)
         .await;
-    res.expect(200);
     assert_eq!(res.body["lock"]["lock_id"], a.body["lock_id"]);
     assert_eq!(res.body["queue"][0]["position"], 1);
     assert_eq!(res.body["history"].as_array().unwrap().len(), 1);
 
     // stats
-    let stats = app.get(&format!("{LOCKS}/stats"), Some(&admin)).await;
-    stats.expect(200);
+    let stats = app.get_ok(&format!("{LOCKS}/stats"), &admin).await;
     assert_eq!(
         (&stats.body["active"], &stats.body["queued"]),
         (&json!(2), &json!(1))
@@ -612,13 +581,7 @@ async fn admin_routes_contract(engine: Engine) {
     cleanup.expect(200);
     assert!(cleanup.body["expired"].is_u64() && cleanup.body["purged"].is_u64());
     acquire_for(&app, &ann, &["item:5"], "t").await.expect(201);
-    acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:5"], "transaction_type": "t", "wait": "queue"}),
-    )
-    .await
-    .expect(202);
+    queue_for(&app, &bob, &["item:5"], "t").await.expect(202);
     let clear = format!("{LOCKS}/clear-all");
     app.post(
         &clear,
@@ -659,14 +622,7 @@ async fn admin_routes_contract(engine: Engine) {
     app.get(&format!("{LOCKS}/events"), Some(&user))
         .await
         .problem(403, "forbidden");
-    app.post(
-        &format!("{LOCKS}/check"),
-        &user,
-        None,
-        json!({"resource_id": "item:1"}),
-    )
-    .await
-    .problem(403, "forbidden");
+    check(&app, &user, "item:1").await.problem(403, "forbidden");
     app.post(&format!("{LOCKS}/cleanup"), &user, None, json!({}))
         .await
         .problem(403, "forbidden");
@@ -732,27 +688,15 @@ async fn events_stream_every_change(engine: Engine) {
     let acquired = next_event(&mut resp, &mut buf, "acquired").await;
     assert_eq!(acquired["type"], "acquired");
     assert_eq!(acquired["lock"]["lock_id"], a.body["lock_id"]);
-    let q = acquire(
-        &app,
-        &bob,
-        json!({"resources": ["item:e"], "transaction_type": "t", "wait": "queue"}),
-    )
-    .await;
+    let q = queue_for(&app, &bob, &["item:e"], "t").await;
     let queued = next_event(&mut resp, &mut buf, "queued").await;
     assert_eq!(queued["queue_item"]["queue_id"], q.body["queue_id"]);
     let id = a.body["lock_id"].as_str().unwrap();
-    app.post(
-        &format!("{LOCKS}/{id}/extend"),
-        &ann,
-        None,
-        json!({"ttl_ms": 5_000}),
-    )
-    .await
-    .expect(200);
-    next_event(&mut resp, &mut buf, "extended").await;
-    app.post(&format!("{LOCKS}/{id}/release"), &ann, None, json!({}))
+    extend(&app, id, &ann, json!({"ttl_ms": 5_000}))
         .await
         .expect(200);
+    next_event(&mut resp, &mut buf, "extended").await;
+    release(&app, id, &ann, json!({})).await.expect(200);
     let released = next_event(&mut resp, &mut buf, "released").await;
     assert_eq!(released["lock"]["status"], "released");
     let granted = next_event(&mut resp, &mut buf, "granted").await;

@@ -34,12 +34,8 @@ async fn release(app: &TestApp, token: &str, lock_id: &str) -> Reply {
 async fn granted(app: &TestApp, token: &str, queue_id: i64) -> Value {
     loop {
         let r = app
-            .get(
-                &format!("{LOCKS}/queue/{queue_id}?wait_ms=10000"),
-                Some(token),
-            )
+            .get_ok(&format!("{LOCKS}/queue/{queue_id}?wait_ms=10000"), token)
             .await;
-        r.expect(200);
         if r.body["status"] != "pending" {
             return r.body;
         }
@@ -175,16 +171,19 @@ async fn one_active_grant_per_resource_across_instances() {
     app.stop().await;
 }
 
+/// An app on PostgreSQL whose queued lock requests gain a priority level
+/// every `aging`.
+async fn aging_every(aging: std::time::Duration) -> TestApp {
+    TestApp::spawn_with(Engine::Postgres, |c| c.locks.queue_aging = aging).await
+}
+
 /// Invariant: the queue serves in (effective priority, queued_at, id)
 /// order. 100 waiters with mixed priorities queue behind a holder (aging
 /// off in effect: one level per hour); releasing the current holder 100
 /// times grants them exactly in that order, each with a larger token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queue_grants_in_priority_then_arrival_order() {
-    let app = TestApp::spawn_with(Engine::Postgres, |c| {
-        c.locks.queue_aging = std::time::Duration::from_secs(3_600)
-    })
-    .await;
+    let app = aging_every(std::time::Duration::from_secs(3_600)).await;
     let resource = "item:hot";
     let holder = acquire(
         &app,
@@ -257,10 +256,7 @@ async fn queue_grants_in_priority_then_arrival_order() {
 /// aging it would wait behind every priority-1 request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aging_grants_a_low_priority_waiter_within_its_bound() {
-    let app = TestApp::spawn_with(Engine::Postgres, |c| {
-        c.locks.queue_aging = std::time::Duration::from_millis(200)
-    })
-    .await;
+    let app = aging_every(std::time::Duration::from_millis(200)).await;
     let resource = "item:contended";
     let body = |priority: u8| {
         json!({"resources": [resource], "transaction_type": "t", "priority": priority,
@@ -316,9 +312,7 @@ async fn aging_grants_a_low_priority_waiter_within_its_bound() {
 /// nothing, and every queued cart is granted whole in the end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn carts_are_reserved_all_or_nothing() {
-    let _several_servers = tests::heavy().await;
-    let app = TestApp::spawn(Engine::Postgres).await;
-    let sibling = app.sibling().await;
+    let (_several_servers, app, sibling) = tests::two_instances().await;
     let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let sampling = sampler(db.clone(), Arc::clone(&stop));

@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
-use tests::{Engine, TestApp, admin_url, both_engines, fresh_key};
+use tests::{Engine, TestApp, admin_url, both_engines, fresh_key, live};
 
 async fn health_metrics_and_docs(engine: Engine) {
     let app = TestApp::spawn(engine).await;
@@ -37,8 +37,7 @@ async fn health_metrics_and_docs(engine: Engine) {
     docs.expect(200);
     assert!(docs.text.to_lowercase().contains("swagger"));
     // traffic shows up in the metrics by route and status
-    let u = app.create_user("m@x.io").await;
-    app.deposit(u, "1", "live").await.expect(200);
+    app.funded_user("m@x.io", "1").await;
     let metrics = app.get("/metrics", None).await;
     metrics.expect(200);
     assert!(
@@ -195,8 +194,7 @@ async fn postgres_outage_gives_503_and_recovers() {
         c.database.acquire_timeout = Duration::from_millis(1_500)
     })
     .await;
-    let u = app.create_user("outage@x.io").await;
-    app.deposit(u, "1", "live").await.expect(200);
+    let u = app.funded_user("outage@x.io", "1").await;
     let name = app.pg_database().unwrap().to_owned();
     let admin = Database::connect(admin_url()).await.unwrap();
     admin
@@ -211,7 +209,7 @@ async fn postgres_outage_gives_503_and_recovers() {
         .unwrap();
 
     let key = fresh_key();
-    let body = json!({"user_id": u, "amount": "2", "wallet": "live"});
+    let body = live(u, "2");
     let started = Instant::now();
     let r = app
         .post(
@@ -252,8 +250,7 @@ async fn postgres_outage_gives_503_and_recovers() {
     assert!(r.header("idempotent-replayed").is_none());
     assert_eq!(app.balance(u, "live").await, "3");
     app.get("/health/ready", None).await.expect(200);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn cors_allows_configured_origins(engine: Engine) {
@@ -329,8 +326,7 @@ async fn reconciliation_detects_tampering(engine: Engine) {
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
     let app = TestApp::spawn(engine).await;
-    let u = app.create_user("t@x.io").await;
-    app.deposit(u, "10", "live").await.expect(200);
+    let u = app.funded_user("t@x.io", "10").await;
     app.deposit(u, "5", "live").await.expect(200);
     app.assert_books_balance().await;
     let conn = &app.state.ledger.db.conn;

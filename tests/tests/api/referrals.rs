@@ -17,9 +17,8 @@ async fn settle(app: &TestApp) -> serde_json::Value {
 
 async fn stats(app: &TestApp, u: i64) -> serde_json::Value {
     let r = app
-        .get(&format!("/api/v1/users/{u}/referrals"), Some(&app.user(u)))
+        .get_ok(&format!("/api/v1/users/{u}/referrals"), &app.user(u))
         .await;
-    r.expect(200);
     r.body
 }
 
@@ -31,6 +30,19 @@ async fn spawn(engine: Engine, referee_bonus: &str) -> TestApp {
         c.referrals.referee_bonus = dec(&bonus);
     })
     .await
+}
+
+/// Signs up `emails` in order, each referred by the one before it (the
+/// first by nobody); returns their ids.
+async fn chain<const N: usize>(app: &TestApp, emails: [&str; N]) -> [i64; N] {
+    let mut ids = [0; N];
+    let mut code: Option<String> = None;
+    for (id, email) in ids.iter_mut().zip(emails) {
+        let user = app.signup(email, code.as_deref()).await;
+        *id = user["id"].as_i64().unwrap();
+        code = user["referral_code"].as_str().map(str::to_owned);
+    }
+    ids
 }
 
 async fn signup_bonuses_are_paid_once_to_live_wallets(engine: Engine) {
@@ -93,19 +105,13 @@ async fn signup_bonuses_are_paid_once_to_live_wallets(engine: Engine) {
         app.balance(plain["id"].as_i64().unwrap(), "live").await,
         "0"
     );
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn commissions_accrue_on_fees_and_settle_once(engine: Engine) {
     let app = spawn(engine, "0").await;
     // a <- b <- c: b referred c, a referred b
-    let a = app.signup("a@x.io", None).await;
-    let aid = a["id"].as_i64().unwrap();
-    let b = app.signup("b@x.io", a["referral_code"].as_str()).await;
-    let bid = b["id"].as_i64().unwrap();
-    let c = app.signup("c@x.io", b["referral_code"].as_str()).await;
-    let cid = c["id"].as_i64().unwrap();
+    let [aid, bid, cid] = chain(&app, ["a@x.io", "b@x.io", "c@x.io"]).await;
     app.deposit(cid, "10000", "live").await.expect(200);
     app.set_price("BTCUSD", "1000").await.expect(200);
     // notional 2000: open fee 2
@@ -128,9 +134,7 @@ async fn commissions_accrue_on_fees_and_settle_once(engine: Engine) {
         ])
     );
     // demo-wallet fees earn nothing
-    app.open_order(cid, ("BTCUSD", "buy", "1", 1, "demo"))
-        .await
-        .expect(201);
+    app.opened(cid, ("BTCUSD", "buy", "1", 1, "demo")).await;
     assert_eq!(stats(&app, bid).await["commission_pending"], "0.4");
     // nothing is credited before settlement (b's wallet holds its bonus only)
     assert_eq!(app.balance(bid, "live").await, "10");
@@ -158,8 +162,7 @@ async fn commissions_accrue_on_fees_and_settle_once(engine: Engine) {
     let s = settle(&app).await;
     assert_eq!((&s["settled"], &s["amount"]), (&json!(0), &json!("0")));
     assert_eq!(app.balance(bid, "live").await, "10.88");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn referral_routes_check_roles_and_input(engine: Engine) {
@@ -170,9 +173,8 @@ async fn referral_routes_check_roles_and_input(engine: Engine) {
     app.get(&path, Some(&app.user(other)))
         .await
         .problem(403, "forbidden");
-    app.get(&path, Some(&app.service())).await.expect(200);
-    let s = app.get(&path, Some(&app.admin())).await;
-    s.expect(200);
+    app.get_ok(&path, &app.service()).await;
+    let s = app.get_ok(&path, &app.admin()).await;
     assert_eq!(s.body["referees"], 0);
     assert_eq!(s.body["by_level"].as_array().unwrap().len(), 2);
     app.get("/api/v1/users/777777/referrals", Some(&app.admin()))
@@ -201,16 +203,11 @@ async fn the_settlement_job_credits_pending_commissions(engine: Engine) {
         c.referrals.settle_interval = Duration::from_millis(100)
     })
     .await;
-    let a = app.signup("job-a@x.io", None).await;
-    let aid = a["id"].as_i64().unwrap();
-    let b = app.signup("job-b@x.io", a["referral_code"].as_str()).await;
-    let bid = b["id"].as_i64().unwrap();
+    let [aid, bid] = chain(&app, ["job-a@x.io", "job-b@x.io"]).await;
     app.deposit(bid, "200", "live").await.expect(200);
     app.set_price("BTCUSD", "100").await.expect(200);
     // fee 0.1: a earns 0.02
-    app.open_order(bid, ("BTCUSD", "buy", "1", 1, "live"))
-        .await
-        .expect(201);
+    app.opened(bid, ("BTCUSD", "buy", "1", 1, "live")).await;
     let mut settled = false;
     for _ in 0..100 {
         if app.balance(aid, "live").await == "10.02" {
@@ -221,8 +218,7 @@ async fn the_settlement_job_credits_pending_commissions(engine: Engine) {
     }
     assert!(settled, "the job did not settle the commission");
     assert_eq!(stats(&app, aid).await["commission_pending"], "0");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// A user is never its own upline: the database refuses a self-referral,
@@ -234,12 +230,7 @@ async fn a_user_is_never_its_own_upline(engine: Engine) {
         c.referrals.commission_rates = vec![dec("0.2"), dec("0.1"), dec("0.05")];
     })
     .await;
-    let a = app.signup("cy-a@x.io", None).await;
-    let aid = a["id"].as_i64().unwrap();
-    let b = app.signup("cy-b@x.io", a["referral_code"].as_str()).await;
-    let bid = b["id"].as_i64().unwrap();
-    let c = app.signup("cy-c@x.io", b["referral_code"].as_str()).await;
-    let cid = c["id"].as_i64().unwrap();
+    let [aid, bid, cid] = chain(&app, ["cy-a@x.io", "cy-b@x.io", "cy-c@x.io"]).await;
     let db = &app.state.ledger.db.conn;
     let own = db
         .execute_unprepared(&format!(
@@ -256,9 +247,7 @@ async fn a_user_is_never_its_own_upline(engine: Engine) {
     app.deposit(cid, "1000", "live").await.expect(200);
     app.set_price("BTCUSD", "1000").await.expect(200);
     // fee 1: level 1 (b) 0.2, level 2 (a) 0.1; level 3 would be c itself
-    app.open_order(cid, ("BTCUSD", "buy", "1", 10, "live"))
-        .await
-        .expect(201);
+    app.opened(cid, ("BTCUSD", "buy", "1", 10, "live")).await;
     assert_eq!(stats(&app, bid).await["commission_pending"], "0.2");
     assert_eq!(stats(&app, aid).await["commission_pending"], "0.1");
     assert_eq!(stats(&app, cid).await["commission_pending"], "0");

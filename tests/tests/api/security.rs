@@ -9,7 +9,7 @@ use api::auth::Role;
 use futures::future::join_all;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tests::{Engine, SECRET, TestApp, both_engines, fresh_key};
+use tests::{Engine, SECRET, TestApp, both_engines, fresh_key, live};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEPOSIT: &str = "/api/v1/wallets/deposit";
@@ -29,22 +29,16 @@ async fn snapshot(app: &TestApp, users: &[i64]) -> Snapshot {
     let (mut wallets, mut journal, mut orders) = (Vec::new(), Vec::new(), Vec::new());
     for u in users {
         let w = app
-            .get(&format!("/api/v1/users/{u}/wallets"), Some(&admin))
+            .get_ok(&format!("/api/v1/users/{u}/wallets"), &admin)
             .await;
-        w.expect(200);
         wallets.push(w.body);
         let j = app
-            .get(
-                &format!("/api/v1/users/{u}/transactions?limit=500"),
-                Some(&admin),
-            )
+            .get_ok(&format!("/api/v1/users/{u}/transactions?limit=500"), &admin)
             .await;
-        j.expect(200);
         journal.push(j.body);
         let o = app
-            .get(&format!("/api/v1/users/{u}/orders?limit=500"), Some(&admin))
+            .get_ok(&format!("/api/v1/users/{u}/orders?limit=500"), &admin)
             .await;
-        o.expect(200);
         orders.push(o.body);
     }
     Snapshot {
@@ -223,14 +217,8 @@ async fn forged_tokens_are_refused(engine: Engine) {
     ];
     for (what, token) in &forged {
         let writes = [
-            (
-                DEPOSIT,
-                json!({"user_id": a, "amount": "5", "wallet": "live"}),
-            ),
-            (
-                WITHDRAW,
-                json!({"user_id": b, "amount": "5", "wallet": "live"}),
-            ),
+            (DEPOSIT, live(a, "5")),
+            (WITHDRAW, live(b, "5")),
             (
                 TRANSFER,
                 json!({"from_user_id": b, "to_user_id": a, "amount": "5", "wallet": "live"}),
@@ -255,8 +243,7 @@ async fn forged_tokens_are_refused(engine: Engine) {
         }
     }
     assert_eq!(snapshot(&app, &[a, b]).await, before);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: a user token for A used on B's resources — in the path or in
@@ -266,8 +253,7 @@ async fn forged_tokens_are_refused(engine: Engine) {
 async fn cross_user_access_is_refused(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let a = app.funded_user("cross-a@x.io", "100").await;
-    let b = app.funded_user("cross-b@x.io", "100").await;
-    app.set_price("XUSD", "10").await.expect(200);
+    let b = app.trader("cross-b@x.io", "100", ("XUSD", "10")).await;
     let order = app.opened(b, ("XUSD", "buy", "1", 10, "live")).await;
     let before = snapshot(&app, &[a, b]).await;
     let user_a = app.user(a);
@@ -286,11 +272,7 @@ async fn cross_user_access_is_refused(engine: Engine) {
         .await
         .problem(404, "not_found");
     let writes = [
-        (
-            WITHDRAW.to_owned(),
-            json!({"user_id": b, "amount": "5", "wallet": "live"}),
-            403,
-        ),
+        (WITHDRAW.to_owned(), live(b, "5"), 403),
         (
             TRANSFER.to_owned(),
             json!({"from_user_id": b, "to_user_id": a, "amount": "5", "wallet": "live"}),
@@ -303,11 +285,7 @@ async fn cross_user_access_is_refused(engine: Engine) {
         ),
         (format!("/api/v1/orders/{order}/close"), json!({}), 404),
         // Roles a user does not have, on its own id.
-        (
-            DEPOSIT.to_owned(),
-            json!({"user_id": a, "amount": "5", "wallet": "live"}),
-            403,
-        ),
+        (DEPOSIT.to_owned(), live(a, "5"), 403),
         (
             "/api/v1/users".to_owned(),
             json!({"email": "sneaky@x.io"}),
@@ -330,8 +308,7 @@ async fn cross_user_access_is_refused(engine: Engine) {
     assert_eq!(snapshot(&app, &[a, b]).await, before);
     let price = app.get("/api/v1/prices/XUSD", Some(&user_a)).await;
     assert_eq!(price.body["price"], "10");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: bodies built to hurt the parser — too large, nested deep,
@@ -476,7 +453,7 @@ async fn hostile_idempotency_keys_are_refused(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let u = app.funded_user("keys@x.io", "100").await;
     let before = snapshot(&app, &[u]).await;
-    let body = json!({"user_id": u, "amount": "5", "wallet": "live"});
+    let body = live(u, "5");
     let long = "k".repeat(256);
     // An empty header is a malformed key, not a missing one.
     for key in ["", long.as_str(), "tab\there"] {
@@ -503,8 +480,7 @@ async fn hostile_idempotency_keys_are_refused(engine: Engine) {
         .await
         .expect(200);
     assert_eq!(app.balance(u, "live").await, "105");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: one key sent with two different bodies at the same moment
@@ -571,8 +547,7 @@ async fn same_key_two_bodies_concurrently_execute_once(engine: Engine) {
         .filter(|k| k == "deposit")
         .count();
     assert_eq!(deposits, keys.len(), "one journaled deposit per key");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// A role the token names but does not hold a key to: a user token whose
@@ -582,13 +557,9 @@ async fn a_user_token_named_like_a_service_stays_a_user(engine: Engine) {
     let u = app.funded_user("named@x.io", "10").await;
     let before = snapshot(&app, &[u]).await;
     let token = app.token("backoffice", Role::User);
-    app.post_new(
-        DEPOSIT,
-        &token,
-        json!({"user_id": u, "amount": "5", "wallet": "live"}),
-    )
-    .await
-    .problem(403, "forbidden");
+    app.post_new(DEPOSIT, &token, live(u, "5"))
+        .await
+        .problem(403, "forbidden");
     app.get(&format!("/api/v1/users/{u}/wallets"), Some(&token))
         .await
         .problem(403, "forbidden");

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::{Value, json};
-use tests::{Engine, Reply, TestApp, both_engines, fresh_key, time, until};
+use tests::{Engine, Reply, TestApp, both_engines, fresh_key, live, time, until};
 
 const LOCKS: &str = "/api/v1/locks";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
@@ -14,6 +14,30 @@ const ORDERS: &str = "/api/v1/orders";
 
 async fn acquire(app: &TestApp, token: &str, body: Value) -> Reply {
     app.post_new(LOCKS, token, body).await
+}
+
+/// Takes `resource` by hand, as another request holding the signal's lock
+/// would; it must be granted at once. Returns the lock's id.
+async fn hold(app: &TestApp, token: &str, resource: &str) -> String {
+    let held = acquire(
+        app,
+        token,
+        json!({"resources": [resource], "transaction_type": "manual"}),
+    )
+    .await;
+    held.expect(201);
+    held.body["lock_id"].as_str().unwrap().to_owned()
+}
+
+/// Releases lock `lock_id` (no Idempotency-Key: the route takes none).
+async fn release(app: &TestApp, token: &str, lock_id: &str) -> Reply {
+    app.post(
+        &format!("{LOCKS}/{lock_id}/release"),
+        token,
+        None,
+        json!({}),
+    )
+    .await
 }
 
 /// A POST with a `Lock-Token` header.
@@ -53,7 +77,7 @@ async fn a_stale_holder_cannot_write(engine: Engine) {
     .await;
     held.expect(201);
     let stale = lock_token(&held.body);
-    let body = json!({"user_id": u, "amount": "10", "wallet": "live"});
+    let body = live(u, "10");
     fenced(&app, WITHDRAW, &user, &stale, body.clone())
         .await
         .expect(200);
@@ -108,8 +132,7 @@ async fn a_stale_holder_cannot_write(engine: Engine) {
         .await
         .problem(400, "invalid_request");
     assert_eq!(app.balance(u, "live").await, "80");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 fn order(u: i64, signal: Option<&str>, wait: Option<&str>) -> Value {
@@ -135,6 +158,14 @@ async fn orders_of(app: &TestApp, u: i64) -> Vec<Value> {
         .clone()
 }
 
+/// SIGUSD priced at 100 and a user funded with 1000 to trade it: the
+/// user's id and token.
+async fn signal_trader(app: &TestApp, email: &str) -> (i64, String) {
+    app.set_price("SIGUSD", "100").await.expect(200);
+    let u = app.funded_user(email, "1000").await;
+    (u, app.user(u))
+}
+
 /// Invariant: one signal is one trade. The same signal again — any
 /// Idempotency-Key — answers the first order (200, `"deduplicated": true`);
 /// while the signal's lock is busy a request fails 409 `resource_locked` or,
@@ -142,9 +173,7 @@ async fn orders_of(app: &TestApp, u: i64) -> Vec<Value> {
 /// granted, the lock's result being the order.
 async fn a_signal_trades_once(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    app.set_price("SIGUSD", "100").await.expect(200);
-    let u = app.funded_user("signal@x.io", "1000").await;
-    let user = app.user(u);
+    let (u, user) = signal_trader(&app, "signal@x.io").await;
     let first = app
         .post_new(ORDERS, &user, order(u, Some("snipe-1"), None))
         .await;
@@ -158,12 +187,11 @@ async fn a_signal_trades_once(engine: Engine) {
     assert_eq!(orders_of(&app, u).await.len(), 1);
     // the trade's lock is the execution record, its result the order
     let history = app
-        .get(
+        .get_ok(
             &format!("{LOCKS}/resources/trade:{u}:SIGUSD:buy:snipe-1"),
-            Some(&app.admin()),
+            &app.admin(),
         )
         .await;
-    history.expect(200);
     let record = &history.body["history"][0];
     assert_eq!(record["transaction_type"], "open_order");
     assert_eq!(record["priority"], 5);
@@ -171,13 +199,7 @@ async fn a_signal_trades_once(engine: Engine) {
 
     // the signal's lock held elsewhere: fail, or queue and run when granted
     let resource = format!("trade:{u}:SIGUSD:buy:snipe-2");
-    let holder = acquire(
-        &app,
-        &user,
-        json!({"resources": [resource], "transaction_type": "manual"}),
-    )
-    .await;
-    holder.expect(201);
+    let holder = hold(&app, &user, &resource).await;
     app.post_new(ORDERS, &user, order(u, Some("snipe-2"), None))
         .await
         .problem(409, "resource_locked");
@@ -187,24 +209,10 @@ async fn a_signal_trades_once(engine: Engine) {
     queued.expect(202);
     let queue_id = queued.body["queue_id"].as_i64().unwrap();
     assert_eq!(orders_of(&app, u).await.len(), 1, "ran before its grant");
-    app.post(
-        &format!(
-            "{LOCKS}/{}/release",
-            holder.body["lock_id"].as_str().unwrap()
-        ),
-        &user,
-        None,
-        json!({}),
-    )
-    .await
-    .expect(200);
+    release(&app, &user, &holder).await.expect(200);
     let item = app
-        .get(
-            &format!("{LOCKS}/queue/{queue_id}?wait_ms=5000"),
-            Some(&user),
-        )
+        .get_ok(&format!("{LOCKS}/queue/{queue_id}?wait_ms=5000"), &user)
         .await;
-    item.expect(200);
     assert_eq!(item.body["status"], "granted");
     let lock_id = item.body["lock"]["lock_id"].as_str().unwrap().to_owned();
     let mut result = Value::Null;
@@ -246,8 +254,7 @@ async fn a_signal_trades_once(engine: Engine) {
     app.post_new(ORDERS, &user, order(u, None, Some("queue")))
         .await
         .problem(400, "invalid_request");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 both_engines!(a_stale_holder_cannot_write, a_signal_trades_once);
@@ -258,12 +265,8 @@ both_engines!(a_stale_holder_cannot_write, a_signal_trades_once);
 /// 202 queued (whose execution, when granted, answers the same first order).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_bots_on_one_signal_open_one_order() {
-    let _several_servers = tests::heavy().await;
-    let app = TestApp::spawn(Engine::Postgres).await;
-    let sibling = app.sibling().await;
-    app.set_price("SIGUSD", "100").await.expect(200);
-    let u = app.funded_user("race-signal@x.io", "1000").await;
-    let user = app.user(u);
+    let (_several_servers, app, sibling) = tests::two_instances().await;
+    let (u, user) = signal_trader(&app, "race-signal@x.io").await;
     let keys: Vec<String> = (0..20).map(|_| fresh_key()).collect();
     let replies = join_all(keys.iter().enumerate().map(|(i, key)| {
         let target = if i % 2 == 0 { &app } else { &sibling };
@@ -298,26 +301,15 @@ async fn racing_bots_on_one_signal_open_one_order() {
 /// active and nobody left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racers_on_a_free_or_busy_signal_trade_once() {
-    let _several_servers = tests::heavy().await;
-    let app = TestApp::spawn(Engine::Postgres).await;
-    let sibling = app.sibling().await;
-    app.set_price("SIGUSD", "100").await.expect(200);
-    let u = app.funded_user("race-queue@x.io", "1000").await;
-    let user = app.user(u);
+    let (_several_servers, app, sibling) = tests::two_instances().await;
+    let (u, user) = signal_trader(&app, "race-queue@x.io").await;
     let rounds = 4;
     for round in 0..rounds {
         let signal = format!("race-{round}");
         let resource = format!("trade:{u}:SIGUSD:buy:{signal}");
         // every other round, the lock is held elsewhere when the race starts
         let holder = if round % 2 == 1 {
-            let held = acquire(
-                &app,
-                &user,
-                json!({"resources": [resource], "transaction_type": "manual"}),
-            )
-            .await;
-            held.expect(201);
-            Some(held.body["lock_id"].as_str().unwrap().to_owned())
+            Some(hold(&app, &user, &resource).await)
         } else {
             None
         };
@@ -329,14 +321,7 @@ async fn racers_on_a_free_or_busy_signal_trade_once() {
         let release = async {
             if let Some(lock_id) = &holder {
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                app.post(
-                    &format!("{LOCKS}/{lock_id}/release"),
-                    &user,
-                    None,
-                    json!({}),
-                )
-                .await
-                .expect(200);
+                release(&app, &user, lock_id).await.expect(200);
             }
         };
         let (replies, ()) = tokio::join!(racers, release);
@@ -354,9 +339,8 @@ async fn racers_on_a_free_or_busy_signal_trade_once() {
         let mut settled = Value::Null;
         for _ in 0..100 {
             let info = app
-                .get(&format!("{LOCKS}/resources/{resource}"), Some(&app.admin()))
+                .get_ok(&format!("{LOCKS}/resources/{resource}"), &app.admin())
                 .await;
-            info.expect(200);
             if info.body["lock"].is_null() && info.body["queue"].as_array().unwrap().is_empty() {
                 settled = info.body;
                 break;

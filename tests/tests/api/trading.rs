@@ -4,13 +4,18 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{Engine, TestApp, both_engines, dec, dec_of, fresh_key};
+use tests::{Engine, Reply, TestApp, both_engines, dec, dec_of, fresh_key};
 
 const ORDERS: &str = "/api/v1/orders";
 
 fn order_body(u: i64, symbol: &str, quantity: &str, leverage: u32) -> Value {
     json!({"user_id": u, "symbol": symbol, "side": "buy", "quantity": quantity,
            "leverage": leverage, "wallet": "live"})
+}
+
+/// POSTs the order `body` as user `u` under the client key `key`.
+async fn order_with_key(app: &TestApp, u: i64, key: &str, body: Value) -> Reply {
+    app.post(ORDERS, &app.user(u), Some(key), body).await
 }
 
 async fn prices_contract(engine: Engine) {
@@ -24,8 +29,7 @@ async fn prices_contract(engine: Engine) {
     assert!(r.body["updated_at"].as_str().unwrap().ends_with('Z'));
     // any authenticated role reads it
     let u = app.create_user("p@x.io").await;
-    let r = app.get("/api/v1/prices/BTCUSD", Some(&app.user(u))).await;
-    r.expect(200);
+    let r = app.get_ok("/api/v1/prices/BTCUSD", &app.user(u)).await;
     assert_eq!(r.body["price"], "50000.5");
     // a new price replaces the old one
     app.set_price("BTCUSD", "49000").await.expect(200);
@@ -71,8 +75,7 @@ async fn prices_contract(engine: Engine) {
 
 async fn open_order_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("o@x.io", "1000").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("o@x.io", "1000", ("BTCUSD", "100")).await;
     let r = app.open_order(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     r.expect(201);
     let o = &r.body;
@@ -111,9 +114,7 @@ async fn open_order_contract(engine: Engine) {
         ["deposit", "margin_hold", "order_open_fee"]
     );
     // the demo wallet trades too
-    app.open_order(u, ("BTCUSD", "sell", "1", 1, "demo"))
-        .await
-        .expect(201);
+    app.opened(u, ("BTCUSD", "sell", "1", 1, "demo")).await;
     assert_eq!(app.wallet(u, "demo").await["margin"], "100");
     // an admin may open for a user; a service may not; nor another user
     let body = order_body(u, "BTCUSD", "1", 5);
@@ -136,36 +137,20 @@ async fn open_order_contract(engine: Engine) {
         .problem(404, "not_found");
     // a replay answers the same body and changes nothing
     let key = fresh_key();
-    let first = app
-        .post(
-            ORDERS,
-            &app.user(u),
-            Some(&key),
-            order_body(u, "BTCUSD", "0.5", 2),
-        )
-        .await;
+    let first = order_with_key(&app, u, &key, order_body(u, "BTCUSD", "0.5", 2)).await;
     first.expect(201);
     let before = app.wallet(u, "live").await;
-    let again = app
-        .post(
-            ORDERS,
-            &app.user(u),
-            Some(&key),
-            order_body(u, "BTCUSD", "0.5", 2),
-        )
-        .await;
+    let again = order_with_key(&app, u, &key, order_body(u, "BTCUSD", "0.5", 2)).await;
     again.expect(201);
     assert_eq!(again.text, first.text);
     assert_eq!(again.header("idempotent-replayed"), Some("true"));
     assert_eq!(app.wallet(u, "live").await, before);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn order_refusals_change_nothing(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("r@x.io", "10").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("r@x.io", "10", ("BTCUSD", "100")).await;
     let before = app.wallet(u, "live").await;
     // no price for the symbol
     let r = app.open_order(u, ("ETHUSD", "buy", "1", 1, "live")).await;
@@ -201,8 +186,7 @@ async fn order_refusals_change_nothing(engine: Engine) {
         .get(&format!("/api/v1/users/{u}/orders"), Some(&app.user(u)))
         .await;
     assert_eq!(list.body["items"], json!([]));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// An order below the minimum notional value, or whose margin or fee would
@@ -211,23 +195,20 @@ async fn order_refusals_change_nothing(engine: Engine) {
 /// for its key.
 async fn orders_below_the_minimum_notional_change_nothing(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.trading.min_notional = dec("1")).await;
-    let u = app.funded_user("tiny@x.io", "100").await;
-    app.set_price("BTCUSD", "50").await.expect(200);
+    let u = app.trader("tiny@x.io", "100", ("BTCUSD", "50")).await;
     let before = app.wallet(u, "live").await;
     let journal_before = app.journal_kinds(u, "live").await;
     // margin 0.000000005 and fee 0.0000000005 would both round to 0
     let key = fresh_key();
     let tiny = order_body(u, "BTCUSD", "0.00000001", 100);
-    let r = app
-        .post(ORDERS, &app.user(u), Some(&key), tiny.clone())
-        .await;
+    let r = order_with_key(&app, u, &key, tiny.clone()).await;
     r.problem(422, "notional_too_small");
     assert_eq!(
         r.body["detail"],
         "order value (quantity × price) 0.0000005 is too small: the minimum is 1, \
          and its margin and fee must not round to zero"
     );
-    let replay = app.post(ORDERS, &app.user(u), Some(&key), tiny).await;
+    let replay = order_with_key(&app, u, &key, tiny).await;
     replay.problem(422, "notional_too_small");
     assert_eq!(replay.header("idempotent-replayed"), Some("true"));
     // just below the minimum: 0.0199 * 50 = 0.995, although margin and fee
@@ -257,14 +238,12 @@ async fn orders_below_the_minimum_notional_change_nothing(engine: Engine) {
         (&r.body["margin"], &r.body["open_fee"]),
         (&json!("1"), &json!("0.001"))
     );
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn max_leverage_is_configurable(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.trading.max_leverage = 20).await;
-    let u = app.funded_user("lev@x.io", "100").await;
-    app.set_price("BTCUSD", "10").await.expect(200);
+    let u = app.trader("lev@x.io", "100", ("BTCUSD", "10")).await;
     app.open_order(u, ("BTCUSD", "buy", "1", 21, "live"))
         .await
         .problem(400, "invalid_request");
@@ -276,8 +255,7 @@ async fn max_leverage_is_configurable(engine: Engine) {
 
 async fn close_order_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("c@x.io", "1000").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("c@x.io", "1000", ("BTCUSD", "100")).await;
     let id = app.opened(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     app.set_price("BTCUSD", "110").await.expect(200);
     // to another user it does not exist; a missing key is refused
@@ -351,14 +329,12 @@ async fn close_order_contract(engine: Engine) {
     // 1019.58 - 0.11 (open fee) - 10.5 - 0.1205
     assert_eq!(w["balance"], "1008.8495");
     assert_eq!(w["profit"], "9.5");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("wo@x.io", "10").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("wo@x.io", "10", ("BTCUSD", "100")).await;
     // margin 1, fee 0.1: balance 9.9
     let id = app.opened(u, ("BTCUSD", "buy", "1", 100, "live")).await;
     app.set_price("BTCUSD", "50").await.expect(200);
@@ -399,8 +375,7 @@ async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
             "{e}"
         );
     }
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn order_reads(engine: Engine) {
@@ -416,14 +391,13 @@ async fn order_reads(engine: Engine) {
     app.close_order(ids[3], &app.user(u)).await.expect(200);
     // one order: owner, service, admin; to another user it does not exist
     let path = format!("{ORDERS}/{}", ids[1]);
-    let r = app.get(&path, Some(&app.user(u))).await;
-    r.expect(200);
+    let r = app.get_ok(&path, &app.user(u)).await;
     assert_eq!(
         (r.body["id"].as_i64(), r.body["status"].as_str()),
         (Some(ids[1]), Some("closed"))
     );
-    app.get(&path, Some(&app.service())).await.expect(200);
-    app.get(&path, Some(&app.admin())).await.expect(200);
+    app.get_ok(&path, &app.service()).await;
+    app.get_ok(&path, &app.admin()).await;
     app.get(&path, Some(&app.user(other)))
         .await
         .problem(404, "not_found");
@@ -474,76 +448,58 @@ async fn order_reads(engine: Engine) {
     app.get(&format!("/api/v1/users/{u}/orders"), Some(&app.user(other)))
         .await
         .problem(403, "forbidden");
-    app.get(&format!("/api/v1/users/{u}/orders"), Some(&app.service()))
-        .await
-        .expect(200);
+    app.get_ok(&format!("/api/v1/users/{u}/orders"), &app.service())
+        .await;
     app.get("/api/v1/users/555555/orders", Some(&app.admin()))
         .await
         .problem(404, "not_found");
     app.stop().await;
 }
 
+/// An app whose trading cooldown is `ms` milliseconds.
+async fn with_cooldown(engine: Engine, ms: u64) -> TestApp {
+    TestApp::spawn_with(engine, |c| c.trading.cooldown = Duration::from_millis(ms)).await
+}
+
 async fn cooldown_refuses_a_second_order_on_the_symbol(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| {
-        c.trading.cooldown = Duration::from_millis(60_000)
-    })
-    .await;
-    let u = app.funded_user("cool@x.io", "1000").await;
-    app.set_price("BTCUSD", "10").await.expect(200);
+    let app = with_cooldown(engine, 60_000).await;
+    let u = app.trader("cool@x.io", "1000", ("BTCUSD", "10")).await;
     app.set_price("ETHUSD", "10").await.expect(200);
-    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
-        .await
-        .expect(201);
+    app.opened(u, ("BTCUSD", "buy", "1", 1, "live")).await;
     let before = app.wallet(u, "live").await;
     let key = fresh_key();
     let body = order_body(u, "BTCUSD", "1", 1);
-    let r = app
-        .post(ORDERS, &app.user(u), Some(&key), body.clone())
-        .await;
+    let r = order_with_key(&app, u, &key, body.clone()).await;
     r.problem(429, "cooldown_active");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     // not stored under the key: the same key is refused again, not replayed
-    let again = app.post(ORDERS, &app.user(u), Some(&key), body).await;
+    let again = order_with_key(&app, u, &key, body).await;
     again.problem(429, "cooldown_active");
     assert!(again.header("idempotent-replayed").is_none());
     assert_eq!(app.wallet(u, "live").await, before);
     // another symbol, or another user, is not held back
-    app.open_order(u, ("ETHUSD", "buy", "1", 1, "live"))
-        .await
-        .expect(201);
+    app.opened(u, ("ETHUSD", "buy", "1", 1, "live")).await;
     let v = app.funded_user("warm@x.io", "1000").await;
-    app.open_order(v, ("BTCUSD", "buy", "1", 1, "live"))
-        .await
-        .expect(201);
+    app.opened(v, ("BTCUSD", "buy", "1", 1, "live")).await;
     // a refused order does not start a cooldown
     let poor = app.funded_user("poor@x.io", "1").await;
     app.open_order(poor, ("BTCUSD", "buy", "1", 1, "live"))
         .await
         .problem(422, "insufficient_margin");
-    app.open_order(poor, ("BTCUSD", "buy", "0.01", 1, "live"))
-        .await
-        .expect(201);
+    app.opened(poor, ("BTCUSD", "buy", "0.01", 1, "live")).await;
     app.stop().await;
 }
 
 async fn cooldown_passes_after_the_window(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| {
-        c.trading.cooldown = Duration::from_millis(2_000)
-    })
-    .await;
-    let u = app.funded_user("later@x.io", "100").await;
-    app.set_price("BTCUSD", "10").await.expect(200);
-    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
-        .await
-        .expect(201);
+    let app = with_cooldown(engine, 2_000).await;
+    let u = app.trader("later@x.io", "100", ("BTCUSD", "10")).await;
+    app.opened(u, ("BTCUSD", "buy", "1", 1, "live")).await;
     app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
         .await
         .problem(429, "cooldown_active");
     tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
-    app.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
-        .await
-        .expect(201);
+    app.opened(u, ("BTCUSD", "buy", "1", 1, "live")).await;
     app.stop().await;
 }
 
@@ -553,50 +509,31 @@ async fn cooldown_passes_after_the_window(engine: Engine) {
 async fn other_users_orders_look_unknown(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let owner = app.funded_user("owner@x.io", "1000").await;
-    let nosy = app.funded_user("nosy@x.io", "1000").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let nosy = app.trader("nosy@x.io", "1000", ("BTCUSD", "100")).await;
     let id = app.opened(owner, ("BTCUSD", "buy", "1", 10, "live")).await;
     let unknown = id + 1_000;
     let before = app.wallet(owner, "live").await;
-    let same = |a: &tests::Reply, b: &tests::Reply| {
-        for field in ["type", "title", "status", "code", "detail"] {
-            assert_eq!(
-                a.body[field], b.body[field],
-                "{field}: {} / {}",
-                a.text, b.text
-            );
-        }
-    };
-    let theirs = app
-        .get(&format!("{ORDERS}/{id}"), Some(&app.user(nosy)))
-        .await;
-    theirs.problem(404, "not_found");
-    let missing = app
-        .get(&format!("{ORDERS}/{unknown}"), Some(&app.user(nosy)))
-        .await;
-    missing.problem(404, "not_found");
-    same(&theirs, &missing);
+    app.assert_get_looks_alike(
+        &format!("{ORDERS}/{id}"),
+        &format!("{ORDERS}/{unknown}"),
+        &app.user(nosy),
+    )
+    .await;
     let theirs = app.close_order(id, &app.user(nosy)).await;
-    theirs.problem(404, "not_found");
     let missing = app.close_order(unknown, &app.user(nosy)).await;
-    missing.problem(404, "not_found");
-    same(&theirs, &missing);
+    tests::assert_look_alike(&theirs, &missing);
     // nothing happened to the order or its wallet
     let r = app
-        .get(&format!("{ORDERS}/{id}"), Some(&app.user(owner)))
+        .get_ok(&format!("{ORDERS}/{id}"), &app.user(owner))
         .await;
-    r.expect(200);
     assert_eq!(r.body["status"], "open");
     assert_eq!(app.wallet(owner, "live").await, before);
     // service and admin read it, and a service may close it
-    app.get(&format!("{ORDERS}/{id}"), Some(&app.admin()))
-        .await
-        .expect(200);
+    app.get_ok(&format!("{ORDERS}/{id}"), &app.admin()).await;
     let r = app.close_order(id, &app.service()).await;
     r.expect(200);
     assert_eq!(r.body["status"], "closed");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 both_engines!(

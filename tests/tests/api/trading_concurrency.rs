@@ -22,8 +22,7 @@ fn count(replies: &[Reply], status: u16, code: &str) -> usize {
 async fn concurrent_closes_close_once(engine: Engine) {
     let n = scale(engine, 100, 20);
     let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("close@x.io", "1000").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("close@x.io", "1000", ("BTCUSD", "100")).await;
     let id = app.opened(u, ("BTCUSD", "buy", "1", 10, "live")).await;
     app.set_price("BTCUSD", "105").await.expect(200);
     let service = app.service();
@@ -46,8 +45,7 @@ async fn concurrent_closes_close_once(engine: Engine) {
     let kinds = app.journal_kinds(u, "live").await;
     assert_eq!(kinds.iter().filter(|k| *k == "margin_release").count(), 1);
     assert_eq!(kinds.iter().filter(|k| *k == "pnl").count(), 1);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: margin never exceeds balance. With free margin for exactly 10
@@ -57,8 +55,7 @@ async fn concurrent_opens_never_exceed_free_margin(engine: Engine) {
     let n = scale(engine, 50, 20);
     let app = TestApp::spawn(engine).await;
     // each order: margin 10 + fee 0.1
-    let u = app.funded_user("open@x.io", "101").await;
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let u = app.trader("open@x.io", "101", ("BTCUSD", "100")).await;
     let replies =
         join_all((0..n).map(|_| app.open_order(u, ("BTCUSD", "buy", "1", 10, "live")))).await;
     assert_no_5xx(&replies);
@@ -70,8 +67,7 @@ async fn concurrent_opens_never_exceed_free_margin(engine: Engine) {
         (&json!("100"), &json!("100"), &json!("0"))
     );
     assert!(dec_of(&w["margin"]) <= dec_of(&w["balance"]));
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: commissions are exact and hot referrers are not a lock
@@ -181,8 +177,7 @@ async fn many_referees_trade_while_commissions_settle(engine: Engine) {
     assert_eq!(dec_of(&stats.body["commission_paid"]), expected_commission);
     assert_eq!(stats.body["commission_pending"], "0");
     assert_eq!(stats.body["referees"], n as i64);
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 /// Invariant: the cooldown holds across processes. Two app instances on one
@@ -196,8 +191,7 @@ async fn cooldown_holds_across_two_instances(engine: Engine) {
     })
     .await;
     let sibling = app.sibling().await;
-    let u = app.funded_user("twice@x.io", "1000").await;
-    app.set_price("BTCUSD", "10").await.expect(200);
+    let u = app.trader("twice@x.io", "1000", ("BTCUSD", "10")).await;
     let replies = join_all((0..n).map(|i| {
         let target = if i % 2 == 0 { &app } else { &sibling };
         target.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))

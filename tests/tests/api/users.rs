@@ -34,9 +34,8 @@ async fn create_user_contract(engine: Engine) {
     // GET returns the same user
     let id = b["id"].as_i64().unwrap();
     let got = app
-        .get(&format!("/api/v1/users/{id}"), Some(&app.user(id)))
+        .get_ok(&format!("/api/v1/users/{id}"), &app.user(id))
         .await;
-    got.expect(200);
     assert_eq!(got.body["email"], "ann@example.com");
     assert_eq!(got.body["wallets"].as_array().unwrap().len(), 2);
 
@@ -44,8 +43,7 @@ async fn create_user_contract(engine: Engine) {
     app.post_new(USERS, &app.admin(), json!({"email": "ANN@example.com"}))
         .await
         .problem(409, "conflict");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn create_user_refusals(engine: Engine) {
@@ -90,9 +88,8 @@ async fn create_user_refusals(engine: Engine) {
     .problem(422, "unknown_referral_code");
     // nothing was created by any of the above
     let first = app.create_user("a@x.io").await;
-    app.get(&format!("/api/v1/users/{first}"), Some(&app.admin()))
-        .await
-        .expect(200);
+    app.get_ok(&format!("/api/v1/users/{first}"), &app.admin())
+        .await;
     app.stop().await;
 }
 
@@ -119,15 +116,13 @@ async fn reading_users_follows_ownership(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let a = app.create_user("a@x.io").await;
     let b = app.create_user("b@x.io").await;
-    app.get(&format!("/api/v1/users/{a}"), Some(&app.user(a)))
-        .await
-        .expect(200);
+    app.get_ok(&format!("/api/v1/users/{a}"), &app.user(a))
+        .await;
     app.get(&format!("/api/v1/users/{a}"), Some(&app.user(b)))
         .await
         .problem(403, "forbidden");
-    app.get(&format!("/api/v1/users/{a}"), Some(&app.service()))
-        .await
-        .expect(200);
+    app.get_ok(&format!("/api/v1/users/{a}"), &app.service())
+        .await;
     app.get(&format!("/api/v1/users/{a}"), None)
         .await
         .problem(401, "unauthorized");

@@ -1,9 +1,21 @@
 use serde_json::json;
-use tests::{Engine, TestApp, both_engines, fresh_key};
+use tests::{Engine, TestApp, both_engines, fresh_key, live};
 
 const DEPOSIT: &str = "/api/v1/wallets/deposit";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
-const TRANSFER: &str = "/api/v1/wallets/transfer";
+
+/// Nothing moved: the user's live balance is `balance` and its live
+/// journal holds `entries` entries.
+async fn assert_live(app: &TestApp, u: i64, balance: &str, entries: usize) {
+    assert_eq!(app.balance(u, "live").await, balance);
+    let journal = app
+        .get(
+            &format!("/api/v1/users/{u}/transactions?wallet=live"),
+            Some(&app.admin()),
+        )
+        .await;
+    assert_eq!(journal.body["items"].as_array().unwrap().len(), entries);
+}
 
 async fn deposit_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
@@ -51,25 +63,19 @@ async fn deposit_contract(engine: Engine) {
     r.expect(200);
     assert_eq!(r.body["balance_after"], "10005");
     // roles: a user may not credit itself; unknown user is 404
-    app.post_new(
-        DEPOSIT,
-        &app.user(u),
-        json!({"user_id": u, "amount": "1", "wallet": "live"}),
-    )
-    .await
-    .problem(403, "forbidden");
+    app.post_new(DEPOSIT, &app.user(u), live(u, "1"))
+        .await
+        .problem(403, "forbidden");
     app.deposit(999_999, "1", "live")
         .await
         .problem(404, "not_found");
     assert_eq!(app.balance(u, "live").await, "100.5");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn bad_amounts_are_refused_and_change_nothing(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.create_user("v@x.io").await;
-    app.deposit(u, "10", "live").await.expect(200);
+    let u = app.funded_user("v@x.io", "10").await;
     let token = app.service();
     let bodies = [
         format!(r#"{{"user_id":{u},"amount":"-1","wallet":"live"}}"#),
@@ -95,31 +101,14 @@ async fn bad_amounts_are_refused_and_change_nothing(engine: Engine) {
         }
     }
     // missing key
-    app.post(
-        DEPOSIT,
-        &token,
-        None,
-        json!({"user_id": u, "amount": "1", "wallet": "live"}),
-    )
-    .await
-    .problem(400, "idempotency_key_missing");
+    app.post(DEPOSIT, &token, None, live(u, "1"))
+        .await
+        .problem(400, "idempotency_key_missing");
     // a key that is not printable ASCII
-    app.post(
-        DEPOSIT,
-        &token,
-        Some(&"k".repeat(256)),
-        json!({"user_id": u, "amount": "1", "wallet": "live"}),
-    )
-    .await
-    .problem(400, "invalid_request");
-    assert_eq!(app.balance(u, "live").await, "10");
-    let journal = app
-        .get(
-            &format!("/api/v1/users/{u}/transactions?wallet=live"),
-            Some(&app.admin()),
-        )
-        .await;
-    assert_eq!(journal.body["items"].as_array().unwrap().len(), 1);
+    app.post(DEPOSIT, &token, Some(&"k".repeat(256)), live(u, "1"))
+        .await
+        .problem(400, "invalid_request");
+    assert_live(&app, u, "10", 1).await;
     app.stop().await;
 }
 
@@ -140,15 +129,13 @@ async fn amounts_are_exact(engine: Engine) {
         .await
         .problem(422, "balance_limit_exceeded");
     assert_eq!(app.balance(big, "live").await, "92233720368.54775807");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn withdraw_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let u = app.create_user("w@x.io").await;
+    let u = app.funded_user("w@x.io", "10").await;
     let other = app.create_user("o@x.io").await;
-    app.deposit(u, "10", "live").await.expect(200);
     let r = app
         .post_new(
             WITHDRAW,
@@ -165,47 +152,25 @@ async fn withdraw_contract(engine: Engine) {
         ),
         (Some("withdrawal"), Some("10"), Some("6.75"))
     );
-    let r = app
-        .post_new(
-            WITHDRAW,
-            &app.user(u),
-            json!({"user_id": u, "amount": "25", "wallet": "live"}),
-        )
-        .await;
+    let r = app.withdraw(&app.user(u), u, "25", "live").await;
     r.problem(422, "insufficient_funds");
     assert_eq!(r.body["detail"], "free balance 6.75 < requested 25");
     // another user may not withdraw from u; service may
-    app.post_new(
-        WITHDRAW,
-        &app.user(other),
-        json!({"user_id": u, "amount": "1", "wallet": "live"}),
-    )
-    .await
-    .problem(403, "forbidden");
-    app.post_new(
-        WITHDRAW,
-        &app.service(),
-        json!({"user_id": u, "amount": "6.75", "wallet": "live"}),
-    )
-    .await
-    .expect(200);
+    app.withdraw(&app.user(other), u, "1", "live")
+        .await
+        .problem(403, "forbidden");
+    app.withdraw(&app.service(), u, "6.75", "live")
+        .await
+        .expect(200);
     assert_eq!(app.balance(u, "live").await, "0");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn transfer_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let a = app.create_user("a@x.io").await;
+    let a = app.funded_user("a@x.io", "50").await;
     let b = app.create_user("b@x.io").await;
-    app.deposit(a, "50", "live").await.expect(200);
-    let r = app
-        .post_new(
-            TRANSFER,
-            &app.user(a),
-            json!({"from_user_id": a, "to_user_id": b, "amount": "20", "wallet": "live"}),
-        )
-        .await;
+    let r = app.transfer(&app.user(a), (a, b), "20", "live").await;
     r.expect(200);
     let body = &r.body;
     assert_eq!(
@@ -222,41 +187,32 @@ async fn transfer_contract(engine: Engine) {
     );
     assert!(body["operation_id"].is_string() && body["created_at"].is_string());
     // refusals
-    let send = |from: i64, to: i64, amount: &str, token: String| {
-        let body =
-            json!({"from_user_id": from, "to_user_id": to, "amount": amount, "wallet": "live"});
-        let app = &app;
-        async move { app.post_new(TRANSFER, &token, body).await }
-    };
-    send(a, a, "1", app.user(a))
+    app.transfer(&app.user(a), (a, a), "1", "live")
         .await
         .problem(422, "same_account");
-    send(a, 999_999, "1", app.user(a))
+    app.transfer(&app.user(a), (a, 999_999), "1", "live")
         .await
         .problem(404, "not_found");
-    send(a, b, "30.00000001", app.user(a))
+    app.transfer(&app.user(a), (a, b), "30.00000001", "live")
         .await
         .problem(422, "insufficient_funds");
-    send(a, b, "1", app.user(b)).await.problem(403, "forbidden");
-    send(a, b, "1", app.service())
+    app.transfer(&app.user(b), (a, b), "1", "live")
         .await
         .problem(403, "forbidden");
-    send(a, b, "1", app.admin()).await.expect(200);
+    app.transfer(&app.service(), (a, b), "1", "live")
+        .await
+        .problem(403, "forbidden");
+    app.transfer(&app.admin(), (a, b), "1", "live")
+        .await
+        .expect(200);
     // demo wallets move separately
-    let r = app
-        .post_new(
-            TRANSFER,
-            &app.user(a),
-            json!({"from_user_id": a, "to_user_id": b, "amount": "100", "wallet": "demo"}),
-        )
-        .await;
+    let r = app.transfer(&app.user(a), (a, b), "100", "demo").await;
     r.expect(200);
     assert_eq!(app.balance(a, "live").await, "29");
     assert_eq!(app.balance(b, "live").await, "21");
     assert_eq!(app.balance(a, "demo").await, "9900");
     assert_eq!(app.balance(b, "demo").await, "10100");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 async fn journal_is_paginated_newest_first(engine: Engine) {
@@ -268,12 +224,11 @@ async fn journal_is_paginated_newest_first(engine: Engine) {
             .expect(200);
     }
     let page = app
-        .get(
+        .get_ok(
             &format!("/api/v1/users/{u}/transactions?limit=2&wallet=live"),
-            Some(&app.user(u)),
+            &app.user(u),
         )
         .await;
-    page.expect(200);
     let items = page.body["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     assert_eq!(items[0]["balance_delta"], "5");
@@ -326,24 +281,14 @@ async fn journal_is_paginated_newest_first(engine: Engine) {
     )
     .await
     .problem(403, "forbidden");
-    app.get(
-        &format!("/api/v1/users/{u}/transactions?limit=0"),
-        Some(&app.admin()),
-    )
-    .await
-    .problem(400, "invalid_request");
-    app.get(
-        &format!("/api/v1/users/{u}/transactions?limit=501"),
-        Some(&app.admin()),
-    )
-    .await
-    .problem(400, "invalid_request");
-    app.get(
-        &format!("/api/v1/users/{u}/transactions?wallet=gold"),
-        Some(&app.admin()),
-    )
-    .await
-    .problem(400, "invalid_request");
+    for query in ["limit=0", "limit=501", "wallet=gold"] {
+        app.get(
+            &format!("/api/v1/users/{u}/transactions?{query}"),
+            Some(&app.admin()),
+        )
+        .await
+        .problem(400, "invalid_request");
+    }
     app.get("/api/v1/users/999999/transactions", Some(&app.admin()))
         .await
         .problem(404, "not_found");
@@ -385,14 +330,7 @@ async fn control_characters_in_text_fields_are_refused(engine: Engine) {
         let detail = r.body["detail"].as_str().unwrap();
         assert!(detail.contains(&format!("`{field}`")), "{field}: {detail}");
     }
-    assert_eq!(app.balance(u, "live").await, "10");
-    let journal = app
-        .get(
-            &format!("/api/v1/users/{u}/transactions?wallet=live"),
-            Some(&app.admin()),
-        )
-        .await;
-    assert_eq!(journal.body["items"].as_array().unwrap().len(), 1);
+    assert_live(&app, u, "10", 1).await;
     // printable text, non-ASCII included, still goes through
     app.post_new(
         DEPOSIT,
@@ -402,8 +340,7 @@ async fn control_characters_in_text_fields_are_refused(engine: Engine) {
     .await
     .expect(200);
     assert_eq!(app.balance(u, "live").await, "15");
-    app.assert_books_balance().await;
-    app.stop().await;
+    app.assert_books_balance_and_stop().await;
 }
 
 both_engines!(

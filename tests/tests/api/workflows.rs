@@ -42,9 +42,8 @@ async fn start(app: &TestApp, path: &str, token: &str, body: Value) -> Reply {
 
 async fn get(app: &TestApp, id: i64) -> Value {
     let r = app
-        .get(&format!("/api/v1/workflows/{id}"), Some(&app.admin()))
+        .get_ok(&format!("/api/v1/workflows/{id}"), &app.admin())
         .await;
-    r.expect(200);
     r.body
 }
 
@@ -83,9 +82,8 @@ fn step<'a>(w: &'a Value, name: &str) -> &'a Value {
 async fn hold_status(app: &TestApp, w: &Value) -> String {
     let id = w["hold_id"].as_i64().unwrap();
     let r = app
-        .get(&format!("/api/v1/holds/{id}"), Some(&app.admin()))
+        .get_ok(&format!("/api/v1/holds/{id}"), &app.admin())
         .await;
-    r.expect(200);
     r.body["status"].as_str().unwrap().to_owned()
 }
 
@@ -241,12 +239,8 @@ async fn withdrawal_refusals_and_roles(engine: Engine) {
         .problem(404, "not_found");
     // Nothing was created by any refusal, and the balance is whole.
     let list = app
-        .get(
-            &format!("/api/v1/workflows?user_id={u}"),
-            Some(&app.admin()),
-        )
+        .get_ok(&format!("/api/v1/workflows?user_id={u}"), &app.admin())
         .await;
-    list.expect(200);
     assert_eq!(list.body["items"], json!([]));
     assert_eq!(app.balance(u, "live").await, "10");
 
@@ -254,9 +248,8 @@ async fn withdrawal_refusals_and_roles(engine: Engine) {
     r.expect(202);
     let id = r.body["id"].as_i64().unwrap();
     // Its owner and the back office see it; another user is told it does not exist.
-    app.get(&format!("/api/v1/workflows/{id}"), Some(&app.user(u)))
-        .await
-        .expect(200);
+    app.get_ok(&format!("/api/v1/workflows/{id}"), &app.user(u))
+        .await;
     app.get(&format!("/api/v1/workflows/{id}"), Some(&app.user(other)))
         .await
         .problem(404, "not_found");
@@ -508,9 +501,8 @@ async fn lists_filter_and_page(engine: Engine) {
         let app = &app;
         async move {
             let r = app
-                .get(&format!("/api/v1/workflows{q}"), Some(&app.service()))
+                .get_ok(&format!("/api/v1/workflows{q}"), &app.service())
                 .await;
-            r.expect(200);
             r.body
         }
     };
@@ -559,8 +551,7 @@ async fn recovery_reports_and_runs_on_demand(engine: Engine) {
     // The pass at start.
     let deadline = Instant::now() + Duration::from_secs(10);
     let before = loop {
-        let r = app.get("/api/v1/recovery/status", Some(&app.admin())).await;
-        r.expect(200);
+        let r = app.get_ok("/api/v1/recovery/status", &app.admin()).await;
         if r.body["runs"].as_u64().unwrap() >= 1 {
             break r.body;
         }

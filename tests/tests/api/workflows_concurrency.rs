@@ -278,6 +278,15 @@ impl Api {
         }
     }
 
+    /// The money follows the workflows: balances (`assert_balances`), hold
+    /// journals (`assert_hold_journals`), and the books of the database at
+    /// `url` balance.
+    async fn assert_money(&self, started: &[Started], workflows: &BTreeMap<i64, Value>, url: &str) {
+        self.assert_balances(started, workflows).await;
+        self.assert_hold_journals(started, workflows).await;
+        tests::assert_books_balance_at(url).await;
+    }
+
     /// Every user's balance is the opening balance less its completed
     /// withdrawals, and nothing stays held.
     async fn assert_balances(&self, started: &[Started], workflows: &BTreeMap<i64, Value>) {
@@ -344,19 +353,6 @@ impl Api {
             "hold entries no workflow accounts for: {by_ref:?}"
         );
     }
-}
-
-/// Balances equal journal sums and hash chains verify, for every wallet of
-/// the database at `url`.
-async fn assert_books_balance(url: &str) {
-    let conn = sea_orm::Database::connect(url).await.unwrap();
-    let report = domain::ledger::reconcile::check_all(&conn).await.unwrap();
-    conn.close().await.unwrap();
-    assert!(
-        report.is_clean(),
-        "reconciliation failed: {:?}",
-        report.discrepancies
-    );
 }
 
 /// An amount per withdrawal, varied, two decimals.
@@ -503,9 +499,8 @@ async fn a_flaky_provider_pays_each_payout_at_most_once_and_refusals_compensate(
     );
     assert!(retried > 0, "no payout met a 503: nothing was retried");
     assert_eq!(sim.protocol_errors(), 0);
-    api.assert_balances(&started, &workflows).await;
-    api.assert_hold_journals(&started, &workflows).await;
-    assert_books_balance(&app.database_url).await;
+    api.assert_money(&started, &workflows, &app.database_url)
+        .await;
     app.stop().await;
 }
 
@@ -585,9 +580,7 @@ async fn kill_9_mid_payout_loses_no_workflow_and_pays_none_twice() {
     );
     assert_eq!(sim.total_payments(), 100);
     assert_eq!(sim.protocol_errors(), 0);
-    api.assert_balances(&started, &workflows).await;
-    api.assert_hold_journals(&started, &workflows).await;
-    assert_books_balance(&db.url).await;
+    api.assert_money(&started, &workflows, &db.url).await;
     server.kill();
 }
 
@@ -643,9 +636,8 @@ async fn two_instances_on_one_database_run_each_step_once() {
     assert_eq!(sim.total_payments(), 100);
     assert_eq!(sim.total_calls(), 100);
     assert_eq!(sim.protocol_errors(), 0);
-    one.assert_balances(&started, &workflows).await;
-    one.assert_hold_journals(&started, &workflows).await;
-    assert_books_balance(&app.database_url).await;
+    one.assert_money(&started, &workflows, &app.database_url)
+        .await;
     let mut sibling = sibling;
     sibling.stop_server().await;
     app.stop().await;
@@ -685,9 +677,8 @@ async fn a_dropped_answer_is_retried_with_its_key_and_paid_once() {
         assert_eq!(api.hold_status(s.hold_id).await, "captured", "{w}");
     }
     assert_eq!(sim.protocol_errors(), 0);
-    api.assert_balances(&started, &workflows).await;
-    api.assert_hold_journals(&started, &workflows).await;
-    assert_books_balance(&app.database_url).await;
+    api.assert_money(&started, &workflows, &app.database_url)
+        .await;
     app.stop().await;
 }
 
@@ -757,8 +748,7 @@ async fn racing_manual_payout_results_decide_each_workflow_once() {
         }
     }
     println!("sent won {sent_won} of 50 races, failed {}", 50 - sent_won);
-    api.assert_balances(&started, &workflows).await;
-    api.assert_hold_journals(&started, &workflows).await;
-    assert_books_balance(&app.database_url).await;
+    api.assert_money(&started, &workflows, &app.database_url)
+        .await;
     app.stop().await;
 }
