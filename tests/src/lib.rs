@@ -21,7 +21,7 @@ use api::state::AppState;
 use chrono::{DateTime, Utc};
 use infra::Config;
 use infra::config::Secret;
-use sea_orm::{ConnectionTrait, Database};
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use serde_json::Value;
 
 pub mod faults;
@@ -417,6 +417,18 @@ impl TestApp {
         r.body["id"].as_i64().unwrap()
     }
 
+    /// Releases lock `lock_id` with `token`, nothing reported (no
+    /// Idempotency-Key: the route takes none).
+    pub async fn release_lock(&self, token: &str, lock_id: &str) -> Reply {
+        self.post(
+            &format!("/api/v1/locks/{lock_id}/release"),
+            token,
+            None,
+            serde_json::json!({}),
+        )
+        .await
+    }
+
     /// Closes an order with `token`.
     pub async fn close_order(&self, order_id: i64, token: &str) -> Reply {
         self.post(
@@ -428,13 +440,19 @@ impl TestApp {
         .await
     }
 
-    /// Creates a user, optionally with a referral code; returns the body.
-    pub async fn signup(&self, email: &str, referral_code: Option<&str>) -> Value {
+    /// Asks the back office to create a user, optionally with a referral
+    /// code; returns the answer, whatever it is.
+    pub async fn try_signup(&self, email: &str, referral_code: Option<&str>) -> Reply {
         let mut body = serde_json::json!({ "email": email });
         if let Some(code) = referral_code {
             body["referral_code"] = code.into();
         }
-        let r = self.post_new(USERS, &self.service(), body).await;
+        self.post_new(USERS, &self.service(), body).await
+    }
+
+    /// Creates a user, optionally with a referral code; returns the body.
+    pub async fn signup(&self, email: &str, referral_code: Option<&str>) -> Value {
+        let r = self.try_signup(email, referral_code).await;
         r.expect(201);
         r.body
     }
@@ -561,6 +579,27 @@ impl TestApp {
     pub async fn assert_books_balance_and_stop(self) {
         self.assert_books_balance().await;
         self.stop().await;
+    }
+
+    /// Locks `user`'s wallets from outside, in a transaction of its own, so
+    /// that the next write to them waits (and the writes behind it queue
+    /// up) until the transaction ends. Returns the connection and the
+    /// transaction.
+    pub async fn block_wallets_of(
+        &self,
+        user: i64,
+    ) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction) {
+        let outside = Database::connect(&self.database_url).await.unwrap();
+        let blocker = outside.begin().await.unwrap();
+        let sql = match self.engine {
+            Engine::Postgres => format!("SELECT id FROM wallets WHERE user_id = {user} FOR UPDATE"),
+            // SQLite: a write takes the database write lock
+            Engine::Sqlite => {
+                format!("UPDATE wallets SET version = version WHERE user_id = {user}")
+            }
+        };
+        blocker.execute_unprepared(&sql).await.unwrap();
+        (outside, blocker)
     }
 
     /// Stops the server and closes its pool, keeping the database.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use rust_decimal::Decimal;
-use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::json;
 use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, fresh_key, live, scale};
 
@@ -152,7 +151,7 @@ async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
     let app = TestApp::spawn_with(engine, |c| c.group_commit.groups = 1).await;
     let a = app.funded_user("group-a@x.io", "10").await;
     let b = app.funded_user("group-b@x.io", "10").await;
-    let (outside, blocker) = block_wallets_of(&app, engine, a).await;
+    let (outside, blocker) = app.block_wallets_of(a).await;
     let shared_before = shared_groups();
     let service = app.service();
     let first_key = fresh_key();
@@ -225,24 +224,6 @@ fn assert_written(r: &Reply, user: i64, amount: &str) {
     );
 }
 
-/// Locks `user`'s wallets from outside, in a transaction of its own, so
-/// that the next write to them waits (and the writes behind it queue up).
-async fn block_wallets_of(
-    app: &TestApp,
-    engine: Engine,
-    user: i64,
-) -> (sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction) {
-    let outside = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let blocker = outside.begin().await.unwrap();
-    let sql = match engine {
-        Engine::Postgres => format!("SELECT id FROM wallets WHERE user_id = {user} FOR UPDATE"),
-        // SQLite: a write takes the database write lock
-        Engine::Sqlite => format!("UPDATE wallets SET version = version WHERE user_id = {user}"),
-    };
-    blocker.execute_unprepared(&sql).await.unwrap();
-    (outside, blocker)
-}
-
 /// Invariant: a group of deposits only (planned in memory and written
 /// together: one wallet UPDATE, one journal INSERT, one key statement) in
 /// which one is refused and one replays a key still commits the others once
@@ -253,7 +234,7 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
     let a = app.funded_user("deposits-a@x.io", "10").await;
     let b = app.funded_user("deposits-b@x.io", "10").await;
     let service = app.service();
-    let (outside, blocker) = block_wallets_of(&app, engine, a).await;
+    let (outside, blocker) = app.block_wallets_of(a).await;
     let (shared_before, together_before) = (shared_groups(), together("committed"));
     let first_key = fresh_key();
     let first = app.post(DEPOSIT, &service, Some(&first_key), live(a, "1"));

@@ -248,19 +248,11 @@ async fn transient_failures_release_the_key(engine: Engine) {
 /// and the money moved once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_concurrent_duplicate_is_told_in_flight_at_once() {
-    use sea_orm::{ConnectionTrait, TransactionTrait};
     use std::time::{Duration, Instant};
 
     let app = TestApp::spawn(Engine::Postgres).await;
     let u = app.create_user("dup@x.io").await;
-    let outside = sea_orm::Database::connect(&app.database_url).await.unwrap();
-    let blocker = outside.begin().await.unwrap();
-    blocker
-        .execute_unprepared(&format!(
-            "SELECT id FROM wallets WHERE user_id = {u} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
+    let (outside, blocker) = app.block_wallets_of(u).await;
     let k = fresh_key();
     let body = live(u, "4");
     let first = {

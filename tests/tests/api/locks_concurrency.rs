@@ -20,16 +20,6 @@ async fn acquire(app: &TestApp, token: &str, body: Value) -> Reply {
     app.post_new(LOCKS, token, body).await
 }
 
-async fn release(app: &TestApp, token: &str, lock_id: &str) -> Reply {
-    app.post(
-        &format!("{LOCKS}/{lock_id}/release"),
-        token,
-        None,
-        json!({}),
-    )
-    .await
-}
-
 /// Polls the queue item until it is no longer pending; returns it.
 async fn granted(app: &TestApp, token: &str, queue_id: i64) -> Value {
     loop {
@@ -146,7 +136,7 @@ async fn one_active_grant_per_resource_across_instances() {
             };
             if let Some(id) = lock_id {
                 tokio::time::sleep(Duration::from_millis(3)).await;
-                release(server, &me, &id).await.expect(200);
+                server.release_lock(&me, &id).await.expect(200);
             }
             r
         }
@@ -226,8 +216,7 @@ async fn queue_grants_in_priority_then_arrival_order() {
     for _ in 0..=100 {
         let owner = current["owner_id"].as_str().unwrap();
         let sub = owner.strip_prefix("user:").unwrap();
-        release(
-            &app,
+        app.release_lock(
             &app.user(sub.parse().unwrap()),
             current["lock_id"].as_str().unwrap(),
         )
@@ -290,7 +279,7 @@ async fn aging_grants_a_low_priority_waiter_within_its_bound() {
         }
         before_low += 1;
         let sub: i64 = lock["owner_id"].as_str().unwrap()[5..].parse().unwrap();
-        release(&app, &app.user(sub), lock["lock_id"].as_str().unwrap())
+        app.release_lock(&app.user(sub), lock["lock_id"].as_str().unwrap())
             .await
             .expect(200);
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -347,7 +336,8 @@ async fn carts_are_reserved_all_or_nothing() {
             if let Some(lock) = &lock {
                 assert_eq!(lock["resources"], json!(cart), "a cart granted in part");
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                release(server, &me, lock["lock_id"].as_str().unwrap())
+                server
+                    .release_lock(&me, lock["lock_id"].as_str().unwrap())
                     .await
                     .expect(200);
             }

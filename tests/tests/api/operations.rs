@@ -2,7 +2,7 @@ use std::time::{Duration, Instant};
 
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::json;
-use tests::{Engine, TestApp, admin_url, both_engines, fresh_key, live};
+use tests::{Engine, Reply, TestApp, admin_url, both_engines, fresh_key, live};
 
 async fn health_metrics_and_docs(engine: Engine) {
     let app = TestApp::spawn(engine).await;
@@ -60,27 +60,22 @@ async fn health_metrics_and_docs(engine: Engine) {
     app.stop().await;
 }
 
+/// A GET of `path` (no token) carrying `x-request-id: id`.
+async fn get_with_request_id(app: &TestApp, path: &str, id: &str) -> Reply {
+    let url = format!("{}{path}", app.base);
+    app.send(app.client.get(url).header("x-request-id", id))
+        .await
+}
+
 async fn request_ids_are_echoed_or_generated(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let r = app
-        .send(
-            app.client
-                .get(format!("{}/health", app.base))
-                .header("x-request-id", "trace-123"),
-        )
-        .await;
+    let r = get_with_request_id(&app, "/health", "trace-123").await;
     assert_eq!(r.header("x-request-id"), Some("trace-123"));
     let r = app.get("/health", None).await;
     let generated = r.header("x-request-id").unwrap();
     assert!(uuid::Uuid::parse_str(generated).is_ok());
     // errors carry the same id in the body
-    let r = app
-        .send(
-            app.client
-                .get(format!("{}/api/v1/users/1", app.base))
-                .header("x-request-id", "abc-9"),
-        )
-        .await;
+    let r = get_with_request_id(&app, "/api/v1/users/1", "abc-9").await;
     r.problem(401, "unauthorized");
     assert_eq!(r.body["request_id"], "abc-9");
     assert_eq!(r.header("x-request-id"), Some("abc-9"));

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sea_orm::ConnectionTrait;
 use serde_json::json;
-use tests::{Engine, TestApp, USERS, both_engines, dec, fresh_key};
+use tests::{Engine, TestApp, both_engines, dec, fresh_key};
 
 const SETTLE: &str = "/api/v1/referrals/settle";
 
@@ -80,20 +80,12 @@ async fn signup_bonuses_are_paid_once_to_live_wallets(engine: Engine) {
     assert_eq!(again.text, first.text);
     assert_eq!(app.balance(rid, "live").await, "20");
     // a refused signup pays nothing
-    app.post_new(
-        USERS,
-        &app.service(),
-        json!({"email": "new@x.io", "referral_code": code}),
-    )
-    .await
-    .problem(409, "conflict");
-    app.post_new(
-        USERS,
-        &app.service(),
-        json!({"email": "lost@x.io", "referral_code": "NOSUCHCODE"}),
-    )
-    .await
-    .problem(422, "unknown_referral_code");
+    app.try_signup("new@x.io", Some(code))
+        .await
+        .problem(409, "conflict");
+    app.try_signup("lost@x.io", Some("NOSUCHCODE"))
+        .await
+        .problem(422, "unknown_referral_code");
     assert_eq!(app.balance(rid, "live").await, "20");
     let s = stats(&app, rid).await;
     assert_eq!(s["referral_code"], code);

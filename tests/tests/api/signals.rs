@@ -29,17 +29,6 @@ async fn hold(app: &TestApp, token: &str, resource: &str) -> String {
     held.body["lock_id"].as_str().unwrap().to_owned()
 }
 
-/// Releases lock `lock_id` (no Idempotency-Key: the route takes none).
-async fn release(app: &TestApp, token: &str, lock_id: &str) -> Reply {
-    app.post(
-        &format!("{LOCKS}/{lock_id}/release"),
-        token,
-        None,
-        json!({}),
-    )
-    .await
-}
-
 /// A POST with a `Lock-Token` header.
 async fn fenced(app: &TestApp, path: &str, token: &str, lock_token: &str, body: Value) -> Reply {
     let req = app
@@ -209,7 +198,7 @@ async fn a_signal_trades_once(engine: Engine) {
     queued.expect(202);
     let queue_id = queued.body["queue_id"].as_i64().unwrap();
     assert_eq!(orders_of(&app, u).await.len(), 1, "ran before its grant");
-    release(&app, &user, &holder).await.expect(200);
+    app.release_lock(&user, &holder).await.expect(200);
     let item = app
         .get_ok(&format!("{LOCKS}/queue/{queue_id}?wait_ms=5000"), &user)
         .await;
@@ -321,7 +310,7 @@ async fn racers_on_a_free_or_busy_signal_trade_once() {
         let release = async {
             if let Some(lock_id) = &holder {
                 tokio::time::sleep(Duration::from_millis(30)).await;
-                release(&app, &user, lock_id).await.expect(200);
+                app.release_lock(&user, lock_id).await.expect(200);
             }
         };
         let (replies, ()) = tokio::join!(racers, release);

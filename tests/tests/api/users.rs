@@ -3,9 +3,7 @@ use tests::{Engine, TestApp, USERS, both_engines};
 
 async fn create_user_contract(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let r = app
-        .post_new(USERS, &app.service(), json!({"email": "Ann@Example.com"}))
-        .await;
+    let r = app.try_signup("Ann@Example.com", None).await;
     r.expect(201);
     let b = &r.body;
     assert!(b["id"].as_i64().unwrap() > 0);
@@ -65,7 +63,7 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(401, "unauthorized");
     // invalid email, unknown field, malformed JSON
-    app.post_new(path, &app.service(), json!({"email": "not-an-email"}))
+    app.try_signup("not-an-email", None)
         .await
         .problem(400, "invalid_request");
     app.post_new(
@@ -79,13 +77,9 @@ async fn create_user_refusals(engine: Engine) {
         .await
         .problem(400, "invalid_request");
     // unknown referral code
-    app.post_new(
-        path,
-        &app.service(),
-        json!({"email": "a@x.io", "referral_code": "ZZZZ9999"}),
-    )
-    .await
-    .problem(422, "unknown_referral_code");
+    app.try_signup("a@x.io", Some("ZZZZ9999"))
+        .await
+        .problem(422, "unknown_referral_code");
     // nothing was created by any of the above
     let first = app.create_user("a@x.io").await;
     app.get_ok(&format!("/api/v1/users/{first}"), &app.admin())
@@ -95,18 +89,10 @@ async fn create_user_refusals(engine: Engine) {
 
 async fn referral_code_links_the_referrer(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let r = app
-        .post_new(USERS, &app.service(), json!({"email": "ref@x.io"}))
-        .await;
+    let r = app.try_signup("ref@x.io", None).await;
     let referrer = r.body["id"].as_i64().unwrap();
     let code = r.body["referral_code"].as_str().unwrap().to_lowercase();
-    let r = app
-        .post_new(
-            USERS,
-            &app.service(),
-            json!({"email": "new@x.io", "referral_code": code}),
-        )
-        .await;
+    let r = app.try_signup("new@x.io", Some(&code)).await;
     r.expect(201);
     assert_eq!(r.body["referrer_id"], referrer);
     app.stop().await;
