@@ -120,6 +120,16 @@ pub struct Subject {
     pub workflow: Option<i64>,
 }
 
+impl Subject {
+    /// A write about `amount` alone.
+    pub fn amount(amount: Decimal) -> Self {
+        Self {
+            amount,
+            ..Self::default()
+        }
+    }
+}
+
 /// One write and what became of it.
 #[derive(Debug, Clone)]
 pub struct Write {
@@ -351,6 +361,14 @@ impl Sender {
     }
 }
 
+/// Removes one of `items`, any one, and returns it; `None` when empty.
+fn take_any<T>(items: &mut Vec<T>) -> Option<T> {
+    if items.is_empty() {
+        return None;
+    }
+    Some(items.swap_remove(rand::rng().random_range(0..items.len())))
+}
+
 /// Whose token a write is sent with.
 #[derive(Debug, Clone, Copy)]
 enum Who {
@@ -537,34 +555,18 @@ impl Client {
             Op::Deposit => {
                 let amount = cents(100, 5_000);
                 let body = json!({"user_id": id, "amount": amount.to_string(), "wallet": "live", "payment_method": "card"});
-                self.write(
-                    op,
-                    "/api/v1/wallets/deposit",
-                    Who::Service,
-                    body,
-                    Subject {
-                        amount,
-                        ..Subject::default()
-                    },
-                )
-                .await;
+                let on = Subject::amount(amount);
+                self.write(op, "/api/v1/wallets/deposit", Who::Service, body, on)
+                    .await;
             }
             Op::Withdraw => {
                 // Now and then more than the wallet holds: a refusal must
                 // change nothing, retried or not.
                 let amount = cents(100, 8_000);
                 let body = json!({"user_id": id, "amount": amount.to_string(), "wallet": "live"});
-                self.write(
-                    op,
-                    "/api/v1/wallets/withdraw",
-                    Who::Owner,
-                    body,
-                    Subject {
-                        amount,
-                        ..Subject::default()
-                    },
-                )
-                .await;
+                let on = Subject::amount(amount);
+                self.write(op, "/api/v1/wallets/withdraw", Who::Owner, body, on)
+                    .await;
             }
             Op::Transfer => {
                 let peer = self.peers[rand::rng().random_range(0..self.peers.len())];
@@ -591,10 +593,7 @@ impl Client {
                     "sell"
                 };
                 let body = json!({"user_id": id, "symbol": SYMBOL, "side": side, "quantity": quantity.to_string(), "leverage": 10, "wallet": "live"});
-                let on = Subject {
-                    amount: quantity,
-                    ..Subject::default()
-                };
+                let on = Subject::amount(quantity);
                 if let Some(order) = self.write(op, "/api/v1/orders", Who::Owner, body, on).await {
                     self.open_order = order["id"].as_i64();
                 }
@@ -608,10 +607,7 @@ impl Client {
                     LONG_HOLD_MS
                 };
                 let body = json!({"user_id": id, "wallet": "live", "amount": amount.to_string(), "ttl_ms": ttl});
-                let on = Subject {
-                    amount,
-                    ..Subject::default()
-                };
+                let on = Subject::amount(amount);
                 if let Some(hold) = self.write(op, "/api/v1/holds", Who::Owner, body, on).await
                     && let Some(hold) = hold["id"].as_i64()
                 {
@@ -624,10 +620,7 @@ impl Client {
                 // no workflow.
                 let amount = cents(100, 6_000);
                 let body = json!({"user_id": id, "wallet": "live", "amount": amount.to_string(), "destination": format!("acct-{id}")});
-                let on = Subject {
-                    amount,
-                    ..Subject::default()
-                };
+                let on = Subject::amount(amount);
                 self.write(op, "/api/v1/workflows/withdrawals", Who::Owner, body, on)
                     .await;
             }
@@ -637,10 +630,7 @@ impl Client {
                 let amount = cents(100, 6_000);
                 let reference = format!("fault-{}", uuid::Uuid::new_v4().simple());
                 let body = json!({"user_id": id, "wallet": "live", "amount": amount.to_string(), "payment_method": "bank", "reference": reference});
-                let on = Subject {
-                    amount,
-                    ..Subject::default()
-                };
+                let on = Subject::amount(amount);
                 if let Some(flow) = self
                     .write(op, "/api/v1/workflows/deposits", Who::Service, body, on)
                     .await
@@ -658,12 +648,9 @@ impl Client {
     /// The back office decides one of this client's deposits in review:
     /// mostly approves it, sometimes rejects it.
     async fn decide(&mut self) {
-        if self.reviews.is_empty() {
+        let Some(flow) = take_any(&mut self.reviews) else {
             return;
-        }
-        let flow = self
-            .reviews
-            .swap_remove(rand::rng().random_range(0..self.reviews.len()));
+        };
         let (op, verb) = if rand::rng().random_bool(0.7) {
             (Op::ApproveDeposit, "approve")
         } else {
@@ -682,12 +669,9 @@ impl Client {
     /// short hold may have expired by now: then the answer must be 409
     /// `hold_not_active` (`expired`), and the check holds it to that.
     async fn end_hold(&mut self) {
-        if self.holds.is_empty() {
+        let Some(hold) = take_any(&mut self.holds) else {
             return;
-        }
-        let hold = self
-            .holds
-            .swap_remove(rand::rng().random_range(0..self.holds.len()));
+        };
         let on = Subject {
             hold: Some(hold),
             ..Subject::default()
@@ -1112,6 +1096,17 @@ mod tests {
         }
     }
 
+    /// User 1's live wallet, opening with a balance of 100.
+    fn opening_of_100() -> HashMap<i64, Wallet> {
+        HashMap::from([(
+            1,
+            Wallet {
+                balance: Decimal::from(100),
+                ..Wallet::default()
+            },
+        )])
+    }
+
     fn made(id: i64, amount: &str, expires_at: &str) -> Write {
         write(
             Op::CreateHold,
@@ -1123,14 +1118,7 @@ mod tests {
 
     #[test]
     fn the_books_follow_each_hold_to_its_end() {
-        let opening = HashMap::from([(
-            1,
-            Wallet {
-                balance: Decimal::from(100),
-                ..Wallet::default()
-            },
-        )]);
-        let mut books = Books::new(&opening);
+        let mut books = Books::new(&opening_of_100());
         let writes = [
             made(7, "30", "2026-01-01T00:00:01Z"),
             made(8, "20", "2026-01-01T00:00:05Z"),
@@ -1182,14 +1170,7 @@ mod tests {
 
     #[test]
     fn the_books_take_a_workflow_from_its_final_state() {
-        let opening = HashMap::from([(
-            1,
-            Wallet {
-                balance: Decimal::from(100),
-                ..Wallet::default()
-            },
-        )]);
-        let mut books = Books::new(&opening);
+        let mut books = Books::new(&opening_of_100());
         let far = i64::MAX;
         for f in [
             flow(1, FlowKind::Withdrawal, "completed", Some((11, far))),

@@ -81,7 +81,7 @@ impl Http {
             let (class, retry_after, reply) = match self.post(path, token, key, body).await {
                 Ok(r) => (
                     retry::classify_answer(r.status, r.code()),
-                    r.header("retry-after").and_then(retry::parse_retry_after),
+                    r.retry_after(),
                     Ok(r),
                 ),
                 Err(e) if e.is_connect() => (Class::ConnectRefused, None, Err(e.to_string())),
@@ -570,9 +570,7 @@ async fn database_unreachable_answers_503_fast_and_recovers() {
             r.text
         );
         assert!(
-            r.header("retry-after")
-                .and_then(retry::parse_retry_after)
-                .is_some(),
+            r.retry_after().is_some(),
             "{}: 503 without a Retry-After",
             t.what
         );
@@ -815,9 +813,7 @@ async fn saturated_pool_sheds_fast_and_retries_succeed() {
             (200, _) => served.push((key, at)),
             (503, "overloaded") => {
                 assert!(
-                    r.header("retry-after")
-                        .and_then(retry::parse_retry_after)
-                        .is_some(),
+                    r.retry_after().is_some(),
                     "shed without a Retry-After: {}",
                     r.text
                 );
@@ -927,7 +923,7 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
         let (key, reply, _, _) = task.await.unwrap();
         let r = reply.unwrap_or_else(|e| panic!("deposit {key}: no answer ({e})"));
         r.problem(503, "overloaded");
-        let retry_after = r.header("retry-after").and_then(retry::parse_retry_after);
+        let retry_after = r.retry_after();
         assert!(
             retry_after.is_some(),
             "refused without a Retry-After: {}",
