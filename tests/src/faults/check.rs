@@ -855,40 +855,37 @@ mod tests {
 
     #[test]
     fn only_the_provoked_refusals_are_expected() {
-        assert!(expected_refusal(Op::Withdraw, 422, "insufficient_funds"));
-        assert!(expected_refusal(Op::Transfer, 422, "insufficient_funds"));
-        assert!(expected_refusal(Op::OpenOrder, 422, "insufficient_margin"));
-        assert!(expected_refusal(Op::CreateHold, 422, "insufficient_funds"));
-        assert!(expected_refusal(
-            Op::StartWithdrawal,
-            422,
-            "insufficient_funds"
-        ));
-        // A decision refused for the workflow's state is expected only
-        // after an attempt without an answer: `verify` decides.
-        assert!(!expected_refusal(Op::ApproveDeposit, 409, "workflow_state"));
-        assert!(!expected_refusal(
-            Op::StartDeposit,
-            422,
-            "insufficient_funds"
-        ));
-        // Whether a refused capture or void met an expired hold depends
-        // on the hold's expiry: `verify` decides, never this table.
-        assert!(!expected_refusal(Op::CaptureHold, 409, "hold_not_active"));
-        assert!(!expected_refusal(Op::VoidHold, 409, "hold_not_active"));
-        assert!(!expected_refusal(
-            Op::CaptureHold,
-            422,
-            "capture_exceeds_hold"
-        ));
-        assert!(!expected_refusal(Op::Withdraw, 409, "lock_lost"));
-        assert!(!expected_refusal(Op::Deposit, 422, "insufficient_funds"));
-        assert!(!expected_refusal(
-            Op::Withdraw,
-            422,
-            "idempotency_key_reused"
-        ));
-        assert!(!expected_refusal(Op::CloseOrder, 409, "order_not_open"));
-        assert!(!expected_refusal(Op::Deposit, 400, "invalid_request"));
+        let expected = [
+            (Op::Withdraw, 422, "insufficient_funds"),
+            (Op::Transfer, 422, "insufficient_funds"),
+            (Op::OpenOrder, 422, "insufficient_margin"),
+            (Op::CreateHold, 422, "insufficient_funds"),
+            (Op::StartWithdrawal, 422, "insufficient_funds"),
+        ];
+        for (op, status, code) in expected {
+            assert!(expected_refusal(op, status, code), "{op:?} {status} {code}");
+        }
+        let not_expected = [
+            // A decision refused for the workflow's state is expected only
+            // after an attempt without an answer: `verify` decides.
+            (Op::ApproveDeposit, 409, "workflow_state"),
+            (Op::StartDeposit, 422, "insufficient_funds"),
+            // Whether a refused capture or void met an expired hold depends
+            // on the hold's expiry: `verify` decides, never this table.
+            (Op::CaptureHold, 409, "hold_not_active"),
+            (Op::VoidHold, 409, "hold_not_active"),
+            (Op::CaptureHold, 422, "capture_exceeds_hold"),
+            (Op::Withdraw, 409, "lock_lost"),
+            (Op::Deposit, 422, "insufficient_funds"),
+            (Op::Withdraw, 422, "idempotency_key_reused"),
+            (Op::CloseOrder, 409, "order_not_open"),
+            (Op::Deposit, 400, "invalid_request"),
+        ];
+        for (op, status, code) in not_expected {
+            assert!(
+                !expected_refusal(op, status, code),
+                "{op:?} {status} {code}"
+            );
+        }
     }
 }

@@ -258,22 +258,24 @@ mod tests {
 
     #[test]
     fn answers_are_classified_by_status_and_code() {
-        assert_eq!(classify_answer(200, ""), Class::Success);
-        assert_eq!(classify_answer(201, ""), Class::Success);
-        assert_eq!(classify_answer(422, "insufficient_funds"), Class::Refused);
-        assert_eq!(classify_answer(409, "order_not_open"), Class::Refused);
-        assert_eq!(classify_answer(409, "conflict"), Class::Refused);
-        assert_eq!(
-            classify_answer(409, "idempotency_in_flight"),
-            Class::InFlight
-        );
-        assert_eq!(classify_answer(429, "rate_limited"), Class::Throttled);
-        assert_eq!(classify_answer(429, "cooldown_active"), Class::Throttled);
-        assert_eq!(classify_answer(503, "overloaded"), Class::Shed);
-        assert_eq!(classify_answer(503, "unavailable"), Class::Unavailable);
-        assert_eq!(classify_answer(503, ""), Class::Unavailable);
-        assert_eq!(classify_answer(500, "internal"), Class::ServerError);
-        assert_eq!(classify_answer(502, ""), Class::ServerError);
+        let answers = [
+            (200, "", Class::Success),
+            (201, "", Class::Success),
+            (422, "insufficient_funds", Class::Refused),
+            (409, "order_not_open", Class::Refused),
+            (409, "conflict", Class::Refused),
+            (409, "idempotency_in_flight", Class::InFlight),
+            (429, "rate_limited", Class::Throttled),
+            (429, "cooldown_active", Class::Throttled),
+            (503, "overloaded", Class::Shed),
+            (503, "unavailable", Class::Unavailable),
+            (503, "", Class::Unavailable),
+            (500, "internal", Class::ServerError),
+            (502, "", Class::ServerError),
+        ];
+        for (status, code, class) in answers {
+            assert_eq!(classify_answer(status, code), class, "{status} {code}");
+        }
         assert_eq!(
             classify_transport(Transport::Connect),
             Class::ConnectRefused

@@ -16,6 +16,15 @@ fn count(replies: &[Reply], status: u16, code: &str) -> usize {
         .count()
 }
 
+/// No 5xx; exactly `won` of the `replies` answer `ok` and all the others
+/// are refused with `(status, code)`.
+#[track_caller]
+fn assert_won(replies: &[Reply], (ok, won): (u16, usize), (status, code): (u16, &str)) {
+    assert_no_5xx(replies);
+    assert_eq!(count(replies, ok, ""), won);
+    assert_eq!(count(replies, status, code), replies.len() - won);
+}
+
 /// Invariant: an order closes once. N concurrent closes of one order give
 /// exactly one 200 and N-1 × 409 `order_not_open`; the margin is released
 /// once and the P&L and fee are booked once.
@@ -33,9 +42,7 @@ async fn concurrent_closes_close_once(engine: Engine) {
         app.close_order(id, token)
     }))
     .await;
-    assert_no_5xx(&replies);
-    assert_eq!(count(&replies, 200, ""), 1);
-    assert_eq!(count(&replies, 409, "order_not_open"), n - 1);
+    assert_won(&replies, (200, 1), (409, "order_not_open"));
     let w = app.wallet(u, "live").await;
     // 1000 - 0.1 (open fee) + 5 (pnl) - 0.105 (close fee)
     assert_eq!(
@@ -58,9 +65,7 @@ async fn concurrent_opens_never_exceed_free_margin(engine: Engine) {
     let u = app.trader("open@x.io", "101", ("BTCUSD", "100")).await;
     let replies =
         join_all((0..n).map(|_| app.open_order(u, ("BTCUSD", "buy", "1", 10, "live")))).await;
-    assert_no_5xx(&replies);
-    assert_eq!(count(&replies, 201, ""), 10);
-    assert_eq!(count(&replies, 422, "insufficient_margin"), n - 10);
+    assert_won(&replies, (201, 10), (422, "insufficient_margin"));
     let w = app.wallet(u, "live").await;
     assert_eq!(
         (&w["balance"], &w["margin"], &w["free_margin"]),
@@ -197,9 +202,7 @@ async fn cooldown_holds_across_two_instances(engine: Engine) {
         target.open_order(u, ("BTCUSD", "buy", "1", 1, "live"))
     }))
     .await;
-    assert_no_5xx(&replies);
-    assert_eq!(count(&replies, 201, ""), 1);
-    assert_eq!(count(&replies, 429, "cooldown_active"), n - 1);
+    assert_won(&replies, (201, 1), (429, "cooldown_active"));
     assert!(
         replies
             .iter()
