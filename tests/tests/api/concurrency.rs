@@ -19,18 +19,8 @@ async fn concurrent_deposits_are_all_counted(engine: Engine) {
     assert!(replies.iter().all(|r| r.status == 200));
     let expected = format!("{}", rust_decimal::Decimal::new(n as i64, 2).normalize());
     assert_eq!(app.balance(u, "live").await, expected);
-    let journal = app
-        .get(
-            &format!("/api/v1/users/{u}/transactions?wallet=live&limit=500"),
-            Some(&app.admin()),
-        )
-        .await;
-    let deposits = journal.body["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "deposit")
-        .count();
+    let kinds = app.journal_kinds(u, "live").await;
+    let deposits = kinds.iter().filter(|k| *k == "deposit").count();
     assert_eq!(deposits, n);
     app.assert_books_balance_and_stop().await;
 }

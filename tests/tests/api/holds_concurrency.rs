@@ -32,6 +32,12 @@ async fn withdraw(app: &TestApp, user_id: i64, amount: &str) -> Reply {
         .await
 }
 
+/// An app whose cleanup job releases expired holds every `interval`
+/// (`Duration::ZERO`: never).
+async fn cleaning_holds_every(engine: Engine, interval: Duration) -> TestApp {
+    TestApp::spawn_with(engine, |c| c.holds.cleanup_interval = interval).await
+}
+
 /// `n` users, each with `amount` in its live wallet, named `{prefix}{i}`.
 async fn funded_users(app: &TestApp, prefix: &str, n: usize, amount: &str) -> Vec<i64> {
     join_all(
@@ -73,10 +79,7 @@ async fn end(app: &TestApp, owner: i64, id: i64, ending: Ending) -> Reply {
 async fn captures_voids_and_expiry_race_and_each_hold_ends_once(engine: Engine) {
     let holds_per_user = 10;
     let users = scale(engine, 10, 3);
-    let app = TestApp::spawn_with(engine, |c| {
-        c.holds.cleanup_interval = Duration::from_millis(5)
-    })
-    .await;
+    let app = cleaning_holds_every(engine, Duration::from_millis(5)).await;
     let owners = funded_users(&app, "race", users, "1000").await;
     // long enough that every hold exists well before the first racer starts,
     // even when the suite's other tests keep the machine busy
@@ -207,10 +210,7 @@ async fn captures_voids_and_expiry_race_and_each_hold_ends_once(engine: Engine) 
 /// withdrawals.
 async fn holds_and_withdrawals_never_overdraw(engine: Engine) {
     let users = scale(engine, 20, 4);
-    let app = TestApp::spawn_with(engine, |c| {
-        c.holds.cleanup_interval = Duration::from_millis(10)
-    })
-    .await;
+    let app = cleaning_holds_every(engine, Duration::from_millis(10)).await;
     let owners = funded_users(&app, "od", users, "100").await;
     let results = join_all(owners.iter().map(|&u| {
         let app = &app;
@@ -300,7 +300,7 @@ async fn holds_and_withdrawals_never_overdraw(engine: Engine) {
 /// full balance shortly before the expiry is refused, and the same
 /// withdrawal 1 ms after `expires_at` succeeds, while the job is off.
 async fn a_withdrawal_just_after_expiry_takes_everything(engine: Engine) {
-    let app = TestApp::spawn_with(engine, |c| c.holds.cleanup_interval = Duration::ZERO).await;
+    let app = cleaning_holds_every(engine, Duration::ZERO).await;
     let rounds = scale(engine, 5, 2);
     for round in 0..rounds {
         let u = app.funded_user(&format!("edge{round}@x.io"), "100").await;
