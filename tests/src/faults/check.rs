@@ -40,7 +40,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rust_decimal::Decimal;
 use sea_orm::{
-    AccessMode, ConnectionTrait, Database, DbBackend, IsolationLevel, Statement, TransactionTrait,
+    AccessMode, ConnectionTrait, Database, DbBackend, IsolationLevel, QueryResult, Statement,
+    TransactionTrait,
 };
 
 use super::flows::{self, Flow, FlowKind};
@@ -134,6 +135,50 @@ fn money_kinds(op: Op) -> &'static [&'static str] {
     }
 }
 
+/// The rows `sql` reads on PostgreSQL.
+async fn query_rows<C: ConnectionTrait>(conn: &C, sql: String) -> Result<Vec<QueryResult>, String> {
+    conn.query_all_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Keeps `line` among the verdict's problems, the first 40 of them.
+fn problem(v: &mut Verdict, line: String) {
+    if v.problems.len() < 40 {
+        v.problems.push(line);
+    }
+}
+
+/// A discrepancy between the books and the database, named by `line`.
+fn discrepancy(v: &mut Verdict, line: String) {
+    v.discrepancies += 1;
+    problem(v, line);
+}
+
+/// Something done twice, named by `line`.
+fn duplicate(v: &mut Verdict, line: String) {
+    v.duplicates += 1;
+    problem(v, line);
+}
+
+/// A `what` row of the database (a workflow, a hold) against the answers:
+/// `keys` is how many keys reported it. None (it was `how` twice?) or
+/// several is a duplicate.
+fn reported_once(v: &mut Verdict, (what, id): (&str, i64), keys: Option<&usize>, how: &str) {
+    match keys {
+        None => {
+            duplicate(
+                v,
+                format!("{what} {id} exists but no answer reported it ({how} twice?)"),
+            );
+        }
+        Some(&n) if n > 1 => {
+            duplicate(v, format!("{what} {id} reported by {n} different keys"));
+        }
+        Some(_) => {}
+    }
+}
+
 /// Refusals the workload provokes on purpose; any other refusal is a fault
 /// the server should not have shown.
 fn expected_refusal(op: Op, status: u16, code: &str) -> bool {
@@ -184,11 +229,6 @@ pub async fn verify(
     workflows: Workflows<'_>,
 ) -> Result<Verdict, String> {
     let mut v = Verdict::default();
-    let problem = |v: &mut Verdict, line: String| {
-        if v.problems.len() < 40 {
-            v.problems.push(line);
-        }
-    };
 
     // Definite answers.
     let mut open_last: BTreeMap<String, usize> = BTreeMap::new();
@@ -220,8 +260,7 @@ pub async fn verify(
         let ok = (200..300).contains(status);
         if w.fence == Some(Fence::Stale) {
             if (*status, code) != (409, "lock_lost") {
-                v.discrepancies += 1;
-                problem(
+                discrepancy(
                     &mut v,
                     format!(
                         "{} of user {} under a stale lock token: {status} {body}, not 409 lock_lost",
@@ -234,8 +273,7 @@ pub async fn verify(
             if let (Op::CaptureHold | Op::VoidHold, Some((id, h))) = (w.op, hold) {
                 let finished = unix_ms(&body["finished_at"]).unwrap_or(i64::MAX);
                 if finished >= h.expires_at_ms {
-                    v.discrepancies += 1;
-                    problem(
+                    discrepancy(
                         &mut v,
                         format!(
                             "hold {id}: {} went through at {finished} ms, at or after its expiry {} ms",
@@ -260,8 +298,7 @@ pub async fn verify(
             let expected = w.fence.is_none()
                 && (expired_first || decided_before || expected_refusal(w.op, *status, code));
             if !expected {
-                v.discrepancies += 1;
-                problem(
+                discrepancy(
                     &mut v,
                     format!(
                         "{} of user {} refused: {status} {body}",
@@ -282,8 +319,7 @@ pub async fn verify(
         {
             let got = flow_of.get(&id).map_or("unknown", |f| f.status.as_str());
             if got != want {
-                v.discrepancies += 1;
-                problem(
+                discrepancy(
                     &mut v,
                     format!(
                         "deposit workflow {id}: {} answered {status}, and it ended {got}",
@@ -293,8 +329,7 @@ pub async fn verify(
             }
         }
         if let Some(m) = &w.replay_mismatch {
-            v.duplicates += 1;
-            problem(&mut v, format!("replay differs: {m}"));
+            duplicate(&mut v, format!("replay differs: {m}"));
         }
     }
 
@@ -309,19 +344,17 @@ pub async fn verify(
         )
         .await
         .map_err(|e| e.to_string())?;
-    let rows = snap
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SELECT operation_id::text AS op, kind, COALESCE(reference, '') AS reference, \
+    let rows = query_rows(
+        &snap,
+        format!(
+            "SELECT operation_id::text AS op, kind, COALESCE(reference, '') AS reference, \
                  COUNT(*)::bigint AS n, SUM(balance_delta)::bigint AS balance, \
                  SUM(held_delta)::bigint AS held \
                  FROM journal_entries WHERE id > {} GROUP BY 1, 2, 3",
-                base.journal_id
-            ),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
+            base.journal_id
+        ),
+    )
+    .await?;
     let mut found: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut order_ops: BTreeMap<i64, HashSet<String>> = BTreeMap::new();
     let mut hold_ops: BTreeMap<i64, HoldJournal> = BTreeMap::new();
@@ -350,8 +383,7 @@ pub async fn verify(
                 "hold" => j.made.insert(op),
                 "hold_capture" | "hold_release" => j.ended.insert(op),
                 _ => {
-                    v.discrepancies += 1;
-                    problem(
+                    discrepancy(
                         &mut v,
                         format!("operation {op}: a {kind} entry under {reference}"),
                     );
@@ -414,15 +446,13 @@ pub async fn verify(
         match expected.get(&(op.clone(), kind.clone())) {
             Some(e) if e == n => {}
             Some(e) => {
-                v.duplicates += 1;
-                problem(
+                duplicate(
                     &mut v,
                     format!("operation {op} {kind}: {n} journal entries, {e} expected"),
                 );
             }
             None => {
-                v.duplicates += 1;
-                problem(
+                duplicate(
                     &mut v,
                     format!("operation {op} {kind} in the journal, but no answer reported it"),
                 );
@@ -431,23 +461,20 @@ pub async fn verify(
     }
     for (op, kind) in expected.keys() {
         if !found.contains_key(&(op.clone(), kind.clone())) {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 &mut v,
                 format!("operation {op} {kind} was answered but is not in the journal"),
             );
         }
     }
-    let orders = snap
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SELECT id, status FROM orders WHERE id > {} ORDER BY id",
-                base.order_id
-            ),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
+    let orders = query_rows(
+        &snap,
+        format!(
+            "SELECT id, status FROM orders WHERE id > {} ORDER BY id",
+            base.order_id
+        ),
+    )
+    .await?;
     for row in orders {
         let id: i64 = row.try_get("", "id").map_err(|e| e.to_string())?;
         let status: String = row.try_get("", "status").map_err(|e| e.to_string())?;
@@ -455,19 +482,16 @@ pub async fn verify(
         let want = 1 + usize::from(closed.contains(&id));
         match opened.get(&id) {
             None => {
-                v.duplicates += 1;
-                problem(
+                duplicate(
                     &mut v,
                     format!("order {id} exists but no answer reported it (opened twice?)"),
                 );
             }
             Some(&n) if n > 1 => {
-                v.duplicates += 1;
-                problem(&mut v, format!("order {id} reported by {n} different keys"));
+                duplicate(&mut v, format!("order {id} reported by {n} different keys"));
             }
             Some(_) if journaled != want => {
-                v.duplicates += 1;
-                problem(
+                duplicate(
                     &mut v,
                     format!("order {id}: {journaled} journal operations, {want} expected"),
                 );
@@ -480,8 +504,7 @@ pub async fn verify(
             "open"
         };
         if status != should {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 &mut v,
                 format!("order {id} is {status}, the answers say {should}"),
             );
@@ -498,8 +521,7 @@ pub async fn verify(
         match server.get(id) {
             Some(got) if *got == want => {}
             Some(got) => {
-                v.discrepancies += 1;
-                problem(
+                discrepancy(
                     &mut v,
                     format!(
                         "user {id}: balance {} margin {} held {}, the answers imply {}, {} and {}",
@@ -508,8 +530,7 @@ pub async fn verify(
                 );
             }
             None => {
-                v.discrepancies += 1;
-                problem(&mut v, format!("user {id}: wallet not read"));
+                discrepancy(&mut v, format!("user {id}: wallet not read"));
             }
         }
     }
@@ -523,8 +544,7 @@ pub async fn verify(
     let implied =
         sum(opening) + books.deposited - books.withdrawn + books.orders_effect - books.captured;
     if sum(server) != implied {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             &mut v,
             format!(
                 "sum of balances {} != opening {} + deposits {} - withdrawals {} + orders {} - captures {}",
@@ -544,8 +564,7 @@ pub async fn verify(
         if let Some(w) = server.get(id)
             && (w.balance < w.margin + w.held || w.held < Decimal::ZERO)
         {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 &mut v,
                 format!(
                     "user {id}: balance {} below margin {} + held {}",
@@ -562,8 +581,7 @@ pub async fn verify(
     .await?;
     let _ = snap.rollback().await;
     if negative > 0 {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             &mut v,
             format!(
                 "{negative} wallets with a negative balance, margin or held, or a balance below margin + held"
@@ -576,8 +594,7 @@ pub async fn verify(
     let _ = conn.close().await;
     v.wallets_reconciled = report.wallets;
     for d in &report.discrepancies {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             &mut v,
             format!("reconcile: wallet {}: {}", d.wallet_id, d.problem),
         );
@@ -596,61 +613,38 @@ async fn check_workflows<C: ConnectionTrait>(
     flow_of: &HashMap<i64, &Flow>,
     v: &mut Verdict,
 ) -> Result<(), String> {
-    let problem = |v: &mut Verdict, line: String| {
-        if v.problems.len() < 40 {
-            v.problems.push(line);
-        }
-    };
     let started = flows::started(writes);
-    let rows = conn
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SELECT id, status FROM workflows WHERE id > {} ORDER BY id",
-                base.workflow_id
-            ),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
+    let rows = query_rows(
+        conn,
+        format!(
+            "SELECT id, status FROM workflows WHERE id > {} ORDER BY id",
+            base.workflow_id
+        ),
+    )
+    .await?;
     let mut seen = HashSet::new();
     for row in rows {
         let id: i64 = row.try_get("", "id").map_err(|e| e.to_string())?;
         let status: String = row.try_get("", "status").map_err(|e| e.to_string())?;
         seen.insert(id);
-        match started.get(&id) {
-            None => {
-                v.duplicates += 1;
-                problem(
-                    v,
-                    format!("workflow {id} exists but no answer reported it (started twice?)"),
-                );
-            }
-            Some(&n) if n > 1 => {
-                v.duplicates += 1;
-                problem(v, format!("workflow {id} reported by {n} different keys"));
-            }
-            Some(_) => {}
-        }
+        reported_once(v, ("workflow", id), started.get(&id), "started");
         if let Some(f) = flow_of.get(&id)
             && f.status != status
         {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 v,
                 format!("workflow {id} is {status}, the API said {}", f.status),
             );
         }
     }
     for id in started.keys().filter(|id| !seen.contains(id)) {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             v,
             format!("workflow {id} was answered but is not in the workflows table"),
         );
     }
     for f in workflows.flows.iter().filter(|f| !f.ended_well()) {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             v,
             format!(
                 "{:?} workflow {} ended {} ({})",
@@ -677,14 +671,12 @@ async fn check_workflows<C: ConnectionTrait>(
             _ => payments <= 1,
         };
         if payments > 1 {
-            v.duplicates += 1;
-            problem(
+            duplicate(
                 v,
                 format!("withdrawal workflow {}: paid {payments} times", f.id),
             );
         } else if !fits {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 v,
                 format!(
                     "withdrawal workflow {} ended {}, and the provider has {:?}",
@@ -700,8 +692,7 @@ async fn check_workflows<C: ConnectionTrait>(
         .iter()
         .filter(|r| !flow_of.contains_key(&r.payout_id))
     {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             v,
             format!(
                 "the provider saw payout {} ({} paid), which no workflow of the run explains",
@@ -710,8 +701,7 @@ async fn check_workflows<C: ConnectionTrait>(
         );
     }
     if workflows.protocol_errors > 0 {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             v,
             format!(
                 "{} payout calls broke the provider's protocol",
@@ -732,22 +722,15 @@ async fn check_holds<C: ConnectionTrait>(
     journal: &BTreeMap<i64, HoldJournal>,
     v: &mut Verdict,
 ) -> Result<(), String> {
-    let problem = |v: &mut Verdict, line: String| {
-        if v.problems.len() < 40 {
-            v.problems.push(line);
-        }
-    };
-    let rows = conn
-        .query_all_raw(Statement::from_string(
-            DbBackend::Postgres,
-            format!(
-                "SELECT id, amount, captured_amount, status, expires_at_ms \
+    let rows = query_rows(
+        conn,
+        format!(
+            "SELECT id, amount, captured_amount, status, expires_at_ms \
                  FROM holds WHERE id > {} ORDER BY id",
-                base.hold_id
-            ),
-        ))
-        .await
-        .map_err(|e| e.to_string())?;
+            base.hold_id
+        ),
+    )
+    .await?;
     // In the snapshot, taken after the wallets were read: a hold due by
     // now is expired in any case.
     let now = now_ms();
@@ -759,38 +742,22 @@ async fn check_holds<C: ConnectionTrait>(
         let expires_at_ms = get("expires_at_ms")?;
         let status: String = row.try_get("", "status").map_err(|e| e.to_string())?;
         seen.insert(id);
-        match made.get(&id) {
-            None => {
-                v.duplicates += 1;
-                problem(
-                    v,
-                    format!("hold {id} exists but no answer reported it (made twice?)"),
-                );
-            }
-            Some(&n) if n > 1 => {
-                v.duplicates += 1;
-                problem(v, format!("hold {id} reported by {n} different keys"));
-            }
-            Some(_) => {}
-        }
+        reported_once(v, ("hold", id), made.get(&id), "made");
         let j = journal.get(&id).unwrap_or(&empty);
         if j.made.len() != 1 {
-            v.duplicates += 1;
-            problem(
+            duplicate(
                 v,
                 format!("hold {id}: {} `hold` operations, 1 expected", j.made.len()),
             );
         }
         let endings = usize::from(status != "held");
         if j.ended.len() > 1 {
-            v.duplicates += 1;
-            problem(
+            duplicate(
                 v,
                 format!("hold {id} ended {} times in the journal", j.ended.len()),
             );
         } else if j.ended.len() != endings {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 v,
                 format!(
                     "hold {id} is {status}, with {} ending operations in the journal",
@@ -800,8 +767,7 @@ async fn check_holds<C: ConnectionTrait>(
         }
         let still = if status == "held" { amount } else { 0 };
         if (j.held, j.balance) != (still, -captured) {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 v,
                 format!(
                     "hold {id} ({status}, {amount} held, {captured} captured): its journal \
@@ -825,8 +791,7 @@ async fn check_holds<C: ConnectionTrait>(
             None => status == "held" && captured == 0,
         };
         if !fits || units(amount) != book.amount || expires_at_ms != book.expires_at_ms {
-            v.discrepancies += 1;
-            problem(
+            discrepancy(
                 v,
                 format!(
                     "hold {id} is {status} ({} held, {} captured, expiry {expires_at_ms} ms); \
@@ -840,8 +805,7 @@ async fn check_holds<C: ConnectionTrait>(
     let mut missing: Vec<&i64> = books.holds.keys().filter(|id| !seen.contains(id)).collect();
     missing.sort_unstable();
     for id in missing {
-        v.discrepancies += 1;
-        problem(
+        discrepancy(
             v,
             format!("hold {id} was answered but is not in the holds table"),
         );
