@@ -70,6 +70,17 @@ async fn act(app: &TestApp, id: i64, action: &str, token: &str, body: Value) -> 
     .await
 }
 
+/// Reports the result of workflow `id`'s payout (`body`: its outcome).
+async fn report_payout(app: &TestApp, id: i64, token: &str, body: Value) -> Reply {
+    act(app, id, "payout", token, body).await
+}
+
+/// An admin decides deposit workflow `id` in review (`verb`: `approve` or
+/// `reject`), giving `reason`.
+async fn decide(app: &TestApp, id: i64, verb: &str, reason: &str) -> Reply {
+    act(app, id, verb, &app.admin(), json!({"reason": reason})).await
+}
+
 fn step<'a>(w: &'a Value, name: &str) -> &'a Value {
     w["steps"]
         .as_array()
@@ -274,15 +285,9 @@ async fn withdrawal_refusals_and_roles(engine: Engine) {
             .await
             .problem(403, "forbidden");
     }
-    act(
-        &app,
-        id,
-        "payout",
-        &app.admin(),
-        json!({"outcome": "maybe"}),
-    )
-    .await
-    .problem(400, "invalid_request");
+    report_payout(&app, id, &app.admin(), json!({"outcome": "maybe"}))
+        .await
+        .problem(400, "invalid_request");
     wait_for(&app, id, &["completed"]).await;
     app.assert_books_balance().await;
 }
@@ -306,10 +311,9 @@ async fn manual_payouts_wait_for_the_reported_result(engine: Engine) {
     assert_eq!(wallet["held"], "60");
     assert_eq!(wallet["free_margin"], "40");
 
-    let r = act(
+    let r = report_payout(
         &app,
         sent,
-        "payout",
         &app.service(),
         json!({"outcome": "sent", "provider_ref": "bank-7"}),
     )
@@ -317,45 +321,19 @@ async fn manual_payouts_wait_for_the_reported_result(engine: Engine) {
     r.expect(200);
     let w = wait_for(&app, sent, &["completed"]).await;
     assert_eq!(w["result"]["provider_ref"], "bank-7");
-    let r = act(
-        &app,
-        failed,
-        "payout",
-        &app.admin(),
-        json!({"outcome": "failed"}),
-    )
-    .await;
+    let r = report_payout(&app, failed, &app.admin(), json!({"outcome": "failed"})).await;
     r.expect(200);
     wait_for(&app, failed, &["compensated"]).await;
     // The result is recorded once.
-    let again = act(
-        &app,
-        sent,
-        "payout",
-        &app.admin(),
-        json!({"outcome": "failed"}),
-    )
-    .await;
+    let again = report_payout(&app, sent, &app.admin(), json!({"outcome": "failed"})).await;
     again.problem(409, "workflow_state");
     assert_eq!(again.body["workflow_status"], "completed");
-    act(
-        &app,
-        failed,
-        "payout",
-        &app.admin(),
-        json!({"outcome": "sent"}),
-    )
-    .await
-    .problem(409, "workflow_state");
-    act(
-        &app,
-        987_654,
-        "payout",
-        &app.admin(),
-        json!({"outcome": "sent"}),
-    )
-    .await
-    .problem(404, "not_found");
+    report_payout(&app, failed, &app.admin(), json!({"outcome": "sent"}))
+        .await
+        .problem(409, "workflow_state");
+    report_payout(&app, 987_654, &app.admin(), json!({"outcome": "sent"}))
+        .await
+        .problem(404, "not_found");
     let wallet = app.wallet(u, "live").await;
     assert_eq!(
         (wallet["balance"].as_str(), wallet["held"].as_str()),
@@ -394,14 +372,7 @@ async fn deposits_are_credited_or_wait_for_review(engine: Engine) {
     act(&app, big, "approve", &app.service(), json!({}))
         .await
         .problem(403, "forbidden");
-    let r = act(
-        &app,
-        big,
-        "approve",
-        &app.admin(),
-        json!({"reason": "documents checked"}),
-    )
-    .await;
+    let r = decide(&app, big, "approve", "documents checked").await;
     r.expect(200);
     assert_eq!(step(&r.body, "compliance")["status"], "done");
     wait_for(&app, big, &["completed"]).await;
@@ -409,14 +380,7 @@ async fn deposits_are_credited_or_wait_for_review(engine: Engine) {
         .await
         .problem(409, "workflow_state");
 
-    let r = act(
-        &app,
-        other,
-        "reject",
-        &app.admin(),
-        json!({"reason": "source of funds unclear"}),
-    )
-    .await;
+    let r = decide(&app, other, "reject", "source of funds unclear").await;
     r.expect(200);
     assert_eq!(r.body["status"], "rejected");
     assert_eq!(r.body["error"], "source of funds unclear");
