@@ -265,6 +265,21 @@ impl TestApp {
         Self::start(engine, config, dir, pg_database).await
     }
 
+    /// A fresh app (`spawn`) and one user created on it (`create_user`).
+    pub async fn with_user(engine: Engine, email: &str) -> (Self, i64) {
+        let app = Self::spawn(engine).await;
+        let u = app.create_user(email).await;
+        (app, u)
+    }
+
+    /// A fresh app (`spawn`) and one user on it with `amount` in its live
+    /// wallet (`funded_user`).
+    pub async fn with_funded_user(engine: Engine, email: &str, amount: &str) -> (Self, i64) {
+        let app = Self::spawn(engine).await;
+        let u = app.funded_user(email, amount).await;
+        (app, u)
+    }
+
     /// A second server on the same database (two processes behind one balancer).
     pub async fn sibling(&self) -> TestApp {
         Self::start(self.engine, self.state.config.clone(), None, None).await

@@ -12,8 +12,7 @@ use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, fresh_key, live
 /// N × 0.01 and exactly N deposit journal entries (no lost update).
 async fn concurrent_deposits_are_all_counted(engine: Engine) {
     let n = scale(engine, 200, 40);
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("hot@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "hot@x.io").await;
     let replies = join_all((0..n).map(|_| app.deposit(u, "0.01", "live"))).await;
     assert_no_5xx(&replies);
     assert!(replies.iter().all(|r| r.status == 200));
@@ -29,8 +28,7 @@ async fn concurrent_deposits_are_all_counted(engine: Engine) {
 /// exactly N succeed, N get 422, the balance ends at exactly 0, never below.
 async fn concurrent_withdrawals_never_overdraw(engine: Engine) {
     let half = scale(engine, 50, 10);
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("spend@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "spend@x.io").await;
     app.deposit(u, &format!("{}", half * 10), "live")
         .await
         .expect(200);
@@ -56,8 +54,7 @@ async fn concurrent_withdrawals_never_overdraw(engine: Engine) {
 /// deadlock surfaces) never create or destroy money and never go negative.
 async fn crossing_transfers_conserve_the_sum(engine: Engine) {
     let n = scale(engine, 100, 20);
-    let app = TestApp::spawn(engine).await;
-    let a = app.create_user("a@x.io").await;
+    let (app, a) = TestApp::with_user(engine, "a@x.io").await;
     let b = app.create_user("b@x.io").await;
     app.deposit(a, "1000", "live").await.expect(200);
     app.deposit(b, "1000", "live").await.expect(200);
@@ -91,8 +88,7 @@ async fn crossing_transfers_conserve_the_sum(engine: Engine) {
 /// (replayed byte for byte) or 409 in flight.
 async fn one_key_many_requests_execute_once(engine: Engine) {
     let n = scale(engine, 50, 20);
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("once@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "once@x.io").await;
     let key = fresh_key();
     let token = app.service();
     let body = live(u, "25");

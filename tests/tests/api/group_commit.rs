@@ -50,8 +50,7 @@ fn journal_count(body: &serde_json::Value, kind: &str) -> usize {
 /// and every key replays its own answer); the books reconcile.
 async fn a_hot_wallet_drained_while_filled(engine: Engine) {
     let (deposits, withdrawals) = (scale(engine, 500, 100), scale(engine, 200, 40));
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("hot-group@x.io", "100").await;
+    let (app, u) = TestApp::with_funded_user(engine, "hot-group@x.io", "100").await;
     let (service, user) = (app.service(), app.user(u));
     let mut calls = Vec::new();
     for i in 0..deposits.max(withdrawals) {

@@ -66,8 +66,7 @@ fn not_active(r: &Reply, status: &str) {
 }
 
 async fn create_capture_and_read_follow_the_contract(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("hold@x.io", "1000").await;
+    let (app, u) = TestApp::with_funded_user(engine, "hold@x.io", "1000").await;
     let mut body = hold_body(u, "300");
     body["reference"] = "payout-7".into();
     let r = create(&app, &app.user(u), body).await;
@@ -206,8 +205,7 @@ async fn create_capture_and_read_follow_the_contract(engine: Engine) {
 }
 
 async fn void_roles_and_privacy(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let owner = app.funded_user("owner@x.io", "100").await;
+    let (app, owner) = TestApp::with_funded_user(engine, "owner@x.io", "100").await;
     let nosy = app.funded_user("nosy@x.io", "100").await;
     let hold = held(&app, owner, "40", 60_000).await;
     let id = id_of(&hold);
@@ -293,8 +291,7 @@ async fn void_roles_and_privacy(engine: Engine) {
 }
 
 async fn refusals_and_validation_change_nothing(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("v@x.io", "100").await;
+    let (app, u) = TestApp::with_funded_user(engine, "v@x.io", "100").await;
     let token = app.user(u);
     let before = app.wallet(u, "live").await;
     // more than the free balance
@@ -377,8 +374,7 @@ async fn refusals_and_validation_change_nothing(engine: Engine) {
 }
 
 async fn a_repeated_key_replays_the_hold(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("replay@x.io", "50").await;
+    let (app, u) = TestApp::with_funded_user(engine, "replay@x.io", "50").await;
     let key = fresh_key();
     let first = app
         .post(HOLDS, &app.user(u), Some(&key), hold_body(u, "20"))
@@ -486,8 +482,7 @@ async fn the_cleanup_job_releases_expired_holds(engine: Engine) {
 }
 
 async fn lists_are_newest_first_and_filter_by_status(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("list@x.io", "100").await;
+    let (app, u) = TestApp::with_funded_user(engine, "list@x.io", "100").await;
     let ids: Vec<i64> = [
         held(&app, u, "1", 60_000).await,
         held(&app, u, "2", 60_000).await,

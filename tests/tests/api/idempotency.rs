@@ -17,8 +17,7 @@ async fn keyed(app: &TestApp, path: &str, key: &str, body: Value) -> Reply {
 }
 
 async fn same_key_same_body_replays_exactly(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("i@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "i@x.io").await;
     let k = fresh_key();
     let body = live(u, "7");
     let first = keyed(&app, DEPOSIT, &k, body.clone()).await;
@@ -52,8 +51,7 @@ async fn same_key_same_body_replays_exactly(engine: Engine) {
 }
 
 async fn refusals_are_stored_and_replayed(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("r@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "r@x.io").await;
     let k = fresh_key();
     let body = live(u, "5");
     let refused = keyed(&app, WITHDRAW, &k, body.clone()).await;
@@ -86,8 +84,7 @@ fn deposit_fingerprint(user_id: i64, amount: &str) -> String {
 }
 
 async fn in_flight_then_stale_claims(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("s@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "s@x.io").await;
     let client_key = fresh_key();
     let stored_key = storage_key("service:backoffice", "POST", DEPOSIT, &client_key);
     let now = chrono::Utc::now().timestamp_millis();
@@ -131,8 +128,7 @@ async fn in_flight_then_stale_claims(engine: Engine) {
 }
 
 async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("x@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "x@x.io").await;
     let k = fresh_key();
     let body = live(u, "2");
     keyed(&app, DEPOSIT, &k, body.clone()).await.expect(200);

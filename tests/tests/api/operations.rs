@@ -83,8 +83,7 @@ async fn request_ids_are_echoed_or_generated(engine: Engine) {
 }
 
 async fn oversized_bodies_are_refused(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("big@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "big@x.io").await;
     let padding = "x".repeat(70 * 1024);
     let body = format!(r#"{{"user_id":{u},"amount":"1","wallet":"live","reference":"{padding}"}}"#);
     let r = app
@@ -320,8 +319,7 @@ async fn reconciliation_detects_tampering(engine: Engine) {
     use sea_orm::sea_query::{Expr, ExprTrait};
     use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("t@x.io", "10").await;
+    let (app, u) = TestApp::with_funded_user(engine, "t@x.io", "10").await;
     app.deposit(u, "5", "live").await.expect(200);
     app.assert_books_balance().await;
     let conn = &app.state.ledger.db.conn;

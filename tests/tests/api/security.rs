@@ -113,8 +113,7 @@ fn the_forging_kit_signs_like_the_server() {
 /// Invariant: a token the server did not sign, or signed for something
 /// else, is 401 on every kind of route, and changes nothing.
 async fn forged_tokens_are_refused(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let a = app.funded_user("forge-a@x.io", "100").await;
+    let (app, a) = TestApp::with_funded_user(engine, "forge-a@x.io", "100").await;
     let b = app.funded_user("forge-b@x.io", "100").await;
     let before = snapshot(&app, &[a, b]).await;
     let admin = |exp: i64| json!({"sub": "root", "role": "admin", "exp": exp});
@@ -251,8 +250,7 @@ async fn forged_tokens_are_refused(engine: Engine) {
 /// 403 where the user id is named, 404 for B's orders (they look unknown),
 /// and B's money, journal and orders are untouched.
 async fn cross_user_access_is_refused(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let a = app.funded_user("cross-a@x.io", "100").await;
+    let (app, a) = TestApp::with_funded_user(engine, "cross-a@x.io", "100").await;
     let b = app.trader("cross-b@x.io", "100", ("XUSD", "10")).await;
     let order = app.opened(b, ("XUSD", "buy", "1", 10, "live")).await;
     let before = snapshot(&app, &[a, b]).await;
@@ -316,8 +314,7 @@ async fn cross_user_access_is_refused(engine: Engine) {
 /// where money belongs — are refused with a 4xx, never a 5xx, and change
 /// nothing.
 async fn hostile_bodies_are_refused(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("body@x.io", "100").await;
+    let (app, u) = TestApp::with_funded_user(engine, "body@x.io", "100").await;
     let before = snapshot(&app, &[u]).await;
     let service = app.service();
     let deep = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
@@ -450,8 +447,7 @@ async fn raw_deposit_with_key(app: &TestApp, key: &[u8], body: &str) -> u16 {
 /// or holds a control character is 400 and executes nothing; the same
 /// request with a proper key then goes through once.
 async fn hostile_idempotency_keys_are_refused(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("keys@x.io", "100").await;
+    let (app, u) = TestApp::with_funded_user(engine, "keys@x.io", "100").await;
     let before = snapshot(&app, &[u]).await;
     let body = live(u, "5");
     let long = "k".repeat(256);
@@ -488,8 +484,7 @@ async fn hostile_idempotency_keys_are_refused(engine: Engine) {
 /// `idempotency_in_flight` or 422 `idempotency_key_reused`; the balance
 /// and the journal show one execution per key.
 async fn same_key_two_bodies_concurrently_execute_once(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("race@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "race@x.io").await;
     let keys: Vec<String> = (0..15).map(|_| fresh_key()).collect();
     let service = app.service();
     let sends = keys.iter().flat_map(|key| {
@@ -553,8 +548,7 @@ async fn same_key_two_bodies_concurrently_execute_once(engine: Engine) {
 /// A role the token names but does not hold a key to: a user token whose
 /// subject is a service name is still only a user.
 async fn a_user_token_named_like_a_service_stays_a_user(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("named@x.io", "10").await;
+    let (app, u) = TestApp::with_funded_user(engine, "named@x.io", "10").await;
     let before = snapshot(&app, &[u]).await;
     let token = app.token("backoffice", Role::User);
     app.post_new(DEPOSIT, &token, live(u, "5"))

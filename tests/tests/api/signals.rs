@@ -54,8 +54,7 @@ fn lock_token(lock: &Value) -> String {
 /// expired and the resource granted again — is refused 409 `lock_lost` and
 /// the money does not move; the new holder's write runs.
 async fn a_stale_holder_cannot_write(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("fence@x.io", "100").await;
+    let (app, u) = TestApp::with_funded_user(engine, "fence@x.io", "100").await;
     let user = app.user(u);
     let resource = format!("wallet:{u}");
     let held = acquire(

@@ -379,8 +379,7 @@ async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
 }
 
 async fn order_reads(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("reads@x.io", "1000").await;
+    let (app, u) = TestApp::with_funded_user(engine, "reads@x.io", "1000").await;
     let other = app.create_user("nosy@x.io").await;
     app.set_price("BTCUSD", "10").await.expect(200);
     let mut ids = Vec::new();
@@ -507,8 +506,7 @@ async fn cooldown_passes_after_the_window(engine: Engine) {
 /// reading or closing either answers the same 404, and the order is
 /// untouched; the back office keeps its access.
 async fn other_users_orders_look_unknown(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let owner = app.funded_user("owner@x.io", "1000").await;
+    let (app, owner) = TestApp::with_funded_user(engine, "owner@x.io", "1000").await;
     let nosy = app.trader("nosy@x.io", "1000", ("BTCUSD", "100")).await;
     let id = app.opened(owner, ("BTCUSD", "buy", "1", 10, "live")).await;
     let unknown = id + 1_000;

@@ -99,8 +99,7 @@ async fn referral_code_links_the_referrer(engine: Engine) {
 }
 
 async fn reading_users_follows_ownership(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let a = app.create_user("a@x.io").await;
+    let (app, a) = TestApp::with_user(engine, "a@x.io").await;
     let b = app.create_user("b@x.io").await;
     app.get_ok(&format!("/api/v1/users/{a}"), &app.user(a))
         .await;

@@ -18,8 +18,7 @@ async fn assert_live(app: &TestApp, u: i64, balance: &str, entries: usize) {
 }
 
 async fn deposit_contract(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("d@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "d@x.io").await;
     let r = app
         .post_new(
             DEPOSIT,
@@ -74,8 +73,7 @@ async fn deposit_contract(engine: Engine) {
 }
 
 async fn bad_amounts_are_refused_and_change_nothing(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("v@x.io", "10").await;
+    let (app, u) = TestApp::with_funded_user(engine, "v@x.io", "10").await;
     let token = app.service();
     let bodies = [
         format!(r#"{{"user_id":{u},"amount":"-1","wallet":"live"}}"#),
@@ -113,8 +111,7 @@ async fn bad_amounts_are_refused_and_change_nothing(engine: Engine) {
 }
 
 async fn amounts_are_exact(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("e@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "e@x.io").await;
     for _ in 0..10 {
         app.deposit(u, "0.1", "live").await.expect(200);
     }
@@ -133,8 +130,7 @@ async fn amounts_are_exact(engine: Engine) {
 }
 
 async fn withdraw_contract(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("w@x.io", "10").await;
+    let (app, u) = TestApp::with_funded_user(engine, "w@x.io", "10").await;
     let other = app.create_user("o@x.io").await;
     let r = app
         .post_new(
@@ -167,8 +163,7 @@ async fn withdraw_contract(engine: Engine) {
 }
 
 async fn transfer_contract(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let a = app.funded_user("a@x.io", "50").await;
+    let (app, a) = TestApp::with_funded_user(engine, "a@x.io", "50").await;
     let b = app.create_user("b@x.io").await;
     let r = app.transfer(&app.user(a), (a, b), "20", "live").await;
     r.expect(200);
@@ -216,8 +211,7 @@ async fn transfer_contract(engine: Engine) {
 }
 
 async fn journal_is_paginated_newest_first(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.create_user("j@x.io").await;
+    let (app, u) = TestApp::with_user(engine, "j@x.io").await;
     for i in 1..=5 {
         app.post_new(DEPOSIT, &app.service(), json!({"user_id": u, "amount": format!("{i}"), "wallet": "live", "reference": format!("r{i}")}))
             .await
@@ -298,8 +292,7 @@ async fn journal_is_paginated_newest_first(engine: Engine) {
 /// A control character in a free-text field (PostgreSQL cannot store a NUL)
 /// is refused at the edge as a 400 naming the field, and nothing changes.
 async fn control_characters_in_text_fields_are_refused(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.funded_user("ctl@x.io", "10").await;
+    let (app, u) = TestApp::with_funded_user(engine, "ctl@x.io", "10").await;
     let nul = "psp\u{0}1";
     let refused = [
         (
