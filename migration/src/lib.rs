@@ -13,6 +13,7 @@ mod m20261121_000002_trading;
 mod m20261125_000001_locks;
 mod m20261201_000003_holds;
 mod m20261203_000004_workflows;
+mod m20261205_000005_idempotency_cleanup;
 
 pub struct Migrator;
 
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_locks::Migration),
             Box::new(m20261201_000003_holds::Migration),
             Box::new(m20261203_000004_workflows::Migration),
+            Box::new(m20261205_000005_idempotency_cleanup::Migration),
         ]
     }
 }

@@ -690,9 +690,18 @@ async fn existing_wallets_and_entries_migrate(engine: Engine) {
     conn.execute_unprepared("UPDATE wallets SET held = 60 WHERE id = 1")
         .await
         .unwrap();
-    // and the migration can be undone and redone (the workflows' migration,
-    // which came after it, first)
-    Migrator::down(&conn, Some(2)).await.unwrap();
+    // and the migration can be undone and redone (those that came after it
+    // first)
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|m| m.name().to_owned())
+        .collect();
+    let holds = names
+        .iter()
+        .position(|n| n == "m20261201_000003_holds")
+        .unwrap();
+    let undone = u32::try_from(names.len() - holds).unwrap();
+    Migrator::down(&conn, Some(undone)).await.unwrap();
     assert!(
         conn.execute_unprepared("SELECT held FROM wallets")
             .await
