@@ -12,7 +12,10 @@ use sea_orm::sqlx::pool::PoolOptions;
 use sea_orm::sqlx::postgres::PgConnectOptions;
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
 use sea_orm::sqlx::{Postgres, Sqlite};
-use sea_orm::{DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbErr, SqlxPostgresConnector, SqlxSqliteConnector,
+    TransactionTrait,
+};
 
 use crate::config::DatabaseConfig;
 
@@ -113,6 +116,9 @@ impl Health {
 const PG_LOCK_TIMEOUT: &str = "5s";
 /// No statement may run longer than this; a runaway query is an error, not a hang.
 const PG_STATEMENT_TIMEOUT: &str = "30s";
+/// The advisory lock that makes instances apply migrations one at a time
+/// ("ledger_m" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6c65_6467_6572_5f6d;
 
 /// The pool settings both engines share. Every acquire, for a read or a
 /// write, waits at most the wait budget: a busy pool sheds load at once
@@ -181,7 +187,7 @@ impl Database {
     pub async fn migrate(&self) -> Result<(), DbErr> {
         let deadline = Instant::now() + self.startup_wait;
         loop {
-            match migration::Migrator::up(&self.conn, None).await {
+            match self.migrate_once().await {
                 Err(DbErr::ConnectionAcquire(_) | DbErr::Conn(_)) if Instant::now() < deadline => {
                     tracing::warn!("waiting for the database to accept connections");
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -189,6 +195,28 @@ impl Database {
                 other => return other,
             }
         }
+    }
+
+    /// On PostgreSQL, instances started together (a deploy, a restart of
+    /// all of them) take turns: the pending migrations run in one
+    /// transaction that first takes an advisory lock, so the next instance
+    /// finds them applied instead of racing to create the same table or
+    /// index (one of them failed with a duplicate-key error on
+    /// `pg_class`). A migration may take longer than a request's lock and
+    /// statement timeouts (an index built over a large table), so they are
+    /// lifted for this transaction. SQLite has one writer at a time.
+    async fn migrate_once(&self) -> Result<(), DbErr> {
+        if self.backend == Backend::Sqlite {
+            return migration::Migrator::up(&self.conn, None).await;
+        }
+        let txn = self.conn.begin().await?;
+        txn.execute_unprepared(&format!(
+            "SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0; \
+             SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
+        ))
+        .await?;
+        migration::Migrator::up(&txn, None).await?;
+        txn.commit().await
     }
 
     pub fn health(&self) -> &Health {

@@ -350,3 +350,35 @@ async fn reconciliation_detects_tampering(engine: Engine) {
     assert_reconciliation_reports(conn, "journal sums to").await;
     app.stop().await;
 }
+
+/// Instances started together on a new PostgreSQL database (a deploy, or a
+/// restart of all of them) take turns at the migrations: every one comes
+/// up and each migration is applied once. Before, they raced to create the
+/// same tables and indexes and all but one could fail at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_started_together_migrate_once() {
+    use migration::{Migrator, MigratorTrait};
+    let pg = tests::PgDatabase::create().await;
+    let config = infra::config::DatabaseConfig {
+        url: pg.url.clone(),
+        max_connections: 2,
+        ..Default::default()
+    };
+    let instances: Vec<infra::db::Database> =
+        futures::future::join_all((0..4).map(|_| infra::db::Database::connect(&config)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let migrated = futures::future::join_all(instances.iter().map(|db| db.migrate())).await;
+    for (i, result) in migrated.iter().enumerate() {
+        assert!(result.is_ok(), "instance {i}: {result:?}");
+    }
+    let applied = Migrator::get_applied_migrations(&instances[0].conn)
+        .await
+        .unwrap();
+    assert_eq!(applied.len(), Migrator::migrations().len());
+    for db in instances {
+        db.conn.close().await.unwrap();
+    }
+}
