@@ -15,11 +15,11 @@
 //!    process or another) never wait on each other in a cycle;
 //! 3. a group of planned writes (`Command::planned`: deposits, unfenced
 //!    withdrawals) is applied to the group's books in memory, write after
-//!    write, a refused one leaving no trace (`ledger::books`); then one `UPDATE` for all the wallets, one
-//!    journal `INSERT` for all the entries and one statement storing every
-//!    answer, refusals included. Should one of those keys have been stored
-//!    elsewhere meanwhile, that attempt is rolled back and the group runs as
-//!    below;
+//!    write, a refused one leaving no trace (`ledger::books`); then one
+//!    `UPDATE` for all the wallets, one journal `INSERT` for all the
+//!    entries and one statement storing every answer, refusals included.
+//!    Should one of those keys have been stored elsewhere meanwhile, that
+//!    attempt is rolled back and the group runs as below;
 //! 4. otherwise each write runs in a savepoint of its own: a business
 //!    refusal rolls back that write only and is stored as its answer, so it
 //!    never fails the others; a transient failure aborts the group, which is

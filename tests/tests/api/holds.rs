@@ -692,15 +692,12 @@ async fn existing_wallets_and_entries_migrate(engine: Engine) {
         .unwrap();
     // and the migration can be undone and redone (those that came after it
     // first)
-    let names: Vec<String> = Migrator::migrations()
+    let migrations = Migrator::migrations();
+    let holds = migrations
         .iter()
-        .map(|m| m.name().to_owned())
-        .collect();
-    let holds = names
-        .iter()
-        .position(|n| n == "m20261201_000003_holds")
+        .position(|m| m.name() == "m20261201_000003_holds")
         .unwrap();
-    let undone = u32::try_from(names.len() - holds).unwrap();
+    let undone = u32::try_from(migrations.len() - holds).unwrap();
     Migrator::down(&conn, Some(undone)).await.unwrap();
     assert!(
         conn.execute_unprepared("SELECT held FROM wallets")
