@@ -2,9 +2,10 @@
 
 use std::sync::LazyLock;
 
+use prometheus::core::Collector;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -20,14 +21,14 @@ pub struct Metrics {
     pub pool_max: IntGauge,
     /// Time to get a pooled connection and begin a write transaction: the
     /// pool wait seen by money operations.
-    pub db_begin: prometheus::Histogram,
+    pub db_begin: Histogram,
     /// Statements sent to the database (each one round trip; BEGIN and
     /// COMMIT of a transaction are two more).
     pub db_statements: IntCounter,
     /// Transactions committed, by operation.
     pub db_commits: IntCounterVec,
     /// Writes per group-commit transaction.
-    pub group_size: prometheus::Histogram,
+    pub group_size: Histogram,
     /// Groups of planned writes (deposits, withdrawals) written together
     /// without savepoints, by how that went: `committed`, or `rerun` with
     /// savepoints because one of their keys was stored elsewhere meanwhile.
@@ -71,62 +72,89 @@ pub struct WorkflowMetrics {
     pub recovery_failures: IntCounter,
 }
 
-fn workflow_metrics(registry: &Registry) -> Result<WorkflowMetrics, prometheus::Error> {
-    let m = WorkflowMetrics {
-        started: IntCounterVec::new(
-            Opts::new("workflows_started_total", "Workflows started, by type"),
+/// Makes metrics and registers each as it is made, so that none is made
+/// and left out of the registry.
+struct Maker<'r>(&'r Registry);
+
+impl Maker<'_> {
+    fn add<M: Collector + Clone + 'static>(
+        &self,
+        metric: Result<M, prometheus::Error>,
+    ) -> Result<M, prometheus::Error> {
+        let metric = metric?;
+        self.0.register(Box::new(metric.clone()))?;
+        Ok(metric)
+    }
+
+    fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.add(IntCounter::new(name, help))
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.add(IntGauge::new(name, help))
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+    ) -> Result<Histogram, prometheus::Error> {
+        self.add(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        ))
+    }
+}
+
+fn workflow_metrics(m: &Maker) -> Result<WorkflowMetrics, prometheus::Error> {
+    Ok(WorkflowMetrics {
+        started: m.counters(
+            "workflows_started_total",
+            "Workflows started, by type",
             &["type"],
         )?,
-        finished: IntCounterVec::new(
-            Opts::new(
-                "workflows_finished_total",
-                "Workflows that reached a final status, by type and status",
-            ),
+        finished: m.counters(
+            "workflows_finished_total",
+            "Workflows that reached a final status, by type and status",
             &["type", "status"],
         )?,
-        steps: IntCounterVec::new(
-            Opts::new(
-                "workflow_steps_total",
-                "Workflow step runs, by step and outcome",
-            ),
+        steps: m.counters(
+            "workflow_steps_total",
+            "Workflow step runs, by step and outcome",
             &["step", "outcome"],
         )?,
-        provider_calls: IntCounterVec::new(
-            Opts::new(
-                "provider_calls_total",
-                "Calls to outside providers, by provider and outcome",
-            ),
+        provider_calls: m.counters(
+            "provider_calls_total",
+            "Calls to outside providers, by provider and outcome",
             &["provider", "outcome"],
         )?,
-        breaker_open: IntGaugeVec::new(
+        breaker_open: m.add(IntGaugeVec::new(
             Opts::new(
                 "circuit_breaker_open",
                 "1 while a provider's circuit breaker refuses calls",
             ),
             &["provider"],
-        )?,
-        recovery_runs: IntCounter::new("recovery_runs_total", "Recovery passes run")?,
-        recovery: IntCounterVec::new(
-            Opts::new(
-                "recovery_actions_total",
-                "What recovery passes did, by kind",
-            ),
+        ))?,
+        recovery_runs: m.counter("recovery_runs_total", "Recovery passes run")?,
+        recovery: m.counters(
+            "recovery_actions_total",
+            "What recovery passes did, by kind",
             &["kind"],
         )?,
-        recovery_failures: IntCounter::new(
+        recovery_failures: m.counter(
             "recovery_failures_total",
             "Recovery passes that ended in an error",
         )?,
-    };
-    registry.register(Box::new(m.started.clone()))?;
-    registry.register(Box::new(m.finished.clone()))?;
-    registry.register(Box::new(m.steps.clone()))?;
-    registry.register(Box::new(m.provider_calls.clone()))?;
-    registry.register(Box::new(m.breaker_open.clone()))?;
-    registry.register(Box::new(m.recovery_runs.clone()))?;
-    registry.register(Box::new(m.recovery.clone()))?;
-    registry.register(Box::new(m.recovery_failures.clone()))?;
-    Ok(m)
+    })
 }
 
 pub struct LockMetrics {
@@ -145,183 +173,130 @@ pub struct LockMetrics {
     /// Writes refused because their fencing token was stale (`lock_lost`).
     pub fencing_refusals: IntCounter,
     /// From grant to release, failure or expiry.
-    pub hold_seconds: prometheus::Histogram,
+    pub hold_seconds: Histogram,
     /// From joining the queue to the grant.
-    pub wait_seconds: prometheus::Histogram,
+    pub wait_seconds: Histogram,
 }
 
-fn lock_metrics(registry: &Registry) -> Result<LockMetrics, prometheus::Error> {
-    let buckets = vec![
+fn lock_metrics(m: &Maker) -> Result<LockMetrics, prometheus::Error> {
+    let buckets = [
         0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
     ];
-    let m = LockMetrics {
-        active: IntGauge::new("locks_active", "Active, unexpired resource locks")?,
-        queue_depth: IntGauge::new("lock_queue_depth", "Pending lock queue items")?,
-        grants: IntCounterVec::new(
-            Opts::new(
-                "lock_grants_total",
-                "Locks granted, directly or from the queue",
-            ),
+    Ok(LockMetrics {
+        active: m.gauge("locks_active", "Active, unexpired resource locks")?,
+        queue_depth: m.gauge("lock_queue_depth", "Pending lock queue items")?,
+        grants: m.counters(
+            "lock_grants_total",
+            "Locks granted, directly or from the queue",
             &["how"],
         )?,
-        conflicts: IntCounter::new(
+        conflicts: m.counter(
             "lock_conflicts_total",
             "Lock requests refused because a resource was locked",
         )?,
-        expiries: IntCounter::new("lock_expiries_total", "Locks that reached their TTL")?,
-        forced_releases: IntCounter::new(
+        expiries: m.counter("lock_expiries_total", "Locks that reached their TTL")?,
+        forced_releases: m.counter(
             "lock_forced_releases_total",
             "Locks released by an admin with force",
         )?,
-        fencing_refusals: IntCounter::new(
+        fencing_refusals: m.counter(
             "lock_fencing_refusals_total",
             "Writes refused for a lost lock or a stale fencing token",
         )?,
-        hold_seconds: prometheus::Histogram::with_opts(
-            HistogramOpts::new("lock_hold_seconds", "How long locks were held")
-                .buckets(buckets.clone()),
+        hold_seconds: m.histogram("lock_hold_seconds", "How long locks were held", &buckets)?,
+        wait_seconds: m.histogram(
+            "lock_wait_seconds",
+            "How long queued lock requests waited",
+            &buckets,
         )?,
-        wait_seconds: prometheus::Histogram::with_opts(
-            HistogramOpts::new("lock_wait_seconds", "How long queued lock requests waited")
-                .buckets(buckets),
-        )?,
-    };
-    registry.register(Box::new(m.active.clone()))?;
-    registry.register(Box::new(m.queue_depth.clone()))?;
-    registry.register(Box::new(m.grants.clone()))?;
-    registry.register(Box::new(m.conflicts.clone()))?;
-    registry.register(Box::new(m.expiries.clone()))?;
-    registry.register(Box::new(m.forced_releases.clone()))?;
-    registry.register(Box::new(m.fencing_refusals.clone()))?;
-    registry.register(Box::new(m.hold_seconds.clone()))?;
-    registry.register(Box::new(m.wait_seconds.clone()))?;
-    Ok(m)
+    })
 }
 
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some("ledger".into()), None)?;
-    let http_requests = IntCounterVec::new(
-        Opts::new("http_requests_total", "HTTP requests by route and status"),
-        &["route", "status"],
-    )?;
-    let http_latency = HistogramVec::new(
+    let m = Maker(&registry);
+    let http_latency = m.add(HistogramVec::new(
         HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
         ]),
         &["route"],
-    )?;
-    let tx_attempts = IntCounterVec::new(
-        Opts::new("db_transaction_attempts_total", "Transaction attempts"),
-        &["operation"],
-    )?;
-    let tx_retries = IntCounterVec::new(
-        Opts::new(
-            "db_transaction_retries_total",
-            "Transactions retried, by cause",
-        ),
-        &["operation", "cause"],
-    )?;
-    let tx_giveups = IntCounterVec::new(
-        Opts::new(
-            "db_transaction_giveups_total",
-            "Transactions abandoned after the last retryable failure",
-        ),
-        &["operation"],
-    )?;
-    let idempotent_replays = IntCounter::new(
-        "idempotent_replays_total",
-        "Responses replayed from a stored idempotency key",
-    )?;
-    let pool_size = IntGauge::new("db_pool_size", "Open connections in the pool")?;
-    let pool_idle = IntGauge::new("db_pool_idle", "Idle connections in the pool")?;
-    let pool_max = IntGauge::new("db_pool_max", "Pool capacity")?;
-    registry.register(Box::new(http_requests.clone()))?;
-    registry.register(Box::new(http_latency.clone()))?;
-    registry.register(Box::new(tx_attempts.clone()))?;
-    registry.register(Box::new(tx_retries.clone()))?;
-    registry.register(Box::new(tx_giveups.clone()))?;
-    registry.register(Box::new(idempotent_replays.clone()))?;
-    registry.register(Box::new(pool_size.clone()))?;
-    registry.register(Box::new(pool_idle.clone()))?;
-    let db_begin = prometheus::Histogram::with_opts(
-        HistogramOpts::new(
-            "db_begin_seconds",
-            "Time to acquire a pooled connection and begin a write transaction",
-        )
-        .buckets(vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-        ]),
-    )?;
+    ))?;
     // This process's id, so a scraper behind a shared port (SO_REUSEPORT)
     // can tell instances apart; set once, so only the registry keeps it.
-    let process_id = IntGauge::new("process_id", "Operating-system id of this process")?;
-    let db_up = IntGauge::new("db_up", "1 while the database answers the health probe")?;
-    let db_statements = IntCounter::new(
-        "db_statements_total",
-        "Statements sent to the database (round trips besides BEGIN and COMMIT)",
-    )?;
-    let db_commits = IntCounterVec::new(
-        Opts::new("db_commits_total", "Transactions committed, by operation"),
-        &["operation"],
-    )?;
-    let group_size = prometheus::Histogram::with_opts(
-        HistogramOpts::new("db_group_size", "Money writes per group-commit transaction")
-            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
-    )?;
-    registry.register(Box::new(group_size.clone()))?;
-    let group_together = IntCounterVec::new(
-        Opts::new(
+    m.gauge("process_id", "Operating-system id of this process")?
+        .set(i64::from(std::process::id()));
+    let db_up = m.gauge("db_up", "1 while the database answers the health probe")?;
+    db_up.set(1);
+    let metrics = Metrics {
+        http_requests: m.counters(
+            "http_requests_total",
+            "HTTP requests by route and status",
+            &["route", "status"],
+        )?,
+        http_latency,
+        tx_attempts: m.counters(
+            "db_transaction_attempts_total",
+            "Transaction attempts",
+            &["operation"],
+        )?,
+        tx_retries: m.counters(
+            "db_transaction_retries_total",
+            "Transactions retried, by cause",
+            &["operation", "cause"],
+        )?,
+        tx_giveups: m.counters(
+            "db_transaction_giveups_total",
+            "Transactions abandoned after the last retryable failure",
+            &["operation"],
+        )?,
+        idempotent_replays: m.counter(
+            "idempotent_replays_total",
+            "Responses replayed from a stored idempotency key",
+        )?,
+        pool_size: m.gauge("db_pool_size", "Open connections in the pool")?,
+        pool_idle: m.gauge("db_pool_idle", "Idle connections in the pool")?,
+        pool_max: m.gauge("db_pool_max", "Pool capacity")?,
+        db_begin: m.histogram(
+            "db_begin_seconds",
+            "Time to acquire a pooled connection and begin a write transaction",
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ],
+        )?,
+        group_size: m.histogram(
+            "db_group_size",
+            "Money writes per group-commit transaction",
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+        )?,
+        group_together: m.counters(
             "db_group_together_total",
             "Groups of planned writes (deposits, withdrawals) written together without savepoints, by outcome",
-        ),
-        &["outcome"],
-    )?;
-    registry.register(Box::new(group_together.clone()))?;
-    registry.register(Box::new(db_statements.clone()))?;
-    registry.register(Box::new(db_commits.clone()))?;
-    db_up.set(1);
-    let shed = IntCounterVec::new(
-        Opts::new(
+            &["outcome"],
+        )?,
+        db_statements: m.counter(
+            "db_statements_total",
+            "Statements sent to the database (round trips besides BEGIN and COMMIT)",
+        )?,
+        db_commits: m.counters(
+            "db_commits_total",
+            "Transactions committed, by operation",
+            &["operation"],
+        )?,
+        db_up,
+        shed: m.counters(
             "requests_shed_total",
             "Requests answered 503 at once instead of waiting, by reason",
-        ),
-        &["reason"],
-    )?;
-    registry.register(Box::new(db_up.clone()))?;
-    registry.register(Box::new(shed.clone()))?;
-    let in_flight = IntGauge::new(
-        "http_requests_in_flight",
-        "API requests admitted and not yet answered",
-    )?;
-    registry.register(Box::new(in_flight.clone()))?;
-    process_id.set(i64::from(std::process::id()));
-    registry.register(Box::new(pool_max.clone()))?;
-    registry.register(Box::new(db_begin.clone()))?;
-    registry.register(Box::new(process_id))?;
-    let locks = lock_metrics(&registry)?;
-    let workflows = workflow_metrics(&registry)?;
-    Ok(Metrics {
+            &["reason"],
+        )?,
+        in_flight: m.gauge(
+            "http_requests_in_flight",
+            "API requests admitted and not yet answered",
+        )?,
+        locks: lock_metrics(&m)?,
+        workflows: workflow_metrics(&m)?,
         registry,
-        http_requests,
-        http_latency,
-        tx_attempts,
-        tx_retries,
-        tx_giveups,
-        idempotent_replays,
-        pool_size,
-        pool_idle,
-        pool_max,
-        db_begin,
-        group_size,
-        group_together,
-        db_statements,
-        db_commits,
-        db_up,
-        shed,
-        in_flight,
-        locks,
-        workflows,
-    })
+    };
+    Ok(metrics)
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {

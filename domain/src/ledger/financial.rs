@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, Set};
+use sea_orm::{ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::clock::now;
@@ -245,25 +245,10 @@ pub async fn insert_entries<C: ConnectionTrait>(
     if entries.is_empty() {
         return Ok(());
     }
+    // Every column as the entry has it but the id, which the database gives.
     let rows = entries.iter().map(|e| journal_entry::ActiveModel {
-        operation_id: Set(e.operation_id),
-        wallet_id: Set(e.wallet_id),
-        user_id: Set(e.user_id),
-        wallet_kind: Set(e.wallet_kind.clone()),
-        kind: Set(e.kind.clone()),
-        balance_delta: Set(e.balance_delta),
-        margin_delta: Set(e.margin_delta),
-        profit_delta: Set(e.profit_delta),
-        balance_after: Set(e.balance_after),
-        margin_after: Set(e.margin_after),
-        profit_after: Set(e.profit_after),
-        held_delta: Set(e.held_delta),
-        held_after: Set(e.held_after),
-        reference: Set(e.reference.clone()),
-        metadata: Set(e.metadata.clone()),
-        created_at: Set(e.created_at),
-        hash: Set(e.hash.clone()),
-        ..Default::default()
+        id: NotSet,
+        ..e.clone().into()
     });
     journal_entry::Entity::insert_many(rows)
         .exec_without_returning(conn)

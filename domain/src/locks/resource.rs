@@ -70,19 +70,7 @@ pub fn normalize_resources(names: &[String]) -> DomainResult<Vec<String>> {
 /// An owner: `user:42`, `service:backoffice`, or a name a service gives,
 /// 1 to 200 of `[A-Za-z0-9_.:@-]`.
 pub fn validate_owner(owner: &str) -> DomainResult<()> {
-    let ok = !owner.is_empty()
-        && owner.len() <= MAX_OWNER_LEN
-        && owner
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'@' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(DomainError::invalid(
-            "owner_id",
-            format!("1 to {MAX_OWNER_LEN} of [A-Za-z0-9_.:@-]"),
-        ))
-    }
+    validate_word("owner_id", owner, MAX_OWNER_LEN, "_.:@-")
 }
 
 /// The kind of an owner, from its prefix: `user`, `service` or `admin` for
@@ -97,17 +85,23 @@ pub fn owner_type(owner: &str) -> &'static str {
 }
 
 pub fn validate_transaction_type(kind: &str) -> DomainResult<()> {
-    let ok = !kind.is_empty()
-        && kind.len() <= MAX_TYPE_LEN
-        && kind
+    validate_word("transaction_type", kind, MAX_TYPE_LEN, "_.:-")
+}
+
+/// `value` in `field`: 1 to `max` of ASCII letters, digits and the
+/// characters of `extra`.
+fn validate_word(field: &'static str, value: &str, max: usize, extra: &str) -> DomainResult<()> {
+    let ok = !value.is_empty()
+        && value.len() <= max
+        && value
             .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-'));
+            .all(|c| c.is_ascii_alphanumeric() || extra.as_bytes().contains(&c));
     if ok {
         Ok(())
     } else {
         Err(DomainError::invalid(
-            "transaction_type",
-            format!("1 to {MAX_TYPE_LEN} of [A-Za-z0-9_.:-]"),
+            field,
+            format!("1 to {max} of [A-Za-z0-9{extra}]"),
         ))
     }
 }

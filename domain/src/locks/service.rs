@@ -14,7 +14,7 @@ use infra::metrics::metrics;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect, Select,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -481,14 +481,7 @@ impl LockService {
                 Some(s) => query.filter(lock::Column::Status.eq(s.as_str())),
                 None => query,
             };
-            locks = query
-                .order_by_desc(lock::Column::AcquiredAtMs)
-                .limit(limit)
-                .all(self.conn())
-                .await?
-                .into_iter()
-                .map(|row| LockView::from_row(row, now))
-                .collect();
+            locks = self.newest_first(query, limit, now).await?;
         }
         let mut queue = Vec::new();
         if filter.status.is_none() || queue_status.is_some() {
@@ -523,6 +516,24 @@ impl LockService {
             annotate(self.conn(), &mut queue, now, aging).await?;
         }
         Ok(LockList { locks, queue })
+    }
+
+    /// The first `limit` locks `query` finds, the latest granted first, as
+    /// of `now`.
+    async fn newest_first(
+        &self,
+        query: Select<lock::Entity>,
+        limit: u64,
+        now: i64,
+    ) -> DomainResult<Vec<LockView>> {
+        Ok(query
+            .order_by_desc(lock::Column::AcquiredAtMs)
+            .limit(limit)
+            .all(self.conn())
+            .await?
+            .into_iter()
+            .map(|row| LockView::from_row(row, now))
+            .collect())
     }
 
     async fn lock_ids_of(&self, resource_id: &str) -> DomainResult<Vec<String>> {
@@ -617,15 +628,13 @@ impl LockService {
         let (lock, queue) = self.resource_queue_and_lock(resource_id).await?;
         let now = now_ms();
         let ids = self.lock_ids_of(resource_id).await?;
-        let history = lock::Entity::find()
-            .filter(lock::Column::Id.is_in(ids))
-            .order_by_desc(lock::Column::AcquiredAtMs)
-            .limit(HISTORY)
-            .all(self.conn())
-            .await?
-            .into_iter()
-            .map(|row| LockView::from_row(row, now))
-            .collect();
+        let history = self
+            .newest_first(
+                lock::Entity::find().filter(lock::Column::Id.is_in(ids)),
+                HISTORY,
+                now,
+            )
+            .await?;
         Ok(ResourceInfo {
             resource_id: resource_id.to_owned(),
             lock,

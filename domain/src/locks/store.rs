@@ -40,6 +40,21 @@ const PENDING: &str = "pending";
 /// cut short; the resources left out are settled by the next change.
 const MAX_ROUNDS: usize = 16;
 
+/// How a grant ends: the row's final status, time, who ended it, why, and
+/// its result or error; `expiry` is `Some(true)` where the grant must be
+/// past its expiry, `Some(false)` where it must not be, `None` where that
+/// does not matter (an emergency clear); `event` is what the monitor hears.
+struct Ending {
+    status: LockStatus,
+    at_ms: i64,
+    by: Option<String>,
+    reason: Option<String>,
+    result: Option<String>,
+    error: Option<String>,
+    expiry: Option<bool>,
+    event: EventKind,
+}
+
 /// `?, ?, ?` for `n` values.
 pub(crate) fn marks(n: usize) -> String {
     vec!["?"; n].join(", ")
@@ -359,30 +374,59 @@ impl<'t> Store<'t> {
     /// Guarded: only while it is still this grant, active and past its
     /// expiry. A lock extended or released meanwhile is left alone.
     async fn mark_expired(&mut self, row: lock::Model) -> DomainResult<bool> {
-        let done = lock::Entity::update_many()
-            .col_expr(lock::Column::Status, Expr::value("expired"))
-            .col_expr(lock::Column::ReleasedAtMs, Expr::value(row.expires_at_ms))
+        let end = Ending {
+            status: LockStatus::Expired,
+            at_ms: row.expires_at_ms,
+            by: row.released_by.clone(),
+            reason: row.release_reason.clone(),
+            result: row.result.clone(),
+            error: row.error.clone(),
+            expiry: Some(true),
+            event: EventKind::Expired,
+        };
+        Ok(self.end_grant(row, end).await?.is_some())
+    }
+
+    /// Ends one grant as `end` says, guarded: only while it is still this
+    /// grant (active, the same fencing token) and, where `end.expiry` asks,
+    /// on that side of its expiry. Its resources' rows follow it and the
+    /// event is kept for after the commit. `None` when the row changed
+    /// meanwhile, and then nothing is written.
+    async fn end_grant(&mut self, row: lock::Model, end: Ending) -> DomainResult<Option<LockView>> {
+        let mut update = lock::Entity::update_many()
+            .col_expr(lock::Column::Status, Expr::value(end.status.as_str()))
+            .col_expr(lock::Column::Result, Expr::value(end.result.clone()))
+            .col_expr(lock::Column::Error, Expr::value(end.error.clone()))
+            .col_expr(lock::Column::ReleasedAtMs, Expr::value(end.at_ms))
+            .col_expr(lock::Column::ReleasedBy, Expr::value(end.by.clone()))
+            .col_expr(lock::Column::ReleaseReason, Expr::value(end.reason.clone()))
             .filter(lock::Column::Id.eq(row.id.clone()))
             .filter(lock::Column::Status.eq(ACTIVE))
-            .filter(lock::Column::FencingToken.eq(row.fencing_token))
-            .filter(lock::Column::ExpiresAtMs.lte(self.now))
-            .exec(self.txn)
-            .await?;
-        if done.rows_affected != 1 {
-            return Ok(false);
+            .filter(lock::Column::FencingToken.eq(row.fencing_token));
+        update = match end.expiry {
+            Some(true) => update.filter(lock::Column::ExpiresAtMs.lte(self.now)),
+            Some(false) => update.filter(lock::Column::ExpiresAtMs.gt(self.now)),
+            None => update,
+        };
+        if update.exec(self.txn).await?.rows_affected != 1 {
+            return Ok(None);
         }
-        self.set_children(&row.id, "expired").await?;
+        self.set_children(&row.id, end.status.as_str()).await?;
         let view = LockView::from_row(
             lock::Model {
-                status: "expired".into(),
-                released_at_ms: Some(row.expires_at_ms),
+                status: end.status.as_str().into(),
+                result: end.result,
+                error: end.error,
+                released_at_ms: Some(end.at_ms),
+                released_by: end.by,
+                release_reason: end.reason,
                 ..row
             },
             self.now,
         );
         self.events
-            .push(LockEvent::lock(EventKind::Expired, view, self.now));
-        Ok(true)
+            .push(LockEvent::lock(end.event, view.clone(), self.now));
+        Ok(Some(view))
     }
 
     async fn set_children(&self, lock_id: &str, status: &str) -> DomainResult<()> {
@@ -907,43 +951,24 @@ impl<'t> Store<'t> {
         } else {
             LockStatus::Released
         };
-        let result = how.result.as_ref().map(json);
-        let done = lock::Entity::update_many()
-            .col_expr(lock::Column::Status, Expr::value(status.as_str()))
-            .col_expr(lock::Column::Result, Expr::value(result.clone()))
-            .col_expr(lock::Column::Error, Expr::value(how.error.clone()))
-            .col_expr(lock::Column::ReleasedAtMs, Expr::value(self.now))
-            .col_expr(lock::Column::ReleasedBy, Expr::value(by.to_owned()))
-            .col_expr(lock::Column::ReleaseReason, Expr::value(how.reason.clone()))
-            .filter(lock::Column::Id.eq(lock_id))
-            .filter(lock::Column::Status.eq(ACTIVE))
-            .filter(lock::Column::FencingToken.eq(row.fencing_token))
-            .filter(lock::Column::ExpiresAtMs.gt(self.now))
-            .exec(self.txn)
-            .await?;
-        if done.rows_affected != 1 {
-            return Ok(Err(lost("the lock changed while it was being released")));
-        }
-        self.set_children(lock_id, status.as_str()).await?;
-        let view = LockView::from_row(
-            lock::Model {
-                status: status.as_str().into(),
-                result,
-                error: how.error.clone(),
-                released_at_ms: Some(self.now),
-                released_by: Some(by.to_owned()),
-                release_reason: how.reason.clone(),
-                ..row
-            },
-            self.now,
-        );
-        let kind = match (how.force, status) {
+        let event = match (how.force, status) {
             (true, _) => EventKind::Forced,
             (false, LockStatus::Failed) => EventKind::Failed,
             _ => EventKind::Released,
         };
-        self.events
-            .push(LockEvent::lock(kind, view.clone(), self.now));
+        let end = Ending {
+            status,
+            at_ms: self.now,
+            by: Some(by.to_owned()),
+            reason: how.reason.clone(),
+            result: how.result.as_ref().map(json),
+            error: how.error.clone(),
+            expiry: Some(false),
+            event,
+        };
+        let Some(view) = self.end_grant(row, end).await? else {
+            return Ok(Err(lost("the lock changed while it was being released")));
+        };
         self.hand_off(resources.into_iter().collect()).await?;
         Ok(Ok(view))
     }
@@ -1008,31 +1033,18 @@ impl<'t> Store<'t> {
             .await?;
         let mut released = 0;
         for row in active {
-            let done = lock::Entity::update_many()
-                .col_expr(lock::Column::Status, Expr::value("released"))
-                .col_expr(lock::Column::ReleasedAtMs, Expr::value(self.now))
-                .col_expr(lock::Column::ReleasedBy, Expr::value(by.to_owned()))
-                .col_expr(lock::Column::ReleaseReason, Expr::value(reason.to_owned()))
-                .filter(lock::Column::Id.eq(row.id.clone()))
-                .filter(lock::Column::Status.eq(ACTIVE))
-                .filter(lock::Column::FencingToken.eq(row.fencing_token))
-                .exec(self.txn)
-                .await?;
-            if done.rows_affected == 1 {
+            let end = Ending {
+                status: LockStatus::Released,
+                at_ms: self.now,
+                by: Some(by.to_owned()),
+                reason: Some(reason.to_owned()),
+                result: row.result.clone(),
+                error: row.error.clone(),
+                expiry: None,
+                event: EventKind::Forced,
+            };
+            if self.end_grant(row, end).await?.is_some() {
                 released += 1;
-                self.set_children(&row.id, "released").await?;
-                let view = LockView::from_row(
-                    lock::Model {
-                        status: "released".into(),
-                        released_at_ms: Some(self.now),
-                        released_by: Some(by.to_owned()),
-                        release_reason: Some(reason.to_owned()),
-                        ..row
-                    },
-                    self.now,
-                );
-                self.events
-                    .push(LockEvent::lock(EventKind::Forced, view, self.now));
             }
         }
         let pending = queue_row::Entity::find()

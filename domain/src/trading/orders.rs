@@ -2,7 +2,6 @@
 //! wallet lock in one transaction each, with their journal entries and the
 //! referral commissions on their fees. The arithmetic is in `trading`.
 
-use chrono::{DateTime, Utc};
 use infra::entities::order;
 use sea_orm::sea_query::Expr;
 use sea_orm::{ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, Set};
@@ -41,51 +40,9 @@ impl OrderStatus {
     }
 }
 
-/// An order as the outside sees it. Amounts are minor units.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrderView {
-    pub id: i64,
-    pub user_id: i64,
-    pub wallet: String,
-    pub symbol: String,
-    pub side: String,
-    pub quantity: i64,
-    pub leverage: i32,
-    pub status: String,
-    pub open_price: i64,
-    pub close_price: Option<i64>,
-    pub margin: i64,
-    pub open_fee: i64,
-    pub close_fee: Option<i64>,
-    pub pnl: Option<i64>,
-    pub written_off: Option<i64>,
-    pub opened_at: DateTime<Utc>,
-    pub closed_at: Option<DateTime<Utc>>,
-}
-
-impl From<order::Model> for OrderView {
-    fn from(o: order::Model) -> Self {
-        Self {
-            id: o.id,
-            user_id: o.user_id,
-            wallet: o.wallet_kind,
-            symbol: o.symbol,
-            side: o.side,
-            quantity: o.quantity,
-            leverage: o.leverage,
-            status: o.status,
-            open_price: o.open_price,
-            close_price: o.close_price,
-            margin: o.margin,
-            open_fee: o.open_fee,
-            close_fee: o.close_fee,
-            pnl: o.pnl,
-            written_off: o.written_off,
-            opened_at: o.opened_at,
-            closed_at: o.closed_at,
-        }
-    }
-}
+/// An order as the outside sees it: its row (`wallet_kind` names the
+/// wallet). Amounts are minor units.
+pub type OrderView = order::Model;
 
 #[derive(Debug, Clone)]
 pub struct OpenOrder {
@@ -179,7 +136,7 @@ impl Command for OpenOrder {
                 )
                 .await?;
             }
-            Ok(row.into())
+            Ok(row)
         })
         .await
     }
@@ -276,7 +233,7 @@ impl Command for CloseOrder {
                 pnl: Some(pnl),
                 written_off: Some(effect.written_off),
                 closed_at: Some(closed_at),
-                ..OrderView::from(o.clone())
+                ..o.clone()
             })
         })
         .await
@@ -290,7 +247,6 @@ impl Ledger {
         order::Entity::find_by_id(id)
             .one(&self.db.conn)
             .await?
-            .map(OrderView::from)
             .ok_or(DomainError::NotFound("order"))
     }
 
@@ -309,7 +265,6 @@ impl Ledger {
         if let Some(status) = status {
             query = query.filter(order::Column::Status.eq(status.as_str()));
         }
-        let page = newest_first(conn, query, order::Column::Id, limit, before_id, |o| o.id).await?;
-        Ok(page.map(OrderView::from))
+        newest_first(conn, query, order::Column::Id, limit, before_id, |o| o.id).await
     }
 }

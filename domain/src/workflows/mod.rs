@@ -322,12 +322,10 @@ impl Command for StartWithdrawal {
         let hold = withdrawal_hold(row.id, self.user_id, self.wallet, self.amount)?
             .execute(ledger, txn)
             .await?;
-        store::change_step(txn, row.id, 0, StepChange::done()).await?;
-        store::patch_unleased(
+        first_step_done(
             txn,
             row.id,
             Patch {
-                step: Some(1),
                 hold_id: Some(hold.id),
                 ..Patch::default()
             },
@@ -372,19 +370,25 @@ impl Command for StartDeposit {
         if review {
             store::change_step(txn, row.id, 0, StepChange::started()).await?;
         } else {
-            store::change_step(txn, row.id, 0, StepChange::done()).await?;
-            store::patch_unleased(
-                txn,
-                row.id,
-                Patch {
-                    step: Some(1),
-                    ..Patch::default()
-                },
-            )
-            .await?;
+            first_step_done(txn, row.id, Patch::default()).await?;
         }
         store::view(txn, row.id).await
     }
+}
+
+/// Step 0 of a workflow just created, done: the workflow goes on to step
+/// 1, with the rest of `patch`.
+async fn first_step_done(txn: &DatabaseTransaction, id: i64, patch: Patch) -> DomainResult<()> {
+    store::change_step(txn, id, 0, StepChange::done()).await?;
+    store::patch_unleased(
+        txn,
+        id,
+        Patch {
+            step: Some(1),
+            ..patch
+        },
+    )
+    .await
 }
 
 /// What an admin (or the payout provider's late answer) decides.

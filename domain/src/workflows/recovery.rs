@@ -43,12 +43,8 @@ const DEADLINE_BATCH: u64 = 100;
 pub struct RecoveryStatus {
     pub last_run_at: Option<DateTime<Utc>>,
     pub runs: u64,
-    pub resumed: u64,
-    pub compensated: u64,
-    pub failed: u64,
-    pub expired_locks: u64,
-    pub expired_holds: u64,
-    pub released_idempotency_claims: u64,
+    /// What the passes of this process did, added up.
+    pub totals: Pass,
 }
 
 /// What one pass did.
@@ -63,13 +59,32 @@ pub struct Pass {
 }
 
 impl Pass {
+    /// Each count under its name, the `kind` of `recovery_actions_total`.
+    pub fn counts(&self) -> [(&'static str, u64); 6] {
+        [
+            ("resumed", self.resumed),
+            ("compensated", self.compensated),
+            ("failed", self.failed),
+            ("expired_locks", self.expired_locks),
+            ("expired_holds", self.expired_holds),
+            (
+                "released_idempotency_claims",
+                self.released_idempotency_claims,
+            ),
+        ]
+    }
+
     pub fn total(&self) -> u64 {
-        self.resumed
-            + self.compensated
-            + self.failed
-            + self.expired_locks
-            + self.expired_holds
-            + self.released_idempotency_claims
+        self.counts().iter().map(|(_, n)| n).sum()
+    }
+
+    fn add(&mut self, other: &Pass) {
+        self.resumed += other.resumed;
+        self.compensated += other.compensated;
+        self.failed += other.failed;
+        self.expired_locks += other.expired_locks;
+        self.expired_holds += other.expired_holds;
+        self.released_idempotency_claims += other.released_idempotency_claims;
     }
 }
 
@@ -104,29 +119,14 @@ impl RecoveryManager {
         let m = &metrics().workflows;
         m.recovery_runs.inc();
         let (pass, error) = self.pass().await;
-        for (kind, n) in [
-            ("resumed", pass.resumed),
-            ("compensated", pass.compensated),
-            ("failed", pass.failed),
-            ("expired_locks", pass.expired_locks),
-            ("expired_holds", pass.expired_holds),
-            (
-                "released_idempotency_claims",
-                pass.released_idempotency_claims,
-            ),
-        ] {
+        for (kind, n) in pass.counts() {
             m.recovery.with_label_values(&[kind]).inc_by(n);
         }
         let status = {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             s.last_run_at = Some(now());
             s.runs += 1;
-            s.resumed += pass.resumed;
-            s.compensated += pass.compensated;
-            s.failed += pass.failed;
-            s.expired_locks += pass.expired_locks;
-            s.expired_holds += pass.expired_holds;
-            s.released_idempotency_claims += pass.released_idempotency_claims;
+            s.totals.add(&pass);
             s.clone()
         };
         if pass.resumed > 0 {

@@ -129,7 +129,7 @@ impl From<&OrderView> for Order {
         Self {
             id: o.id,
             user_id: o.user_id,
-            wallet: o.wallet.clone(),
+            wallet: o.wallet_kind.clone(),
             symbol: o.symbol.clone(),
             side: o.side.clone(),
             quantity: format_units(o.quantity),

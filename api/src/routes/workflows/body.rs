@@ -213,15 +213,16 @@ pub struct Recovery {
 
 impl From<&RecoveryStatus> for Recovery {
     fn from(s: &RecoveryStatus) -> Self {
+        let t = &s.totals;
         Self {
             last_run_at: s.last_run_at.map(timestamp),
             runs: s.runs,
-            resumed: s.resumed,
-            compensated: s.compensated,
-            failed: s.failed,
-            expired_locks: s.expired_locks,
-            expired_holds: s.expired_holds,
-            released_idempotency_claims: s.released_idempotency_claims,
+            resumed: t.resumed,
+            compensated: t.compensated,
+            failed: t.failed,
+            expired_locks: t.expired_locks,
+            expired_holds: t.expired_holds,
+            released_idempotency_claims: t.released_idempotency_claims,
         }
     }
 }
