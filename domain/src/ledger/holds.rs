@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use infra::entities::{hold, wallet};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -38,6 +38,7 @@ use crate::ledger::wallets::{
 };
 use crate::money::Amount;
 use crate::page::{Page, newest_first};
+use crate::sql::status_as_of;
 use crate::{Command, Ledger};
 
 /// A hold's lifetime when the request names none: 5 minutes.
@@ -516,22 +517,16 @@ impl Ledger {
         let conn = &self.db.conn;
         require_user(conn, user_id).await?;
         let at = now_ms();
-        let held = hold::Column::Status.eq(HoldStatus::Held.as_str());
         let mut query = hold::Entity::find().filter(hold::Column::UserId.eq(user_id));
-        query = match status {
-            None => query,
-            Some(HoldStatus::Held) => query.filter(held).filter(hold::Column::ExpiresAtMs.gt(at)),
-            Some(HoldStatus::Expired) => query.filter(
-                Condition::any()
-                    .add(hold::Column::Status.eq(HoldStatus::Expired.as_str()))
-                    .add(
-                        Condition::all()
-                            .add(held)
-                            .add(hold::Column::ExpiresAtMs.lte(at)),
-                    ),
-            ),
-            Some(other) => query.filter(hold::Column::Status.eq(other.as_str())),
-        };
+        if let Some(wanted) = status {
+            query = query.filter(status_as_of(
+                hold::Column::Status,
+                hold::Column::ExpiresAtMs,
+                wanted.as_str(),
+                HoldStatus::Held.as_str(),
+                at,
+            ));
+        }
         let page = newest_first(conn, query, hold::Column::Id, limit, before_id, |h| h.id).await?;
         let items = page
             .items

@@ -13,8 +13,8 @@ use infra::entities::{transaction_lock as lock, transaction_queue as queue_row};
 use infra::metrics::metrics;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Select,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select,
 };
 use serde::Serialize;
 use tokio::sync::broadcast;
@@ -29,7 +29,7 @@ use super::{
 use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
-use crate::sql::statement;
+use crate::sql::{statement, status_as_of};
 use crate::tx::{RetryPolicy, TransactionService};
 
 /// Runs `$body` with `$s` bound to a [`Store`] in a retried transaction
@@ -464,23 +464,15 @@ impl LockService {
             if let Some(o) = &filter.owner_id {
                 query = query.filter(lock::Column::OwnerId.eq(o.clone()));
             }
-            query = match lock_status {
-                // An active row past its expiry is expired, as read.
-                Some(LockStatus::Active) => query
-                    .filter(lock::Column::Status.eq("active"))
-                    .filter(lock::Column::ExpiresAtMs.gt(now)),
-                Some(LockStatus::Expired) => query.filter(
-                    Condition::any()
-                        .add(lock::Column::Status.eq("expired"))
-                        .add(
-                            Condition::all()
-                                .add(lock::Column::Status.eq("active"))
-                                .add(lock::Column::ExpiresAtMs.lte(now)),
-                        ),
-                ),
-                Some(s) => query.filter(lock::Column::Status.eq(s.as_str())),
-                None => query,
-            };
+            if let Some(wanted) = lock_status {
+                query = query.filter(status_as_of(
+                    lock::Column::Status,
+                    lock::Column::ExpiresAtMs,
+                    wanted.as_str(),
+                    LockStatus::Active.as_str(),
+                    now,
+                ));
+            }
             locks = self.newest_first(query, limit, now).await?;
         }
         let mut queue = Vec::new();

@@ -230,16 +230,10 @@ pub async fn leased(txn: &DatabaseTransaction, lease: &Lease, patch: Patch) -> D
             Expr::value(now_ms().saturating_add(lease.lease_ms)),
         );
     }
-    let done = update
-        .filter(workflow::Column::Id.eq(lease.id))
+    let guarded = update
         .filter(workflow::Column::Generation.eq(lease.generation))
-        .filter(workflow::Column::LeaseOwner.eq(lease.owner.as_str()))
-        .exec(txn)
-        .await?;
-    if done.rows_affected != 1 {
-        return Err(DomainError::LeaseLost(lease.id));
-    }
-    Ok(())
+        .filter(workflow::Column::LeaseOwner.eq(lease.owner.as_str()));
+    one_or_lease_lost(txn, guarded, lease.id).await
 }
 
 /// Takes the workflow over from whoever holds it (an admin decision, the
@@ -251,7 +245,7 @@ pub async fn take_over(
     row: &workflow::Model,
     patch: Patch,
 ) -> DomainResult<()> {
-    let done = Patch {
+    let guarded = Patch {
         release: true,
         ..patch
     }
@@ -260,12 +254,23 @@ pub async fn take_over(
         workflow::Column::Generation,
         Expr::col(workflow::Column::Generation).add(1),
     )
-    .filter(workflow::Column::Id.eq(row.id))
-    .filter(workflow::Column::Generation.eq(row.generation))
-    .exec(txn)
-    .await?;
+    .filter(workflow::Column::Generation.eq(row.generation));
+    one_or_lease_lost(txn, guarded, row.id).await
+}
+
+/// Runs a guarded write of workflow `id`: it must change that one row,
+/// else the guard found newer state and the write is `LeaseLost`.
+async fn one_or_lease_lost(
+    txn: &DatabaseTransaction,
+    guarded: UpdateMany<workflow::Entity>,
+    id: i64,
+) -> DomainResult<()> {
+    let done = guarded
+        .filter(workflow::Column::Id.eq(id))
+        .exec(txn)
+        .await?;
     if done.rows_affected != 1 {
-        return Err(DomainError::LeaseLost(row.id));
+        return Err(DomainError::LeaseLost(id));
     }
     Ok(())
 }
