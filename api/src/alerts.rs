@@ -577,20 +577,18 @@ mod tests {
     #[test]
     fn rates_fire_above_their_thresholds_only() {
         let from = counters(1_000, 10, 5);
-        // 6 of 100 are 5xx (6 % > 5 %); 2 of 100 timed out (2 %: not above)
-        let to = counters(1_100, 16, 7);
-        let firing = rules(&from, &to);
-        assert_eq!(names(&firing), ["high_error_rate"]);
-        assert!(close(firing[0].value, 0.06));
-        assert_eq!(firing[0].threshold, 0.05);
-        assert_eq!(firing[0].rule.severity(), Severity::Critical);
-        // exactly 5 % does not fire; 3 % timeouts do
-        let to = counters(1_100, 15, 8);
-        let firing = rules(&from, &to);
-        assert_eq!(names(&firing), ["high_timeout_rate"]);
-        assert!(close(firing[0].value, 0.03));
-        assert_eq!(firing[0].threshold, 0.02);
-        assert_eq!(firing[0].rule.severity(), Severity::Warning);
+        for (errors, timeouts, rule, value, threshold, severity) in [
+            // 6 of 100 are 5xx (6 % > 5 %); 2 of 100 timed out (2 %: not above)
+            (16, 7, "high_error_rate", 0.06, 0.05, Severity::Critical),
+            // exactly 5 % does not fire; 3 % timeouts do
+            (15, 8, "high_timeout_rate", 0.03, 0.02, Severity::Warning),
+        ] {
+            let firing = rules(&from, &counters(1_100, errors, timeouts));
+            assert_eq!(names(&firing), [rule]);
+            assert!(close(firing[0].value, value));
+            assert_eq!(firing[0].threshold, threshold);
+            assert_eq!(firing[0].rule.severity(), severity);
+        }
         // what came before the window does not count
         let from = counters(1_000, 900, 900);
         let to = counters(1_100, 900, 900);
@@ -599,27 +597,22 @@ mod tests {
 
     #[test]
     fn too_few_requests_fire_no_rate_rule() {
-        let mut counts = [0; 14];
-        counts[13] = 19;
+        // `n` requests, each a 5xx, timed out and slower than the last bound
+        let all_failed = |n| {
+            let mut counts = [0; 14];
+            counts[13] = n;
+            Counters {
+                requests: n,
+                errors: n,
+                timeouts: n,
+                latency: histogram(&counts),
+                ..Counters::default()
+            }
+        };
         let from = Counters::default();
-        let to = Counters {
-            requests: 19,
-            errors: 19,
-            timeouts: 19,
-            latency: histogram(&counts),
-            ..Counters::default()
-        };
-        assert!(rules(&from, &to).is_empty());
+        assert!(rules(&from, &all_failed(19)).is_empty());
         // one more request and all three fire
-        counts[13] = 20;
-        let to = Counters {
-            requests: 20,
-            errors: 20,
-            timeouts: 20,
-            latency: histogram(&counts),
-            ..Counters::default()
-        };
-        let firing = rules(&from, &to);
+        let firing = rules(&from, &all_failed(20));
         assert_eq!(
             names(&firing),
             ["high_error_rate", "high_timeout_rate", "high_latency_p99"]

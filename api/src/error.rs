@@ -194,6 +194,11 @@ impl From<&DomainError> for ApiError {
         use StatusCode as S;
         let unprocessable =
             |code, title| Self::new(S::UNPROCESSABLE_ENTITY, code, title, e.to_string());
+        let conflict = |code, title| Self::new(S::CONFLICT, code, title, e.to_string());
+        let busy = |code, title, retry_after_ms: &u64| {
+            Self::new(S::TOO_MANY_REQUESTS, code, title, e.to_string())
+                .retry_after(retry_after_ms.div_ceil(1000).max(1))
+        };
         match e {
             DomainError::Invalid { .. } => Self::invalid(e.to_string()),
             DomainError::NotFound(what) => Self::not_found(what),
@@ -218,35 +223,17 @@ impl From<&DomainError> for ApiError {
                 unprocessable("notional_too_small", "Order too small")
             }
             DomainError::NoPrice(_) => unprocessable("no_price", "No price"),
-            DomainError::OrderNotOpen(_) => Self::new(
-                S::CONFLICT,
-                "order_not_open",
-                "Order not open",
-                e.to_string(),
-            ),
+            DomainError::OrderNotOpen(_) => conflict("order_not_open", "Order not open"),
             DomainError::HoldNotActive { status, .. } => Self {
                 state_of: Some(StateOf::Hold(status)),
-                ..Self::new(
-                    S::CONFLICT,
-                    "hold_not_active",
-                    "Hold not active",
-                    e.to_string(),
-                )
+                ..conflict("hold_not_active", "Hold not active")
             },
-            DomainError::HoldInWorkflow { .. } => Self::new(
-                S::CONFLICT,
-                "hold_in_workflow",
-                "Hold belongs to a workflow",
-                e.to_string(),
-            ),
+            DomainError::HoldInWorkflow { .. } => {
+                conflict("hold_in_workflow", "Hold belongs to a workflow")
+            }
             DomainError::WorkflowState { status, .. } => Self {
                 state_of: Some(StateOf::Workflow(status)),
-                ..Self::new(
-                    S::CONFLICT,
-                    "workflow_state",
-                    "Workflow not waiting for this",
-                    e.to_string(),
-                )
+                ..conflict("workflow_state", "Workflow not waiting for this")
             },
             DomainError::CaptureExceedsHold { requested, held } => Self::new(
                 S::UNPROCESSABLE_ENTITY,
@@ -258,13 +245,9 @@ impl From<&DomainError> for ApiError {
                     format_units(*held)
                 ),
             ),
-            DomainError::CooldownActive { retry_after_ms, .. } => Self::new(
-                S::TOO_MANY_REQUESTS,
-                "cooldown_active",
-                "Trade cooldown active",
-                e.to_string(),
-            )
-            .retry_after(retry_after_ms.div_ceil(1000).max(1)),
+            DomainError::CooldownActive { retry_after_ms, .. } => {
+                busy("cooldown_active", "Trade cooldown active", retry_after_ms)
+            }
             DomainError::UnknownReferralCode => {
                 unprocessable("unknown_referral_code", "Unknown referral code")
             }
@@ -276,33 +259,16 @@ impl From<&DomainError> for ApiError {
             }
             DomainError::ResourceLocked { conflicts } => Self {
                 conflicts: Some(conflicts.clone().into_boxed_slice()),
-                ..Self::new(
-                    S::CONFLICT,
-                    "resource_locked",
-                    "Resource locked",
-                    e.to_string(),
-                )
+                ..conflict("resource_locked", "Resource locked")
             },
-            DomainError::LockLost(_) => {
-                Self::new(S::CONFLICT, "lock_lost", "Lock lost", e.to_string())
+            DomainError::LockLost(_) => conflict("lock_lost", "Lock lost"),
+            DomainError::QueueFull { retry_after_ms, .. } => {
+                busy("queue_full", "Lock queue full", retry_after_ms)
             }
-            DomainError::QueueFull { retry_after_ms, .. } => Self::new(
-                S::TOO_MANY_REQUESTS,
-                "queue_full",
-                "Lock queue full",
-                e.to_string(),
-            )
-            .retry_after(retry_after_ms.div_ceil(1000).max(1)),
-            DomainError::DuplicateEmail => {
-                Self::new(S::CONFLICT, "conflict", "Conflict", e.to_string())
+            DomainError::DuplicateEmail => conflict("conflict", "Conflict"),
+            DomainError::IdempotencyInFlight => {
+                conflict("idempotency_in_flight", "Request in progress").retry_after(1)
             }
-            DomainError::IdempotencyInFlight => Self::new(
-                S::CONFLICT,
-                "idempotency_in_flight",
-                "Request in progress",
-                e.to_string(),
-            )
-            .retry_after(1),
             DomainError::Overloaded => Self::overloaded(),
             DomainError::Unavailable(_)
             | DomainError::Conflict { .. }

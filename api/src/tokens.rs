@@ -121,7 +121,12 @@ impl Tokens {
             role,
             exp,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        self.sign(&claims)
+    }
+
+    /// `claims` signed with this key, whatever their expiry.
+    fn sign(&self, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
     }
 
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
@@ -160,12 +165,21 @@ mod tests {
     use super::*;
     use poem::http::StatusCode;
 
+    fn tokens() -> Tokens {
+        Tokens::new("0123456789abcdef0123456789abcdef")
+    }
+
+    /// A token of user 42, valid for a minute.
+    fn user_token(tokens: &Tokens) -> String {
+        tokens
+            .mint("42", Role::User, Duration::from_secs(60))
+            .unwrap()
+    }
+
     #[test]
     fn tokens_round_trip_and_reject_tampering() {
-        let tokens = Tokens::new("0123456789abcdef0123456789abcdef");
-        let t = tokens
-            .mint("42", Role::User, Duration::from_secs(60))
-            .unwrap();
+        let tokens = tokens();
+        let t = user_token(&tokens);
         assert_eq!(
             tokens.verify(&t).unwrap(),
             Principal {
@@ -180,14 +194,13 @@ mod tests {
 
     #[test]
     fn expired_tokens_are_refused() {
-        let tokens = Tokens::new("0123456789abcdef0123456789abcdef");
+        let tokens = tokens();
         let claims = Claims {
             sub: "1".into(),
             role: Role::Admin,
             exp: 1_000,
         };
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &tokens.encoding)
-            .unwrap();
+        let t = tokens.sign(&claims).unwrap();
         assert_eq!(
             tokens.verify(&t).unwrap_err().status,
             StatusCode::UNAUTHORIZED
@@ -196,10 +209,8 @@ mod tests {
 
     #[test]
     fn a_cached_token_still_expires_and_the_cache_is_bounded() {
-        let tokens = Tokens::new("0123456789abcdef0123456789abcdef");
-        let t = tokens
-            .mint("42", Role::User, Duration::from_secs(60))
-            .unwrap();
+        let tokens = tokens();
+        let t = user_token(&tokens);
         let first = tokens.verify(&t).unwrap();
         assert_eq!(tokens.verify(&t).unwrap(), first);
         assert!(tokens.verified.read().unwrap().contains_key(t.as_str()));
@@ -211,9 +222,7 @@ mod tests {
             role: Role::User,
             exp: past,
         };
-        let expired =
-            jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &tokens.encoding)
-                .unwrap();
+        let expired = tokens.sign(&claims).unwrap();
         tokens
             .verified
             .write()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use domain::idempotency::StoredResponse;
-use domain::locks::{AcquireRequest, LockFilter, LockView, QueueItemView, Release};
+use domain::locks::{AcquireRequest, LockFilter, Release};
 use poem::Request;
 use poem::web::Data;
 use poem::web::sse::Event;
@@ -49,17 +49,13 @@ pub mod status {
     }
 }
 
-/// The owner or an admin may read a lock.
-fn may_read_lock(p: &Principal, lock: &LockView) -> std::result::Result<(), ApiError> {
-    if p.role == Role::Admin || lock.is_owned_by(&p.id()) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden())
-    }
-}
-
-fn may_read_item(p: &Principal, item: &QueueItemView) -> std::result::Result<(), ApiError> {
-    if p.role == Role::Admin || item.is_owned_by(&p.id()) {
+/// The owner or an admin may read a lock or a queue item; `is_owned_by`
+/// is the lock's or the item's.
+fn may_read(
+    p: &Principal,
+    is_owned_by: impl Fn(&str) -> bool,
+) -> std::result::Result<(), ApiError> {
+    if p.role == Role::Admin || is_owned_by(&p.id()) {
         Ok(())
     } else {
         Err(ApiError::forbidden())
@@ -152,7 +148,7 @@ impl LocksApi {
         lock_id: Path<String>,
     ) -> std::result::Result<Json<LockBody>, Errors<status::GetLock>> {
         let lock = state.ledger.locks.lock(&lock_id.0).await?;
-        may_read_lock(&auth.0, &lock)?;
+        may_read(&auth.0, |p| lock.is_owned_by(p))?;
         Ok(Json(LockBody::from(&lock)))
     }
 
@@ -241,7 +237,7 @@ impl LocksApi {
     ) -> std::result::Result<Json<QueueItemBody>, Errors<status::GetQueueItem>> {
         let locks = &state.ledger.locks;
         let mut item = locks.queue_item(queue_id.0).await?;
-        may_read_item(&auth.0, &item)?;
+        may_read(&auth.0, |p| item.is_owned_by(p))?;
         if let Some(wait) = wait_ms.0.filter(|w| *w > 0) {
             item = locks
                 .wait_queue_item(queue_id.0, Duration::from_millis(wait))
@@ -266,7 +262,7 @@ impl LocksApi {
     ) -> std::result::Result<Json<QueueItemBody>, Errors<status::CancelQueueItem>> {
         let locks = &state.ledger.locks;
         let item = locks.queue_item(queue_id.0).await?;
-        may_read_item(&auth.0, &item)?;
+        may_read(&auth.0, |p| item.is_owned_by(p))?;
         let item = locks.cancel(queue_id.0).await?;
         Ok(Json(QueueItemBody::from(&item)))
     }

@@ -59,6 +59,20 @@ pub enum ApiTags {
 /// The back office: the roles that may act for any user.
 pub const BACK_OFFICE: &[Role] = &[Role::Service, Role::Admin];
 
+/// Lets `principal` see a record of user `owner`: its own, or any for the
+/// back office. To a user, someone else's record is answered exactly like
+/// one that does not exist (404 `what`), so ids reveal nothing about other
+/// users' holds, orders or workflows.
+pub fn require_visible(
+    principal: &Principal,
+    owner: i64,
+    what: &'static str,
+) -> Result<(), ApiError> {
+    principal
+        .require_self_or(owner, BACK_OFFICE)
+        .map_err(|_| ApiError::from(DomainError::NotFound(what)))
+}
+
 /// Parses a request amount; a refusal names the field it came from.
 pub fn parse_amount(field: &str, input: &DecimalString) -> Result<Amount, ApiError> {
     Amount::parse(&input.0).map_err(|e| ApiError::invalid(format!("{field}: {e}")))

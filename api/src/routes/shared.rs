@@ -34,36 +34,47 @@ pub const DECIMAL_PATTERN: &str = concat!(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecimalString(pub String);
 
-impl Type for DecimalString {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
+/// The OpenAPI type of a string newtype: required, named as the type, with
+/// `schema` inline.
+macro_rules! string_type {
+    ($ty:ident, $schema:expr) => {
+        impl Type for $ty {
+            const IS_REQUIRED: bool = true;
+            type RawValueType = Self;
+            type RawElementValueType = Self;
 
-    fn name() -> Cow<'static, str> {
-        "DecimalString".into()
-    }
+            fn name() -> Cow<'static, str> {
+                stringify!($ty).into()
+            }
 
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            description: Some(
-                "Decimal string, e.g. \"100.5\": at most 8 decimals, no sign, no exponent, > 0, \
-                 at most \"92233720368.54775807\". JSON numbers are refused.",
-            ),
-            pattern: Some(DECIMAL_PATTERN.into()),
-            max_length: Some(40),
-            example: Some(Value::String("100.5".into())),
-            ..MetaSchema::new("string")
-        }))
-    }
+            fn schema_ref() -> MetaSchemaRef {
+                MetaSchemaRef::Inline(Box::new($schema))
+            }
 
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
+            fn as_raw_value(&self) -> Option<&Self> {
+                Some(self)
+            }
 
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
+            fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+                Box::new(self.as_raw_value().into_iter())
+            }
+        }
+    };
 }
+
+string_type!(
+    DecimalString,
+    MetaSchema {
+        description: Some(
+            "Decimal string, e.g. \"100.5\": at most 8 decimals, no sign, no exponent, > 0, \
+             at most \"92233720368.54775807\". JSON numbers are refused.",
+        ),
+        pattern: Some(DECIMAL_PATTERN.into()),
+        max_length: Some(40),
+        example: Some(Value::String("100.5".into())),
+        ..MetaSchema::new("string")
+    }
+);
 
 impl ParseFromJSON for DecimalString {
     fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
@@ -180,36 +191,19 @@ impl IdempotencyKey {
     }
 }
 
-impl Type for IdempotencyKey {
-    const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Self;
-
-    fn name() -> Cow<'static, str> {
-        "IdempotencyKey".into()
+string_type!(
+    IdempotencyKey,
+    MetaSchema {
+        description: Some(
+            "1 to 255 printable ASCII characters, chosen by the client per operation; \
+             400 `idempotency_key_missing` without it.",
+        ),
+        pattern: Some(r"^[\x20-\x7E]{1,255}$".into()),
+        min_length: Some(1),
+        max_length: Some(255),
+        ..MetaSchema::new("string")
     }
-
-    fn schema_ref() -> MetaSchemaRef {
-        MetaSchemaRef::Inline(Box::new(MetaSchema {
-            description: Some(
-                "1 to 255 printable ASCII characters, chosen by the client per operation; \
-                 400 `idempotency_key_missing` without it.",
-            ),
-            pattern: Some(r"^[\x20-\x7E]{1,255}$".into()),
-            min_length: Some(1),
-            max_length: Some(255),
-            ..MetaSchema::new("string")
-        }))
-    }
-
-    fn as_raw_value(&self) -> Option<&Self> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
-        Box::new(self.as_raw_value().into_iter())
-    }
-}
+);
 
 impl ParseFromParameter for IdempotencyKey {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {

@@ -2,19 +2,18 @@ pub mod body;
 
 use std::sync::Arc;
 
-use domain::DomainError;
-use domain::ledger::holds::{CaptureHold, CreateHold, HoldTtl, HoldView, VoidHold};
+use domain::ledger::holds::{CaptureHold, CreateHold, HoldTtl, VoidHold};
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Principal};
-use crate::error::{ApiError, Errors};
+use crate::auth::Auth;
+use crate::error::Errors;
 use crate::replay::Stored;
 use crate::routes::shared::{EmptyRequest, IdempotencyKey};
-use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, parse_amount};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, parse_amount, require_visible};
 use crate::state::AppState;
 use body::{CaptureHoldRequest, CreateHoldRequest, Hold, HoldPage, HoldStatus};
 
@@ -33,20 +32,6 @@ pub mod status {
         GetHold: 400, 401, 404, 405, 429, 500, 503;
         ListHolds: 400, 401, 403, 404, 405, 429, 500, 503;
     }
-}
-
-/// The hold, if `principal` may see it. To a user, someone else's hold is
-/// answered exactly like a hold that does not exist, as orders are.
-async fn visible_hold(
-    state: &AppState,
-    principal: &Principal,
-    id: i64,
-) -> Result<HoldView, ApiError> {
-    let hold = state.ledger.hold(id).await?;
-    principal
-        .require_self_or(hold.user_id, BACK_OFFICE)
-        .map_err(|_| ApiError::from(DomainError::NotFound("hold")))?;
-    Ok(hold)
 }
 
 #[OpenApi]
@@ -145,7 +130,8 @@ impl HoldsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<EmptyRequest>,
     ) -> Result<Stored<Hold, 200>, Errors<status::VoidHold>> {
-        visible_hold(&state, &auth.0, id.0).await?;
+        let hold = state.ledger.hold(id.0).await?;
+        require_visible(&auth.0, hold.user_id, "hold")?;
         Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &VoidHold { hold_id: id.0 })
             .await?)
@@ -167,7 +153,8 @@ impl HoldsApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<Hold>, Errors<status::GetHold>> {
-        let hold = visible_hold(&state, &auth.0, id.0).await?;
+        let hold = state.ledger.hold(id.0).await?;
+        require_visible(&auth.0, hold.user_id, "hold")?;
         Ok(Json(Hold::from(&hold)))
     }
 

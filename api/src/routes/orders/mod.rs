@@ -5,19 +5,21 @@ use std::sync::Arc;
 use domain::idempotency::StoredResponse;
 use domain::trading::orders::{CloseOrder, OpenOrder, OrderView};
 use domain::trading::rules::{Side, Symbol};
-use domain::trading::signals::{Signal, Trade};
-use domain::{Command, DomainError};
+use domain::trading::signals::{Fenced, Signal, Trade};
+use domain::{Command, Ledger};
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
 use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::Json;
 
-use crate::auth::{Auth, Principal, Role};
+use crate::auth::{Auth, Role};
 use crate::error::{ApiError, Errors};
 use crate::routes::locks::body::Wait;
 use crate::routes::shared::IdempotencyKey;
-use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, fence, parse_amount, refusal};
+use crate::routes::{
+    ApiTags, BACK_OFFICE, Idempotent, fence, parse_amount, refusal, require_visible,
+};
 use crate::state::AppState;
 use body::{CloseOrderRequest, OpenOrderRequest, Order, OrderPage, OrderReply, OrderStatus};
 use poem_openapi::types::ToJSON;
@@ -35,21 +37,6 @@ pub mod status {
         GetOrder: 400, 401, 404, 405, 429, 500, 503;
         ListOrders: 400, 401, 403, 404, 405, 429, 500, 503;
     }
-}
-
-/// The order, if `principal` may see it. To a user, someone else's order is
-/// answered exactly like an order that does not exist, so order ids reveal
-/// nothing about other users' trading.
-async fn visible_order(
-    state: &AppState,
-    principal: &Principal,
-    id: i64,
-) -> Result<OrderView, ApiError> {
-    let order = state.ledger.order(id).await?;
-    principal
-        .require_self_or(order.user_id, BACK_OFFICE)
-        .map_err(|_| ApiError::from(DomainError::NotFound("order")))?;
-    Ok(order)
 }
 
 /// The signal an order names, if any; a signal brings its own lock, so it
@@ -82,6 +69,35 @@ fn rendered<const STATUS: u16>(order: &OrderView) -> StoredResponse {
         status: STATUS,
         body: Order::from(order).to_json_string(),
     }
+}
+
+/// Runs an order command once for its Idempotency-Key.
+async fn execute<C, const STATUS: u16>(
+    ledger: &Ledger,
+    idempotent: Idempotent,
+    cmd: &C,
+) -> Result<OrderReply<STATUS>, ApiError>
+where
+    C: Command<Output = OrderView>,
+{
+    let stored = idempotent.execute::<_, Order, STATUS>(ledger, cmd).await?;
+    Ok(OrderReply::executed(stored.outcome()))
+}
+
+/// Runs an order command as the trade of `signal`, under the signal's lock.
+async fn execute_on_signal<C, const STATUS: u16>(
+    ledger: &Ledger,
+    trade: &Trade,
+    signal: &Signal,
+    cmd: C,
+) -> Result<OrderReply<STATUS>, ApiError>
+where
+    C: Fenced<Output = OrderView>,
+{
+    let run = ledger
+        .execute_on_signal(trade, signal, cmd, rendered::<STATUS>, refusal())
+        .await?;
+    Ok(OrderReply::on_signal(run))
 }
 
 #[OpenApi]
@@ -128,10 +144,8 @@ impl OrdersApi {
             fence: fence(&auth.0, lock_token.0.as_deref())?,
         };
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
-            let stored = Idempotent::new(&auth.0, req, &key, &body.0)
-                .execute::<_, Order, 201>(ledger, &cmd)
-                .await?;
-            return Ok(OrderReply::executed(stored.outcome()));
+            let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
+            return Ok(execute(ledger, idempotent, &cmd).await?);
         };
         let trade = Trade {
             user_id: cmd.user_id,
@@ -140,10 +154,7 @@ impl OrdersApi {
             kind: OpenOrder::NAME,
             principal: auth.0.id(),
         };
-        let run = ledger
-            .execute_on_signal(&trade, &signal, cmd, rendered::<201>, refusal())
-            .await?;
-        Ok(OrderReply::on_signal(run))
+        Ok(execute_on_signal(ledger, &trade, &signal, cmd).await?)
     }
 
     /// Close an open order at the current price, in one transaction: margin
@@ -177,16 +188,15 @@ impl OrdersApi {
         lock_token: Header<Option<String>>,
         body: Json<CloseOrderRequest>,
     ) -> Result<OrderReply<200>, Errors<status::CloseOrder>> {
-        let order = visible_order(&state, &auth.0, id.0).await?;
+        let order = state.ledger.order(id.0).await?;
+        require_visible(&auth.0, order.user_id, "order")?;
         let cmd = CloseOrder {
             order_id: id.0,
             fence: fence(&auth.0, lock_token.0.as_deref())?,
         };
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
-            let stored = Idempotent::new(&auth.0, req, &key, &body.0)
-                .execute::<_, Order, 200>(&state.ledger, &cmd)
-                .await?;
-            return Ok(OrderReply::executed(stored.outcome()));
+            let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
+            return Ok(execute(&state.ledger, idempotent, &cmd).await?);
         };
         // A close trades the other way on the order's symbol.
         let side = match order.side.as_str() {
@@ -200,11 +210,7 @@ impl OrdersApi {
             kind: CloseOrder::NAME,
             principal: auth.0.id(),
         };
-        let run = state
-            .ledger
-            .execute_on_signal(&trade, &signal, cmd, rendered::<200>, refusal())
-            .await?;
-        Ok(OrderReply::on_signal(run))
+        Ok(execute_on_signal(&state.ledger, &trade, &signal, cmd).await?)
     }
 
     /// One order; 404 for an unknown order and, to a user, for another
@@ -221,7 +227,8 @@ impl OrdersApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<Order>, Errors<status::GetOrder>> {
-        let order = visible_order(&state, &auth.0, id.0).await?;
+        let order = state.ledger.order(id.0).await?;
+        require_visible(&auth.0, order.user_id, "order")?;
         Ok(Json(Order::from(&order)))
     }
 

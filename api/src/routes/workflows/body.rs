@@ -184,13 +184,7 @@ impl From<&WorkflowView> for Workflow {
     }
 }
 
-#[derive(Object, Debug, Clone)]
-pub struct WorkflowPage {
-    pub items: Vec<Workflow>,
-    /// Pass as `before_id` for the next (older) page; null on the last page.
-    #[oai(nullable)]
-    pub next_before_id: Option<i64>,
-}
+crate::routes::shared::page_body!(WorkflowPage, Workflow, WorkflowView);
 
 /// The recovery manager's counts in this process since it started.
 #[derive(Object, Debug, Clone)]

@@ -2,8 +2,8 @@ pub mod body;
 
 use std::sync::Arc;
 
+use domain::Command;
 use domain::workflows::{Decide, Decision, WorkflowFilter, WorkflowView};
-use domain::{Command, DomainError};
 use poem::Request;
 use poem::web::Data;
 use poem_openapi::OpenApi;
@@ -15,7 +15,7 @@ use crate::auth::{Auth, Principal, Role};
 use crate::error::{ApiError, Errors};
 use crate::replay::Stored;
 use crate::routes::shared::{EmptyRequest, IdempotencyKey};
-use crate::routes::{ApiTags, Idempotent, parse_amount};
+use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, parse_amount, require_visible};
 use crate::state::AppState;
 use body::{
     DecisionRequest, DepositWorkflowRequest, PayoutOutcome, PayoutResultRequest, Recovery,
@@ -37,20 +37,6 @@ pub mod status {
         Recovery: 400, 401, 403, 405, 429, 500, 503;
         TriggerRecovery: 400, 401, 403, 405, 413, 415, 429, 500, 503;
     }
-}
-
-/// The workflow, if `principal` may see it: to a user, someone else's
-/// workflow is answered exactly like one that does not exist.
-async fn visible_workflow(
-    state: &AppState,
-    principal: &Principal,
-    id: i64,
-) -> Result<WorkflowView, ApiError> {
-    let workflow = state.ledger.workflow(id).await?;
-    principal
-        .require_self_or(workflow.user_id, &[Role::Service, Role::Admin])
-        .map_err(|_| ApiError::from(DomainError::NotFound("workflow")))?;
-    Ok(workflow)
 }
 
 /// Starts a workflow once for this Idempotency-Key (a repeat replays the
@@ -115,8 +101,7 @@ impl WorkflowsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<WithdrawalWorkflowRequest>,
     ) -> Result<Stored<Workflow, 202>, Errors<status::StartWithdrawal>> {
-        auth.0
-            .require_self_or(body.user_id, &[Role::Service, Role::Admin])?;
+        auth.0.require_self_or(body.user_id, BACK_OFFICE)?;
         let cmd = state.workflows.rules.withdrawal(
             body.user_id,
             body.wallet.into(),
@@ -145,7 +130,7 @@ impl WorkflowsApi {
         #[oai(name = "Idempotency-Key")] key: Header<IdempotencyKey>,
         body: Json<DepositWorkflowRequest>,
     ) -> Result<Stored<Workflow, 202>, Errors<status::StartDeposit>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let cmd = state.workflows.rules.deposit(
             body.user_id,
             body.wallet.into(),
@@ -170,7 +155,8 @@ impl WorkflowsApi {
         state: Data<&Arc<AppState>>,
         id: Path<i64>,
     ) -> Result<Json<Workflow>, Errors<status::GetWorkflow>> {
-        let workflow = visible_workflow(&state, &auth.0, id.0).await?;
+        let workflow = state.ledger.workflow(id.0).await?;
+        require_visible(&auth.0, workflow.user_id, "workflow")?;
         Ok(Json(Workflow::from(&workflow)))
     }
 
@@ -197,7 +183,7 @@ impl WorkflowsApi {
         /// Only workflows with an id below this.
         before_id: Query<Option<i64>>,
     ) -> Result<Json<WorkflowPage>, Errors<status::ListWorkflows>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let filter = WorkflowFilter {
             status: status.0.map(Into::into),
             kind: kind.0.map(Into::into),
@@ -207,10 +193,7 @@ impl WorkflowsApi {
             .ledger
             .workflows(&filter, limit.0.unwrap_or(50), before_id.0)
             .await?;
-        Ok(Json(WorkflowPage {
-            items: page.items.iter().map(Workflow::from).collect(),
-            next_before_id: page.next_before_id,
-        }))
+        Ok(Json(WorkflowPage::from(&page)))
     }
 
     /// Approve a deposit in review: it goes on to its credit. 409
@@ -275,7 +258,7 @@ impl WorkflowsApi {
         id: Path<i64>,
         body: Json<PayoutResultRequest>,
     ) -> Result<Json<Workflow>, Errors<status::Decide>> {
-        auth.0.require(&[Role::Service, Role::Admin])?;
+        auth.0.require(BACK_OFFICE)?;
         let decision = Decision::Payout {
             sent: body.outcome == PayoutOutcome::Sent,
             provider_ref: body.0.provider_ref,
