@@ -24,6 +24,7 @@ use infra::config::Secret;
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use serde_json::Value;
 
+mod accept;
 pub mod faults;
 pub mod load;
 pub mod payout_sim;
