@@ -281,6 +281,19 @@ impl TestApp {
         (app, u)
     }
 
+    /// A fresh app (`spawn`) and a trader on it (`trader`): a user with
+    /// `amount` in its live wallet, and the symbol of `priced` at its price.
+    pub async fn with_trader(
+        engine: Engine,
+        email: &str,
+        amount: &str,
+        priced: (&str, &str),
+    ) -> (Self, i64) {
+        let app = Self::spawn(engine).await;
+        let u = app.trader(email, amount, priced).await;
+        (app, u)
+    }
+
     /// A second server on the same database (two processes behind one balancer).
     pub async fn sibling(&self) -> TestApp {
         Self::start(self.engine, self.state.config.clone(), None, None).await
