@@ -2,22 +2,14 @@
 // session with think time: leaks, pool exhaustion, growing tables and
 // slow drift show up here, not in a 10-minute run. The seeded tokens must
 // outlive the run (`ledger seed-load --token-ttl`, 1 day by default).
-import { mixedIteration } from './lib/mixed.js';
-import { envNumber, envString, thresholds, userForVu } from './lib/config.js';
+import { ownUserSession, sessionOptions } from './lib/mixed.js';
+import { envNumber, envString } from './lib/config.js';
 
-export const options = {
-  scenarios: {
-    soak: {
-      executor: 'constant-vus',
-      vus: envNumber('VUS', 5000),
-      duration: envString('DURATION', '2h'),
-      gracefulStop: '30s',
-    },
-  },
-  discardResponseBodies: true,
-  thresholds,
-};
+export const options = sessionOptions('soak', {
+  executor: 'constant-vus',
+  vus: envNumber('VUS', 5000),
+  duration: envString('DURATION', '2h'),
+  gracefulStop: '30s',
+});
 
-export default function () {
-  mixedIteration(userForVu(__VU));
-}
+export default ownUserSession;

@@ -8,7 +8,9 @@ import {
   listWallets, newKey, openOrder, referralStats, withdraw,
 } from './api.js';
 import { expectOk, units } from './checks.js';
-import { AMOUNT, LEVERAGE, QUANTITY, SYMBOL, THINK_MAX, THINK_MIN } from './config.js';
+import {
+  AMOUNT, LEVERAGE, QUANTITY, SYMBOL, THINK_MAX, THINK_MIN, thresholdsWith, userForVu,
+} from './config.js';
 
 // Pause like a person between actions: THINK_MIN..THINK_MAX seconds.
 export function think() {
@@ -68,3 +70,26 @@ export function mixedIteration(user, pause = think) {
 
 // No pause at all (arrival-rate scripts pace by iterations, not by users).
 export function noPause() {}
+
+// One session as the VU's own seeded user: the default function of the
+// user-paced scripts (load, spike, soak).
+export function ownUserSession() {
+  mixedIteration(userForVu(__VU));
+}
+
+// The options of a script whose VUs run this session: its one scenario
+// under `name`, the shared bounds plus `extraThresholds`, and reads' bodies
+// not kept (writes keep theirs: see api.js).
+export function sessionOptions(name, scenario, extraThresholds = {}) {
+  return {
+    scenarios: { [name]: scenario },
+    discardResponseBodies: true,
+    thresholds: thresholdsWith(extraThresholds),
+  };
+}
+
+// VUs from `startVUs` through `stages`; a VU let go finishes its session
+// within 30 s.
+export function rampingVus(startVUs, stages) {
+  return { executor: 'ramping-vus', startVUs, stages, gracefulRampDown: '30s' };
+}

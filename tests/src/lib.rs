@@ -24,6 +24,7 @@ use infra::config::Secret;
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use serde_json::Value;
 
+mod accept;
 pub mod faults;
 pub mod load;
 pub mod payout_sim;
@@ -277,6 +278,19 @@ impl TestApp {
     pub async fn with_funded_user(engine: Engine, email: &str, amount: &str) -> (Self, i64) {
         let app = Self::spawn(engine).await;
         let u = app.funded_user(email, amount).await;
+        (app, u)
+    }
+
+    /// A fresh app (`spawn`) and a trader on it (`trader`): a user with
+    /// `amount` in its live wallet, and the symbol of `priced` at its price.
+    pub async fn with_trader(
+        engine: Engine,
+        email: &str,
+        amount: &str,
+        priced: (&str, &str),
+    ) -> (Self, i64) {
+        let app = Self::spawn(engine).await;
+        let u = app.trader(email, amount, priced).await;
         (app, u)
     }
 

@@ -55,9 +55,9 @@ use hyper_util::rt::TokioIo;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::accept::Accepting;
 
 /// The reason of every `failed` answer.
 pub const REJECT_REASON: &str = "rejected by provider";
@@ -302,7 +302,7 @@ struct PayoutRequest {
 pub struct PayoutSim {
     addr: SocketAddr,
     shared: Arc<Shared>,
-    running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    running: Accepting,
 }
 
 impl PayoutSim {
@@ -316,12 +316,14 @@ impl PayoutSim {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(mode));
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(listener, Arc::clone(&shared), stopped));
+        let running = Accepting::start(listener, {
+            let shared = Arc::clone(&shared);
+            move |stream| serve(Arc::clone(&shared), stream)
+        });
         Ok(Self {
             addr,
             shared,
-            running: Some((stop, task)),
+            running,
         })
     }
 
@@ -389,20 +391,8 @@ impl PayoutSim {
 
     /// Stops listening and closes every connection (answers still being
     /// delayed are never sent). When this returns the port is free.
-    pub async fn stop(mut self) {
-        if let Some((stop, task)) = self.running.take() {
-            let _ = stop.send(());
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for PayoutSim {
-    fn drop(&mut self) {
-        if let Some((_, task)) = self.running.take() {
-            // Aborting drops the connection set, which aborts every connection.
-            task.abort();
-        }
+    pub async fn stop(self) {
+        self.running.stop().await;
     }
 }
 
@@ -599,28 +589,13 @@ fn splitmix64(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            conn = listener.accept() => {
-                if let Ok((stream, _)) = conn {
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        let service = service_fn(move |req| handle(Arc::clone(&shared), req));
-                        // A dropped answer ends the connection with an error: expected.
-                        let _ = http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
+/// Serves one connection of the provider.
+async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let service = service_fn(move |req| handle(Arc::clone(&shared), req));
+    // A dropped answer ends the connection with an error: expected.
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .await;
 }
 
 /// Returned by the service to make hyper close the connection without

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::{JoinHandle, JoinSet};
+
+use crate::accept::Accepting;
 
 pub struct Proxy {
     addr: SocketAddr,
     upstream: SocketAddr,
     accepted: Arc<AtomicU64>,
-    running: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    running: Option<Accepting>,
 }
 
 impl Proxy {
@@ -72,9 +72,8 @@ impl Proxy {
     /// returns, both ends of every connection are closed and a new
     /// connection to `addr` is refused.
     pub async fn cut(&mut self) {
-        if let Some((stop, task)) = self.running.take() {
-            let _ = stop.send(());
-            let _ = task.await;
+        if let Some(running) = self.running.take() {
+            running.stop().await;
         }
     }
 
@@ -88,22 +87,11 @@ impl Proxy {
     }
 
     fn run(&mut self, listener: TcpListener) {
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(serve(
-            listener,
-            self.upstream,
-            Arc::clone(&self.accepted),
-            stopped,
-        ));
-        self.running = Some((stop, task));
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some((_, task)) = self.running.take() {
-            task.abort();
-        }
+        let (upstream, accepted) = (self.upstream, Arc::clone(&self.accepted));
+        self.running = Some(Accepting::start(listener, move |client| {
+            accepted.fetch_add(1, Ordering::Relaxed);
+            pump(client, upstream)
+        }));
     }
 }
 
@@ -117,30 +105,6 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
-}
-
-async fn serve(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    accepted: Arc<AtomicU64>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut pumps = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            conn = listener.accept() => {
-                if let Ok((client, _)) = conn {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                    pumps.spawn(pump(client, upstream));
-                }
-            }
-            Some(_) = pumps.join_next(), if !pumps.is_empty() => {}
-        }
-    }
-    drop(listener);
-    // Aborting drops each pump's two sockets; waiting makes `cut` exact.
-    pumps.shutdown().await;
 }
 
 async fn pump(mut client: TcpStream, upstream: SocketAddr) {

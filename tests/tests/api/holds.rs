@@ -554,8 +554,7 @@ async fn lists_are_newest_first_and_filter_by_status(engine: Engine) {
 /// after the close the balance still backs the hold, and the hold captures
 /// in full.
 async fn a_closing_loss_never_eats_held_funds(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.trader("loss@x.io", "100", ("BTCUSD", "100")).await;
+    let (app, u) = TestApp::with_trader(engine, "loss@x.io", "100", ("BTCUSD", "100")).await;
     // margin 10, open fee 0.1
     let order = app.opened(u, ("BTCUSD", "buy", "1", 10, "live")).await;
     let hold = held(&app, u, "80", 60_000).await;

@@ -74,8 +74,7 @@ async fn prices_contract(engine: Engine) {
 }
 
 async fn open_order_contract(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.trader("o@x.io", "1000", ("BTCUSD", "100")).await;
+    let (app, u) = TestApp::with_trader(engine, "o@x.io", "1000", ("BTCUSD", "100")).await;
     let r = app.open_order(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     r.expect(201);
     let o = &r.body;
@@ -149,8 +148,7 @@ async fn open_order_contract(engine: Engine) {
 }
 
 async fn order_refusals_change_nothing(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.trader("r@x.io", "10", ("BTCUSD", "100")).await;
+    let (app, u) = TestApp::with_trader(engine, "r@x.io", "10", ("BTCUSD", "100")).await;
     let before = app.wallet(u, "live").await;
     // no price for the symbol
     let r = app.open_order(u, ("ETHUSD", "buy", "1", 1, "live")).await;
@@ -254,8 +252,7 @@ async fn max_leverage_is_configurable(engine: Engine) {
 }
 
 async fn close_order_contract(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.trader("c@x.io", "1000", ("BTCUSD", "100")).await;
+    let (app, u) = TestApp::with_trader(engine, "c@x.io", "1000", ("BTCUSD", "100")).await;
     let id = app.opened(u, ("BTCUSD", "buy", "2", 10, "live")).await;
     app.set_price("BTCUSD", "110").await.expect(200);
     // to another user it does not exist; a missing key is refused
@@ -333,8 +330,7 @@ async fn close_order_contract(engine: Engine) {
 }
 
 async fn a_loss_beyond_the_balance_is_written_off(engine: Engine) {
-    let app = TestApp::spawn(engine).await;
-    let u = app.trader("wo@x.io", "10", ("BTCUSD", "100")).await;
+    let (app, u) = TestApp::with_trader(engine, "wo@x.io", "10", ("BTCUSD", "100")).await;
     // margin 1, fee 0.1: balance 9.9
     let id = app.opened(u, ("BTCUSD", "buy", "1", 100, "live")).await;
     app.set_price("BTCUSD", "50").await.expect(200);

@@ -30,8 +30,7 @@ fn assert_won(replies: &[Reply], (ok, won): (u16, usize), (status, code): (u16, 
 /// once and the P&L and fee are booked once.
 async fn concurrent_closes_close_once(engine: Engine) {
     let n = scale(engine, 100, 20);
-    let app = TestApp::spawn(engine).await;
-    let u = app.trader("close@x.io", "1000", ("BTCUSD", "100")).await;
+    let (app, u) = TestApp::with_trader(engine, "close@x.io", "1000", ("BTCUSD", "100")).await;
     let id = app.opened(u, ("BTCUSD", "buy", "1", 10, "live")).await;
     app.set_price("BTCUSD", "105").await.expect(200);
     let service = app.service();
