@@ -1,86 +1,63 @@
-//! The column shapes, index and foreign-key builders both migrations use, so
-//! that one kind of column is declared the same way everywhere. Changing one
-//! of these changes the schema of every migration that uses it: add a new
-//! helper instead.
+//! The column shapes, index and foreign-key builders every migration uses,
+//! so that one kind of column is declared the same way everywhere. Changing
+//! one of these changes the schema of every migration that uses it: add a
+//! new helper instead.
 
 use sea_orm_migration::prelude::*;
 
+/// A column of type `ty` that every row fills.
+fn required(col: impl IntoIden, ty: ColumnType) -> ColumnDef {
+    ColumnDef::new_with_type(col, ty).not_null().to_owned()
+}
+
+/// The same column, optional: `NULL` where its shape says `NOT NULL`.
+pub(crate) fn nullable(mut col: ColumnDef) -> ColumnDef {
+    col.null();
+    col
+}
+
+/// The same column as the table's primary key on its own.
+pub(crate) fn natural_key(mut col: ColumnDef) -> ColumnDef {
+    col.primary_key();
+    col
+}
+
 /// The surrogate key: `BIGINT` auto-increment primary key.
 pub(crate) fn id(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .big_integer()
-        .not_null()
-        .auto_increment()
-        .primary_key()
-        .to_owned()
+    bigint(col).auto_increment().primary_key().to_owned()
 }
 
 /// A required `BIGINT`: ids of other rows, epoch milliseconds.
 pub(crate) fn bigint(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).big_integer().not_null().to_owned()
+    required(col, ColumnType::BigInteger)
 }
 
 /// A `BIGINT` that starts at 0: money in minor units, counters.
 pub(crate) fn bigint_zero(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .big_integer()
-        .not_null()
-        .default(0)
-        .to_owned()
-}
-
-pub(crate) fn nullable_bigint(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).big_integer().null().to_owned()
+    bigint(col).default(0).to_owned()
 }
 
 pub(crate) fn integer(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).integer().not_null().to_owned()
-}
-
-pub(crate) fn nullable_integer(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).integer().null().to_owned()
+    required(col, ColumnType::Integer)
 }
 
 /// A required `VARCHAR(len)`.
 pub(crate) fn varchar(col: impl IntoIden, len: u32) -> ColumnDef {
-    ColumnDef::new(col).string_len(len).not_null().to_owned()
-}
-
-pub(crate) fn nullable_varchar(col: impl IntoIden, len: u32) -> ColumnDef {
-    ColumnDef::new(col).string_len(len).null().to_owned()
-}
-
-/// An optional unbounded `TEXT`.
-pub(crate) fn nullable_text(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).text().null().to_owned()
+    required(col, ColumnType::String(StringLen::N(len)))
 }
 
 pub(crate) fn uuid(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).uuid().not_null().to_owned()
-}
-
-pub(crate) fn nullable_uuid(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).uuid().null().to_owned()
+    required(col, ColumnType::Uuid)
 }
 
 /// A required timestamp with time zone: times shown to people.
 pub(crate) fn ts(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .timestamp_with_time_zone()
-        .not_null()
-        .to_owned()
-}
-
-pub(crate) fn nullable_ts(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col)
-        .timestamp_with_time_zone()
-        .null()
-        .to_owned()
+    required(col, ColumnType::TimestampWithTimeZone)
 }
 
 /// An unbounded `TEXT`: lists and documents stored as JSON.
 pub(crate) fn text(col: impl IntoIden) -> ColumnDef {
-    ColumnDef::new(col).text().not_null().to_owned()
+    required(col, ColumnType::Text)
 }
 
 /// The tables that later tables point at, by their key.
@@ -104,54 +81,59 @@ pub(crate) enum Constraint {
     Check(Check),
 }
 
-/// A primary key over several columns.
-pub(crate) fn primary_key<C: IntoIden>(cols: impl IntoIterator<Item = C>) -> Constraint {
+/// An index over `cols`, in that order.
+fn index_over<C: IntoIden>(cols: impl IntoIterator<Item = C>) -> IndexCreateStatement {
     let mut index = Index::create();
     for col in cols {
         index.col(col);
     }
-    Constraint::PrimaryKey(index)
+    index
+}
+
+/// A primary key over several columns.
+pub(crate) fn primary_key<C: IntoIden>(cols: impl IntoIterator<Item = C>) -> Constraint {
+    Constraint::PrimaryKey(index_over(cols))
 }
 
 fn fk_statement(
     name: &str,
-    from: (impl IntoTableRef, impl IntoIden),
+    col: impl IntoIden,
     to: (impl IntoTableRef, impl IntoIden),
 ) -> ForeignKeyCreateStatement {
     ForeignKey::create()
         .name(name)
-        .from(from.0, from.1)
+        .from_col(col)
         .to(to.0, to.1)
         .to_owned()
 }
 
-/// A named foreign key from `from.0`'s column `from.1` to `to.0`'s `to.1`.
+/// A named foreign key from the new table's `col` to `to.0`'s `to.1`.
 pub(crate) fn foreign_key(
     name: &str,
-    from: (impl IntoTableRef, impl IntoIden),
+    col: impl IntoIden,
     to: (impl IntoTableRef, impl IntoIden),
 ) -> Constraint {
-    Constraint::ForeignKey(fk_statement(name, from, to))
+    Constraint::ForeignKey(fk_statement(name, col, to))
 }
 
-/// A named foreign key from `table`'s `col` to `users.id`.
-pub(crate) fn user_fk(name: &str, table: impl IntoIden, col: impl IntoIden) -> Constraint {
-    foreign_key(name, (table, col), (Users::Table, Users::Id))
+/// A named foreign key from the new table's `col` to `users.id`.
+pub(crate) fn user_fk(name: &str, col: impl IntoIden) -> Constraint {
+    foreign_key(name, col, (Users::Table, Users::Id))
 }
 
-/// A named foreign key from `table`'s `col` to `wallets.id`.
-pub(crate) fn wallet_fk(name: &str, table: impl IntoIden, col: impl IntoIden) -> Constraint {
-    foreign_key(name, (table, col), (Wallets::Table, Wallets::Id))
+/// A named foreign key from the new table's `col` to `wallets.id`.
+pub(crate) fn wallet_fk(name: &str, col: impl IntoIden) -> Constraint {
+    foreign_key(name, col, (Wallets::Table, Wallets::Id))
 }
 
 /// A named foreign key whose rows go when the row they point to goes.
 pub(crate) fn cascade_foreign_key(
     name: &str,
-    from: (impl IntoTableRef, impl IntoIden),
+    col: impl IntoIden,
     to: (impl IntoTableRef, impl IntoIden),
 ) -> Constraint {
     Constraint::ForeignKey(
-        fk_statement(name, from, to)
+        fk_statement(name, col, to)
             .on_delete(ForeignKeyAction::Cascade)
             .to_owned(),
     )
@@ -181,15 +163,35 @@ pub(crate) fn one_of<const N: usize>(
     check(name, Expr::col(col).is_in(values))
 }
 
-/// `CREATE TABLE` with its columns and constraints.
+/// An index named `name` over `cols`, on the table it is created with. A
+/// partial index adds its condition with `and_where`.
+pub(crate) fn ix<C: IntoIden>(
+    name: &'static str,
+    cols: impl IntoIterator<Item = C>,
+) -> IndexCreateStatement {
+    index_over(cols).name(name).to_owned()
+}
+
+/// A unique index.
+pub(crate) fn ux<C: IntoIden>(
+    name: &'static str,
+    cols: impl IntoIterator<Item = C>,
+) -> IndexCreateStatement {
+    ix(name, cols).unique().to_owned()
+}
+
+/// `CREATE TABLE` with its columns and constraints, then its indexes in the
+/// order given.
 pub(crate) async fn create_table(
     manager: &SchemaManager<'_>,
     table: impl IntoIden,
     cols: impl IntoIterator<Item = ColumnDef>,
     constraints: impl IntoIterator<Item = Constraint>,
+    indexes: impl IntoIterator<Item = IndexCreateStatement>,
 ) -> Result<(), DbErr> {
+    let table = table.into_iden();
     let mut create = Table::create();
-    create.table(table);
+    create.table(table.clone());
     for col in cols {
         create.col(col);
     }
@@ -200,51 +202,21 @@ pub(crate) async fn create_table(
             Constraint::Check(check) => create.check(check),
         };
     }
-    manager.create_table(create.to_owned()).await
+    manager.create_table(create.to_owned()).await?;
+    create_indexes(manager, table, indexes).await
 }
 
-/// An index to create: its name, its columns, whether it is unique.
-pub(crate) struct IndexSpec<C> {
-    name: &'static str,
-    cols: Vec<C>,
-    unique: bool,
-}
-
-/// A plain index.
-pub(crate) fn ix<C>(name: &'static str, cols: Vec<C>) -> IndexSpec<C> {
-    IndexSpec {
-        name,
-        cols,
-        unique: false,
-    }
-}
-
-/// A unique index.
-pub(crate) fn ux<C>(name: &'static str, cols: Vec<C>) -> IndexSpec<C> {
-    IndexSpec {
-        name,
-        cols,
-        unique: true,
-    }
-}
-
-/// Creates the indexes of one table, in the order given.
-pub(crate) async fn indexes<C: IntoIden>(
+/// Creates indexes on an existing table, in the order given.
+pub(crate) async fn create_indexes(
     manager: &SchemaManager<'_>,
     table: impl IntoIden,
-    specs: impl IntoIterator<Item = IndexSpec<C>>,
+    indexes: impl IntoIterator<Item = IndexCreateStatement>,
 ) -> Result<(), DbErr> {
     let table = table.into_iden();
-    for spec in specs {
-        let mut index = Index::create();
-        index.name(spec.name).table(table.clone());
-        for col in spec.cols {
-            index.col(col);
-        }
-        if spec.unique {
-            index.unique();
-        }
-        manager.create_index(index.to_owned()).await?;
+    for mut index in indexes {
+        manager
+            .create_index(index.table(table.clone()).to_owned())
+            .await?;
     }
     Ok(())
 }

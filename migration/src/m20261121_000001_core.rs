@@ -3,9 +3,8 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    bigint, bigint_zero, check, create_table, drop_tables, foreign_key, id, indexes, ix, nonneg,
-    nullable_bigint, nullable_integer, nullable_text, nullable_varchar, one_of, ts, user_fk, uuid,
-    ux, varchar, wallet_fk,
+    bigint, bigint_zero, check, create_table, drop_tables, foreign_key, id, integer, ix,
+    natural_key, nonneg, nullable, one_of, text, ts, user_fk, uuid, ux, varchar, wallet_fk,
 };
 
 #[derive(DeriveMigrationName)]
@@ -86,13 +85,13 @@ impl MigrationTrait for Migration {
                 varchar(Users::Email, 320),
                 varchar(Users::AccountNumber, 32),
                 varchar(Users::ReferralCode, 32),
-                nullable_bigint(Users::ReferrerId),
+                nullable(bigint(Users::ReferrerId)),
                 ts(Users::CreatedAt),
             ],
             [
                 foreign_key(
                     "fk_users_referrer",
-                    (Users::Table, Users::ReferrerId),
+                    Users::ReferrerId,
                     (Users::Table, Users::Id),
                 ),
                 check(
@@ -100,16 +99,11 @@ impl MigrationTrait for Migration {
                     Expr::col(Users::ReferrerId).ne(Expr::col(Users::Id)),
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            Users::Table,
             [
-                ux("ux_users_email", vec![Users::Email]),
-                ux("ux_users_account_number", vec![Users::AccountNumber]),
-                ux("ux_users_referral_code", vec![Users::ReferralCode]),
-                ix("ix_users_referrer", vec![Users::ReferrerId]),
+                ux("ux_users_email", [Users::Email]),
+                ux("ux_users_account_number", [Users::AccountNumber]),
+                ux("ux_users_referral_code", [Users::ReferralCode]),
+                ix("ix_users_referrer", [Users::ReferrerId]),
             ],
         )
         .await?;
@@ -139,7 +133,7 @@ impl MigrationTrait for Migration {
             Wallets::Table,
             wallet_cols,
             [
-                user_fk("fk_wallets_user", Wallets::Table, Wallets::UserId),
+                user_fk("fk_wallets_user", Wallets::UserId),
                 one_of("ck_wallets_kind", Wallets::Kind, ["live", "demo"]),
                 nonneg("ck_wallets_balance_nonneg", Wallets::Balance),
                 nonneg("ck_wallets_margin_nonneg", Wallets::Margin),
@@ -148,15 +142,7 @@ impl MigrationTrait for Migration {
                     Expr::col(Wallets::Balance).gte(Expr::col(Wallets::Margin)),
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            Wallets::Table,
-            [ux(
-                "ux_wallets_user_kind",
-                vec![Wallets::UserId, Wallets::Kind],
-            )],
+            [ux("ux_wallets_user_kind", [Wallets::UserId, Wallets::Kind])],
         )
         .await?;
 
@@ -181,8 +167,8 @@ impl MigrationTrait for Migration {
             .map(bigint_zero),
         );
         journal_cols.extend([
-            nullable_varchar(JournalEntries::Reference, 255),
-            nullable_text(JournalEntries::Metadata),
+            nullable(varchar(JournalEntries::Reference, 255)),
+            nullable(text(JournalEntries::Metadata)),
             ts(JournalEntries::CreatedAt),
             varchar(JournalEntries::Hash, 64),
         ]);
@@ -190,28 +176,19 @@ impl MigrationTrait for Migration {
             manager,
             JournalEntries::Table,
             journal_cols,
-            [wallet_fk(
-                "fk_journal_wallet",
-                JournalEntries::Table,
-                JournalEntries::WalletId,
-            )],
-        )
-        .await?;
-        indexes(
-            manager,
-            JournalEntries::Table,
+            [wallet_fk("fk_journal_wallet", JournalEntries::WalletId)],
             [
                 ix(
                     "ix_journal_wallet_id",
-                    vec![JournalEntries::WalletId, JournalEntries::Id],
+                    [JournalEntries::WalletId, JournalEntries::Id],
                 ),
                 ix(
                     "ix_journal_user_id",
-                    vec![JournalEntries::UserId, JournalEntries::Id],
+                    [JournalEntries::UserId, JournalEntries::Id],
                 ),
                 ux(
                     "ux_journal_operation_wallet_kind",
-                    vec![
+                    [
                         JournalEntries::OperationId,
                         JournalEntries::WalletId,
                         JournalEntries::Kind,
@@ -225,14 +202,14 @@ impl MigrationTrait for Migration {
             manager,
             IdempotencyKeys::Table,
             [
-                varchar(IdempotencyKeys::Key, 64).primary_key().to_owned(),
+                natural_key(varchar(IdempotencyKeys::Key, 64)),
                 varchar(IdempotencyKeys::Principal, 300),
                 varchar(IdempotencyKeys::Route, 200),
                 varchar(IdempotencyKeys::RequestHash, 64),
                 varchar(IdempotencyKeys::Status, 16),
                 uuid(IdempotencyKeys::ClaimToken),
-                nullable_integer(IdempotencyKeys::ResponseStatus),
-                nullable_text(IdempotencyKeys::ResponseBody),
+                nullable(integer(IdempotencyKeys::ResponseStatus)),
+                nullable(text(IdempotencyKeys::ResponseBody)),
                 bigint(IdempotencyKeys::LockedUntilMs),
                 bigint(IdempotencyKeys::ExpiresAtMs),
                 ts(IdempotencyKeys::CreatedAt),
@@ -242,15 +219,7 @@ impl MigrationTrait for Migration {
                 IdempotencyKeys::Status,
                 ["processing", "completed"],
             )],
-        )
-        .await?;
-        indexes(
-            manager,
-            IdempotencyKeys::Table,
-            [ix(
-                "ix_idempotency_expires",
-                vec![IdempotencyKeys::ExpiresAtMs],
-            )],
+            [ix("ix_idempotency_expires", [IdempotencyKeys::ExpiresAtMs])],
         )
         .await
     }

@@ -4,9 +4,9 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    bigint, bigint_zero, check, create_table, drop_tables, foreign_key, id, indexes, integer, ix,
-    nonneg, nullable_bigint, nullable_ts, nullable_uuid, one_of, positive, primary_key, ts,
-    user_fk, uuid, ux, varchar, wallet_fk,
+    bigint, bigint_zero, check, create_table, drop_tables, foreign_key, id, integer, ix,
+    natural_key, nonneg, nullable, one_of, positive, primary_key, ts, user_fk, uuid, ux, varchar,
+    wallet_fk,
 };
 
 #[derive(DeriveMigrationName)]
@@ -88,11 +88,12 @@ impl MigrationTrait for Migration {
             manager,
             Prices::Table,
             [
-                varchar(Prices::Symbol, 20).primary_key().to_owned(),
+                natural_key(varchar(Prices::Symbol, 20)),
                 bigint_zero(Prices::Price),
                 ts(Prices::UpdatedAt),
             ],
             [positive("ck_prices_positive", Prices::Price)],
+            [],
         )
         .await?;
 
@@ -110,34 +111,29 @@ impl MigrationTrait for Migration {
                 integer(Orders::Leverage),
                 varchar(Orders::Status, 8),
                 bigint_zero(Orders::OpenPrice),
-                nullable_bigint(Orders::ClosePrice),
+                nullable(bigint(Orders::ClosePrice)),
                 bigint_zero(Orders::Margin),
                 bigint_zero(Orders::OpenFee),
-                nullable_bigint(Orders::CloseFee),
-                nullable_bigint(Orders::Pnl),
-                nullable_bigint(Orders::WrittenOff),
+                nullable(bigint(Orders::CloseFee)),
+                nullable(bigint(Orders::Pnl)),
+                nullable(bigint(Orders::WrittenOff)),
                 ts(Orders::OpenedAt),
-                nullable_ts(Orders::ClosedAt),
+                nullable(ts(Orders::ClosedAt)),
             ],
             [
-                user_fk("fk_orders_user", Orders::Table, Orders::UserId),
-                wallet_fk("fk_orders_wallet", Orders::Table, Orders::WalletId),
+                user_fk("fk_orders_user", Orders::UserId),
+                wallet_fk("fk_orders_wallet", Orders::WalletId),
                 one_of("ck_orders_side", Orders::Side, ["buy", "sell"]),
                 one_of("ck_orders_status", Orders::Status, ["open", "closed"]),
                 positive("ck_orders_quantity_positive", Orders::Quantity),
                 check("ck_orders_leverage", Expr::col(Orders::Leverage).gte(1)),
                 nonneg("ck_orders_margin_nonneg", Orders::Margin),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            Orders::Table,
             [
-                ix("ix_orders_user", vec![Orders::UserId, Orders::Id]),
+                ix("ix_orders_user", [Orders::UserId, Orders::Id]),
                 ix(
                     "ix_orders_user_status",
-                    vec![Orders::UserId, Orders::Status, Orders::Id],
+                    [Orders::UserId, Orders::Status, Orders::Id],
                 ),
             ],
         )
@@ -158,25 +154,17 @@ impl MigrationTrait for Migration {
                 bigint_zero(ReferralCommissions::Amount),
                 varchar(ReferralCommissions::Status, 8),
                 ts(ReferralCommissions::CreatedAt),
-                nullable_ts(ReferralCommissions::SettledAt),
-                nullable_uuid(ReferralCommissions::SettlementId),
+                nullable(ts(ReferralCommissions::SettledAt)),
+                nullable(uuid(ReferralCommissions::SettlementId)),
             ],
             [
                 foreign_key(
                     "fk_commissions_order",
-                    (ReferralCommissions::Table, ReferralCommissions::OrderId),
+                    ReferralCommissions::OrderId,
                     (Orders::Table, Orders::Id),
                 ),
-                user_fk(
-                    "fk_commissions_referrer",
-                    ReferralCommissions::Table,
-                    ReferralCommissions::ReferrerId,
-                ),
-                user_fk(
-                    "fk_commissions_referee",
-                    ReferralCommissions::Table,
-                    ReferralCommissions::RefereeId,
-                ),
+                user_fk("fk_commissions_referrer", ReferralCommissions::ReferrerId),
+                user_fk("fk_commissions_referee", ReferralCommissions::RefereeId),
                 one_of(
                     "ck_commissions_fee_kind",
                     ReferralCommissions::FeeKind,
@@ -197,15 +185,10 @@ impl MigrationTrait for Migration {
                         .ne(Expr::col(ReferralCommissions::RefereeId)),
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            ReferralCommissions::Table,
             [
                 ux(
                     "ux_commissions_order_fee_level",
-                    vec![
+                    [
                         ReferralCommissions::OrderId,
                         ReferralCommissions::FeeKind,
                         ReferralCommissions::Level,
@@ -213,11 +196,11 @@ impl MigrationTrait for Migration {
                 ),
                 ix(
                     "ix_commissions_status",
-                    vec![ReferralCommissions::Status, ReferralCommissions::Id],
+                    [ReferralCommissions::Status, ReferralCommissions::Id],
                 ),
                 ix(
                     "ix_commissions_referrer",
-                    vec![
+                    [
                         ReferralCommissions::ReferrerId,
                         ReferralCommissions::Level,
                         ReferralCommissions::Status,
@@ -240,16 +223,8 @@ impl MigrationTrait for Migration {
                 ts(ReferralBonuses::CreatedAt),
             ],
             [
-                user_fk(
-                    "fk_bonuses_referee",
-                    ReferralBonuses::Table,
-                    ReferralBonuses::RefereeId,
-                ),
-                user_fk(
-                    "fk_bonuses_beneficiary",
-                    ReferralBonuses::Table,
-                    ReferralBonuses::BeneficiaryId,
-                ),
+                user_fk("fk_bonuses_referee", ReferralBonuses::RefereeId),
+                user_fk("fk_bonuses_beneficiary", ReferralBonuses::BeneficiaryId),
                 one_of(
                     "ck_bonuses_role",
                     ReferralBonuses::Role,
@@ -257,21 +232,13 @@ impl MigrationTrait for Migration {
                 ),
                 positive("ck_bonuses_amount_positive", ReferralBonuses::Amount),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            ReferralBonuses::Table,
             [
                 // Once per referee: one referrer bonus and one referee bonus at most.
                 ux(
                     "ux_bonuses_referee_role",
-                    vec![ReferralBonuses::RefereeId, ReferralBonuses::Role],
+                    [ReferralBonuses::RefereeId, ReferralBonuses::Role],
                 ),
-                ix(
-                    "ix_bonuses_beneficiary",
-                    vec![ReferralBonuses::BeneficiaryId],
-                ),
+                ix("ix_bonuses_beneficiary", [ReferralBonuses::BeneficiaryId]),
             ],
         )
         .await?;
@@ -286,12 +253,9 @@ impl MigrationTrait for Migration {
             ],
             [
                 primary_key([TradeCooldowns::UserId, TradeCooldowns::Symbol]),
-                user_fk(
-                    "fk_cooldowns_user",
-                    TradeCooldowns::Table,
-                    TradeCooldowns::UserId,
-                ),
+                user_fk("fk_cooldowns_user", TradeCooldowns::UserId),
             ],
+            [],
         )
         .await
     }

@@ -9,8 +9,7 @@ use sea_orm_migration::prelude::*;
 
 use crate::columns::{
     Constraint, bigint, bigint_zero, cascade_foreign_key, check, create_table, drop_tables, id,
-    indexes, integer, ix, nullable_bigint, nullable_text, nullable_varchar, one_of, positive,
-    primary_key, text, varchar,
+    integer, ix, natural_key, nullable, one_of, positive, primary_key, text, ux, varchar,
 };
 
 #[derive(DeriveMigrationName)]
@@ -111,7 +110,7 @@ const LOCK_STATUSES: [&str; 4] = ["active", "released", "expired", "failed"];
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let mut lock_cols = vec![varchar(TransactionLocks::Id, 36).primary_key().to_owned()];
+        let mut lock_cols = vec![natural_key(varchar(TransactionLocks::Id, 36))];
         lock_cols.extend(requester());
         lock_cols.extend([
             varchar(TransactionLocks::Status, 16),
@@ -119,15 +118,15 @@ impl MigrationTrait for Migration {
         ]);
         lock_cols.extend(request_body());
         lock_cols.extend([
-            nullable_text(TransactionLocks::Result),
-            nullable_text(TransactionLocks::Error),
+            nullable(text(TransactionLocks::Result)),
+            nullable(text(TransactionLocks::Error)),
             bigint(TransactionLocks::AcquiredAtMs),
             bigint(TransactionLocks::ExpiresAtMs),
-            nullable_bigint(TransactionLocks::ReleasedAtMs),
-            nullable_varchar(TransactionLocks::ReleasedBy, 300),
-            nullable_text(TransactionLocks::ReleaseReason),
+            nullable(bigint(TransactionLocks::ReleasedAtMs)),
+            nullable(varchar(TransactionLocks::ReleasedBy, 300)),
+            nullable(text(TransactionLocks::ReleaseReason)),
             bigint_zero(TransactionLocks::WaitMs),
-            nullable_bigint(TransactionLocks::QueueId),
+            nullable(bigint(TransactionLocks::QueueId)),
         ]);
         create_table(
             manager,
@@ -145,36 +144,28 @@ impl MigrationTrait for Migration {
                     TransactionLocks::FencingToken,
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            TransactionLocks::Table,
             [
                 ix(
                     "ix_transaction_locks_dedupe",
-                    vec![
+                    [
                         Request::IdempotencyKey.into_iden(),
                         TransactionLocks::AcquiredAtMs.into_iden(),
                     ],
                 ),
                 ix(
                     "ix_transaction_locks_status_expiry",
-                    vec![
-                        TransactionLocks::Status.into_iden(),
-                        TransactionLocks::ExpiresAtMs.into_iden(),
-                    ],
+                    [TransactionLocks::Status, TransactionLocks::ExpiresAtMs],
                 ),
                 ix(
                     "ix_transaction_locks_owner",
-                    vec![
+                    [
                         Request::OwnerId.into_iden(),
                         TransactionLocks::AcquiredAtMs.into_iden(),
                     ],
                 ),
                 ix(
                     "ix_transaction_locks_released_at",
-                    vec![TransactionLocks::ReleasedAtMs.into_iden()],
+                    [TransactionLocks::ReleasedAtMs],
                 ),
             ],
         )
@@ -196,10 +187,7 @@ impl MigrationTrait for Migration {
                 ]),
                 cascade_foreign_key(
                     "fk_lock_resources_lock",
-                    (
-                        TransactionLockResources::Table,
-                        TransactionLockResources::LockId,
-                    ),
+                    TransactionLockResources::LockId,
                     (TransactionLocks::Table, TransactionLocks::Id),
                 ),
                 one_of(
@@ -208,31 +196,23 @@ impl MigrationTrait for Migration {
                     LOCK_STATUSES,
                 ),
             ],
-        )
-        .await?;
-        // The last line of defence: whatever the code does, on whichever
-        // instance, a resource has at most one active grant.
-        manager
-            .create_index(
-                Index::create()
-                    .name("ux_lock_resources_active")
-                    .table(TransactionLockResources::Table)
-                    .col(TransactionLockResources::ResourceId)
-                    .unique()
-                    .and_where(Expr::col(TransactionLockResources::Status).eq("active"))
-                    .to_owned(),
-            )
-            .await?;
-        indexes(
-            manager,
-            TransactionLockResources::Table,
-            [ix(
-                "ix_lock_resources_resource",
-                vec![
-                    TransactionLockResources::ResourceId,
-                    TransactionLockResources::LockId,
-                ],
-            )],
+            [
+                // The last line of defence: whatever the code does, on whichever
+                // instance, a resource has at most one active grant.
+                ux(
+                    "ux_lock_resources_active",
+                    [TransactionLockResources::ResourceId],
+                )
+                .and_where(Expr::col(TransactionLockResources::Status).eq("active"))
+                .to_owned(),
+                ix(
+                    "ix_lock_resources_resource",
+                    [
+                        TransactionLockResources::ResourceId,
+                        TransactionLockResources::LockId,
+                    ],
+                ),
+            ],
         )
         .await?;
 
@@ -242,10 +222,10 @@ impl MigrationTrait for Migration {
         queue_cols.extend([
             bigint(TransactionQueue::TtlMs),
             varchar(TransactionQueue::Status, 16),
-            nullable_varchar(TransactionQueue::LockId, 36),
+            nullable(varchar(TransactionQueue::LockId, 36)),
             bigint(TransactionQueue::QueuedAtMs),
             bigint(TransactionQueue::DeadlineMs),
-            nullable_bigint(TransactionQueue::FinishedAtMs),
+            nullable(bigint(TransactionQueue::FinishedAtMs)),
         ]);
         create_table(
             manager,
@@ -259,29 +239,21 @@ impl MigrationTrait for Migration {
                 ),
                 priority_check("ck_transaction_queue_priority"),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            TransactionQueue::Table,
             [
                 ix(
                     "ix_transaction_queue_status_deadline",
-                    vec![
-                        TransactionQueue::Status.into_iden(),
-                        TransactionQueue::DeadlineMs.into_iden(),
-                    ],
+                    [TransactionQueue::Status, TransactionQueue::DeadlineMs],
                 ),
                 ix(
                     "ix_transaction_queue_dedupe",
-                    vec![
+                    [
                         Request::IdempotencyKey.into_iden(),
                         TransactionQueue::Status.into_iden(),
                     ],
                 ),
                 ix(
                     "ix_transaction_queue_finished_at",
-                    vec![TransactionQueue::FinishedAtMs.into_iden()],
+                    [TransactionQueue::FinishedAtMs],
                 ),
             ],
         )
@@ -301,21 +273,13 @@ impl MigrationTrait for Migration {
                 ]),
                 cascade_foreign_key(
                     "fk_queue_resources_item",
-                    (
-                        TransactionQueueResources::Table,
-                        TransactionQueueResources::QueueId,
-                    ),
+                    TransactionQueueResources::QueueId,
                     (TransactionQueue::Table, TransactionQueue::Id),
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            TransactionQueueResources::Table,
             [ix(
                 "ix_queue_resources_resource",
-                vec![
+                [
                     TransactionQueueResources::ResourceId,
                     TransactionQueueResources::QueueId,
                 ],
@@ -327,11 +291,10 @@ impl MigrationTrait for Migration {
             manager,
             LockFencing::Table,
             [
-                varchar(LockFencing::ResourceId, 200)
-                    .primary_key()
-                    .to_owned(),
+                natural_key(varchar(LockFencing::ResourceId, 200)),
                 bigint_zero(LockFencing::FencingToken),
             ],
+            [],
             [],
         )
         .await

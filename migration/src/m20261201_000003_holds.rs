@@ -8,8 +8,8 @@ use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::DbBackend;
 
 use crate::columns::{
-    add_column, bigint, bigint_zero, check, create_table, drop_column, drop_tables, id, indexes,
-    ix, nullable_ts, nullable_varchar, one_of, positive, ts, user_fk, varchar, wallet_fk,
+    add_column, bigint, bigint_zero, check, create_table, drop_column, drop_tables, id, ix,
+    nullable, one_of, positive, ts, user_fk, varchar, wallet_fk,
 };
 
 #[derive(DeriveMigrationName)]
@@ -90,15 +90,15 @@ impl MigrationTrait for Migration {
                 bigint(Holds::Amount),
                 bigint_zero(Holds::CapturedAmount),
                 varchar(Holds::Status, 8),
-                nullable_varchar(Holds::Reference, 255),
+                nullable(varchar(Holds::Reference, 255)),
                 ts(Holds::ExpiresAt),
                 bigint(Holds::ExpiresAtMs),
                 ts(Holds::CreatedAt),
-                nullable_ts(Holds::FinishedAt),
+                nullable(ts(Holds::FinishedAt)),
             ],
             [
-                user_fk("fk_holds_user", Holds::Table, Holds::UserId),
-                wallet_fk("fk_holds_wallet", Holds::Table, Holds::WalletId),
+                user_fk("fk_holds_user", Holds::UserId),
+                wallet_fk("fk_holds_wallet", Holds::WalletId),
                 one_of(
                     "ck_holds_status",
                     Holds::Status,
@@ -112,23 +112,18 @@ impl MigrationTrait for Migration {
                         .and(Expr::col(Holds::CapturedAmount).lte(Expr::col(Holds::Amount))),
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            Holds::Table,
             [
                 // A user's holds, newest first, optionally by status.
-                ix("ix_holds_user", vec![Holds::UserId, Holds::Id]),
+                ix("ix_holds_user", [Holds::UserId, Holds::Id]),
                 // The active holds of one wallet that are due (lazy expiry
                 // under the wallet lock), and every due hold (the cleanup job).
                 ix(
                     "ix_holds_wallet_status_expiry",
-                    vec![Holds::WalletId, Holds::Status, Holds::ExpiresAtMs],
+                    [Holds::WalletId, Holds::Status, Holds::ExpiresAtMs],
                 ),
                 ix(
                     "ix_holds_status_expiry",
-                    vec![Holds::Status, Holds::ExpiresAtMs],
+                    [Holds::Status, Holds::ExpiresAtMs],
                 ),
             ],
         )

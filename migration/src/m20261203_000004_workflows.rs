@@ -10,9 +10,8 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    bigint, bigint_zero, cascade_foreign_key, create_table, drop_tables, id, indexes, integer, ix,
-    nullable_bigint, nullable_text, nullable_ts, nullable_varchar, one_of, positive, text, ts,
-    user_fk, ux, varchar,
+    bigint, bigint_zero, cascade_foreign_key, create_table, drop_tables, id, integer, ix, nullable,
+    one_of, positive, text, ts, user_fk, ux, varchar,
 };
 
 #[derive(DeriveMigrationName)]
@@ -84,21 +83,21 @@ impl MigrationTrait for Migration {
                 bigint(Workflows::Amount),
                 varchar(Workflows::Status, 16),
                 text(Workflows::Params),
-                nullable_text(Workflows::Result),
-                nullable_text(Workflows::Error),
-                nullable_bigint(Workflows::HoldId),
+                nullable(text(Workflows::Result)),
+                nullable(text(Workflows::Error)),
+                nullable(bigint(Workflows::HoldId)),
                 integer(Workflows::Step),
                 varchar(Workflows::Phase, 12),
                 bigint(Workflows::NextRunAtMs),
                 bigint(Workflows::DeadlineAtMs),
-                nullable_varchar(Workflows::LeaseOwner, 64),
-                nullable_bigint(Workflows::LeaseExpiresAtMs),
+                nullable(varchar(Workflows::LeaseOwner, 64)),
+                nullable(bigint(Workflows::LeaseExpiresAtMs)),
                 bigint_zero(Workflows::Generation),
                 ts(Workflows::CreatedAt),
                 ts(Workflows::UpdatedAt),
             ],
             [
-                user_fk("fk_workflows_user", Workflows::Table, Workflows::UserId),
+                user_fk("fk_workflows_user", Workflows::UserId),
                 one_of(
                     "ck_workflows_kind",
                     Workflows::Kind,
@@ -112,18 +111,13 @@ impl MigrationTrait for Migration {
                 ),
                 positive("ck_workflows_amount_positive", Workflows::Amount),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            Workflows::Table,
             [
                 // What the workers claim: running workflows whose time has come.
                 ix(
                     "ix_workflows_status_next_run",
-                    vec![Workflows::Status, Workflows::NextRunAtMs],
+                    [Workflows::Status, Workflows::NextRunAtMs],
                 ),
-                ix("ix_workflows_user", vec![Workflows::UserId, Workflows::Id]),
+                ix("ix_workflows_user", [Workflows::UserId, Workflows::Id]),
             ],
         )
         .await?;
@@ -136,19 +130,15 @@ impl MigrationTrait for Migration {
                 integer(WorkflowSteps::Position),
                 varchar(WorkflowSteps::Name, 32),
                 varchar(WorkflowSteps::Status, 12),
-                ColumnDef::new(WorkflowSteps::Attempts)
-                    .integer()
-                    .not_null()
-                    .default(0)
-                    .to_owned(),
-                nullable_ts(WorkflowSteps::StartedAt),
-                nullable_ts(WorkflowSteps::FinishedAt),
-                nullable_text(WorkflowSteps::Error),
+                integer(WorkflowSteps::Attempts).default(0).to_owned(),
+                nullable(ts(WorkflowSteps::StartedAt)),
+                nullable(ts(WorkflowSteps::FinishedAt)),
+                nullable(text(WorkflowSteps::Error)),
             ],
             [
                 cascade_foreign_key(
                     "fk_workflow_steps_workflow",
-                    (WorkflowSteps::Table, WorkflowSteps::WorkflowId),
+                    WorkflowSteps::WorkflowId,
                     (Workflows::Table, Workflows::Id),
                 ),
                 one_of(
@@ -157,14 +147,9 @@ impl MigrationTrait for Migration {
                     STEP_STATUSES,
                 ),
             ],
-        )
-        .await?;
-        indexes(
-            manager,
-            WorkflowSteps::Table,
             [ux(
                 "ux_workflow_steps_position",
-                vec![WorkflowSteps::WorkflowId, WorkflowSteps::Position],
+                [WorkflowSteps::WorkflowId, WorkflowSteps::Position],
             )],
         )
         .await

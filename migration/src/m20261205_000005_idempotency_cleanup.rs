@@ -11,6 +11,8 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::columns::{create_indexes, ix};
+
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -26,16 +28,14 @@ const STALE_CLAIMS: &str = "ix_idempotency_processing_locked_until";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_index(
-                Index::create()
-                    .name(STALE_CLAIMS)
-                    .table(IdempotencyKeys::Table)
-                    .col(IdempotencyKeys::LockedUntilMs)
-                    .and_where(Expr::col(IdempotencyKeys::Status).eq("processing"))
-                    .to_owned(),
-            )
-            .await
+        create_indexes(
+            manager,
+            IdempotencyKeys::Table,
+            [ix(STALE_CLAIMS, [IdempotencyKeys::LockedUntilMs])
+                .and_where(Expr::col(IdempotencyKeys::Status).eq("processing"))
+                .to_owned()],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
