@@ -215,25 +215,24 @@ fn lock_metrics(m: &Maker) -> Result<LockMetrics, prometheus::Error> {
 fn build() -> Result<Metrics, prometheus::Error> {
     let registry = Registry::new_custom(Some("ledger".into()), None)?;
     let m = Maker(&registry);
-    let http_latency = m.add(HistogramVec::new(
-        HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(vec![
-            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ]),
-        &["route"],
-    ))?;
     // This process's id, so a scraper behind a shared port (SO_REUSEPORT)
     // can tell instances apart; set once, so only the registry keeps it.
     m.gauge("process_id", "Operating-system id of this process")?
         .set(i64::from(std::process::id()));
-    let db_up = m.gauge("db_up", "1 while the database answers the health probe")?;
-    db_up.set(1);
     let metrics = Metrics {
         http_requests: m.counters(
             "http_requests_total",
             "HTTP requests by route and status",
             &["route", "status"],
         )?,
-        http_latency,
+        http_latency: m.add(HistogramVec::new(
+            HistogramOpts::new("http_request_duration_seconds", "HTTP request latency").buckets(
+                vec![
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+            &["route"],
+        ))?,
         tx_attempts: m.counters(
             "db_transaction_attempts_total",
             "Transaction attempts",
@@ -282,7 +281,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "Transactions committed, by operation",
             &["operation"],
         )?,
-        db_up,
+        db_up: m.gauge("db_up", "1 while the database answers the health probe")?,
         shed: m.counters(
             "requests_shed_total",
             "Requests answered 503 at once instead of waiting, by reason",
@@ -296,6 +295,7 @@ fn build() -> Result<Metrics, prometheus::Error> {
         workflows: workflow_metrics(&m)?,
         registry,
     };
+    metrics.db_up.set(1);
     Ok(metrics)
 }
 
