@@ -151,6 +151,19 @@ impl DomainError {
         )
     }
 
+    /// The failure of a whole batch (a group commit's or a batch of reads),
+    /// for each of its requests. Only transient failures (and bugs) end a
+    /// batch; each request gets the same kind.
+    pub fn shared(e: &DomainError) -> DomainError {
+        match e {
+            DomainError::Overloaded => DomainError::Overloaded,
+            DomainError::Unavailable(source) => {
+                DomainError::Unavailable(DbErr::Custom(source.to_string()))
+            }
+            other => DomainError::unexpected(other.to_string()),
+        }
+    }
+
     /// A broken expectation of the code itself, with its cause.
     pub fn unexpected(cause: impl Into<BoxError>) -> Self {
         Self::Unexpected(cause.into())

@@ -26,27 +26,25 @@
 //!    re-run whole;
 //! 5. one commit; only then is each request answered, with its own answer.
 //!
-//! Groups form without waiting: a request queues its write and, when fewer
-//! than `groups` groups are running, starts a leader that takes what is
-//! queued (up to `max_size`, planned writes and the others in groups of
-//! their own) — so a lone request goes at once, and under load the writes
-//! that arrived during one commit make up the next group. The leader runs as
-//! a task of its own: a client that hangs up cannot cancel the others'
-//! writes. A planned write waiting for its group does not count against the
-//! in-flight limit (`infra::in_flight`).
+//! Groups form without waiting (`batch`): a lone request goes at once, and
+//! under load the writes that arrived during one commit make up the next
+//! group (up to `max_size`; planned writes and the others in groups of their
+//! own, at most `groups` at once). A client that hangs up cannot cancel the
+//! others' writes. A planned write waiting for its group does not count
+//! against the in-flight limit (`infra::in_flight`).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use infra::in_flight;
 use infra::metrics::metrics;
 use sea_orm::{DatabaseTransaction, TransactionTrait};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 
 use crate::Ledger;
+use crate::batch::Batcher;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse};
 use crate::ledger::books::Books;
@@ -70,8 +68,6 @@ pub type PlanOp = Arc<dyn Fn(&mut Books) -> DomainResult<StoredResponse> + Send 
 
 /// A queued write and where its answer goes.
 pub struct Write {
-    /// Tells a queued write from the others, to take it back out.
-    id: u64,
     /// The command's name, for metrics and logs.
     pub name: &'static str,
     pub req: IdempotentRequest,
@@ -84,23 +80,11 @@ pub struct Write {
 }
 
 /// The queue and the running groups of one process.
+#[derive(Debug)]
 pub struct GroupCommit {
-    queue: Mutex<VecDeque<Write>>,
-    slots: Arc<Semaphore>,
-    max_size: usize,
-    /// A write still queued after this long (every group busy) is shed with
-    /// 503 `overloaded`, as a request that waits too long for a connection.
-    wait_budget: Duration,
-    next_id: AtomicU64,
-}
-
-impl std::fmt::Debug for GroupCommit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GroupCommit")
-            .field("max_size", &self.max_size)
-            .field("free_groups", &self.slots.available_permits())
-            .finish()
-    }
+    /// Writes of one group are all planned or all not: planned writes keep
+    /// their fast path beside the others.
+    batches: Arc<Batcher<Write>>,
 }
 
 /// How one write of a group ended, before the commit.
@@ -114,19 +98,16 @@ enum Ended {
 
 impl GroupCommit {
     pub fn new(groups: usize, max_size: usize, wait_budget: Duration) -> Self {
+        let planned = |w: &Write| w.plan.is_some();
         Self {
-            queue: Mutex::new(VecDeque::new()),
-            slots: Arc::new(Semaphore::new(groups.max(1))),
-            max_size: max_size.max(1),
-            wait_budget,
-            next_id: AtomicU64::new(0),
+            batches: Arc::new(Batcher::new(groups, max_size, wait_budget, planned)),
         }
     }
 
     /// Queues a write and waits for its answer, which comes only after the
     /// commit of the group it ran in.
     pub async fn submit(
-        self: &Arc<Self>,
+        &self,
         ledger: &Ledger,
         name: &'static str,
         req: IdempotentRequest,
@@ -134,33 +115,24 @@ impl GroupCommit {
         (op, plan): (WriteOp, Option<PlanOp>),
         refuse: Refusal,
     ) -> DomainResult<Outcome> {
-        let (reply, mut answer) = oneshot::channel();
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let planned = plan.is_some();
-        self.lock_queue().push_back(Write {
-            id,
-            name,
-            req,
-            wallets,
-            op,
-            plan,
-            refuse,
-            reply,
-        });
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            let (group, ledger) = (Arc::clone(self), ledger.clone());
-            tokio::spawn(async move { group.lead(slot, ledger).await });
-        }
-        let ended = |_| Err(DomainError::unexpected("a group ended without an answer"));
-        let wait = async {
-            match tokio::time::timeout(self.wait_budget, &mut answer).await {
-                Ok(outcome) => outcome.unwrap_or_else(ended),
-                // Still queued: shed it. Already taken by a group: it may be
-                // committing, so its answer is awaited whatever it takes.
-                Err(_) if self.take_back(id) => Err(DomainError::Overloaded),
-                Err(_) => answer.await.unwrap_or_else(ended),
-            }
-        };
+        let ledger = ledger.clone();
+        let ticket = self.batches.push(
+            |reply| Write {
+                name,
+                req,
+                wallets,
+                op,
+                plan,
+                refuse,
+                reply,
+            },
+            move |group| {
+                let ledger = ledger.clone();
+                async move { run_group(&ledger, group).await }
+            },
+        );
+        let wait = self.batches.answer(ticket);
         // A planned write, queued, holds no connection, and its group takes
         // five statements however big it is: it does not count among the
         // requests in flight (see `infra::in_flight`). Any other waits
@@ -169,61 +141,6 @@ impl GroupCommit {
             in_flight::uncounted(wait).await
         } else {
             wait.await
-        }
-    }
-
-    /// Removes a write that no group has taken yet; false when one has.
-    fn take_back(&self, id: u64) -> bool {
-        let mut queue = self.lock_queue();
-        match queue.iter().position(|w| w.id == id) {
-            Some(at) => queue.remove(at).is_some(),
-            None => false,
-        }
-    }
-
-    fn lock_queue(&self) -> std::sync::MutexGuard<'_, VecDeque<Write>> {
-        // The queue is only pushed to and drained; a panic elsewhere cannot
-        // leave it half-changed, so a poisoned lock is still usable.
-        self.queue.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The next group: up to `max_size` writes of the kind of the oldest
-    /// queued one — planned or not, so that planned writes keep their fast
-    /// path beside the others — in the order they came.
-    fn take_group(&self) -> Vec<Write> {
-        let mut queue = self.lock_queue();
-        let Some(planned) = queue.front().map(|w| w.plan.is_some()) else {
-            return Vec::new();
-        };
-        let (mut group, mut rest) = (Vec::new(), VecDeque::with_capacity(queue.len()));
-        for write in queue.drain(..) {
-            if group.len() < self.max_size && write.plan.is_some() == planned {
-                group.push(write);
-            } else {
-                rest.push_back(write);
-            }
-        }
-        *queue = rest;
-        group
-    }
-
-    /// Runs groups until the queue is empty. The slot is given back before
-    /// the last look at the queue: a write queued while every slot was taken
-    /// is then either seen here or finds a free slot itself.
-    async fn lead(self: Arc<Self>, mut slot: tokio::sync::OwnedSemaphorePermit, ledger: Ledger) {
-        loop {
-            let group = self.take_group();
-            if !group.is_empty() {
-                run_group(&ledger, group).await;
-            }
-            drop(slot);
-            if self.lock_queue().is_empty() {
-                return;
-            }
-            match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(next) => slot = next,
-                Err(_) => return,
-            }
         }
     }
 }
@@ -296,7 +213,7 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             // Nothing of the group committed: every write gets the failure
             // (a 503 the client may retry with the same key).
             for write in group {
-                let _ = write.reply.send(Err(clone_failure(&e)));
+                let _ = write.reply.send(Err(DomainError::shared(&e)));
             }
         }
     }
@@ -471,17 +388,5 @@ async fn run_one(
                 e => Ok(Ended::Refused(e)),
             }
         }
-    }
-}
-
-/// The failure of a whole group, for each of its writes. Only transient
-/// failures (and bugs) end a group; each write gets the same kind.
-fn clone_failure(e: &DomainError) -> DomainError {
-    match e {
-        DomainError::Overloaded => DomainError::Overloaded,
-        DomainError::Unavailable(source) => {
-            DomainError::Unavailable(sea_orm::DbErr::Custom(source.to_string()))
-        }
-        other => DomainError::unexpected(other.to_string()),
     }
 }

@@ -7,7 +7,9 @@
 //! - holds (create, capture, void, lazy expiry under the wallet lock, the
 //!   cleanup job): `ledger/holds.rs`;
 //! - the money-moving primitive (FinancialService): `ledger/financial.rs`;
-//! - group commit (writes sharing one transaction): `group.rs`; the books
+//! - batches that form without waiting: `batch.rs`; group commit (writes
+//!   sharing one transaction): `group.rs`; coalesced wallet reads:
+//!   `ledger/reads.rs`; the books
 //!   a group of deposits and withdrawals is applied to in memory:
 //!   `ledger/books.rs`;
 //! - journal kinds and the hash chain: `ledger/journal.rs`; the books
@@ -28,6 +30,7 @@
 //! Every write is a [`Command`]: the [`Ledger`] handle runs it in a retried
 //! transaction, once per Idempotency-Key ([`Ledger::execute_once`]).
 
+pub mod batch;
 pub mod clock;
 pub mod db_error;
 pub mod error;
@@ -53,6 +56,7 @@ use sea_orm::DatabaseTransaction;
 use crate::group::{GroupCommit, PlanOp, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::ledger::books::Books;
+use crate::ledger::reads::WalletReads;
 use crate::ledger::wallets::WalletKind;
 use crate::locks::{LockRules, LockService};
 use crate::money::Rate;
@@ -114,6 +118,8 @@ pub struct Ledger {
     pub settle_batch: u64,
     /// Money writes sharing commits; `None` when group commit is off.
     pub group: Option<Arc<GroupCommit>>,
+    /// Wallet reads sharing statements; `None` when off.
+    pub reads: Option<Arc<WalletReads>>,
     pub locks: LockService,
 }
 
@@ -216,6 +222,13 @@ impl Ledger {
                 Arc::new(GroupCommit::new(
                     config.group_commit.groups,
                     config.group_commit.max_size,
+                    config.database.wait_budget,
+                ))
+            }),
+            reads: config.reads.enabled.then(|| {
+                Arc::new(WalletReads::new(
+                    config.reads.batches,
+                    config.reads.max_size,
                     config.database.wait_budget,
                 ))
             }),

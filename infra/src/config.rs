@@ -62,6 +62,7 @@ pub struct Config {
     pub trading: TradingConfig,
     pub referrals: ReferralConfig,
     pub group_commit: GroupCommitConfig,
+    pub reads: ReadBatchConfig,
     pub locks: LockConfig,
     pub holds: HoldConfig,
     pub workflows: WorkflowConfig,
@@ -287,6 +288,27 @@ impl Default for GroupCommitConfig {
     }
 }
 
+/// Wallet reads that arrive together share one statement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReadBatchConfig {
+    pub enabled: bool,
+    /// The most reads one statement carries.
+    pub max_size: usize,
+    /// How many batches may run at once in this process (each holds one
+    /// pooled connection for one statement).
+    pub batches: usize,
+}
+
+impl Default for ReadBatchConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_size: 64,
+            batches: 1,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ReferralConfig {
     /// Paid to the referrer's live wallet when a referee signs up.
@@ -440,6 +462,9 @@ struct Settings {
     group_commit: bool,
     group_commit_max_size: usize,
     group_commit_groups: usize,
+    read_batch: bool,
+    read_batch_max_size: usize,
+    read_batches: usize,
     lock_queue_aging_ms: u64,
     lock_queue_max: u32,
     lock_dedupe_ms: u64,
@@ -487,6 +512,7 @@ impl Default for Settings {
             trading,
             referrals,
             group_commit,
+            reads,
             locks,
             holds,
             workflows,
@@ -529,6 +555,9 @@ impl Default for Settings {
             group_commit: group_commit.enabled,
             group_commit_max_size: group_commit.max_size,
             group_commit_groups: group_commit.groups,
+            read_batch: reads.enabled,
+            read_batch_max_size: reads.max_size,
+            read_batches: reads.batches,
             lock_queue_aging_ms: millis(locks.queue_aging),
             lock_queue_max: locks.queue_max,
             lock_dedupe_ms: millis(locks.dedupe),
@@ -668,6 +697,11 @@ impl TryFrom<Settings> for Config {
                 max_size: s.group_commit_max_size,
                 groups: s.group_commit_groups,
             },
+            reads: ReadBatchConfig {
+                enabled: s.read_batch,
+                max_size: s.read_batch_max_size,
+                batches: s.read_batches,
+            },
             locks: LockConfig {
                 queue_aging: Duration::from_millis(s.lock_queue_aging_ms),
                 queue_max: s.lock_queue_max,
@@ -756,6 +790,7 @@ impl Config {
             trading,
             referrals,
             group_commit,
+            reads,
             locks,
             holds: _,
             workflows,
@@ -810,6 +845,9 @@ impl Config {
         }
         if group_commit.max_size == 0 || group_commit.groups == 0 {
             return bad("group_commit_max_size and group_commit_groups must be at least 1");
+        }
+        if reads.max_size == 0 || reads.batches == 0 {
+            return bad("read_batch_max_size and read_batches must be at least 1");
         }
         check_amount("review_threshold", workflows.review_threshold)?;
         if workflows.lease < Duration::from_millis(100) || workflows.poll.is_zero() {

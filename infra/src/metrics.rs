@@ -29,6 +29,8 @@ pub struct Metrics {
     pub db_commits: IntCounterVec,
     /// Writes per group-commit transaction.
     pub group_size: Histogram,
+    /// Wallet reads per coalesced read statement.
+    pub read_batch_size: Histogram,
     /// Groups of planned writes (deposits, withdrawals) written together
     /// without savepoints, by how that went: `committed`, or `rerun` with
     /// savepoints because one of their keys was stored elsewhere meanwhile.
@@ -266,6 +268,11 @@ fn build() -> Result<Metrics, prometheus::Error> {
             "db_group_size",
             "Money writes per group-commit transaction",
             &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+        )?,
+        read_batch_size: m.histogram(
+            "db_read_batch_size",
+            "Wallet reads per coalesced read statement",
+            &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0],
         )?,
         group_together: m.counters(
             "db_group_together_total",

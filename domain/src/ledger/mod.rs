@@ -6,6 +6,7 @@ pub mod books;
 pub mod financial;
 pub mod holds;
 pub mod journal;
+pub mod reads;
 pub mod reconcile;
 pub mod users;
 pub mod wallets;

@@ -555,15 +555,14 @@ impl Ledger {
     #[tracing::instrument(level = "debug", skip(self))]
     pub async fn wallets(&self, user_id: i64) -> DomainResult<Vec<WalletView>> {
         let conn = &self.db.conn;
-        let wallets = wallet::Entity::find()
-            .filter(wallet::Column::UserId.eq(user_id))
-            .order_by_asc(wallet::Column::Id)
-            .all(conn)
-            .await?;
+        let wallets = match &self.reads {
+            Some(reads) => reads.read(conn, user_id).await?,
+            None => read_wallets(conn, &[user_id]).await?,
+        };
         if wallets.is_empty() {
             require_user(conn, user_id).await?;
         }
-        wallet_views(conn, &wallets).await
+        Ok(wallets.into_iter().map(|(_, w)| w).collect())
     }
 
     /// A user's journal, newest first.
@@ -577,6 +576,22 @@ impl Ledger {
     ) -> DomainResult<crate::page::Page<crate::ledger::journal::JournalView>> {
         crate::ledger::journal::list_journal(&self.db.conn, user_id, wallet, limit, before_id).await
     }
+}
+
+/// The wallets of these users as they read, each with its user's id, in
+/// wallet id order: one statement (and one more for wallets with holds,
+/// see [`wallet_views`]).
+pub async fn read_wallets<C: ConnectionTrait>(
+    conn: &C,
+    user_ids: &[i64],
+) -> DomainResult<Vec<(i64, WalletView)>> {
+    let wallets = wallet::Entity::find()
+        .filter(wallet::Column::UserId.is_in(user_ids.iter().copied()))
+        .order_by_asc(wallet::Column::Id)
+        .all(conn)
+        .await?;
+    let views = wallet_views(conn, &wallets).await?;
+    Ok(wallets.iter().map(|w| w.user_id).zip(views).collect())
 }
 
 /// The wallets as they read (see [`WalletView::of`]). Only a wallet with

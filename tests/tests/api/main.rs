@@ -18,6 +18,7 @@ mod locks;
 mod locks_concurrency;
 mod monitor;
 mod operations;
+mod reads;
 mod referrals;
 mod security;
 mod signals;
