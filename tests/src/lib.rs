@@ -725,6 +725,18 @@ pub fn live(user: i64, amount: &str) -> Value {
     serde_json::json!({ "user_id": user, "amount": amount, "wallet": "live" })
 }
 
+/// How many observations of a batch-size histogram (group commit's groups,
+/// coalesced reads) were above one: batches that were shared.
+pub fn shared(sizes: &prometheus::Histogram) -> u64 {
+    let alone = prometheus::core::Collector::collect(sizes)
+        .iter()
+        .flat_map(|f| f.get_metric())
+        .flat_map(|m| m.get_histogram().get_bucket())
+        .find(|b| b.upper_bound() == 1.0)
+        .map_or(0, |b| b.cumulative_count());
+    sizes.get_sample_count() - alone
+}
+
 /// A decimal string as a number, for comparing amounts.
 pub fn dec(s: &str) -> rust_decimal::Decimal {
     s.parse().unwrap()

@@ -7,7 +7,9 @@ use std::time::Duration;
 use futures::future::join_all;
 use rust_decimal::Decimal;
 use serde_json::json;
-use tests::{Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, fresh_key, live, scale};
+use tests::{
+    Engine, Reply, TestApp, assert_no_5xx, both_engines, dec, fresh_key, live, scale, shared,
+};
 
 const DEPOSIT: &str = "/api/v1/wallets/deposit";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
@@ -15,14 +17,7 @@ const WITHDRAW: &str = "/api/v1/wallets/withdraw";
 /// How many group-commit transactions carried more than one write so far
 /// (process-wide: a floor, not an exact count, with tests in parallel).
 fn shared_groups() -> u64 {
-    let h = &infra::metrics::metrics().group_size;
-    let alone = prometheus::core::Collector::collect(h)
-        .iter()
-        .flat_map(|f| f.get_metric())
-        .flat_map(|m| m.get_histogram().get_bucket())
-        .find(|b| b.upper_bound() == 1.0)
-        .map_or(0, |b| b.cumulative_count());
-    h.get_sample_count() - alone
+    shared(&infra::metrics::metrics().group_size)
 }
 
 /// Groups of deposits run without savepoints so far, by outcome

@@ -4,19 +4,12 @@
 
 use futures::future::join_all;
 use rust_decimal::Decimal;
-use tests::{Engine, TestApp, both_engines, dec_of, scale};
+use tests::{Engine, TestApp, both_engines, dec_of, scale, shared};
 
 /// How many read statements carried more than one read so far
 /// (process-wide: a floor, not an exact count, with tests in parallel).
 fn shared_batches() -> u64 {
-    let h = &infra::metrics::metrics().read_batch_size;
-    let alone = prometheus::core::Collector::collect(h)
-        .iter()
-        .flat_map(|f| f.get_metric())
-        .flat_map(|m| m.get_histogram().get_bucket())
-        .find(|b| b.upper_bound() == 1.0)
-        .map_or(0, |b| b.cumulative_count());
-    h.get_sample_count() - alone
+    shared(&infra::metrics::metrics().read_batch_size)
 }
 
 fn live_balance(wallets: &serde_json::Value) -> Decimal {
