@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# A flame graph of the server serving wallet reads: where the CPU of one
-# `GET /api/v1/users/{id}/wallets` goes.
+# A flame graph of the server under one kind of load: where the CPU of one
+# wallet read (`GET /api/v1/users/{id}/wallets`) or one deposit
+# (`POST /api/v1/wallets/deposit`) goes.
 #
-#   bench/profile-read.sh          writes bench/flamegraph-read.svg and
-#                                  bench/profile-read.txt (the top frames)
+#   bench/profile.sh [read|deposit]   writes bench/flamegraph-SCENARIO.svg and
+#                                     bench/profile-SCENARIO.txt (the top
+#                                     frames); read when not named
 #
 # Builds the release binaries, seeds a PostgreSQL database of its own
 # (ledger_profile) with `ledger seed-load`, starts the release server (the
-# same settings as bench/run.sh), runs loadgen's read scenario (50
+# same settings as bench/run.sh), runs loadgen's scenario (50
 # connections) and samples the server with
 # `perf record -F 999 --call-graph dwarf -p <pid>` for PROFILE_SECONDS
 # (default 15) in the middle of it. Plain `-g` unwinds with frame pointers,
@@ -19,6 +21,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
+scenario="${1:-read}"
+case "$scenario" in
+  read) route="GET /api/v1/users/{id}/wallets" ;;
+  deposit) route="POST /api/v1/wallets/deposit" ;;
+  *) echo "usage: bench/profile.sh [read|deposit]" >&2; exit 2 ;;
+esac
 seconds="${PROFILE_SECONDS:-15}"
 users="${PROFILE_USERS:-2000}"
 call_graph="${PERF_CALL_GRAPH:-dwarf}"
@@ -26,8 +34,8 @@ db=ledger_profile
 url="$(database_url "$db")"
 port=18091
 perf="${PERF:-perf}"
-svg=bench/flamegraph-read.svg
-summary=bench/profile-read.txt
+svg="bench/flamegraph-$scenario.svg"
+summary="bench/profile-$scenario.txt"
 load=""
 on_exit() {
   stop_pid "$load"
@@ -53,25 +61,33 @@ echo "== server"
 export LEDGER_LISTEN="127.0.0.1:$port" LEDGER_DB_MAX_CONNECTIONS=50
 start_server "$bin/ledger" "$work/server.log" 200
 
-echo "== read load, perf on the server (pid $server) for ${seconds}s"
-"$bin/loadgen" --users-file "$work/users.json" --target "127.0.0.1:$port" --label profile-read \
-  --scenario read --vus 50 --duration "$((seconds + 6))" >"$work/loadgen.txt" 2>&1 &
+echo "== $scenario load, perf on the server (pid $server) for ${seconds}s"
+"$bin/loadgen" --users-file "$work/users.json" --target "127.0.0.1:$port" --label "profile-$scenario" \
+  --scenario "$scenario" --vus 50 --duration "$((seconds + 6))" >"$work/loadgen.txt" 2>&1 &
 load=$!
 sleep 3
+# CPU time of the machine and of the server over the sampled seconds:
+# whether the server (or the machine) is saturated or waits.
+cpu_times() { head -1 /proc/stat; awk '{print "server", $14 + $15}' "/proc/$server/stat"; }
+cpu_times >"$work/cpu-before.txt"
 "$perf" record -F 999 --call-graph "$call_graph" -p "$server" -o "$work/perf.data" -- sleep "$seconds" 2>&1 |
   grep -v '^\[ perf record: Woken' || true
+cpu_times >"$work/cpu-after.txt"
 wait "$load" || true
 load=""
 cat "$work/loadgen.txt"
+curl -fs "http://$LEDGER_LISTEN/metrics" >"$work/metrics.txt" || true
 
 echo "== flame graph"
 "$perf" script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"$work/folded.txt"
-inferno-flamegraph --title "ledger: GET /api/v1/users/{id}/wallets, 50 connections (perf -F 999, ${seconds} s)" \
+inferno-flamegraph --title "ledger: $route, 50 connections (perf -F 999, ${seconds} s)" \
   <"$work/folded.txt" >"$svg"
 
 # The top frames: self time (the frame on top of the stack) and total time
 # (the frame anywhere in the stack), each as a share of all samples.
-python3 - "$work/folded.txt" "$work/loadgen.txt" >"$summary" <<'EOF'
+python3 - "$work/folded.txt" "$work/loadgen.txt" "$work/cpu-before.txt" "$work/cpu-after.txt" \
+  "$work/metrics.txt" "$seconds" >"$summary" <<'EOF'
+import os
 import re
 import sys
 from collections import Counter
@@ -95,11 +111,14 @@ def short(frame):
     return frame if len(frame) <= 150 else frame[:147] + "..."
 
 
-# What a read spends its CPU on: the share of the weight whose stack holds
+# What a request spends its CPU on: the share of the weight whose stack holds
 # a frame matching each pattern (the areas overlap: JSON inside the
 # handler, the kernel inside the database I/O; each is counted where it is).
 areas = [
-    ("JWT verification (jsonwebtoken, HMAC-SHA256, the auth extractor)", r"jsonwebtoken|hmac|sha2::|api::auth"),
+    ("JWT verification (jsonwebtoken, HMAC-SHA256, the auth extractor)", r"jsonwebtoken|hmac|api::auth"),
+    ("SHA-256 (the request's fingerprint, the journal's hash chain)", r"sha2::"),
+    ("group commit (the leader, the group's books and statements)", r"domain::group"),
+    ("idempotency (claim, replay, the stored answer)", r"domain::idempotency"),
     ("JSON (serde_json, poem-openapi ToJSON)", r"serde_json|ToJSON|to_json|ParseFromJSON"),
     ("logging and tracing (tracing-subscriber, the request log line)", r"tracing_subscriber|tracing_core::event|tracing::span::Span::(new|record)|tracing_appender"),
     ("metrics (prometheus)", r"prometheus"),
@@ -123,6 +142,29 @@ load = open(sys.argv[2]).read()
 first = next((l for l in load.splitlines() if " req/s " in l), "")
 print(f"total weight (perf cpu-clock periods): {total}")
 print(f"load during the profile: {first}")
+
+
+def cpu(path):
+    lines = open(path).read().splitlines()
+    ticks = [int(x) for x in lines[0].split()[1:]]
+    return sum(ticks), ticks[3] + ticks[4], int(lines[1].split()[1])
+
+
+(all0, idle0, srv0), (all1, idle1, srv1) = cpu(sys.argv[3]), cpu(sys.argv[4])
+hz, seconds = os.sysconf("SC_CLK_TCK"), float(sys.argv[6])
+print(
+    f"CPU over the sampled {seconds:g} s: machine {100 - 100 * (idle1 - idle0) / max(all1 - all0, 1):.0f} % busy "
+    f"({os.cpu_count()} cores), the server {(srv1 - srv0) / hz / seconds:.2f} cores"
+)
+# Batches the server formed over the whole load run (`/metrics`): how many,
+# their mean size, and how many held one request only.
+metrics = open(sys.argv[5]).read() if os.path.exists(sys.argv[5]) else ""
+for name, what in (("ledger_db_group_size", "group-commit transactions"),
+                   ("ledger_db_read_batch_size", "coalesced read statements")):
+    value = lambda suffix: float((re.search(rf"^{name}{suffix} (\S+)$", metrics, re.M) or [0, 0])[1])  # noqa: E731
+    count, alone = value("_count"), value('_bucket{le="1"}')
+    if count:
+        print(f"{what}: {count:,.0f}, mean size {value('_sum') / count:.1f}, {alone:,.0f} of one request")
 print()
 print("where the CPU goes (% of the weight with a matching frame on the stack; areas overlap)")
 for name, pattern in areas:

@@ -5,8 +5,11 @@
 #   bench/run.sh                     the full run (about 30 minutes)
 #   BENCH_QUICK=1 bench/run.sh       a short rehearsal (smaller, shorter)
 #   BENCH_ONLY=holds,workflows bench/run.sh
-#                                    seed, then only these sections (orders,
-#                                    holds, workflows, fast: the 33,000-user
+#                                    seed, then only these sections (api:
+#                                    pgbench and the API's deposits, reads and
+#                                    hot wallet, with and without group commit
+#                                    and coalesced reads; orders, holds,
+#                                    workflows, fast: the 33,000-user
 #                                    fast-think run); the other results stay, and
 #                                    the report is written from all of them
 #   BENCH_NOTE="..."                 a remark on the machine (other work running
@@ -24,7 +27,7 @@
 # with 3-6 s (more than the server can serve: load shedding, and the
 # clients' retries with the same keys); the SQLite default at moderate load.
 # Between the API runs and the mixed runs: the writes without group commit
-# (before/after), resource locks (uncontended, and one hot resource with
+# and the reads without coalescing (before/after), resource locks (uncontended, and one hot resource with
 # 200 queued waiters), and orders opened without and with a signal_id (a
 # trade lock); holds created and captured, and withdrawal workflows (hold,
 # payout, capture) against `payout-sim` accepting at once, with 4 and 16
@@ -81,7 +84,7 @@ bench_setup
 server_cmd=""
 serve() {
   local name="$1" instances="${2:-1}" pool="${3:-50}" i extra="" var
-  for var in LEDGER_GROUP_COMMIT LEDGER_PAYOUT_URL LEDGER_WORKFLOW_WORKERS LEDGER_MAX_IN_FLIGHT; do
+  for var in LEDGER_GROUP_COMMIT LEDGER_READ_BATCH LEDGER_PAYOUT_URL LEDGER_WORKFLOW_WORKERS LEDGER_MAX_IN_FLIGHT; do
     [ -n "${!var:-}" ] && extra="$extra$var=${!var} "
   done
   case "$DATABASE_URL" in sqlite:*) extra="${extra}DATABASE_URL=sqlite://…/ledger.db " ;; esac
@@ -241,6 +244,35 @@ echo "== machine"
   if [ -n "${BENCH_NOTE:-}" ]; then echo "note: $BENCH_NOTE"; fi
 } | tee "$machine"
 
+# The database's own limit for the same SQL, then the API against it: one
+# instance, pool 50; and again without group commit and without coalesced
+# reads (before/after).
+section_api() {
+  echo "== pgbench: the database's own limit for the same SQL"
+  psql "$pg_admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
+    -qc "CREATE DATABASE ${db}_pgbench TEMPLATE $db"
+  pgb deposit deposit.sql
+  pgb deposit-1rt deposit-1rt.sql
+  pgb read read.sql
+  pgb hot deposit.sql 1
+  pgb hot-1rt deposit-1rt.sql 1
+  psql "$pg_admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
+
+  echo "== the API, one instance, pool 50"
+  serve single
+  loadgen deposit --scenario deposit --vus 50 --duration "$step"
+  loadgen read --scenario read --vus 50 --duration "$step"
+  loadgen hot --scenario hot --vus 500 --ramp 2 --duration "$step"
+  stop_servers
+
+  echo "== the same without group commit (one transaction per write) and without coalesced reads"
+  LEDGER_GROUP_COMMIT=false LEDGER_READ_BATCH=false serve solo
+  loadgen deposit-solo --scenario deposit --vus 50 --duration "$step"
+  loadgen read-solo --scenario read --vus 50 --duration "$step"
+  loadgen hot-solo --scenario hot --vus 500 --ramp 2 --duration "$step"
+  stop_servers
+}
+
 echo "== seed $users users"
 psql "$pg_admin" -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" -qc "CREATE DATABASE $db"
 export DATABASE_URL="$url"
@@ -262,28 +294,7 @@ if [ -n "$only" ]; then
   exit 0
 fi
 
-echo "== pgbench: the database's own limit for the same SQL"
-psql "$pg_admin" -qc "DROP DATABASE IF EXISTS ${db}_pgbench WITH (FORCE)" \
-  -qc "CREATE DATABASE ${db}_pgbench TEMPLATE $db"
-pgb deposit deposit.sql
-pgb deposit-1rt deposit-1rt.sql
-pgb read read.sql
-pgb hot deposit.sql 1
-pgb hot-1rt deposit-1rt.sql 1
-psql "$pg_admin" -qc "DROP DATABASE ${db}_pgbench WITH (FORCE)"
-
-echo "== the API, one instance, pool 50"
-serve single
-loadgen deposit --scenario deposit --vus 50 --duration "$step"
-loadgen read --scenario read --vus 50 --duration "$step"
-loadgen hot --scenario hot --vus 500 --ramp 2 --duration "$step"
-stop_servers
-
-echo "== the same writes without group commit (one transaction per write)"
-LEDGER_GROUP_COMMIT=false serve solo
-loadgen deposit-solo --scenario deposit --vus 50 --duration "$step"
-loadgen hot-solo --scenario hot --vus 500 --ramp 2 --duration "$step"
-stop_servers
+section_api
 
 echo "== resource locks: acquire and release, uncontended and one hot resource"
 serve locks
