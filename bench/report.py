@@ -635,6 +635,7 @@ def main():
         )
     md.append("")
     command_block(md, results, ["deposit-solo", "read-solo", "hot-solo", "deposit", "read", "hot"])
+    run_alone(md, results, "api")
 
     md.append("![latency over time](bench/latency.svg)")
     md.append("")
