@@ -92,15 +92,15 @@ import re
 import sys
 from collections import Counter
 
-total = 0
-own, anywhere = Counter(), Counter()
+# The folded stacks, each with its weight, read once.
+stacks = []
 for line in open(sys.argv[1]):
     stack, _, count = line.rstrip("\n").rpartition(" ")
-    if not count.isdigit():
-        continue
-    n = int(count)
-    frames = stack.split(";")
-    total += n
+    if count.isdigit():
+        stacks.append((stack.split(";"), int(count)))
+total = sum(n for _, n in stacks)
+own, anywhere = Counter(), Counter()
+for frames, n in stacks:
     own[frames[-1]] += n
     for f in set(frames):
         anywhere[f] += n
@@ -132,12 +132,6 @@ areas = [
     ("kernel: TCP receive", r"tcp_recvmsg"),
     ("kernel: scheduler / wake-ups (context switches, futex, epoll)", r"finish_task_switch|schedule|futex|ep_poll|try_to_wake_up"),
 ]
-stacks = []
-for line in open(sys.argv[1]):
-    stack, _, count = line.rstrip("\n").rpartition(" ")
-    if count.isdigit():
-        stacks.append((stack.split(";"), int(count)))
-
 load = open(sys.argv[2]).read()
 first = next((l for l in load.splitlines() if " req/s " in l), "")
 print(f"total weight (perf cpu-clock periods): {total}")

@@ -64,12 +64,13 @@ impl<T: Send + 'static> Batcher<T> {
         }
     }
 
-    /// Queues the item made with the answer's sender, starting a leader
-    /// that serves batches with `serve` when a batch slot is free.
+    /// Queues the item made with the answer's sender. When a batch slot is
+    /// free, starts a leader that serves batches with what `server` makes
+    /// (made only then: most requests under load start none).
     pub fn push<R, S, F>(
         self: &Arc<Self>,
         item: impl FnOnce(oneshot::Sender<DomainResult<R>>) -> T,
-        serve: S,
+        server: impl FnOnce() -> S,
     ) -> Ticket<R>
     where
         S: FnMut(Vec<T>) -> F + Send + 'static,
@@ -79,7 +80,7 @@ impl<T: Send + 'static> Batcher<T> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock_queue().push_back((id, item(reply)));
         if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            let batcher = Arc::clone(self);
+            let (batcher, serve) = (Arc::clone(self), server());
             tokio::spawn(async move { batcher.lead(slot, serve).await });
         }
         Ticket { id, answer }
@@ -201,7 +202,7 @@ mod tests {
         let gate = Arc::new(tokio::sync::Notify::new());
         let first = b.push(
             |r| (0, true, r),
-            serve(Arc::clone(&seen), Arc::clone(&gate)),
+            || serve(Arc::clone(&seen), Arc::clone(&gate)),
         );
         tokio::task::yield_now().await;
         let kinds = [true, false, true, true, true];
@@ -210,7 +211,7 @@ mod tests {
                 let kind = kinds[n as usize - 1];
                 b.push(
                     move |r| (n, kind, r),
-                    serve(Arc::clone(&seen), Arc::clone(&gate)),
+                    || serve(Arc::clone(&seen), Arc::clone(&gate)),
                 )
             })
             .collect();
@@ -246,12 +247,12 @@ mod tests {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let busy = b.push(
             |r| (0, true, r),
-            serve(Arc::clone(&seen), Arc::clone(&never)),
+            || serve(Arc::clone(&seen), Arc::clone(&never)),
         );
         tokio::task::yield_now().await;
         let queued = b.push(
             |r| (1, true, r),
-            serve(Arc::clone(&seen), Arc::clone(&never)),
+            || serve(Arc::clone(&seen), Arc::clone(&never)),
         );
         assert!(matches!(
             b.answer(queued).await,

@@ -116,7 +116,6 @@ impl GroupCommit {
         refuse: Refusal,
     ) -> DomainResult<Outcome> {
         let planned = plan.is_some();
-        let ledger = ledger.clone();
         let ticket = self.batches.push(
             |reply| Write {
                 name,
@@ -127,9 +126,12 @@ impl GroupCommit {
                 refuse,
                 reply,
             },
-            move |group| {
+            || {
                 let ledger = ledger.clone();
-                async move { run_group(&ledger, group).await }
+                move |group| {
+                    let ledger = ledger.clone();
+                    async move { run_group(&ledger, group).await }
+                }
             },
         );
         let wait = self.batches.answer(ticket);

@@ -200,6 +200,14 @@ impl Ledger {
             idempotency.clone(),
             LockRules::from_config(&config.locks),
         );
+        let reads = config.reads.enabled.then(|| {
+            Arc::new(WalletReads::new(
+                db.conn.clone(),
+                config.reads.batches,
+                config.reads.max_size,
+                config.database.wait_budget,
+            ))
+        });
         Ok(Self {
             db,
             tx,
@@ -225,13 +233,7 @@ impl Ledger {
                     config.database.wait_budget,
                 ))
             }),
-            reads: config.reads.enabled.then(|| {
-                Arc::new(WalletReads::new(
-                    config.reads.batches,
-                    config.reads.max_size,
-                    config.database.wait_budget,
-                ))
-            }),
+            reads,
         })
     }
 }

@@ -29,27 +29,37 @@ struct Read {
     reply: oneshot::Sender<DomainResult<Wallets>>,
 }
 
-/// The wallet reads waiting for, or in, a batch.
+/// The wallet reads waiting for, or in, a batch, and the pool they are
+/// read from.
 #[derive(Debug)]
 pub struct WalletReads {
     batches: Arc<Batcher<Read>>,
+    conn: DatabaseConnection,
 }
 
 impl WalletReads {
-    pub fn new(batches: usize, max_size: usize, wait_budget: Duration) -> Self {
+    pub fn new(
+        conn: DatabaseConnection,
+        batches: usize,
+        max_size: usize,
+        wait_budget: Duration,
+    ) -> Self {
         Self {
             batches: Arc::new(Batcher::new(batches, max_size, wait_budget, |_| true)),
+            conn,
         }
     }
 
     /// The user's wallets, read in the next batch.
-    pub async fn read(&self, conn: &DatabaseConnection, user_id: i64) -> DomainResult<Wallets> {
-        let conn = conn.clone();
+    pub async fn read(&self, user_id: i64) -> DomainResult<Wallets> {
         let ticket = self.batches.push(
             |reply| Read { user_id, reply },
-            move |batch| {
-                let conn = conn.clone();
-                async move { read_batch(&conn, batch).await }
+            || {
+                let conn = self.conn.clone();
+                move |batch| {
+                    let conn = conn.clone();
+                    async move { read_batch(&conn, batch).await }
+                }
             },
         );
         self.batches.answer(ticket).await

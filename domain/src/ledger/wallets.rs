@@ -556,7 +556,7 @@ impl Ledger {
     pub async fn wallets(&self, user_id: i64) -> DomainResult<Vec<WalletView>> {
         let conn = &self.db.conn;
         let wallets = match &self.reads {
-            Some(reads) => reads.read(conn, user_id).await?,
+            Some(reads) => reads.read(user_id).await?,
             None => read_wallets(conn, &[user_id]).await?,
         };
         if wallets.is_empty() {
