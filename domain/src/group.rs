@@ -17,9 +17,11 @@
 //!    withdrawals) is applied to the group's books in memory, write after
 //!    write, a refused one leaving no trace (`ledger::books`); then one
 //!    `UPDATE` for all the wallets, one journal `INSERT` for all the
-//!    entries and one statement storing every answer, refusals included.
+//!    entries and one `INSERT` storing every answer, refusals included —
+//!    on PostgreSQL all three in one statement (`sql::run_together`).
 //!    Should one of those keys have been stored elsewhere meanwhile, that
-//!    attempt is rolled back and the group runs as below;
+//!    attempt is rolled back and the group runs as below. A planned write
+//!    alone goes this way too;
 //! 4. otherwise each write runs in a savepoint of its own: a business
 //!    refusal rolls back that write only and is stored as its answer, so it
 //!    never fails the others; a transient failure aborts the group, which is
@@ -40,15 +42,16 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use infra::in_flight;
 use infra::metrics::metrics;
-use sea_orm::{DatabaseTransaction, TransactionTrait};
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, TransactionTrait};
 use tokio::sync::oneshot;
 
 use crate::Ledger;
 use crate::batch::Batcher;
 use crate::error::{DomainError, DomainResult};
-use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse};
+use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, stored_all};
 use crate::ledger::books::Books;
 use crate::ledger::wallets::{WalletKind, lock_books, lock_wallets_of};
+use crate::sql::run_together;
 use crate::tx::RetryPolicy;
 
 /// One write, type-erased: it runs the command in the transaction it is
@@ -136,7 +139,7 @@ impl GroupCommit {
         );
         let wait = self.batches.answer(ticket);
         // A planned write, queued, holds no connection, and its group takes
-        // five statements however big it is: it does not count among the
+        // the same few statements however big it is: it does not count among the
         // requests in flight (see `infra::in_flight`). Any other waits
         // counted: its group's length grows with its size.
         if planned {
@@ -150,8 +153,10 @@ impl GroupCommit {
 /// Runs one group and answers each of its writes.
 async fn run_group(ledger: &Ledger, group: Vec<Write>) {
     metrics().group_size.observe(group.len() as f64);
-    if group.len() == 1 {
-        // Alone: no savepoints needed, the plain one-write transaction.
+    if group.len() == 1 && !planned(&group) {
+        // Alone: no savepoints needed, the plain one-write transaction. (A
+        // planned write alone takes the planned path below: it needs no
+        // savepoint either, and writes in fewer statements.)
         for write in group {
             let op = Arc::clone(&write.op);
             let refuse = Arc::clone(&write.refuse);
@@ -170,8 +175,13 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
         return;
     }
     let policy: RetryPolicy = ledger.tx.policy().clone().with_connection_loss_retry();
+    // A transaction's metrics name its write when it holds one.
+    let name = match group.as_slice() {
+        [write] => write.name,
+        _ => "group",
+    };
     let with_savepoints = || {
-        ledger.tx.execute_with_policy("group", &policy, |txn| {
+        ledger.tx.execute_with_policy(name, &policy, |txn| {
             let group = &group;
             async move { run_writes(ledger, &txn, group).await }
         })
@@ -179,7 +189,7 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
     let result = if planned(&group) {
         let together = ledger
             .tx
-            .execute_or_roll_back("group", &policy, |txn| {
+            .execute_or_roll_back(name, &policy, |txn| {
                 let group = &group;
                 async move { run_planned(ledger, &txn, group).await }
             })
@@ -290,12 +300,11 @@ async fn run_planned(
             Err(e) => *ended = Some(Ended::Refused(e)),
         }
     }
-    books.write(&**txn).await?;
     let stored: Vec<(&IdempotentRequest, &StoredResponse)> = answers
         .iter()
         .map(|(req, response)| (*req, response))
         .collect();
-    match ledger.idempotency.store_all(&**txn, &stored).await {
+    match write_planned(ledger, txn, books, &stored).await {
         Ok(()) => {}
         Err(DomainError::ClaimLost) => return Ok(Err(NotTogether)),
         Err(e) => return Err(e),
@@ -317,6 +326,32 @@ async fn run_planned(
         })
         .collect::<DomainResult<Vec<_>>>()?;
     Ok(Ok(out))
+}
+
+/// Writes a planned group's books and stores its answers: on PostgreSQL in
+/// one statement (the wallets, the entries, the answers: one round trip),
+/// on SQLite one after the other. `ClaimLost` when one of the keys was
+/// stored elsewhere meanwhile.
+async fn write_planned(
+    ledger: &Ledger,
+    txn: &DatabaseTransaction,
+    books: Books,
+    stored: &[(&IdempotentRequest, &StoredResponse)],
+) -> DomainResult<()> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        books.write(txn).await?;
+        return ledger.idempotency.store_all(txn, stored).await;
+    }
+    let [wallets, entries] = books.parts()?;
+    let answers = ledger.idempotency.store_part(stored)?;
+    let written = run_together(txn, vec![wallets, entries, answers]).await?;
+    let [updated, _, keys] = written[..] else {
+        return Err(DomainError::unexpected(
+            "a group's statement without its counts",
+        ));
+    };
+    books.check_updated(updated)?;
+    stored_all(stored, keys)
 }
 
 /// One attempt at a group, inside its transaction.

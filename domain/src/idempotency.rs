@@ -31,12 +31,13 @@ use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Set,
 };
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::clock::{now, now_ms};
 use crate::error::{DomainError, DomainResult};
-use crate::sql::statement;
+use crate::sql::{Part, json_rows, run_together, statement};
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";
@@ -207,6 +208,18 @@ fn decide(
     Ok(None)
 }
 
+/// Every answer was stored (`written` rows), else `ClaimLost`: another
+/// request's answer is under one of the keys.
+pub(crate) fn stored_all(
+    answers: &[(&IdempotentRequest, &StoredResponse)],
+    written: u64,
+) -> DomainResult<()> {
+    if written != answers.len() as u64 {
+        return Err(DomainError::ClaimLost);
+    }
+    Ok(())
+}
+
 impl IdempotencyService {
     pub fn new(tx: TransactionService, ttl: Duration) -> Self {
         Self { tx, ttl }
@@ -346,21 +359,24 @@ impl IdempotencyService {
         // The locks and the reads in one round trip. Should a request that
         // held a key commit between this statement's snapshot and its lock,
         // the read misses its row and the store finds it: this one then
-        // rolls back and replays.
-        let rows = vec!["(?::bigint, ?::text, ?::int)"; reqs.len()].join(", ");
-        let sql = format!(
-            "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
+        // rolls back and replays. Each key is one probe of the primary key
+        // (`LATERAL … LIMIT 1`): joined plainly, the plan cached on a
+        // connection while the table was small hashes the whole table on
+        // every claim once it has grown.
+        let sql = "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
              k.status, k.response_status, k.response_body, k.locked_until_ms, \
              k.expires_at_ms \
-             FROM (VALUES {rows}) AS q(lock_id, key, ord) \
-             LEFT JOIN idempotency_keys k ON k.key = q.key ORDER BY q.ord"
-        );
-        let mut values = Vec::with_capacity(reqs.len() * 3);
-        for (ord, req) in (0i32..).zip(reqs) {
-            values.extend([lock_id(&req.key).into(), req.key.clone().into(), ord.into()]);
-        }
+             FROM unnest(?::bigint[], ?::text[]) WITH ORDINALITY AS q(lock_id, key, ord) \
+             LEFT JOIN LATERAL (SELECT * FROM idempotency_keys i WHERE i.key = q.key LIMIT 1) k \
+             ON true ORDER BY q.ord";
+        let lock_ids: Vec<i64> = reqs.iter().map(|req| lock_id(&req.key)).collect();
+        let keys: Vec<String> = reqs.iter().map(|req| req.key.clone()).collect();
         let rows = txn
-            .query_all_raw(statement(DbBackend::Postgres, &sql, values))
+            .query_all_raw(statement(
+                DbBackend::Postgres,
+                sql,
+                vec![lock_ids.into(), keys.into()],
+            ))
             .await?;
         if rows.len() != reqs.len() {
             return Err(DomainError::unexpected("the claim query lost a row"));
@@ -409,6 +425,10 @@ impl IdempotencyService {
         if answers.is_empty() {
             return Ok(());
         }
+        if conn.get_database_backend() == DbBackend::Postgres {
+            let written = run_together(conn, vec![self.store_part(answers)?]).await?;
+            return stored_all(answers, written.first().copied().unwrap_or(0));
+        }
         let at_ms = now_ms();
         let rows = answers.iter().map(|(req, response)| key::ActiveModel {
             key: Set(req.key.clone()),
@@ -423,6 +443,8 @@ impl IdempotencyService {
             expires_at_ms: Set(at_ms + millis(self.ttl)),
             created_at: Set(now()),
         });
+        // A stored row is free when it has expired or its claim was
+        // abandoned (as in `store_part`).
         let free = Expr::col((key::Entity, key::Column::ExpiresAtMs))
             .lte(at_ms)
             .or(Expr::col((key::Entity, key::Column::Status))
@@ -448,10 +470,69 @@ impl IdempotencyService {
             )
             .exec_without_returning(conn)
             .await?;
-        if written != answers.len() as u64 {
-            return Err(DomainError::ClaimLost);
+        stored_all(answers, written)
+    }
+
+    /// The answers stored as `store_all` would, as one part of a statement on
+    /// PostgreSQL (`sql::run_together`; rows as one JSON document): its count
+    /// is how many were stored, which `stored_all` checks. A stored row is
+    /// overwritten only when it is free: expired, or its claim abandoned.
+    pub(crate) fn store_part(
+        &self,
+        answers: &[(&IdempotentRequest, &StoredResponse)],
+    ) -> DomainResult<Part> {
+        #[derive(Serialize)]
+        struct Row<'a> {
+            key: &'a str,
+            principal: &'a str,
+            route: &'a str,
+            request_hash: &'a str,
+            claim_token: Uuid,
+            response_status: u16,
+            response_body: &'a str,
         }
-        Ok(())
+        let rows: Vec<Row<'_>> = answers
+            .iter()
+            .map(|(req, response)| Row {
+                key: &req.key,
+                principal: &req.principal,
+                route: &req.route,
+                request_hash: &req.request_hash,
+                claim_token: Uuid::new_v4(),
+                response_status: response.status,
+                response_body: &response.body,
+            })
+            .collect();
+        let at_ms = now_ms();
+        let sql = "INSERT INTO idempotency_keys (key, principal, route, request_hash, status, \
+             claim_token, response_status, response_body, locked_until_ms, expires_at_ms, \
+             created_at) \
+             SELECT a.key, a.principal, a.route, a.request_hash, ?, a.claim_token, \
+             a.response_status, a.response_body, 0, ?, ? \
+             FROM json_to_recordset(?::json) AS a(key text, principal text, route text, \
+             request_hash text, claim_token uuid, response_status int, response_body text) \
+             ON CONFLICT (key) DO UPDATE SET principal = excluded.principal, \
+             route = excluded.route, request_hash = excluded.request_hash, \
+             status = excluded.status, claim_token = excluded.claim_token, \
+             response_status = excluded.response_status, \
+             response_body = excluded.response_body, \
+             locked_until_ms = excluded.locked_until_ms, \
+             expires_at_ms = excluded.expires_at_ms, created_at = excluded.created_at \
+             WHERE idempotency_keys.expires_at_ms <= ? \
+             OR (idempotency_keys.status = ? AND idempotency_keys.locked_until_ms <= ?) \
+             RETURNING 1";
+        Ok(Part {
+            sql: sql.to_owned(),
+            values: vec![
+                COMPLETED.into(),
+                (at_ms + millis(self.ttl)).into(),
+                now().into(),
+                json_rows(&rows)?,
+                at_ms.into(),
+                PROCESSING.into(),
+                at_ms.into(),
+            ],
+        })
     }
 
     /// Deletes claims left `processing` past their lock: their write never

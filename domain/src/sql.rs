@@ -1,9 +1,21 @@
 //! Hand-written SQL for the few queries the query builder cannot express on
-//! both engines (recursive walks of the referral tree, grouped sums). Write
-//! `?` placeholders; PostgreSQL gets them numbered. Also the one filter for
-//! rows that lapse (`status_as_of`).
+//! both engines (recursive walks of the referral tree, grouped sums) and for
+//! the money path's statements on PostgreSQL (`Part`, `run_together`).
+//! Write `?` placeholders; PostgreSQL gets them numbered. Also the one
+//! filter for rows that lapse (`status_as_of`).
+//!
+//! The money path's PostgreSQL statements take their rows as arrays (rows
+//! joined to a table: the planner sees how many there are) or as one JSON
+//! document (rows only inserted, nullable fields included), never as a
+//! `VALUES` list: their text is then the same whatever the number of rows,
+//! so each is prepared once per connection and never parsed again.
 
-use sea_orm::{ColumnTrait, Condition, DbBackend, Statement, Value};
+use std::fmt::Write as _;
+
+use sea_orm::{ColumnTrait, Condition, ConnectionTrait, DbBackend, Statement, Value};
+use serde::Serialize;
+
+use crate::error::{DomainError, DomainResult};
 
 /// The status rows that lapse are stored with, and read as once lapsed.
 const EXPIRED: &str = "expired";
@@ -56,6 +68,60 @@ pub fn statement(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement
     Statement::from_sql_and_values(backend, sql, values)
 }
 
+/// Rows as one JSON document, for `json_to_recordset(?::json)`.
+pub fn json_rows<T: Serialize>(rows: &[T]) -> DomainResult<Value> {
+    serde_json::to_string(rows)
+        .map(Value::from)
+        .map_err(|e| DomainError::unexpected(format!("rows as JSON: {e}")))
+}
+
+/// One data-modifying statement of several that run as one (PostgreSQL's
+/// `WITH`, `run_together`): its SQL ends in `RETURNING 1`, so the rows it
+/// wrote can be counted.
+#[derive(Debug)]
+pub struct Part {
+    pub sql: String,
+    pub values: Vec<Value>,
+}
+
+/// The parts as one statement: each a `WITH` query, and one row of how many
+/// rows each wrote (`n0`, `n1`, …). All of them run, on one snapshot, or
+/// none does.
+fn together(parts: Vec<Part>) -> Statement {
+    let mut sql = String::from("WITH ");
+    let mut counts = Vec::with_capacity(parts.len());
+    let mut values = Vec::new();
+    for (i, part) in parts.into_iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(sql, "p{i} AS ({})", part.sql);
+        counts.push(format!("(SELECT count(*) FROM p{i}) AS n{i}"));
+        values.extend(part.values);
+    }
+    let _ = write!(sql, " SELECT {}", counts.join(", "));
+    statement(DbBackend::Postgres, &sql, values)
+}
+
+/// Runs the parts as one statement, one round trip (PostgreSQL only), and
+/// returns how many rows each wrote, in order.
+pub async fn run_together<C: ConnectionTrait>(
+    conn: &C,
+    parts: Vec<Part>,
+) -> DomainResult<Vec<u64>> {
+    let n = parts.len();
+    let row = conn
+        .query_one_raw(together(parts))
+        .await?
+        .ok_or_else(|| DomainError::unexpected("a statement of parts without its counts"))?;
+    (0..n)
+        .map(|i| {
+            let count: i64 = row.try_get("", &format!("n{i}"))?;
+            Ok(count.unsigned_abs())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +154,25 @@ mod tests {
         assert_eq!(pg.sql, "a = $1 AND b < $2");
         let lite = statement(DbBackend::Sqlite, "a = ? AND b < ?", values);
         assert_eq!(lite.sql, "a = ? AND b < ?");
+    }
+
+    #[test]
+    fn parts_run_as_one_statement_counting_each() {
+        let part = |sql: &str, v: i64| Part {
+            sql: sql.to_owned(),
+            values: vec![Value::from(v)],
+        };
+        let stmt = together(vec![
+            part("UPDATE a SET x = ? RETURNING 1", 1),
+            part("INSERT INTO b SELECT ? RETURNING 1", 2),
+        ]);
+        assert_eq!(
+            stmt.sql,
+            "WITH p0 AS (UPDATE a SET x = $1 RETURNING 1), \
+             p1 AS (INSERT INTO b SELECT $2 RETURNING 1) \
+             SELECT (SELECT count(*) FROM p0) AS n0, (SELECT count(*) FROM p1) AS n1"
+        );
+        let values = stmt.values.map(|v| v.0).unwrap_or_default();
+        assert_eq!(values, vec![Value::from(1i64), Value::from(2i64)]);
     }
 }

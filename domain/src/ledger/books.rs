@@ -17,9 +17,9 @@ use uuid::Uuid;
 
 use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
-use crate::ledger::financial::{Leg, apply_legs, insert_entries, log_entries};
+use crate::ledger::financial::{Leg, apply_legs, entries_part, insert_entries, log_entries};
 use crate::ledger::wallets::WalletKind;
-use crate::sql::statement;
+use crate::sql::{Part, statement};
 
 #[derive(Debug)]
 pub struct Books {
@@ -78,9 +78,9 @@ impl Books {
         Ok((before, entries))
     }
 
-    /// Writes what the writes posted: every changed wallet in one `UPDATE`
-    /// guarded by the version it was locked at, every entry in one `INSERT`.
-    pub async fn write<C: ConnectionTrait>(self, conn: &C) -> DomainResult<()> {
+    /// The wallets the writes changed, by id, each with the version it was
+    /// locked at.
+    fn changed(&self) -> Vec<(&wallet::Model, i64)> {
         let mut changed: Vec<(&wallet::Model, i64)> = self
             .wallets
             .values()
@@ -89,17 +89,76 @@ impl Books {
                 (w.version != locked).then_some((w, locked))
             })
             .collect();
+        changed.sort_by_key(|(w, _)| w.id);
+        changed
+    }
+
+    /// Every changed wallet must have been written: `updated` is how many
+    /// the guarded `UPDATE` wrote.
+    pub fn check_updated(&self, updated: u64) -> DomainResult<()> {
+        let changed = self.changed().len() as u64;
+        if updated != changed {
+            // A wallet changed under us: the group did not hold its lock.
+            return Err(DomainError::unexpected(format!(
+                "{} of {changed} wallets were not locked for this group",
+                changed.saturating_sub(updated)
+            )));
+        }
+        Ok(())
+    }
+
+    /// What the writes posted, as two parts of one statement on PostgreSQL
+    /// (`sql::run_together`): every changed wallet in one `UPDATE` guarded by
+    /// the version it was locked at (its count goes to `check_updated`),
+    /// every entry in one `INSERT`. The same text whatever the group's size.
+    pub fn parts(&self) -> DomainResult<[Part; 2]> {
+        let changed = self.changed();
+        let column = |f: fn(&wallet::Model, i64) -> i64| -> Value {
+            changed
+                .iter()
+                .map(|(w, locked)| f(w, *locked))
+                .collect::<Vec<i64>>()
+                .into()
+        };
+        let values = vec![
+            self.at.into(),
+            column(|w, _| w.id),
+            column(|_, locked| locked),
+            column(|w, _| w.version),
+            column(|w, _| w.balance),
+            column(|w, _| w.margin),
+            column(|w, _| w.profit),
+            column(|w, _| w.held),
+            changed
+                .iter()
+                .map(|(w, _)| w.last_hash.clone())
+                .collect::<Vec<String>>()
+                .into(),
+        ];
+        let wallets = Part {
+            sql: format!(
+                "UPDATE wallets SET {SET}, updated_at = ? FROM unnest(?::bigint[], \
+                 ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], \
+                 ?::bigint[], ?::text[]) AS {V} WHERE {GUARD} RETURNING 1"
+            ),
+            values,
+        };
+        Ok([wallets, entries_part(&self.entries)?])
+    }
+
+    /// Writes what the writes posted, statement by statement (SQLite; on
+    /// PostgreSQL the group sends `parts` in one): every changed wallet in
+    /// one `UPDATE` guarded by the version it was locked at, every entry in
+    /// one `INSERT`.
+    pub async fn write<C: ConnectionTrait>(self, conn: &C) -> DomainResult<()> {
+        let changed = self.changed();
         if changed.is_empty() {
             return Ok(());
         }
-        changed.sort_by_key(|(w, _)| w.id);
         let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; changed.len()].join(", ");
         let sql = format!(
-            "WITH v(id, locked_version, version, balance, margin, profit, held, last_hash) \
-             AS (VALUES {rows}) \
-             UPDATE wallets SET balance = v.balance, margin = v.margin, profit = v.profit, \
-             held = v.held, version = v.version, last_hash = v.last_hash, updated_at = ? \
-             FROM v WHERE wallets.id = v.id AND wallets.version = v.locked_version"
+            "WITH {V} AS (VALUES {rows}) UPDATE wallets SET {SET}, updated_at = ? \
+             FROM v WHERE {GUARD}"
         );
         let mut values: Vec<Value> = Vec::with_capacity(changed.len() * 8 + 1);
         for (w, locked) in &changed {
@@ -120,17 +179,16 @@ impl Books {
             .execute_raw(statement(backend, &sql, values))
             .await?
             .rows_affected();
-        if updated != changed.len() as u64 {
-            // A wallet changed under us: the group did not hold its lock.
-            return Err(DomainError::unexpected(format!(
-                "{} of {} wallets were not locked for this group",
-                changed.len() as u64 - updated,
-                changed.len()
-            )));
-        }
+        self.check_updated(updated)?;
         insert_entries(conn, &self.entries).await
     }
 }
+
+/// The rows of a group's wallet `UPDATE`, the values it sets and its guard.
+const V: &str = "v(id, locked_version, version, balance, margin, profit, held, last_hash)";
+const SET: &str = "balance = v.balance, margin = v.margin, profit = v.profit, held = v.held, \
+     version = v.version, last_hash = v.last_hash";
+const GUARD: &str = "wallets.id = v.id AND wallets.version = v.locked_version";
 
 #[cfg(test)]
 mod tests {
@@ -175,6 +233,44 @@ mod tests {
             (112, 2, &second[0].hash)
         );
         assert_eq!(books.entries.len(), 2);
+    }
+
+    #[test]
+    fn the_written_statement_is_the_same_whatever_the_group_size() {
+        let posted = |users: &[i64]| {
+            let balances: Vec<(i64, i64)> = users.iter().map(|&u| (u, 100)).collect();
+            let mut books = books_of(&balances);
+            for &u in users.iter().rev() {
+                books
+                    .post((u, WalletKind::Live), Uuid::new_v4(), &credit(u))
+                    .unwrap();
+            }
+            books
+        };
+        let (one, three) = (posted(&[1]), posted(&[1, 2, 3]));
+        let [one_wallets, one_entries] = one.parts().unwrap();
+        let [wallets, entries] = three.parts().unwrap();
+        assert_eq!(one_wallets.sql, wallets.sql);
+        assert_eq!(one_entries.sql, entries.sql);
+        // one array per column, the changed wallets in id order
+        assert_eq!(wallets.values.len(), 9);
+        assert_eq!(
+            wallets.values.get(1),
+            Some(&Value::from(vec![10i64, 20, 30]))
+        );
+        assert_eq!(
+            wallets.values.get(4),
+            Some(&Value::from(vec![101i64, 102, 103]))
+        );
+        // the entries as posted (user 3 first), each once
+        let Some(Value::String(Some(json))) = entries.values.first() else {
+            panic!("the entries are one JSON document");
+        };
+        let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
+        let users: Vec<i64> = rows.iter().filter_map(|r| r["user_id"].as_i64()).collect();
+        assert_eq!(users, vec![3, 2, 1]);
+        assert!(three.check_updated(3).is_ok());
+        assert!(three.check_updated(2).is_err());
     }
 
     #[test]

@@ -8,13 +8,16 @@
 use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
 use sea_orm::sea_query::Expr;
-use sea_orm::{ActiveValue::NotSet, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::NotSet, ColumnTrait, ConnectionTrait, DbBackend, EntityTrait, QueryFilter,
+};
 use uuid::Uuid;
 
 use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::journal::chain_hash;
 use crate::money::format_units;
+use crate::sql::{Part, json_rows, statement};
 
 /// Minor-unit changes applied together under one lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -245,6 +248,12 @@ pub async fn insert_entries<C: ConnectionTrait>(
     if entries.is_empty() {
         return Ok(());
     }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let part = entries_part(entries)?;
+        conn.execute_raw(statement(DbBackend::Postgres, &part.sql, part.values))
+            .await?;
+        return Ok(());
+    }
     // Every column as the entry has it but the id, which the database gives.
     let rows = entries.iter().map(|e| journal_entry::ActiveModel {
         id: NotSet,
@@ -254,6 +263,27 @@ pub async fn insert_entries<C: ConnectionTrait>(
         .exec_without_returning(conn)
         .await?;
     Ok(())
+}
+
+/// The journal `INSERT` of these entries on PostgreSQL, rows as one JSON
+/// document (`sql`), ids given in the entries' order.
+pub fn entries_part(entries: &[journal_entry::Model]) -> DomainResult<Part> {
+    const COLUMNS: &str = "operation_id, wallet_id, user_id, wallet_kind, kind, \
+        balance_delta, margin_delta, profit_delta, balance_after, margin_after, profit_after, \
+        held_delta, held_after, reference, metadata, created_at, hash";
+    let sql = format!(
+        "INSERT INTO journal_entries ({COLUMNS}) SELECT {COLUMNS} FROM ROWS FROM \
+         (json_to_recordset(?::json) AS (operation_id uuid, wallet_id bigint, \
+         user_id bigint, wallet_kind text, kind text, balance_delta bigint, \
+         margin_delta bigint, profit_delta bigint, balance_after bigint, \
+         margin_after bigint, profit_after bigint, held_delta bigint, held_after bigint, \
+         reference text, metadata text, created_at timestamptz, hash text)) \
+         WITH ORDINALITY AS e({COLUMNS}, ord) ORDER BY ord RETURNING 1"
+    );
+    Ok(Part {
+        sql,
+        values: vec![json_rows(entries)?],
+    })
 }
 
 /// One locked wallet, any mix of balance, margin and profit changes in one

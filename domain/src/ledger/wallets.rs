@@ -24,6 +24,7 @@ use crate::ledger::journal::kinds;
 use crate::ledger::users::require_user;
 use crate::locks::fencing::{Fence, check_optional};
 use crate::money::Amount;
+use crate::sql::statement;
 use crate::{Command, Ledger};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -241,6 +242,19 @@ pub async fn lock_wallets_of(
     txn: &DatabaseTransaction,
     wallets: &[(i64, WalletKind)],
 ) -> DomainResult<Vec<wallet::Model>> {
+    if wallets.is_empty() {
+        return Ok(Vec::new());
+    }
+    if txn.get_database_backend() == DbBackend::Postgres {
+        // The pairs as two arrays: the same text whatever their number (see
+        // `sql`).
+        let users: Vec<i64> = wallets.iter().map(|(u, _)| *u).collect();
+        let kinds: Vec<String> = wallets.iter().map(|(_, k)| k.as_str().to_owned()).collect();
+        let sql = "SELECT * FROM wallets WHERE (user_id, kind) IN \
+             (SELECT * FROM unnest(?::bigint[], ?::text[])) ORDER BY id FOR UPDATE";
+        let query = statement(DbBackend::Postgres, sql, vec![users.into(), kinds.into()]);
+        return Ok(wallet::Entity::find().from_raw_sql(query).all(txn).await?);
+    }
     let mut of_kind = Condition::any();
     for kind in [WalletKind::Live, WalletKind::Demo] {
         let users: Vec<i64> = wallets
@@ -255,9 +269,6 @@ pub async fn lock_wallets_of(
                     .add(wallet::Column::UserId.is_in(users)),
             );
         }
-    }
-    if wallets.is_empty() {
-        return Ok(Vec::new());
     }
     let query = wallet::Entity::find()
         .filter(of_kind)

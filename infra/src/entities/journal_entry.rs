@@ -1,7 +1,7 @@
 use sea_orm::entity::prelude::*;
 
 /// Append-only. Amounts are minor units at scale 8.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "journal_entries")]
 pub struct Model {
     #[sea_orm(primary_key)]
