@@ -18,7 +18,7 @@
 #                                    and 18090
 #
 # Steps: seed 33,000 users on PostgreSQL; pgbench the deposit and wallet-read
-# SQL (bench/pgbench/), the deposit both as the API sends it today (7 round
+# SQL (bench/pgbench/), the deposit both as the API first sent it (7 round
 # trips, 2 commits) and as one statement (1 round trip, 1 commit), each also
 # with every client on one wallet; the same work through the API with
 # loadgen (50 connections); one hot wallet under 500 depositors; 33,000

@@ -1,6 +1,7 @@
 -- The SQL of one API deposit (POST /api/v1/wallets/deposit), statement for
--- statement, as PostgreSQL's log shows the server sending it (prepared,
--- extended protocol: run with `pgbench -M prepared`). The hash chain value is
+-- statement, as PostgreSQL's log showed the server sending it before one
+-- commit per write and group commit (prepared, extended protocol: run with
+-- `pgbench -M prepared`): the per-deposit baseline the ratios compare with. The hash chain value is
 -- computed by the client in both cases, so here it is a fixed 64-hex string.
 -- (No ":" before a letter or digit inside literals: pgbench reads it as a variable.)
 -- Variables: -D users=N (the seeded users; ids 1..N).
