@@ -49,7 +49,7 @@ use crate::Ledger;
 use crate::batch::Batcher;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, stored_all};
-use crate::ledger::books::Books;
+use crate::ledger::books::{Books, Parts, check_updated};
 use crate::ledger::wallets::{WalletKind, lock_books, lock_wallets_of};
 use crate::sql::run_together;
 use crate::tx::RetryPolicy;
@@ -342,7 +342,11 @@ async fn write_planned(
         books.write(txn).await?;
         return ledger.idempotency.store_all(txn, stored).await;
     }
-    let [wallets, entries] = books.parts()?;
+    let Parts {
+        wallets,
+        entries,
+        changed,
+    } = books.parts()?;
     let answers = ledger.idempotency.store_part(stored)?;
     let written = run_together(txn, vec![wallets, entries, answers]).await?;
     let [updated, _, keys] = written[..] else {
@@ -350,7 +354,7 @@ async fn write_planned(
             "a group's statement without its counts",
         ));
     };
-    books.check_updated(updated)?;
+    check_updated(changed, updated)?;
     stored_all(stored, keys)
 }
 

@@ -93,25 +93,11 @@ impl Books {
         changed
     }
 
-    /// Every changed wallet must have been written: `updated` is how many
-    /// the guarded `UPDATE` wrote.
-    pub fn check_updated(&self, updated: u64) -> DomainResult<()> {
-        let changed = self.changed().len() as u64;
-        if updated != changed {
-            // A wallet changed under us: the group did not hold its lock.
-            return Err(DomainError::unexpected(format!(
-                "{} of {changed} wallets were not locked for this group",
-                changed.saturating_sub(updated)
-            )));
-        }
-        Ok(())
-    }
-
     /// What the writes posted, as two parts of one statement on PostgreSQL
     /// (`sql::run_together`): every changed wallet in one `UPDATE` guarded by
     /// the version it was locked at (its count goes to `check_updated`),
     /// every entry in one `INSERT`. The same text whatever the group's size.
-    pub fn parts(&self) -> DomainResult<[Part; 2]> {
+    pub fn parts(&self) -> DomainResult<Parts> {
         let changed = self.changed();
         let column = |f: fn(&wallet::Model, i64) -> i64| -> Value {
             changed
@@ -143,7 +129,11 @@ impl Books {
             ),
             values,
         };
-        Ok([wallets, entries_part(&self.entries)?])
+        Ok(Parts {
+            wallets,
+            entries: entries_part(&self.entries)?,
+            changed: changed.len() as u64,
+        })
     }
 
     /// Writes what the writes posted, statement by statement (SQLite; on
@@ -179,9 +169,31 @@ impl Books {
             .execute_raw(statement(backend, &sql, values))
             .await?
             .rows_affected();
-        self.check_updated(updated)?;
+        check_updated(changed.len() as u64, updated)?;
         insert_entries(conn, &self.entries).await
     }
+}
+
+/// A group's books as parts of one statement (`Books::parts`).
+#[derive(Debug)]
+pub struct Parts {
+    pub wallets: Part,
+    pub entries: Part,
+    /// How many wallets the `UPDATE` must write.
+    pub changed: u64,
+}
+
+/// Every changed wallet must have been written: `updated` is how many the
+/// guarded `UPDATE` wrote.
+pub fn check_updated(changed: u64, updated: u64) -> DomainResult<()> {
+    if updated != changed {
+        // A wallet changed under us: the group did not hold its lock.
+        return Err(DomainError::unexpected(format!(
+            "{} of {changed} wallets were not locked for this group",
+            changed.saturating_sub(updated)
+        )));
+    }
+    Ok(())
 }
 
 /// The rows of a group's wallet `UPDATE`, the values it sets and its guard.
@@ -248,10 +260,15 @@ mod tests {
             books
         };
         let (one, three) = (posted(&[1]), posted(&[1, 2, 3]));
-        let [one_wallets, one_entries] = one.parts().unwrap();
-        let [wallets, entries] = three.parts().unwrap();
-        assert_eq!(one_wallets.sql, wallets.sql);
-        assert_eq!(one_entries.sql, entries.sql);
+        let one = one.parts().unwrap();
+        let Parts {
+            wallets,
+            entries,
+            changed,
+        } = three.parts().unwrap();
+        assert_eq!(one.wallets.sql, wallets.sql);
+        assert_eq!(one.entries.sql, entries.sql);
+        assert_eq!((one.changed, changed), (1, 3));
         // one array per column, the changed wallets in id order
         assert_eq!(wallets.values.len(), 9);
         assert_eq!(
@@ -269,8 +286,8 @@ mod tests {
         let rows: Vec<serde_json::Value> = serde_json::from_str(json).unwrap();
         let users: Vec<i64> = rows.iter().filter_map(|r| r["user_id"].as_i64()).collect();
         assert_eq!(users, vec![3, 2, 1]);
-        assert!(three.check_updated(3).is_ok());
-        assert!(three.check_updated(2).is_err());
+        assert!(check_updated(changed, 3).is_ok());
+        assert!(check_updated(changed, 2).is_err());
     }
 
     #[test]
