@@ -27,9 +27,8 @@ use std::time::Duration;
 
 use infra::entities::idempotency_key as key;
 use infra::metrics::metrics;
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Set,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter, Value,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -37,7 +36,7 @@ use uuid::Uuid;
 
 use crate::clock::{now, now_ms};
 use crate::error::{DomainError, DomainResult};
-use crate::sql::{Part, json_rows, run_together, statement};
+use crate::sql::{Part, json_rows, statement};
 use crate::tx::{RetryPolicy, TransactionService};
 
 const PROCESSING: &str = "processing";
@@ -218,6 +217,27 @@ pub(crate) fn stored_all(
         return Err(DomainError::ClaimLost);
     }
     Ok(())
+}
+
+/// The columns of a stored answer.
+const STORED: &str = "key, principal, route, request_hash, status, claim_token, \
+     response_status, response_body, locked_until_ms, expires_at_ms, created_at";
+
+/// A stored answer replaces the row already under its key only when that row
+/// is free: expired, or a claim abandoned past its lock. Its placeholders
+/// take `free_values`.
+const IF_FREE: &str = "ON CONFLICT (key) DO UPDATE SET principal = excluded.principal, \
+     route = excluded.route, request_hash = excluded.request_hash, \
+     status = excluded.status, claim_token = excluded.claim_token, \
+     response_status = excluded.response_status, response_body = excluded.response_body, \
+     locked_until_ms = excluded.locked_until_ms, expires_at_ms = excluded.expires_at_ms, \
+     created_at = excluded.created_at \
+     WHERE idempotency_keys.expires_at_ms <= ? \
+     OR (idempotency_keys.status = ? AND idempotency_keys.locked_until_ms <= ?)";
+
+/// The values of `IF_FREE`'s placeholders at `at_ms`.
+fn free_values(at_ms: i64) -> [Value; 3] {
+    [at_ms.into(), PROCESSING.into(), at_ms.into()]
 }
 
 impl IdempotencyService {
@@ -425,58 +445,39 @@ impl IdempotencyService {
         if answers.is_empty() {
             return Ok(());
         }
-        if conn.get_database_backend() == DbBackend::Postgres {
-            let written = run_together(conn, vec![self.store_part(answers)?]).await?;
-            return stored_all(answers, written.first().copied().unwrap_or(0));
-        }
-        let at_ms = now_ms();
-        let rows = answers.iter().map(|(req, response)| key::ActiveModel {
-            key: Set(req.key.clone()),
-            principal: Set(req.principal.clone()),
-            route: Set(req.route.clone()),
-            request_hash: Set(req.request_hash.clone()),
-            status: Set(COMPLETED.into()),
-            claim_token: Set(Uuid::new_v4()),
-            response_status: Set(Some(i32::from(response.status))),
-            response_body: Set(Some(response.body.clone())),
-            locked_until_ms: Set(0),
-            expires_at_ms: Set(at_ms + millis(self.ttl)),
-            created_at: Set(now()),
-        });
-        // A stored row is free when it has expired or its claim was
-        // abandoned (as in `store_part`).
-        let free = Expr::col((key::Entity, key::Column::ExpiresAtMs))
-            .lte(at_ms)
-            .or(Expr::col((key::Entity, key::Column::Status))
-                .eq(PROCESSING)
-                .and(Expr::col((key::Entity, key::Column::LockedUntilMs)).lte(at_ms)));
-        let written = key::Entity::insert_many(rows)
-            .on_conflict(
-                OnConflict::column(key::Column::Key)
-                    .update_columns([
-                        key::Column::Principal,
-                        key::Column::Route,
-                        key::Column::RequestHash,
-                        key::Column::Status,
-                        key::Column::ClaimToken,
-                        key::Column::ResponseStatus,
-                        key::Column::ResponseBody,
-                        key::Column::LockedUntilMs,
-                        key::Column::ExpiresAtMs,
-                        key::Column::CreatedAt,
-                    ])
-                    .action_and_where(free)
-                    .to_owned(),
-            )
-            .exec_without_returning(conn)
-            .await?;
+        let backend = conn.get_database_backend();
+        let stored = if backend == DbBackend::Postgres {
+            self.store_part(answers)?.alone()
+        } else {
+            let at_ms = now_ms();
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; answers.len()].join(", ");
+            let mut values: Vec<Value> = Vec::with_capacity(answers.len() * 11 + 3);
+            for (req, response) in answers {
+                values.extend([
+                    req.key.clone().into(),
+                    req.principal.clone().into(),
+                    req.route.clone().into(),
+                    req.request_hash.clone().into(),
+                    COMPLETED.into(),
+                    Uuid::new_v4().into(),
+                    i32::from(response.status).into(),
+                    response.body.clone().into(),
+                    0i64.into(),
+                    (at_ms + millis(self.ttl)).into(),
+                    now().into(),
+                ]);
+            }
+            values.extend(free_values(at_ms));
+            let sql = format!("INSERT INTO idempotency_keys ({STORED}) VALUES {rows} {IF_FREE}");
+            statement(backend, &sql, values)
+        };
+        let written = conn.execute_raw(stored).await?.rows_affected();
         stored_all(answers, written)
     }
 
     /// The answers stored as `store_all` would, as one part of a statement on
     /// PostgreSQL (`sql::run_together`; rows as one JSON document): its count
-    /// is how many were stored, which `stored_all` checks. A stored row is
-    /// overwritten only when it is free: expired, or its claim abandoned.
+    /// is how many were stored, which `stored_all` checks.
     pub(crate) fn store_part(
         &self,
         answers: &[(&IdempotentRequest, &StoredResponse)],
@@ -504,35 +505,22 @@ impl IdempotencyService {
             })
             .collect();
         let at_ms = now_ms();
-        let sql = "INSERT INTO idempotency_keys (key, principal, route, request_hash, status, \
-             claim_token, response_status, response_body, locked_until_ms, expires_at_ms, \
-             created_at) \
+        let sql = format!(
+            "INSERT INTO idempotency_keys ({STORED}) \
              SELECT a.key, a.principal, a.route, a.request_hash, ?, a.claim_token, \
              a.response_status, a.response_body, 0, ?, ? \
              FROM json_to_recordset(?::json) AS a(key text, principal text, route text, \
              request_hash text, claim_token uuid, response_status int, response_body text) \
-             ON CONFLICT (key) DO UPDATE SET principal = excluded.principal, \
-             route = excluded.route, request_hash = excluded.request_hash, \
-             status = excluded.status, claim_token = excluded.claim_token, \
-             response_status = excluded.response_status, \
-             response_body = excluded.response_body, \
-             locked_until_ms = excluded.locked_until_ms, \
-             expires_at_ms = excluded.expires_at_ms, created_at = excluded.created_at \
-             WHERE idempotency_keys.expires_at_ms <= ? \
-             OR (idempotency_keys.status = ? AND idempotency_keys.locked_until_ms <= ?) \
-             RETURNING 1";
-        Ok(Part {
-            sql: sql.to_owned(),
-            values: vec![
-                COMPLETED.into(),
-                (at_ms + millis(self.ttl)).into(),
-                now().into(),
-                json_rows(&rows)?,
-                at_ms.into(),
-                PROCESSING.into(),
-                at_ms.into(),
-            ],
-        })
+             {IF_FREE} RETURNING 1"
+        );
+        let mut values = vec![
+            COMPLETED.into(),
+            (at_ms + millis(self.ttl)).into(),
+            now().into(),
+            json_rows(&rows)?,
+        ];
+        values.extend(free_values(at_ms));
+        Ok(Part { sql, values })
     }
 
     /// Deletes claims left `processing` past their lock: their write never

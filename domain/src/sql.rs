@@ -84,6 +84,14 @@ pub struct Part {
     pub values: Vec<Value>,
 }
 
+impl Part {
+    /// The part as a statement of its own (PostgreSQL): the rows it wrote
+    /// are its `rows_affected`.
+    pub fn alone(self) -> Statement {
+        statement(DbBackend::Postgres, &self.sql, self.values)
+    }
+}
+
 /// The parts as one statement: each a `WITH` query, and one row of how many
 /// rows each wrote (`n0`, `n1`, …). All of them run, on one snapshot, or
 /// none does.

@@ -17,7 +17,7 @@ use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::journal::chain_hash;
 use crate::money::format_units;
-use crate::sql::{Part, json_rows, statement};
+use crate::sql::{Part, json_rows};
 
 /// Minor-unit changes applied together under one lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -249,9 +249,7 @@ pub async fn insert_entries<C: ConnectionTrait>(
         return Ok(());
     }
     if conn.get_database_backend() == DbBackend::Postgres {
-        let part = entries_part(entries)?;
-        conn.execute_raw(statement(DbBackend::Postgres, &part.sql, part.values))
-            .await?;
+        conn.execute_raw(entries_part(entries)?.alone()).await?;
         return Ok(());
     }
     // Every column as the entry has it but the id, which the database gives.
