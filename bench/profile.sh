@@ -120,7 +120,7 @@ areas = [
     ("group commit (the leader, the group's books and statements)", r"domain::group"),
     ("idempotency (claim, replay, the stored answer)", r"domain::idempotency"),
     ("JSON (serde_json, poem-openapi ToJSON)", r"serde_json|ToJSON|to_json|ParseFromJSON"),
-    ("logging and tracing (tracing-subscriber, the request log line)", r"tracing_subscriber|tracing_core::event|tracing::span::Span::(new|record)|tracing_appender"),
+    ("logging and tracing (tracing-subscriber, the request log line)", r"tracing_subscriber|tracing_core::event|tracing::span::Span::(new|record)|infra::telemetry"),
     ("metrics (prometheus)", r"prometheus"),
     ("the connection pool (sqlx pool: acquire, the query through it, release)", r"sqlx_core::pool"),
     ("  of which returning the connection (sqlx return_to_pool: a socket flush)", r"Floating<.*Live<.*>>::return_to_pool"),
