@@ -235,9 +235,23 @@ async fn run(command: Command, config: Result<Config, ConfigError>) -> Result<Ex
     Ok(ExitCode::SUCCESS)
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::load();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Ok(config) = &config {
+        runtime.event_interval(config.server.event_interval);
+    }
+    match runtime.build() {
+        Ok(runtime) => runtime.block_on(start(config)),
+        Err(e) => {
+            eprintln!("error: the async runtime did not start: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start(config: Result<Config, ConfigError>) -> ExitCode {
     let format = config
         .as_ref()
         .map_or(LogFormat::Text, |c| c.server.log_format);

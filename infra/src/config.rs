@@ -92,6 +92,13 @@ pub struct ServerConfig {
     /// once with 503 `overloaded` instead of queueing. 0 turns it off; unset,
     /// it is the pool size (see [`Config::max_in_flight`]).
     pub max_in_flight: Option<usize>,
+    /// How many tasks a runtime worker runs between two looks for I/O that
+    /// has become ready (tokio's `event_interval`; tokio's own default is
+    /// 61). Under load a worker always has tasks to run, so this is how late
+    /// it notices a database answer, and a group commit waits on one answer
+    /// per statement: on two cores, 4 served 5 to 19 % more deposits than
+    /// 61 in alternating runs.
+    pub event_interval: u32,
     /// HS256 signing secret. Required with PostgreSQL; generated and kept
     /// beside the database file for the SQLite default when unset.
     pub jwt_secret: Secret,
@@ -110,6 +117,7 @@ impl Default for ServerConfig {
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             max_in_flight: None,
+            event_interval: 4,
             jwt_secret: Secret::default(),
         }
     }
@@ -440,6 +448,7 @@ struct Settings {
     rate_limit_per_second: u32,
     rate_limit_burst: u32,
     max_in_flight: Option<usize>,
+    event_interval: u32,
     max_body_bytes: usize,
     cors_allowed_origins: String,
     log_format: LogFormat,
@@ -538,6 +547,7 @@ impl Default for Settings {
             rate_limit_per_second: server.rate_limit_per_second,
             rate_limit_burst: server.rate_limit_burst,
             max_in_flight: server.max_in_flight,
+            event_interval: server.event_interval,
             max_body_bytes: server.max_body_bytes,
             cors_allowed_origins: server.cors_allowed_origins,
             log_format: server.log_format,
@@ -654,6 +664,7 @@ impl TryFrom<Settings> for Config {
                 rate_limit_per_second: s.rate_limit_per_second,
                 rate_limit_burst: s.rate_limit_burst,
                 max_in_flight: s.max_in_flight,
+                event_interval: s.event_interval,
                 jwt_secret: s.jwt_secret,
             },
             database: DatabaseConfig {
@@ -880,6 +891,9 @@ impl Config {
         if referrals.settle_batch == 0 {
             return bad("referral_settle_batch must be at least 1");
         }
+        if server.event_interval == 0 {
+            return bad("event_interval must be at least 1");
+        }
         if server.max_body_bytes < 1024 {
             return bad("max_body_bytes must be at least 1024");
         }
@@ -973,6 +987,15 @@ mod tests {
     }
 
     #[test]
+    fn the_runtime_event_interval_is_set_and_never_zero() {
+        let set = load_with(&[("LEDGER_EVENT_INTERVAL", "61")]).unwrap();
+        assert_eq!(set.server.event_interval, 61);
+        let zero = load_with(&[("LEDGER_EVENT_INTERVAL", "0")]).unwrap_err();
+        assert!(zero.contains("event_interval"), "{zero}");
+        assert!(load_with(&[("LEDGER_EVENT_INTERVAL", "-1")]).is_err());
+    }
+
+    #[test]
     fn the_in_flight_limit_follows_the_pool_unless_set() {
         let pool = load_with(&[("LEDGER_DB_MAX_CONNECTIONS", "25")]).unwrap();
         assert_eq!(pool.max_in_flight(), 25);
@@ -1002,6 +1025,7 @@ mod tests {
         );
         assert_eq!(c.server.max_in_flight, None);
         assert_eq!(c.max_in_flight(), 50);
+        assert_eq!(c.server.event_interval, 4);
         assert_eq!(
             (c.server.shutdown_drain, c.server.shutdown_timeout),
             (Duration::from_secs(2), Duration::from_secs(30))
