@@ -139,8 +139,12 @@ impl LogBuffer {
         self.room.notify_all();
     }
 
+    /// From now on lines go straight to stderr; those already buffered go
+    /// first.
     fn unbuffered(&self) {
-        self.lock().unbuffered = true;
+        let mut state = self.lock();
+        state.unbuffered = true;
+        let _ = std::io::stderr().write_all(&std::mem::take(&mut state.lines));
     }
 
     /// The writer thread: takes the buffered lines every [`WRITE_EVERY`] (or
@@ -212,6 +216,16 @@ mod tests {
         buffer.close();
         let out = thread.join().unwrap();
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn without_its_thread_nothing_stays_buffered() {
+        let buffer = LogBuffer::default();
+        (&buffer).write_all(b"before\n").unwrap();
+        buffer.unbuffered();
+        assert!(buffer.lock().lines.is_empty(), "a line kept in the buffer");
+        (&buffer).write_all(b"after\n").unwrap();
+        assert!(buffer.lock().lines.is_empty(), "a line buffered after");
     }
 
     #[test]
