@@ -153,7 +153,8 @@ impl GroupCommit {
 /// Runs one group and answers each of its writes.
 async fn run_group(ledger: &Ledger, group: Vec<Write>) {
     metrics().group_size.observe(group.len() as f64);
-    if group.len() == 1 && !planned(&group) {
+    let planned = planned(&group);
+    if group.len() == 1 && !planned {
         // Alone: no savepoints needed, the plain one-write transaction. (A
         // planned write alone takes the planned path below: it needs no
         // savepoint either, and writes in fewer statements.)
@@ -186,7 +187,7 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             async move { run_writes(ledger, &txn, group).await }
         })
     };
-    let result = if planned(&group) {
+    let result = if planned {
         let together = ledger
             .tx
             .execute_or_roll_back(name, &policy, |txn| {

@@ -22,7 +22,7 @@
 //!    writes; they are honoured until their lease runs out.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use infra::entities::idempotency_key as key;
@@ -505,14 +505,16 @@ impl IdempotencyService {
             })
             .collect();
         let at_ms = now_ms();
-        let sql = format!(
-            "INSERT INTO idempotency_keys ({STORED}) \
-             SELECT a.key, a.principal, a.route, a.request_hash, ?, a.claim_token, \
-             a.response_status, a.response_body, 0, ?, ? \
-             FROM json_to_recordset(?::json) AS a(key text, principal text, route text, \
-             request_hash text, claim_token uuid, response_status int, response_body text) \
-             {IF_FREE} RETURNING 1"
-        );
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "INSERT INTO idempotency_keys ({STORED}) \
+                 SELECT a.key, a.principal, a.route, a.request_hash, ?, a.claim_token, \
+                 a.response_status, a.response_body, 0, ?, ? \
+                 FROM json_to_recordset(?::json) AS a(key text, principal text, route text, \
+                 request_hash text, claim_token uuid, response_status int, response_body text) \
+                 {IF_FREE} RETURNING 1"
+            )
+        });
         let mut values = vec![
             COMPLETED.into(),
             (at_ms + millis(self.ttl)).into(),
@@ -520,7 +522,7 @@ impl IdempotencyService {
             json_rows(&rows)?,
         ];
         values.extend(free_values(at_ms));
-        Ok(Part { sql, values })
+        Ok(Part { sql: &SQL, values })
     }
 
     /// Deletes claims left `processing` past their lock: their write never

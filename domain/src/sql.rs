@@ -77,10 +77,10 @@ pub fn json_rows<T: Serialize>(rows: &[T]) -> DomainResult<Value> {
 
 /// One data-modifying statement of several that run as one (PostgreSQL's
 /// `WITH`, `run_together`): its SQL ends in `RETURNING 1`, so the rows it
-/// wrote can be counted.
+/// wrote can be counted. The SQL is fixed text, written once per process.
 #[derive(Debug)]
 pub struct Part {
-    pub sql: String,
+    pub sql: &'static str,
     pub values: Vec<Value>,
 }
 
@@ -88,7 +88,7 @@ impl Part {
     /// The part as a statement of its own (PostgreSQL): the rows it wrote
     /// are its `rows_affected`.
     pub fn alone(self) -> Statement {
-        statement(DbBackend::Postgres, &self.sql, self.values)
+        statement(DbBackend::Postgres, self.sql, self.values)
     }
 }
 
@@ -166,8 +166,8 @@ mod tests {
 
     #[test]
     fn parts_run_as_one_statement_counting_each() {
-        let part = |sql: &str, v: i64| Part {
-            sql: sql.to_owned(),
+        let part = |sql: &'static str, v: i64| Part {
+            sql,
             values: vec![Value::from(v)],
         };
         let stmt = together(vec![

@@ -9,6 +9,7 @@
 //! wallet as the last write left it, under the version it was locked at.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
@@ -121,14 +122,14 @@ impl Books {
                 .collect::<Vec<String>>()
                 .into(),
         ];
-        let wallets = Part {
-            sql: format!(
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
                 "UPDATE wallets SET {SET}, updated_at = ? FROM unnest(?::bigint[], \
                  ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], \
                  ?::bigint[], ?::text[]) AS {V} WHERE {GUARD} RETURNING 1"
-            ),
-            values,
-        };
+            )
+        });
+        let wallets = Part { sql: &SQL, values };
         Ok(Parts {
             wallets,
             entries: entries_part(&self.entries)?,

@@ -5,6 +5,8 @@
 //! event with the old and new values. All postings of an operation are
 //! written in the caller's transaction: all of them or none.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
 use sea_orm::sea_query::Expr;
@@ -269,17 +271,19 @@ pub fn entries_part(entries: &[journal_entry::Model]) -> DomainResult<Part> {
     const COLUMNS: &str = "operation_id, wallet_id, user_id, wallet_kind, kind, \
         balance_delta, margin_delta, profit_delta, balance_after, margin_after, profit_after, \
         held_delta, held_after, reference, metadata, created_at, hash";
-    let sql = format!(
-        "INSERT INTO journal_entries ({COLUMNS}) SELECT {COLUMNS} FROM ROWS FROM \
-         (json_to_recordset(?::json) AS (operation_id uuid, wallet_id bigint, \
-         user_id bigint, wallet_kind text, kind text, balance_delta bigint, \
-         margin_delta bigint, profit_delta bigint, balance_after bigint, \
-         margin_after bigint, profit_after bigint, held_delta bigint, held_after bigint, \
-         reference text, metadata text, created_at timestamptz, hash text)) \
-         WITH ORDINALITY AS e({COLUMNS}, ord) ORDER BY ord RETURNING 1"
-    );
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO journal_entries ({COLUMNS}) SELECT {COLUMNS} FROM ROWS FROM \
+             (json_to_recordset(?::json) AS (operation_id uuid, wallet_id bigint, \
+             user_id bigint, wallet_kind text, kind text, balance_delta bigint, \
+             margin_delta bigint, profit_delta bigint, balance_after bigint, \
+             margin_after bigint, profit_after bigint, held_delta bigint, held_after bigint, \
+             reference text, metadata text, created_at timestamptz, hash text)) \
+             WITH ORDINALITY AS e({COLUMNS}, ord) ORDER BY ord RETURNING 1"
+        )
+    });
     Ok(Part {
-        sql,
+        sql: &SQL,
         values: vec![json_rows(entries)?],
     })
 }
