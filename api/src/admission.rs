@@ -4,11 +4,18 @@
 //! so that under overload the requests that are let in keep their latency
 //! and the rest learn it in microseconds instead of queueing for the pool.
 //!
-//! `Retry-After` grows with the overload: over the last full second, one
-//! second plus one per refused request per admitted one, so that refused
-//! clients come back spread over the time the server needs to serve them
-//! (a server offered four times what it serves says 4 s), capped at
-//! [`MAX_RETRY_AFTER_SECS`].
+//! `Retry-After` follows the overload, second by second ([`next_retry_after`]).
+//! It is at least one second plus one per refused request per admitted one
+//! in the last full second (a server offered four times what it serves says
+//! 4 s). Past that floor it is steered by what the refused clients do when
+//! they come back: while more than one request in [`STEER_UP`] is refused
+//! it grows by a second each second, and once fewer than one in
+//! [`STEER_DOWN`] are (or none come at all) it shrinks by a second each
+//! second; in between it holds; never past [`MAX_RETRY_AFTER_SECS`]. Under
+//! a lasting overload a refused client is told, within seconds, a wait long
+//! enough that it is served when it comes back, instead of being refused
+//! again and again: every refusal costs the server (and the client) a round
+//! trip that serves no one.
 //!
 //! Retried writes come first. A quarter of the places is kept for a write
 //! whose Idempotency-Key (with its Authorization) was refused before: under
@@ -34,6 +41,12 @@ use poem::http::{Method, header};
 
 /// The longest `Retry-After` of a refusal, in seconds.
 pub const MAX_RETRY_AFTER_SECS: u64 = 30;
+
+/// `Retry-After` grows while more than one request in this many is refused.
+pub const STEER_UP: u64 = 8;
+
+/// It shrinks once fewer than one request in this many is refused.
+pub const STEER_DOWN: u64 = 32;
 
 /// Refused writes remembered per generation (two generations are kept).
 pub const REMEMBERED: usize = 65_536;
@@ -189,22 +202,28 @@ impl Admission {
         {
             let admitted = self.admitted.swap(0, Relaxed);
             let refused = self.refused.swap(0, Relaxed);
-            // counts older than one second say nothing about now
-            let (admitted, refused) = if now.checked_sub(seen) == Some(1) {
-                (admitted, refused)
-            } else {
-                (0, 0)
-            };
+            let secs = next_retry_after(self.retry_after.load(Relaxed), admitted, refused);
+            // each second after `seen` without a request was a calm one
+            let quiet = now.saturating_sub(seen + 1);
             self.retry_after
-                .store(retry_after_secs(admitted, refused), Relaxed);
+                .store(secs.saturating_sub(quiet).max(1), Relaxed);
         }
     }
 }
 
-/// One second plus one per refused request per admitted one, at most
-/// [`MAX_RETRY_AFTER_SECS`].
-pub fn retry_after_secs(admitted: u64, refused: u64) -> u64 {
-    (1 + refused / admitted.max(1)).min(MAX_RETRY_AFTER_SECS)
+/// The `Retry-After` after a second in which `admitted` requests were let in
+/// and `refused` were refused, given the one before (`previous`): see the
+/// module's header.
+pub fn next_retry_after(previous: u64, admitted: u64, refused: u64) -> u64 {
+    let floor = 1 + refused / admitted.max(1);
+    let steered = if refused * STEER_UP > admitted {
+        previous + 1
+    } else if refused * STEER_DOWN < admitted || refused == 0 {
+        previous.saturating_sub(1)
+    } else {
+        previous
+    };
+    steered.max(floor).clamp(1, MAX_RETRY_AFTER_SECS)
 }
 
 /// A queue item's long poll and the lock event stream wait for events, not
@@ -326,14 +345,53 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_grows_with_the_overload() {
-        assert_eq!(retry_after_secs(0, 0), 1);
-        assert_eq!(retry_after_secs(1000, 0), 1);
-        assert_eq!(retry_after_secs(1000, 999), 1);
-        assert_eq!(retry_after_secs(1000, 1000), 2);
-        assert_eq!(retry_after_secs(1000, 3000), 4);
-        assert_eq!(retry_after_secs(0, 50), 30);
-        assert_eq!(retry_after_secs(10, 1_000_000), MAX_RETRY_AFTER_SECS);
+    fn retry_after_is_at_least_one_second_plus_the_refused_per_admitted() {
+        // from a calm start, a first overloaded second gives the floor
+        assert_eq!(next_retry_after(1, 0, 0), 1);
+        assert_eq!(next_retry_after(1, 1000, 0), 1);
+        assert_eq!(next_retry_after(1, 1000, 1000), 2);
+        assert_eq!(next_retry_after(1, 1000, 3000), 4);
+        assert_eq!(next_retry_after(1, 0, 50), 30);
+        assert_eq!(next_retry_after(1, 10, 1_000_000), MAX_RETRY_AFTER_SECS);
+        // the floor, not one more second, when it is higher
+        assert_eq!(next_retry_after(2, 1000, 3000), 4);
+    }
+
+    #[test]
+    fn retry_after_is_steered_by_the_share_refused() {
+        // more than one in 8 refused: a second longer, each second
+        assert_eq!(next_retry_after(5, 1000, 126), 6);
+        assert_eq!(next_retry_after(6, 1000, 500), 7);
+        assert_eq!(
+            next_retry_after(MAX_RETRY_AFTER_SECS, 10, 9),
+            MAX_RETRY_AFTER_SECS
+        );
+        // between one in 32 and one in 8: held
+        assert_eq!(next_retry_after(7, 1000, 125), 7);
+        assert_eq!(next_retry_after(7, 1000, 32), 7);
+        // fewer than one in 32, or none: a second shorter, down to 1
+        assert_eq!(next_retry_after(7, 1000, 31), 6);
+        assert_eq!(next_retry_after(7, 1000, 0), 6);
+        assert_eq!(next_retry_after(7, 0, 0), 6);
+        assert_eq!(next_retry_after(1, 0, 0), 1);
+    }
+
+    #[test]
+    fn a_lasting_overload_lengthens_retry_after_and_calm_shortens_it() {
+        // the same load second after second: 1 in 5 refused
+        let mut secs = 1;
+        let mut seen = Vec::new();
+        for _ in 0..40 {
+            secs = next_retry_after(secs, 800, 200);
+            seen.push(secs);
+        }
+        assert_eq!(&seen[..4], &[2, 3, 4, 5]);
+        assert_eq!(seen.last(), Some(&MAX_RETRY_AFTER_SECS));
+        // then a calm minute
+        for _ in 0..29 {
+            secs = next_retry_after(secs, 800, 0);
+        }
+        assert_eq!(secs, 1);
     }
 
     #[test]
@@ -348,9 +406,10 @@ mod tests {
         // the next second: 1 admitted, 3 refused in the last one
         assert_eq!(enter(11).err(), after(4));
         assert_eq!(enter(11).err(), after(4));
-        // 2 refused, none admitted
-        assert_eq!(enter(12).err(), after(3));
-        // a quiet gap: old counts no longer count
+        // 2 refused, none admitted: still refusing, so a second longer
+        assert_eq!(enter(12).err(), after(5));
+        // 1 refused in second 12 (6), then 7 seconds without a request:
+        // each of them shortens it by a second
         assert_eq!(enter(20).err(), after(1));
     }
 }

@@ -369,7 +369,7 @@ const STATUSES: &[(u16, &str)] = &[
     (500, "A bug; the body never carries internals (`internal`)"),
     (
         503,
-        "Database unreachable or draining (`unavailable`), or the server at capacity (`overloaded`: more requests in flight than it takes, or no database connection within the wait budget); both with Retry-After, which for `overloaded` grows with the overload (1 s plus 1 s per refused request per admitted one over the last second, at most 30 s)",
+        "Database unreachable or draining (`unavailable`), or the server at capacity (`overloaded`: more requests in flight than it takes, or no database connection within the wait budget); both with Retry-After, which for `overloaded` follows the overload (at least 1 s plus 1 s per refused request per admitted one over the last second; 1 s longer each second while more than 1 request in 8 is refused, 1 s shorter each second once fewer than 1 in 32 are; at most 30 s)",
     ),
 ];
 
