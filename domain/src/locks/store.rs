@@ -104,20 +104,28 @@ pub(crate) async fn active_on<C: ConnectionTrait>(
     if resources.is_empty() {
         return Ok(Vec::new());
     }
+    // The locks are found by their primary key and kept if active here, not
+    // in the WHERE: given `l.status = 'active'` there, PostgreSQL may read
+    // every entry of the status index that was ever active (stale statistics
+    // and dead entries on a table that is updated on every release) instead
+    // of the one or few rows the resources name: 4 to 20 ms a read under the
+    // locks load, against well under a millisecond.
     let sql = format!(
-        "SELECT l.* FROM transaction_locks l WHERE l.status = 'active' AND l.id IN \
+        "SELECT l.* FROM transaction_locks l WHERE l.id IN \
          (SELECT r.lock_id FROM transaction_lock_resources r WHERE r.status = 'active' \
          AND r.resource_id IN ({}))",
         marks(resources.len())
     );
-    Ok(lock::Entity::find()
+    let mut locks = lock::Entity::find()
         .from_raw_sql(statement(
             conn.get_database_backend(),
             &sql,
             values(resources),
         ))
         .all(conn)
-        .await?)
+        .await?;
+    locks.retain(|l| l.status == LockStatus::Active.as_str());
+    Ok(locks)
 }
 
 fn candidate(row: &queue_row::Model, now: i64, aging_ms: u64) -> Candidate {
