@@ -387,7 +387,7 @@ mod tests {
         }
         assert_eq!(&seen[..4], &[2, 3, 4, 5]);
         assert_eq!(seen.last(), Some(&MAX_RETRY_AFTER_SECS));
-        // then a calm minute
+        // then 29 calm seconds
         for _ in 0..29 {
             secs = next_retry_after(secs, 800, 0);
         }

@@ -959,7 +959,6 @@ fn count_conflict<T>(result: &DomainResult<T>) {
     }
 }
 
-/// Resolves when an event about `queue_id` arrives (or events were missed).
 /// How often a waiter at `position` in its queue (1: the head) reads its
 /// whole item: once a second at the head, once every `position` seconds
 /// behind it, at most [`FULL_READ_AT_MOST_EVERY`]. Only the head can be
@@ -967,7 +966,7 @@ fn count_conflict<T>(result: &DomainResult<T>) {
 /// first waiter to see it; the ones further back only refresh their
 /// position and estimate, which they answer at the deadline anyway. With 200
 /// waiters on one resource, a full read each second each made 200 scans of
-/// a 200-row queue a second and halved the hand-offs.
+/// a 200-row queue a second and cut the hand-offs to a third.
 fn full_read_every(position: i64) -> Duration {
     let behind = u32::try_from(position.max(1)).unwrap_or(u32::MAX);
     FULL_READ_EVERY
@@ -975,6 +974,7 @@ fn full_read_every(position: i64) -> Duration {
         .min(FULL_READ_AT_MOST_EVERY)
 }
 
+/// Resolves when an event about `queue_id` arrives (or events were missed).
 async fn changed(changes: &mut broadcast::Receiver<LockEvent>, queue_id: i64) {
     loop {
         match changes.recv().await {
