@@ -151,10 +151,24 @@ impl Database {
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(config.sqlite_busy_timeout)
                 .foreign_keys(true);
-            let pool = pool_options::<Sqlite>(config)
-                .connect_with(options)
-                .await
-                .map_err(sqlx_err)?;
+            // The first connection is opened here, within the wait budget
+            // like any acquire. On a loaded machine opening the file can
+            // take longer than that (it did, with a hundred tests opening
+            // theirs on two busy cores): it is tried again until the
+            // startup wait has passed. A file that cannot be opened fails
+            // at once, not by timing out.
+            let deadline = Instant::now() + config.acquire_timeout;
+            let pool = loop {
+                match pool_options::<Sqlite>(config)
+                    .connect_with(options.clone())
+                    .await
+                {
+                    Err(sea_orm::sqlx::Error::PoolTimedOut) if Instant::now() < deadline => {
+                        tracing::warn!("opening the SQLite file took longer than the wait budget");
+                    }
+                    opened => break opened.map_err(sqlx_err)?,
+                }
+            };
             Ok(Self {
                 conn: counted(SqlxSqliteConnector::from_sqlx_sqlite_pool(pool)),
                 backend: Backend::Sqlite,
@@ -301,5 +315,41 @@ async fn probe(conn: &mut Option<sea_orm::sqlx::PgConnection>, options: &PgConne
     match conn.as_mut() {
         Some(c) => c.execute("SELECT 1").await.is_ok(),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Opening the first SQLite connection is tried again only when it ran
+    /// past the wait budget: a file that cannot be opened fails at once,
+    /// even with an hour to wait for a slow one.
+    #[tokio::test]
+    async fn a_sqlite_file_that_cannot_be_opened_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // the path names a directory, which SQLite cannot open as a file
+        std::fs::create_dir(dir.path().join("a.db")).unwrap();
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}/a.db", dir.path().display()),
+            acquire_timeout: Duration::from_secs(3600),
+            ..Default::default()
+        };
+        let opened = tokio::time::timeout(Duration::from_secs(60), Database::connect(&config))
+            .await
+            .expect("still trying after a minute");
+        assert!(opened.is_err());
+    }
+
+    /// A file that opens is opened, with the usual wait budget.
+    #[tokio::test]
+    async fn a_sqlite_file_opens_and_migrates() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = DatabaseConfig {
+            url: format!("sqlite://{}/b.db", dir.path().display()),
+            ..Default::default()
+        };
+        let db = Database::connect(&config).await.unwrap();
+        db.migrate().await.unwrap();
     }
 }
