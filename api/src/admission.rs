@@ -204,9 +204,10 @@ impl Admission {
             let refused = self.refused.swap(0, Relaxed);
             let secs = next_retry_after(self.retry_after.load(Relaxed), admitted, refused);
             // each second after `seen` without a request was a calm one
-            let quiet = now.saturating_sub(seen + 1);
-            self.retry_after
-                .store(secs.saturating_sub(quiet).max(1), Relaxed);
+            // (past MAX_RETRY_AFTER_SECS of them, any value has come to 1)
+            let quiet = now.saturating_sub(seen + 1).min(MAX_RETRY_AFTER_SECS);
+            let secs = (0..quiet).fold(secs, |secs, _| next_retry_after(secs, 0, 0));
+            self.retry_after.store(secs, Relaxed);
         }
     }
 }
