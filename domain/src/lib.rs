@@ -41,6 +41,8 @@ pub mod locks;
 pub mod money;
 pub mod page;
 pub mod sql;
+#[cfg(test)]
+mod testing;
 pub mod trading;
 pub mod tx;
 pub mod workflows;
@@ -199,6 +201,7 @@ impl Ledger {
             tx.clone(),
             idempotency.clone(),
             LockRules::from_config(&config.locks),
+            config.database.wait_budget,
         );
         let reads = config.reads.enabled.then(|| {
             Arc::new(WalletReads::new(

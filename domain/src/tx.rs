@@ -372,10 +372,7 @@ mod tests {
     }
 
     async fn service(dir: &tempfile::TempDir) -> TransactionService {
-        let config = infra::config::DatabaseConfig {
-            url: format!("sqlite://{}/t.db", dir.path().display()),
-            ..Default::default()
-        };
+        let config = crate::testing::config(dir).database;
         TransactionService::new(Database::connect(&config).await.unwrap(), policy(0.0))
     }
 

@@ -221,6 +221,21 @@ pub(crate) async fn create_indexes(
     Ok(())
 }
 
+/// Drops the named indexes of `table`.
+pub(crate) async fn drop_indexes(
+    manager: &SchemaManager<'_>,
+    table: impl IntoIden,
+    names: impl IntoIterator<Item = &'static str>,
+) -> Result<(), DbErr> {
+    let table = table.into_iden();
+    for name in names {
+        manager
+            .drop_index(Index::drop().name(name).table(table.clone()).to_owned())
+            .await?;
+    }
+    Ok(())
+}
+
 /// `ALTER TABLE table ADD COLUMN …` (SQLite takes one column per statement).
 pub(crate) async fn add_column(
     manager: &SchemaManager<'_>,

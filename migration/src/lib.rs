@@ -14,6 +14,7 @@ mod m20261125_000001_locks;
 mod m20261201_000003_holds;
 mod m20261203_000004_workflows;
 mod m20261205_000005_idempotency_cleanup;
+mod m20261207_000006_lock_history;
 
 pub struct Migrator;
 
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_holds::Migration),
             Box::new(m20261203_000004_workflows::Migration),
             Box::new(m20261205_000005_idempotency_cleanup::Migration),
+            Box::new(m20261207_000006_lock_history::Migration),
         ]
     }
 }

@@ -11,7 +11,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::columns::{create_indexes, ix};
+use crate::columns::{create_indexes, drop_indexes, ix};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -39,13 +39,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .drop_index(
-                Index::drop()
-                    .name(STALE_CLAIMS)
-                    .table(IdempotencyKeys::Table)
-                    .to_owned(),
-            )
-            .await
+        drop_indexes(manager, IdempotencyKeys::Table, [STALE_CLAIMS]).await
     }
 }

@@ -445,12 +445,7 @@ mod tests {
     async fn one_wallet() -> (tempfile::TempDir, infra::Database, wallet::Model) {
         use sea_orm::{ActiveModelTrait, Set};
         let dir = tempfile::tempdir().unwrap();
-        let config = infra::config::DatabaseConfig {
-            url: format!("sqlite://{}/f.db", dir.path().display()),
-            ..Default::default()
-        };
-        let db = infra::Database::connect(&config).await.unwrap();
-        db.migrate().await.unwrap();
+        let db = crate::testing::database(&dir).await;
         let user = infra::entities::user::ActiveModel {
             email: Set("f@x.io".into()),
             account_number: Set("100000000001".into()),

@@ -672,16 +672,7 @@ mod tests {
     /// holds 1000 minor units.
     async fn ledger() -> (tempfile::TempDir, Ledger, i64) {
         let dir = tempfile::tempdir().unwrap();
-        let config = infra::Config {
-            database: infra::config::DatabaseConfig {
-                url: format!("sqlite://{}/h.db", dir.path().display()),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        let db = infra::Database::connect(&config.database).await.unwrap();
-        db.migrate().await.unwrap();
-        let ledger = Ledger::new(db, &config).unwrap();
+        let ledger = crate::testing::ledger(&dir).await;
         let user = ledger
             .execute(&NewUser {
                 email: Email::parse("h@x.io").unwrap(),

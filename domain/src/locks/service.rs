@@ -2,6 +2,7 @@
 //! under a lock) calls. Each write is one retried transaction (see
 //! `store`); the events it produced are published after it commits.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
@@ -17,15 +18,16 @@ use sea_orm::{
     QueryOrder, QuerySelect, Select,
 };
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use super::events::{EventKind, Events, LockEvent};
-use super::store::{self, Store, active_on, annotate, pending_on};
+use super::store::{self, Placing, Store, active_on, annotate, pending_on};
 use super::{
     AcquireRequest, Acquired, AtOnce, CleanupReport, ClearReport, LockFilter, LockList, LockStats,
     LockStatus, LockView, LockedRun, QueueItemView, QueueStatus, Release, ResourceCheck,
     ResourceInfo, names, resource,
 };
+use crate::batch::Batcher;
 use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
@@ -93,10 +95,24 @@ const FULL_READ_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 /// The longest one wait on a queue item may last.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
 const HISTORY: u64 = 20;
+/// The most waiting items placed by one read of their queues.
+const PLACES_PER_READ: usize = 256;
+
+/// A waiting queue item's place, asked of the read of the next batch.
+struct PlaceRead {
+    resources: Vec<String>,
+    reply: oneshot::Sender<DomainResult<Arc<Placing>>>,
+}
 
 #[derive(Clone, Debug)]
 pub struct LockService {
     tx: TransactionService,
+    /// The places of waiting items asked for while others are being read
+    /// are read together, in one read of all their resources' waiters:
+    /// each of hundreds of waiters on a hot resource reads its place on
+    /// every poll, and one read of the queue serves all those that asked
+    /// during the read before it. Each answer is read after it was asked.
+    places: Arc<Batcher<PlaceRead>>,
     /// More patient than the default: a hand-off that must lock a
     /// resource out of order may meet another doing the reverse, and a
     /// deadlock is resolved by re-running one of them.
@@ -107,11 +123,17 @@ pub struct LockService {
 }
 
 impl LockService {
-    pub fn new(tx: TransactionService, idempotency: IdempotencyService, rules: LockRules) -> Self {
+    pub fn new(
+        tx: TransactionService,
+        idempotency: IdempotencyService,
+        rules: LockRules,
+        wait_budget: Duration,
+    ) -> Self {
         let mut policy = tx.policy().clone();
         policy.max_attempts = policy.max_attempts.max(LOCK_ATTEMPTS);
         Self {
             tx,
+            places: Arc::new(Batcher::new(1, PLACES_PER_READ, wait_budget, |_| true)),
             policy,
             idempotency,
             rules: Arc::new(rules),
@@ -388,10 +410,37 @@ impl LockService {
             .one(self.conn())
             .await?
             .ok_or(DomainError::NotFound("queue item"))?;
-        let mut items = [QueueItemView::from_row(row, now, self.rules.queue_aging_ms)];
-        annotate(self.conn(), &mut items, now, self.rules.queue_aging_ms).await?;
-        let [item] = items;
+        let mut item = QueueItemView::from_row(row, now, self.rules.queue_aging_ms);
+        if item.status == QueueStatus::Pending {
+            self.place(&mut item).await?;
+        } else {
+            annotate(
+                self.conn(),
+                std::slice::from_mut(&mut item),
+                now,
+                self.rules.queue_aging_ms,
+            )
+            .await?;
+        }
         Ok(item)
+    }
+
+    /// Sets a pending item's position and wait estimate, read in the next
+    /// batch of places (see `places`).
+    async fn place(&self, item: &mut QueueItemView) -> DomainResult<()> {
+        let resources = item.resources.clone();
+        let ticket = self.places.push(
+            |reply| PlaceRead { resources, reply },
+            || {
+                let (conn, aging) = (self.conn().clone(), self.rules.queue_aging_ms);
+                move |batch| {
+                    let conn = conn.clone();
+                    async move { read_places(&conn, batch, aging).await }
+                }
+            },
+        );
+        self.places.answer(ticket).await?.place(item);
+        Ok(())
     }
 
     /// Answers when the item is no longer pending or after `wait` (at most
@@ -974,6 +1023,25 @@ fn full_read_every(position: i64) -> Duration {
         .min(FULL_READ_AT_MOST_EVERY)
 }
 
+/// Reads the waiters of every resource a batch of places asks about, once,
+/// and answers each with that read; a failure answers them all.
+async fn read_places(conn: &sea_orm::DatabaseConnection, batch: Vec<PlaceRead>, aging_ms: u64) {
+    let sets: BTreeSet<Vec<String>> = batch.iter().map(|p| p.resources.clone()).collect();
+    match Placing::read(conn, &sets, now_ms(), aging_ms).await {
+        Ok(placing) => {
+            let placing = Arc::new(placing);
+            for read in batch {
+                let _ = read.reply.send(Ok(Arc::clone(&placing)));
+            }
+        }
+        Err(e) => {
+            for read in batch {
+                let _ = read.reply.send(Err(DomainError::shared(&e)));
+            }
+        }
+    }
+}
+
 /// Resolves when an event about `queue_id` arrives (or events were missed).
 async fn changed(changes: &mut broadcast::Receiver<LockEvent>, queue_id: i64) {
     loop {
@@ -1033,16 +1101,9 @@ impl Drop for ReleaseGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Ledger;
     use crate::locks::{LockStatus, WaitMode};
 
-    async fn ledger(dir: &tempfile::TempDir) -> Ledger {
-        let mut config = infra::Config::default();
-        config.database.url = format!("sqlite://{}/t.db", dir.path().display());
-        let db = infra::Database::connect(&config.database).await.unwrap();
-        db.migrate().await.unwrap();
-        Ledger::new(db, &config).unwrap()
-    }
+    use crate::testing::ledger;
 
     #[test]
     fn waiters_further_back_read_their_whole_item_less_often() {

@@ -40,6 +40,9 @@ const PENDING: &str = "pending";
 /// cut short; the resources left out are settled by the next change.
 const MAX_ROUNDS: usize = 16;
 
+/// How many of a resource's last finished grants its wait estimate averages.
+const RECENT_GRANTS: usize = 50;
+
 /// How a grant ends: the row's final status, time, who ended it, why, and
 /// its result or error; `expiry` is `Some(true)` where the grant must be
 /// past its expiry, `Some(false)` where it must not be, `None` where that
@@ -68,6 +71,17 @@ fn json(value: &serde_json::Value) -> String {
     value.to_string()
 }
 
+/// `FROM … WHERE` of the pending waiters (not past their deadline) of
+/// `n` resources, aliased `q`; its values are now, then the resources.
+fn pending_from(n: usize) -> String {
+    format!(
+        "FROM transaction_queue q WHERE q.status = 'pending' AND q.deadline_ms > ? \
+         AND q.id IN (SELECT qr.queue_id FROM transaction_queue_resources qr \
+         WHERE qr.resource_id IN ({}))",
+        marks(n)
+    )
+}
+
 /// Pending waiters of `resources` (not past their deadline), best first.
 pub(crate) async fn pending_on<C: ConnectionTrait>(
     conn: &C,
@@ -80,10 +94,8 @@ pub(crate) async fn pending_on<C: ConnectionTrait>(
     }
     let backend = conn.get_database_backend();
     let sql = format!(
-        "SELECT q.* FROM transaction_queue q WHERE q.status = 'pending' AND q.deadline_ms > ? \
-         AND q.id IN (SELECT qr.queue_id FROM transaction_queue_resources qr \
-         WHERE qr.resource_id IN ({})) ORDER BY {}, q.queued_at_ms, q.id",
-        marks(resources.len()),
+        "SELECT q.* {} ORDER BY {}, q.queued_at_ms, q.id",
+        pending_from(resources.len()),
         queue::effective_priority_sql()
     );
     let mut vals: Vec<Value> = vec![now.into()];
@@ -136,48 +148,115 @@ fn candidate(row: &queue_row::Model, now: i64, aging_ms: u64) -> Candidate {
 }
 
 /// Fills in position and wait estimate of pending items, and the lock of
-/// granted ones.
+/// granted ones. The waiters of every pending item's resources are read
+/// once, and each set of resources' hold time once: a list of a resource's
+/// whole queue costs two reads, not two per waiter.
 pub(crate) async fn annotate<C: ConnectionTrait>(
     conn: &C,
     items: &mut [QueueItemView],
     now: i64,
     aging_ms: u64,
 ) -> DomainResult<()> {
+    let mut sets = BTreeSet::new();
     for item in items.iter_mut() {
-        if item.status == QueueStatus::Granted {
-            let row = lock_of_queue_item(conn, item.queue_id).await?;
-            item.lock = row.map(|r| LockView::from_row(r, now));
-            continue;
+        match item.status {
+            QueueStatus::Granted => {
+                let row = lock_of_queue_item(conn, item.queue_id).await?;
+                item.lock = row.map(|r| LockView::from_row(r, now));
+            }
+            QueueStatus::Pending => {
+                sets.insert(item.resources.clone());
+            }
+            _ => {}
         }
-        if item.status != QueueStatus::Pending {
-            continue;
+    }
+    if sets.is_empty() {
+        return Ok(());
+    }
+    let placing = Placing::read(conn, &sets, now, aging_ms).await?;
+    for item in items
+        .iter_mut()
+        .filter(|i| i.status == QueueStatus::Pending)
+    {
+        placing.place(item);
+    }
+    Ok(())
+}
+
+/// What places a pending item in its queues, as read at one moment: the
+/// waiters of its resources, and the time one turn of each set of
+/// resources is expected to take.
+#[derive(Debug)]
+pub(crate) struct Placing {
+    now: i64,
+    aging_ms: u64,
+    waiters: Vec<Candidate>,
+    turns: BTreeMap<Vec<String>, i64>,
+}
+
+impl Placing {
+    /// Reads the waiters of every resource in `sets`, and each set's turn.
+    pub(crate) async fn read<C: ConnectionTrait>(
+        conn: &C,
+        sets: &BTreeSet<Vec<String>>,
+        now: i64,
+        aging_ms: u64,
+    ) -> DomainResult<Self> {
+        let wanted: BTreeSet<&String> = sets.iter().flatten().collect();
+        let wanted: Vec<String> = wanted.into_iter().cloned().collect();
+        let waiters = pending_on(conn, &wanted, now, aging_ms)
+            .await?
+            .iter()
+            .map(|w| candidate(w, now, aging_ms))
+            .collect();
+        let mut turns = BTreeMap::new();
+        for set in sets {
+            turns.insert(set.clone(), turn_ms(conn, set, now).await?);
         }
-        let others = pending_on(conn, &item.resources, now, aging_ms).await?;
-        let others: Vec<Candidate> = others.iter().map(|o| candidate(o, now, aging_ms)).collect();
+        Ok(Self {
+            now,
+            aging_ms,
+            waiters,
+            turns,
+        })
+    }
+
+    /// Sets a pending item's position (its worst place among the waiters of
+    /// its resources, ranked as of the read) and wait estimate.
+    pub(crate) fn place(&self, item: &mut QueueItemView) {
         let me = Candidate {
             rank: Rank::at(
                 item.priority,
                 item.queued_at_ms,
                 item.queue_id,
-                now,
-                aging_ms,
+                self.now,
+                self.aging_ms,
             ),
             resources: item.resources.clone(),
         };
-        item.position = queue::position(&me, &others);
-        let per_turn = match average_hold_ms(conn, &item.resources).await? {
-            Some(avg) => avg,
-            None => active_on(conn, &item.resources)
-                .await?
-                .iter()
-                .map(|l| l.expires_at_ms - now)
-                .max()
-                .unwrap_or(0)
-                .max(0),
-        };
+        item.position = queue::position(&me, &self.waiters);
+        let per_turn = self.turns.get(&item.resources).copied().unwrap_or(0);
         item.estimated_wait_ms = per_turn.saturating_mul(item.position);
     }
-    Ok(())
+}
+
+/// How long one turn of `resources` is expected to take: the recent
+/// average hold, or, with no history, what is left of the current holds.
+async fn turn_ms<C: ConnectionTrait>(
+    conn: &C,
+    resources: &[String],
+    now: i64,
+) -> DomainResult<i64> {
+    Ok(match average_hold_ms(conn, resources).await? {
+        Some(avg) => avg,
+        None => active_on(conn, resources)
+            .await?
+            .iter()
+            .map(|l| l.expires_at_ms - now)
+            .max()
+            .unwrap_or(0)
+            .max(0),
+    })
 }
 
 async fn lock_of_queue_item<C: ConnectionTrait>(
@@ -191,16 +270,35 @@ async fn lock_of_queue_item<C: ConnectionTrait>(
 }
 
 /// How long the last 50 finished grants of these resources were held.
+///
+/// Read through each resource's newest grants, not its whole history: a
+/// resource's fencing token grows with each grant, and one grant of a
+/// resource ends before the next begins (one that outlived its expiry is
+/// `expired`, not counted), so its 50 highest-token finished grants are its
+/// 50 last released. The 50 last released of several resources are among
+/// the union of each one's (a grant of several counted once).
 pub(crate) async fn average_hold_ms<C: ConnectionTrait>(
     conn: &C,
     resources: &[String],
 ) -> DomainResult<Option<i64>> {
+    if resources.is_empty() {
+        return Ok(None);
+    }
+    let newest = (0..resources.len())
+        .map(|i| {
+            format!(
+                "SELECT * FROM (SELECT l.id, l.released_at_ms AS at, \
+                 l.released_at_ms - l.acquired_at_ms AS h FROM transaction_lock_resources r \
+                 JOIN transaction_locks l ON l.id = r.lock_id WHERE r.resource_id = ? \
+                 AND l.status IN ('released', 'failed') \
+                 ORDER BY r.fencing_token DESC LIMIT {RECENT_GRANTS}) AS g{i}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
     let sql = format!(
-        "SELECT CAST(AVG(h) AS BIGINT) AS avg_hold FROM (SELECT l.released_at_ms - l.acquired_at_ms AS h \
-         FROM transaction_locks l WHERE l.status IN ('released', 'failed') AND l.id IN \
-         (SELECT r.lock_id FROM transaction_lock_resources r WHERE r.resource_id IN ({})) \
-         ORDER BY l.released_at_ms DESC LIMIT 50) recent",
-        marks(resources.len())
+        "SELECT CAST(AVG(h) AS BIGINT) AS avg_hold FROM (SELECT u.h FROM ({newest}) AS u \
+         ORDER BY u.at DESC LIMIT {RECENT_GRANTS}) AS recent"
     );
     let row = conn
         .query_one_raw(statement(
@@ -354,8 +452,19 @@ impl<'t> Store<'t> {
     /// doing the same from the other side).
     pub async fn lock_with_waiters(&mut self, resources: &[String]) -> DomainResult<()> {
         let mut all: BTreeSet<String> = resources.iter().cloned().collect();
-        for waiter in pending_on(self.txn, resources, self.now, self.aging_ms).await? {
-            all.extend(names(&waiter.resources));
+        if !resources.is_empty() {
+            // only the waiters' sets of resources: on a hot resource, one
+            // row however long its queue, inside the transaction that holds
+            // its fencing row
+            let sql = format!(
+                "SELECT DISTINCT q.resources AS resources {}",
+                pending_from(resources.len())
+            );
+            let mut vals: Vec<Value> = vec![self.now.into()];
+            vals.extend(values(resources));
+            for row in self.txn.query_all_raw(self.stmt(&sql, vals)).await? {
+                all.extend(names(&row.try_get::<String>("", "resources")?));
+            }
         }
         self.lock_resources(&all).await
     }
@@ -1112,4 +1221,102 @@ pub(crate) async fn check_fence(
     });
     fencing::admit(state.as_ref(), fencing_token, owner, now)
         .map_err(|refusal| lost(refusal.reason()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A grant of `resources` under `token`, acquired at `at` and ended
+    /// `held` ms later with `status`.
+    fn grant(
+        id: &str,
+        resources: &[&str],
+        token: i64,
+        status: &str,
+        at: i64,
+        held: i64,
+    ) -> (lock::ActiveModel, Vec<lock_resource::ActiveModel>) {
+        let row = lock::Model {
+            id: id.into(),
+            resources: json(&serde_json::json!(resources)),
+            owner_id: "user:1".into(),
+            owner_type: "user".into(),
+            created_by: "user:1".into(),
+            status: status.into(),
+            fencing_token: token,
+            priority: 5,
+            transaction_type: "test".into(),
+            transaction_data: "{}".into(),
+            idempotency_key: id.into(),
+            result: None,
+            error: None,
+            acquired_at_ms: at,
+            expires_at_ms: at + 1_000_000,
+            released_at_ms: Some(at + held),
+            released_by: None,
+            release_reason: None,
+            wait_ms: 0,
+            queue_id: None,
+        };
+        let children = resources
+            .iter()
+            .map(|r| lock_resource::ActiveModel {
+                lock_id: Set(id.into()),
+                resource_id: Set((*r).into()),
+                status: Set(status.into()),
+                fencing_token: Set(token),
+            })
+            .collect();
+        (row.into(), children)
+    }
+
+    /// The estimate averages the 50 grants released last, whichever order
+    /// they were acquired in across resources: expired and active grants do
+    /// not count, a grant of several resources counts once, and a resource
+    /// with no finished grant has no average.
+    #[tokio::test]
+    async fn the_hold_average_is_of_the_last_fifty_finished_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::testing::database(&dir).await;
+        // "a": 60 grants, the i-th held 10·i ms; then one that expired (held
+        // far longer) and one still active
+        let mut grants: Vec<_> = (1..=60)
+            .map(|i| grant(&format!("a{i}"), &["a"], i, "released", 1_000 * i, 10 * i))
+            .collect();
+        grants.push(grant("a-expired", &["a"], 61, "expired", 70_000, 99_999));
+        grants.push(grant("a-active", &["a"], 62, "active", 180_000, 5));
+        // "b": three failed grants of 1 s, released after all of "a"'s
+        grants.extend((1..=3).map(|i| {
+            grant(
+                &format!("b{i}"),
+                &["b"],
+                i,
+                "failed",
+                100_000 + 1_000 * i,
+                1_000,
+            )
+        }));
+        // both: the last released of all, held 525 ms
+        grants.push(grant("ab", &["a", "b"], 63, "released", 200_000, 525));
+        for (row, children) in grants {
+            lock::Entity::insert(row).exec(&db.conn).await.unwrap();
+            lock_resource::Entity::insert_many(children)
+                .exec(&db.conn)
+                .await
+                .unwrap();
+        }
+        let average = async |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+            average_hold_ms(&db.conn, &names).await.unwrap()
+        };
+        // "ab" and a12..a60: (525 + 10·(12 + … + 60)) / 50 = 363.3
+        assert_eq!(average(&["a"]).await, Some(363));
+        // "ab" and b1..b3: (525 + 3·1000) / 4 = 881.25
+        assert_eq!(average(&["b"]).await, Some(881));
+        // "ab" once, b1..b3, a15..a60: (525 + 3000 + 10·(15 + … + 60)) / 50
+        assert_eq!(average(&["a", "b"]).await, Some(415));
+        assert_eq!(average(&["c"]).await, None);
+        assert_eq!(average(&[]).await, None);
+    }
 }

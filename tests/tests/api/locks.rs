@@ -409,6 +409,29 @@ async fn queue_contract(engine: Engine) {
     let full = acquire(&app, &cy, third).await;
     full.problem(429, "queue_full");
     assert!(full.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    // the whole queue, as the list and the resource view give it: each
+    // waiter in its own place, its wait estimate one turn per place
+    let admin = app.admin();
+    for path in [
+        format!("{LOCKS}?resource_id=item:q&status=pending"),
+        format!("{LOCKS}/resources/item:q"),
+    ] {
+        let listed = app.get_ok(&path, &admin).await;
+        let places: Vec<(i64, i64)> = listed.body["queue"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let place = i["position"].as_i64().unwrap();
+                (place, i["estimated_wait_ms"].as_i64().unwrap())
+            })
+            .collect();
+        assert_eq!(places.len(), 2, "{path}: {places:?}");
+        assert_eq!((places[0].0, places[1].0), (1, 2), "{path}");
+        let turn = places[0].1;
+        assert!(turn > 0, "{path}: {places:?}");
+        assert_eq!(places[1].1, 2 * turn, "{path}: {places:?}");
+    }
 
     let (q1, q2) = (
         first.body["queue_id"].as_i64().unwrap(),

@@ -210,6 +210,25 @@ async fn queue_grants_in_priority_then_arrival_order() {
         })
         .collect();
     expected.sort();
+    // every waiter reads its item at once (their places are read together):
+    // each is told its own place in that order
+    let places = join_all(queued.iter().map(|q| {
+        let app = &app;
+        async move {
+            let owner = q["owner_id"].as_str().unwrap();
+            let user = owner.strip_prefix("user:").unwrap().parse().unwrap();
+            let item = app
+                .get_ok(&format!("{LOCKS}/queue/{}", q["queue_id"]), &app.user(user))
+                .await;
+            assert_eq!(item.body["status"], "pending");
+            (owner.to_owned(), item.body["position"].as_i64().unwrap())
+        }
+    }))
+    .await;
+    for (owner, place) in places {
+        let at = expected.iter().position(|e| e.3 == owner).unwrap();
+        assert_eq!(place, i64::try_from(at).unwrap() + 1, "{owner}");
+    }
     let admin = app.admin();
     let mut order = Vec::new();
     let mut current = holder.body.clone();
