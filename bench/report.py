@@ -793,6 +793,7 @@ def main():
                 md.append(f"- `{run['label']}`: outcomes of every attempt {run['outcomes']}; per operation p99 "
                           + ", ".join(f"{op} {l['p99']:.1f} ms" for op, l in run["per_op"].items()))
         md.append("")
+        run_alone(md, results, "locks")
         command_block(md, results, ["locks", "locks-hot"])
 
     if orders or orders_sig:

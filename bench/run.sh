@@ -8,7 +8,7 @@
 #                                    seed, then only these sections (api:
 #                                    pgbench and the API's deposits, reads and
 #                                    hot wallet, with and without group commit
-#                                    and coalesced reads; orders, holds,
+#                                    and coalesced reads; locks, orders, holds,
 #                                    workflows, fast: the 33,000-user
 #                                    fast-think run); the other results stay, and
 #                                    the report is written from all of them
@@ -150,6 +150,17 @@ payout_sim() {
   [ -n "$url" ] || { echo "payout-sim did not start" >&2; return 1; }
   pre_cmd="payout-sim --listen 127.0.0.1:0 --mode accept --quiet   # prints LEDGER_PAYOUT_URL=$url"
   payout_url="$url"
+}
+
+# Resource locks through the API: 50 users each on a resource of its own,
+# then 200 queued waiters on one hot resource.
+section_locks() {
+  echo "== resource locks: acquire and release, uncontended and one hot resource"
+  serve locks
+  loadgen locks --scenario locks --vus 50 --duration "$step" || echo "locks run FAILED" | tee -a "$out/locks.txt"
+  loadgen locks-hot --scenario locks-hot --vus 200 --ramp 2 --duration "$step" \
+    || echo "locks-hot run FAILED" | tee -a "$out/locks-hot.txt"
+  stop_servers
 }
 
 # Orders opened and closed by 50 users, without and then with a fresh
@@ -296,13 +307,7 @@ fi
 
 section_api
 
-echo "== resource locks: acquire and release, uncontended and one hot resource"
-serve locks
-loadgen locks --scenario locks --vus 50 --duration "$step" || echo "locks run FAILED" | tee -a "$out/locks.txt"
-loadgen locks-hot --scenario locks-hot --vus 200 --ramp 2 --duration "$step" \
-  || echo "locks-hot run FAILED" | tee -a "$out/locks-hot.txt"
-stop_servers
-
+section_locks
 section_orders
 section_holds
 section_workflows
