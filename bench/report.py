@@ -431,7 +431,7 @@ def run_alone(md, results: Path, section: str):
         if sections and section in sections.group(1).split(","):
             md.append(
                 "These runs were made on their own (`BENCH_ONLY`), later than the runs above, on the machine below"
-                + (" (its note says what else ran on it):" if "\nnote: " in only else ":")
+                + (" (its note says more of the machine that day):" if "\nnote: " in only else ":")
             )
             md.append("")
             md.append("```")
