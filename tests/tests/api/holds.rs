@@ -466,6 +466,9 @@ async fn the_cleanup_job_releases_expired_holds(engine: Engine) {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // on a busy machine the job may release a short hold before the next
+    // hold is made: which entries there are is the point, not their order
+    kinds.sort();
     assert_eq!(
         kinds,
         [
