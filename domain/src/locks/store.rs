@@ -825,7 +825,15 @@ impl<'t> Store<'t> {
             .filter(|r| busy.contains(*r))
             .cloned()
             .collect();
-        conflicts.extend(self.waiters_ahead(&spec.resources, spec.priority).await?);
+        // Waiters ahead can only add resources not already held, and a
+        // request that queues anyway does not list its conflicts: on a held
+        // resource the queue is not read (a scan of every waiter, inside
+        // the transaction that holds the resource's fencing row).
+        let decided = conflicts.len() == spec.resources.len()
+            || (spec.wait == WaitMode::Queue && !conflicts.is_empty());
+        if !decided {
+            conflicts.extend(self.waiters_ahead(&spec.resources, spec.priority).await?);
+        }
         if conflicts.is_empty() {
             return self.grant_now(spec).await.map(Acquired::Granted);
         }

@@ -761,7 +761,36 @@ async fn openapi_documents_the_lock_routes(engine: Engine) {
     app.stop().await;
 }
 
+/// A waiter ahead is a conflict as a holder is: a refused request names
+/// the resources held and those promised to a waiter before it, whether or
+/// not it also met a holder; a request that may wait queues behind both.
+async fn waiters_ahead_are_conflicts(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (ann, bob, cy) = (app.user(1), app.user(2), app.user(3));
+    acquire_for(&app, &ann, &["item:a"], "t").await.expect(201);
+    // bob waits for item:a and item:d together: item:d is free, but his
+    let both = json!({"resources": ["item:a", "item:d"], "transaction_type": "t", "wait": "queue"});
+    acquire(&app, &bob, both).await.expect(202);
+    for (resources, conflicts) in [
+        (vec!["item:d"], json!(["item:d"])),
+        (vec!["item:a", "item:d"], json!(["item:a", "item:d"])),
+        (vec!["item:a", "item:e"], json!(["item:a"])),
+    ] {
+        let refused = acquire_for(&app, &cy, &resources, "t").await;
+        refused.problem(409, "resource_locked");
+        assert_eq!(refused.body["conflicts"], conflicts, "{resources:?}");
+    }
+    let wait = json!({"resources": ["item:d"], "transaction_type": "t", "wait": "queue"});
+    let queued = acquire(&app, &cy, wait).await;
+    queued.expect(202);
+    assert_eq!(queued.body["position"], 2);
+    // and nothing of the refused requests was taken
+    acquire_for(&app, &cy, &["item:e"], "t").await.expect(201);
+    app.stop().await;
+}
+
 both_engines!(
+    waiters_ahead_are_conflicts,
     acquire_contract,
     extend_and_release_contract,
     expiry_frees_at_once,
