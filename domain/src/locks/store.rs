@@ -1233,50 +1233,43 @@ pub(crate) async fn check_fence(
 
 #[cfg(test)]
 mod tests {
+    use sea_orm::TransactionTrait;
+
     use super::*;
 
     /// A grant of `resources` under `token`, acquired at `at` and ended
-    /// `held` ms later with `status`.
-    fn grant(
+    /// `held` ms later with `status`, as the store writes it.
+    async fn record(
+        db: &infra::Database,
         id: &str,
         resources: &[&str],
         token: i64,
         status: &str,
         at: i64,
         held: i64,
-    ) -> (lock::ActiveModel, Vec<lock_resource::ActiveModel>) {
-        let row = lock::Model {
-            id: id.into(),
-            resources: json(&serde_json::json!(resources)),
-            owner_id: "user:1".into(),
-            owner_type: "user".into(),
-            created_by: "user:1".into(),
-            status: status.into(),
-            fencing_token: token,
+    ) {
+        let resources: Vec<String> = resources.iter().map(|r| (*r).to_owned()).collect();
+        let mut row = Grant {
+            resources: &resources,
+            owner_id: "user:1",
+            created_by: "user:1",
             priority: 5,
-            transaction_type: "test".into(),
+            transaction_type: "test",
             transaction_data: "{}".into(),
-            idempotency_key: id.into(),
-            result: None,
-            error: None,
-            acquired_at_ms: at,
-            expires_at_ms: at + 1_000_000,
-            released_at_ms: Some(at + held),
-            released_by: None,
-            release_reason: None,
+            idempotency_key: id,
+            ttl_ms: 1_000_000,
             wait_ms: 0,
             queue_id: None,
-        };
-        let children = resources
-            .iter()
-            .map(|r| lock_resource::ActiveModel {
-                lock_id: Set(id.into()),
-                resource_id: Set((*r).into()),
-                status: Set(status.into()),
-                fencing_token: Set(token),
-            })
-            .collect();
-        (row.into(), children)
+        }
+        .row(id.into(), token, at);
+        row.status = status.into();
+        row.released_at_ms = Some(at + held);
+        let txn = db.conn.begin().await.unwrap();
+        Store::new(&txn, at, 1)
+            .insert_lock(&row, &resources, status)
+            .await
+            .unwrap();
+        txn.commit().await.unwrap();
     }
 
     /// The estimate averages the 50 grants released last, whichever order
@@ -1289,31 +1282,27 @@ mod tests {
         let db = crate::testing::database(&dir).await;
         // "a": 60 grants, the i-th held 10·i ms; then one that expired (held
         // far longer) and one still active
-        let mut grants: Vec<_> = (1..=60)
-            .map(|i| grant(&format!("a{i}"), &["a"], i, "released", 1_000 * i, 10 * i))
-            .collect();
-        grants.push(grant("a-expired", &["a"], 61, "expired", 70_000, 99_999));
-        grants.push(grant("a-active", &["a"], 62, "active", 180_000, 5));
-        // "b": three failed grants of 1 s, released after all of "a"'s
-        grants.extend((1..=3).map(|i| {
-            grant(
-                &format!("b{i}"),
-                &["b"],
+        for i in 1..=60 {
+            record(
+                &db,
+                &format!("a{i}"),
+                &["a"],
                 i,
-                "failed",
-                100_000 + 1_000 * i,
-                1_000,
+                "released",
+                1_000 * i,
+                10 * i,
             )
-        }));
-        // both: the last released of all, held 525 ms
-        grants.push(grant("ab", &["a", "b"], 63, "released", 200_000, 525));
-        for (row, children) in grants {
-            lock::Entity::insert(row).exec(&db.conn).await.unwrap();
-            lock_resource::Entity::insert_many(children)
-                .exec(&db.conn)
-                .await
-                .unwrap();
+            .await;
         }
+        record(&db, "a-expired", &["a"], 61, "expired", 70_000, 99_999).await;
+        record(&db, "a-active", &["a"], 62, "active", 180_000, 5).await;
+        // "b": three failed grants of 1 s, released after all of "a"'s
+        for i in 1..=3 {
+            let at = 100_000 + 1_000 * i;
+            record(&db, &format!("b{i}"), &["b"], i, "failed", at, 1_000).await;
+        }
+        // both: the last released of all, held 525 ms
+        record(&db, "ab", &["a", "b"], 63, "released", 200_000, 525).await;
         let average = async |names: &[&str]| {
             let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
             average_hold_ms(&db.conn, &names).await.unwrap()
