@@ -37,6 +37,11 @@ pub(crate) fn bigint_zero(col: impl IntoIden) -> ColumnDef {
     bigint(col).default(0).to_owned()
 }
 
+/// A required `BOOLEAN` that starts false: a flag a later step sets.
+pub(crate) fn boolean_false(col: impl IntoIden) -> ColumnDef {
+    required(col, ColumnType::Boolean).default(false).to_owned()
+}
+
 pub(crate) fn integer(col: impl IntoIden) -> ColumnDef {
     required(col, ColumnType::Integer)
 }

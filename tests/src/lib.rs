@@ -296,7 +296,14 @@ impl TestApp {
 
     /// A second server on the same database (two processes behind one balancer).
     pub async fn sibling(&self) -> TestApp {
-        Self::start(self.engine, self.state.config.clone(), None, None).await
+        self.sibling_with(|_| {}).await
+    }
+
+    /// A second server on the same database with settings of its own.
+    pub async fn sibling_with(&self, tweak: impl FnOnce(&mut Config)) -> TestApp {
+        let mut config = self.state.config.clone();
+        tweak(&mut config);
+        Self::start(self.engine, config, None, None).await
     }
 
     async fn start(

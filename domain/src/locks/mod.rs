@@ -13,6 +13,7 @@
 //! - fencing tokens and the write fence: `fencing.rs`;
 //! - resource names and request bounds: `resource.rs`;
 //! - the duplicate-work key: `dedupe.rs`;
+//! - the statistics, kept as a tally of finished grants: `tally.rs`;
 //! - the change events (SSE, waking waiters, metrics): `events.rs`.
 //!
 //! Every change to a resource's locks or queue first locks that resource's
@@ -30,6 +31,7 @@ pub mod queue;
 pub mod resource;
 pub mod service;
 mod store;
+mod tally;
 
 pub use events::{EventKind, LockEvent};
 pub use service::{LockRules, LockService};

@@ -14,14 +14,15 @@ use infra::entities::{transaction_lock as lock, transaction_queue as queue_row};
 use infra::metrics::metrics;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Select,
+    ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
 
 use super::events::{EventKind, Events, LockEvent};
 use super::store::{self, Placing, Store, active_on, annotate, pending_on};
+use super::tally;
 use super::{
     AcquireRequest, Acquired, AtOnce, CleanupReport, ClearReport, LockFilter, LockList, LockStats,
     LockStatus, LockView, LockedRun, QueueItemView, QueueStatus, Release, ResourceCheck,
@@ -31,7 +32,7 @@ use crate::batch::Batcher;
 use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
-use crate::sql::{statement, status_as_of};
+use crate::sql::status_as_of;
 use crate::tx::{RetryPolicy, TransactionService};
 
 /// Runs `$body` with `$s` bound to a [`Store`] in a retried transaction
@@ -86,6 +87,9 @@ impl LockRules {
 const LOCK_ATTEMPTS: u32 = 6;
 /// Expired records handled per cleanup pass; the next pass takes the rest.
 const CLEANUP_BATCH: u64 = 500;
+/// Tally or purge transactions one cleanup pass runs at most (each of
+/// `tally::BATCH` grants).
+const CLEANUP_PASSES: u32 = 20;
 /// While waiting on a queue item at the head of its queue, how often the
 /// full read (which settles a holder that expired) runs besides the cheap
 /// status polls; further back, see [`full_read_every`].
@@ -746,49 +750,21 @@ impl LockService {
     pub async fn stats(&self) -> DomainResult<LockStats> {
         let now = now_ms();
         let conn = self.conn();
-        let backend = conn.get_database_backend();
-        let sql = "SELECT \
-            COALESCE(SUM(CASE WHEN status = 'active' AND expires_at_ms > ? THEN 1 ELSE 0 END), 0) AS active, \
-            COALESCE(SUM(CASE WHEN status = 'released' THEN 1 ELSE 0 END), 0) AS released, \
-            COALESCE(SUM(CASE WHEN status = 'expired' OR (status = 'active' AND expires_at_ms <= ?) THEN 1 ELSE 0 END), 0) AS expired, \
-            COALESCE(SUM(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), 0) AS failed, \
-            CAST(COALESCE(AVG(CASE WHEN status IN ('released', 'failed') THEN released_at_ms - acquired_at_ms END), 0) AS BIGINT) AS avg_hold, \
-            CAST(COALESCE(AVG(wait_ms), 0) AS BIGINT) AS avg_wait, \
-            COUNT(*) AS total \
-            FROM transaction_locks";
-        let row = conn
-            .query_one_raw(statement(backend, sql, vec![now.into(), now.into()]))
-            .await?
-            .ok_or_else(|| DomainError::unexpected("the stats query returned no row"))?;
-        let get = |col: &str| row.try_get::<i64>("", col);
-        let total = get("total")?;
-        let p99_wait_ms = if total == 0 {
-            0
-        } else {
-            // Nearest rank: the ceil(0.99 n)-th smallest wait, so that with
-            // fewer than 100 locks it is the largest.
-            let offset = (total * 99 + 99) / 100 - 1;
-            let sql = "SELECT wait_ms FROM transaction_locks ORDER BY wait_ms LIMIT 1 OFFSET ?";
-            conn.query_one_raw(statement(backend, sql, vec![offset.into()]))
-                .await?
-                .map(|r| r.try_get::<i64>("", "wait_ms"))
-                .transpose()?
-                .unwrap_or(0)
-        };
+        let totals = tally::totals(conn, now).await?;
         let queued = queue_row::Entity::find()
             .filter(queue_row::Column::Status.eq("pending"))
             .filter(queue_row::Column::DeadlineMs.gt(now))
             .count(conn)
             .await?;
         let stats = LockStats {
-            active: get("active")?,
+            active: totals.active,
             queued: i64::try_from(queued).unwrap_or(i64::MAX),
-            released: get("released")?,
-            expired: get("expired")?,
-            failed: get("failed")?,
-            avg_hold_ms: get("avg_hold")?,
-            avg_wait_ms: get("avg_wait")?,
-            p99_wait_ms,
+            released: totals.released,
+            expired: totals.expired,
+            failed: totals.failed,
+            avg_hold_ms: totals.avg_hold_ms,
+            avg_wait_ms: totals.avg_wait_ms,
+            p99_wait_ms: totals.p99_wait_ms,
         };
         let m = &metrics().locks;
         m.active.set(stats.active);
@@ -833,19 +809,46 @@ impl LockService {
             }
         }
         let cutoff = now.saturating_sub(self.rules.retention_ms);
-        let purged_locks = lock::Entity::delete_many()
-            .filter(lock::Column::Status.ne("active"))
-            .filter(lock::Column::ReleasedAtMs.lt(cutoff))
-            .exec(self.conn())
+        self.in_batches("lock_tally", |txn| async move {
+            tally::tally_finished(&*txn, tally::BATCH).await
+        })
+        .await?;
+        report.purged = self
+            .in_batches("lock_purge", |txn| async move {
+                tally::purge_finished(&*txn, cutoff, tally::BATCH).await
+            })
             .await?;
         let purged_items = queue_row::Entity::delete_many()
             .filter(queue_row::Column::Status.ne("pending"))
             .filter(queue_row::Column::FinishedAtMs.lt(cutoff))
             .exec(self.conn())
             .await?;
-        report.purged = purged_locks.rows_affected + purged_items.rows_affected;
+        report.purged += purged_items.rows_affected;
         self.stats().await?;
         Ok(report)
+    }
+
+    /// Runs `batch` (one transaction each) until it does less than a full
+    /// batch, at most `CLEANUP_PASSES` times: a backlog (after an upgrade,
+    /// or a long stop) is worked off over several passes, not in one long
+    /// one. Returns the rows done.
+    async fn in_batches<F, Fut>(&self, name: &'static str, batch: F) -> DomainResult<u64>
+    where
+        F: Fn(Arc<DatabaseTransaction>) -> Fut,
+        Fut: Future<Output = DomainResult<u64>>,
+    {
+        let mut done = 0;
+        for _ in 0..CLEANUP_PASSES {
+            let n = self
+                .tx
+                .execute_with_policy(name, &self.policy, &batch)
+                .await?;
+            done += n;
+            if n < tally::BATCH.unsigned_abs() {
+                break;
+            }
+        }
+        Ok(done)
     }
 
     /// Emergency: releases every active grant and cancels every waiter.

@@ -368,6 +368,7 @@ impl<'s> Grant<'s> {
             release_reason: None,
             wait_ms: self.wait_ms,
             queue_id: self.queue_id,
+            tallied: false,
         }
     }
 }
@@ -1232,22 +1233,21 @@ pub(crate) async fn check_fence(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use sea_orm::TransactionTrait;
 
     use super::*;
 
     /// A grant of `resources` under `token`, acquired at `at` and ended
     /// `held` ms later with `status`, as the store writes it.
-    async fn record(
-        db: &infra::Database,
+    pub(crate) fn grant(
         id: &str,
         resources: &[&str],
         token: i64,
         status: &str,
         at: i64,
         held: i64,
-    ) {
+    ) -> lock::Model {
         let resources: Vec<String> = resources.iter().map(|r| (*r).to_owned()).collect();
         let mut row = Grant {
             resources: &resources,
@@ -1264,12 +1264,29 @@ mod tests {
         .row(id.into(), token, at);
         row.status = status.into();
         row.released_at_ms = Some(at + held);
+        row
+    }
+
+    /// Writes `row` and its resource rows as the store does.
+    pub(crate) async fn insert(db: &infra::Database, row: &lock::Model) {
         let txn = db.conn.begin().await.unwrap();
-        Store::new(&txn, at, 1)
-            .insert_lock(&row, &resources, status)
+        Store::new(&txn, row.acquired_at_ms, 1)
+            .insert_lock(row, &names(&row.resources), &row.status)
             .await
             .unwrap();
         txn.commit().await.unwrap();
+    }
+
+    async fn record(
+        db: &infra::Database,
+        id: &str,
+        resources: &[&str],
+        token: i64,
+        status: &str,
+        at: i64,
+        held: i64,
+    ) {
+        insert(db, &grant(id, resources, token, status, at, held)).await;
     }
 
     /// The estimate averages the 50 grants released last, whichever order

@@ -31,6 +31,10 @@ pub struct Model {
     /// How long the grant waited in the queue; 0 when granted at once.
     pub wait_ms: i64,
     pub queue_id: Option<i64>,
+    /// Counted in `lock_tally` (finished grants only, set by the cleanup):
+    /// the lock statistics read the tally for these and the row for the
+    /// others.
+    pub tallied: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -505,3 +505,179 @@ async fn the_cleanup_job_expires_holders_and_grants_heads() {
     }
     app.stop().await;
 }
+
+/// The tally of finished grants, less the same grants grouped from their
+/// rows, and the other way round: 0 when each tallied grant kept is in the
+/// tally once and nothing else is. One statement, so one snapshot however
+/// the cleanups run meanwhile.
+const TALLY_DRIFT: &str = "WITH rows AS (SELECT status, wait_ms, COUNT(*) AS n, \
+     SUM(CASE WHEN status IN ('released', 'failed') THEN released_at_ms - acquired_at_ms ELSE 0 END) AS held_ms \
+     FROM transaction_locks WHERE tallied GROUP BY status, wait_ms), \
+     tally AS (SELECT status, wait_ms, n, held_ms FROM lock_tally) \
+     SELECT (SELECT COUNT(*) FROM (SELECT * FROM tally EXCEPT SELECT * FROM rows) a) \
+     + (SELECT COUNT(*) FROM (SELECT * FROM rows EXCEPT SELECT * FROM tally) b)";
+
+/// The lock statistics as sums over every grant kept (what
+/// `GET /api/v1/locks/stats` computed before the tally), for a moment when
+/// no grant is active.
+async fn summed_stats(db: &DatabaseConnection) -> Value {
+    let count =
+        |status: &str| format!("SELECT COUNT(*) FROM transaction_locks WHERE status = '{status}'");
+    let n = scalar(db, "SELECT COUNT(*) FROM transaction_locks").await;
+    let p99 = if n == 0 {
+        0
+    } else {
+        let offset = (n * 99 + 99) / 100 - 1;
+        scalar(
+            db,
+            &format!(
+                "SELECT wait_ms FROM transaction_locks ORDER BY wait_ms LIMIT 1 OFFSET {offset}"
+            ),
+        )
+        .await
+    };
+    json!({
+        "active": scalar(db, &count("active")).await,
+        "released": scalar(db, &count("released")).await,
+        "expired": scalar(db, &count("expired")).await,
+        "failed": scalar(db, &count("failed")).await,
+        "avg_hold_ms": scalar(db, "SELECT CAST(COALESCE(AVG(released_at_ms - acquired_at_ms), 0) AS BIGINT) \
+            FROM transaction_locks WHERE status IN ('released', 'failed')").await,
+        "avg_wait_ms": scalar(db, "SELECT CAST(COALESCE(AVG(wait_ms), 0) AS BIGINT) FROM transaction_locks").await,
+        "p99_wait_ms": p99,
+        "queued": 0,
+    })
+}
+
+/// Invariant: every finished grant enters the statistics' tally once and
+/// leaves it when it is purged, whichever cleanups run at the same time. Two
+/// instances clean up every 20 ms — one of them purging grants finished
+/// more than 300 ms ago —, admins fire cleanups at both in parallel, and
+/// 120 users take, hold and release (or fail, or let expire) locks on 6
+/// resources, most of them waiting in the queue. A sampler compares the
+/// tally with the tallied grants kept all along: never a difference. Then,
+/// the purging instance stopped, the statistics equal the sums over every
+/// grant kept, and grants were both tallied and purged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_finished_grant_is_tallied_once_and_untallied_when_purged() {
+    let _several_servers = tests::heavy().await;
+    let app = TestApp::spawn_with(Engine::Postgres, |c| {
+        c.locks.cleanup_interval = Duration::from_millis(20)
+    })
+    .await;
+    let purger = app
+        .sibling_with(|c| c.locks.retention = Duration::from_millis(300))
+        .await;
+    let instances = [&app, &purger];
+    let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let drift = {
+        let (db, stop) = (db.clone(), Arc::clone(&stop));
+        tokio::spawn(async move {
+            let (mut worst, mut samples) = (0, 0u64);
+            while !stop.load(Ordering::SeqCst) {
+                worst = worst.max(scalar(&db, TALLY_DRIFT).await);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (worst, samples)
+        })
+    };
+    let cleanups = join_all((0..4).map(|i| {
+        let (server, stop) = (instances[i % 2], Arc::clone(&stop));
+        async move {
+            let mut runs = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let r = server
+                    .post(
+                        &format!("{LOCKS}/cleanup"),
+                        &server.admin(),
+                        None,
+                        json!({}),
+                    )
+                    .await;
+                r.expect(200);
+                runs += 1;
+            }
+            runs
+        }
+    }));
+    let load = join_all((0..120).map(|i| {
+        let server = instances[i % 2];
+        async move {
+            let me = server.user(2_000 + i as i64);
+            let mut granted_here = 0;
+            for round in 0..3 {
+                let expire = i % 40 == 0 && round == 0;
+                // an expiring grant has a resource of its own, so that the
+                // queues do not wait for it
+                let (resource, ttl) = if expire {
+                    (format!("item:own:{i}"), 1_000)
+                } else {
+                    (format!("item:{}", (i + round) % 6), 30_000)
+                };
+                let r = acquire(
+                    server,
+                    &me,
+                    json!({"resources": [resource], "transaction_type": "t",
+                           "transaction_data": {"i": i, "round": round}, "wait": "queue",
+                           "ttl_ms": ttl}),
+                )
+                .await;
+                let lock = match r.status {
+                    201 => r.body,
+                    202 => granted(server, &me, r.body["queue_id"].as_i64().unwrap()).await["lock"]
+                        .clone(),
+                    _ => panic!("{}", r.text),
+                };
+                granted_here += 1;
+                if expire {
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let id = lock["lock_id"].as_str().unwrap();
+                let end = if round == 1 {
+                    json!({"error": "gave up"})
+                } else {
+                    json!({})
+                };
+                server
+                    .post(&format!("{LOCKS}/{id}/release"), &me, None, end)
+                    .await
+                    .expect(200);
+            }
+            granted_here
+        }
+    }));
+    let (granted_total, _) = tokio::join!(
+        async {
+            let granted: Vec<i64> = load.await;
+            // the unreleased grants expire, and the cleanups mark them
+            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            stop.store(true, Ordering::SeqCst);
+            granted.iter().sum::<i64>()
+        },
+        cleanups
+    );
+    let (worst, samples) = drift.await.unwrap();
+    assert!(samples > 10, "the sampler barely ran ({samples})");
+    assert_eq!(worst, 0, "the tally and the tallied grants differed");
+    purger.stop().await;
+    // the last of the grants tallied, and none purged any more
+    app.post(&format!("{LOCKS}/cleanup"), &app.admin(), None, json!({}))
+        .await
+        .expect(200);
+    assert_eq!(scalar(&db, TALLY_DRIFT).await, 0);
+    let kept = scalar(&db, "SELECT COUNT(*) FROM transaction_locks").await;
+    let tallied = scalar(
+        &db,
+        "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM lock_tally",
+    )
+    .await;
+    assert_eq!(granted_total, 360);
+    assert!(kept < granted_total, "nothing was purged ({kept} kept)");
+    assert_eq!(tallied, kept, "a finished grant kept is not tallied");
+    let stats = app.get_ok(&format!("{LOCKS}/stats"), &app.admin()).await;
+    assert_eq!(stats.body, summed_stats(&db).await);
+    app.stop().await;
+}
