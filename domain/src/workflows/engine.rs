@@ -290,7 +290,7 @@ impl WorkflowService {
                     Err(e) if e.is_refusal() => return Ok(Err(e.to_string())),
                     Err(e) => return Err(e),
                 };
-                store::change_step(&txn, row.id, row.step, StepChange::done()).await?;
+                store::change_step(&txn, row.id, row.step, StepChange::ran()).await?;
                 store::leased(
                     &txn,
                     lease,

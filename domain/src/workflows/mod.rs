@@ -368,7 +368,7 @@ impl Command for StartDeposit {
         // Step 0, the compliance check: passed at once below the threshold,
         // else waiting for a reviewer.
         if review {
-            store::change_step(txn, row.id, 0, StepChange::started()).await?;
+            store::change_step(txn, row.id, 0, StepChange::attempt()).await?;
         } else {
             first_step_done(txn, row.id, Patch::default()).await?;
         }
@@ -379,7 +379,7 @@ impl Command for StartDeposit {
 /// Step 0 of a workflow just created, done: the workflow goes on to step
 /// 1, with the rest of `patch`.
 async fn first_step_done(txn: &DatabaseTransaction, id: i64, patch: Patch) -> DomainResult<()> {
-    store::change_step(txn, id, 0, StepChange::done()).await?;
+    store::change_step(txn, id, 0, StepChange::ran()).await?;
     store::patch_unleased(
         txn,
         id,

@@ -363,11 +363,21 @@ impl StepChange {
         }
     }
 
-    /// One more attempt of an outbound step, before its call.
+    /// One more attempt: of an outbound step, before its call; of a check
+    /// that ran and now waits (a deposit sent to review).
     pub fn attempt() -> Self {
         Self {
             attempt: true,
             ..Self::started()
+        }
+    }
+
+    /// A step that ran once, in the transaction that records it, and is
+    /// done (a ledger step, a check passed at once).
+    pub fn ran() -> Self {
+        Self {
+            attempt: true,
+            ..Self::done()
         }
     }
 

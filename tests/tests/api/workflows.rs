@@ -148,7 +148,9 @@ async fn a_withdrawal_holds_pays_and_captures(engine: Engine) {
     for s in ["hold", "payout", "capture"] {
         assert_eq!(step(&done, s)["status"], "done", "{done}");
     }
-    assert_eq!(step(&done, "payout")["attempts"], 1);
+    for s in ["hold", "payout", "capture"] {
+        assert_eq!(step(&done, s)["attempts"], 1, "{done}");
+    }
     assert_eq!(hold_status(&app, &done).await, "captured");
     let wallet = app.wallet(u, "live").await;
     assert_eq!(
@@ -357,12 +359,23 @@ async fn deposits_are_credited_or_wait_for_review(engine: Engine) {
     let id = small.body["id"].as_i64().unwrap();
     let w = wait_for(&app, id, &["completed"]).await;
     assert_eq!(w["result"]["credited"], "999.99999999");
+    // each step ran once
+    for s in ["compliance", "credit"] {
+        assert_eq!(step(&w, s)["attempts"], 1, "{w}");
+    }
     assert_eq!(app.balance(u, "live").await, "999.99999999");
 
     // At the threshold: waits for a reviewer.
     let big = start(&app, DEPOSITS, &app.service(), deposit(u, "1000")).await;
     big.expect(202);
     assert_eq!(big.body["status"], "awaiting_review");
+    // the check ran, and its step waits for the reviewer
+    let check = step(&big.body, "compliance");
+    assert_eq!(
+        (&check["status"], &check["attempts"]),
+        (&json!("running"), &json!(1))
+    );
+    assert_eq!(step(&big.body, "credit")["attempts"], 0);
     let big = big.body["id"].as_i64().unwrap();
     let other = start(&app, DEPOSITS, &app.admin(), deposit(u, "5000")).await;
     other.expect(202);

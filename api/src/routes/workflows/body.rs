@@ -115,7 +115,9 @@ pub struct WorkflowStep {
     pub name: String,
     /// `pending`, `running`, `done`, `compensated` or `failed`.
     pub status: String,
-    /// Calls made (outbound steps); 0 or 1 otherwise.
+    /// Calls made (outbound steps: the payout); for a step the ledger runs
+    /// in its own transaction (hold, capture, credit, the compliance check),
+    /// 1 once it has run.
     pub attempts: u32,
     #[oai(nullable)]
     pub started_at: Option<String>,
