@@ -750,21 +750,14 @@ impl LockService {
     pub async fn stats(&self) -> DomainResult<LockStats> {
         let now = now_ms();
         let conn = self.conn();
-        let totals = tally::totals(conn, now).await?;
         let queued = queue_row::Entity::find()
             .filter(queue_row::Column::Status.eq("pending"))
             .filter(queue_row::Column::DeadlineMs.gt(now))
             .count(conn)
             .await?;
         let stats = LockStats {
-            active: totals.active,
             queued: i64::try_from(queued).unwrap_or(i64::MAX),
-            released: totals.released,
-            expired: totals.expired,
-            failed: totals.failed,
-            avg_hold_ms: totals.avg_hold_ms,
-            avg_wait_ms: totals.avg_wait_ms,
-            p99_wait_ms: totals.p99_wait_ms,
+            ..tally::totals(conn, now).await?
         };
         let m = &metrics().locks;
         m.active.set(stats.active);

@@ -1277,18 +1277,6 @@ pub(crate) mod tests {
         txn.commit().await.unwrap();
     }
 
-    async fn record(
-        db: &infra::Database,
-        id: &str,
-        resources: &[&str],
-        token: i64,
-        status: &str,
-        at: i64,
-        held: i64,
-    ) {
-        insert(db, &grant(id, resources, token, status, at, held)).await;
-    }
-
     /// The estimate averages the 50 grants released last, whichever order
     /// they were acquired in across resources: expired and active grants do
     /// not count, a grant of several resources counts once, and a resource
@@ -1300,26 +1288,26 @@ pub(crate) mod tests {
         // "a": 60 grants, the i-th held 10·i ms; then one that expired (held
         // far longer) and one still active
         for i in 1..=60 {
-            record(
-                &db,
-                &format!("a{i}"),
-                &["a"],
-                i,
-                "released",
-                1_000 * i,
-                10 * i,
-            )
-            .await;
+            let row = grant(&format!("a{i}"), &["a"], i, "released", 1_000 * i, 10 * i);
+            insert(&db, &row).await;
         }
-        record(&db, "a-expired", &["a"], 61, "expired", 70_000, 99_999).await;
-        record(&db, "a-active", &["a"], 62, "active", 180_000, 5).await;
+        insert(
+            &db,
+            &grant("a-expired", &["a"], 61, "expired", 70_000, 99_999),
+        )
+        .await;
+        insert(&db, &grant("a-active", &["a"], 62, "active", 180_000, 5)).await;
         // "b": three failed grants of 1 s, released after all of "a"'s
         for i in 1..=3 {
             let at = 100_000 + 1_000 * i;
-            record(&db, &format!("b{i}"), &["b"], i, "failed", at, 1_000).await;
+            insert(
+                &db,
+                &grant(&format!("b{i}"), &["b"], i, "failed", at, 1_000),
+            )
+            .await;
         }
         // both: the last released of all, held 525 ms
-        record(&db, "ab", &["a", "b"], 63, "released", 200_000, 525).await;
+        insert(&db, &grant("ab", &["a", "b"], 63, "released", 200_000, 525)).await;
         let average = async |names: &[&str]| {
             let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
             average_hold_ms(&db.conn, &names).await.unwrap()

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
 
+use super::LockStats;
 use crate::error::{DomainError, DomainResult};
 use crate::sql::statement;
 
@@ -149,29 +150,16 @@ const ALL_GRANTS: &str = "SELECT status, wait_ms, n, held_ms FROM lock_tally \
     UNION ALL SELECT CASE WHEN status = 'active' AND expires_at_ms <= ? THEN 'expired' \
     ELSE status END, wait_ms, 1, HELD FROM transaction_locks WHERE tallied = FALSE";
 
-/// The grants kept, in numbers.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Totals {
-    pub active: i64,
-    pub released: i64,
-    pub expired: i64,
-    pub failed: i64,
-    /// Mean hold time of the released and failed grants.
-    pub avg_hold_ms: i64,
-    /// Mean and 99th percentile (nearest rank) of every grant's wait.
-    pub avg_wait_ms: i64,
-    pub p99_wait_ms: i64,
-}
-
-/// The statistics of every grant kept, as of `now`.
-pub(crate) async fn totals<C: ConnectionTrait>(conn: &C, now: i64) -> DomainResult<Totals> {
+/// The statistics of every grant kept, as of `now` (all but `queued`,
+/// which is of the queue).
+pub(crate) async fn totals<C: ConnectionTrait>(conn: &C, now: i64) -> DomainResult<LockStats> {
     let backend = conn.get_database_backend();
     let all = ALL_GRANTS.replace("HELD", HELD_MS);
     let sql = format!(
         "SELECT status, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(wait_ms * n) AS BIGINT) AS waited, \
          CAST(SUM(held_ms) AS BIGINT) AS held FROM ({all}) AS g GROUP BY status"
     );
-    let mut t = Totals::default();
+    let mut t = LockStats::default();
     let (mut count, mut waited, mut held_count, mut held) = (0i64, 0i64, 0i64, 0i64);
     for row in conn
         .query_all_raw(statement(backend, &sql, vec![now.into()]))
@@ -242,7 +230,7 @@ mod tests {
 
     /// The statistics as the sums over every grant kept, as they were
     /// computed before the tally.
-    async fn summed(db: &infra::Database, now: i64) -> Totals {
+    async fn summed(db: &infra::Database, now: i64) -> LockStats {
         let conn = &db.conn;
         let rows = conn
             .query_all_raw(statement(
@@ -253,7 +241,7 @@ mod tests {
             ))
             .await
             .unwrap();
-        let mut t = Totals::default();
+        let mut t = LockStats::default();
         let (mut waits, mut held, mut held_n) = (Vec::new(), 0, 0);
         for row in rows {
             let status: String = row.try_get("", "status").unwrap();
@@ -306,7 +294,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = crate::testing::database(&dir).await;
         let now = 1_000_000;
-        assert_eq!(totals(&db.conn, now).await.unwrap(), Totals::default());
+        assert_eq!(totals(&db.conn, now).await.unwrap(), LockStats::default());
         // 240 finished grants at 1 000 ms apart, of each status in turn,
         // held i ms and waiting i % 7 · 100 ms (so that waits repeat), the
         // last two 5 s longer (so that the 99th percentile is not the

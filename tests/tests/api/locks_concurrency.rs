@@ -44,12 +44,21 @@ async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
 const MAX_ACTIVE_PER_RESOURCE: &str = "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(*) AS n \
      FROM transaction_lock_resources WHERE status = 'active' GROUP BY resource_id) t";
 
-/// Samples the most active grants any one resource has, until stopped.
+/// Samples `sql` (by default the most active grants any one resource has)
+/// until stopped; returns the largest value and the number of samples.
 fn sampler(db: DatabaseConnection, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(i64, u64)> {
+    sampling(db, stop, MAX_ACTIVE_PER_RESOURCE)
+}
+
+fn sampling(
+    db: DatabaseConnection,
+    stop: Arc<AtomicBool>,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<(i64, u64)> {
     tokio::spawn(async move {
         let (mut worst, mut samples) = (0, 0u64);
         while !stop.load(Ordering::SeqCst) {
-            worst = worst.max(scalar(&db, MAX_ACTIVE_PER_RESOURCE).await);
+            worst = worst.max(scalar(&db, sql).await);
             samples += 1;
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -571,18 +580,7 @@ async fn each_finished_grant_is_tallied_once_and_untallied_when_purged() {
     let instances = [&app, &purger];
     let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let drift = {
-        let (db, stop) = (db.clone(), Arc::clone(&stop));
-        tokio::spawn(async move {
-            let (mut worst, mut samples) = (0, 0u64);
-            while !stop.load(Ordering::SeqCst) {
-                worst = worst.max(scalar(&db, TALLY_DRIFT).await);
-                samples += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            (worst, samples)
-        })
-    };
+    let drift = sampling(db.clone(), Arc::clone(&stop), TALLY_DRIFT);
     let cleanups = join_all((0..4).map(|i| {
         let (server, stop) = (instances[i % 2], Arc::clone(&stop));
         async move {
