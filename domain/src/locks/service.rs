@@ -10,12 +10,15 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use infra::config::LockConfig;
-use infra::entities::{transaction_lock as lock, transaction_queue as queue_row};
+use infra::entities::{
+    transaction_lock as lock, transaction_lock_resource as lr, transaction_queue as queue_row,
+    transaction_queue_resource as qr,
+};
 use infra::metrics::metrics;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ColumnTrait, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Select,
+    ColumnTrait, DatabaseTransaction, EntityTrait, JoinType, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Select,
 };
 use serde::Serialize;
 use tokio::sync::{broadcast, oneshot};
@@ -53,6 +56,26 @@ macro_rules! in_store {
         $svc.events.publish(events);
         value
     }};
+}
+
+/// The rows of `query` on one resource, through their rows `R` of
+/// (row, resource), newest first by `R`'s `newest` column: the read walks
+/// back the index on (resource, `newest`) and stops at the query's limit,
+/// however many rows the resource has had (a hot resource has hundreds of
+/// thousands a day).
+fn newest_on<E: EntityTrait, R: EntityTrait>(
+    query: Select<E>,
+    (link, id): (R::Column, E::Column),
+    (resource, name): (R::Column, &str),
+    newest: R::Column,
+) -> Select<E> {
+    query
+        .join_rev(
+            JoinType::InnerJoin,
+            R::belongs_to(E::default()).from(link).to(id).into(),
+        )
+        .filter(resource.eq(name))
+        .order_by_desc(newest)
 }
 
 /// The lock settings, from the configuration.
@@ -515,10 +538,6 @@ impl LockService {
         let mut locks = Vec::new();
         if filter.status.is_none() || lock_status.is_some() {
             let mut query = lock::Entity::find();
-            if let Some(r) = &filter.resource_id {
-                let ids = self.lock_ids_of(r).await?;
-                query = query.filter(lock::Column::Id.is_in(ids));
-            }
             if let Some(o) = &filter.owner_id {
                 query = query.filter(lock::Column::OwnerId.eq(o.clone()));
             }
@@ -531,7 +550,9 @@ impl LockService {
                     now,
                 ));
             }
-            locks = self.newest_first(query, limit, now).await?;
+            locks = self
+                .newest_first(query, filter.resource_id.as_deref(), limit, now)
+                .await?;
         }
         let mut queue = Vec::new();
         if filter.status.is_none() || queue_status.is_some() {
@@ -545,17 +566,18 @@ impl LockService {
                     }
                 }
             } else {
-                let mut query =
+                let query =
                     queue_row::Entity::find().filter(queue_row::Column::Status.eq(status.as_str()));
-                if let Some(r) = &filter.resource_id {
-                    let ids = self.queue_ids_of(r).await?;
-                    query = query.filter(queue_row::Column::Id.is_in(ids));
-                }
-                query
-                    .order_by_desc(queue_row::Column::Id)
-                    .limit(limit)
-                    .all(self.conn())
-                    .await?
+                let query = match &filter.resource_id {
+                    Some(r) => newest_on::<_, qr::Entity>(
+                        query,
+                        (qr::Column::QueueId, queue_row::Column::Id),
+                        (qr::Column::ResourceId, r),
+                        qr::Column::QueueId,
+                    ),
+                    None => query.order_by_desc(queue_row::Column::Id),
+                };
+                query.limit(limit).all(self.conn()).await?
             };
             queue = rows
                 .into_iter()
@@ -569,53 +591,32 @@ impl LockService {
     }
 
     /// The first `limit` locks `query` finds, the latest granted first, as
-    /// of `now`.
+    /// of `now`. On one resource, the read walks back through the
+    /// resource's grants by fencing token (which grows with each grant of
+    /// it) and stops at `limit`, however many grants the resource has had.
     async fn newest_first(
         &self,
         query: Select<lock::Entity>,
+        resource_id: Option<&str>,
         limit: u64,
         now: i64,
     ) -> DomainResult<Vec<LockView>> {
+        let query = match resource_id {
+            Some(r) => newest_on::<_, lr::Entity>(
+                query,
+                (lr::Column::LockId, lock::Column::Id),
+                (lr::Column::ResourceId, r),
+                lr::Column::FencingToken,
+            ),
+            None => query.order_by_desc(lock::Column::AcquiredAtMs),
+        };
         Ok(query
-            .order_by_desc(lock::Column::AcquiredAtMs)
             .limit(limit)
             .all(self.conn())
             .await?
             .into_iter()
             .map(|row| LockView::from_row(row, now))
             .collect())
-    }
-
-    async fn lock_ids_of(&self, resource_id: &str) -> DomainResult<Vec<String>> {
-        use infra::entities::transaction_lock_resource as lr;
-        self.ids_on::<lr::Entity, String>(lr::Column::ResourceId, lr::Column::LockId, resource_id)
-            .await
-    }
-
-    async fn queue_ids_of(&self, resource_id: &str) -> DomainResult<Vec<i64>> {
-        use infra::entities::transaction_queue_resource as qr;
-        self.ids_on::<qr::Entity, i64>(qr::Column::ResourceId, qr::Column::QueueId, resource_id)
-            .await
-    }
-
-    /// The `id` column of the (owner, resource) rows of `E` on one resource.
-    async fn ids_on<E, T>(
-        &self,
-        resource: E::Column,
-        id: E::Column,
-        resource_id: &str,
-    ) -> DomainResult<Vec<T>>
-    where
-        E: EntityTrait,
-        T: sea_orm::TryGetableMany + Send + Sync,
-    {
-        Ok(E::find()
-            .filter(resource.eq(resource_id))
-            .select_only()
-            .column(id)
-            .into_tuple::<T>()
-            .all(self.conn())
-            .await?)
     }
 
     /// Every resource some pending waiter wants.
@@ -677,13 +678,8 @@ impl LockService {
     pub async fn resource(&self, resource_id: &str) -> DomainResult<ResourceInfo> {
         let (lock, queue) = self.resource_queue_and_lock(resource_id).await?;
         let now = now_ms();
-        let ids = self.lock_ids_of(resource_id).await?;
         let history = self
-            .newest_first(
-                lock::Entity::find().filter(lock::Column::Id.is_in(ids)),
-                HISTORY,
-                now,
-            )
+            .newest_first(lock::Entity::find(), Some(resource_id), HISTORY, now)
             .await?;
         Ok(ResourceInfo {
             resource_id: resource_id.to_owned(),
