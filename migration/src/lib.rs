@@ -15,7 +15,7 @@ mod m20261201_000003_holds;
 mod m20261203_000004_workflows;
 mod m20261205_000005_idempotency_cleanup;
 mod m20261207_000006_lock_history;
-mod m20261209_000007_lock_tally;
+mod m20261209_000007_lock_reads;
 
 pub struct Migrator;
 
@@ -30,7 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000004_workflows::Migration),
             Box::new(m20261205_000005_idempotency_cleanup::Migration),
             Box::new(m20261207_000006_lock_history::Migration),
-            Box::new(m20261209_000007_lock_tally::Migration),
+            Box::new(m20261209_000007_lock_reads::Migration),
         ]
     }
 }

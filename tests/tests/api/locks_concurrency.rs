@@ -561,7 +561,8 @@ async fn summed_stats(db: &DatabaseConnection) -> Value {
 /// Invariant: every finished grant enters the statistics' tally once and
 /// leaves it when it is purged, whichever cleanups run at the same time. Two
 /// instances clean up every 20 ms — one of them purging grants finished
-/// more than 300 ms ago —, admins fire cleanups at both in parallel, and
+/// more than 3 s ago (long enough for a waiter to read its granted queue
+/// item before it goes) —, admins fire cleanups at both in parallel, and
 /// 120 users take, hold and release (or fail, or let expire) locks on 6
 /// resources, most of them waiting in the queue. A sampler compares the
 /// tally with the tallied grants kept all along: never a difference. Then,
@@ -575,7 +576,7 @@ async fn each_finished_grant_is_tallied_once_and_untallied_when_purged() {
     })
     .await;
     let purger = app
-        .sibling_with(|c| c.locks.retention = Duration::from_millis(300))
+        .sibling_with(|c| c.locks.retention = Duration::from_millis(3_000))
         .await;
     let instances = [&app, &purger];
     let db = sea_orm::Database::connect(&app.database_url).await.unwrap();
@@ -650,8 +651,9 @@ async fn each_finished_grant_is_tallied_once_and_untallied_when_purged() {
     let (granted_total, _) = tokio::join!(
         async {
             let granted: Vec<i64> = load.await;
-            // the unreleased grants expire, and the cleanups mark them
-            tokio::time::sleep(Duration::from_millis(1_500)).await;
+            // the unreleased grants expire and the cleanups mark them; the
+            // grants finished first pass the retention and are purged
+            tokio::time::sleep(Duration::from_millis(3_500)).await;
             stop.store(true, Ordering::SeqCst);
             granted.iter().sum::<i64>()
         },
