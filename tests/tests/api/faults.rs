@@ -660,6 +660,10 @@ struct BlockedDeposits {
     opening: Decimal,
     keys: Vec<String>,
     amount: &'static str,
+    /// The service's token, minted once: a client retries a write with the
+    /// token it sent it with (a token minted in another second differs, and
+    /// the server knows a retried write by its Authorization and key).
+    service: String,
     /// The outside connection and its transaction holding the row lock.
     lock: Option<(sea_orm::DatabaseConnection, sea_orm::DatabaseTransaction)>,
 }
@@ -693,6 +697,7 @@ impl BlockedDeposits {
             opening,
             keys: (0..n).map(|_| fresh_key()).collect(),
             amount,
+            service: token("backoffice", Role::Service),
             lock: Some((outside, lock)),
         }
     }
@@ -708,7 +713,7 @@ impl BlockedDeposits {
 
     /// Sends the deposits of `keys` at once.
     fn send(&self, keys: &[String]) -> Vec<tokio::task::JoinHandle<Sent>> {
-        let service = token("backoffice", Role::Service);
+        let service = &self.service;
         let body = self.body();
         keys.iter()
             .map(|key| {
@@ -968,11 +973,10 @@ async fn past_the_in_flight_limit_requests_are_refused_at_once() {
     // two retried writes take the kept places; a third is refused again
     let retried = blocked.send(&refused[..2]);
     until_metrics((NEW + 2, N - NEW)).await;
-    let service = token("backoffice", Role::Service);
     let again = http
         .post(
             "/api/v1/wallets/deposit",
-            &service,
+            &blocked.service,
             &refused[2],
             &blocked.body(),
         )
