@@ -761,9 +761,11 @@ impl LockService {
         Ok(stats)
     }
 
-    /// Marks expired grants and waiters (serving the waiters behind them)
-    /// and deletes finished records older than the retention. Never touches
-    /// a live grant: every change is guarded by status and expiry.
+    /// Marks expired grants and waiters (serving the waiters behind them),
+    /// tallies the grants finished since the last pass for the statistics
+    /// (`tally`) and deletes finished records older than the retention.
+    /// Never touches a live grant: every change is guarded by status and
+    /// expiry.
     #[tracing::instrument(skip(self))]
     pub async fn cleanup(&self) -> DomainResult<CleanupReport> {
         let now = now_ms();

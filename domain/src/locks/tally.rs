@@ -143,18 +143,23 @@ async fn apply<C: ConnectionTrait>(txn: &C, changes: Changes) -> DomainResult<()
     Ok(())
 }
 
-/// Every grant kept, tallied or not, with an active grant past its expiry
-/// counted as `expired` (it is free, whether or not the cleanup has marked
-/// it). `?` is now.
-const ALL_GRANTS: &str = "SELECT status, wait_ms, n, held_ms FROM lock_tally \
-    UNION ALL SELECT CASE WHEN status = 'active' AND expires_at_ms <= ? THEN 'expired' \
-    ELSE status END, wait_ms, 1, HELD FROM transaction_locks WHERE tallied = FALSE";
+/// Every grant kept as (status, wait_ms, n, held_ms) rows: the tally, and
+/// the grants not tallied yet one by one, with `held` as their hold time
+/// and an active grant past its expiry counted as `expired` (it is free,
+/// whether or not the cleanup has marked it). Its `?` is now.
+fn all_grants(held: &str) -> String {
+    format!(
+        "SELECT status, wait_ms, n, held_ms FROM lock_tally \
+         UNION ALL SELECT CASE WHEN status = 'active' AND expires_at_ms <= ? THEN 'expired' \
+         ELSE status END, wait_ms, 1, {held} FROM transaction_locks WHERE tallied = FALSE"
+    )
+}
 
 /// The statistics of every grant kept, as of `now` (all but `queued`,
 /// which is of the queue).
 pub(crate) async fn totals<C: ConnectionTrait>(conn: &C, now: i64) -> DomainResult<LockStats> {
     let backend = conn.get_database_backend();
-    let all = ALL_GRANTS.replace("HELD", HELD_MS);
+    let all = all_grants(HELD_MS);
     let sql = format!(
         "SELECT status, CAST(SUM(n) AS BIGINT) AS n, CAST(SUM(wait_ms * n) AS BIGINT) AS waited, \
          CAST(SUM(held_ms) AS BIGINT) AS held FROM ({all}) AS g GROUP BY status"
@@ -195,7 +200,7 @@ pub(crate) async fn totals<C: ConnectionTrait>(conn: &C, now: i64) -> DomainResu
 /// than 100 grants, the longest); 0 with none.
 async fn p99_wait<C: ConnectionTrait>(conn: &C, now: i64) -> DomainResult<i64> {
     let backend = conn.get_database_backend();
-    let all = ALL_GRANTS.replace("HELD", "0");
+    let all = all_grants("0");
     let sql = format!(
         "WITH w AS (SELECT wait_ms, SUM(n) AS n FROM ({all}) AS g GROUP BY wait_ms), \
          c AS (SELECT wait_ms, SUM(n) OVER (ORDER BY wait_ms) AS upto, SUM(n) OVER () AS total \
