@@ -762,8 +762,8 @@ impl LockService {
     }
 
     /// Marks expired grants and waiters (serving the waiters behind them),
-    /// tallies the grants finished since the last pass for the statistics
-    /// (`tally`) and deletes finished records older than the retention.
+    /// deletes finished records older than the retention and tallies the
+    /// grants finished since the last pass for the statistics (`tally`).
     /// Never touches a live grant: every change is guarded by status and
     /// expiry.
     #[tracing::instrument(skip(self))]
@@ -800,15 +800,18 @@ impl LockService {
             }
         }
         let cutoff = now.saturating_sub(self.rules.retention_ms);
-        self.in_batches("lock_tally", |txn| async move {
-            tally::tally_finished(&*txn, tally::BATCH).await
-        })
-        .await?;
+        // Purged first: a grant past the retention and not tallied yet (a
+        // backlog after an upgrade) is deleted without being counted in and
+        // out again.
         report.purged = self
             .in_batches("lock_purge", |txn| async move {
                 tally::purge_finished(&*txn, cutoff, tally::BATCH).await
             })
             .await?;
+        self.in_batches("lock_tally", |txn| async move {
+            tally::tally_finished(&*txn, tally::BATCH).await
+        })
+        .await?;
         let purged_items = queue_row::Entity::delete_many()
             .filter(queue_row::Column::Status.ne("pending"))
             .filter(queue_row::Column::FinishedAtMs.lt(cutoff))
