@@ -799,13 +799,17 @@ async fn long_history(app: &TestApp, resource: &str, n: u32) {
     let numbers =
         format!("WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < {n})");
     let names = format!("'[\"{resource}\"]'");
+    // within the retention (a grant a second, the last a minute ago), so
+    // that the cleanup job does not purge them under the test
+    let last = chrono::Utc::now().timestamp_millis() - 60_000;
+    let at = format!("({last} - 1000 * ({n} - x))");
     for sql in [
         format!(
             "{numbers} INSERT INTO transaction_locks (id, resources, owner_id, owner_type, \
              created_by, status, fencing_token, priority, transaction_type, transaction_data, \
              idempotency_key, acquired_at_ms, expires_at_ms, released_at_ms, wait_ms) \
              SELECT 'h' || x, {names}, 'user:1', 'user', 'user:1', 'released', x, 5, 't', '{{}}', \
-             'k' || x, 1000 * x, 1000 * x + 30000, 1000 * x + 5, 0 FROM g"
+             'k' || x, {at}, {at} + 30000, {at} + 5, 0 FROM g"
         ),
         format!(
             "{numbers} INSERT INTO transaction_lock_resources (lock_id, resource_id, status, \
@@ -816,7 +820,7 @@ async fn long_history(app: &TestApp, resource: &str, n: u32) {
              created_by, priority, transaction_type, transaction_data, idempotency_key, ttl_ms, \
              status, queued_at_ms, deadline_ms, finished_at_ms) \
              SELECT x, {names}, 'user:1', 'user', 'user:1', 5, 't', '{{}}', 'k' || x, 30000, \
-             'cancelled', 1000 * x, 1000 * x + 60000, 1000 * x + 1 FROM g"
+             'cancelled', {at}, {at} + 60000, {at} + 1 FROM g"
         ),
         format!(
             "{numbers} INSERT INTO transaction_queue_resources (queue_id, resource_id) \
