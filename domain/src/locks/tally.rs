@@ -4,8 +4,8 @@
 //! A finished grant never changes again. The cleanup tallies finished
 //! grants into `lock_tally` — one row per (status, wait in ms): how many,
 //! and their summed hold time — flipping each grant's `tallied` flag with a
-//! guarded UPDATE in the same transaction, so a grant enters the tally once
-//! whichever instance's cleanup gets to it. The purge of old grants returns
+//! guarded UPDATE (`sql::taken_rows`) in the same transaction, so a grant
+//! enters the tally once whichever instance's cleanup gets to it. The purge of old grants returns
 //! what it deleted and takes the tallied ones back out in its transaction.
 //! The statistics are the tally plus the grants not tallied yet (the active
 //! ones and those finished since the last pass, which a partial index finds):
@@ -14,11 +14,11 @@
 
 use std::collections::BTreeMap;
 
-use sea_orm::{ConnectionTrait, DbBackend, QueryResult, Value};
+use sea_orm::{ConnectionTrait, QueryResult, Value};
 
 use super::LockStats;
 use crate::error::{DomainError, DomainResult};
-use crate::sql::statement;
+use crate::sql::{statement, taken_rows};
 
 /// Grants one tally or purge statement takes at most.
 pub(crate) const BATCH: i64 = 5_000;
@@ -42,26 +42,18 @@ struct Bucket {
 /// cycle.
 type Changes = BTreeMap<(String, i64), Bucket>;
 
-/// On PostgreSQL, a cleanup takes only grants no other cleanup (or
-/// release) holds at the moment: two instances share the work instead of
-/// queueing on each other's rows.
-fn skip_locked(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => " FOR UPDATE SKIP LOCKED",
-        _ => "",
-    }
-}
-
 /// Tallies up to `batch` finished grants not tallied yet; returns how many
 /// it tallied.
 pub(crate) async fn tally_finished<C: ConnectionTrait>(txn: &C, batch: i64) -> DomainResult<u64> {
     let backend = txn.get_database_backend();
     let sql = format!(
-        "UPDATE transaction_locks SET tallied = TRUE WHERE id IN \
-         (SELECT id FROM transaction_locks WHERE tallied = FALSE AND status <> 'active' \
-         LIMIT ?{}) AND tallied = FALSE AND status <> 'active' \
+        "UPDATE transaction_locks SET tallied = TRUE WHERE {} \
          RETURNING status, wait_ms, {HELD_MS} AS held_ms",
-        skip_locked(backend)
+        taken_rows(
+            backend,
+            "id",
+            "SELECT id FROM transaction_locks WHERE tallied = FALSE AND status <> 'active' LIMIT ?",
+        )
     );
     let rows = txn
         .query_all_raw(statement(backend, &sql, vec![batch.into()]))
@@ -80,10 +72,14 @@ pub(crate) async fn purge_finished<C: ConnectionTrait>(
 ) -> DomainResult<u64> {
     let backend = txn.get_database_backend();
     let sql = format!(
-        "DELETE FROM transaction_locks WHERE id IN \
-         (SELECT id FROM transaction_locks WHERE status <> 'active' AND released_at_ms < ? \
-         LIMIT ?{}) RETURNING tallied, status, wait_ms, {HELD_MS} AS held_ms",
-        skip_locked(backend)
+        "DELETE FROM transaction_locks WHERE {} \
+         RETURNING tallied, status, wait_ms, {HELD_MS} AS held_ms",
+        taken_rows(
+            backend,
+            "id",
+            "SELECT id FROM transaction_locks WHERE status <> 'active' AND released_at_ms < ? \
+             LIMIT ?",
+        )
     );
     let rows = txn
         .query_all_raw(statement(backend, &sql, vec![cutoff.into(), batch.into()]))

@@ -167,6 +167,49 @@ async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
         .unwrap();
     assert!(removed >= 2, "removed {removed}");
     assert_eq!(key::Entity::find().all(conn).await.unwrap().len(), 0);
+    // a backlog is deleted in batches (5,000 a statement) until none is
+    // left, and a key still within its TTL stays
+    let now = chrono::Utc::now().timestamp_millis();
+    let row = |i: i64, expires_at_ms: i64| key::ActiveModel {
+        key: Set(format!("backlog-{i}")),
+        principal: Set("service:backoffice".into()),
+        route: Set(format!("POST {DEPOSIT}")),
+        request_hash: Set("0".repeat(64)),
+        status: Set("completed".into()),
+        claim_token: Set(uuid::Uuid::new_v4()),
+        response_status: Set(Some(200)),
+        response_body: Set(Some("{}".into())),
+        locked_until_ms: Set(0),
+        expires_at_ms: Set(expires_at_ms),
+        created_at: Set(chrono::Utc::now()),
+    };
+    const BACKLOG: i64 = 12_001;
+    for start in (0..BACKLOG).step_by(1_000) {
+        key::Entity::insert_many((start..(start + 1_000).min(BACKLOG)).map(|i| row(i, now - 1)))
+            .exec_without_returning(conn)
+            .await
+            .unwrap();
+    }
+    key::Entity::insert(row(BACKLOG, now + 3_600_000))
+        .exec_without_returning(conn)
+        .await
+        .unwrap();
+    let removed = app
+        .state
+        .ledger
+        .idempotency
+        .cleanup_expired()
+        .await
+        .unwrap();
+    assert_eq!(removed, BACKLOG.unsigned_abs());
+    let kept: Vec<String> = key::Entity::find()
+        .all(conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|k| k.key)
+        .collect();
+    assert_eq!(kept, [format!("backlog-{BACKLOG}")]);
     app.stop().await;
 }
 
