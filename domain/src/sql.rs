@@ -32,18 +32,36 @@ pub fn status_as_of<C: ColumnTrait>(
     live: &str,
     at: i64,
 ) -> Condition {
+    status_branches(status, expires_at_ms, wanted, live, at)
+        .into_iter()
+        .fold(Condition::any(), Condition::add)
+}
+
+/// `status_as_of` as conditions no row matches two of, each with one
+/// status (`expired` is two: stored so, and lapsed while live), for a list
+/// that reads each along its (…, status, id) index
+/// (`page::newest_first_of_any`).
+pub fn status_branches<C: ColumnTrait>(
+    status: C,
+    expires_at_ms: C,
+    wanted: &str,
+    live: &str,
+    at: i64,
+) -> Vec<Condition> {
+    let lapsed = |is_lapsed: bool| {
+        let expiry = if is_lapsed {
+            expires_at_ms.lte(at)
+        } else {
+            expires_at_ms.gt(at)
+        };
+        Condition::all().add(status.eq(live)).add(expiry)
+    };
     if wanted == live {
-        Condition::all()
-            .add(status.eq(live))
-            .add(expires_at_ms.gt(at))
+        vec![lapsed(false)]
     } else if wanted == EXPIRED {
-        Condition::any().add(status.eq(EXPIRED)).add(
-            Condition::all()
-                .add(status.eq(live))
-                .add(expires_at_ms.lte(at)),
-        )
+        vec![Condition::all().add(status.eq(EXPIRED)), lapsed(true)]
     } else {
-        Condition::all().add(status.eq(wanted))
+        vec![Condition::all().add(status.eq(wanted))]
     }
 }
 

@@ -16,6 +16,7 @@ mod m20261203_000004_workflows;
 mod m20261205_000005_idempotency_cleanup;
 mod m20261207_000006_lock_history;
 mod m20261209_000007_lock_reads;
+mod m20261211_000008_history_reads;
 
 pub struct Migrator;
 
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000005_idempotency_cleanup::Migration),
             Box::new(m20261207_000006_lock_history::Migration),
             Box::new(m20261209_000007_lock_reads::Migration),
+            Box::new(m20261211_000008_history_reads::Migration),
         ]
     }
 }

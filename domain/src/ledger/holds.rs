@@ -23,8 +23,8 @@ use chrono::{DateTime, Utc};
 use infra::entities::{hold, wallet};
 use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, EntityTrait, FromQueryResult,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -37,8 +37,8 @@ use crate::ledger::wallets::{
     WalletKind, check_withdrawable, execute_with_user_lock, lock_wallet, lock_wallets_by_id,
 };
 use crate::money::Amount;
-use crate::page::{Page, newest_first};
-use crate::sql::status_as_of;
+use crate::page::{Page, newest_first_of_any};
+use crate::sql::status_branches;
 use crate::{Command, Ledger};
 
 /// A hold's lifetime when the request names none: 5 minutes.
@@ -517,17 +517,28 @@ impl Ledger {
         let conn = &self.db.conn;
         require_user(conn, user_id).await?;
         let at = now_ms();
-        let mut query = hold::Entity::find().filter(hold::Column::UserId.eq(user_id));
-        if let Some(wanted) = status {
-            query = query.filter(status_as_of(
+        let query = hold::Entity::find().filter(hold::Column::UserId.eq(user_id));
+        // Each status along the (user, status, id) index; `expired` is two.
+        let branches = match status {
+            Some(wanted) => status_branches(
                 hold::Column::Status,
                 hold::Column::ExpiresAtMs,
                 wanted.as_str(),
                 HoldStatus::Held.as_str(),
                 at,
-            ));
-        }
-        let page = newest_first(conn, query, hold::Column::Id, limit, before_id, |h| h.id).await?;
+            ),
+            None => vec![Condition::all()],
+        };
+        let page = newest_first_of_any(
+            conn,
+            query,
+            branches,
+            hold::Column::Id,
+            limit,
+            before_id,
+            |h| h.id,
+        )
+        .await?;
         let items = page
             .items
             .into_iter()

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::DomainResult;
 use crate::ledger::users::require_user;
-use crate::ledger::wallets::WalletKind;
+use crate::ledger::wallets::{WalletKind, wallet_id};
 use crate::page::{Page, newest_first};
 
 /// The `prev_hash` of a wallet's first journal entry.
@@ -137,11 +137,17 @@ pub async fn list_journal<C: ConnectionTrait>(
     limit: u64,
     before_id: Option<i64>,
 ) -> DomainResult<Page<JournalView>> {
-    require_user(conn, user_id).await?;
-    let mut query = journal_entry::Entity::find().filter(journal_entry::Column::UserId.eq(user_id));
-    if let Some(kind) = wallet {
-        query = query.filter(journal_entry::Column::WalletKind.eq(kind.as_str()));
-    }
+    // One wallet's entries along its (wallet, id) index: as a (user, kind)
+    // filter, the kind was checked entry after entry, back through the
+    // user's whole history when the wallet's entries were old.
+    let only = match wallet {
+        Some(kind) => journal_entry::Column::WalletId.eq(wallet_id(conn, user_id, kind).await?),
+        None => {
+            require_user(conn, user_id).await?;
+            journal_entry::Column::UserId.eq(user_id)
+        }
+    };
+    let query = journal_entry::Entity::find().filter(only);
     let page = newest_first(
         conn,
         query,

@@ -184,6 +184,23 @@ fn locking<S: QuerySelect>(query: S, backend: DbBackend) -> S {
     }
 }
 
+/// The id of a user's wallet of one kind; an unknown user is 404.
+pub async fn wallet_id<C: ConnectionTrait>(
+    conn: &C,
+    user_id: i64,
+    kind: WalletKind,
+) -> DomainResult<i64> {
+    wallet::Entity::find()
+        .select_only()
+        .column(wallet::Column::Id)
+        .filter(wallet::Column::UserId.eq(user_id))
+        .filter(wallet::Column::Kind.eq(kind.as_str()))
+        .into_tuple()
+        .one(conn)
+        .await?
+        .ok_or(DomainError::NotFound("user"))
+}
+
 /// Locks one user's wallet of one kind (`SELECT … FOR UPDATE`) and
 /// releases its expired holds.
 pub async fn lock_wallet(

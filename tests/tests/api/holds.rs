@@ -550,6 +550,30 @@ async fn lists_are_newest_first_and_filter_by_status(engine: Engine) {
         .map(|h| h["status"].as_str().unwrap())
         .collect();
     assert_eq!(statuses, ["expired", "held", "captured", "voided"]);
+    // `expired` is two kinds of rows, each read along its own index: holds
+    // the cleanup marked expired, and holds past their expiry still held;
+    // the pages merge them newest first
+    let lapsing = id_of(&held(&app, u, "5", 400).await);
+    let marked = id_of(&held(&app, u, "6", 20).await);
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    app.state.ledger.expire_due_holds().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        list("status=expired".into()).await,
+        (vec![marked, lapsing, ids[3]], None)
+    );
+    assert_eq!(
+        list("status=expired&limit=2".into()).await,
+        (vec![marked, lapsing], Some(lapsing))
+    );
+    assert_eq!(
+        list(format!("status=expired&limit=1&before_id={marked}")).await,
+        (vec![lapsing], Some(lapsing))
+    );
+    assert_eq!(
+        list(format!("status=expired&limit=2&before_id={lapsing}")).await,
+        (vec![ids[3]], None)
+    );
     app.stop().await;
 }
 
