@@ -133,16 +133,16 @@ async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
     let body = live(u, "2");
     keyed(&app, DEPOSIT, &k, body.clone()).await.expect(200);
     let conn = &app.state.ledger.db.conn;
-    // nothing has expired yet
-    assert_eq!(
+    let cleanup = || async {
         app.state
             .ledger
             .idempotency
             .cleanup_expired()
             .await
-            .unwrap(),
-        0
-    );
+            .unwrap()
+    };
+    // nothing has expired yet
+    assert_eq!(cleanup().await, 0);
     key::Entity::update_many()
         .col_expr(key::Column::ExpiresAtMs, Expr::value(0_i64))
         .exec(conn)
@@ -158,13 +158,7 @@ async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
         .exec(conn)
         .await
         .unwrap();
-    let removed = app
-        .state
-        .ledger
-        .idempotency
-        .cleanup_expired()
-        .await
-        .unwrap();
+    let removed = cleanup().await;
     assert!(removed >= 2, "removed {removed}");
     assert_eq!(key::Entity::find().all(conn).await.unwrap().len(), 0);
     // a backlog is deleted in batches (5,000 a statement) until none is
@@ -194,14 +188,7 @@ async fn expired_keys_are_cleaned_up_and_free_again(engine: Engine) {
         .exec_without_returning(conn)
         .await
         .unwrap();
-    let removed = app
-        .state
-        .ledger
-        .idempotency
-        .cleanup_expired()
-        .await
-        .unwrap();
-    assert_eq!(removed, BACKLOG.unsigned_abs());
+    assert_eq!(cleanup().await, BACKLOG.unsigned_abs());
     let kept: Vec<String> = key::Entity::find()
         .all(conn)
         .await
