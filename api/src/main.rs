@@ -169,7 +169,7 @@ async fn run(command: Command, config: Result<Config, ConfigError>) -> Result<Ex
             db.close().await;
             tracing::info!("migrations applied");
         }
-        Command::Openapi => println!("{}", app::openapi().spec()),
+        Command::Openapi => println!("{}", app::spec_json()),
         Command::Token { sub, role, ttl } => {
             let config = with_jwt_secret(config?)?;
             println!(

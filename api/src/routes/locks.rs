@@ -20,8 +20,9 @@ use tokio::sync::broadcast::error::RecvError;
 
 use self::body::{
     AcquireLockRequest, AcquireReply, CheckBody, CheckLockRequest, ClearAllBody, ClearAllRequest,
-    ExtendLockRequest, LockBody, LockCleanupBody, LockEventBody, LockListBody, LockStatsBody,
-    QueueItemBody, ReleaseLockRequest, ReleasedCount, ResourceBody, render,
+    ExtendLockRequest, LockBody, LockCleanupBody, LockEventBody, LockEventStream, LockListBody,
+    LockListStatus, LockStatsBody, QueueItemBody, ReleaseLockRequest, ReleasedCount, ResourceBody,
+    ResourceName, render,
 };
 use crate::auth::{Auth, Principal, Role};
 use crate::error::{ApiError, Errors};
@@ -105,7 +106,7 @@ impl LocksApi {
     ) -> std::result::Result<AcquireReply, Errors<status::Acquire>> {
         let owner_id = owner_of(&auth.0, body.owner_id.as_deref())?;
         let request = AcquireRequest {
-            resources: body.resources.clone(),
+            resources: body.resource_names(),
             ttl_ms: body.ttl_ms,
             priority: body.priority,
             transaction_type: body.transaction_type.clone(),
@@ -284,7 +285,7 @@ impl LocksApi {
         owner_id: Query<Option<String>>,
         /// `active`, `released`, `expired`, `failed` (locks) or `pending`,
         /// `granted`, `cancelled`, `expired` (queue).
-        status: Query<Option<String>>,
+        status: Query<Option<LockListStatus>>,
         /// 1 to 500, default 50.
         #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
         limit: Query<Option<u64>>,
@@ -293,7 +294,11 @@ impl LocksApi {
         let filter = LockFilter {
             resource_id: resource_id.0,
             owner_id: owner_id.0,
-            status: status.0,
+            // the value as the document spells it
+            status: status
+                .0
+                .and_then(|s| s.to_json())
+                .and_then(|v| v.as_str().map(str::to_owned)),
             limit: limit.0.unwrap_or(50),
         };
         let list = state.ledger.locks.list(&filter).await?;
@@ -315,7 +320,7 @@ impl LocksApi {
         body: Json<CheckLockRequest>,
     ) -> std::result::Result<Json<CheckBody>, Errors<status::Check>> {
         auth.0.require(&[Role::Admin])?;
-        let check = state.ledger.locks.check(&body.resource_id).await?;
+        let check = state.ledger.locks.check(&body.resource_id.0).await?;
         Ok(Json(CheckBody::from(&check)))
     }
 
@@ -331,10 +336,10 @@ impl LocksApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
-        resource_id: Path<String>,
+        resource_id: Path<ResourceName>,
     ) -> std::result::Result<Json<ResourceBody>, Errors<status::Resource>> {
         auth.0.require(&[Role::Admin])?;
-        let info = state.ledger.locks.resource(&resource_id.0).await?;
+        let info = state.ledger.locks.resource(&resource_id.0.0).await?;
         Ok(Json(ResourceBody::from(&info)))
     }
 
@@ -452,10 +457,7 @@ impl LocksApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
-    ) -> std::result::Result<
-        EventStream<futures::stream::BoxStream<'static, LockEventBody>>,
-        Errors<status::Events>,
-    > {
+    ) -> std::result::Result<LockEventStream, Errors<status::Events>> {
         auth.0.require(&[Role::Admin])?;
         let changes = state.ledger.locks.subscribe();
         let stream = futures::stream::unfold(changes, |mut changes| async move {
@@ -470,8 +472,10 @@ impl LocksApi {
             }
         });
         let stream = futures::StreamExt::take_until(stream, state.drained());
-        Ok(EventStream::new(futures::StreamExt::boxed(stream))
-            .keep_alive(Duration::from_secs(15))
-            .to_event(|e| Event::message(e.to_json_string()).event_type(e.kind.clone())))
+        Ok(LockEventStream(
+            EventStream::new(futures::StreamExt::boxed(stream))
+                .keep_alive(Duration::from_secs(15))
+                .to_event(|e| Event::message(e.to_json_string()).event_type(e.kind.clone())),
+        ))
     }
 }

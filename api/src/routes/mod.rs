@@ -209,7 +209,7 @@ mod tests {
     use crate::routes::shared::PLAIN_TEXT_PATTERN;
 
     fn spec() -> Value {
-        serde_json::from_str(&crate::app::openapi().spec()).unwrap()
+        serde_json::from_str(&crate::app::spec_json()).unwrap()
     }
 
     /// `(method, path, operation)` for every operation in the document.
@@ -374,5 +374,109 @@ mod tests {
         assert_eq!(allowed_methods("/health/"), Some("GET, HEAD"));
         assert_eq!(allowed_methods("/api/v1/nowhere"), None);
         assert_eq!(allowed_methods("/api/v1/orders/7/open"), None);
+    }
+
+    /// A valid body of `T` is parsed; the same with one field more is
+    /// refused as an unknown field.
+    fn refuses_unknown_fields<T: poem_openapi::types::ParseFromJSON + poem_openapi::types::Type>(
+        valid: Value,
+    ) -> String {
+        let name = T::name().into_owned();
+        assert!(
+            T::parse_from_json(Some(valid.clone())).is_ok(),
+            "{name}: {valid}"
+        );
+        let mut more = valid;
+        more["surprise"] = 1.into();
+        let refused = T::parse_from_json(Some(more))
+            .err()
+            .map(|e| e.into_message());
+        assert!(
+            refused
+                .as_deref()
+                .is_some_and(|m| m.contains("unknown field `surprise`")),
+            "{name}: {refused:?}"
+        );
+        name
+    }
+
+    #[test]
+    fn every_request_body_refuses_unknown_fields_as_the_document_says() {
+        use serde_json::json;
+
+        use crate::routes::holds::body::{CaptureHoldRequest, CreateHoldRequest};
+        use crate::routes::locks::body::{
+            AcquireLockRequest, CheckLockRequest, ClearAllRequest, ExtendLockRequest,
+            ReleaseLockRequest,
+        };
+        use crate::routes::orders::body::{CloseOrderRequest, OpenOrderRequest};
+        use crate::routes::prices::body::PriceRequest;
+        use crate::routes::shared::EmptyRequest;
+        use crate::routes::users::body::CreateUserRequest;
+        use crate::routes::wallets::body::{DepositRequest, TransferRequest, WithdrawRequest};
+        use crate::routes::workflows::body::{
+            DecisionRequest, DepositWorkflowRequest, PayoutResultRequest, WithdrawalWorkflowRequest,
+        };
+
+        let money = json!({"user_id": 1, "wallet": "live", "amount": "1"});
+        let with = |extra: Value| {
+            let mut body = money.clone();
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            body
+        };
+        let mut checked = vec![
+            refuses_unknown_fields::<AcquireLockRequest>(
+                json!({"resources": ["item:1"], "transaction_type": "t"}),
+            ),
+            refuses_unknown_fields::<CaptureHoldRequest>(json!({})),
+            refuses_unknown_fields::<CheckLockRequest>(json!({"resource_id": "item:1"})),
+            refuses_unknown_fields::<ClearAllRequest>(json!({"confirm": true, "reason": "r"})),
+            refuses_unknown_fields::<CloseOrderRequest>(json!({})),
+            refuses_unknown_fields::<CreateHoldRequest>(money.clone()),
+            refuses_unknown_fields::<CreateUserRequest>(json!({"email": "a@example.com"})),
+            refuses_unknown_fields::<DecisionRequest>(json!({})),
+            refuses_unknown_fields::<DepositRequest>(money.clone()),
+            refuses_unknown_fields::<DepositWorkflowRequest>(with(
+                json!({"payment_method": "card", "reference": "r"}),
+            )),
+            refuses_unknown_fields::<EmptyRequest>(json!({})),
+            refuses_unknown_fields::<ExtendLockRequest>(json!({"ttl_ms": 1000})),
+            refuses_unknown_fields::<OpenOrderRequest>(json!({
+                "user_id": 1, "wallet": "live", "symbol": "BTCUSD", "side": "buy",
+                "quantity": "1", "leverage": 1
+            })),
+            refuses_unknown_fields::<PayoutResultRequest>(json!({"outcome": "sent"})),
+            refuses_unknown_fields::<PriceRequest>(json!({"price": "1"})),
+            refuses_unknown_fields::<ReleaseLockRequest>(json!({})),
+            refuses_unknown_fields::<TransferRequest>(json!({
+                "from_user_id": 1, "to_user_id": 2, "wallet": "live", "amount": "1"
+            })),
+            refuses_unknown_fields::<WithdrawRequest>(money.clone()),
+            refuses_unknown_fields::<WithdrawalWorkflowRequest>(with(json!({"destination": "d"}))),
+        ];
+        checked.sort();
+        // The document states it on every request body, and on nothing else.
+        let spec = spec();
+        let mut stated: Vec<String> = spec["components"]["schemas"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, schema)| schema["additionalProperties"] == Value::Bool(false))
+            .map(|(name, _)| name.clone())
+            .collect();
+        stated.sort();
+        let mut bodies: Vec<String> = operations(&spec)
+            .iter()
+            .filter_map(|(_, _, op)| op["requestBody"]["content"].as_object().cloned())
+            .flat_map(|content| content.into_iter())
+            .map(|(_, media)| media["schema"]["$ref"].as_str().unwrap().to_owned())
+            .map(|r| r.trim_start_matches("#/components/schemas/").to_owned())
+            .collect();
+        bodies.sort();
+        bodies.dedup();
+        assert_eq!(stated, checked);
+        assert_eq!(bodies, checked);
     }
 }

@@ -1,15 +1,11 @@
 //! Types every resource's bodies share: amounts, wallet kinds, the empty
 //! body, the problem document, the Idempotency-Key header, timestamps.
 
-use std::borrow::Cow;
-
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::idempotency::validate_client_key;
 use poem_openapi::error::ParseParamError;
-use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
-use poem_openapi::types::{
-    ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type,
-};
+use poem_openapi::registry::MetaSchema;
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON};
 use poem_openapi::{Enum, Object};
 use serde_json::Value;
 
@@ -38,17 +34,17 @@ pub struct DecimalString(pub String);
 /// `schema` inline.
 macro_rules! string_type {
     ($ty:ident, $schema:expr) => {
-        impl Type for $ty {
+        impl poem_openapi::types::Type for $ty {
             const IS_REQUIRED: bool = true;
             type RawValueType = Self;
             type RawElementValueType = Self;
 
-            fn name() -> Cow<'static, str> {
+            fn name() -> std::borrow::Cow<'static, str> {
                 stringify!($ty).into()
             }
 
-            fn schema_ref() -> MetaSchemaRef {
-                MetaSchemaRef::Inline(Box::new($schema))
+            fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
+                poem_openapi::registry::MetaSchemaRef::Inline(Box::new($schema))
             }
 
             fn as_raw_value(&self) -> Option<&Self> {
@@ -61,6 +57,7 @@ macro_rules! string_type {
         }
     };
 }
+pub(crate) use string_type;
 
 string_type!(
     DecimalString,
@@ -214,14 +211,14 @@ impl ParseFromParameter for IdempotencyKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use domain::money::{Amount, MoneyError};
     use poem_openapi::Validator;
     use poem_openapi::validation::Pattern;
 
     /// Every string over `alphabet` up to `len` characters.
-    fn strings(alphabet: &[char], len: usize) -> Vec<String> {
+    pub(crate) fn strings(alphabet: &[char], len: usize) -> Vec<String> {
         let mut all = vec![String::new()];
         let mut last = vec![String::new()];
         for _ in 0..len {
@@ -304,7 +301,7 @@ mod tests {
     }
 
     /// Through the regex engine poem-openapi validates patterns with.
-    fn matches(pattern: &'static str, s: &str) -> bool {
+    pub(crate) fn matches(pattern: &'static str, s: &str) -> bool {
         Pattern::new(pattern).check(&s)
     }
 }

@@ -9,13 +9,81 @@ use domain::locks::{
     self as locks, CleanupReport, ClearReport, LockEvent, LockList, LockStats, LockView,
     QueueItemView, ResourceCheck, ResourceInfo, rfc3339,
 };
+use futures::stream::BoxStream;
 use poem::{IntoResponse, Response};
-use poem_openapi::registry::{MetaHeader, MetaMediaType, MetaResponse, MetaResponses, Registry};
-use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::payload::EventStream;
+use poem_openapi::registry::{
+    MetaHeader, MetaMediaType, MetaResponse, MetaResponses, MetaSchema, MetaSchemaRef, Registry,
+};
+use poem_openapi::types::{
+    ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON, Type,
+};
 use poem_openapi::{ApiResponse, Enum, Object};
 use serde_json::Value;
 
 use crate::replay::{REPLAYED_HEADER, outcome_response};
+use crate::routes::shared::string_type;
+
+/// What a resource name looks like, as `domain::locks::resource` checks
+/// it (a test holds the two to each other).
+pub const RESOURCE_PATTERN: &str = r"^[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)*$";
+
+/// A resource name in a request. The schema states the form; the lock
+/// service checks it, so that a bad name is refused with the name and the
+/// rule in the problem's detail, whichever route it came by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ResourceName(pub String);
+
+string_type!(
+    ResourceName,
+    MetaSchema {
+        description: Some(
+            "A kind in lower case, then colon-separated parts, at most 200 characters: \
+             `trade:42:BTCUSDT:sell:snipe123`, `item:sku-991`.",
+        ),
+        pattern: Some(RESOURCE_PATTERN.into()),
+        min_length: Some(1),
+        max_length: Some(locks::resource::MAX_RESOURCE_LEN),
+        example: Some(Value::String("item:sku-991".into())),
+        ..MetaSchema::new("string")
+    }
+);
+
+impl ParseFromJSON for ResourceName {
+    fn parse_from_json(value: Option<Value>) -> ParseResult<Self> {
+        match value {
+            Some(Value::String(s)) => Ok(Self(s)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ParseFromParameter for ResourceName {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
+impl ToJSON for ResourceName {
+    fn to_json(&self) -> Option<Value> {
+        Some(Value::String(self.0.clone()))
+    }
+}
+
+/// A status to list by: a lock's (`active`, `released`, `expired`,
+/// `failed`) or a queue item's (`pending`, `granted`, `cancelled`,
+/// `expired`); `expired` lists both.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum LockListStatus {
+    Active,
+    Released,
+    Expired,
+    Failed,
+    Pending,
+    Granted,
+    Cancelled,
+}
 
 /// `fail` (default): 409 `resource_locked` when a resource is busy;
 /// `queue`: join the queue (202).
@@ -39,34 +107,44 @@ impl From<Wait> for locks::WaitMode {
 #[derive(Object, Debug, Clone)]
 #[oai(deny_unknown_fields)]
 pub struct AcquireLockRequest {
-    /// 1–50 distinct names, `^[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)*$`, at most
-    /// 200 characters each.
-    #[oai(validator(min_items = 1, max_items = 50))]
-    pub resources: Vec<String>,
+    /// 1–50 distinct names.
+    #[oai(validator(min_items = 1, max_items = 50, unique_items))]
+    pub resources: Vec<ResourceName>,
     /// 1,000–600,000; default 30,000.
+    #[oai(validator(minimum(value = "1000"), maximum(value = "600000")))]
     pub ttl_ms: Option<u64>,
     /// 1 (highest) – 10 (lowest); default 5.
+    #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
     pub priority: Option<u8>,
-    /// What the holder will do, 1–100 of `[A-Za-z0-9_.:-]`.
+    /// What the holder will do.
+    #[oai(validator(pattern = r"^[A-Za-z0-9_.:-]{1,100}$"))]
     pub transaction_type: String,
     /// Any JSON; part of the duplicate-work key (object key order does not
     /// matter).
     pub transaction_data: Option<Value>,
     pub wait: Option<Wait>,
     /// How long a queued request may wait before it becomes `expired`;
-    /// default 60,000, at most 3,600,000.
+    /// default 60,000.
+    #[oai(validator(minimum(value = "1"), maximum(value = "3600000")))]
     pub queue_timeout_ms: Option<u64>,
     /// The owner, when a service or admin acts for someone
     /// (`user:42`, `service:name`, or a name of its own); a user may only
     /// name itself. Default: the caller (`role:sub`).
-    #[oai(validator(max_length = 200))]
+    #[oai(validator(pattern = r"^[A-Za-z0-9_.:@-]{1,200}$"))]
     pub owner_id: Option<String>,
+}
+
+impl AcquireLockRequest {
+    pub fn resource_names(&self) -> Vec<String> {
+        self.resources.iter().map(|r| r.0.clone()).collect()
+    }
 }
 
 #[derive(Object, Debug, Clone)]
 #[oai(deny_unknown_fields)]
 pub struct ExtendLockRequest {
     /// The new lease from now, 1,000–600,000.
+    #[oai(validator(minimum(value = "1000"), maximum(value = "600000")))]
     pub ttl_ms: u64,
 }
 
@@ -87,8 +165,7 @@ pub struct ReleaseLockRequest {
 #[derive(Object, Debug, Clone)]
 #[oai(deny_unknown_fields)]
 pub struct CheckLockRequest {
-    #[oai(validator(max_length = 200))]
-    pub resource_id: String,
+    pub resource_id: ResourceName,
 }
 
 #[derive(Object, Debug, Clone)]
@@ -439,5 +516,97 @@ impl ApiResponse for AcquireReply {
     fn register(registry: &mut Registry) {
         LockBody::register(registry);
         QueueItemBody::register(registry);
+    }
+}
+
+/// The lock event stream (`text/event-stream`). Its document describes one
+/// event, as OpenAPI 3.0 does for a stream: `event` is the change's type and
+/// `data` a `LockEventBody` as JSON text.
+pub struct LockEventStream(pub EventStream<BoxStream<'static, LockEventBody>>);
+
+impl IntoResponse for LockEventStream {
+    fn into_response(self) -> Response {
+        self.0.into_response()
+    }
+}
+
+impl ApiResponse for LockEventStream {
+    fn meta() -> MetaResponses {
+        let text = |description| {
+            MetaSchemaRef::Inline(Box::new(MetaSchema {
+                description: Some(description),
+                ..MetaSchema::new("string")
+            }))
+        };
+        let event = MetaSchema {
+            title: Some("LockServerSentEvent".into()),
+            description: Some("One server-sent event: one change of a lock or a queue item."),
+            required: vec!["event", "data"],
+            properties: vec![
+                (
+                    "event",
+                    text("The change: the `type` of the `LockEventBody` in `data`."),
+                ),
+                ("data", text("A `LockEventBody`, as JSON text.")),
+            ],
+            ..MetaSchema::new("object")
+        };
+        MetaResponses {
+            responses: vec![MetaResponse {
+                description: "One event per change, as it happens; a comment line every 15 s keeps an idle stream open.",
+                status: Some(200),
+                status_range: None,
+                content: vec![MetaMediaType {
+                    content_type: "text/event-stream",
+                    schema: MetaSchemaRef::Inline(Box::new(event)),
+                }],
+                headers: vec![],
+            }],
+        }
+    }
+
+    fn register(registry: &mut Registry) {
+        LockEventBody::register(registry);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::locks::resource::{MAX_RESOURCE_LEN, is_valid_resource};
+
+    use super::*;
+    use crate::routes::shared::tests::{matches, strings};
+
+    #[test]
+    fn resource_pattern_accepts_exactly_what_the_lock_service_does() {
+        let mut corpus = strings(&['a', 'Z', '0', '_', ':', '.', '-'], 5);
+        corpus.extend(
+            [
+                "trade:42:BTCUSDT:sell:snipe123",
+                "item:sku-991",
+                "Item:1",
+                "item:",
+                "item::x",
+                "1item",
+                "item:a b",
+                "item:é",
+            ]
+            .map(String::from),
+        );
+        for s in corpus {
+            // The schema states the length with maxLength, beside the pattern.
+            assert_eq!(
+                matches(RESOURCE_PATTERN, &s),
+                is_valid_resource(&s),
+                "{s:?}"
+            );
+        }
+        let longest = format!("item:{}", "x".repeat(MAX_RESOURCE_LEN - 5));
+        assert!(is_valid_resource(&longest));
+        assert!(!is_valid_resource(&format!("{longest}x")));
+        let schema = ResourceName::schema_ref();
+        let schema = schema.unwrap_inline();
+        assert_eq!(schema.max_length, Some(MAX_RESOURCE_LEN));
+        assert_eq!(schema.pattern.as_deref(), Some(RESOURCE_PATTERN));
     }
 }
