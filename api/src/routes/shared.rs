@@ -5,7 +5,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use domain::idempotency::validate_client_key;
 use poem_openapi::error::ParseParamError;
 use poem_openapi::registry::MetaSchema;
-use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult, ToJSON};
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult};
 use poem_openapi::{Enum, Object};
 use serde_json::Value;
 
@@ -31,7 +31,7 @@ pub const DECIMAL_PATTERN: &str = concat!(
 pub struct DecimalString(pub String);
 
 /// The OpenAPI type of a string newtype: required, named as the type, with
-/// `schema` inline.
+/// `schema` inline, written as its string.
 macro_rules! string_type {
     ($ty:ident, $schema:expr) => {
         impl poem_openapi::types::Type for $ty {
@@ -53,6 +53,12 @@ macro_rules! string_type {
 
             fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
                 Box::new(self.as_raw_value().into_iter())
+            }
+        }
+
+        impl poem_openapi::types::ToJSON for $ty {
+            fn to_json(&self) -> Option<serde_json::Value> {
+                Some(serde_json::Value::String(self.0.clone()))
             }
         }
     };
@@ -82,12 +88,6 @@ impl ParseFromJSON for DecimalString {
             )),
             other => Err(ParseError::expected_type(other.unwrap_or_default())),
         }
-    }
-}
-
-impl ToJSON for DecimalString {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
     }
 }
 

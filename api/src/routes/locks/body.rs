@@ -64,12 +64,6 @@ impl ParseFromParameter for ResourceName {
     }
 }
 
-impl ToJSON for ResourceName {
-    fn to_json(&self) -> Option<Value> {
-        Some(Value::String(self.0.clone()))
-    }
-}
-
 /// A status to list by: a lock's (`active`, `released`, `expired`,
 /// `failed`) or a queue item's (`pending`, `granted`, `cancelled`,
 /// `expired`); `expired` lists both.
