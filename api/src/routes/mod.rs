@@ -29,7 +29,7 @@ use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::replay::Stored;
 use crate::request_id::current_request_id;
-use crate::routes::shared::{DecimalString, IdempotencyKey};
+use crate::routes::shared::{DecimalString, IdempotencyKey, LockTokenHeader};
 
 #[derive(Tags)]
 pub enum ApiTags {
@@ -182,11 +182,14 @@ impl Idempotent {
 /// The fence of a money write sent with `Lock-Token: <lock_id>:<token>`:
 /// it runs only while that lock is active, the caller's and holds that
 /// token, checked inside its transaction.
-pub fn fence(principal: &Principal, header: Option<&str>) -> Result<Option<Fence>, ApiError> {
+pub fn fence(
+    principal: &Principal,
+    header: Option<&LockTokenHeader>,
+) -> Result<Option<Fence>, ApiError> {
     header
         .map(|h| {
             Ok(Fence {
-                lock: LockToken::parse(h)?,
+                lock: LockToken::parse(&h.0)?,
                 owner: principal.id(),
             })
         })

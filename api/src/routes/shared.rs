@@ -210,6 +210,36 @@ impl ParseFromParameter for IdempotencyKey {
     }
 }
 
+/// The form of the `Lock-Token` header as documented: a lock id (at most 64
+/// visible ASCII characters), a colon, the fencing token (a positive
+/// integer). `domain::locks::fencing::LockToken` parses it; a test holds
+/// every value this pattern admits to that parser.
+pub const LOCK_TOKEN_PATTERN: &str = r"^[\x21-\x7E]{1,64}:[1-9][0-9]{0,17}$";
+
+/// The `Lock-Token` request header, as the client sent it: the money route
+/// parses it (400 `invalid_request` when it is not `<lock_id>:<fencing_token>`)
+/// and checks it inside the money transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockTokenHeader(pub String);
+
+string_type!(
+    LockTokenHeader,
+    MetaSchema {
+        description: Some(
+            "`<lock_id>:<fencing_token>`: the lock's id (at most 64 visible ASCII \
+             characters), a colon, its fencing token (a positive integer).",
+        ),
+        pattern: Some(LOCK_TOKEN_PATTERN.into()),
+        ..MetaSchema::new("string")
+    }
+);
+
+impl ParseFromParameter for LockTokenHeader {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        Ok(Self(value.to_owned()))
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -303,5 +333,35 @@ pub(crate) mod tests {
     /// Through the regex engine poem-openapi validates patterns with.
     pub(crate) fn matches(pattern: &'static str, s: &str) -> bool {
         Pattern::new(pattern).check(&s)
+    }
+
+    #[test]
+    fn every_lock_token_the_pattern_admits_parses() {
+        use domain::locks::fencing::LockToken;
+        let mut corpus = strings(&['a', '-', ':', '0', '7'], 6);
+        corpus.extend(
+            [
+                "0b5e8a52-3c4f-4d0e-9a8f-1b2c3d4e5f60:17",
+                &format!("{}:1", "x".repeat(64)),
+                &format!("{}:1", "x".repeat(65)),
+                "id:999999999999999999",
+                "id:9223372036854775807",
+                "id:+5",
+                " id:5",
+            ]
+            .map(String::from),
+        );
+        let mut admitted = 0;
+        for s in corpus {
+            if matches(LOCK_TOKEN_PATTERN, &s) {
+                admitted += 1;
+                assert!(LockToken::parse(&s).is_ok(), "{s:?}");
+            }
+        }
+        assert!(matches(
+            LOCK_TOKEN_PATTERN,
+            "0b5e8a52-3c4f-4d0e-9a8f-1b2c3d4e5f60:17"
+        ));
+        assert!(admitted > 1_000, "{admitted}");
     }
 }

@@ -16,7 +16,7 @@ use poem_openapi::payload::Json;
 use crate::auth::{Auth, Role};
 use crate::error::{ApiError, Errors};
 use crate::routes::locks::body::Wait;
-use crate::routes::shared::IdempotencyKey;
+use crate::routes::shared::{IdempotencyKey, LockTokenHeader};
 use crate::routes::{
     ApiTags, BACK_OFFICE, Idempotent, fence, parse_amount, refusal, require_visible,
 };
@@ -129,7 +129,7 @@ impl OrdersApi {
         /// caller's and holds that token (else 409 `lock_lost`). Not with
         /// `signal_id`, whose own lock fences the order.
         #[oai(name = "Lock-Token")]
-        lock_token: Header<Option<String>>,
+        lock_token: Header<Option<LockTokenHeader>>,
         body: Json<OpenOrderRequest>,
     ) -> Result<OrderReply<201>, Errors<status::OpenOrder>> {
         auth.0.require_self_or(body.user_id, &[Role::Admin])?;
@@ -141,7 +141,7 @@ impl OrdersApi {
             side: body.side.into(),
             quantity: parse_amount("quantity", &body.quantity)?,
             leverage: ledger.trading.leverage(body.leverage)?,
-            fence: fence(&auth.0, lock_token.0.as_deref())?,
+            fence: fence(&auth.0, lock_token.0.as_ref())?,
         };
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
             let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
@@ -185,14 +185,14 @@ impl OrdersApi {
         /// caller's and holds that token (else 409 `lock_lost`). Not with
         /// `signal_id`.
         #[oai(name = "Lock-Token")]
-        lock_token: Header<Option<String>>,
+        lock_token: Header<Option<LockTokenHeader>>,
         body: Json<CloseOrderRequest>,
     ) -> Result<OrderReply<200>, Errors<status::CloseOrder>> {
         let order = state.ledger.order(id.0).await?;
         require_visible(&auth.0, order.user_id, "order")?;
         let cmd = CloseOrder {
             order_id: id.0,
-            fence: fence(&auth.0, lock_token.0.as_deref())?,
+            fence: fence(&auth.0, lock_token.0.as_ref())?,
         };
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
             let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);

@@ -12,7 +12,7 @@ use poem_openapi::payload::Json;
 use crate::auth::{Auth, Role};
 use crate::error::Errors;
 use crate::replay::Stored;
-use crate::routes::shared::{IdempotencyKey, WalletKind};
+use crate::routes::shared::{IdempotencyKey, LockTokenHeader, WalletKind};
 use crate::routes::{ApiTags, BACK_OFFICE, Idempotent, fence, parse_amount};
 use crate::state::AppState;
 use body::{
@@ -99,7 +99,7 @@ impl WalletsApi {
         /// `<lock_id>:<fencing_token>`: run only while that lock is the
         /// caller's and holds that token (else 409 `lock_lost`).
         #[oai(name = "Lock-Token")]
-        lock_token: Header<Option<String>>,
+        lock_token: Header<Option<LockTokenHeader>>,
         body: Json<WithdrawRequest>,
     ) -> Result<Stored<Operation, 200>, Errors<status::Withdraw>> {
         auth.0.require_self_or(body.user_id, BACK_OFFICE)?;
@@ -108,7 +108,7 @@ impl WalletsApi {
             wallet: body.wallet.into(),
             amount: parse_amount("amount", &body.amount)?,
             destination: body.destination.clone(),
-            fence: fence(&auth.0, lock_token.0.as_deref())?,
+            fence: fence(&auth.0, lock_token.0.as_ref())?,
         };
         Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
@@ -133,7 +133,7 @@ impl WalletsApi {
         /// `<lock_id>:<fencing_token>`: run only while that lock is the
         /// caller's and holds that token (else 409 `lock_lost`).
         #[oai(name = "Lock-Token")]
-        lock_token: Header<Option<String>>,
+        lock_token: Header<Option<LockTokenHeader>>,
         body: Json<TransferRequest>,
     ) -> Result<Stored<Transfer, 200>, Errors<status::Transfer>> {
         auth.0.require_self_or(body.from_user_id, &[Role::Admin])?;
@@ -142,7 +142,7 @@ impl WalletsApi {
             to_user_id: body.to_user_id,
             wallet: body.wallet.into(),
             amount: parse_amount("amount", &body.amount)?,
-            fence: fence(&auth.0, lock_token.0.as_deref())?,
+            fence: fence(&auth.0, lock_token.0.as_ref())?,
         };
         Ok(Idempotent::new(&auth.0, req, &key, &body.0)
             .execute(&state.ledger, &cmd)
