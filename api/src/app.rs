@@ -79,12 +79,16 @@ pub fn openapi() -> OpenApiService<Apis, ()> {
 }
 
 /// The OpenAPI document as served at `/openapi.json` and in `/docs`, and as
-/// `ledger openapi` prints it: poem-openapi's, with `"additionalProperties":
-/// false` on the schema of every request body. Every request body refuses
-/// unknown fields (`#[oai(deny_unknown_fields)]`, 400), which the derive does
-/// not write into the document; a test holds each body to it.
+/// `ledger openapi` prints it.
 pub fn spec_json() -> String {
-    let spec = openapi().spec();
+    closed_bodies(openapi().spec())
+}
+
+/// poem-openapi's document `spec` with `"additionalProperties": false` on
+/// the schema of every request body. Every request body refuses unknown
+/// fields (`#[oai(deny_unknown_fields)]`, 400), which the derive does not
+/// write into the document; a test holds each body to it.
+fn closed_bodies(spec: String) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&spec) else {
         return spec;
     };
@@ -113,6 +117,12 @@ pub fn spec_json() -> String {
         }
     }
     serde_json::to_string_pretty(&doc).unwrap_or(spec)
+}
+
+/// Swagger UI over the document as served (`served`), not the derive's own
+/// (`derived`, which the page embeds as it is).
+fn docs_html(api: &OpenApiService<Apis, ()>, derived: &str, served: &str) -> String {
+    api.swagger_ui_html().replace(derived, served)
 }
 
 #[handler]
@@ -158,9 +168,9 @@ fn cors(config: &Config) -> Option<Cors> {
 
 pub fn endpoint(state: Arc<AppState>) -> impl Endpoint {
     let api = openapi();
-    let spec = spec_json();
-    // Swagger UI shows the document as served, not the derive's own.
-    let docs_html = api.swagger_ui_html().replace(&api.spec(), &spec);
+    let derived = api.spec();
+    let spec = closed_bodies(derived.clone());
+    let docs_html = docs_html(&api, &derived, &spec);
     let docs = make_sync(move |_| Html(docs_html.clone()));
     let spec = make_sync(move |_| {
         Response::builder()
@@ -365,5 +375,22 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_docs_page_shows_the_document_as_served() {
+        let api = openapi();
+        let derived = api.spec();
+        let served = closed_bodies(derived.clone());
+        assert_ne!(derived, served);
+        let html = docs_html(&api, &derived, &served);
+        assert!(html.contains(&served));
+        assert!(!html.contains(&derived));
+        assert_eq!(served, spec_json());
     }
 }

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use infra::entities::{journal_entry, wallet};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect, Select,
 };
 use uuid::Uuid;
 
@@ -184,17 +184,22 @@ fn locking<S: QuerySelect>(query: S, backend: DbBackend) -> S {
     }
 }
 
+/// A user's wallet of one kind.
+fn wallet_of(user_id: i64, kind: WalletKind) -> Select<wallet::Entity> {
+    wallet::Entity::find()
+        .filter(wallet::Column::UserId.eq(user_id))
+        .filter(wallet::Column::Kind.eq(kind.as_str()))
+}
+
 /// The id of a user's wallet of one kind; an unknown user is 404.
 pub async fn wallet_id<C: ConnectionTrait>(
     conn: &C,
     user_id: i64,
     kind: WalletKind,
 ) -> DomainResult<i64> {
-    wallet::Entity::find()
+    wallet_of(user_id, kind)
         .select_only()
         .column(wallet::Column::Id)
-        .filter(wallet::Column::UserId.eq(user_id))
-        .filter(wallet::Column::Kind.eq(kind.as_str()))
         .into_tuple()
         .one(conn)
         .await?
@@ -208,10 +213,7 @@ pub async fn lock_wallet(
     user_id: i64,
     kind: WalletKind,
 ) -> DomainResult<wallet::Model> {
-    let query = wallet::Entity::find()
-        .filter(wallet::Column::UserId.eq(user_id))
-        .filter(wallet::Column::Kind.eq(kind.as_str()));
-    let mut wallet = locking(query, txn.get_database_backend())
+    let mut wallet = locking(wallet_of(user_id, kind), txn.get_database_backend())
         .one(txn)
         .await?
         .ok_or(DomainError::NotFound("user"))?;

@@ -5,8 +5,9 @@
 //! grants into `lock_tally` — one row per (status, wait in ms): how many,
 //! and their summed hold time — flipping each grant's `tallied` flag with a
 //! guarded UPDATE (`sql::taken_rows`) in the same transaction, so a grant
-//! enters the tally once whichever instance's cleanup gets to it. The purge of old grants returns
-//! what it deleted and takes the tallied ones back out in its transaction.
+//! enters the tally once whichever instance's cleanup gets to it. The purge
+//! of old grants returns what it deleted and takes the tallied ones back out
+//! in its transaction.
 //! The statistics are the tally plus the grants not tallied yet (the active
 //! ones and those finished since the last pass, which a partial index finds):
 //! the same numbers as summing every grant kept, read from a table whose
