@@ -422,6 +422,18 @@ def flows_section(md, results: Path, holds, workflows):
     command_block(md, results, ["holds"] + [f"workflows-{w}" for w, _ in workflows])
 
 
+def runs_alone(results: Path):
+    """(sections, cpu, date) of each `BENCH_ONLY` run whose results are in
+    `results`, from its machine-only-SECTIONS.txt."""
+    found = []
+    for path in sorted(results.glob("machine-only*.txt")):
+        text = path.read_text()
+        field = lambda key: (re.search(rf"^{key}: (.*)$", text, re.M) or [None, "?"])[1].strip()  # noqa: E731
+        sections = field("sections").split(" ")[0]
+        found.append((sections.replace(",", ", "), field("cpu"), field("date")))
+    return found
+
+
 def run_alone(md, results: Path, section: str):
     """The machine block of a `BENCH_ONLY` run that included `section`, if it
     was run so (bench/run.sh writes one machine-only-SECTIONS.txt per set)."""
@@ -603,6 +615,15 @@ def main():
         "number includes pgbench's. The ratios compare like with like (the same SQL, the same machine, "
         "the same run)."
     )
+    later = runs_alone(results)
+    if later:
+        md.append("")
+        md.append(
+            "Some sections were run again on their own (`BENCH_ONLY`), later and perhaps on another machine, "
+            "and their rows above come from those runs: "
+            + "; ".join(f"{sections} on {cpu} ({date})" for sections, cpu, date in later)
+            + ". Each such section shows its machine; set a row against another only where both ran on one."
+        )
     md.append("")
     md.append("## The money path")
     md.append("")
@@ -719,6 +740,21 @@ def main():
         "deposit does the database's work only, with no HTTP, no JSON and no idempotency key around it."
     )
     md.append(
+        "- **Measured by hand on another machine (2026-12-01, an Intel Xeon with 2 cores, this code): group "
+        "commit halves the database's work per deposit, and the API is still bound by the group's cycle, not "
+        "by the CPU.** With `pg_stat_statements` loaded, on 33,000 seeded users, 50 clients: pgbench's "
+        "one-statement deposit made 5,037 TPS with PostgreSQL taking all of both cores (0.7 s idle of 20), "
+        "about 390 µs of database CPU a deposit; the API made 4,853 deposits/s with PostgreSQL on 0.84 cores "
+        "(173 µs a deposit), the server on 0.57 and the generator on 0.16, and 22 % of the machine idle. Its "
+        "groups held 12.4 deposits on average, and each took 2.0 ms of statements in the database (the write "
+        "1.62 ms, the claim 0.20, the lock 0.18) besides its round trips and its commit's flush: with two "
+        "groups at once, about 390 commits a second. More groups at once did not help (20 s runs alternating: "
+        "2 groups 4,734 and 4,556 /s, 3 groups 4,301 and 4,704, 4 groups 4,366 and 4,066). Nor does a smaller "
+        "table: on 2,000 users, back to back without `pg_stat_statements`, pgbench made 5,171 and 5,478 TPS "
+        "and the API 5,379 and 5,202 /s. Twice pgbench's deposit with these 50 clients needs a shorter group "
+        "cycle or fuller groups, which this work did not find."
+    )
+    md.append(
         "- **Reads**: a wallet read is one indexed query, and what it cost the API was mostly not the query but "
         "the round trip and the pool around it (taking a connection, and giving it back, which the driver checks "
         "with a round trip of its own). Coalesced reads (on by default) read the wallets of every read that "
@@ -736,6 +772,24 @@ def main():
         "per transaction help: group commit takes the deposits waiting on the wallet into one transaction, and a "
         "deposit waiting for its group does not count against the in-flight limit (it holds no connection), so "
         "500 depositors fill groups of up to 64 instead of being refused at the door."
+    )
+    md.append(
+        "- **33,000 users at 3–6 s think are bound by the two cores, and most of the database's share goes to "
+        "orders.** Measured by hand on the Intel machine above (the mixed-fast command above with `--ramp 60 "
+        "--duration 90`): over 30 s at full strength the CPU went to PostgreSQL 1.09 cores, the two server "
+        "instances 0.84, the two generator shards 0.25, with 0.07 s idle of 60. With `pg_stat_statements` "
+        "loaded, opening and closing orders (2 of the 13 requests of the loop) took at least 38 of the run's "
+        "70 s of statement time: each order write runs its own statements in a savepoint (the wallet read and "
+        "update, the order row, two journal rows at 0.23 ms, the key at 0.12 ms, the referral walk, the "
+        "price), while a group of deposits and withdrawals takes three statements however big it is (its write "
+        "statement took 15 s for 45,000 of them). Serving 4,000 /s here needs an order to cost the database "
+        "what a deposit does, by planning orders in memory and writing a group of them in a few statements as "
+        "deposits are; that is not done. Splitting the groups (orders no longer share the two deposit groups) "
+        "sped up the orders run a little (three alternating pairs on one database: 800 → 846 writes/s on "
+        "average, p99 155 → 143 ms) and not this one (2,101 → 2,085 served/s): the cores were already full. "
+        "`BENCH_ONLY=orders` and `BENCH_ONLY=fast` at this code on that machine gave 357 and 311 orders "
+        "opened/s (0.87 ×) and 1,671 served/s (p99 183.2 ms, books exact, 1,494 reads never answered "
+        "definitely within the generator's retry bound); the tables above stay those of the AMD machine's run."
     )
     md.append(
         "- **33,000 connections**: a process here may hold at most 20,000 open files (hard limit, no "

@@ -4,7 +4,7 @@
 //!
 //! A request queues its item and, when fewer than `batches` batches are
 //! running, starts a leader that takes what is queued (up to `max_size`
-//! items of the kind of the oldest one, in the order they came) — so a lone
+//! items, in the order they came) — so a lone
 //! request goes at once, and under load the requests that arrived during one
 //! batch make up the next. The leader runs as a task of its own: a client
 //! that hangs up cannot cancel the others' work. A request still queued after
@@ -26,8 +26,6 @@ pub struct Batcher<T> {
     queue: Mutex<VecDeque<(u64, T)>>,
     slots: Arc<Semaphore>,
     max_size: usize,
-    /// Items of one batch are of one kind (`kind` of the oldest queued one).
-    kind: fn(&T) -> bool,
     wait_budget: Duration,
     next_id: AtomicU64,
 }
@@ -48,17 +46,11 @@ pub struct Ticket<R> {
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    pub fn new(
-        batches: usize,
-        max_size: usize,
-        wait_budget: Duration,
-        kind: fn(&T) -> bool,
-    ) -> Self {
+    pub fn new(batches: usize, max_size: usize, wait_budget: Duration) -> Self {
         Self {
             queue: Mutex::new(VecDeque::new()),
             slots: Arc::new(Semaphore::new(batches.max(1))),
             max_size: max_size.max(1),
-            kind,
             wait_budget,
             next_id: AtomicU64::new(0),
         }
@@ -113,23 +105,11 @@ impl<T: Send + 'static> Batcher<T> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The next batch: up to `max_size` items of the kind of the oldest
-    /// queued one, in the order they came.
+    /// The next batch: up to `max_size` items, in the order they came.
     fn take(&self) -> Vec<T> {
         let mut queue = self.lock_queue();
-        let Some(kind) = queue.front().map(|(_, item)| (self.kind)(item)) else {
-            return Vec::new();
-        };
-        let (mut batch, mut rest) = (Vec::new(), VecDeque::with_capacity(queue.len()));
-        for (id, item) in queue.drain(..) {
-            if batch.len() < self.max_size && (self.kind)(&item) == kind {
-                batch.push(item);
-            } else {
-                rest.push_back((id, item));
-            }
-        }
-        *queue = rest;
-        batch
+        let size = queue.len().min(self.max_size);
+        queue.drain(..size).map(|(_, item)| item).collect()
     }
 
     /// Serves batches until the queue is empty. The slot is given back before
@@ -161,15 +141,10 @@ impl<T: Send + 'static> Batcher<T> {
 mod tests {
     use super::*;
 
-    type Item = (u32, bool, oneshot::Sender<DomainResult<usize>>);
+    type Item = (u32, oneshot::Sender<DomainResult<usize>>);
 
     fn batcher(batches: usize, max_size: usize) -> Arc<Batcher<Item>> {
-        Arc::new(Batcher::new(
-            batches,
-            max_size,
-            Duration::from_secs(5),
-            |item: &Item| item.1,
-        ))
+        Arc::new(Batcher::new(batches, max_size, Duration::from_secs(5)))
     }
 
     /// Answers each item of a batch with the batch's size, after noting it.
@@ -185,7 +160,7 @@ mod tests {
                     .push(batch.iter().map(|i| i.0).collect());
                 gate.notified().await;
                 let size = batch.len();
-                for (_, _, reply) in batch {
+                for (_, reply) in batch {
                     let _ = reply.send(Ok(size));
                 }
             })
@@ -193,24 +168,19 @@ mod tests {
     }
 
     /// A lone request goes at once; those queued while it runs make up the
-    /// next batch, up to the maximum size and of one kind, in arrival order;
-    /// nothing is left unanswered.
+    /// next batch, up to the maximum size, in arrival order; nothing is left
+    /// unanswered.
     #[tokio::test]
     async fn batches_form_from_what_arrived_meanwhile() {
         let b = batcher(1, 3);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let gate = Arc::new(tokio::sync::Notify::new());
-        let first = b.push(
-            |r| (0, true, r),
-            || serve(Arc::clone(&seen), Arc::clone(&gate)),
-        );
+        let first = b.push(|r| (0, r), || serve(Arc::clone(&seen), Arc::clone(&gate)));
         tokio::task::yield_now().await;
-        let kinds = [true, false, true, true, true];
         let rest: Vec<_> = (1..=5)
             .map(|n| {
-                let kind = kinds[n as usize - 1];
                 b.push(
-                    move |r| (n, kind, r),
+                    move |r| (n, r),
                     || serve(Arc::clone(&seen), Arc::clone(&gate)),
                 )
             })
@@ -232,28 +202,20 @@ mod tests {
         let sizes = answers.await.unwrap();
         assert_eq!(
             *seen.lock().unwrap(),
-            vec![vec![0], vec![1, 3, 4], vec![2], vec![5]]
+            vec![vec![0], vec![1, 2, 3], vec![4, 5]]
         );
-        assert_eq!(sizes, vec![1, 3, 1, 3, 3, 1]);
+        assert_eq!(sizes, vec![1, 3, 3, 3, 2, 2]);
     }
 
     /// An item no batch took within the budget is taken back and shed.
     #[tokio::test]
     async fn a_request_still_queued_after_the_budget_is_shed() {
-        let b = Arc::new(Batcher::new(1, 1, Duration::from_millis(50), |_: &Item| {
-            true
-        }));
+        let b = Arc::new(Batcher::new(1, 1, Duration::from_millis(50)));
         let never = Arc::new(tokio::sync::Notify::new());
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let busy = b.push(
-            |r| (0, true, r),
-            || serve(Arc::clone(&seen), Arc::clone(&never)),
-        );
+        let busy = b.push(|r| (0, r), || serve(Arc::clone(&seen), Arc::clone(&never)));
         tokio::task::yield_now().await;
-        let queued = b.push(
-            |r| (1, true, r),
-            || serve(Arc::clone(&seen), Arc::clone(&never)),
-        );
+        let queued = b.push(|r| (1, r), || serve(Arc::clone(&seen), Arc::clone(&never)));
         assert!(matches!(
             b.answer(queued).await,
             Err(DomainError::Overloaded)

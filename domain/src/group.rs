@@ -30,10 +30,15 @@
 //!
 //! Groups form without waiting (`batch`): a lone request goes at once, and
 //! under load the writes that arrived during one commit make up the next
-//! group (up to `max_size`; planned writes and the others in groups of their
-//! own, at most `groups` at once). A client that hangs up cannot cancel the
-//! others' writes. A planned write waiting for its group does not count
-//! against the in-flight limit (`infra::in_flight`).
+//! group. Planned writes and the others queue apart, each with its own
+//! groups (`GroupSizes`): a planned group is three statements however big it
+//! is, so few run at once and each takes all that waits; a group of the
+//! others runs its writes one after the other, so its time grows with its
+//! size, and more, smaller ones run side by side on their own connections
+//! (an order never waits behind a deposit group, nor a deposit behind a
+//! group of orders). A client that hangs up cannot cancel the others'
+//! writes. A planned write waiting for its group does not count against the
+//! in-flight limit (`infra::in_flight`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -82,12 +87,21 @@ pub struct Write {
     reply: oneshot::Sender<DomainResult<Outcome>>,
 }
 
-/// The queue and the running groups of one process.
+/// How many groups run at once and how big each may grow: `(groups,
+/// max_size)` for the planned writes and for the others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupSizes {
+    pub planned: (usize, usize),
+    pub others: (usize, usize),
+}
+
+/// The queues and the running groups of one process.
 #[derive(Debug)]
 pub struct GroupCommit {
-    /// Writes of one group are all planned or all not: planned writes keep
-    /// their fast path beside the others.
-    batches: Arc<Batcher<Write>>,
+    /// Planned writes: their groups take the three-statement path.
+    planned: Arc<Batcher<Write>>,
+    /// The others: each write of a group in a savepoint of its own.
+    others: Arc<Batcher<Write>>,
 }
 
 /// How one write of a group ended, before the commit.
@@ -100,10 +114,11 @@ enum Ended {
 }
 
 impl GroupCommit {
-    pub fn new(groups: usize, max_size: usize, wait_budget: Duration) -> Self {
-        let planned = |w: &Write| w.plan.is_some();
+    pub fn new(sizes: GroupSizes, wait_budget: Duration) -> Self {
+        let batcher = |(groups, max_size)| Arc::new(Batcher::new(groups, max_size, wait_budget));
         Self {
-            batches: Arc::new(Batcher::new(groups, max_size, wait_budget, planned)),
+            planned: batcher(sizes.planned),
+            others: batcher(sizes.others),
         }
     }
 
@@ -119,7 +134,8 @@ impl GroupCommit {
         refuse: Refusal,
     ) -> DomainResult<Outcome> {
         let planned = plan.is_some();
-        let ticket = self.batches.push(
+        let batches = if planned { &self.planned } else { &self.others };
+        let ticket = batches.push(
             |reply| Write {
                 name,
                 req,
@@ -137,7 +153,7 @@ impl GroupCommit {
                 }
             },
         );
-        let wait = self.batches.answer(ticket);
+        let wait = batches.answer(ticket);
         // A planned write, queued, holds no connection, and its group takes
         // the same few statements however big it is: it does not count among the
         // requests in flight (see `infra::in_flight`). Any other waits

@@ -55,7 +55,7 @@ use infra::{Config, Database};
 use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
-use crate::group::{GroupCommit, PlanOp, WriteOp};
+use crate::group::{GroupCommit, GroupSizes, PlanOp, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::ledger::books::Books;
 use crate::ledger::reads::WalletReads;
@@ -230,11 +230,12 @@ impl Ledger {
             }),
             settle_batch: u64::from(referrals.settle_batch.max(1)),
             group: config.group_commit.enabled.then(|| {
-                Arc::new(GroupCommit::new(
-                    config.group_commit.groups,
-                    config.group_commit.max_size,
-                    config.database.wait_budget,
-                ))
+                let g = &config.group_commit;
+                let sizes = GroupSizes {
+                    planned: (g.groups, g.max_size),
+                    others: (g.savepoint_groups, g.savepoint_max_size),
+                };
+                Arc::new(GroupCommit::new(sizes, config.database.wait_budget))
             }),
             reads,
         })

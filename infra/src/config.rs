@@ -276,11 +276,19 @@ impl Default for LockConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupCommitConfig {
     pub enabled: bool,
-    /// The most writes one transaction carries.
+    /// The most deposits and unfenced withdrawals one transaction carries
+    /// (their groups are three statements whatever their size).
     pub max_size: usize,
-    /// How many groups may run at once in this process (each holds one
-    /// pooled connection).
+    /// How many groups of those may run at once in this process (each holds
+    /// one pooled connection).
     pub groups: usize,
+    /// The most of the other writes (transfers, orders, holds, fenced
+    /// writes) one transaction carries: they run one after the other, each
+    /// in a savepoint, so such a group takes longer the bigger it is.
+    pub savepoint_max_size: usize,
+    /// How many groups of the other writes may run at once (each holds one
+    /// pooled connection).
+    pub savepoint_groups: usize,
 }
 
 impl Default for GroupCommitConfig {
@@ -292,6 +300,8 @@ impl Default for GroupCommitConfig {
             // 2 against 8 served 2,265 against 1,542 deposits/s at 50
             // clients and 2,319 against 1,314 on one hot wallet (README).
             groups: 2,
+            savepoint_max_size: 4,
+            savepoint_groups: 8,
         }
     }
 }
@@ -471,6 +481,8 @@ struct Settings {
     group_commit: bool,
     group_commit_max_size: usize,
     group_commit_groups: usize,
+    group_commit_savepoint_max_size: usize,
+    group_commit_savepoint_groups: usize,
     read_batch: bool,
     read_batch_max_size: usize,
     read_batches: usize,
@@ -565,6 +577,8 @@ impl Default for Settings {
             group_commit: group_commit.enabled,
             group_commit_max_size: group_commit.max_size,
             group_commit_groups: group_commit.groups,
+            group_commit_savepoint_max_size: group_commit.savepoint_max_size,
+            group_commit_savepoint_groups: group_commit.savepoint_groups,
             read_batch: reads.enabled,
             read_batch_max_size: reads.max_size,
             read_batches: reads.batches,
@@ -707,6 +721,8 @@ impl TryFrom<Settings> for Config {
                 enabled: s.group_commit,
                 max_size: s.group_commit_max_size,
                 groups: s.group_commit_groups,
+                savepoint_max_size: s.group_commit_savepoint_max_size,
+                savepoint_groups: s.group_commit_savepoint_groups,
             },
             reads: ReadBatchConfig {
                 enabled: s.read_batch,
@@ -854,8 +870,17 @@ impl Config {
         if !(10..=1_000).contains(&locks.poll.as_millis()) {
             return bad("lock_poll_ms must be within 10..=1000");
         }
-        if group_commit.max_size == 0 || group_commit.groups == 0 {
-            return bad("group_commit_max_size and group_commit_groups must be at least 1");
+        if [
+            group_commit.max_size,
+            group_commit.groups,
+            group_commit.savepoint_max_size,
+            group_commit.savepoint_groups,
+        ]
+        .contains(&0)
+        {
+            return bad(
+                "group_commit_max_size, group_commit_groups, group_commit_savepoint_max_size and group_commit_savepoint_groups must be at least 1",
+            );
         }
         if reads.max_size == 0 || reads.batches == 0 {
             return bad("read_batch_max_size and read_batches must be at least 1");
@@ -993,6 +1018,38 @@ mod tests {
         let zero = load_with(&[("LEDGER_EVENT_INTERVAL", "0")]).unwrap_err();
         assert!(zero.contains("event_interval"), "{zero}");
         assert!(load_with(&[("LEDGER_EVENT_INTERVAL", "-1")]).is_err());
+    }
+
+    #[test]
+    fn the_two_kinds_of_groups_are_sized_apart_and_never_zero() {
+        let defaults = load_with(&[]).unwrap().group_commit;
+        assert_eq!(
+            (defaults.groups, defaults.max_size),
+            (2, 64),
+            "deposit groups"
+        );
+        assert_eq!(
+            (defaults.savepoint_groups, defaults.savepoint_max_size),
+            (8, 4),
+            "savepoint groups"
+        );
+        let set = load_with(&[
+            ("LEDGER_GROUP_COMMIT_SAVEPOINT_GROUPS", "3"),
+            ("LEDGER_GROUP_COMMIT_SAVEPOINT_MAX_SIZE", "16"),
+        ])
+        .unwrap()
+        .group_commit;
+        assert_eq!((set.savepoint_groups, set.savepoint_max_size), (3, 16));
+        assert_eq!((set.groups, set.max_size), (2, 64));
+        for var in [
+            "LEDGER_GROUP_COMMIT_GROUPS",
+            "LEDGER_GROUP_COMMIT_MAX_SIZE",
+            "LEDGER_GROUP_COMMIT_SAVEPOINT_GROUPS",
+            "LEDGER_GROUP_COMMIT_SAVEPOINT_MAX_SIZE",
+        ] {
+            let zero = load_with(&[(var, "0")]).unwrap_err();
+            assert!(zero.contains("at least 1"), "{var}: {zero}");
+        }
     }
 
     #[test]

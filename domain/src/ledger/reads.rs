@@ -45,7 +45,7 @@ impl WalletReads {
         wait_budget: Duration,
     ) -> Self {
         Self {
-            batches: Arc::new(Batcher::new(batches, max_size, wait_budget, |_| true)),
+            batches: Arc::new(Batcher::new(batches, max_size, wait_budget)),
             conn,
         }
     }

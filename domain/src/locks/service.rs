@@ -160,7 +160,7 @@ impl LockService {
         policy.max_attempts = policy.max_attempts.max(LOCK_ATTEMPTS);
         Self {
             tx,
-            places: Arc::new(Batcher::new(1, PLACES_PER_READ, wait_budget, |_| true)),
+            places: Arc::new(Batcher::new(1, PLACES_PER_READ, wait_budget)),
             policy,
             idempotency,
             rules: Arc::new(rules),

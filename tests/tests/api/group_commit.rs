@@ -13,6 +13,7 @@ use tests::{
 
 const DEPOSIT: &str = "/api/v1/wallets/deposit";
 const WITHDRAW: &str = "/api/v1/wallets/withdraw";
+const TRANSFER: &str = "/api/v1/wallets/transfer";
 
 /// How many group-commit transactions carried more than one write so far
 /// (process-wide: a floor, not an exact count, with tests in parallel).
@@ -185,9 +186,21 @@ async fn a_refusal_in_a_group_commits_the_others(engine: Engine) {
     assert_eq!(replies[3].body["amount"], "5");
     assert_eq!(app.balance(a, "live").await, "16");
     assert_eq!(app.balance(b, "live").await, "9");
+    shared_then_stop(app, outside, shared_before, "writes").await;
+}
+
+/// The end of a test whose queued writes had to share a group: they did
+/// (`what` names them in the failure), the blocker's connection closes and
+/// the books balance.
+async fn shared_then_stop(
+    app: TestApp,
+    outside: sea_orm::DatabaseConnection,
+    shared_before: u64,
+    what: &str,
+) {
     assert!(
         shared_groups() > shared_before,
-        "the queued writes ran alone"
+        "the queued {what} ran alone"
     );
     outside.close().await.unwrap();
     app.assert_books_balance_and_stop().await;
@@ -272,19 +285,115 @@ async fn a_refused_deposit_in_a_group_of_deposits_commits_the_others(engine: Eng
     assert_eq!(deposits(app.journal_kinds(b, "live").await), 2);
     assert_eq!(deposits(app.journal_kinds(a, "live").await), 3);
     assert!(
-        shared_groups() > shared_before,
-        "the queued deposits ran alone"
-    );
-    assert!(
         together("committed") > together_before,
         "no group of deposits was written together"
     );
-    outside.close().await.unwrap();
-    app.assert_books_balance_and_stop().await;
+    shared_then_stop(app, outside, shared_before, "deposits").await;
+}
+
+fn transfer((from, to): (i64, i64), amount: &str) -> serde_json::Value {
+    json!({ "from_user_id": from, "to_user_id": to, "amount": amount, "wallet": "live" })
+}
+
+/// Invariant: a group of writes that each run in a savepoint (transfers
+/// here) in which one is refused commits the others, and each request gets
+/// its own answer. One such group at a time: while the first transfer waits
+/// on its wallets' row lock (held from outside), the next ones queue up and
+/// then run together in the following transaction.
+async fn a_refused_transfer_in_a_savepoint_group_commits_the_others(engine: Engine) {
+    let app = TestApp::spawn_with(engine, |c| c.group_commit.savepoint_groups = 1).await;
+    let a = app.funded_user("sp-a@x.io", "10").await;
+    let b = app.funded_user("sp-b@x.io", "10").await;
+    let c = app.funded_user("sp-c@x.io", "10").await;
+    let (outside, blocker) = app.block_wallets_of(a).await;
+    let shared_before = shared_groups();
+    let (user_a, user_b, user_c) = (app.user(a), app.user(b), app.user(c));
+    let first_key = fresh_key();
+    let first = app.post(TRANSFER, &user_a, Some(&first_key), transfer((a, b), "1"));
+    let shared_app = &app;
+    let rest = async {
+        // the first transfer is in its transaction, waiting for the lock
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let writes = [
+            (user_b.clone(), transfer((b, c), "2")),
+            (user_c.clone(), transfer((c, b), "1000")),
+            (user_b.clone(), transfer((b, c), "3")),
+        ];
+        let sent = join_all(writes.iter().enumerate().map(|(i, (token, body))| {
+            let body = body.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(40 * i as u64)).await;
+                shared_app
+                    .post(TRANSFER, token, Some(&fresh_key()), body)
+                    .await
+            }
+        }));
+        released_after(blocker, 400, sent).await
+    };
+    let (first, replies) = tokio::join!(first, rest);
+    first.expect(200);
+    let moved = |r: &Reply| {
+        r.expect(200);
+        (
+            r.body["from"]["user_id"].as_i64(),
+            r.body["to"]["user_id"].as_i64(),
+            r.body["amount"].as_str().map(str::to_owned),
+        )
+    };
+    assert_eq!(moved(&replies[0]), (Some(b), Some(c), Some("2".into())));
+    replies[1].problem(422, "insufficient_funds");
+    assert_eq!(moved(&replies[2]), (Some(b), Some(c), Some("3".into())));
+    assert_eq!(app.balance(a, "live").await, "9");
+    assert_eq!(app.balance(b, "live").await, "6");
+    assert_eq!(app.balance(c, "live").await, "15");
+    shared_then_stop(app, outside, shared_before, "transfers").await;
 }
 
 both_engines!(
     a_hot_wallet_drained_while_filled,
     a_refusal_in_a_group_commits_the_others,
-    a_refused_deposit_in_a_group_of_deposits_commits_the_others
+    a_refused_deposit_in_a_group_of_deposits_commits_the_others,
+    a_refused_transfer_in_a_savepoint_group_commits_the_others
 );
+
+/// Invariant: writes that run in savepoints (a transfer) and deposits queue
+/// apart, each with groups of their own: a transfer between two users is
+/// answered while a deposit group waits on a third user's row lock, with
+/// one group of each kind allowed at once. PostgreSQL only: on SQLite the
+/// blocker holds the database's one write lock, which every write waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transfer_does_not_wait_behind_a_deposit_group() {
+    let app = TestApp::spawn_with(Engine::Postgres, |c| {
+        c.group_commit.groups = 1;
+        c.group_commit.savepoint_groups = 1;
+    })
+    .await;
+    let a = app.funded_user("apart-a@x.io", "10").await;
+    let b = app.funded_user("apart-b@x.io", "10").await;
+    let c = app.create_user("apart-c@x.io").await;
+    let (outside, blocker) = app.block_wallets_of(a).await;
+    let service = app.service();
+    let key = fresh_key();
+    let deposit = app.post(DEPOSIT, &service, Some(&key), live(a, "1"));
+    let user_b = app.user(b);
+    let meanwhile = async {
+        // the deposit's group holds the one deposit slot, waiting for the lock
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let moved = app
+            .post(TRANSFER, &user_b, Some(&fresh_key()), transfer((b, c), "4"))
+            .await;
+        // answered while the deposit is still blocked
+        let still_blocked = app.balance(a, "live").await;
+        blocker.rollback().await.unwrap();
+        (moved, still_blocked)
+    };
+    let (deposited, (moved, still_blocked)) = tokio::join!(deposit, meanwhile);
+    moved.expect(200);
+    assert_eq!(still_blocked, "10", "the deposit ran before the transfer");
+    deposited.expect(200);
+    assert_eq!(app.balance(a, "live").await, "11");
+    assert_eq!(app.balance(b, "live").await, "6");
+    assert_eq!(app.balance(c, "live").await, "4");
+    outside.close().await.unwrap();
+    app.assert_books_balance_and_stop().await;
+}
