@@ -423,24 +423,25 @@ def flows_section(md, results: Path, holds, workflows):
 
 
 def runs_alone(results: Path):
-    """(sections, cpu, date) of each `BENCH_ONLY` run whose results are in
-    `results`, from its machine-only-SECTIONS.txt."""
-    found = []
+    """Each `BENCH_ONLY` run whose results are in `results` (bench/run.sh
+    writes one machine-only-SECTIONS.txt per set): its sections and its
+    machine block."""
     for path in sorted(results.glob("machine-only*.txt")):
-        text = path.read_text()
-        field = lambda key: (re.search(rf"^{key}: (.*)$", text, re.M) or [None, "?"])[1].strip()  # noqa: E731
-        sections = field("sections").split(" ")[0]
-        found.append((sections.replace(",", ", "), field("cpu"), field("date")))
-    return found
+        only = path.read_text().strip()
+        sections = re.search(r"^sections: (\S+)", only, re.M)
+        yield (sections.group(1).split(",") if sections else []), only
+
+
+def machine_field(block: str, key: str) -> str:
+    found = re.search(rf"^{key}: (.*)$", block, re.M)
+    return found.group(1).strip() if found else "?"
 
 
 def run_alone(md, results: Path, section: str):
     """The machine block of a `BENCH_ONLY` run that included `section`, if it
-    was run so (bench/run.sh writes one machine-only-SECTIONS.txt per set)."""
-    for path in sorted(results.glob("machine-only*.txt")):
-        only = path.read_text().strip()
-        sections = re.search(r"^sections: (\S+)", only, re.M)
-        if sections and section in sections.group(1).split(","):
+    was run so."""
+    for sections, only in runs_alone(results):
+        if section in sections:
             md.append(
                 "These runs were made on their own (`BENCH_ONLY`), later than the runs above, on the machine below"
                 + (" (its note says more of the machine that day):" if "\nnote: " in only else ":")
@@ -615,13 +616,16 @@ def main():
         "number includes pgbench's. The ratios compare like with like (the same SQL, the same machine, "
         "the same run)."
     )
-    later = runs_alone(results)
+    later = [
+        f"{', '.join(sections)} on {machine_field(only, 'cpu')} ({machine_field(only, 'date')})"
+        for sections, only in runs_alone(results)
+    ]
     if later:
         md.append("")
         md.append(
             "Some sections were run again on their own (`BENCH_ONLY`), later and perhaps on another machine, "
             "and their rows above come from those runs: "
-            + "; ".join(f"{sections} on {cpu} ({date})" for sections, cpu, date in later)
+            + "; ".join(later)
             + ". Each such section shows its machine; set a row against another only where both ran on one."
         )
     md.append("")

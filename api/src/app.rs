@@ -92,19 +92,7 @@ fn closed_bodies(spec: String) -> String {
     let Ok(mut doc) = serde_json::from_str::<serde_json::Value>(&spec) else {
         return spec;
     };
-    let bodies: Vec<String> = doc
-        .get("paths")
-        .and_then(|p| p.as_object())
-        .into_iter()
-        .flat_map(|paths| paths.values())
-        .filter_map(|ops| ops.as_object())
-        .flat_map(|ops| ops.values())
-        .filter_map(|op| op.pointer("/requestBody/content")?.as_object())
-        .flat_map(|content| content.values())
-        .filter_map(|media| media.pointer("/schema/$ref")?.as_str())
-        .filter_map(|r| r.strip_prefix("#/components/schemas/"))
-        .map(str::to_owned)
-        .collect();
+    let bodies = request_bodies(&doc);
     if let Some(schemas) = doc
         .get_mut("components")
         .and_then(|c| c.get_mut("schemas"))
@@ -117,6 +105,27 @@ fn closed_bodies(spec: String) -> String {
         }
     }
     serde_json::to_string_pretty(&doc).unwrap_or(spec)
+}
+
+/// The names of the schemas of the request bodies of an OpenAPI document,
+/// sorted, each once.
+pub(crate) fn request_bodies(doc: &serde_json::Value) -> Vec<String> {
+    let mut bodies: Vec<String> = doc
+        .get("paths")
+        .and_then(|p| p.as_object())
+        .into_iter()
+        .flat_map(|paths| paths.values())
+        .filter_map(|ops| ops.as_object())
+        .flat_map(|ops| ops.values())
+        .filter_map(|op| op.pointer("/requestBody/content")?.as_object())
+        .flat_map(|content| content.values())
+        .filter_map(|media| media.pointer("/schema/$ref")?.as_str())
+        .filter_map(|r| r.strip_prefix("#/components/schemas/"))
+        .map(str::to_owned)
+        .collect();
+    bodies.sort();
+    bodies.dedup();
+    bodies
 }
 
 /// Swagger UI over the document as served (`served`), not the derive's own

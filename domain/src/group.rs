@@ -31,7 +31,7 @@
 //! Groups form without waiting (`batch`): a lone request goes at once, and
 //! under load the writes that arrived during one commit make up the next
 //! group. Planned writes and the others queue apart, each with its own
-//! groups (`GroupSizes`): a planned group is three statements however big it
+//! groups (`GroupCommitConfig`): a planned group is three statements however big it
 //! is, so few run at once and each takes all that waits; a group of the
 //! others runs its writes one after the other, so its time grows with its
 //! size, and more, smaller ones run side by side on their own connections
@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use infra::config::GroupCommitConfig;
 use infra::in_flight;
 use infra::metrics::metrics;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, TransactionTrait};
@@ -87,14 +88,6 @@ pub struct Write {
     reply: oneshot::Sender<DomainResult<Outcome>>,
 }
 
-/// How many groups run at once and how big each may grow: `(groups,
-/// max_size)` for the planned writes and for the others.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GroupSizes {
-    pub planned: (usize, usize),
-    pub others: (usize, usize),
-}
-
 /// The queues and the running groups of one process.
 #[derive(Debug)]
 pub struct GroupCommit {
@@ -114,11 +107,11 @@ enum Ended {
 }
 
 impl GroupCommit {
-    pub fn new(sizes: GroupSizes, wait_budget: Duration) -> Self {
-        let batcher = |(groups, max_size)| Arc::new(Batcher::new(groups, max_size, wait_budget));
+    pub fn new(sizes: &GroupCommitConfig, wait_budget: Duration) -> Self {
+        let batcher = |groups, max_size| Arc::new(Batcher::new(groups, max_size, wait_budget));
         Self {
-            planned: batcher(sizes.planned),
-            others: batcher(sizes.others),
+            planned: batcher(sizes.groups, sizes.max_size),
+            others: batcher(sizes.savepoint_groups, sizes.savepoint_max_size),
         }
     }
 

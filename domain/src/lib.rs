@@ -55,7 +55,7 @@ use infra::{Config, Database};
 use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
-use crate::group::{GroupCommit, GroupSizes, PlanOp, WriteOp};
+use crate::group::{GroupCommit, PlanOp, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
 use crate::ledger::books::Books;
 use crate::ledger::reads::WalletReads;
@@ -230,12 +230,10 @@ impl Ledger {
             }),
             settle_batch: u64::from(referrals.settle_batch.max(1)),
             group: config.group_commit.enabled.then(|| {
-                let g = &config.group_commit;
-                let sizes = GroupSizes {
-                    planned: (g.groups, g.max_size),
-                    others: (g.savepoint_groups, g.savepoint_max_size),
-                };
-                Arc::new(GroupCommit::new(sizes, config.database.wait_budget))
+                Arc::new(GroupCommit::new(
+                    &config.group_commit,
+                    config.database.wait_budget,
+                ))
             }),
             reads,
         })

@@ -4,7 +4,6 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::idempotency::validate_client_key;
 use poem_openapi::error::ParseParamError;
-use poem_openapi::registry::MetaSchema;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult};
 use poem_openapi::{Enum, Object};
 use serde_json::Value;
@@ -30,10 +29,11 @@ pub const DECIMAL_PATTERN: &str = concat!(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecimalString(pub String);
 
-/// The OpenAPI type of a string newtype: required, named as the type, with
-/// `schema` inline, written as its string.
+/// The OpenAPI type of a string newtype: required, named as the type, a
+/// string schema inline with its description, pattern and any further
+/// `field: value` of `MetaSchema`, written as its string.
 macro_rules! string_type {
-    ($ty:ident, $schema:expr) => {
+    ($ty:ident, $description:expr, $pattern:expr $(, $field:ident: $value:expr)* $(,)?) => {
         impl poem_openapi::types::Type for $ty {
             const IS_REQUIRED: bool = true;
             type RawValueType = Self;
@@ -44,7 +44,14 @@ macro_rules! string_type {
             }
 
             fn schema_ref() -> poem_openapi::registry::MetaSchemaRef {
-                poem_openapi::registry::MetaSchemaRef::Inline(Box::new($schema))
+                poem_openapi::registry::MetaSchemaRef::Inline(Box::new(
+                    poem_openapi::registry::MetaSchema {
+                        description: Some($description),
+                        pattern: Some(String::from($pattern)),
+                        $($field: $value,)*
+                        ..poem_openapi::registry::MetaSchema::new("string")
+                    },
+                ))
             }
 
             fn as_raw_value(&self) -> Option<&Self> {
@@ -67,16 +74,11 @@ pub(crate) use string_type;
 
 string_type!(
     DecimalString,
-    MetaSchema {
-        description: Some(
-            "Decimal string, e.g. \"100.5\": at most 8 decimals, no sign, no exponent, > 0, \
-             at most \"92233720368.54775807\". JSON numbers are refused.",
-        ),
-        pattern: Some(DECIMAL_PATTERN.into()),
-        max_length: Some(40),
-        example: Some(Value::String("100.5".into())),
-        ..MetaSchema::new("string")
-    }
+    "Decimal string, e.g. \"100.5\": at most 8 decimals, no sign, no exponent, > 0, \
+     at most \"92233720368.54775807\". JSON numbers are refused.",
+    DECIMAL_PATTERN,
+    max_length: Some(40),
+    example: Some(Value::String("100.5".into())),
 );
 
 impl ParseFromJSON for DecimalString {
@@ -190,16 +192,11 @@ impl IdempotencyKey {
 
 string_type!(
     IdempotencyKey,
-    MetaSchema {
-        description: Some(
-            "1 to 255 printable ASCII characters, chosen by the client per operation; \
-             400 `idempotency_key_missing` without it.",
-        ),
-        pattern: Some(r"^[\x20-\x7E]{1,255}$".into()),
-        min_length: Some(1),
-        max_length: Some(255),
-        ..MetaSchema::new("string")
-    }
+    "1 to 255 printable ASCII characters, chosen by the client per operation; \
+     400 `idempotency_key_missing` without it.",
+    r"^[\x20-\x7E]{1,255}$",
+    min_length: Some(1),
+    max_length: Some(255),
 );
 
 impl ParseFromParameter for IdempotencyKey {
@@ -224,14 +221,9 @@ pub struct LockTokenHeader(pub String);
 
 string_type!(
     LockTokenHeader,
-    MetaSchema {
-        description: Some(
-            "`<lock_id>:<fencing_token>`: the lock's id (at most 64 visible ASCII \
-             characters), a colon, its fencing token (a positive integer).",
-        ),
-        pattern: Some(LOCK_TOKEN_PATTERN.into()),
-        ..MetaSchema::new("string")
-    }
+    "`<lock_id>:<fencing_token>`: the lock's id (at most 64 visible ASCII \
+     characters), a colon, its fencing token (a positive integer).",
+    LOCK_TOKEN_PATTERN,
 );
 
 impl ParseFromParameter for LockTokenHeader {

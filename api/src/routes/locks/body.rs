@@ -36,17 +36,12 @@ pub struct ResourceName(pub String);
 
 string_type!(
     ResourceName,
-    MetaSchema {
-        description: Some(
-            "A kind in lower case, then colon-separated parts, at most 200 characters: \
-             `trade:42:BTCUSDT:sell:snipe123`, `item:sku-991`.",
-        ),
-        pattern: Some(RESOURCE_PATTERN.into()),
-        min_length: Some(1),
-        max_length: Some(locks::resource::MAX_RESOURCE_LEN),
-        example: Some(Value::String("item:sku-991".into())),
-        ..MetaSchema::new("string")
-    }
+    "A kind in lower case, then colon-separated parts, at most 200 characters: \
+     `trade:42:BTCUSDT:sell:snipe123`, `item:sku-991`.",
+    RESOURCE_PATTERN,
+    min_length: Some(1),
+    max_length: Some(locks::resource::MAX_RESOURCE_LEN),
+    example: Some(Value::String("item:sku-991".into())),
 );
 
 impl ParseFromJSON for ResourceName {
