@@ -66,6 +66,11 @@ pub struct IdempotentRequest {
     pub route: String,
     /// SHA-256 of the canonical request body.
     pub request_hash: String,
+    /// A second key that gets the same answer, stored with it in the same
+    /// statement or not at all (a trade on a signal is keyed by the signal,
+    /// and its answer is also the client's Idempotency-Key's). Only the
+    /// store sees it: the claim is of `key` alone.
+    pub also: Option<Box<IdempotentRequest>>,
 }
 
 impl IdempotentRequest {
@@ -81,7 +86,20 @@ impl IdempotentRequest {
             principal: principal.to_owned(),
             route: format!("{method} {route}"),
             request_hash: fingerprint(body),
+            also: None,
         }
+    }
+
+    /// The request and its `also`, each with the answer to store.
+    fn with_also<'a>(
+        answers: &[(&'a IdempotentRequest, &'a StoredResponse)],
+    ) -> Vec<(&'a IdempotentRequest, &'a StoredResponse)> {
+        answers
+            .iter()
+            .flat_map(|&(req, response)| {
+                std::iter::once((req, response)).chain(req.also.as_deref().map(|a| (a, response)))
+            })
+            .collect()
     }
 }
 
@@ -215,7 +233,11 @@ pub(crate) fn stored_all(
     answers: &[(&IdempotentRequest, &StoredResponse)],
     written: u64,
 ) -> DomainResult<()> {
-    if written != answers.len() as u64 {
+    let keys: u64 = answers
+        .iter()
+        .map(|(req, _)| 1 + u64::from(req.also.is_some()))
+        .sum();
+    if written != keys {
         return Err(DomainError::ClaimLost);
     }
     Ok(())
@@ -346,6 +368,37 @@ impl IdempotencyService {
         }
     }
 
+    /// The answer a finished request under `req`'s key gave, to replay:
+    /// `IdempotencyKeyReused` when it was another body. A read, no claim.
+    pub(crate) async fn replay(&self, req: &IdempotentRequest) -> DomainResult<Option<Outcome>> {
+        let Some(response) = self.peek(req).await? else {
+            return Ok(None);
+        };
+        metrics().idempotent_replays.inc();
+        Ok(Some(Outcome {
+            response,
+            replayed: true,
+        }))
+    }
+
+    /// Stores `response` as `req`'s answer in a statement of its own, for an
+    /// answer that moved no money (a trade deduplicated or queued); should
+    /// another request have stored the key first, its answer is the one.
+    pub(crate) async fn keep(
+        &self,
+        req: &IdempotentRequest,
+        response: StoredResponse,
+    ) -> DomainResult<Outcome> {
+        match self.store(&self.tx.db().conn, req, &response).await {
+            Ok(()) => Ok(Outcome {
+                response,
+                replayed: false,
+            }),
+            Err(DomainError::ClaimLost) => self.stored_answer(req).await,
+            Err(e) => Err(e),
+        }
+    }
+
     /// Phase 1, inside the operation's transaction. `Some` is a stored
     /// answer to replay; `None` means this transaction owns the key.
     pub(crate) async fn claim(
@@ -452,9 +505,10 @@ impl IdempotencyService {
             self.store_part(answers)?.alone()
         } else {
             let at_ms = now_ms();
-            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; answers.len()].join(", ");
-            let mut values: Vec<Value> = Vec::with_capacity(answers.len() * 11 + 3);
-            for (req, response) in answers {
+            let rows_of = IdempotentRequest::with_also(answers);
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows_of.len()].join(", ");
+            let mut values: Vec<Value> = Vec::with_capacity(rows_of.len() * 11 + 3);
+            for (req, response) in rows_of {
                 values.extend([
                     req.key.clone().into(),
                     req.principal.clone().into(),
@@ -494,8 +548,8 @@ impl IdempotencyService {
             response_status: u16,
             response_body: &'a str,
         }
-        let rows: Vec<Row<'_>> = answers
-            .iter()
+        let rows: Vec<Row<'_>> = IdempotentRequest::with_also(answers)
+            .into_iter()
             .map(|(req, response)| Row {
                 key: &req.key,
                 principal: &req.principal,
@@ -609,6 +663,30 @@ mod tests {
             fingerprint(&json!({"amount": "1"})),
             fingerprint(&json!({"amount": "1.0"}))
         );
+    }
+
+    #[test]
+    fn a_second_key_is_stored_with_its_request_or_the_store_fails() {
+        let body = json!({"a": 1});
+        let client = IdempotentRequest::new("user:1", "POST", "/api/v1/orders", "k", &body);
+        let signal = IdempotentRequest {
+            also: Some(Box::new(client.clone())),
+            ..IdempotentRequest::new("user:1", "POST", "signal", "s", &body)
+        };
+        let answer = StoredResponse {
+            status: 201,
+            body: "{}".into(),
+        };
+        let rows = IdempotentRequest::with_also(&[(&signal, &answer), (&client, &answer)]);
+        let keys: Vec<&str> = rows.iter().map(|(r, _)| r.key.as_str()).collect();
+        assert_eq!(keys, [&signal.key, &client.key, &client.key]);
+        // both of the signal's keys written, and the client's own: all stored
+        assert!(stored_all(&[(&signal, &answer), (&client, &answer)], 3).is_ok());
+        // one of the two keys was another request's: nothing may stay
+        assert!(matches!(
+            stored_all(&[(&signal, &answer)], 1),
+            Err(DomainError::ClaimLost)
+        ));
     }
 
     #[test]

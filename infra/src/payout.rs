@@ -4,11 +4,13 @@
 //! timeout or a dropped connection cannot pay twice at a provider that
 //! honours the key. The answer is classified once, here:
 //! - `2xx {"status":"sent","provider_ref"}`: sent, final;
-//! - `2xx {"status":"failed","reason"}` or a 4xx other than 408/429: the
-//!   provider refused, final;
-//! - a timeout, a broken connection, 408, 429, a 5xx, or a 2xx whose body is
-//!   not one of the two answers: the outcome is unknown, retry with the same
-//!   key.
+//! - `2xx {"status":"failed","reason"}` or a 4xx other than 408/409/429:
+//!   the provider refused, final;
+//! - a timeout, a broken connection, 408, 409 (the same key is still being
+//!   processed there, as the Idempotency-Key draft answers), 429, a 5xx, or
+//!   a 2xx whose body is not one of the two answers: the outcome is unknown,
+//!   retry with the same key. Taking a 409 as a refusal would release the
+//!   funds while the provider may still pay.
 
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ pub fn classify(status: u16, body: &[u8]) -> PayoutAnswer {
                 error: format!("unreadable {status} answer"),
             },
         },
-        408 | 429 | 500..=599 => PayoutAnswer::Transient {
+        408 | 409 | 429 | 500..=599 => PayoutAnswer::Transient {
             error: format!("provider answered {status}"),
         },
         _ => PayoutAnswer::Failed {
@@ -147,7 +149,7 @@ mod tests {
             }
         );
         assert!(matches!(classify(400, b"{}"), PayoutAnswer::Failed { .. }));
-        for status in [408, 429, 500, 502, 503, 504] {
+        for status in [408, 409, 429, 500, 502, 503, 504] {
             assert!(
                 matches!(classify(status, b""), PayoutAnswer::Transient { .. }),
                 "{status}"

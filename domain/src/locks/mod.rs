@@ -153,7 +153,9 @@ pub(crate) struct LockSpec {
 impl AcquireRequest {
     pub(crate) fn validate(&self) -> DomainResult<LockSpec> {
         let resources = resource::normalize_resources(&self.resources)?;
-        let ttl = self.ttl_ms.unwrap_or(resource::DEFAULT_TTL_MS);
+        let ttl = self
+            .ttl_ms
+            .unwrap_or_else(|| resource::default_ttl_ms(resources.len()));
         resource::validate_ttl(ttl)?;
         let priority = self.priority.unwrap_or(resource::DEFAULT_PRIORITY);
         resource::validate_priority(priority)?;
@@ -163,7 +165,11 @@ impl AcquireRequest {
             .queue_timeout_ms
             .unwrap_or(resource::DEFAULT_QUEUE_TIMEOUT_MS);
         resource::validate_queue_timeout(timeout)?;
-        let data = self.transaction_data.clone().unwrap_or(Value::Null);
+        // Absent, it is an empty object: the field is never null.
+        let data = self
+            .transaction_data
+            .clone()
+            .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
         let idempotency_key =
             dedupe::dedupe_key(&self.owner_id, &resources, &self.transaction_type, &data);
         Ok(LockSpec {

@@ -11,9 +11,21 @@ pub const MAX_TYPE_LEN: usize = 100;
 pub const MIN_TTL_MS: u64 = 1_000;
 pub const MAX_TTL_MS: u64 = 600_000;
 pub const DEFAULT_TTL_MS: u64 = 30_000;
+/// The default of a reservation: a lock on more than one resource (a cart).
+pub const DEFAULT_RESERVATION_TTL_MS: u64 = 300_000;
 pub const DEFAULT_PRIORITY: u8 = 5;
 pub const DEFAULT_QUEUE_TIMEOUT_MS: u64 = 60_000;
 pub const MAX_QUEUE_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The lease a request gets when it names none: 30 s for one resource, 5
+/// minutes for a reservation of several.
+pub fn default_ttl_ms(resources: usize) -> u64 {
+    if resources > 1 {
+        DEFAULT_RESERVATION_TTL_MS
+    } else {
+        DEFAULT_TTL_MS
+    }
+}
 
 /// `^[a-z][a-z0-9_]*(:[A-Za-z0-9_.-]+)*$`, at most 200 characters: a kind in
 /// lower case, then colon-separated parts (`trade:42:BTCUSDT:sell:snipe123`).
@@ -142,6 +154,13 @@ pub fn validate_queue_timeout(ms: u64) -> DomainResult<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reservation_of_several_resources_is_leased_longer_by_default() {
+        assert_eq!(default_ttl_ms(1), 30_000);
+        assert_eq!(default_ttl_ms(2), 300_000);
+        assert_eq!(default_ttl_ms(MAX_RESOURCES), 300_000);
+    }
 
     #[test]
     fn resource_names_follow_the_contract_pattern() {

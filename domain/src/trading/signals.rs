@@ -9,9 +9,15 @@
 //!   `"wait": "queue"` a place in the lock's queue (the server executes it
 //!   when granted, and the lock's result is the order or the problem);
 //! - once the first has run, the same signal within the dedupe window is
-//!   answered with the first order, whatever its Idempotency-Key: the trade
-//!   itself is keyed by the signal (`signal_request`), so it executes at most
-//!   once per signal even across server instances.
+//!   answered with the first order, whatever its Idempotency-Key and
+//!   whoever asks (the user, or an admin for the user): the trade itself is
+//!   keyed by the signal and its owner (`signal_request`), so it executes at
+//!   most once per signal even across server instances.
+//!
+//! The client's Idempotency-Key holds as on any write: a repeat replays its
+//! first answer (`idempotent-replayed`), another body under it is 422
+//! `idempotency_key_reused`. The trade's answer is stored under both keys
+//! in one statement, so the key never answers a trade that did not commit.
 //!
 //! A trade on a free signal, the common case, commits once: the lock's
 //! grant, the order, the lock's release with the order as its result and
@@ -114,23 +120,31 @@ impl Trade {
             transaction_data: Some(self.identity(signal)),
             wait: signal.wait,
             queue_timeout_ms: None,
-            owner_id: format!("user:{}", self.user_id),
+            owner_id: self.owner(),
             requested_by: self.principal.clone(),
             // The order's writes are fenced and commit with its answer.
             fenced_work: true,
         }
     }
 
-    /// The trade's own idempotency: keyed by the signal, fingerprinted by
-    /// the trade's identity, so any request on this signal finds its one
-    /// answer.
+    /// The lock's owner: the user who trades, whoever asks for it.
+    fn owner(&self) -> String {
+        format!("user:{}", self.user_id)
+    }
+
+    /// The trade's own idempotency: keyed by the signal and its owner (not
+    /// by who asks: an admin acting for the user trades the same signal),
+    /// fingerprinted by the trade's identity, so any request on this signal
+    /// finds its one answer.
     fn signal_request(&self, signal: &Signal) -> IdempotentRequest {
         let route = format!("signal {}", self.kind);
+        let owner = self.owner();
         IdempotentRequest {
-            key: storage_key(&self.principal, "POST", &route, &self.resource(signal)),
-            principal: self.principal.clone(),
+            key: storage_key(&owner, "POST", &route, &self.resource(signal)),
+            principal: owner,
             route,
             request_hash: fingerprint(&self.identity(signal)),
+            also: None,
         }
     }
 }
@@ -182,6 +196,9 @@ impl Serialize for LockResult {
 
 type Render<C> = fn(&<C as Command>::Output) -> StoredResponse;
 
+/// Renders how a trade on a signal was answered, as sent to the client.
+pub type Answer = fn(SignalRun) -> StoredResponse;
+
 /// Renders a refusal; a queued trade takes it into a task of its own.
 pub trait Refuse: Fn(&DomainError) -> StoredResponse + Clone + Send + Sync + 'static {}
 
@@ -199,10 +216,49 @@ fn fence(lock: LockView) -> Fence {
 }
 
 impl Ledger {
-    /// Runs `cmd` as the trade `trade` on `signal` (see the module).
-    /// `refuse` renders a refusal; it may run in a task of its own.
+    /// Runs `cmd` as the trade `trade` on `signal` (see the module), once
+    /// for the client's Idempotency-Key `client` too: a repeat of the key
+    /// replays its answer, and another body under it is refused, before
+    /// anything else. The answer is stored under the key with the trade (in
+    /// its transaction), or when the trade was not this request's
+    /// (deduplicated, queued), by itself. `refuse` renders a refusal; it
+    /// may run in a task of its own; `answer` renders a run.
+    #[allow(clippy::too_many_arguments)]
     pub async fn execute_on_signal<C, E>(
         &self,
+        client: &IdempotentRequest,
+        trade: &Trade,
+        signal: &Signal,
+        cmd: C,
+        render: Render<C>,
+        refuse: E,
+        answer: Answer,
+    ) -> DomainResult<Outcome>
+    where
+        C: Fenced,
+        E: Refuse,
+    {
+        if let Some(replay) = self.idempotency.replay(client).await? {
+            return Ok(replay);
+        }
+        let req = IdempotentRequest {
+            also: Some(Box::new(client.clone())),
+            ..trade.signal_request(signal)
+        };
+        match self
+            .trade_on_signal(req, trade, signal, cmd, render, refuse)
+            .await?
+        {
+            // This request's trade: its answer is stored under both keys.
+            SignalRun::Executed(outcome) if !outcome.replayed => Ok(outcome),
+            run => self.idempotency.keep(client, answer(run)).await,
+        }
+    }
+
+    /// The trade on the signal, keyed by `req`.
+    async fn trade_on_signal<C, E>(
+        &self,
+        req: IdempotentRequest,
         trade: &Trade,
         signal: &Signal,
         cmd: C,
@@ -213,7 +269,6 @@ impl Ledger {
         C: Fenced,
         E: Refuse,
     {
-        let req = trade.signal_request(signal);
         let lock = trade.lock_request(signal);
         // The common case, a signal nobody else is trading: the grant, the
         // order behind it, the lock's release with the order as its result
@@ -290,6 +345,9 @@ impl Ledger {
             }
             Acquired::Deduplicated(first) => self.deduplicated(&req, &first).await,
             Acquired::Queued(item) => {
+                // The client's key is answered now, with the queue item: the
+                // trade, later, stores under the signal's key alone.
+                let req = IdempotentRequest { also: None, ..req };
                 let ledger = self.clone();
                 let waiting = item.clone();
                 tokio::spawn(async move {
@@ -424,6 +482,15 @@ mod tests {
         assert_ne!(
             t.signal_request(&signal).key,
             sell.signal_request(&signal).key
+        );
+        // an admin acting for the user trades the user's signal
+        let for_user = Trade {
+            principal: "admin:root".into(),
+            ..t.clone()
+        };
+        assert_eq!(
+            t.signal_request(&signal).key,
+            for_user.signal_request(&signal).key
         );
     }
 }

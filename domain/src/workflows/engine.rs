@@ -102,6 +102,10 @@ impl WorkflowService {
         let Some(lease) = claimed else {
             return Ok(false);
         };
+        if lease.took_over {
+            tracing::info!(workflow = lease.id, worker = %owner, "resuming a workflow whose lease lapsed");
+            self.took_over();
+        }
         match self.drive(&lease).await {
             Ok(()) | Err(DomainError::LeaseLost(_)) => {}
             Err(e) => {

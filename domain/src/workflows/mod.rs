@@ -25,6 +25,7 @@ pub mod recovery;
 pub mod store;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -110,6 +111,9 @@ pub struct WorkflowService {
     wake: Arc<Notify>,
     /// This process, in lease owners: `<pid>-<random>`.
     instance: String,
+    /// Workflows this process's workers took over from a lapsed lease (an
+    /// owner that crashed or stalled): resumed, as recovery reports them.
+    taken_over: Arc<AtomicU64>,
 }
 
 impl WorkflowService {
@@ -128,12 +132,28 @@ impl WorkflowService {
             breakers: Breakers::new(config.breaker_failures, config.breaker_open),
             wake: Arc::new(Notify::new()),
             instance: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
+            taken_over: Arc::default(),
         })
     }
 
     /// Tells idle workers there is work.
     pub fn wake(&self) {
         self.wake.notify_waiters();
+    }
+
+    /// Counts a workflow a worker took over from a lapsed lease.
+    fn took_over(&self) {
+        self.taken_over.fetch_add(1, Ordering::Relaxed);
+        metrics()
+            .workflows
+            .recovery
+            .with_label_values(&["resumed"])
+            .inc();
+    }
+
+    /// How many workflows this process's workers took over.
+    pub fn taken_over(&self) -> u64 {
+        self.taken_over.load(Ordering::Relaxed)
     }
 }
 

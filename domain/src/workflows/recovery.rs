@@ -105,11 +105,17 @@ impl RecoveryManager {
         }
     }
 
+    /// What the passes did, and among the resumed, the workflows this
+    /// process's workers took over from a lapsed lease before a pass came
+    /// to them.
     pub fn status(&self) -> RecoveryStatus {
-        self.status
+        let mut status = self
+            .status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        status.totals.resumed += self.workflows.taken_over();
+        status
     }
 
     /// One pass; the counts are added to the status, and an error counts as
@@ -122,13 +128,12 @@ impl RecoveryManager {
         for (kind, n) in pass.counts() {
             m.recovery.with_label_values(&[kind]).inc_by(n);
         }
-        let status = {
+        {
             let mut s = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             s.last_run_at = Some(now());
             s.runs += 1;
             s.totals.add(&pass);
-            s.clone()
-        };
+        }
         if pass.resumed > 0 {
             self.workflows.wake();
         }
@@ -142,7 +147,7 @@ impl RecoveryManager {
                 if pass.total() > 0 {
                     tracing::info!(?pass, "recovery pass");
                 }
-                Ok(status)
+                Ok(self.status())
             }
         }
     }

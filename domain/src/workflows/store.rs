@@ -28,6 +28,9 @@ pub struct Lease {
     pub generation: i64,
     /// How long each renewal lasts, ms.
     pub lease_ms: i64,
+    /// Taken over from an owner whose lease lapsed (it crashed or stalled):
+    /// a resumption, as recovery counts them.
+    pub took_over: bool,
 }
 
 pub struct NewWorkflow {
@@ -329,6 +332,7 @@ async fn lease_to(
         owner: owner.to_owned(),
         generation,
         lease_ms,
+        took_over: row.lease_owner.is_some(),
     }))
 }
 

@@ -887,7 +887,33 @@ async fn a_resource_with_a_long_history_shows_its_newest(engine: Engine) {
     app.stop().await;
 }
 
+/// Left out, the lease is 30 s for one resource and 5 minutes for a
+/// reservation of several, and `transaction_data` is an empty object.
+async fn defaults_of_a_lock_and_of_a_reservation(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let ann = app.user(1);
+    let ttl = |lock: &Value| ms(&lock["expires_at"]) - ms(&lock["acquired_at"]);
+    let one = acquire_for(&app, &ann, &["item:one"], "single").await;
+    one.expect(201);
+    assert_eq!(ttl(&one.body), 30_000);
+    assert_eq!(one.body["transaction_data"], json!({}));
+    let cart = acquire_for(&app, &ann, &["item:x", "item:y", "item:z"], "cart").await;
+    cart.expect(201);
+    assert_eq!(ttl(&cart.body), 300_000);
+    // asked for, the lease is as asked, one resource or several
+    let asked = acquire(
+        &app,
+        &ann,
+        json!({"resources": ["item:p", "item:q"], "transaction_type": "cart", "ttl_ms": 5_000}),
+    )
+    .await;
+    asked.expect(201);
+    assert_eq!(ttl(&asked.body), 5_000);
+    app.stop().await;
+}
+
 both_engines!(
+    defaults_of_a_lock_and_of_a_reservation,
     a_resource_with_a_long_history_shows_its_newest,
     waiters_ahead_are_conflicts,
     acquire_contract,

@@ -245,7 +245,100 @@ async fn a_signal_trades_once(engine: Engine) {
     app.assert_books_balance_and_stop().await;
 }
 
-both_engines!(a_stale_holder_cannot_write, a_signal_trades_once);
+/// Invariant: an order on a signal keeps the Idempotency-Key contract. The
+/// same key and body replay the first answer exactly (`idempotent-replayed`),
+/// whether it was an order, a deduplicated order or a queue item; the key
+/// with another body is 422 `idempotency_key_reused` and trades nothing. An
+/// admin acting for the user trades the user's signal: the first order.
+async fn a_signal_order_keeps_its_idempotency_key(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (u, user) = signal_trader(&app, "signal-key@x.io").await;
+    let key = fresh_key();
+    let first = app
+        .post(ORDERS, &user, Some(&key), order(u, Some("k-1"), None))
+        .await;
+    first.expect(201);
+    let replay = app
+        .post(ORDERS, &user, Some(&key), order(u, Some("k-1"), None))
+        .await;
+    replay.expect(201);
+    assert_eq!(replay.text, first.text);
+    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    for other in [order(u, Some("k-2"), None), order(u, None, None)] {
+        app.post(ORDERS, &user, Some(&key), other)
+            .await
+            .problem(422, "idempotency_key_reused");
+    }
+    assert_eq!(orders_of(&app, u).await.len(), 1);
+
+    // another key on the same signal: the first order, and that answer is
+    // the key's from then on; an admin for the user gets the same order
+    let dup_key = fresh_key();
+    let dup = app
+        .post(ORDERS, &user, Some(&dup_key), order(u, Some("k-1"), None))
+        .await;
+    dup.expect(200);
+    assert_eq!(dup.body["deduplicated"], true);
+    assert_eq!(dup.body["id"], first.body["id"]);
+    let dup_again = app
+        .post(ORDERS, &user, Some(&dup_key), order(u, Some("k-1"), None))
+        .await;
+    assert_eq!((dup_again.status, &dup_again.text), (200, &dup.text));
+    assert_eq!(dup_again.header("idempotent-replayed"), Some("true"));
+    let by_admin = app
+        .post_new(ORDERS, &app.admin(), order(u, Some("k-1"), None))
+        .await;
+    by_admin.expect(200);
+    assert_eq!(by_admin.body["id"], first.body["id"]);
+
+    // queued: the key answers the queue item again; the order runs once
+    let holder = hold(&app, &user, &format!("trade:{u}:SIGUSD:buy:k-3")).await;
+    let queue_key = fresh_key();
+    let queued = app
+        .post(
+            ORDERS,
+            &user,
+            Some(&queue_key),
+            order(u, Some("k-3"), Some("queue")),
+        )
+        .await;
+    queued.expect(202);
+    let queued_again = app
+        .post(
+            ORDERS,
+            &user,
+            Some(&queue_key),
+            order(u, Some("k-3"), Some("queue")),
+        )
+        .await;
+    assert_eq!(
+        (queued_again.status, &queued_again.text),
+        (202, &queued.text)
+    );
+    assert_eq!(queued_again.header("idempotent-replayed"), Some("true"));
+    app.release_lock(&user, &holder).await.expect(200);
+    let queue_id = queued.body["queue_id"].as_i64().unwrap();
+    let item = app
+        .get_ok(&format!("{LOCKS}/queue/{queue_id}?wait_ms=5000"), &user)
+        .await;
+    assert_eq!(item.body["status"], "granted");
+    let mut opened = 0;
+    for _ in 0..50 {
+        opened = orders_of(&app, u).await.len();
+        if opened == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(opened, 2, "the queued order ran once");
+    app.assert_books_balance_and_stop().await;
+}
+
+both_engines!(
+    a_stale_holder_cannot_write,
+    a_signal_trades_once,
+    a_signal_order_keeps_its_idempotency_key
+);
 
 /// Invariant: two server instances, 20 racing orders on one signal with
 /// different Idempotency-Keys — exactly one order opens; every other request

@@ -595,6 +595,16 @@ async fn kill_9_mid_payout_loses_no_workflow_and_pays_none_twice() {
         called_again > 0,
         "no payout was in flight at the kill: nothing was tested"
     );
+    // every workflow sent again was resumed from a lapsed lease, whether a
+    // worker or a recovery pass came to it first, and recovery says so
+    let status = api.get("/api/v1/recovery/status", &admin()).await;
+    status.expect(200);
+    let resumed = status.body["resumed"].as_u64().unwrap();
+    assert!(
+        resumed >= called_again,
+        "recovery reports {resumed} resumed, but {called_again} payouts were sent again: {}",
+        status.text
+    );
     assert_eq!(sim.total_payments(), 100);
     api.assert_money(Some(&sim), &started, &workflows, &db.url)
         .await;

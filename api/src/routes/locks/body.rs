@@ -99,7 +99,8 @@ pub struct AcquireLockRequest {
     /// 1–50 distinct names.
     #[oai(validator(min_items = 1, max_items = 50, unique_items))]
     pub resources: Vec<ResourceName>,
-    /// 1,000–600,000; default 30,000.
+    /// 1,000–600,000; default 30,000 for one resource, 300,000 for a
+    /// reservation of several.
     #[oai(validator(minimum(value = "1000"), maximum(value = "600000")))]
     pub ttl_ms: Option<u64>,
     /// 1 (highest) – 10 (lowest); default 5.
@@ -108,8 +109,8 @@ pub struct AcquireLockRequest {
     /// What the holder will do.
     #[oai(validator(pattern = r"^[A-Za-z0-9_.:-]{1,100}$"))]
     pub transaction_type: String,
-    /// Any JSON; part of the duplicate-work key (object key order does not
-    /// matter).
+    /// Any JSON, `{}` when absent; part of the duplicate-work key (object
+    /// key order does not matter).
     pub transaction_data: Option<Value>,
     pub wait: Option<Wait>,
     /// How long a queued request may wait before it becomes `expired`;

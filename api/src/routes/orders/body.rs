@@ -162,21 +162,17 @@ impl<const STATUS: u16> OrderReply<STATUS> {
         Self(outcome)
     }
 
-    pub fn on_signal(run: SignalRun) -> Self {
-        Self(match run {
-            SignalRun::Executed(outcome) => outcome,
-            SignalRun::Deduplicated(first) => Outcome {
-                response: mark_deduplicated(first),
-                replayed: false,
+    /// How a trade on a signal is answered: the order (or its refusal), the
+    /// first trade's order, or the queue item.
+    pub fn answer(run: SignalRun) -> StoredResponse {
+        match run {
+            SignalRun::Executed(outcome) => outcome.response,
+            SignalRun::Deduplicated(first) => mark_deduplicated(first),
+            SignalRun::Queued(item) => StoredResponse {
+                status: 202,
+                body: QueueItemBody::from(item.as_ref()).to_json_string(),
             },
-            SignalRun::Queued(item) => Outcome {
-                response: StoredResponse {
-                    status: 202,
-                    body: QueueItemBody::from(item.as_ref()).to_json_string(),
-                },
-                replayed: false,
-            },
-        })
+        }
     }
 }
 
@@ -215,7 +211,7 @@ impl<const STATUS: u16> ApiResponse for OrderReply<STATUS> {
         };
         if STATUS != 200 {
             responses.push(MetaResponse {
-                description: "A signal already traded: its first order, with `\"deduplicated\": true`, whatever the Idempotency-Key.",
+                description: "A signal already traded, asked again under another Idempotency-Key or by an admin for the user: its first order, with `\"deduplicated\": true` (the same key replays its own first answer).",
                 status: Some(200),
                 status_range: None,
                 content: json(Order::schema_ref()),

@@ -84,9 +84,11 @@ where
     Ok(OrderReply::executed(stored.outcome()))
 }
 
-/// Runs an order command as the trade of `signal`, under the signal's lock.
+/// Runs an order command as the trade of `signal`, under the signal's lock,
+/// once for its Idempotency-Key too.
 async fn execute_on_signal<C, const STATUS: u16>(
     ledger: &Ledger,
+    idempotent: Idempotent,
     trade: &Trade,
     signal: &Signal,
     cmd: C,
@@ -94,10 +96,18 @@ async fn execute_on_signal<C, const STATUS: u16>(
 where
     C: Fenced<Output = OrderView>,
 {
-    let run = ledger
-        .execute_on_signal(trade, signal, cmd, rendered::<STATUS>, refusal())
+    let outcome = ledger
+        .execute_on_signal(
+            idempotent.request(),
+            trade,
+            signal,
+            cmd,
+            rendered::<STATUS>,
+            refusal(),
+            OrderReply::<STATUS>::answer,
+        )
         .await?;
-    Ok(OrderReply::on_signal(run))
+    Ok(OrderReply::executed(outcome))
 }
 
 #[OpenApi]
@@ -143,8 +153,8 @@ impl OrdersApi {
             leverage: ledger.trading.leverage(body.leverage)?,
             fence: fence(&auth.0, lock_token.0.as_ref())?,
         };
+        let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
-            let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
             return Ok(execute(ledger, idempotent, &cmd).await?);
         };
         let trade = Trade {
@@ -154,7 +164,7 @@ impl OrdersApi {
             kind: OpenOrder::NAME,
             principal: auth.0.id(),
         };
-        Ok(execute_on_signal(ledger, &trade, &signal, cmd).await?)
+        Ok(execute_on_signal(ledger, idempotent, &trade, &signal, cmd).await?)
     }
 
     /// Close an open order at the current price, in one transaction: margin
@@ -194,8 +204,8 @@ impl OrdersApi {
             order_id: id.0,
             fence: fence(&auth.0, lock_token.0.as_ref())?,
         };
+        let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
-            let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
             return Ok(execute(&state.ledger, idempotent, &cmd).await?);
         };
         // A close trades the other way on the order's symbol.
@@ -210,7 +220,7 @@ impl OrdersApi {
             kind: CloseOrder::NAME,
             principal: auth.0.id(),
         };
-        Ok(execute_on_signal(&state.ledger, &trade, &signal, cmd).await?)
+        Ok(execute_on_signal(&state.ledger, idempotent, &trade, &signal, cmd).await?)
     }
 
     /// One order; 404 for an unknown order and, to a user, for another
