@@ -385,9 +385,26 @@ async fn deposits_are_credited_or_wait_for_review(engine: Engine) {
     act(&app, big, "approve", &app.service(), json!({}))
         .await
         .problem(403, "forbidden");
-    let r = decide(&app, big, "approve", "documents checked").await;
+    // a decision may carry an Idempotency-Key: a repeat replays its answer
+    let approve = format!("/api/v1/workflows/{big}/approve");
+    let key = fresh_key();
+    let checked = json!({"reason": "documents checked"});
+    let r = app
+        .post(&approve, &app.admin(), Some(&key), checked.clone())
+        .await;
     r.expect(200);
     assert_eq!(step(&r.body, "compliance")["status"], "done");
+    let again = app.post(&approve, &app.admin(), Some(&key), checked).await;
+    assert_eq!((again.status, &again.text), (200, &r.text));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    app.post(
+        &approve,
+        &app.admin(),
+        Some(&key),
+        json!({"reason": "other"}),
+    )
+    .await
+    .problem(422, "idempotency_key_reused");
     wait_for(&app, big, &["completed"]).await;
     act(&app, big, "approve", &app.admin(), json!({}))
         .await

@@ -3,6 +3,7 @@ pub mod body;
 use std::sync::Arc;
 
 use domain::Command;
+use domain::idempotency::{Outcome, StoredResponse};
 use domain::workflows::{Decide, Decision, WorkflowFilter, WorkflowView};
 use poem::Request;
 use poem::web::Data;
@@ -60,16 +61,50 @@ where
     Ok(started)
 }
 
-/// Applies an admin's (or the provider's) decision, then wakes the workers.
-async fn decide(state: &AppState, id: i64, decision: Decision) -> Result<Json<Workflow>, ApiError> {
+/// An admin's (or the provider's) decision on workflow `id`, as asked.
+struct Asked<'a, B> {
+    principal: &'a Principal,
+    req: &'a Request,
+    /// Optional on decisions: the workflow's state already makes a repeat a
+    /// 409, never a second effect; with a key, a repeat replays the first
+    /// answer instead, as on any write.
+    key: Option<&'a IdempotencyKey>,
+    body: &'a B,
+}
+
+/// Applies a decision, once for its Idempotency-Key when one was sent (the
+/// decision and its stored answer commit together), then wakes the
+/// workers.
+async fn decide<B: ToJSON>(
+    state: &AppState,
+    asked: Asked<'_, B>,
+    id: i64,
+    decision: Decision,
+) -> Result<Stored<Workflow, 200>, ApiError> {
     let cmd = Decide {
         workflow_id: id,
         decision,
         deadline_at_ms: state.workflows.rules.deadline_from_now(),
     };
-    let workflow = state.ledger.execute(&cmd).await?;
+    let decided = match asked.key {
+        Some(key) => {
+            Idempotent::new(asked.principal, asked.req, key, asked.body)
+                .execute(&state.ledger, &cmd)
+                .await?
+        }
+        None => {
+            let workflow = state.ledger.execute(&cmd).await?;
+            Stored::new(Outcome {
+                response: StoredResponse {
+                    status: 200,
+                    body: Workflow::from(&workflow).to_json_string(),
+                },
+                replayed: false,
+            })
+        }
+    };
     state.workflows.wake();
-    Ok(Json(Workflow::from(&workflow)))
+    Ok(decided)
 }
 
 #[OpenApi]
@@ -198,8 +233,9 @@ impl WorkflowsApi {
 
     /// Approve a deposit in review: it goes on to its credit. 409
     /// `workflow_state` (with `workflow_status`) when it is not in
-    /// `awaiting_review`. Roles: admin. Not keyed by `Idempotency-Key`: the
-    /// workflow's state makes a repeat a 409, never a second credit.
+    /// `awaiting_review`. Roles: admin. `Idempotency-Key` is optional: the
+    /// workflow's state makes a repeat a 409, never a second credit; with a
+    /// key, a repeat replays the first answer.
     #[oai(
         path = "/api/v1/workflows/:id/approve",
         method = "post",
@@ -210,16 +246,25 @@ impl WorkflowsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         id: Path<i64>,
-        _body: Json<DecisionRequest>,
-    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+        #[oai(name = "Idempotency-Key")] key: Header<Option<IdempotencyKey>>,
+        body: Json<DecisionRequest>,
+    ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(&[Role::Admin])?;
-        Ok(decide(&state, id.0, Decision::Approve).await?)
+        let asked = Asked {
+            principal: &auth.0,
+            req,
+            key: key.0.as_ref(),
+            body: &body.0,
+        };
+        Ok(decide(&state, asked, id.0, Decision::Approve).await?)
     }
 
     /// Reject a deposit in review: it ends `rejected` with `reason` as its
     /// error, and nothing is credited. 409 `workflow_state` when it is not
-    /// in `awaiting_review`. Roles: admin.
+    /// in `awaiting_review`. Roles: admin. `Idempotency-Key` is optional, as
+    /// on approve.
     #[oai(
         path = "/api/v1/workflows/:id/reject",
         method = "post",
@@ -230,12 +275,20 @@ impl WorkflowsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         id: Path<i64>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<IdempotencyKey>>,
         body: Json<DecisionRequest>,
-    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+    ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(&[Role::Admin])?;
-        let reason = body.0.reason;
-        Ok(decide(&state, id.0, Decision::Reject { reason }).await?)
+        let reason = body.0.reason.clone();
+        let asked = Asked {
+            principal: &auth.0,
+            req,
+            key: key.0.as_ref(),
+            body: &body.0,
+        };
+        Ok(decide(&state, asked, id.0, Decision::Reject { reason }).await?)
     }
 
     /// Report a withdrawal's payout result: `sent` goes on to the capture,
@@ -245,6 +298,7 @@ impl WorkflowsApi {
     /// being retried or after it stopped `failed`. Any call still in flight
     /// is superseded: its answer is ignored. 409 `workflow_state` once the
     /// payout's outcome is recorded. Roles: service, admin.
+    /// `Idempotency-Key` is optional, as on approve.
     #[oai(
         path = "/api/v1/workflows/:id/payout",
         method = "post",
@@ -255,22 +309,31 @@ impl WorkflowsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         id: Path<i64>,
+        #[oai(name = "Idempotency-Key")] key: Header<Option<IdempotencyKey>>,
         body: Json<PayoutResultRequest>,
-    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+    ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(BACK_OFFICE)?;
         let decision = Decision::Payout {
             sent: body.outcome == PayoutOutcome::Sent,
-            provider_ref: body.0.provider_ref,
+            provider_ref: body.0.provider_ref.clone(),
         };
-        Ok(decide(&state, id.0, decision).await?)
+        let asked = Asked {
+            principal: &auth.0,
+            req,
+            key: key.0.as_ref(),
+            body: &body.0,
+        };
+        Ok(decide(&state, asked, id.0, decision).await?)
     }
 
     /// Resume a `failed` workflow from its last checkpoint: the step that
     /// stopped it runs again (a payout is re-sent with the same
     /// `Idempotency-Key`, so a provider that paid answers `sent` without
     /// paying again), with a new deadline. 409 `workflow_state` unless it is
-    /// `failed`. Roles: admin.
+    /// `failed`. Roles: admin. `Idempotency-Key` is optional, as on
+    /// approve.
     #[oai(
         path = "/api/v1/workflows/:id/retry",
         method = "post",
@@ -281,11 +344,19 @@ impl WorkflowsApi {
         &self,
         auth: Auth,
         state: Data<&Arc<AppState>>,
+        req: &Request,
         id: Path<i64>,
-        _body: Json<EmptyRequest>,
-    ) -> Result<Json<Workflow>, Errors<status::Decide>> {
+        #[oai(name = "Idempotency-Key")] key: Header<Option<IdempotencyKey>>,
+        body: Json<EmptyRequest>,
+    ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(&[Role::Admin])?;
-        Ok(decide(&state, id.0, Decision::Retry).await?)
+        let asked = Asked {
+            principal: &auth.0,
+            req,
+            key: key.0.as_ref(),
+            body: &body.0,
+        };
+        Ok(decide(&state, asked, id.0, Decision::Retry).await?)
     }
 
     /// The recovery manager's counts in this process since it started
