@@ -217,12 +217,13 @@ fn fence(lock: LockView) -> Fence {
 
 impl Ledger {
     /// Runs `cmd` as the trade `trade` on `signal` (see the module), once
-    /// for the client's Idempotency-Key `client` too: a repeat of the key
-    /// replays its answer, and another body under it is refused, before
-    /// anything else. The answer is stored under the key with the trade (in
-    /// its transaction), or when the trade was not this request's
-    /// (deduplicated, queued), by itself. `refuse` renders a refusal; it
-    /// may run in a task of its own; `answer` renders a run.
+    /// for the client's Idempotency-Key `client` too. A trade at once
+    /// stores its answer under both keys in its transaction, which commits
+    /// only if neither key has an answer yet; otherwise a repeat of the key
+    /// replays its answer and another body under it is refused before any
+    /// step, and an answer that was not this request's trade (deduplicated,
+    /// queued) is stored under the key by itself. `refuse` renders a
+    /// refusal; it may run in a task of its own; `answer` renders a run.
     #[allow(clippy::too_many_arguments)]
     pub async fn execute_on_signal<C, E>(
         &self,
@@ -238,41 +239,14 @@ impl Ledger {
         C: Fenced,
         E: Refuse,
     {
-        if let Some(replay) = self.idempotency.replay(client).await? {
-            return Ok(replay);
-        }
         let req = IdempotentRequest {
             also: Some(Box::new(client.clone())),
             ..trade.signal_request(signal)
         };
-        match self
-            .trade_on_signal(req, trade, signal, cmd, render, refuse)
-            .await?
-        {
-            // This request's trade: its answer is stored under both keys.
-            SignalRun::Executed(outcome) if !outcome.replayed => Ok(outcome),
-            run => self.idempotency.keep(client, answer(run)).await,
-        }
-    }
-
-    /// The trade on the signal, keyed by `req`.
-    async fn trade_on_signal<C, E>(
-        &self,
-        req: IdempotentRequest,
-        trade: &Trade,
-        signal: &Signal,
-        cmd: C,
-        render: Render<C>,
-        refuse: E,
-    ) -> DomainResult<SignalRun>
-    where
-        C: Fenced,
-        E: Refuse,
-    {
         let lock = trade.lock_request(signal);
-        // The common case, a signal nobody else is trading: the grant, the
-        // order behind it, the lock's release with the order as its result
-        // and the signal's answer commit together.
+        // The common case, a fresh key on a signal nobody else is trading:
+        // the grant, the order behind it, the lock's release with the order
+        // as its result and the answer under both keys commit together.
         let at_once = self
             .locks
             .run_at_once(&lock, |txn, _| {
@@ -281,7 +255,7 @@ impl Ledger {
             })
             .await?;
         match at_once {
-            AtOnce::Ran(LockResult(outcome)) => return Ok(SignalRun::Executed(outcome)),
+            AtOnce::Ran(LockResult(outcome)) => return Ok(outcome),
             AtOnce::Busy => {}
             // Nothing of it was committed: the steps one by one answer it
             // as they always have (a stored answer is the first trade's, and
@@ -290,21 +264,32 @@ impl Ledger {
                 tracing::debug!(error = %why, "a trade on a signal takes the steps one by one");
             }
         }
-        if let Some(first) = self.idempotency.peek(&req).await? {
-            return Ok(SignalRun::Deduplicated(first));
+        if let Some(replay) = self.idempotency.replay(client).await? {
+            return Ok(replay);
         }
-        let acquired = self.locks.acquire(&lock).await?;
-        self.on_acquired(acquired, req, cmd, lock.owner_id, render, refuse)
-            .await
+        let run = match self.idempotency.peek(&req).await? {
+            Some(first) => SignalRun::Deduplicated(first),
+            None => {
+                let acquired = self.locks.acquire(&lock).await?;
+                self.on_acquired(acquired, req, cmd, lock.owner_id, render, refuse)
+                    .await?
+            }
+        };
+        match run {
+            // This request's trade: its answer is stored under both keys.
+            SignalRun::Executed(outcome) if !outcome.replayed => Ok(outcome),
+            run => self.idempotency.keep(client, answer(run)).await,
+        }
     }
 
     /// The trade inside the transaction that takes the signal's lock: the
-    /// order, and its answer stored under the signal's key. That
-    /// transaction is the order's fence (see `LockService::run_at_once`),
+    /// order, and its answer stored under the signal's key and the client's.
+    /// That transaction is the order's fence (see `LockService::run_at_once`),
     /// and it keeps every other trade on the signal out, so no claim of the
-    /// key is needed: a key that already has an answer (the signal traded
-    /// before its lock left the dedupe window) refuses the store with
-    /// `ClaimLost`, and that answer is the trade's.
+    /// keys is needed: a key that already has an answer (the signal traded
+    /// before its lock left the dedupe window, or the client's key used
+    /// before) refuses the store with `ClaimLost`, the order is rolled back
+    /// with it, and the steps one by one find that answer.
     async fn trade_at_once<C: Fenced>(
         &self,
         txn: &DatabaseTransaction,
