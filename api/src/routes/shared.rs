@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use domain::idempotency::validate_client_key;
+use poem_openapi::Object;
 use poem_openapi::error::ParseParamError;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseFromParameter, ParseResult};
-use poem_openapi::{Enum, Object};
 use serde_json::Value;
 
 /// RFC 3339, UTC, microseconds: `2026-11-21T12:00:00.123456Z`.
@@ -93,21 +93,44 @@ impl ParseFromJSON for DecimalString {
     }
 }
 
-/// `live` or `demo`.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum WalletKind {
-    Live,
-    Demo,
-}
-
-impl From<WalletKind> for domain::ledger::wallets::WalletKind {
-    fn from(w: WalletKind) -> Self {
-        match w {
-            WalletKind::Live => Self::Live,
-            WalletKind::Demo => Self::Demo,
+/// An enum of the HTTP contract that mirrors a domain enum variant for
+/// variant: the OpenAPI enum (its attributes as given), and `From` both ways,
+/// so a request's value becomes the domain's and a response's comes from it.
+macro_rules! mirror_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident = $domain:ty { $($variant:ident),+ $(,)? }
+    ) => {
+        #[derive(poem_openapi::Enum, Clone, Copy, Debug, PartialEq, Eq)]
+        $(#[$meta])*
+        pub enum $name {
+            $($variant),+
         }
-    }
+
+        impl From<$name> for $domain {
+            fn from(v: $name) -> Self {
+                match v {
+                    $($name::$variant => Self::$variant),+
+                }
+            }
+        }
+
+        impl From<$domain> for $name {
+            fn from(v: $domain) -> Self {
+                type Domain = $domain;
+                match v {
+                    $(Domain::$variant => Self::$variant),+
+                }
+            }
+        }
+    };
+}
+pub(crate) use mirror_enum;
+
+mirror_enum! {
+    /// `live` or `demo`.
+    #[oai(rename_all = "lowercase")]
+    pub enum WalletKind = domain::ledger::wallets::WalletKind { Live, Demo }
 }
 
 /// The body of a page of a list route, `NAME { items, next_before_id }`, and

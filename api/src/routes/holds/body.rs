@@ -2,28 +2,14 @@
 
 use domain::ledger::holds::{self, HoldView};
 use domain::money::format_units;
-use poem_openapi::{Enum, Object};
+use poem_openapi::Object;
 
-use crate::routes::shared::{DecimalString, WalletKind, timestamp};
+use crate::routes::shared::{DecimalString, WalletKind, mirror_enum, timestamp};
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum HoldStatus {
-    Held,
-    Captured,
-    Voided,
-    Expired,
-}
-
-impl From<HoldStatus> for holds::HoldStatus {
-    fn from(s: HoldStatus) -> Self {
-        match s {
-            HoldStatus::Held => Self::Held,
-            HoldStatus::Captured => Self::Captured,
-            HoldStatus::Voided => Self::Voided,
-            HoldStatus::Expired => Self::Expired,
-        }
-    }
+mirror_enum! {
+    /// `held` (active), `captured`, `voided` or `expired`.
+    #[oai(rename_all = "lowercase")]
+    pub enum HoldStatus = holds::HoldStatus { Held, Captured, Voided, Expired }
 }
 
 /// Reserve `amount` of the wallet's free balance for `ttl_ms`.
@@ -61,9 +47,8 @@ pub struct Hold {
     pub amount: String,
     /// What a capture took out of the wallet; `0` unless captured.
     pub captured_amount: String,
-    /// `held` (active), `captured`, `voided` or `expired`. A hold past its
-    /// `expires_at` reads `expired` at once.
-    pub status: String,
+    /// A hold past its `expires_at` reads `expired` at once.
+    pub status: HoldStatus,
     #[oai(nullable)]
     pub reference: Option<String>,
     pub expires_at: String,
@@ -82,7 +67,7 @@ impl From<&HoldView> for Hold {
             wallet: h.wallet.clone(),
             amount: format_units(h.amount),
             captured_amount: format_units(h.captured_amount),
-            status: h.status.as_str().to_owned(),
+            status: h.status.into(),
             reference: h.reference.clone(),
             expires_at: timestamp(h.expires_at),
             created_at: timestamp(h.created_at),

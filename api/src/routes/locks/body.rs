@@ -22,7 +22,7 @@ use poem_openapi::{ApiResponse, Enum, Object};
 use serde_json::Value;
 
 use crate::replay::{REPLAYED_HEADER, outcome_response};
-use crate::routes::shared::string_type;
+use crate::routes::shared::{mirror_enum, string_type};
 
 /// What a resource name looks like, as `domain::locks::resource` checks
 /// it (a test holds the two to each other).
@@ -72,6 +72,18 @@ pub enum LockListStatus {
     Pending,
     Granted,
     Cancelled,
+}
+
+mirror_enum! {
+    /// A lock's: `active`, `released`, `expired` or `failed`.
+    #[oai(rename_all = "lowercase")]
+    pub enum LockStatus = locks::LockStatus { Active, Released, Expired, Failed }
+}
+
+mirror_enum! {
+    /// A queue item's: `pending`, `granted`, `cancelled` or `expired`.
+    #[oai(rename = "QueueItemStatus", rename_all = "lowercase")]
+    pub enum QueueStatus = locks::QueueStatus { Pending, Granted, Cancelled, Expired }
 }
 
 /// `fail` (default): 409 `resource_locked` when a resource is busy;
@@ -179,9 +191,8 @@ pub struct LockBody {
     /// Grows with every grant of a resource, never reused. Send
     /// `Lock-Token: <lock_id>:<fencing_token>` with the writes it protects.
     pub fencing_token: i64,
-    /// `active`, `released`, `expired` or `failed`; a lock past its expiry
-    /// reads `expired` at once.
-    pub status: String,
+    /// A lock past its expiry reads `expired` at once.
+    pub status: LockStatus,
     pub priority: i32,
     pub transaction_type: String,
     pub transaction_data: Value,
@@ -217,7 +228,7 @@ impl From<&LockView> for LockBody {
             owner_id: l.owner_id.clone(),
             owner_type: l.owner_type.clone(),
             fencing_token: l.fencing_token,
-            status: l.status.as_str().into(),
+            status: l.status.into(),
             priority: l.priority,
             transaction_type: l.transaction_type.clone(),
             transaction_data: l.transaction_data.clone(),
@@ -250,8 +261,7 @@ pub struct QueueItemBody {
     pub position: i64,
     /// From the measured hold times of the resources.
     pub estimated_wait_ms: i64,
-    /// `pending`, `granted`, `cancelled` or `expired`.
-    pub status: String,
+    pub status: QueueStatus,
     /// The lock it was granted as.
     #[oai(nullable)]
     pub lock: Option<LockBody>,
@@ -269,7 +279,7 @@ impl From<&QueueItemView> for QueueItemBody {
             effective_priority: q.effective_priority,
             position: q.position,
             estimated_wait_ms: q.estimated_wait_ms,
-            status: q.status.as_str().into(),
+            status: q.status.into(),
             lock: q.lock.as_ref().map(LockBody::from),
             queued_at: rfc3339(q.queued_at_ms),
             deadline: rfc3339(q.deadline_ms),

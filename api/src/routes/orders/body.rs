@@ -7,45 +7,24 @@ use domain::trading::signals::SignalRun;
 use poem::{IntoResponse, Response};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
 use poem_openapi::types::{ToJSON, Type};
-use poem_openapi::{ApiResponse, Enum, Object};
+use poem_openapi::{ApiResponse, Object};
 
 use crate::replay::{Stored, outcome_response};
 use crate::routes::locks::body::QueueItemBody;
 
 use crate::routes::locks::body::Wait;
-use crate::routes::shared::{DecimalString, WalletKind, timestamp};
+use crate::routes::shared::{DecimalString, WalletKind, mirror_enum, timestamp};
 
-/// `buy` profits when the price rises, `sell` when it falls.
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum Side {
-    Buy,
-    Sell,
+mirror_enum! {
+    /// `buy` profits when the price rises, `sell` when it falls.
+    #[oai(rename_all = "lowercase")]
+    pub enum Side = domain::trading::rules::Side { Buy, Sell }
 }
 
-impl From<Side> for domain::trading::rules::Side {
-    fn from(s: Side) -> Self {
-        match s {
-            Side::Buy => Self::Buy,
-            Side::Sell => Self::Sell,
-        }
-    }
-}
-
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum OrderStatus {
-    Open,
-    Closed,
-}
-
-impl From<OrderStatus> for domain::trading::orders::OrderStatus {
-    fn from(s: OrderStatus) -> Self {
-        match s {
-            OrderStatus::Open => Self::Open,
-            OrderStatus::Closed => Self::Closed,
-        }
-    }
+mirror_enum! {
+    /// `open` or `closed`.
+    #[oai(rename_all = "lowercase")]
+    pub enum OrderStatus = domain::trading::orders::OrderStatus { Open, Closed }
 }
 
 /// A market order at the current price of `symbol`.

@@ -5,7 +5,7 @@ use domain::workflows::recovery::RecoveryStatus;
 use domain::workflows::{StepView, WorkflowView};
 use poem_openapi::{Enum, Object};
 
-use crate::routes::shared::{DecimalString, WalletKind, timestamp};
+use crate::routes::shared::{DecimalString, WalletKind, mirror_enum, timestamp};
 
 /// Send `amount` of the wallet to `destination`: hold → payout → capture.
 #[derive(Object, Debug, Clone)]
@@ -66,46 +66,31 @@ pub struct PayoutResultRequest {
     pub provider_ref: Option<String>,
 }
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "snake_case")]
-pub enum WorkflowStatus {
-    Running,
-    AwaitingReview,
-    AwaitingPayout,
-    Completed,
-    Compensated,
-    Rejected,
-    Failed,
-}
-
-impl From<WorkflowStatus> for model::WorkflowStatus {
-    fn from(s: WorkflowStatus) -> Self {
-        match s {
-            WorkflowStatus::Running => Self::Running,
-            WorkflowStatus::AwaitingReview => Self::AwaitingReview,
-            WorkflowStatus::AwaitingPayout => Self::AwaitingPayout,
-            WorkflowStatus::Completed => Self::Completed,
-            WorkflowStatus::Compensated => Self::Compensated,
-            WorkflowStatus::Rejected => Self::Rejected,
-            WorkflowStatus::Failed => Self::Failed,
-        }
+mirror_enum! {
+    /// `running`, `awaiting_review`, `awaiting_payout`, `completed`,
+    /// `compensated`, `rejected` or `failed` (stopped for an admin).
+    #[oai(rename_all = "snake_case")]
+    pub enum WorkflowStatus = model::WorkflowStatus {
+        Running,
+        AwaitingReview,
+        AwaitingPayout,
+        Completed,
+        Compensated,
+        Rejected,
+        Failed,
     }
 }
 
-#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
-#[oai(rename_all = "lowercase")]
-pub enum WorkflowType {
-    Withdrawal,
-    Deposit,
+mirror_enum! {
+    /// `withdrawal` or `deposit`.
+    #[oai(rename_all = "lowercase")]
+    pub enum WorkflowType = model::WorkflowKind { Withdrawal, Deposit }
 }
 
-impl From<WorkflowType> for model::WorkflowKind {
-    fn from(t: WorkflowType) -> Self {
-        match t {
-            WorkflowType::Withdrawal => Self::Withdrawal,
-            WorkflowType::Deposit => Self::Deposit,
-        }
-    }
+mirror_enum! {
+    /// A step's: `pending`, `running`, `done`, `compensated` or `failed`.
+    #[oai(rename = "WorkflowStepStatus", rename_all = "lowercase")]
+    pub enum StepStatus = model::StepStatus { Pending, Running, Done, Compensated, Failed }
 }
 
 #[derive(Object, Debug, Clone)]
@@ -113,8 +98,7 @@ pub struct WorkflowStep {
     /// `hold`, `payout`, `capture` (withdrawals); `compliance`, `credit`
     /// (deposits).
     pub name: String,
-    /// `pending`, `running`, `done`, `compensated` or `failed`.
-    pub status: String,
+    pub status: StepStatus,
     /// Calls made (outbound steps: the payout); for a step the ledger runs
     /// in its own transaction (hold, capture, credit, the compliance check),
     /// 1 once it has run.
@@ -132,7 +116,7 @@ impl From<&StepView> for WorkflowStep {
     fn from(s: &StepView) -> Self {
         Self {
             name: s.name.as_str().to_owned(),
-            status: s.status.as_str().to_owned(),
+            status: s.status.into(),
             attempts: s.attempts,
             started_at: s.started_at.map(timestamp),
             finished_at: s.finished_at.map(timestamp),
@@ -145,13 +129,10 @@ impl From<&StepView> for WorkflowStep {
 pub struct Workflow {
     /// Also the payout's id and its idempotency key at the provider.
     pub id: i64,
-    /// `withdrawal` or `deposit`.
     #[oai(rename = "type")]
-    pub kind: String,
+    pub kind: WorkflowType,
     pub user_id: i64,
-    /// `running`, `awaiting_review`, `awaiting_payout`, `completed`,
-    /// `compensated`, `rejected` or `failed` (stopped for an admin).
-    pub status: String,
+    pub status: WorkflowStatus,
     pub steps: Vec<WorkflowStep>,
     /// What it was started with (amounts as decimal strings).
     pub params: serde_json::Value,
@@ -172,9 +153,9 @@ impl From<&WorkflowView> for Workflow {
     fn from(w: &WorkflowView) -> Self {
         Self {
             id: w.id,
-            kind: w.kind.as_str().to_owned(),
+            kind: w.kind.into(),
             user_id: w.user_id,
-            status: w.status.as_str().to_owned(),
+            status: w.status.into(),
             steps: w.steps.iter().map(WorkflowStep::from).collect(),
             params: w.params.clone(),
             result: w.result.clone(),
