@@ -5,7 +5,7 @@
 
 use std::marker::PhantomData;
 
-use domain::idempotency::Outcome;
+use domain::idempotency::{Outcome, StoredResponse};
 use poem::http::{HeaderValue, StatusCode};
 use poem::{IntoResponse, Response};
 use poem_openapi::ApiResponse;
@@ -31,6 +31,24 @@ impl<T, const STATUS: u16> Stored<T, STATUS> {
             outcome,
             _body: PhantomData,
         }
+    }
+}
+
+impl<T: ToJSON, const STATUS: u16> Stored<T, STATUS> {
+    /// `body`, answered now (not a replay).
+    pub fn fresh(body: &T) -> Self {
+        Self::new(Outcome {
+            response: stored(STATUS, body),
+            replayed: false,
+        })
+    }
+}
+
+/// `body` as it is stored and sent, answered `status`.
+pub fn stored<T: ToJSON>(status: u16, body: &T) -> StoredResponse {
+    StoredResponse {
+        status,
+        body: body.to_json_string(),
     }
 }
 

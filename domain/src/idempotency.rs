@@ -319,39 +319,16 @@ impl IdempotencyService {
                 })
             }
             Err(DomainError::ClaimLost) => self.stored_answer(req).await,
-            Err(e) if e.is_refusal() => {
-                let response = on_refusal(&e);
-                match self.store(&self.tx.db().conn, req, &response).await {
-                    Ok(()) => Ok(Outcome {
-                        response,
-                        replayed: false,
-                    }),
-                    Err(DomainError::ClaimLost) => self.stored_answer(req).await,
-                    Err(store_err) => {
-                        tracing::error!(error = %store_err, "storing a refusal failed");
-                        Err(store_err)
-                    }
-                }
-            }
+            Err(e) if e.is_refusal() => self.keep(req, on_refusal(&e)).await,
             Err(e) => Err(e),
         }
     }
 
     /// Another request stored this key first: answer what it stored.
     pub(crate) async fn stored_answer(&self, req: &IdempotentRequest) -> DomainResult<Outcome> {
-        let row = key::Entity::find_by_id(req.key.clone())
-            .one(&self.tx.db().conn)
-            .await?;
-        match decide(row.map(Existing::from), &req.request_hash, now_ms())? {
-            Some(response) => {
-                metrics().idempotent_replays.inc();
-                Ok(Outcome {
-                    response,
-                    replayed: true,
-                })
-            }
-            None => Err(DomainError::IdempotencyInFlight),
-        }
+        self.replay(req)
+            .await?
+            .ok_or(DomainError::IdempotencyInFlight)
     }
 
     /// The stored answer of `req`'s key, if it has one: a read, no claim.
@@ -382,8 +359,9 @@ impl IdempotencyService {
     }
 
     /// Stores `response` as `req`'s answer in a statement of its own, for an
-    /// answer that moved no money (a trade deduplicated or queued); should
-    /// another request have stored the key first, its answer is the one.
+    /// answer that moved no money (a refusal, a trade deduplicated or
+    /// queued); should another request have stored the key first, its
+    /// answer is the one.
     pub(crate) async fn keep(
         &self,
         req: &IdempotentRequest,
@@ -395,7 +373,10 @@ impl IdempotencyService {
                 replayed: false,
             }),
             Err(DomainError::ClaimLost) => self.stored_answer(req).await,
-            Err(e) => Err(e),
+            Err(e) => {
+                tracing::error!(error = %e, "storing an answer failed");
+                Err(e)
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use poem_openapi::{OpenApi, Tags};
 use crate::app::Apis;
 use crate::auth::{Principal, Role};
 use crate::error::ApiError;
-use crate::replay::Stored;
+use crate::replay::{Stored, stored};
 use crate::request_id::current_request_id;
 use crate::routes::shared::{DecimalString, IdempotencyKey, LockTokenHeader};
 
@@ -168,10 +168,7 @@ impl Idempotent {
             .execute_once(
                 &self.0,
                 cmd,
-                |value| StoredResponse {
-                    status: STATUS,
-                    body: Body::from(value).to_json_string(),
-                },
+                |value| stored(STATUS, &Body::from(value)),
                 refusal(),
             )
             .await?;

@@ -245,6 +245,19 @@ async fn a_signal_trades_once(engine: Engine) {
     app.assert_books_balance_and_stop().await;
 }
 
+/// Sends `body` to `ORDERS` twice under one fresh key: the first answer is
+/// `status`, the second replays it byte for byte. The key and the first
+/// answer.
+async fn sent_twice(app: &TestApp, token: &str, body: Value, status: u16) -> (String, Reply) {
+    let key = fresh_key();
+    let first = app.post(ORDERS, token, Some(&key), body.clone()).await;
+    first.expect(status);
+    let again = app.post(ORDERS, token, Some(&key), body).await;
+    assert_eq!((again.status, &again.text), (status, &first.text));
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    (key, first)
+}
+
 /// Invariant: an order on a signal keeps the Idempotency-Key contract. The
 /// same key and body replay the first answer exactly (`idempotent-replayed`),
 /// whether it was an order, a deduplicated order or a queue item; the key
@@ -253,17 +266,7 @@ async fn a_signal_trades_once(engine: Engine) {
 async fn a_signal_order_keeps_its_idempotency_key(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let (u, user) = signal_trader(&app, "signal-key@x.io").await;
-    let key = fresh_key();
-    let first = app
-        .post(ORDERS, &user, Some(&key), order(u, Some("k-1"), None))
-        .await;
-    first.expect(201);
-    let replay = app
-        .post(ORDERS, &user, Some(&key), order(u, Some("k-1"), None))
-        .await;
-    replay.expect(201);
-    assert_eq!(replay.text, first.text);
-    assert_eq!(replay.header("idempotent-replayed"), Some("true"));
+    let (key, first) = sent_twice(&app, &user, order(u, Some("k-1"), None), 201).await;
     for other in [order(u, Some("k-2"), None), order(u, None, None)] {
         app.post(ORDERS, &user, Some(&key), other)
             .await
@@ -273,18 +276,9 @@ async fn a_signal_order_keeps_its_idempotency_key(engine: Engine) {
 
     // another key on the same signal: the first order, and that answer is
     // the key's from then on; an admin for the user gets the same order
-    let dup_key = fresh_key();
-    let dup = app
-        .post(ORDERS, &user, Some(&dup_key), order(u, Some("k-1"), None))
-        .await;
-    dup.expect(200);
+    let (_, dup) = sent_twice(&app, &user, order(u, Some("k-1"), None), 200).await;
     assert_eq!(dup.body["deduplicated"], true);
     assert_eq!(dup.body["id"], first.body["id"]);
-    let dup_again = app
-        .post(ORDERS, &user, Some(&dup_key), order(u, Some("k-1"), None))
-        .await;
-    assert_eq!((dup_again.status, &dup_again.text), (200, &dup.text));
-    assert_eq!(dup_again.header("idempotent-replayed"), Some("true"));
     let by_admin = app
         .post_new(ORDERS, &app.admin(), order(u, Some("k-1"), None))
         .await;
@@ -293,29 +287,7 @@ async fn a_signal_order_keeps_its_idempotency_key(engine: Engine) {
 
     // queued: the key answers the queue item again; the order runs once
     let holder = hold(&app, &user, &format!("trade:{u}:SIGUSD:buy:k-3")).await;
-    let queue_key = fresh_key();
-    let queued = app
-        .post(
-            ORDERS,
-            &user,
-            Some(&queue_key),
-            order(u, Some("k-3"), Some("queue")),
-        )
-        .await;
-    queued.expect(202);
-    let queued_again = app
-        .post(
-            ORDERS,
-            &user,
-            Some(&queue_key),
-            order(u, Some("k-3"), Some("queue")),
-        )
-        .await;
-    assert_eq!(
-        (queued_again.status, &queued_again.text),
-        (202, &queued.text)
-    );
-    assert_eq!(queued_again.header("idempotent-replayed"), Some("true"));
+    let (_, queued) = sent_twice(&app, &user, order(u, Some("k-3"), Some("queue")), 202).await;
     app.release_lock(&user, &holder).await.expect(200);
     let queue_id = queued.body["queue_id"].as_i64().unwrap();
     let item = app

@@ -6,10 +6,10 @@ use domain::trading::orders::OrderView;
 use domain::trading::signals::SignalRun;
 use poem::{IntoResponse, Response};
 use poem_openapi::registry::{MetaMediaType, MetaResponse, MetaResponses, Registry};
-use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::types::Type;
 use poem_openapi::{ApiResponse, Object};
 
-use crate::replay::{Stored, outcome_response};
+use crate::replay::{Stored, outcome_response, stored};
 use crate::routes::locks::body::QueueItemBody;
 
 use crate::routes::locks::body::Wait;
@@ -147,10 +147,7 @@ impl<const STATUS: u16> OrderReply<STATUS> {
         match run {
             SignalRun::Executed(outcome) => outcome.response,
             SignalRun::Deduplicated(first) => mark_deduplicated(first),
-            SignalRun::Queued(item) => StoredResponse {
-                status: 202,
-                body: QueueItemBody::from(item.as_ref()).to_json_string(),
-            },
+            SignalRun::Queued(item) => stored(202, &QueueItemBody::from(item.as_ref())),
         }
     }
 }

@@ -15,6 +15,7 @@ use poem_openapi::payload::Json;
 
 use crate::auth::{Auth, Role};
 use crate::error::{ApiError, Errors};
+use crate::replay::stored;
 use crate::routes::locks::body::Wait;
 use crate::routes::shared::{IdempotencyKey, LockTokenHeader};
 use crate::routes::{
@@ -22,7 +23,6 @@ use crate::routes::{
 };
 use crate::state::AppState;
 use body::{CloseOrderRequest, OpenOrderRequest, Order, OrderPage, OrderReply, OrderStatus};
-use poem_openapi::types::ToJSON;
 
 #[derive(Default)]
 pub struct OrdersApi;
@@ -65,10 +65,7 @@ fn signal(
 
 /// An order as stored under its key, answered `STATUS`.
 fn rendered<const STATUS: u16>(order: &OrderView) -> StoredResponse {
-    StoredResponse {
-        status: STATUS,
-        body: Order::from(order).to_json_string(),
-    }
+    stored(STATUS, &Order::from(order))
 }
 
 /// Runs an order command once for its Idempotency-Key.

@@ -3,7 +3,6 @@ pub mod body;
 use std::sync::Arc;
 
 use domain::Command;
-use domain::idempotency::{Outcome, StoredResponse};
 use domain::workflows::{Decide, Decision, WorkflowFilter, WorkflowView};
 use poem::Request;
 use poem::web::Data;
@@ -72,6 +71,22 @@ struct Asked<'a, B> {
     body: &'a B,
 }
 
+impl<'a, B> Asked<'a, B> {
+    fn new(
+        principal: &'a Principal,
+        req: &'a Request,
+        key: &'a Header<Option<IdempotencyKey>>,
+        body: &'a B,
+    ) -> Self {
+        Self {
+            principal,
+            req,
+            key: key.0.as_ref(),
+            body,
+        }
+    }
+}
+
 /// Applies a decision, once for its Idempotency-Key when one was sent (the
 /// decision and its stored answer commit together), then wakes the
 /// workers.
@@ -92,16 +107,7 @@ async fn decide<B: ToJSON>(
                 .execute(&state.ledger, &cmd)
                 .await?
         }
-        None => {
-            let workflow = state.ledger.execute(&cmd).await?;
-            Stored::new(Outcome {
-                response: StoredResponse {
-                    status: 200,
-                    body: Workflow::from(&workflow).to_json_string(),
-                },
-                replayed: false,
-            })
-        }
+        None => Stored::fresh(&Workflow::from(&state.ledger.execute(&cmd).await?)),
     };
     state.workflows.wake();
     Ok(decided)
@@ -252,12 +258,7 @@ impl WorkflowsApi {
         body: Json<DecisionRequest>,
     ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(&[Role::Admin])?;
-        let asked = Asked {
-            principal: &auth.0,
-            req,
-            key: key.0.as_ref(),
-            body: &body.0,
-        };
+        let asked = Asked::new(&auth.0, req, &key, &body.0);
         Ok(decide(&state, asked, id.0, Decision::Approve).await?)
     }
 
@@ -282,12 +283,7 @@ impl WorkflowsApi {
     ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(&[Role::Admin])?;
         let reason = body.0.reason.clone();
-        let asked = Asked {
-            principal: &auth.0,
-            req,
-            key: key.0.as_ref(),
-            body: &body.0,
-        };
+        let asked = Asked::new(&auth.0, req, &key, &body.0);
         Ok(decide(&state, asked, id.0, Decision::Reject { reason }).await?)
     }
 
@@ -319,12 +315,7 @@ impl WorkflowsApi {
             sent: body.outcome == PayoutOutcome::Sent,
             provider_ref: body.0.provider_ref.clone(),
         };
-        let asked = Asked {
-            principal: &auth.0,
-            req,
-            key: key.0.as_ref(),
-            body: &body.0,
-        };
+        let asked = Asked::new(&auth.0, req, &key, &body.0);
         Ok(decide(&state, asked, id.0, decision).await?)
     }
 
@@ -350,12 +341,7 @@ impl WorkflowsApi {
         body: Json<EmptyRequest>,
     ) -> Result<Stored<Workflow, 200>, Errors<status::Decide>> {
         auth.0.require(&[Role::Admin])?;
-        let asked = Asked {
-            principal: &auth.0,
-            req,
-            key: key.0.as_ref(),
-            body: &body.0,
-        };
+        let asked = Asked::new(&auth.0, req, &key, &body.0);
         Ok(decide(&state, asked, id.0, Decision::Retry).await?)
     }
 
