@@ -280,12 +280,16 @@ async fn claim_all(
 
 /// The wallets of the writes that still have to run.
 fn wallets_to_lock(group: &[Write], ended: &[Option<Ended>]) -> Vec<(i64, WalletKind)> {
-    group
+    let mut wallets: Vec<(i64, WalletKind)> = group
         .iter()
         .zip(ended)
         .filter(|(_, e)| e.is_none())
         .flat_map(|(w, _)| w.wallets.iter().copied())
-        .collect()
+        .collect();
+    // Each once: a hot wallet's group locks one wallet.
+    wallets.sort_unstable_by_key(|&(user_id, kind)| (user_id, kind.as_str()));
+    wallets.dedup();
+    wallets
 }
 
 /// One attempt at a group of planned writes: applied to the group's books

@@ -419,20 +419,36 @@ impl IdempotencyService {
         // (`LATERAL … LIMIT 1`): joined plainly, the plan cached on a
         // connection while the table was small hashes the whole table on
         // every claim once it has grown.
-        let sql = "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
-             k.status, k.response_status, k.response_body, k.locked_until_ms, \
-             k.expires_at_ms \
-             FROM unnest(?::bigint[], ?::text[]) WITH ORDINALITY AS q(lock_id, key, ord) \
-             LEFT JOIN LATERAL (SELECT * FROM idempotency_keys i WHERE i.key = q.key LIMIT 1) k \
-             ON true ORDER BY q.ord";
-        let lock_ids: Vec<i64> = reqs.iter().map(|req| lock_id(&req.key)).collect();
-        let keys: Vec<String> = reqs.iter().map(|req| req.key.clone()).collect();
+        //
+        // One key (a write alone, most groups of orders) goes without the
+        // arrays: PostgreSQL plans a statement over arrays again on every
+        // run while they are short (0.14 ms of planning for a claim that
+        // runs in 0.05 ms), and one over plain values once per connection.
+        let (sql, values) = match reqs {
+            [req] => (
+                "SELECT pg_try_advisory_xact_lock(?) AS locked, k.request_hash, k.status, \
+                 k.response_status, k.response_body, k.locked_until_ms, k.expires_at_ms \
+                 FROM (SELECT 1) AS q LEFT JOIN LATERAL \
+                 (SELECT * FROM idempotency_keys i WHERE i.key = ? LIMIT 1) k ON true",
+                vec![lock_id(&req.key).into(), req.key.clone().into()],
+            ),
+            _ => {
+                let lock_ids: Vec<i64> = reqs.iter().map(|req| lock_id(&req.key)).collect();
+                let keys: Vec<String> = reqs.iter().map(|req| req.key.clone()).collect();
+                (
+                    "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
+                     k.status, k.response_status, k.response_body, k.locked_until_ms, \
+                     k.expires_at_ms \
+                     FROM unnest(?::bigint[], ?::text[]) WITH ORDINALITY AS q(lock_id, key, ord) \
+                     LEFT JOIN LATERAL \
+                     (SELECT * FROM idempotency_keys i WHERE i.key = q.key LIMIT 1) k \
+                     ON true ORDER BY q.ord",
+                    vec![lock_ids.into(), keys.into()],
+                )
+            }
+        };
         let rows = txn
-            .query_all_raw(statement(
-                DbBackend::Postgres,
-                sql,
-                vec![lock_ids.into(), keys.into()],
-            ))
+            .query_all_raw(statement(DbBackend::Postgres, sql, values))
             .await?;
         if rows.len() != reqs.len() {
             return Err(DomainError::unexpected("the claim query lost a row"));

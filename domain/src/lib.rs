@@ -62,7 +62,7 @@ use crate::ledger::reads::WalletReads;
 use crate::ledger::wallets::WalletKind;
 use crate::locks::{LockRules, LockService};
 use crate::money::Rate;
-use crate::trading::referrals::ReferralRules;
+use crate::trading::referrals::{ReferralRules, Uplines};
 use crate::trading::rules::TradingRules;
 use crate::tx::{RetryPolicy, TransactionService};
 
@@ -116,6 +116,8 @@ pub struct Ledger {
     pub demo_balance: i64,
     pub trading: Arc<TradingRules>,
     pub referral: Arc<ReferralRules>,
+    /// The referral uplines orders have read (they never change).
+    pub uplines: Arc<Uplines>,
     /// Commissions settled per transaction.
     pub settle_batch: u64,
     /// Money writes sharing commits; `None` when group commit is off.
@@ -228,6 +230,7 @@ impl Ledger {
                 referee_bonus: setting_units("referee_bonus", referrals.referee_bonus)?,
                 rates,
             }),
+            uplines: Arc::new(Uplines::new(Uplines::CAPACITY)),
             settle_batch: u64::from(referrals.settle_batch.max(1)),
             group: config.group_commit.enabled.then(|| {
                 Arc::new(GroupCommit::new(

@@ -353,6 +353,61 @@ mod tests {
         Leg::new(kinds::DEPOSIT, deltas)
     }
 
+    #[tokio::test]
+    async fn a_posting_writes_its_wallets_and_entries_or_nothing() {
+        use crate::ledger::users::{Email, NewUser};
+        use crate::ledger::wallets::{WalletKind, lock_wallet};
+        use sea_orm::{PaginatorTrait, TransactionTrait};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = crate::testing::ledger(&dir).await;
+        let conn = &ledger.db.conn;
+        let mut ids = Vec::new();
+        for email in ["p@x.io", "q@x.io"] {
+            let new = NewUser {
+                email: Email::parse(email).unwrap(),
+                referral_code: None,
+            };
+            ids.push(ledger.execute(&new).await.unwrap().id);
+        }
+        let entries_before = journal_entry::Entity::find().count(conn).await.unwrap();
+        let txn = conn.begin().await.unwrap();
+        let lock = |user_id| lock_wallet(&txn, user_id, WalletKind::Live);
+        let (mut p, mut q) = (lock(ids[0]).await.unwrap(), lock(ids[1]).await.unwrap());
+        let (p0, q0) = (p.clone(), q.clone());
+        // two wallets, one operation: both written, the models follow
+        let posted = post(
+            &txn,
+            Uuid::new_v4(),
+            vec![
+                Posting::new(&mut p, leg(Deltas::balance(70))),
+                Posting::new(&mut q, leg(Deltas::balance(30))),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(posted.len(), 2);
+        assert_eq!((p.balance, p.version), (p0.balance + 70, p0.version + 1));
+        assert_eq!((q.balance, q.version), (q0.balance + 30, q0.version + 1));
+        // a wallet not as it was locked (an older version): nothing is
+        // written and the model stays as it was
+        let mut stale = p0.clone();
+        let refused = post(
+            &txn,
+            Uuid::new_v4(),
+            vec![Posting::new(&mut stale, leg(Deltas::balance(1)))],
+        )
+        .await;
+        assert!(matches!(refused, Err(DomainError::Unexpected(..))));
+        assert_eq!(stale, p0);
+        txn.commit().await.unwrap();
+        let entries = journal_entry::Entity::find().count(conn).await.unwrap();
+        assert_eq!(entries - entries_before, 2);
+        for w in [&p, &q] {
+            let stored = wallet::Entity::find_by_id(w.id).one(conn).await.unwrap();
+            assert_eq!(stored.as_ref(), Some(w));
+        }
+    }
+
     #[test]
     fn prepare_computes_values_after_and_a_chained_hash() {
         let w = wallet(100, 0);

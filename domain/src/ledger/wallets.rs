@@ -261,10 +261,21 @@ pub async fn lock_wallets_of(
     txn: &DatabaseTransaction,
     wallets: &[(i64, WalletKind)],
 ) -> DomainResult<Vec<wallet::Model>> {
-    if wallets.is_empty() {
-        return Ok(Vec::new());
+    let backend = txn.get_database_backend();
+    match wallets {
+        [] => return Ok(Vec::new()),
+        // One wallet (a hot wallet's group, most groups of orders) as
+        // `lock_wallet` reads it: a statement over arrays is planned again
+        // on every run while they are short, one over plain values once
+        // per connection.
+        [(user_id, kind)] => {
+            return Ok(locking(wallet_of(*user_id, *kind), backend)
+                .all(txn)
+                .await?);
+        }
+        _ => {}
     }
-    if txn.get_database_backend() == DbBackend::Postgres {
+    if backend == DbBackend::Postgres {
         // The pairs as two arrays: the same text whatever their number (see
         // `sql`).
         let users: Vec<i64> = wallets.iter().map(|(u, _)| *u).collect();
@@ -292,7 +303,7 @@ pub async fn lock_wallets_of(
     let query = wallet::Entity::find()
         .filter(of_kind)
         .order_by_asc(wallet::Column::Id);
-    Ok(locking(query, txn.get_database_backend()).all(txn).await?)
+    Ok(locking(query, backend).all(txn).await?)
 }
 
 /// A group's books over the wallets of its writes: locked as

@@ -128,7 +128,7 @@ impl Command for OpenOrder {
             if cmd.wallet == WalletKind::Live {
                 referrals::accrue(
                     txn,
-                    &ledger.referral,
+                    ledger,
                     cmd.user_id,
                     row.id,
                     referrals::OPEN_FEE,
@@ -216,15 +216,8 @@ impl Command for CloseOrder {
             ];
             financial::perform_combined_operation(txn, w, Uuid::new_v4(), legs).await?;
             if kind == WalletKind::Live {
-                referrals::accrue(
-                    txn,
-                    &ledger.referral,
-                    o.user_id,
-                    order_id,
-                    referrals::CLOSE_FEE,
-                    fee,
-                )
-                .await?;
+                referrals::accrue(txn, ledger, o.user_id, order_id, referrals::CLOSE_FEE, fee)
+                    .await?;
             }
             Ok(OrderView {
                 status: CLOSED.to_owned(),

@@ -12,7 +12,8 @@
 //! its own referrer (a CHECK constraint). The upline walk is bounded by the
 //! configured number of levels all the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use infra::entities::{referral_bonus, referral_commission as commission, user, wallet};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
@@ -22,6 +23,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use crate::Ledger;
 use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
@@ -75,6 +77,55 @@ pub fn shares(fee: i64, upline: &[i64], rates: &[Rate]) -> Vec<Share> {
         .collect()
 }
 
+/// Uplines by (user, levels), level 1 first.
+type Chains = HashMap<(i64, usize), Arc<[i64]>>;
+
+/// The uplines read so far, by user, for the commissions of orders. A
+/// user's referrer is set when the user is created and never changes (see
+/// the top of this file), nor does any referrer's: a user's upline, once
+/// read, holds for good and in every instance, and an order need not read
+/// it again. Bounded: when full, it starts again empty.
+#[derive(Debug)]
+pub struct Uplines {
+    capacity: usize,
+    chains: Mutex<Chains>,
+}
+
+impl Uplines {
+    /// Users whose uplines are kept by default: a few MB at most.
+    pub const CAPACITY: usize = 100_000;
+
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            chains: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `user_id`'s upline to `levels` (`upline`), read once.
+    pub async fn of<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+        user_id: i64,
+        levels: usize,
+    ) -> DomainResult<Arc<[i64]>> {
+        if let Some(chain) = self.chains().get(&(user_id, levels)) {
+            return Ok(Arc::clone(chain));
+        }
+        let chain: Arc<[i64]> = upline(conn, user_id, levels).await?.into();
+        let mut chains = self.chains();
+        if chains.len() >= self.capacity {
+            chains.clear();
+        }
+        chains.insert((user_id, levels), Arc::clone(&chain));
+        Ok(chain)
+    }
+
+    fn chains(&self) -> MutexGuard<'_, Chains> {
+        self.chains.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// The user's referrer, the referrer's referrer, … up to `levels`, in one
 /// query.
 pub async fn upline<C: ConnectionTrait>(
@@ -114,16 +165,20 @@ pub async fn upline<C: ConnectionTrait>(
 /// the order's transaction. Locks nothing but the new rows.
 pub async fn accrue(
     txn: &DatabaseTransaction,
-    rules: &ReferralRules,
+    ledger: &Ledger,
     referee_id: i64,
     order_id: i64,
     fee_kind: &'static str,
     fee: i64,
 ) -> DomainResult<usize> {
+    let rules = &ledger.referral;
     if fee <= 0 || rules.rates.is_empty() {
         return Ok(0);
     }
-    let chain = upline(txn, referee_id, rules.rates.len()).await?;
+    let chain = ledger
+        .uplines
+        .of(txn, referee_id, rules.rates.len())
+        .await?;
     let shares = shares(fee, &chain, &rules.rates);
     if shares.is_empty() {
         return Ok(0);
@@ -502,6 +557,42 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![(1, 7, 20_000_000), (2, 3, 5_000_000)]
         );
+    }
+
+    #[tokio::test]
+    async fn an_upline_is_read_once_and_its_cache_stays_bounded() {
+        use crate::ledger::users::{Email, NewUser, ReferralCode};
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = crate::testing::ledger(&dir).await;
+        let mut ids = Vec::new();
+        let mut code = None;
+        for email in ["a@x.io", "b@x.io", "c@x.io"] {
+            let user = ledger
+                .execute(&NewUser {
+                    email: Email::parse(email).unwrap(),
+                    referral_code: code.take(),
+                })
+                .await
+                .unwrap();
+            code = Some(ReferralCode::parse(&user.referral_code).unwrap());
+            ids.push(user.id);
+        }
+        let [a, b, c] = ids[..] else {
+            panic!("three users")
+        };
+        let (uplines, conn) = (Uplines::new(2), &ledger.db.conn);
+        let first = uplines.of(conn, c, 2).await.unwrap();
+        assert_eq!(&*first, &[b, a]);
+        // the second time it is the chain read the first time
+        assert!(Arc::ptr_eq(&first, &uplines.of(conn, c, 2).await.unwrap()));
+        assert_eq!(&*uplines.of(conn, c, 1).await.unwrap(), &[b]);
+        assert_eq!(uplines.chains().len(), 2);
+        // full: it starts again empty, then reads again what it forgot
+        assert_eq!(&*uplines.of(conn, b, 2).await.unwrap(), &[a]);
+        assert_eq!(uplines.chains().len(), 1);
+        let again = uplines.of(conn, c, 2).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &again));
+        assert_eq!(first, again);
     }
 
     #[test]
