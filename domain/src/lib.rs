@@ -199,6 +199,8 @@ impl Ledger {
             .iter()
             .map(|&r| setting_rate("referral_commission_rates", r))
             .collect::<DomainResult<Vec<_>>>()?;
+        // One upline level per commission rate.
+        let levels = rates.len();
         let locks = LockService::new(
             tx.clone(),
             idempotency.clone(),
@@ -230,7 +232,7 @@ impl Ledger {
                 referee_bonus: setting_units("referee_bonus", referrals.referee_bonus)?,
                 rates,
             }),
-            uplines: Arc::new(Uplines::new(Uplines::CAPACITY)),
+            uplines: Arc::new(Uplines::new(levels, Uplines::CAPACITY)),
             settle_batch: u64::from(referrals.settle_batch.max(1)),
             group: config.group_commit.enabled.then(|| {
                 Arc::new(GroupCommit::new(

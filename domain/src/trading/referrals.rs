@@ -77,9 +77,6 @@ pub fn shares(fee: i64, upline: &[i64], rates: &[Rate]) -> Vec<Share> {
         .collect()
 }
 
-/// Uplines by (user, levels), level 1 first.
-type Chains = HashMap<(i64, usize), Arc<[i64]>>;
-
 /// The uplines read so far, by user, for the commissions of orders. A
 /// user's referrer is set when the user is created and never changes (see
 /// the top of this file), nor does any referrer's: a user's upline, once
@@ -87,48 +84,47 @@ type Chains = HashMap<(i64, usize), Arc<[i64]>>;
 /// it again. Bounded: when full, it starts again empty.
 #[derive(Debug)]
 pub struct Uplines {
+    /// Levels read: one per configured commission rate.
+    levels: usize,
     capacity: usize,
-    chains: Mutex<Chains>,
+    /// Each user's upline, level 1 first.
+    chains: Mutex<HashMap<i64, Arc<[i64]>>>,
 }
 
 impl Uplines {
     /// Users whose uplines are kept by default: a few MB at most.
     pub const CAPACITY: usize = 100_000;
 
-    pub fn new(capacity: usize) -> Self {
+    pub fn new(levels: usize, capacity: usize) -> Self {
         Self {
+            levels,
             capacity,
             chains: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `user_id`'s upline to `levels` (`upline`), read once.
-    pub async fn of<C: ConnectionTrait>(
-        &self,
-        conn: &C,
-        user_id: i64,
-        levels: usize,
-    ) -> DomainResult<Arc<[i64]>> {
-        if let Some(chain) = self.chains().get(&(user_id, levels)) {
+    /// `user_id`'s upline (`upline`), read once.
+    pub async fn of<C: ConnectionTrait>(&self, conn: &C, user_id: i64) -> DomainResult<Arc<[i64]>> {
+        if let Some(chain) = self.chains().get(&user_id) {
             return Ok(Arc::clone(chain));
         }
-        let chain: Arc<[i64]> = upline(conn, user_id, levels).await?.into();
+        let chain: Arc<[i64]> = upline(conn, user_id, self.levels).await?.into();
         let mut chains = self.chains();
         if chains.len() >= self.capacity {
             chains.clear();
         }
-        chains.insert((user_id, levels), Arc::clone(&chain));
+        chains.insert(user_id, Arc::clone(&chain));
         Ok(chain)
     }
 
-    fn chains(&self) -> MutexGuard<'_, Chains> {
+    fn chains(&self) -> MutexGuard<'_, HashMap<i64, Arc<[i64]>>> {
         self.chains.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 /// The user's referrer, the referrer's referrer, … up to `levels`, in one
 /// query.
-pub async fn upline<C: ConnectionTrait>(
+async fn upline<C: ConnectionTrait>(
     conn: &C,
     user_id: i64,
     levels: usize,
@@ -175,10 +171,7 @@ pub async fn accrue(
     if fee <= 0 || rules.rates.is_empty() {
         return Ok(0);
     }
-    let chain = ledger
-        .uplines
-        .of(txn, referee_id, rules.rates.len())
-        .await?;
+    let chain = ledger.uplines.of(txn, referee_id).await?;
     let shares = shares(fee, &chain, &rules.rates);
     if shares.is_empty() {
         return Ok(0);
@@ -580,17 +573,18 @@ mod tests {
         let [a, b, c] = ids[..] else {
             panic!("three users")
         };
-        let (uplines, conn) = (Uplines::new(2), &ledger.db.conn);
-        let first = uplines.of(conn, c, 2).await.unwrap();
+        let (uplines, conn) = (Uplines::new(2, 2), &ledger.db.conn);
+        let first = uplines.of(conn, c).await.unwrap();
         assert_eq!(&*first, &[b, a]);
         // the second time it is the chain read the first time
-        assert!(Arc::ptr_eq(&first, &uplines.of(conn, c, 2).await.unwrap()));
-        assert_eq!(&*uplines.of(conn, c, 1).await.unwrap(), &[b]);
+        assert!(Arc::ptr_eq(&first, &uplines.of(conn, c).await.unwrap()));
+        assert_eq!(&*Uplines::new(1, 2).of(conn, c).await.unwrap(), &[b]);
+        assert_eq!(&*uplines.of(conn, b).await.unwrap(), &[a]);
         assert_eq!(uplines.chains().len(), 2);
         // full: it starts again empty, then reads again what it forgot
-        assert_eq!(&*uplines.of(conn, b, 2).await.unwrap(), &[a]);
+        assert!(uplines.of(conn, a).await.unwrap().is_empty());
         assert_eq!(uplines.chains().len(), 1);
-        let again = uplines.of(conn, c, 2).await.unwrap();
+        let again = uplines.of(conn, c).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &again));
         assert_eq!(first, again);
     }
