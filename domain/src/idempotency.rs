@@ -421,9 +421,11 @@ impl IdempotencyService {
         // every claim once it has grown.
         //
         // One key (a write alone, most groups of orders) goes without the
-        // arrays: PostgreSQL plans a statement over arrays again on every
-        // run while they are short (0.14 ms of planning for a claim that
-        // runs in 0.05 ms), and one over plain values once per connection.
+        // arrays, as plain values: the simplest plan. Several go as arrays
+        // behind subqueries, so that the statement too is planned once per
+        // connection: with the arrays in sight PostgreSQL planned it again
+        // on every run while they were short (0.14 ms of planning for a
+        // claim that runs in 0.05 ms; see `sql`).
         let (sql, values) = match reqs {
             [req] => (
                 "SELECT pg_try_advisory_xact_lock(?) AS locked, k.request_hash, k.status, \
@@ -439,7 +441,8 @@ impl IdempotencyService {
                     "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
                      k.status, k.response_status, k.response_body, k.locked_until_ms, \
                      k.expires_at_ms \
-                     FROM unnest(?::bigint[], ?::text[]) WITH ORDINALITY AS q(lock_id, key, ord) \
+                     FROM unnest((SELECT ?::bigint[]), (SELECT ?::text[])) \
+                     WITH ORDINALITY AS q(lock_id, key, ord) \
                      LEFT JOIN LATERAL \
                      (SELECT * FROM idempotency_keys i WHERE i.key = q.key LIMIT 1) k \
                      ON true ORDER BY q.ord",

@@ -124,9 +124,9 @@ impl Books {
         ];
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "UPDATE wallets SET {SET}, updated_at = ? FROM unnest(?::bigint[], \
-                 ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], ?::bigint[], \
-                 ?::bigint[], ?::text[]) AS {V} WHERE {GUARD} RETURNING 1"
+                "UPDATE wallets SET {SET}, updated_at = ? FROM unnest({}, (SELECT ?::text[])) \
+                 AS {V} WHERE {GUARD} RETURNING 1",
+                ["(SELECT ?::bigint[])"; 7].join(", ")
             )
         });
         let wallets = Part { sql: &SQL, values };

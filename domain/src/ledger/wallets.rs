@@ -276,12 +276,13 @@ pub async fn lock_wallets_of(
         _ => {}
     }
     if backend == DbBackend::Postgres {
-        // The pairs as two arrays: the same text whatever their number (see
-        // `sql`).
+        // The pairs as two arrays: the same text whatever their number, and
+        // one plan whatever it is (see `sql`).
         let users: Vec<i64> = wallets.iter().map(|(u, _)| *u).collect();
         let kinds: Vec<String> = wallets.iter().map(|(_, k)| k.as_str().to_owned()).collect();
         let sql = "SELECT * FROM wallets WHERE (user_id, kind) IN \
-             (SELECT * FROM unnest(?::bigint[], ?::text[])) ORDER BY id FOR UPDATE";
+             (SELECT * FROM unnest((SELECT ?::bigint[]), (SELECT ?::text[]))) \
+             ORDER BY id FOR UPDATE";
         let query = statement(DbBackend::Postgres, sql, vec![users.into(), kinds.into()]);
         return Ok(wallet::Entity::find().from_raw_sql(query).all(txn).await?);
     }

@@ -397,3 +397,68 @@ async fn a_transfer_does_not_wait_behind_a_deposit_group() {
     outside.close().await.unwrap();
     app.assert_books_balance_and_stop().await;
 }
+
+/// A group's lock of several wallets is planned once per connection: the
+/// wallets go as arrays behind subqueries (see `domain::sql`), so from the
+/// sixth run on one connection PostgreSQL keeps the generic plan for them
+/// instead of planning each run's short arrays again. PostgreSQL only (the
+/// plan cache is its own); a plan count, not a timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_lock_of_several_wallets_keeps_one_plan_per_connection() {
+    use domain::ledger::wallets::{WalletKind, lock_wallets_of};
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement, TransactionTrait};
+
+    let (app, u) = TestApp::with_user(Engine::Postgres, "one-plan@x.io").await;
+    let v = app.create_user("one-plan-2@x.io").await;
+    let mut options = ConnectOptions::new(app.database_url.clone());
+    options.max_connections(1).min_connections(1);
+    let db = Database::connect(options).await.unwrap();
+    // A wallets table of some size, with its statistics: over a handful of
+    // rows every plan costs the same, and even bare arrays keep one.
+    db.execute_unprepared(
+        "INSERT INTO users (email, account_number, referral_code, created_at) \
+         SELECT 'bulk' || i || '@x.io', 'BULK' || i, 'BULK' || i, now() \
+         FROM generate_series(1, 10000) AS i; \
+         INSERT INTO wallets (user_id, kind, last_hash, created_at, updated_at) \
+         SELECT id, kind, '', now(), now() FROM users, (VALUES ('live'), ('demo')) AS k(kind) \
+         WHERE email LIKE 'bulk%'; \
+         ANALYZE users; ANALYZE wallets",
+    )
+    .await
+    .unwrap();
+    let groups = [
+        vec![(u, WalletKind::Live), (v, WalletKind::Live)],
+        vec![
+            (u, WalletKind::Demo),
+            (v, WalletKind::Demo),
+            (u, WalletKind::Live),
+        ],
+    ];
+    for i in 0..8 {
+        let txn = db.begin().await.unwrap();
+        let group = &groups[i % 2];
+        assert_eq!(
+            lock_wallets_of(&txn, group).await.unwrap().len(),
+            group.len()
+        );
+        txn.commit().await.unwrap();
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+             WHERE statement LIKE 'SELECT * FROM wallets WHERE (user_id, kind) IN%'",
+        ))
+        .await
+        .unwrap()
+        .expect("the group lock is a prepared statement of this connection");
+    let generic: i64 = row.try_get("", "generic_plans").unwrap();
+    let custom: i64 = row.try_get("", "custom_plans").unwrap();
+    assert_eq!(
+        (generic, custom),
+        (3, 5),
+        "eight runs: five planned for their values, then the kept plan"
+    );
+    db.close().await.unwrap();
+    app.stop().await;
+}
