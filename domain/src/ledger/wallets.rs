@@ -265,9 +265,8 @@ pub async fn lock_wallets_of(
     match wallets {
         [] => return Ok(Vec::new()),
         // One wallet (a hot wallet's group, most groups of orders) as
-        // `lock_wallet` reads it: a statement over arrays is planned again
-        // on every run while they are short, one over plain values once
-        // per connection.
+        // `lock_wallet` reads it: plain values, no arrays to build and
+        // unnest.
         [(user_id, kind)] => {
             return Ok(locking(wallet_of(*user_id, *kind), backend)
                 .all(txn)

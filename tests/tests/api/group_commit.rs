@@ -406,7 +406,8 @@ async fn a_transfer_does_not_wait_behind_a_deposit_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_lock_of_several_wallets_keeps_one_plan_per_connection() {
     use domain::ledger::wallets::{WalletKind, lock_wallets_of};
-    use sea_orm::{ConnectOptions, ConnectionTrait, Database, Statement, TransactionTrait};
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, TransactionTrait};
+    use tests::faults::check::scalar;
 
     let (app, u) = TestApp::with_user(Engine::Postgres, "one-plan@x.io").await;
     let v = app.create_user("one-plan-2@x.io").await;
@@ -443,17 +444,14 @@ async fn a_group_lock_of_several_wallets_keeps_one_plan_per_connection() {
         );
         txn.commit().await.unwrap();
     }
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
-             WHERE statement LIKE 'SELECT * FROM wallets WHERE (user_id, kind) IN%'",
-        ))
-        .await
-        .unwrap()
-        .expect("the group lock is a prepared statement of this connection");
-    let generic: i64 = row.try_get("", "generic_plans").unwrap();
-    let custom: i64 = row.try_get("", "custom_plans").unwrap();
+    let plans = |kind: &str| {
+        format!(
+            "SELECT {kind}_plans AS n FROM pg_prepared_statements \
+             WHERE statement LIKE 'SELECT * FROM wallets WHERE (user_id, kind) IN%'"
+        )
+    };
+    let generic = scalar(&db, &plans("generic")).await.unwrap();
+    let custom = scalar(&db, &plans("custom")).await.unwrap();
     assert_eq!(
         (generic, custom),
         (3, 5),
