@@ -14,11 +14,15 @@
 //!    ascending id order — one lock per wallet, and two groups (in this
 //!    process or another) never wait on each other in a cycle;
 //! 3. a group of planned writes (`Command::planned`: deposits, unfenced
-//!    withdrawals) is applied to the group's books in memory, write after
-//!    write, a refused one leaving no trace (`ledger::books`); then one
-//!    `UPDATE` for all the wallets, one journal `INSERT` for all the
-//!    entries and one `INSERT` storing every answer, refusals included —
-//!    on PostgreSQL all three in one statement (`sql::run_together`).
+//!    withdrawals, and on PostgreSQL unfenced orders opened and closed) is
+//!    applied to the group's books in memory, write after write, a refused
+//!    one leaving no trace (`ledger::books`), once what its orders need is
+//!    read (their prices, new ids, the orders to close, in one statement:
+//!    `trading::planned`); then one `UPDATE` for all the wallets, one
+//!    journal `INSERT` for all the entries, one `INSERT` storing every
+//!    answer, refusals included, and one each for the orders opened, the
+//!    orders closed and their commissions — on PostgreSQL all in one
+//!    statement (`sql::run_together`).
 //!    Should one of those keys have been stored elsewhere meanwhile, that
 //!    attempt is rolled back and the group runs as below. A planned write
 //!    alone goes this way too;
@@ -31,12 +35,12 @@
 //! Groups form without waiting (`batch`): a lone request goes at once, and
 //! under load the writes that arrived during one commit make up the next
 //! group. Planned writes and the others queue apart, each with its own
-//! groups (`GroupCommitConfig`): a planned group is three statements however big it
-//! is, so few run at once and each takes all that waits; a group of the
-//! others runs its writes one after the other, so its time grows with its
-//! size, and more, smaller ones run side by side on their own connections
-//! (an order never waits behind a deposit group, nor a deposit behind a
-//! group of orders). A client that hangs up cannot cancel the others'
+//! groups (`GroupCommitConfig`): a planned group is three statements (four
+//! with orders) however big it is, so few run at once and each takes all
+//! that waits; a group of the others runs its writes one after the other,
+//! so its time grows with its size, and more, smaller ones run side by side
+//! on their own connections (a transfer never waits behind a deposit group,
+//! nor a deposit behind a group of transfers). A client that hangs up cannot cancel the others'
 //! writes. A planned write waiting for its group does not count against the
 //! in-flight limit (`infra::in_flight`).
 
@@ -58,6 +62,7 @@ use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, stored_all}
 use crate::ledger::books::{Books, Parts, check_updated};
 use crate::ledger::wallets::{WalletKind, lock_books, lock_wallets_of};
 use crate::sql::run_together;
+use crate::trading::planned::{GroupOrders, Needs};
 use crate::tx::RetryPolicy;
 
 /// One write, type-erased: it runs the command in the transaction it is
@@ -73,7 +78,15 @@ pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
 
 /// A planned write (`Command::planned`), type-erased: it applies the command
 /// to the group's books and renders its success (pure; re-runnable).
-pub type PlanOp = Arc<dyn Fn(&mut Books) -> DomainResult<StoredResponse> + Send + Sync>;
+pub type PlanOp = Arc<dyn Fn(&mut Plan) -> DomainResult<StoredResponse> + Send + Sync>;
+
+/// What a group of planned writes is applied to in memory: its locked
+/// wallets and their entries, and the orders it opens.
+#[derive(Debug)]
+pub struct Plan {
+    pub books: Books,
+    pub orders: GroupOrders,
+}
 
 /// A queued write and where its answer goes.
 pub struct Write {
@@ -83,7 +96,8 @@ pub struct Write {
     /// The wallets it will lock; all of a group's are locked first.
     pub wallets: Vec<(i64, WalletKind)>,
     pub op: WriteOp,
-    pub plan: Option<PlanOp>,
+    /// Set for a planned write, with what it reads besides its wallets.
+    pub plan: Option<(PlanOp, Needs)>,
     pub refuse: Refusal,
     reply: oneshot::Sender<DomainResult<Outcome>>,
 }
@@ -123,7 +137,7 @@ impl GroupCommit {
         name: &'static str,
         req: IdempotentRequest,
         wallets: Vec<(i64, WalletKind)>,
-        (op, plan): (WriteOp, Option<PlanOp>),
+        (op, plan): (WriteOp, Option<(PlanOp, Needs)>),
         refuse: Refusal,
     ) -> DomainResult<Outcome> {
         let planned = plan.is_some();
@@ -302,13 +316,21 @@ async fn run_planned(
     group: &[Write],
 ) -> DomainResult<Result<Vec<Ended>, NotTogether>> {
     let mut ended = claim_all(ledger, txn, group).await?;
-    let mut books = lock_books(txn, &wallets_to_lock(group, &ended)).await?;
+    let books = lock_books(txn, &wallets_to_lock(group, &ended)).await?;
+    let needs: Vec<&Needs> = group
+        .iter()
+        .zip(&ended)
+        .filter(|(_, ended)| ended.is_none())
+        .filter_map(|(write, _)| write.plan.as_ref().map(|(_, needs)| needs))
+        .collect();
+    let orders = GroupOrders::read(txn, &ledger.uplines, &needs).await?;
+    let mut plan = Plan { books, orders };
     let mut answers = Vec::with_capacity(group.len());
     for (write, ended) in group.iter().zip(ended.iter_mut()) {
-        let (None, Some(plan)) = (&ended, &write.plan) else {
+        let (None, Some((op, _))) = (&ended, &write.plan) else {
             continue;
         };
-        match plan(&mut books) {
+        match op(&mut plan) {
             Ok(response) => answers.push((&write.req, response)),
             Err(e) if e.is_refusal() => answers.push((&write.req, (write.refuse)(&e))),
             Err(e) => *ended = Some(Ended::Refused(e)),
@@ -318,7 +340,7 @@ async fn run_planned(
         .iter()
         .map(|(req, response)| (*req, response))
         .collect();
-    match write_planned(ledger, txn, books, &stored).await {
+    match write_planned(ledger, txn, plan, &stored).await {
         Ok(()) => {}
         Err(DomainError::ClaimLost) => return Ok(Err(NotTogether)),
         Err(e) => return Err(e),
@@ -342,17 +364,23 @@ async fn run_planned(
     Ok(Ok(out))
 }
 
-/// Writes a planned group's books and stores its answers: on PostgreSQL in
-/// one statement (the wallets, the entries, the answers: one round trip),
-/// on SQLite one after the other. `ClaimLost` when one of the keys was
-/// stored elsewhere meanwhile.
+/// Writes a planned group's books and the orders it opened, and stores its
+/// answers: on PostgreSQL in one statement (the wallets, the entries, the
+/// answers, the orders and their commissions: one round trip), on SQLite
+/// (no orders there, see `Ledger::plans`) one after the other. `ClaimLost`
+/// when one of the keys was stored elsewhere meanwhile.
 async fn write_planned(
     ledger: &Ledger,
     txn: &DatabaseTransaction,
-    books: Books,
+    Plan { books, orders }: Plan,
     stored: &[(&IdempotentRequest, &StoredResponse)],
 ) -> DomainResult<()> {
     if txn.get_database_backend() != DbBackend::Postgres {
+        if !orders.is_empty() {
+            return Err(DomainError::unexpected(
+                "orders are planned on PostgreSQL only",
+            ));
+        }
         books.write(txn).await?;
         return ledger.idempotency.store_all(txn, stored).await;
     }
@@ -362,13 +390,21 @@ async fn write_planned(
         changed,
     } = books.parts()?;
     let answers = ledger.idempotency.store_part(stored)?;
-    let written = run_together(txn, vec![wallets, entries, answers]).await?;
-    let [updated, _, keys] = written[..] else {
+    let (added, expected): (Vec<_>, Vec<u64>) = orders.parts()?.into_iter().unzip();
+    let mut parts = vec![wallets, entries, answers];
+    parts.extend(added);
+    let written = run_together(txn, parts).await?;
+    let [updated, _, keys, ref inserted @ ..] = written[..] else {
         return Err(DomainError::unexpected(
             "a group's statement without its counts",
         ));
     };
     check_updated(changed, updated)?;
+    if inserted != expected.as_slice() {
+        return Err(DomainError::unexpected(format!(
+            "a group's orders and commissions: {inserted:?} rows written of {expected:?}"
+        )));
+    }
     stored_all(stored, keys)
 }
 

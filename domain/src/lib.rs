@@ -10,8 +10,8 @@
 //! - batches that form without waiting: `batch.rs`; group commit (writes
 //!   sharing one transaction): `group.rs`; coalesced wallet reads:
 //!   `ledger/reads.rs`; the books
-//!   a group of deposits and withdrawals is applied to in memory:
-//!   `ledger/books.rs`;
+//!   a group of deposits, withdrawals and orders is applied to in memory:
+//!   `ledger/books.rs`, and the orders it opens: `trading/planned.rs`;
 //! - journal kinds and the hash chain: `ledger/journal.rs`; the books
 //!   check: `ledger/reconcile.rs`;
 //! - margin, fees and P&L arithmetic: `trading/rules.rs`; orders under the
@@ -51,17 +51,18 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub use error::{DomainError, DomainResult};
+use infra::db::Backend;
 use infra::{Config, Database};
 use rust_decimal::Decimal;
 use sea_orm::DatabaseTransaction;
 
-use crate::group::{GroupCommit, PlanOp, WriteOp};
+use crate::group::{GroupCommit, Plan, PlanOp, WriteOp};
 use crate::idempotency::{IdempotencyService, IdempotentRequest, Outcome, StoredResponse};
-use crate::ledger::books::Books;
 use crate::ledger::reads::WalletReads;
 use crate::ledger::wallets::WalletKind;
 use crate::locks::{LockRules, LockService};
 use crate::money::Rate;
+use crate::trading::planned::Needs;
 use crate::trading::referrals::{ReferralRules, Uplines};
 use crate::trading::rules::TradingRules;
 use crate::tx::{RetryPolicy, TransactionService};
@@ -82,17 +83,24 @@ pub trait Command: Clone + Send + Sync + 'static {
         None
     }
 
-    /// Its effect follows from its locked wallets alone, with nothing read
-    /// or written on the way (a deposit, a withdrawal not behind a fencing
-    /// token): such writes of a group are applied to the group's books in
-    /// memory one after the other, a refused one leaving no trace, and
-    /// written together (see `group`). `plan` must then do it.
+    /// Its effect follows from its locked wallets and what `needs` reads
+    /// alone, with nothing else read or written on the way (a deposit, a
+    /// withdrawal or an order opened not behind a fencing token): such
+    /// writes of a group are applied to the group's books in memory one
+    /// after the other, a refused one leaving no trace, and written together
+    /// (see `group`). `plan` must then do it.
     fn planned(&self) -> bool {
         false
     }
 
+    /// What a planned write reads besides its wallets, read for its whole
+    /// group before any write of it is planned (`trading::planned`).
+    fn needs(&self) -> Needs {
+        Needs::default()
+    }
+
     /// Applies it to a group's books (see `planned`).
-    fn plan(&self, _books: &mut Books) -> DomainResult<Self::Output> {
+    fn plan(&self, _ledger: &Ledger, _plan: &mut Plan) -> DomainResult<Self::Output> {
         Err(DomainError::unexpected(format!(
             "{} is not planned",
             Self::NAME
@@ -158,11 +166,12 @@ impl Ledger {
     ) -> DomainResult<Outcome> {
         if let (Some(group), Some(wallets)) = (&self.group, cmd.wallets()) {
             let (ledger, cmd, render) = (self.clone(), Arc::new(cmd.clone()), Arc::new(render));
-            let plan: Option<PlanOp> = cmd.planned().then(|| {
-                let (cmd, render) = (Arc::clone(&cmd), Arc::clone(&render));
+            let needs = cmd.needs();
+            let plan = (cmd.planned() && self.plans(&needs)).then(|| {
+                let (ledger, cmd, render) = (self.clone(), Arc::clone(&cmd), Arc::clone(&render));
                 let plan: PlanOp =
-                    Arc::new(move |books: &mut Books| cmd.plan(books).map(|o| render(&o)));
-                plan
+                    Arc::new(move |plan: &mut Plan| cmd.plan(&ledger, plan).map(|o| render(&o)));
+                (plan, needs)
             });
             let op: WriteOp = Arc::new(move |txn| {
                 let (ledger, cmd, render) = (ledger.clone(), Arc::clone(&cmd), Arc::clone(&render));
@@ -188,6 +197,16 @@ impl Ledger {
                 refuse,
             )
             .await
+    }
+
+    /// Whether writes with these needs are planned here: orders opened or
+    /// closed only on PostgreSQL (what they read is read in one statement of
+    /// its own, new ids drawn from its sequence), and opened only without a
+    /// cooldown (it reads the user's last order).
+    fn plans(&self, needs: &Needs) -> bool {
+        needs.is_empty()
+            || (self.db.backend == Backend::Postgres
+                && (needs.orders == 0 || self.trading.cooldown_ms == 0))
     }
 
     pub fn new(db: Database, config: &Config) -> DomainResult<Self> {

@@ -276,14 +276,15 @@ impl Default for LockConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupCommitConfig {
     pub enabled: bool,
-    /// The most deposits and unfenced withdrawals one transaction carries
-    /// (their groups are three statements whatever their size).
+    /// The most planned writes (deposits, unfenced withdrawals, and on
+    /// PostgreSQL unfenced orders opened and closed) one transaction carries
+    /// (their groups take a few statements whatever their size).
     pub max_size: usize,
     /// How many groups of those may run at once in this process (each holds
     /// one pooled connection).
     pub groups: usize,
-    /// The most of the other writes (transfers, orders, holds, fenced
-    /// writes) one transaction carries: they run one after the other, each
+    /// The most of the other writes (transfers, holds, fenced writes,
+    /// orders on SQLite) one transaction carries: they run one after the other, each
     /// in a savepoint, so such a group takes longer the bigger it is.
     pub savepoint_max_size: usize,
     /// How many groups of the other writes may run at once (each holds one

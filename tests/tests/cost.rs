@@ -146,19 +146,21 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
     }
     // Statements per operation (each a round trip; BEGIN and COMMIT add two):
     // the claim with its advisory lock, the wallet lock(s), one wallet UPDATE
-    // per wallet, one journal INSERT, the stored answer; orders add the
-    // price and the order row, and a close first reads the order to
-    // authorize the caller. A user's referral upline never changes: it is
-    // read by the user's first order only (all of these are one user's). A
-    // deposit and a withdrawal go as a planned group (even alone): the
-    // claim, the lock, and the wallet, the entry and the answer written in
-    // one statement.
+    // per wallet, one journal INSERT, the stored answer. A deposit, a
+    // withdrawal and an order open or close go as a planned group (even
+    // alone): the claim, the lock, and the wallet, the entries, the answer
+    // (and the order's row, its commissions) written in one statement;
+    // orders add one statement reading their price, the new order's id or
+    // the order to close, and a close first reads the order to authorize
+    // the caller. A user's referral upline never changes: it is read by the
+    // user's first order only (all of these are one user's). A transfer runs
+    // its statements one by one.
     assert_eq!(deposit.0, 3.0, "deposit: statements");
     assert_eq!(withdraw.0, 3.0, "withdrawal: statements");
     assert_eq!(transfer.0, 6.0, "transfer: statements");
     let opens = (open.0 * N as f64).round() as i64;
-    assert_eq!(opens, 7 * N + 1, "order open: statements in all");
-    assert_eq!(close.0, 9.0, "order close: statements");
+    assert_eq!(opens, 4 * N + 1, "order open: statements in all");
+    assert_eq!(close.0, 5.0, "order close: statements");
 
     // The database agrees. Its statistics are flushed when the server's
     // connections close; besides the counted transactions it has seen the

@@ -53,6 +53,11 @@ impl Books {
         })
     }
 
+    /// When the group's writes happen: the time of its entries and rows.
+    pub fn at(&self) -> DateTime<Utc> {
+        self.at
+    }
+
     /// The wallet as the writes so far left it; `None` for a user without
     /// one (not locked: unknown).
     pub fn wallet(&self, user_id: i64, kind: WalletKind) -> Option<&wallet::Model> {

@@ -17,6 +17,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use crate::error::{DomainError, DomainResult};
+use crate::group::Plan;
 use crate::ledger::books::Books;
 use crate::ledger::financial::{self, Deltas, Leg, Posting};
 use crate::ledger::holds::{WalletWithExpired, release_expired, wallets_with_expired};
@@ -437,8 +438,8 @@ impl Command for Deposit {
         true
     }
 
-    fn plan(&self, books: &mut Books) -> DomainResult<Operation> {
-        self.operation().plan(books)
+    fn plan(&self, _: &Ledger, plan: &mut Plan) -> DomainResult<Operation> {
+        self.operation().plan(&mut plan.books)
     }
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
@@ -480,8 +481,8 @@ impl Command for Withdrawal {
         self.fence.is_none()
     }
 
-    fn plan(&self, books: &mut Books) -> DomainResult<Operation> {
-        self.operation().plan(books)
+    fn plan(&self, _: &Ledger, plan: &mut Plan) -> DomainResult<Operation> {
+        self.operation().plan(&mut plan.books)
     }
 
     fn wallets(&self) -> Option<Vec<(i64, WalletKind)>> {
@@ -696,21 +697,28 @@ mod tests {
             reference: None,
         };
         // free: 100 - 30 margin - 20 held
-        match withdraw(51).plan(&mut books) {
+        match withdraw(51).operation().plan(&mut books) {
             Err(DomainError::InsufficientFunds {
                 available,
                 requested,
             }) => assert_eq!((available, requested), (50, 51)),
             other => panic!("expected insufficient funds, got {other:?}"),
         }
-        let taken = withdraw(50).plan(&mut books).unwrap();
+        let taken = withdraw(50).operation().plan(&mut books).unwrap();
         assert_eq!((taken.balance_before, taken.balance_after), (100, 50));
-        assert!(withdraw(1).plan(&mut books).is_err());
-        let added = deposit(3, 7).plan(&mut books).unwrap();
+        assert!(withdraw(1).operation().plan(&mut books).is_err());
+        let added = deposit(3, 7).operation().plan(&mut books).unwrap();
         assert_eq!((added.balance_before, added.balance_after), (50, 57));
-        assert_eq!(withdraw(7).plan(&mut books).unwrap().balance_after, 50);
+        assert_eq!(
+            withdraw(7)
+                .operation()
+                .plan(&mut books)
+                .unwrap()
+                .balance_after,
+            50
+        );
         assert!(matches!(
-            deposit(4, 1).plan(&mut books),
+            deposit(4, 1).operation().plan(&mut books),
             Err(DomainError::NotFound("user"))
         ));
         // behind a fencing token a withdrawal runs in the database

@@ -4,6 +4,7 @@
 
 pub mod cooldown;
 pub mod orders;
+pub mod planned;
 pub mod prices;
 pub mod referrals;
 pub mod rules;

@@ -15,11 +15,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use chrono::{DateTime, Utc};
+
 use infra::entities::{referral_bonus, referral_commission as commission, user, wallet};
 use sea_orm::sea_query::{Expr, LockBehavior, LockType};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    IntoActiveModel, NotSet, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use uuid::Uuid;
 
@@ -157,6 +159,39 @@ async fn upline<C: ConnectionTrait>(
     Ok(chain)
 }
 
+/// The upline's commissions on one fee of one order, `pending`, as rows to
+/// insert (ids unset): one per level whose share does not round to zero.
+pub fn commissions(
+    referee_id: i64,
+    (order_id, fee_kind): (i64, &'static str),
+    fee: i64,
+    chain: &[i64],
+    rates: &[Rate],
+    at: DateTime<Utc>,
+) -> Vec<commission::Model> {
+    if fee <= 0 {
+        return Vec::new();
+    }
+    shares(fee, chain, rates)
+        .into_iter()
+        .map(|s| commission::Model {
+            id: 0,
+            order_id,
+            fee_kind: fee_kind.to_owned(),
+            level: s.level,
+            referrer_id: s.referrer_id,
+            referee_id,
+            fee,
+            rate: s.rate.units(),
+            amount: s.amount,
+            status: PENDING.to_owned(),
+            created_at: at,
+            settled_at: None,
+            settlement_id: None,
+        })
+        .collect()
+}
+
 /// Records the upline's commissions on one fee of one order, `pending`, in
 /// the order's transaction. Locks nothing but the new rows.
 pub async fn accrue(
@@ -172,30 +207,26 @@ pub async fn accrue(
         return Ok(0);
     }
     let chain = ledger.uplines.of(txn, referee_id).await?;
-    let shares = shares(fee, &chain, &rules.rates);
-    if shares.is_empty() {
+    let rows = commissions(
+        referee_id,
+        (order_id, fee_kind),
+        fee,
+        &chain,
+        &rules.rates,
+        now(),
+    );
+    if rows.is_empty() {
         return Ok(0);
     }
-    let at = now();
-    let rows = shares.iter().map(|s| commission::ActiveModel {
-        order_id: Set(order_id),
-        fee_kind: Set(fee_kind.to_owned()),
-        level: Set(s.level),
-        referrer_id: Set(s.referrer_id),
-        referee_id: Set(referee_id),
-        fee: Set(fee),
-        rate: Set(s.rate.units()),
-        amount: Set(s.amount),
-        status: Set(PENDING.to_owned()),
-        created_at: Set(at),
-        settled_at: Set(None),
-        settlement_id: Set(None),
-        ..Default::default()
+    let count = rows.len();
+    let rows = rows.into_iter().map(|row| commission::ActiveModel {
+        id: NotSet,
+        ..row.into_active_model().reset_all()
     });
     commission::Entity::insert_many(rows)
         .exec_without_returning(txn)
         .await?;
-    Ok(shares.len())
+    Ok(count)
 }
 
 /// Pays the signup bonuses of a referee that just signed up with

@@ -398,6 +398,152 @@ async fn a_transfer_does_not_wait_behind_a_deposit_group() {
     app.assert_books_balance_and_stop().await;
 }
 
+/// Invariant: orders opened and closed together are planned in memory and
+/// written in the group's one statement, with the rules of one order at a
+/// time: with free margin for exactly 10 orders, 30 opens queued behind the
+/// wallet's row lock give exactly 10 × 201 (distinct ids, each readable as
+/// answered, each journaled once) and 20 × 422 `insufficient_margin` that
+/// change nothing; 20 closes queued the same way, two for each order, close
+/// each once (10 × 200, 10 × 409 `order_not_open`); the referrer's pending
+/// commissions are those of the 20 fees; a key sent again replays its
+/// answer; the books balance. The writes of a group after the first are
+/// written at one instant (the orders share `opened_at`, then
+/// `closed_at`), which the statement-by-statement path never does.
+/// PostgreSQL only: on SQLite orders run in savepoints (`Ledger::plans`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orders_opened_and_closed_together_are_written_together() {
+    let app = TestApp::spawn_with(Engine::Postgres, |c| c.group_commit.groups = 1).await;
+    let referrer = app.signup("orders-hub@x.io", None).await;
+    let rid = referrer["id"].as_i64().unwrap();
+    let code = referrer["referral_code"].as_str().unwrap().to_owned();
+    let u = app.signup("orders-group@x.io", Some(&code)).await["id"]
+        .as_i64()
+        .unwrap();
+    // each order costs 10 margin + 0.1 fee
+    app.deposit(u, "101", "live").await.expect(200);
+    app.set_price("BTCUSD", "100").await.expect(200);
+    let (outside, blocker) = app.block_wallets_of(u).await;
+    let together_before = together("committed");
+    let user = app.user(u);
+    let order = json!({
+        "user_id": u, "symbol": "BTCUSD", "side": "buy",
+        "quantity": "1", "leverage": 10, "wallet": "live",
+    });
+    let keys: Vec<String> = (0..30).map(|_| fresh_key()).collect();
+    let send = |key: &String| {
+        let (app, user, key, order) = (&app, &user, key.clone(), order.clone());
+        async move { app.post("/api/v1/orders", user, Some(&key), order).await }
+    };
+    let first = send(&keys[0]);
+    let rest = async {
+        // the first order is in its transaction, waiting for the lock
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        released_after(blocker, 300, join_all(keys[1..].iter().map(send))).await
+    };
+    let (first, rest) = tokio::join!(first, rest);
+    first.expect(201);
+    let replies: Vec<Reply> = std::iter::once(first).chain(rest).collect();
+    assert_no_5xx(&replies);
+    let opened: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
+    assert_eq!(opened.len(), 10, "free margin for exactly 10 orders");
+    for r in replies.iter().filter(|r| r.status != 201) {
+        r.problem(422, "insufficient_margin");
+    }
+    let mut ids: Vec<i64> = opened
+        .iter()
+        .map(|r| r.body["id"].as_i64().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 10, "each order its own id");
+    for r in &opened {
+        let id = r.body["id"].as_i64().unwrap();
+        let read = app.get_ok(&format!("/api/v1/orders/{id}"), &user).await;
+        assert_eq!(read.body, r.body, "the order reads as it was answered");
+    }
+    let queued: std::collections::HashSet<&str> = opened[1..]
+        .iter()
+        .map(|r| r.body["opened_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(queued.len(), 1, "the queued orders were written together");
+    assert!(
+        together("committed") > together_before,
+        "no group of orders was written together"
+    );
+    let w = app.wallet(u, "live").await;
+    assert_eq!(
+        (&w["balance"], &w["margin"], &w["free_margin"]),
+        (&json!("100"), &json!("100"), &json!("0"))
+    );
+    let kinds = app.journal_kinds(u, "live").await;
+    assert_eq!(kinds.iter().filter(|k| *k == "margin_hold").count(), 10);
+    assert_eq!(kinds.iter().filter(|k| *k == "order_open_fee").count(), 10);
+    // level 1 earns 20 % of each 0.1 fee
+    let stats = app
+        .get_ok(&format!("/api/v1/users/{rid}/referrals"), &app.admin())
+        .await;
+    assert_eq!(stats.body["commission_pending"], "0.2");
+    for (key, first) in keys.iter().zip(&replies).take(12) {
+        let again = send(key).await;
+        assert_eq!((again.status, &again.text), (first.status, &first.text));
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    }
+
+    // each order closed twice at once, behind the wallet's lock again
+    outside.close().await.unwrap();
+    let (outside, blocker) = app.block_wallets_of(u).await;
+    let closes = ids.iter().chain(&ids).map(|&id| {
+        let (app, user) = (&app, &user);
+        async move {
+            app.post(
+                &format!("/api/v1/orders/{id}/close"),
+                user,
+                Some(&fresh_key()),
+                json!({}),
+            )
+            .await
+        }
+    });
+    let closed = released_after(blocker, 500, join_all(closes)).await;
+    assert_no_5xx(&closed);
+    let done: Vec<&Reply> = closed.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(done.len(), 10, "each order closes once");
+    for r in closed.iter().filter(|r| r.status != 200) {
+        r.problem(409, "order_not_open");
+    }
+    let mut closed_ids: Vec<i64> = done
+        .iter()
+        .map(|r| r.body["id"].as_i64().unwrap())
+        .collect();
+    closed_ids.sort_unstable();
+    assert_eq!(closed_ids, ids);
+    let at: std::collections::HashSet<&str> = done
+        .iter()
+        .map(|r| r.body["closed_at"].as_str().unwrap())
+        .collect();
+    assert!(at.len() <= 2, "the queued closes were not written together");
+    for r in &done {
+        let id = r.body["id"].as_i64().unwrap();
+        let read = app.get_ok(&format!("/api/v1/orders/{id}"), &user).await;
+        assert_eq!(read.body, r.body, "the order reads as it was answered");
+    }
+    // the price did not move: each close costs its 0.1 fee
+    let w = app.wallet(u, "live").await;
+    assert_eq!(
+        (&w["balance"], &w["margin"], &w["free_margin"]),
+        (&json!("99"), &json!("0"), &json!("99"))
+    );
+    let kinds = app.journal_kinds(u, "live").await;
+    assert_eq!(kinds.iter().filter(|k| *k == "margin_release").count(), 10);
+    assert_eq!(kinds.iter().filter(|k| *k == "close_fee").count(), 10);
+    let stats = app
+        .get_ok(&format!("/api/v1/users/{rid}/referrals"), &app.admin())
+        .await;
+    assert_eq!(stats.body["commission_pending"], "0.4");
+    outside.close().await.unwrap();
+    app.assert_books_balance_and_stop().await;
+}
+
 /// A group's lock of several wallets is planned once per connection: the
 /// wallets go as arrays behind subqueries (see `domain::sql`), so from the
 /// sixth run on one connection PostgreSQL keeps the generic plan for them

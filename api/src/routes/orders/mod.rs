@@ -197,10 +197,7 @@ impl OrdersApi {
     ) -> Result<OrderReply<200>, Errors<status::CloseOrder>> {
         let order = state.ledger.order(id.0).await?;
         require_visible(&auth.0, order.user_id, "order")?;
-        let cmd = CloseOrder {
-            order_id: id.0,
-            fence: fence(&auth.0, lock_token.0.as_ref())?,
-        };
+        let cmd = CloseOrder::of(&order, fence(&auth.0, lock_token.0.as_ref())?)?;
         let idempotent = Idempotent::new(&auth.0, req, &key, &body.0);
         let Some(signal) = signal(&body.signal_id, body.wait, &cmd.fence)? else {
             return Ok(execute(&state.ledger, idempotent, &cmd).await?);
