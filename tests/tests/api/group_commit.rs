@@ -443,12 +443,8 @@ async fn orders_opened_and_closed_together_are_written_together() {
     let (first, rest) = tokio::join!(first, rest);
     first.expect(201);
     let replies: Vec<Reply> = std::iter::once(first).chain(rest).collect();
-    assert_no_5xx(&replies);
-    let opened: Vec<&Reply> = replies.iter().filter(|r| r.status == 201).collect();
-    assert_eq!(opened.len(), 10, "free margin for exactly 10 orders");
-    for r in replies.iter().filter(|r| r.status != 201) {
-        r.problem(422, "insufficient_margin");
-    }
+    // free margin for exactly 10 orders
+    let opened = orders_won(&replies, 201, (422, "insufficient_margin"));
     let mut ids: Vec<i64> = opened
         .iter()
         .map(|r| r.body["id"].as_i64().unwrap())
@@ -456,33 +452,15 @@ async fn orders_opened_and_closed_together_are_written_together() {
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 10, "each order its own id");
-    for r in &opened {
-        let id = r.body["id"].as_i64().unwrap();
-        let read = app.get_ok(&format!("/api/v1/orders/{id}"), &user).await;
-        assert_eq!(read.body, r.body, "the order reads as it was answered");
-    }
-    let queued: std::collections::HashSet<&str> = opened[1..]
-        .iter()
-        .map(|r| r.body["opened_at"].as_str().unwrap())
-        .collect();
-    assert_eq!(queued.len(), 1, "the queued orders were written together");
+    let at = read_as_answered(&app, &user, &opened, "opened_at").await;
+    assert!(at <= 2, "the queued orders were not written together");
     assert!(
         together("committed") > together_before,
         "no group of orders was written together"
     );
-    let w = app.wallet(u, "live").await;
-    assert_eq!(
-        (&w["balance"], &w["margin"], &w["free_margin"]),
-        (&json!("100"), &json!("100"), &json!("0"))
-    );
-    let kinds = app.journal_kinds(u, "live").await;
-    assert_eq!(kinds.iter().filter(|k| *k == "margin_hold").count(), 10);
-    assert_eq!(kinds.iter().filter(|k| *k == "order_open_fee").count(), 10);
     // level 1 earns 20 % of each 0.1 fee
-    let stats = app
-        .get_ok(&format!("/api/v1/users/{rid}/referrals"), &app.admin())
-        .await;
-    assert_eq!(stats.body["commission_pending"], "0.2");
+    let opens = [("margin_hold", 10), ("order_open_fee", 10)];
+    assert_booked(&app, (u, rid), ["100", "100", "0"], opens, "0.2").await;
     for (key, first) in keys.iter().zip(&replies).take(12) {
         let again = send(key).await;
         assert_eq!((again.status, &again.text), (first.status, &first.text));
@@ -505,43 +483,74 @@ async fn orders_opened_and_closed_together_are_written_together() {
         }
     });
     let closed = released_after(blocker, 500, join_all(closes)).await;
-    assert_no_5xx(&closed);
-    let done: Vec<&Reply> = closed.iter().filter(|r| r.status == 200).collect();
-    assert_eq!(done.len(), 10, "each order closes once");
-    for r in closed.iter().filter(|r| r.status != 200) {
-        r.problem(409, "order_not_open");
-    }
+    // each order closes once
+    let done = orders_won(&closed, 200, (409, "order_not_open"));
     let mut closed_ids: Vec<i64> = done
         .iter()
         .map(|r| r.body["id"].as_i64().unwrap())
         .collect();
     closed_ids.sort_unstable();
     assert_eq!(closed_ids, ids);
-    let at: std::collections::HashSet<&str> = done
-        .iter()
-        .map(|r| r.body["closed_at"].as_str().unwrap())
-        .collect();
-    assert!(at.len() <= 2, "the queued closes were not written together");
-    for r in &done {
+    let at = read_as_answered(&app, &user, &done, "closed_at").await;
+    assert!(at <= 2, "the queued closes were not written together");
+    // the price did not move: each close costs its 0.1 fee
+    let closes = [("margin_release", 10), ("close_fee", 10)];
+    assert_booked(&app, (u, rid), ["99", "0", "99"], closes, "0.4").await;
+    outside.close().await.unwrap();
+    app.assert_books_balance_and_stop().await;
+}
+
+/// The 10 answers `ok` of `replies`, after checking that there is no 5xx
+/// and that every other answer is the problem `(status, code)`.
+#[track_caller]
+fn orders_won<'a>(replies: &'a [Reply], ok: u16, (status, code): (u16, &str)) -> Vec<&'a Reply> {
+    assert_no_5xx(replies);
+    let won: Vec<&Reply> = replies.iter().filter(|r| r.status == ok).collect();
+    assert_eq!(won.len(), 10, "{ok} answers");
+    for r in replies.iter().filter(|r| r.status != ok) {
+        r.problem(status, code);
+    }
+    won
+}
+
+/// Each order answered reads as it was answered; how many instants their
+/// `field` (`opened_at`, `closed_at`) names: a group's rows share one.
+async fn read_as_answered(app: &TestApp, user: &str, answered: &[&Reply], field: &str) -> usize {
+    for r in answered {
         let id = r.body["id"].as_i64().unwrap();
-        let read = app.get_ok(&format!("/api/v1/orders/{id}"), &user).await;
+        let read = app.get_ok(&format!("/api/v1/orders/{id}"), user).await;
         assert_eq!(read.body, r.body, "the order reads as it was answered");
     }
-    // the price did not move: each close costs its 0.1 fee
+    let at: std::collections::HashSet<&str> = answered
+        .iter()
+        .map(|r| r.body[field].as_str().unwrap())
+        .collect();
+    at.len()
+}
+
+/// User `u`'s live wallet holds `[balance, margin, free_margin]`, its
+/// journal has `kinds` (each so many times), and referrer `rid`'s pending
+/// commissions are `pending`.
+async fn assert_booked(
+    app: &TestApp,
+    (u, rid): (i64, i64),
+    [balance, margin, free]: [&str; 3],
+    kinds: [(&str, usize); 2],
+    pending: &str,
+) {
     let w = app.wallet(u, "live").await;
     assert_eq!(
         (&w["balance"], &w["margin"], &w["free_margin"]),
-        (&json!("99"), &json!("0"), &json!("99"))
+        (&json!(balance), &json!(margin), &json!(free))
     );
-    let kinds = app.journal_kinds(u, "live").await;
-    assert_eq!(kinds.iter().filter(|k| *k == "margin_release").count(), 10);
-    assert_eq!(kinds.iter().filter(|k| *k == "close_fee").count(), 10);
+    let journal = app.journal_kinds(u, "live").await;
+    for (kind, n) in kinds {
+        assert_eq!(journal.iter().filter(|k| *k == kind).count(), n, "{kind}");
+    }
     let stats = app
         .get_ok(&format!("/api/v1/users/{rid}/referrals"), &app.admin())
         .await;
-    assert_eq!(stats.body["commission_pending"], "0.4");
-    outside.close().await.unwrap();
-    app.assert_books_balance_and_stop().await;
+    assert_eq!(stats.body["commission_pending"], pending);
 }
 
 /// A group's lock of several wallets is planned once per connection: the
