@@ -444,14 +444,10 @@ async fn orders_opened_and_closed_together_are_written_together() {
     first.expect(201);
     let replies: Vec<Reply> = std::iter::once(first).chain(rest).collect();
     // free margin for exactly 10 orders
-    let opened = orders_won(&replies, 201, (422, "insufficient_margin"));
-    let mut ids: Vec<i64> = opened
-        .iter()
-        .map(|r| r.body["id"].as_i64().unwrap())
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    assert_eq!(ids.len(), 10, "each order its own id");
+    let (opened, ids) = orders_won(&replies, 201, (422, "insufficient_margin"));
+    let mut distinct = ids.clone();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 10, "each order its own id");
     let at = read_as_answered(&app, &user, &opened, "opened_at").await;
     assert!(at <= 2, "the queued orders were not written together");
     assert!(
@@ -484,12 +480,7 @@ async fn orders_opened_and_closed_together_are_written_together() {
     });
     let closed = released_after(blocker, 500, join_all(closes)).await;
     // each order closes once
-    let done = orders_won(&closed, 200, (409, "order_not_open"));
-    let mut closed_ids: Vec<i64> = done
-        .iter()
-        .map(|r| r.body["id"].as_i64().unwrap())
-        .collect();
-    closed_ids.sort_unstable();
+    let (done, closed_ids) = orders_won(&closed, 200, (409, "order_not_open"));
     assert_eq!(closed_ids, ids);
     let at = read_as_answered(&app, &user, &done, "closed_at").await;
     assert!(at <= 2, "the queued closes were not written together");
@@ -500,17 +491,24 @@ async fn orders_opened_and_closed_together_are_written_together() {
     app.assert_books_balance_and_stop().await;
 }
 
-/// The 10 answers `ok` of `replies`, after checking that there is no 5xx
-/// and that every other answer is the problem `(status, code)`.
+/// The 10 answers `ok` of `replies` and the order ids they name, sorted,
+/// after checking that there is no 5xx and that every other answer is the
+/// problem `(status, code)`.
 #[track_caller]
-fn orders_won<'a>(replies: &'a [Reply], ok: u16, (status, code): (u16, &str)) -> Vec<&'a Reply> {
+fn orders_won<'a>(
+    replies: &'a [Reply],
+    ok: u16,
+    (status, code): (u16, &str),
+) -> (Vec<&'a Reply>, Vec<i64>) {
     assert_no_5xx(replies);
     let won: Vec<&Reply> = replies.iter().filter(|r| r.status == ok).collect();
     assert_eq!(won.len(), 10, "{ok} answers");
     for r in replies.iter().filter(|r| r.status != ok) {
         r.problem(status, code);
     }
-    won
+    let mut ids: Vec<i64> = won.iter().map(|r| r.body["id"].as_i64().unwrap()).collect();
+    ids.sort_unstable();
+    (won, ids)
 }
 
 /// Each order answered reads as it was answered; how many instants their
