@@ -11,7 +11,8 @@
 //!   sharing one transaction): `group.rs`; coalesced wallet reads:
 //!   `ledger/reads.rs`; the books
 //!   a group of deposits, withdrawals and orders is applied to in memory:
-//!   `ledger/books.rs`, and the orders it opens: `trading/planned.rs`;
+//!   `ledger/books.rs`, and the orders it opens and closes:
+//!   `trading/planned.rs`;
 //! - journal kinds and the hash chain: `ledger/journal.rs`; the books
 //!   check: `ledger/reconcile.rs`;
 //! - margin, fees and P&L arithmetic: `trading/rules.rs`; orders under the
@@ -85,7 +86,7 @@ pub trait Command: Clone + Send + Sync + 'static {
 
     /// Its effect follows from its locked wallets and what `needs` reads
     /// alone, with nothing else read or written on the way (a deposit, a
-    /// withdrawal or an order opened not behind a fencing token): such
+    /// withdrawal, an order opened or closed, none behind a fencing token): such
     /// writes of a group are applied to the group's books in memory one
     /// after the other, a refused one leaving no trace, and written together
     /// (see `group`). `plan` must then do it.

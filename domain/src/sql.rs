@@ -117,6 +117,22 @@ pub fn taken_rows(backend: DbBackend, key: &str, taken: &str) -> String {
     }
 }
 
+/// An `INSERT` of the rows of one JSON document (`json_rows`) into `table`,
+/// in the document's order (ids are given in it), counting what it wrote
+/// (`RETURNING 1`, a `Part`'s text): `columns` are the columns written,
+/// with their types; other fields of the rows are not read.
+pub fn insert_json(table: &str, columns: &[(&str, &str)]) -> String {
+    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
+    let typed: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
+    let names = names.join(", ");
+    format!(
+        "INSERT INTO {table} ({names}) SELECT {names} FROM ROWS FROM \
+         (json_to_recordset(?::json) AS ({})) WITH ORDINALITY AS r({names}, ord) \
+         ORDER BY ord RETURNING 1",
+        typed.join(", ")
+    )
+}
+
 /// Rows as one JSON document, for `json_to_recordset(?::json)`.
 pub fn json_rows<T: Serialize>(rows: &[T]) -> DomainResult<Value> {
     serde_json::to_string(rows)

@@ -19,7 +19,7 @@ use crate::clock::now;
 use crate::error::{DomainError, DomainResult};
 use crate::ledger::journal::chain_hash;
 use crate::money::format_units;
-use crate::sql::{Part, json_rows};
+use crate::sql::{Part, insert_json, json_rows};
 
 /// Minor-unit changes applied together under one lock.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -268,18 +268,28 @@ pub async fn insert_entries<C: ConnectionTrait>(
 /// The journal `INSERT` of these entries on PostgreSQL, rows as one JSON
 /// document (`sql`), ids given in the entries' order.
 pub fn entries_part(entries: &[journal_entry::Model]) -> DomainResult<Part> {
-    const COLUMNS: &str = "operation_id, wallet_id, user_id, wallet_kind, kind, \
-        balance_delta, margin_delta, profit_delta, balance_after, margin_after, profit_after, \
-        held_delta, held_after, reference, metadata, created_at, hash";
     static SQL: LazyLock<String> = LazyLock::new(|| {
-        format!(
-            "INSERT INTO journal_entries ({COLUMNS}) SELECT {COLUMNS} FROM ROWS FROM \
-             (json_to_recordset(?::json) AS (operation_id uuid, wallet_id bigint, \
-             user_id bigint, wallet_kind text, kind text, balance_delta bigint, \
-             margin_delta bigint, profit_delta bigint, balance_after bigint, \
-             margin_after bigint, profit_after bigint, held_delta bigint, held_after bigint, \
-             reference text, metadata text, created_at timestamptz, hash text)) \
-             WITH ORDINALITY AS e({COLUMNS}, ord) ORDER BY ord RETURNING 1"
+        insert_json(
+            "journal_entries",
+            &[
+                ("operation_id", "uuid"),
+                ("wallet_id", "bigint"),
+                ("user_id", "bigint"),
+                ("wallet_kind", "text"),
+                ("kind", "text"),
+                ("balance_delta", "bigint"),
+                ("margin_delta", "bigint"),
+                ("profit_delta", "bigint"),
+                ("balance_after", "bigint"),
+                ("margin_after", "bigint"),
+                ("profit_after", "bigint"),
+                ("held_delta", "bigint"),
+                ("held_after", "bigint"),
+                ("reference", "text"),
+                ("metadata", "text"),
+                ("created_at", "timestamptz"),
+                ("hash", "text"),
+            ],
         )
     });
     Ok(Part {
@@ -298,11 +308,15 @@ pub async fn perform_combined_operation<C: ConnectionTrait>(
     operation_id: Uuid,
     legs: Vec<Leg>,
 ) -> DomainResult<Vec<journal_entry::Model>> {
-    let legs = legs
-        .into_iter()
-        .filter(|l| l.deltas != Deltas::default())
-        .collect();
+    let legs = changes(legs);
     post(conn, operation_id, vec![Posting { wallet, legs }]).await
+}
+
+/// The legs that change something: a combined operation skips the others.
+pub fn changes(legs: Vec<Leg>) -> Vec<Leg> {
+    legs.into_iter()
+        .filter(|l| l.deltas != Deltas::default())
+        .collect()
 }
 
 /// One wallet, balance only.

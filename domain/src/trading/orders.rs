@@ -220,7 +220,7 @@ impl OpenOrder {
         let price = orders.price(self.symbol.as_str())?;
         let cost = self.cost(rules, w, price)?;
         let row = self.row(orders.next_id()?, w.id, price, cost, books.at());
-        let legs = changes(open_legs(cost, row.id));
+        let legs = financial::changes(open_legs(cost, row.id));
         books.post((self.user_id, self.wallet), Uuid::new_v4(), &legs)?;
         let fee = (&row, referrals::OPEN_FEE, cost.fee);
         let commissions = commissions_of(books, orders, fee, rates)?;
@@ -347,21 +347,13 @@ impl CloseOrder {
             .ok_or(DomainError::NotFound("user"))?;
         let price = orders.price(&o.symbol)?;
         let (closed, legs) = close_at(&o, w, price, rules.fee_rate, books.at())?;
-        books.post(self.wallet, Uuid::new_v4(), &changes(legs))?;
+        books.post(self.wallet, Uuid::new_v4(), &financial::changes(legs))?;
         let fee = closed.close_fee.unwrap_or_default();
         let commissions =
             commissions_of(books, orders, (&closed, referrals::CLOSE_FEE, fee), rates)?;
         orders.close(closed.clone(), commissions)?;
         Ok(closed)
     }
-}
-
-/// The legs that change something (`perform_combined_operation` skips the
-/// others).
-fn changes(legs: Vec<Leg>) -> Vec<Leg> {
-    legs.into_iter()
-        .filter(|l| l.deltas != Deltas::default())
-        .collect()
 }
 
 /// The commissions a planned order's fee pays its owner's upline: none
@@ -372,7 +364,7 @@ fn commissions_of(
     (o, fee_kind, fee): (&OrderView, &'static str, i64),
     rates: &[Rate],
 ) -> DomainResult<Vec<commission::Model>> {
-    if o.wallet_kind != WalletKind::Live.as_str() || rates.is_empty() {
+    if o.wallet_kind != WalletKind::Live.as_str() {
         return Ok(Vec::new());
     }
     let chain = orders.upline(o.user_id)?;

@@ -17,13 +17,11 @@ use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 
-use chrono::{DateTime, Utc};
 use infra::entities::{order, referral_commission as commission};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Value};
-use serde::Serialize;
 
 use crate::error::{DomainError, DomainResult};
-use crate::sql::{Part, json_rows, statement};
+use crate::sql::{Part, insert_json, json_rows, statement};
 use crate::trading::referrals::Uplines;
 
 /// What one planned write reads besides its wallets.
@@ -60,9 +58,9 @@ pub struct GroupOrders {
 }
 
 impl GroupOrders {
-    /// Reads what the writes need, in this transaction: the prices and the
-    /// ids in one statement, the uplines from `uplines` (read once per user
-    /// and kept).
+    /// Reads what the writes need, in this transaction: the prices, the new
+    /// ids and the orders to close in one statement, the uplines from
+    /// `uplines` (read once per user and kept).
     pub async fn read(
         txn: &DatabaseTransaction,
         uplines: &Uplines,
@@ -98,7 +96,7 @@ impl GroupOrders {
                 vec![count.into(), symbols.into(), to_close.into()],
             ))
             .await?
-            .ok_or_else(|| DomainError::unexpected("the orders' prices and ids read no row"))?;
+            .ok_or_else(|| DomainError::unexpected("the orders' reads read no row"))?;
         let json = |column: &str| -> DomainResult<Option<serde_json::Value>> {
             let text: Option<String> = row.try_get("", column)?;
             text.map(|t| serde_json::from_str(&t))
@@ -197,30 +195,28 @@ impl GroupOrders {
         self.opened.is_empty() && self.closed.is_empty()
     }
 
-    /// The inserts of the rows added, as parts of the group's one statement
-    /// (`sql::run_together`), each with how many rows it must write: none
-    /// when no order was opened. The same text whatever their number.
+    /// The writes of the orders opened and closed and of their commissions,
+    /// as parts of the group's one statement (`sql::run_together`), each with
+    /// how many rows it must write: none when no order was opened or closed.
+    /// The same text whatever their number.
     pub fn parts(&self) -> DomainResult<Vec<(Part, u64)>> {
         let mut parts = Vec::new();
         if !self.opened.is_empty() {
-            let rows: Vec<OrderRow<'_>> = self.opened.iter().map(OrderRow::from).collect();
             let part = Part {
                 sql: &ORDERS_SQL,
-                values: vec![json_rows(&rows)?],
+                values: vec![json_rows(&self.opened)?],
             };
-            parts.push((part, rows.len() as u64));
+            parts.push((part, self.opened.len() as u64));
         }
         if !self.closed.is_empty() {
             parts.push((self.closes_part()?, self.closed.len() as u64));
         }
         if !self.commissions.is_empty() {
-            let rows: Vec<CommissionRow<'_>> =
-                self.commissions.iter().map(CommissionRow::from).collect();
             let part = Part {
                 sql: &COMMISSIONS_SQL,
-                values: vec![json_rows(&rows)?],
+                values: vec![json_rows(&self.commissions)?],
             };
-            parts.push((part, rows.len() as u64));
+            parts.push((part, self.commissions.len() as u64));
         }
         Ok(parts)
     }
@@ -265,18 +261,7 @@ static CLOSES_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// An insert of the rows of one JSON document, in their order.
-fn insert_json(table: &str, columns: &[(&str, &str)]) -> String {
-    let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-    let typed: Vec<String> = columns.iter().map(|(n, t)| format!("{n} {t}")).collect();
-    let names = names.join(", ");
-    format!(
-        "INSERT INTO {table} ({names}) SELECT {names} FROM \
-         json_to_recordset(?::json) AS r({}) RETURNING 1",
-        typed.join(", ")
-    )
-}
-
+/// The open orders' rows (their close columns stay null).
 static ORDERS_SQL: LazyLock<String> = LazyLock::new(|| {
     insert_json(
         "orders",
@@ -298,6 +283,7 @@ static ORDERS_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The pending commissions' rows (their ids numbered by the table).
 static COMMISSIONS_SQL: LazyLock<String> = LazyLock::new(|| {
     insert_json(
         "referral_commissions",
@@ -315,76 +301,6 @@ static COMMISSIONS_SQL: LazyLock<String> = LazyLock::new(|| {
         ],
     )
 });
-
-/// An open order as inserted (the close columns are null).
-#[derive(Serialize)]
-struct OrderRow<'a> {
-    id: i64,
-    user_id: i64,
-    wallet_id: i64,
-    wallet_kind: &'a str,
-    symbol: &'a str,
-    side: &'a str,
-    quantity: i64,
-    leverage: i32,
-    status: &'a str,
-    open_price: i64,
-    margin: i64,
-    open_fee: i64,
-    opened_at: DateTime<Utc>,
-}
-
-impl<'a> From<&'a order::Model> for OrderRow<'a> {
-    fn from(o: &'a order::Model) -> Self {
-        Self {
-            id: o.id,
-            user_id: o.user_id,
-            wallet_id: o.wallet_id,
-            wallet_kind: &o.wallet_kind,
-            symbol: &o.symbol,
-            side: &o.side,
-            quantity: o.quantity,
-            leverage: o.leverage,
-            status: &o.status,
-            open_price: o.open_price,
-            margin: o.margin,
-            open_fee: o.open_fee,
-            opened_at: o.opened_at,
-        }
-    }
-}
-
-/// A pending commission as inserted.
-#[derive(Serialize)]
-struct CommissionRow<'a> {
-    order_id: i64,
-    fee_kind: &'a str,
-    level: i32,
-    referrer_id: i64,
-    referee_id: i64,
-    fee: i64,
-    rate: i64,
-    amount: i64,
-    status: &'a str,
-    created_at: DateTime<Utc>,
-}
-
-impl<'a> From<&'a commission::Model> for CommissionRow<'a> {
-    fn from(c: &'a commission::Model) -> Self {
-        Self {
-            order_id: c.order_id,
-            fee_kind: &c.fee_kind,
-            level: c.level,
-            referrer_id: c.referrer_id,
-            referee_id: c.referee_id,
-            fee: c.fee,
-            rate: c.rate,
-            amount: c.amount,
-            status: &c.status,
-            created_at: c.created_at,
-        }
-    }
-}
 
 #[cfg(test)]
 impl GroupOrders {

@@ -2,7 +2,7 @@ use sea_orm::entity::prelude::*;
 
 /// A leveraged market order. Quantity, prices and amounts are minor units at
 /// scale 8; the close columns are null while the order is open.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize, serde::Deserialize)]
 #[sea_orm(table_name = "orders")]
 pub struct Model {
     #[sea_orm(primary_key)]

@@ -2,7 +2,7 @@ use sea_orm::entity::prelude::*;
 
 /// One upline level's share of one order fee: accrued `pending` in the
 /// order's transaction, `paid` by settlement. Unique per (order, fee, level).
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "referral_commissions")]
 pub struct Model {
     #[sea_orm(primary_key)]
