@@ -279,6 +279,7 @@ impl From<&DomainError> for ApiError {
             DomainError::Database(_)
             | DomainError::Unexpected(_)
             | DomainError::ClaimLost
+            | DomainError::NotInGroup
             | DomainError::LeaseLost(_) => {
                 tracing::error!(request_id = %current_request_id(), error = %error_chain(e), "unexpected error");
                 Self::internal()

@@ -85,6 +85,11 @@ pub enum DomainError {
     /// answer is read. Never sent to a client as such.
     #[error("the idempotency claim was lost")]
     ClaimLost,
+    /// A trade on a signal could not run inside a group (its lock was busy
+    /// or deduplicated, or the group took the savepoint path): it takes the
+    /// steps one by one instead. Never sent to a client as such.
+    #[error("the trade could not run in its group")]
+    NotInGroup,
     /// A conflict that re-running the whole transaction may resolve
     /// (deadlock, serialization failure, lock timeout, SQLite busy).
     #[error("transient database conflict ({cause})")]

@@ -14,15 +14,17 @@
 //!    ascending id order — one lock per wallet, and two groups (in this
 //!    process or another) never wait on each other in a cycle;
 //! 3. a group of planned writes (`Command::planned`: deposits, unfenced
-//!    withdrawals, and on PostgreSQL unfenced orders opened and closed) is
-//!    applied to the group's books in memory, write after write, a refused
-//!    one leaving no trace (`ledger::books`), once what its orders need is
-//!    read (their prices, new ids, the orders to close, in one statement:
-//!    `trading::planned`); then one `UPDATE` for all the wallets, one
+//!    withdrawals, and on PostgreSQL unfenced orders opened and closed,
+//!    trades on signals among them) is applied to the group's books in
+//!    memory, write after write, a refused one leaving no trace
+//!    (`ledger::books`), once what its orders need is read (their prices,
+//!    new ids, the orders to close, in one statement: `trading::planned`)
+//!    and, before the wallets are locked, whether its trades' locks are
+//!    free (`locks::planned`); then one `UPDATE` for all the wallets, one
 //!    journal `INSERT` for all the entries, one `INSERT` storing every
 //!    answer, refusals included, and one each for the orders opened, the
-//!    orders closed and their commissions — on PostgreSQL all in one
-//!    statement (`sql::run_together`).
+//!    orders closed, their commissions and the locks granted and released
+//!    — on PostgreSQL all in one statement (`sql::run_together`).
 //!    Should one of those keys have been stored elsewhere meanwhile, that
 //!    attempt is rolled back and the group runs as below. A planned write
 //!    alone goes this way too;
@@ -36,12 +38,13 @@
 //! under load the writes that arrived during one commit make up the next
 //! group. Planned writes and the others queue apart, each with its own
 //! groups (`GroupCommitConfig`): a planned group is three statements (four
-//! with orders) however big it is, so few run at once and each takes all
-//! that waits; a group of the others runs its writes one after the other,
-//! so its time grows with its size, and more, smaller ones run side by side
-//! on their own connections (a transfer never waits behind a deposit group,
-//! nor a deposit behind a group of transfers). A client that hangs up cannot cancel the others'
-//! writes. A planned write waiting for its group does not count against the
+//! with orders, six with trades on signals) however big it is, so few run
+//! at once and each takes all that waits; a group of the others runs its
+//! writes one after the other, so its time grows with its size, and more,
+//! smaller ones run side by side on their own connections (a transfer never
+//! waits behind a deposit group, nor a deposit behind a group of
+//! transfers). A client that hangs up cannot cancel the others' writes. A
+//! planned write waiting for its group does not count against the
 //! in-flight limit (`infra::in_flight`).
 
 use std::collections::HashSet;
@@ -58,9 +61,11 @@ use tokio::sync::oneshot;
 use crate::Ledger;
 use crate::batch::Batcher;
 use crate::error::{DomainError, DomainResult};
-use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, stored_all};
+use crate::idempotency::{Claim, IdempotentRequest, Outcome, StoredResponse, stored_all};
 use crate::ledger::books::{Books, Parts, check_updated};
 use crate::ledger::wallets::{WalletKind, lock_books, lock_wallets_of};
+use crate::locks::LockEvent;
+use crate::locks::planned::GroupLocks;
 use crate::sql::run_together;
 use crate::trading::planned::{GroupOrders, Needs};
 use crate::tx::RetryPolicy;
@@ -81,11 +86,13 @@ pub type Refusal = Arc<dyn Fn(&DomainError) -> StoredResponse + Send + Sync>;
 pub type PlanOp = Arc<dyn Fn(&mut Plan) -> DomainResult<StoredResponse> + Send + Sync>;
 
 /// What a group of planned writes is applied to in memory: its locked
-/// wallets and their entries, and the orders it opens.
+/// wallets and their entries, the orders it opens and closes, and the locks
+/// its trades on signals run under.
 #[derive(Debug)]
 pub struct Plan {
     pub books: Books,
     pub orders: GroupOrders,
+    pub locks: GroupLocks,
 }
 
 /// A queued write and where its answer goes.
@@ -220,8 +227,9 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             .await;
         let counted = |outcome| metrics().group_together.with_label_values(&[outcome]).inc();
         match together {
-            Ok(Ok(answered)) => {
+            Ok(Ok((answered, events))) => {
                 counted("committed");
+                ledger.locks.publish(events);
                 Ok(answered)
             }
             // A key was stored elsewhere: nothing of that attempt stayed.
@@ -255,11 +263,17 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
     }
 }
 
-/// Every write of the group is planned, each under its own key (two
-/// answers to one key cannot be stored in one statement).
+/// Every write of the group is planned, each under keys of its own (two
+/// answers to one key cannot be stored in one statement; a trade on a
+/// signal stores its answer under the client's key too).
 fn planned(group: &[Write]) -> bool {
-    let keys: HashSet<&str> = group.iter().map(|w| w.req.key.as_str()).collect();
-    keys.len() == group.len() && group.iter().all(|w| w.plan.is_some())
+    let keys: Vec<&str> = group
+        .iter()
+        .flat_map(|w| std::iter::once(&w.req).chain(w.req.also.as_deref()))
+        .map(|req| req.key.as_str())
+        .collect();
+    let distinct: HashSet<&str> = keys.iter().copied().collect();
+    distinct.len() == keys.len() && group.iter().all(|w| w.plan.is_some())
 }
 
 /// A group of planned writes that could not be written together: one of
@@ -273,9 +287,15 @@ async fn claim_all(
     txn: &DatabaseTransaction,
     group: &[Write],
 ) -> DomainResult<Vec<Option<Ended>>> {
-    let reqs: Vec<&IdempotentRequest> = group.iter().map(|w| &w.req).collect();
+    let claims: Vec<(&IdempotentRequest, Claim)> = group
+        .iter()
+        .map(|w| match &w.plan {
+            Some((_, needs)) if needs.lock.is_some() => (&w.req, Claim::Read),
+            _ => (&w.req, Claim::Own),
+        })
+        .collect();
     let mut ended = Vec::with_capacity(group.len());
-    for claim in ledger.idempotency.claim_all(txn, &reqs).await? {
+    for claim in ledger.idempotency.claim_all(txn, &claims).await? {
         ended.push(match claim {
             Ok(Some(response)) => {
                 metrics().idempotent_replays.inc();
@@ -314,17 +334,26 @@ async fn run_planned(
     ledger: &Ledger,
     txn: &Arc<DatabaseTransaction>,
     group: &[Write],
-) -> DomainResult<Result<Vec<Ended>, NotTogether>> {
+) -> DomainResult<Result<(Vec<Ended>, Vec<LockEvent>), NotTogether>> {
     let mut ended = claim_all(ledger, txn, group).await?;
-    let books = lock_books(txn, &wallets_to_lock(group, &ended)).await?;
     let needs: Vec<&Needs> = group
         .iter()
         .zip(&ended)
         .filter(|(_, ended)| ended.is_none())
         .filter_map(|(write, _)| write.plan.as_ref().map(|(_, needs)| needs))
         .collect();
+    // Locks before wallets, as a trade alone takes them
+    // (`LockService::run_at_once`): no two transactions wait on each other
+    // in a cycle.
+    let lock_needs: Vec<_> = needs.iter().filter_map(|n| n.lock.as_ref()).collect();
+    let locks = GroupLocks::read(txn, &lock_needs, ledger.locks.rules().dedupe_ms).await?;
+    let books = lock_books(txn, &wallets_to_lock(group, &ended)).await?;
     let orders = GroupOrders::read(txn, &ledger.uplines, &needs).await?;
-    let mut plan = Plan { books, orders };
+    let mut plan = Plan {
+        books,
+        orders,
+        locks,
+    };
     let mut answers = Vec::with_capacity(group.len());
     for (write, ended) in group.iter().zip(ended.iter_mut()) {
         let (None, Some((op, _))) = (&ended, &write.plan) else {
@@ -340,11 +369,11 @@ async fn run_planned(
         .iter()
         .map(|(req, response)| (*req, response))
         .collect();
-    match write_planned(ledger, txn, plan, &stored).await {
-        Ok(()) => {}
+    let events = match write_planned(ledger, txn, plan, &stored).await {
+        Ok(events) => events,
         Err(DomainError::ClaimLost) => return Ok(Err(NotTogether)),
         Err(e) => return Err(e),
-    }
+    };
     let mut answers = answers.into_iter();
     let out = ended
         .into_iter()
@@ -361,28 +390,35 @@ async fn run_planned(
                 .ok_or_else(|| DomainError::unexpected("a planned write without an answer")),
         })
         .collect::<DomainResult<Vec<_>>>()?;
-    Ok(Ok(out))
+    Ok(Ok((out, events)))
 }
 
-/// Writes a planned group's books and the orders it opened, and stores its
-/// answers: on PostgreSQL in one statement (the wallets, the entries, the
-/// answers, the orders and their commissions: one round trip), on SQLite
-/// (no orders there, see `Ledger::plans`) one after the other. `ClaimLost`
-/// when one of the keys was stored elsewhere meanwhile.
+/// Writes a planned group's books, the orders it opened and closed and the
+/// locks it granted, and stores its answers: on PostgreSQL in one statement
+/// (the wallets, the entries, the answers, the orders and their
+/// commissions, the locks: one round trip), on SQLite (no orders nor locks
+/// there, see `Ledger::plans`) one after the other. `ClaimLost` when one of
+/// the keys was stored elsewhere meanwhile. Returns the locks' events, for
+/// after the commit.
 async fn write_planned(
     ledger: &Ledger,
     txn: &DatabaseTransaction,
-    Plan { books, orders }: Plan,
+    Plan {
+        books,
+        orders,
+        locks,
+    }: Plan,
     stored: &[(&IdempotentRequest, &StoredResponse)],
-) -> DomainResult<()> {
+) -> DomainResult<Vec<LockEvent>> {
     if txn.get_database_backend() != DbBackend::Postgres {
-        if !orders.is_empty() {
+        if !orders.is_empty() || !locks.is_empty() {
             return Err(DomainError::unexpected(
-                "orders are planned on PostgreSQL only",
+                "orders and locks are planned on PostgreSQL only",
             ));
         }
         books.write(txn).await?;
-        return ledger.idempotency.store_all(txn, stored).await;
+        ledger.idempotency.store_all(txn, stored).await?;
+        return Ok(Vec::new());
     }
     let Parts {
         wallets,
@@ -390,7 +426,8 @@ async fn write_planned(
         changed,
     } = books.parts()?;
     let answers = ledger.idempotency.store_part(stored)?;
-    let (added, expected): (Vec<_>, Vec<u64>) = orders.parts()?.into_iter().unzip();
+    let (added, expected): (Vec<_>, Vec<u64>) =
+        orders.parts()?.into_iter().chain(locks.parts()?).unzip();
     let mut parts = vec![wallets, entries, answers];
     parts.extend(added);
     let written = run_together(txn, parts).await?;
@@ -402,10 +439,11 @@ async fn write_planned(
     check_updated(changed, updated)?;
     if inserted != expected.as_slice() {
         return Err(DomainError::unexpected(format!(
-            "a group's orders and commissions: {inserted:?} rows written of {expected:?}"
+            "a group's orders, commissions and locks: {inserted:?} rows written of {expected:?}"
         )));
     }
-    stored_all(stored, keys)
+    stored_all(stored, keys)?;
+    Ok(locks.into_events())
 }
 
 /// One attempt at a group, inside its transaction.

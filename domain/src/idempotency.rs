@@ -57,6 +57,19 @@ pub struct Outcome {
     pub replayed: bool,
 }
 
+/// How a write takes its key in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// Owned until the transaction ends: a claim of it elsewhere meanwhile
+    /// is answered in flight.
+    Own,
+    /// Only read, for its stored answer: a trade on a signal in a group,
+    /// which its lock keeps apart from the signal's other trades
+    /// (`locks::planned`). Owning its key there would turn away the steps
+    /// one by one of a trade holding that lock (they claim the key).
+    Read,
+}
+
 /// What identifies one idempotent request.
 #[derive(Debug, Clone)]
 pub struct IdempotentRequest {
@@ -387,7 +400,7 @@ impl IdempotencyService {
         txn: &DatabaseTransaction,
         req: &IdempotentRequest,
     ) -> DomainResult<Option<StoredResponse>> {
-        self.claim_all(txn, &[req])
+        self.claim_all(txn, &[(req, Claim::Own)])
             .await?
             .pop()
             .unwrap_or_else(|| Err(DomainError::unexpected("a claim without an answer")))
@@ -399,8 +412,9 @@ impl IdempotencyService {
     pub(crate) async fn claim_all(
         &self,
         txn: &DatabaseTransaction,
-        reqs: &[&IdempotentRequest],
+        claims: &[(&IdempotentRequest, Claim)],
     ) -> DomainResult<Vec<DomainResult<Option<StoredResponse>>>> {
+        let reqs: Vec<&IdempotentRequest> = claims.iter().map(|(req, _)| *req).collect();
         let at_ms = now_ms();
         let mut out = Vec::with_capacity(reqs.len());
         if txn.get_database_backend() != DbBackend::Postgres {
@@ -426,27 +440,37 @@ impl IdempotencyService {
         // connection: with the arrays in sight PostgreSQL planned it again
         // on every run while they were short (0.14 ms of planning for a
         // claim that runs in 0.05 ms; see `sql`).
-        let (sql, values) = match reqs {
-            [req] => (
-                "SELECT pg_try_advisory_xact_lock(?) AS locked, k.request_hash, k.status, \
+        //
+        // A key only read (`Claim::Read`) takes no lock: its statement is
+        // the same, with `locked` true.
+        let (sql, values) = match claims {
+            [(req, claim)] => (
+                "SELECT CASE WHEN ? THEN pg_try_advisory_xact_lock(?) ELSE true END AS locked, \
+                 k.request_hash, k.status, \
                  k.response_status, k.response_body, k.locked_until_ms, k.expires_at_ms \
                  FROM (SELECT 1) AS q LEFT JOIN LATERAL \
                  (SELECT * FROM idempotency_keys i WHERE i.key = ? LIMIT 1) k ON true",
-                vec![lock_id(&req.key).into(), req.key.clone().into()],
+                vec![
+                    (*claim == Claim::Own).into(),
+                    lock_id(&req.key).into(),
+                    req.key.clone().into(),
+                ],
             ),
             _ => {
+                let owned: Vec<bool> = claims.iter().map(|(_, c)| *c == Claim::Own).collect();
                 let lock_ids: Vec<i64> = reqs.iter().map(|req| lock_id(&req.key)).collect();
                 let keys: Vec<String> = reqs.iter().map(|req| req.key.clone()).collect();
                 (
-                    "SELECT pg_try_advisory_xact_lock(q.lock_id) AS locked, k.request_hash, \
+                    "SELECT CASE WHEN q.owned THEN pg_try_advisory_xact_lock(q.lock_id) \
+                     ELSE true END AS locked, k.request_hash, \
                      k.status, k.response_status, k.response_body, k.locked_until_ms, \
                      k.expires_at_ms \
-                     FROM unnest((SELECT ?::bigint[]), (SELECT ?::text[])) \
-                     WITH ORDINALITY AS q(lock_id, key, ord) \
+                     FROM unnest((SELECT ?::boolean[]), (SELECT ?::bigint[]), (SELECT ?::text[])) \
+                     WITH ORDINALITY AS q(owned, lock_id, key, ord) \
                      LEFT JOIN LATERAL \
                      (SELECT * FROM idempotency_keys i WHERE i.key = q.key LIMIT 1) k \
                      ON true ORDER BY q.ord",
-                    vec![lock_ids.into(), keys.into()],
+                    vec![owned.into(), lock_ids.into(), keys.into()],
                 )
             }
         };
@@ -456,7 +480,7 @@ impl IdempotencyService {
         if rows.len() != reqs.len() {
             return Err(DomainError::unexpected("the claim query lost a row"));
         }
-        for (row, req) in rows.iter().zip(reqs) {
+        for (row, req) in rows.iter().zip(&reqs) {
             if !row.try_get::<bool>("", "locked")? {
                 out.push(Err(DomainError::IdempotencyInFlight));
                 continue;

@@ -132,15 +132,46 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
         }
     })
     .await;
+    let signalled = std::sync::Mutex::new(Vec::new());
+    let signal_open = per_operation("order open on a signal", |i| {
+        let (app, user_a, signalled) = (&app, &user_a, &signalled);
+        let order = serde_json::json!({
+            "user_id": a, "symbol": "COSTUSD", "side": "buy", "quantity": "1",
+            "leverage": 10, "wallet": "live", "signal_id": format!("cost-open-{i}"),
+        });
+        async move {
+            let r = app.post_new("/api/v1/orders", user_a, order).await;
+            r.expect(201);
+            signalled
+                .lock()
+                .unwrap()
+                .push(r.body["id"].as_i64().unwrap());
+        }
+    })
+    .await;
+    let signalled = signalled.into_inner().unwrap();
+    let signal_close = per_operation("order close on a signal", |i| {
+        let (app, user_a, id) = (&app, &user_a, signalled[i as usize]);
+        async move {
+            let body = serde_json::json!({ "signal_id": format!("cost-close-{i}") });
+            app.post_new(&format!("/api/v1/orders/{id}/close"), user_a, body)
+                .await
+                .expect(200);
+        }
+    })
+    .await;
 
     // One commit per write: the key's claim, the money, the journal and the
-    // stored answer are one transaction.
+    // stored answer are one transaction (on a signal, with the grant and
+    // the release of its lock).
     for (what, (_, commits)) in [
         ("deposit", deposit),
         ("withdrawal", withdraw),
         ("transfer", transfer),
         ("order open", open),
         ("order close", close),
+        ("order open on a signal", signal_open),
+        ("order close on a signal", signal_close),
     ] {
         assert_eq!(commits, 1.0, "{what}: commits per operation");
     }
@@ -161,6 +192,11 @@ async fn each_money_write_is_one_commit_with_a_fixed_number_of_round_trips() {
     let opens = (open.0 * N as f64).round() as i64;
     assert_eq!(opens, 4 * N + 1, "order open: statements in all");
     assert_eq!(close.0, 5.0, "order close: statements");
+    // On a signal, the group also takes the signal's lock: its fencing row,
+    // then whether it is free; the lock's grant, ended, is written in the
+    // group's one statement.
+    assert_eq!(signal_open.0, 6.0, "order open on a signal: statements");
+    assert_eq!(signal_close.0, 7.0, "order close on a signal: statements");
 
     // The database agrees. Its statistics are flushed when the server's
     // connections close; besides the counted transactions it has seen the

@@ -11,6 +11,8 @@
 //!   at read, the hand-off to the queue head, the grant): `store.rs`;
 //! - ordering rules of the queue (priority, FIFO, aging): `queue.rs`;
 //! - fencing tokens and the write fence: `fencing.rs`;
+//! - locks granted and released inside a planned group (a trade on a free
+//!   signal among deposits and orders): `planned.rs`;
 //! - resource names and request bounds: `resource.rs`;
 //! - the duplicate-work key: `dedupe.rs`;
 //! - the statistics, kept as a tally of finished grants: `tally.rs`;
@@ -27,6 +29,7 @@
 pub mod dedupe;
 pub mod events;
 pub mod fencing;
+pub mod planned;
 pub mod queue;
 pub mod resource;
 pub mod service;

@@ -172,6 +172,12 @@ impl LockService {
         &self.rules
     }
 
+    /// Tells the monitor and the waiters of changes committed elsewhere (a
+    /// planned group's grants).
+    pub(crate) fn publish(&self, events: Vec<LockEvent>) {
+        self.events.publish(events);
+    }
+
     /// Every change of a lock or queue item this process commits, from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<LockEvent> {
         self.events.subscribe()

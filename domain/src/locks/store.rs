@@ -313,6 +313,37 @@ pub(crate) async fn average_hold_ms<C: ConnectionTrait>(
     })
 }
 
+/// `spec` granted at once, as a new lock behind `token`, at `now`.
+pub(crate) fn granted_at_once(spec: &LockSpec, token: i64, now: i64) -> lock::Model {
+    Grant::now(spec).row(Uuid::new_v4().to_string(), token, now)
+}
+
+/// `grant`, taken in this same transaction, as its owner `by` ends it at
+/// `at`: `released` with `how.result`, or `failed` with `how.error`; and
+/// what the monitor hears of it.
+pub(crate) fn ended_own(
+    grant: lock::Model,
+    by: &str,
+    how: &Release,
+    at: i64,
+) -> (lock::Model, EventKind) {
+    let (status, event) = if how.error.is_some() {
+        (LockStatus::Failed, EventKind::Failed)
+    } else {
+        (LockStatus::Released, EventKind::Released)
+    };
+    let row = lock::Model {
+        status: status.as_str().into(),
+        result: how.result.as_ref().map(json),
+        error: how.error.clone(),
+        released_at_ms: Some(at),
+        released_by: Some(by.to_owned()),
+        release_reason: how.reason.clone(),
+        ..grant
+    };
+    (row, event)
+}
+
 /// The fields a grant is made of, from a request or from a queue item.
 struct Grant<'s> {
     resources: &'s [String],
@@ -924,7 +955,7 @@ impl<'t> Store<'t> {
         if busy != Some(0) {
             return Ok(None);
         }
-        let grant = Grant::now(spec).row(Uuid::new_v4().to_string(), token, self.now);
+        let grant = granted_at_once(spec, token, self.now);
         let view = LockView::from_row(grant.clone(), self.now);
         self.events
             .push(LockEvent::lock(EventKind::Acquired, view, self.now));
@@ -946,30 +977,12 @@ impl<'t> Store<'t> {
     ) -> DomainResult<LockView> {
         // Held until now: the history shows how long the work under it took.
         self.now = self.now.max(now_ms());
-        let status = if how.error.is_some() {
-            LockStatus::Failed
-        } else {
-            LockStatus::Released
-        };
-        let row = lock::Model {
-            status: status.as_str().into(),
-            result: how.result.as_ref().map(json),
-            error: how.error.clone(),
-            released_at_ms: Some(self.now),
-            released_by: Some(by.to_owned()),
-            release_reason: how.reason.clone(),
-            ..grant
-        };
-        self.insert_lock(&row, &names(&row.resources), status.as_str())
+        let (row, event) = ended_own(grant, by, how, self.now);
+        self.insert_lock(&row, &names(&row.resources), &row.status)
             .await?;
         let view = LockView::from_row(row, self.now);
-        let kind = if status == LockStatus::Failed {
-            EventKind::Failed
-        } else {
-            EventKind::Released
-        };
         self.events
-            .push(LockEvent::lock(kind, view.clone(), self.now));
+            .push(LockEvent::lock(event, view.clone(), self.now));
         Ok(view)
     }
 

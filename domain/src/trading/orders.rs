@@ -120,7 +120,7 @@ impl Command for OpenOrder {
             price: Some(self.symbol.as_str().to_owned()),
             orders: 1,
             upline: (self.wallet == WalletKind::Live).then_some(self.user_id),
-            close: None,
+            ..Needs::default()
         }
     }
 
@@ -673,6 +673,7 @@ mod tests {
                 orders: 1,
                 upline: Some(3),
                 close: None,
+                lock: None,
             }
         );
         assert_eq!(open(WalletKind::Demo, UNIT).needs().upline, None);

@@ -21,6 +21,7 @@ use infra::entities::{order, referral_commission as commission};
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Value};
 
 use crate::error::{DomainError, DomainResult};
+use crate::locks::planned::LockNeed;
 use crate::sql::{Part, insert_json, json_rows, statement};
 use crate::trading::referrals::Uplines;
 
@@ -35,6 +36,9 @@ pub struct Needs {
     pub close: Option<i64>,
     /// The user whose referral upline its fee pays commissions to.
     pub upline: Option<i64>,
+    /// The lock it runs under, granted and released in the group (a trade
+    /// on a signal: `locks::planned`).
+    pub lock: Option<LockNeed>,
 }
 
 impl Needs {

@@ -21,23 +21,29 @@
 //!
 //! A trade on a free signal, the common case, commits once: the lock's
 //! grant, the order, the lock's release with the order as its result and
-//! the signal's answer are one transaction (`LockService::run_at_once`),
-//! which is the order's fence. A signal that is busy, waited for or
+//! the signal's answer are one transaction, which is the order's fence:
+//! on PostgreSQL with group commit on, a planned group shared with other
+//! money writes (`locks::planned`, `group`); otherwise one of its own
+//! (`LockService::run_at_once`). A signal that is busy, waited for or
 //! already traded, and an order that is refused or fails (which rolls that
 //! transaction back), take the steps one by one: the stored answer, or
 //! grant, fenced order and release, which record a refusal or a failure in
 //! the lock's history.
+
+use std::sync::Arc;
 
 use sea_orm::DatabaseTransaction;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::error::{DomainError, DomainResult};
+use crate::group::{GroupCommit, Plan, PlanOp, WriteOp};
 use crate::idempotency::{IdempotentRequest, Outcome, StoredResponse, fingerprint, storage_key};
 use crate::locks::fencing::{Fence, LockToken};
 use crate::locks::service::MAX_WAIT;
-use crate::locks::{AcquireRequest, Acquired, AtOnce, LockView, QueueItemView, WaitMode};
+use crate::locks::{AcquireRequest, Acquired, AtOnce, LockSpec, LockView, QueueItemView, WaitMode};
 use crate::trading::orders::{CloseOrder, OpenOrder};
+use crate::trading::planned::Needs;
 use crate::trading::rules::Side;
 use crate::{Command, Ledger};
 
@@ -188,10 +194,13 @@ struct LockResult(Outcome);
 
 impl Serialize for LockResult {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        serde_json::from_str::<serde_json::Value>(&self.0.response.body)
-            .unwrap_or(serde_json::Value::Null)
-            .serialize(s)
+        result_of(&self.0.response).serialize(s)
     }
+}
+
+/// An answer as a lock's result.
+fn result_of(response: &StoredResponse) -> serde_json::Value {
+    serde_json::from_str(&response.body).unwrap_or(serde_json::Value::Null)
 }
 
 type Render<C> = fn(&<C as Command>::Output) -> StoredResponse;
@@ -246,23 +255,17 @@ impl Ledger {
         let lock = trade.lock_request(signal);
         // The common case, a fresh key on a signal nobody else is trading:
         // the grant, the order behind it, the lock's release with the order
-        // as its result and the answer under both keys commit together.
-        let at_once = self
-            .locks
-            .run_at_once(&lock, |txn, _| {
-                let (req, cmd) = (&req, &cmd);
-                async move { self.trade_at_once(&txn, req, cmd, render).await }
-            })
-            .await?;
-        match at_once {
-            AtOnce::Ran(LockResult(outcome)) => return Ok(outcome),
-            AtOnce::Busy => {}
-            // Nothing of it was committed: the steps one by one answer it
-            // as they always have (a stored answer is the first trade's, and
-            // a refused or failed order is recorded in the lock's history).
-            AtOnce::Declined(why) => {
-                tracing::debug!(error = %why, "a trade on a signal takes the steps one by one");
+        // as its result and the answer under both keys commit together, in
+        // a planned group with other writes where there is one.
+        let at_once = match self.signal_group(&cmd, &lock)? {
+            Some((group, spec)) => {
+                self.trade_in_group(&group, &req, spec, &cmd, render, refuse.clone())
+                    .await?
             }
+            None => self.trade_at_once(&req, &lock, &cmd, render).await?,
+        };
+        if let Some(outcome) = at_once {
+            return Ok(outcome);
         }
         if let Some(replay) = self.idempotency.replay(client).await? {
             return Ok(replay);
@@ -282,6 +285,120 @@ impl Ledger {
         }
     }
 
+    /// The group a trade on `lock` runs in, with the lock's request, when
+    /// it can: on PostgreSQL, with group commit on, for a trade whose order
+    /// is planned.
+    fn signal_group<C: Fenced>(
+        &self,
+        cmd: &C,
+        lock: &AcquireRequest,
+    ) -> DomainResult<Option<(Arc<GroupCommit>, LockSpec)>> {
+        let spec = lock.validate()?;
+        let needs = Needs {
+            lock: spec.need(),
+            ..cmd.needs()
+        };
+        Ok(match (&self.group, cmd.wallets()) {
+            (Some(group), Some(_))
+                if cmd.planned() && needs.lock.is_some() && self.plans(&needs) =>
+            {
+                Some((Arc::clone(group), spec))
+            }
+            _ => None,
+        })
+    }
+
+    /// The trade in a planned group (`locks::planned`): when its signal is
+    /// free, its lock granted, its order run on the group's books, the lock
+    /// released with the answer as its result and the answer stored under
+    /// both keys, with the group's writes, in its commit. `None` when it
+    /// could not run there (the signal busy or already traded, the signal's
+    /// key in flight or answered): nothing of it was written, and the steps
+    /// one by one answer it.
+    async fn trade_in_group<C, E>(
+        &self,
+        group: &GroupCommit,
+        req: &IdempotentRequest,
+        spec: LockSpec,
+        cmd: &C,
+        render: Render<C>,
+        refuse: E,
+    ) -> DomainResult<Option<Outcome>>
+    where
+        C: Fenced,
+        E: Refuse,
+    {
+        let (Some(wallets), Some(need)) = (cmd.wallets(), spec.need()) else {
+            return Ok(None);
+        };
+        let needs = Needs {
+            lock: Some(need.clone()),
+            ..cmd.needs()
+        };
+        let (ledger, planned, refusal) = (self.clone(), cmd.clone(), refuse.clone());
+        let plan: PlanOp = Arc::new(move |plan: &mut Plan| {
+            if !plan.locks.is_free(&need) {
+                return Err(DomainError::NotInGroup);
+            }
+            let response = match planned.plan(&ledger, plan) {
+                Ok(order) => render(&order),
+                Err(e) if e.is_refusal() => refusal(&e),
+                Err(e) => return Err(e),
+            };
+            plan.locks.run(&spec, result_of(&response))?;
+            Ok(response)
+        });
+        // Should the group write its writes one by one, the trade takes the
+        // steps instead.
+        let alone: WriteOp = Arc::new(|_| Box::pin(async { Err(DomainError::NotInGroup) }));
+        let ran = group
+            .submit(
+                self,
+                C::NAME,
+                req.clone(),
+                wallets,
+                (alone, Some((plan, needs))),
+                Arc::new(refuse),
+            )
+            .await;
+        match ran {
+            Ok(outcome) if !outcome.replayed => Ok(Some(outcome)),
+            Ok(_) | Err(DomainError::NotInGroup | DomainError::IdempotencyInFlight) => Ok(None),
+            Err(e) if e.is_refusal() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The trade alone, in the transaction that takes the signal's lock
+    /// (`LockService::run_at_once`). `None` when it could not run there
+    /// (the signal busy, or the order refused or failed, which rolls that
+    /// transaction back): nothing of it was committed, and the steps one by
+    /// one answer it as they always have (a stored answer is the first
+    /// trade's, and a refused or failed order is recorded in the lock's
+    /// history).
+    async fn trade_at_once<C: Fenced>(
+        &self,
+        req: &IdempotentRequest,
+        lock: &AcquireRequest,
+        cmd: &C,
+        render: Render<C>,
+    ) -> DomainResult<Option<Outcome>> {
+        let at_once = self
+            .locks
+            .run_at_once(lock, |txn, _| async move {
+                self.order_at_once(&txn, req, cmd, render).await
+            })
+            .await?;
+        match at_once {
+            AtOnce::Ran(LockResult(outcome)) => Ok(Some(outcome)),
+            AtOnce::Busy => Ok(None),
+            AtOnce::Declined(why) => {
+                tracing::debug!(error = %why, "a trade on a signal takes the steps one by one");
+                Ok(None)
+            }
+        }
+    }
+
     /// The trade inside the transaction that takes the signal's lock: the
     /// order, and its answer stored under the signal's key and the client's.
     /// That transaction is the order's fence (see `LockService::run_at_once`),
@@ -290,7 +407,7 @@ impl Ledger {
     /// before its lock left the dedupe window, or the client's key used
     /// before) refuses the store with `ClaimLost`, the order is rolled back
     /// with it, and the steps one by one find that answer.
-    async fn trade_at_once<C: Fenced>(
+    async fn order_at_once<C: Fenced>(
         &self,
         txn: &DatabaseTransaction,
         req: &IdempotentRequest,

@@ -3,7 +3,7 @@ use sea_orm::entity::prelude::*;
 /// One grant of a lock on one or more resources. Times are epoch
 /// milliseconds; `resources` is the sorted JSON array of the resource names,
 /// `transaction_data` and `result` are JSON text.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "transaction_locks")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

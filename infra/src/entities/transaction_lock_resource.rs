@@ -2,7 +2,7 @@ use sea_orm::entity::prelude::*;
 
 /// One resource of one lock. A unique partial index on `resource_id` where
 /// `status = 'active'` allows one active grant per resource.
-#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel, serde::Serialize)]
 #[sea_orm(table_name = "transaction_lock_resources")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]

@@ -413,15 +413,7 @@ async fn a_transfer_does_not_wait_behind_a_deposit_group() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orders_opened_and_closed_together_are_written_together() {
     let app = TestApp::spawn_with(Engine::Postgres, |c| c.group_commit.groups = 1).await;
-    let referrer = app.signup("orders-hub@x.io", None).await;
-    let rid = referrer["id"].as_i64().unwrap();
-    let code = referrer["referral_code"].as_str().unwrap().to_owned();
-    let u = app.signup("orders-group@x.io", Some(&code)).await["id"]
-        .as_i64()
-        .unwrap();
-    // each order costs 10 margin + 0.1 fee
-    app.deposit(u, "101", "live").await.expect(200);
-    app.set_price("BTCUSD", "100").await.expect(200);
+    let (u, rid) = referred_trader(&app, "orders-group").await;
     let (outside, blocker) = app.block_wallets_of(u).await;
     let together_before = together("committed");
     let user = app.user(u);
@@ -487,6 +479,105 @@ async fn orders_opened_and_closed_together_are_written_together() {
     // the price did not move: each close costs its 0.1 fee
     let closes = [("margin_release", 10), ("close_fee", 10)];
     assert_booked(&app, (u, rid), ["99", "0", "99"], closes, "0.4").await;
+    outside.close().await.unwrap();
+    app.assert_books_balance_and_stop().await;
+}
+
+/// A user referred by another, with 101 in their live wallet to trade
+/// BTCUSD at 100 (each order of 1 at leverage 10 costs 10 margin and a fee
+/// of 0.1: free margin for exactly 10): the user's id and the referrer's.
+async fn referred_trader(app: &TestApp, name: &str) -> (i64, i64) {
+    let referrer = app.signup(&format!("{name}-hub@x.io"), None).await;
+    let rid = referrer["id"].as_i64().unwrap();
+    let code = referrer["referral_code"].as_str().unwrap().to_owned();
+    let u = app.signup(&format!("{name}@x.io"), Some(&code)).await["id"]
+        .as_i64()
+        .unwrap();
+    app.deposit(u, "101", "live").await.expect(200);
+    app.set_price("BTCUSD", "100").await.expect(200);
+    (u, rid)
+}
+
+/// Invariant: trades on signals queued together run in the group's one
+/// transaction, each under its own lock, granted and released there with
+/// the trade's answer as its result: with free margin for exactly 10
+/// orders, 30 opens on 30 fresh signals queued behind the wallet's row lock
+/// give exactly 10 × 201 and 20 × 422 `insufficient_margin`, the orders
+/// written at one instant; each signal's history holds one lock, released,
+/// behind a fencing token, its result the answer (the order or the
+/// problem), and nothing is left held or waiting; each winning signal asked
+/// again under another key answers its order (200, `deduplicated`); each
+/// key replays its answer; the referrer's commissions and the books are
+/// exact. PostgreSQL only (`Ledger::plans`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn trades_on_signals_are_written_together() {
+    let app = TestApp::spawn_with(Engine::Postgres, |c| c.group_commit.groups = 1).await;
+    let (u, rid) = referred_trader(&app, "signals-group").await;
+    let (outside, blocker) = app.block_wallets_of(u).await;
+    let together_before = together("committed");
+    let user = app.user(u);
+    let order = |i: usize| {
+        json!({
+            "user_id": u, "symbol": "BTCUSD", "side": "buy", "quantity": "1",
+            "leverage": 10, "wallet": "live", "signal_id": format!("g-{i}"),
+        })
+    };
+    let keys: Vec<String> = (0..30).map(|_| fresh_key()).collect();
+    let send = |i: usize, key: &str| {
+        let (app, user, key, body) = (&app, &user, key.to_owned(), order(i));
+        async move { app.post("/api/v1/orders", user, Some(&key), body).await }
+    };
+    let first = send(0, &keys[0]);
+    let rest = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let sent = keys.iter().enumerate().skip(1).map(|(i, key)| send(i, key));
+        released_after(blocker, 300, join_all(sent)).await
+    };
+    let (first, rest) = tokio::join!(first, rest);
+    first.expect(201);
+    let replies: Vec<Reply> = std::iter::once(first).chain(rest).collect();
+    let (opened, _) = orders_won(&replies, 201, (422, "insufficient_margin"));
+    let at = read_as_answered(&app, &user, &opened, "opened_at").await;
+    assert!(at <= 2, "the queued trades were not written together");
+    assert!(
+        together("committed") > together_before,
+        "no group of trades was written together"
+    );
+    let opens = [("margin_hold", 10), ("order_open_fee", 10)];
+    assert_booked(&app, (u, rid), ["100", "100", "0"], opens, "0.2").await;
+    let admin = app.admin();
+    for (i, r) in replies.iter().enumerate() {
+        let resource = format!("trade:{u}:BTCUSD:buy:g-{i}");
+        let info = app
+            .get_ok(&format!("/api/v1/locks/resources/{resource}"), &admin)
+            .await;
+        assert!(info.body["lock"].is_null(), "{resource} is held");
+        assert_eq!(info.body["queue"], json!([]), "{resource} has waiters");
+        let [lock] = info.body["history"].as_array().unwrap().as_slice() else {
+            panic!("{resource}: one lock expected: {}", info.body)
+        };
+        assert_eq!(lock["status"], "released", "{lock}");
+        assert_eq!(lock["result"], r.body, "{resource}: the lock's result");
+        assert!(lock["fencing_token"].as_i64().unwrap() >= 1, "{lock}");
+        let again = send(i, &keys[i]).await;
+        assert_eq!((again.status, &again.text), (r.status, &r.text));
+        assert_eq!(again.header("idempotent-replayed"), Some("true"));
+        if r.status == 201 {
+            let dup = send(i, &fresh_key()).await;
+            dup.expect(200);
+            assert_eq!(dup.body["deduplicated"], true, "{}", dup.text);
+            assert_eq!(dup.body["id"], r.body["id"]);
+        }
+    }
+    assert_eq!(
+        app.get_ok(&format!("/api/v1/users/{u}/orders"), &admin)
+            .await
+            .body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
     outside.close().await.unwrap();
     app.assert_books_balance_and_stop().await;
 }
