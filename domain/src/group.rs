@@ -18,9 +18,9 @@
 //!    trades on signals among them) is applied to the group's books in
 //!    memory, write after write, a refused one leaving no trace
 //!    (`ledger::books`), once what its orders need is read (their prices,
-//!    new ids, the orders to close, in one statement: `trading::planned`)
-//!    and, before the wallets are locked, whether its trades' locks are
-//!    free (`locks::planned`); then one `UPDATE` for all the wallets, one
+//!    new ids, the orders to close, and whether the locks of its trades on
+//!    signals are free, whose fencing rows the claims' statement locked: in
+//!    one statement, `trading::planned`, `locks::planned`); then one `UPDATE` for all the wallets, one
 //!    journal `INSERT` for all the entries, one `INSERT` storing every
 //!    answer, refusals included, and one each for the orders opened, the
 //!    orders closed, their commissions and the locks granted and released
@@ -38,7 +38,7 @@
 //! under load the writes that arrived during one commit make up the next
 //! group. Planned writes and the others queue apart, each with its own
 //! groups (`GroupCommitConfig`): a planned group is three statements (four
-//! with orders, six with trades on signals) however big it is, so few run
+//! with orders, trades on signals among them) however big it is, so few run
 //! at once and each takes all that waits; a group of the others runs its
 //! writes one after the other, so its time grows with its size, and more,
 //! smaller ones run side by side on their own connections (a transfer never
@@ -60,13 +60,14 @@ use tokio::sync::oneshot;
 
 use crate::Ledger;
 use crate::batch::Batcher;
+use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
 use crate::idempotency::{Claim, IdempotentRequest, Outcome, StoredResponse, stored_all};
 use crate::ledger::books::{Books, Parts, check_updated};
 use crate::ledger::wallets::{WalletKind, lock_books, lock_wallets_of};
 use crate::locks::LockEvent;
-use crate::locks::planned::GroupLocks;
-use crate::sql::run_together;
+use crate::locks::planned::{GroupLocks, LockNeed};
+use crate::sql::{Part, read_together, run_together};
 use crate::trading::planned::{GroupOrders, Needs};
 use crate::tx::RetryPolicy;
 
@@ -286,16 +287,17 @@ async fn claim_all(
     ledger: &Ledger,
     txn: &DatabaseTransaction,
     group: &[Write],
+    with: Option<Part>,
 ) -> DomainResult<Vec<Option<Ended>>> {
     let claims: Vec<(&IdempotentRequest, Claim)> = group
         .iter()
-        .map(|w| match &w.plan {
-            Some((_, needs)) if needs.lock.is_some() => (&w.req, Claim::Read),
-            _ => (&w.req, Claim::Own),
+        .map(|w| match lock_need(w) {
+            Some(_) => (&w.req, Claim::Read),
+            None => (&w.req, Claim::Own),
         })
         .collect();
     let mut ended = Vec::with_capacity(group.len());
-    for claim in ledger.idempotency.claim_all(txn, &claims).await? {
+    for claim in ledger.idempotency.claim_all(txn, &claims, with).await? {
         ended.push(match claim {
             Ok(Some(response)) => {
                 metrics().idempotent_replays.inc();
@@ -310,6 +312,11 @@ async fn claim_all(
         });
     }
     Ok(ended)
+}
+
+/// The lock a write runs under, granted in its group (a trade on a signal).
+fn lock_need(write: &Write) -> Option<&LockNeed> {
+    write.plan.as_ref()?.1.lock.as_ref()
 }
 
 /// The wallets of the writes that still have to run.
@@ -328,27 +335,44 @@ fn wallets_to_lock(group: &[Write], ended: &[Option<Ended>]) -> Vec<(i64, Wallet
 
 /// One attempt at a group of planned writes: applied to the group's books
 /// in memory, then written and their answers stored, three statements for
-/// the whole group. `Err(NotTogether)` (the transaction is then rolled back)
-/// when one of the keys was stored elsewhere meanwhile.
+/// the whole group (the claims, the wallets' lock, the write; four with
+/// orders: what they and their locks read). `Err(NotTogether)` (the
+/// transaction is then rolled back) when one of the keys was stored
+/// elsewhere meanwhile.
 async fn run_planned(
     ledger: &Ledger,
     txn: &Arc<DatabaseTransaction>,
     group: &[Write],
 ) -> DomainResult<Result<(Vec<Ended>, Vec<LockEvent>), NotTogether>> {
-    let mut ended = claim_all(ledger, txn, group).await?;
+    // The signals' fencing rows are locked with the claims, before the
+    // wallets, as a trade alone takes them (`LockService::run_at_once`): no
+    // two transactions wait on each other in a cycle. Whether their locks
+    // are free is read in a later statement, which sees what the rows'
+    // earlier holders committed.
+    let fencing = GroupLocks::fencing(&group.iter().filter_map(lock_need).collect::<Vec<_>>());
+    let mut ended = claim_all(ledger, txn, group, fencing).await?;
     let needs: Vec<&Needs> = group
         .iter()
         .zip(&ended)
         .filter(|(_, ended)| ended.is_none())
         .filter_map(|(write, _)| write.plan.as_ref().map(|(_, needs)| needs))
         .collect();
-    // Locks before wallets, as a trade alone takes them
-    // (`LockService::run_at_once`): no two transactions wait on each other
-    // in a cycle.
-    let lock_needs: Vec<_> = needs.iter().filter_map(|n| n.lock.as_ref()).collect();
-    let locks = GroupLocks::read(txn, &lock_needs, ledger.locks.rules().dedupe_ms).await?;
+    let lock_needs: Vec<&LockNeed> = group
+        .iter()
+        .zip(&ended)
+        .filter(|(_, ended)| ended.is_none())
+        .filter_map(|(write, _)| lock_need(write))
+        .collect();
     let books = lock_books(txn, &wallets_to_lock(group, &ended)).await?;
-    let orders = GroupOrders::read(txn, &ledger.uplines, &needs).await?;
+    // What the orders and the locks read, in one statement.
+    let (dedupe_ms, now) = (ledger.locks.rules().dedupe_ms, now_ms());
+    let orders = GroupOrders::reads(&needs)?;
+    let n = orders.len();
+    let mut reads = orders;
+    reads.extend(GroupLocks::reads(&lock_needs, dedupe_ms, now));
+    let mut docs = read_together(&**txn, reads).await?;
+    let locks = GroupLocks::from_reads(&lock_needs, now, docs.split_off(n.min(docs.len())))?;
+    let orders = GroupOrders::from_reads(txn, &ledger.uplines, &needs, docs).await?;
     let mut plan = Plan {
         books,
         orders,
@@ -452,7 +476,7 @@ async fn run_writes(
     txn: &Arc<DatabaseTransaction>,
     group: &[Write],
 ) -> DomainResult<Vec<Ended>> {
-    let ended = claim_all(ledger, txn, group).await?;
+    let ended = claim_all(ledger, txn, group, None).await?;
     lock_wallets_of(txn, &wallets_to_lock(group, &ended)).await?;
     let mut out = Vec::with_capacity(group.len());
     for (write, ended) in group.iter().zip(ended) {

@@ -400,7 +400,7 @@ impl IdempotencyService {
         txn: &DatabaseTransaction,
         req: &IdempotentRequest,
     ) -> DomainResult<Option<StoredResponse>> {
-        self.claim_all(txn, &[(req, Claim::Own)])
+        self.claim_all(txn, &[(req, Claim::Own)], None)
             .await?
             .pop()
             .unwrap_or_else(|| Err(DomainError::unexpected("a claim without an answer")))
@@ -409,15 +409,26 @@ impl IdempotencyService {
     /// Phase 1 for several requests at once (a group commit), each claimed
     /// as `claim` would: one answer per request, in order. `Err` only when
     /// the database failed.
+    ///
+    /// `with`, on PostgreSQL, is a write that goes in the same statement (a
+    /// `WITH` query, `sql::Part`), run to completion before the statement
+    /// ends: a group's locks on its signals' fencing rows
+    /// (`locks::planned`).
     pub(crate) async fn claim_all(
         &self,
         txn: &DatabaseTransaction,
         claims: &[(&IdempotentRequest, Claim)],
+        with: Option<Part>,
     ) -> DomainResult<Vec<DomainResult<Option<StoredResponse>>>> {
         let reqs: Vec<&IdempotentRequest> = claims.iter().map(|(req, _)| *req).collect();
         let at_ms = now_ms();
         let mut out = Vec::with_capacity(reqs.len());
         if txn.get_database_backend() != DbBackend::Postgres {
+            if with.is_some() {
+                return Err(DomainError::unexpected(
+                    "a write with the claims is for PostgreSQL",
+                ));
+            }
             // SQLite: the transaction holds the database write lock, so no
             // other writer can be between these reads and the store.
             for req in reqs {
@@ -474,9 +485,16 @@ impl IdempotencyService {
                 )
             }
         };
-        let rows = txn
-            .query_all_raw(statement(DbBackend::Postgres, sql, values))
-            .await?;
+        let claim = match with {
+            None => statement(DbBackend::Postgres, sql, values),
+            Some(part) => {
+                let mut all = part.values;
+                all.extend(values);
+                let sql = format!("WITH w AS ({}) {sql}", part.sql);
+                statement(DbBackend::Postgres, &sql, all)
+            }
+        };
+        let rows = txn.query_all_raw(claim).await?;
         if rows.len() != reqs.len() {
             return Err(DomainError::unexpected("the claim query lost a row"));
         }

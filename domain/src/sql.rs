@@ -1,6 +1,7 @@
 //! Hand-written SQL for the few queries the query builder cannot express on
 //! both engines (recursive walks of the referral tree, grouped sums) and for
-//! the money path's statements on PostgreSQL (`Part`, `run_together`).
+//! the money path's statements on PostgreSQL (`Part`, `run_together`;
+//! `Read`, `read_together`).
 //! Write `?` placeholders; PostgreSQL gets them numbered. Also the one
 //! filter for rows that lapse (`status_as_of`).
 //!
@@ -191,6 +192,46 @@ pub async fn run_together<C: ConnectionTrait>(
         .map(|i| {
             let count: i64 = row.try_get("", &format!("n{i}"))?;
             Ok(count.unsigned_abs())
+        })
+        .collect()
+}
+
+/// One read of several that go as one statement (`read_together`): a
+/// scalar subquery whose value, as text, is a JSON document (`null` when it
+/// found nothing). Its text is fixed, written once per process.
+#[derive(Debug)]
+pub struct Read {
+    pub sql: &'static str,
+    pub values: Vec<Value>,
+}
+
+/// The reads as one statement on PostgreSQL (one round trip, on one
+/// snapshot): each one's document, in order.
+pub async fn read_together<C: ConnectionTrait>(
+    conn: &C,
+    reads: Vec<Read>,
+) -> DomainResult<Vec<Option<serde_json::Value>>> {
+    if reads.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = reads.len();
+    let mut columns = Vec::with_capacity(n);
+    let mut values = Vec::new();
+    for (i, read) in reads.into_iter().enumerate() {
+        columns.push(format!("({})::text AS r{i}", read.sql));
+        values.extend(read.values);
+    }
+    let sql = format!("SELECT {}", columns.join(", "));
+    let row = conn
+        .query_one_raw(statement(DbBackend::Postgres, &sql, values))
+        .await?
+        .ok_or_else(|| DomainError::unexpected("a statement of reads read no row"))?;
+    (0..n)
+        .map(|i| {
+            let text: Option<String> = row.try_get("", &format!("r{i}"))?;
+            text.map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| DomainError::unexpected(format!("a read's document: {e}")))
         })
         .collect()
 }

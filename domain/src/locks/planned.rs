@@ -7,14 +7,14 @@
 //!
 //! The rules are `run_at_once`'s:
 //! - before anything is decided, the resources' `lock_fencing` rows are
-//!   locked (sorted) and their tokens moved one up, in one statement: from
-//!   then on no other grant or queue item on them can be made until the
-//!   group commits;
-//! - then, in a statement of its own (so that it reads what those rows'
-//!   earlier holders committed), a resource is free when it has no active
-//!   grant, no pending waiter, and no grant identical to this one (its
-//!   duplicate-work key) active or finished within the dedupe window, an
-//!   expired one aside (fenced work);
+//!   locked (sorted) and their tokens moved one up, with the group's claims
+//!   of its keys, before its wallets are locked: from then on no other
+//!   grant or queue item on them can be made until the group commits;
+//! - then, in a later statement (so that it reads what those rows' earlier
+//!   holders committed: the group's read of what its orders need), a
+//!   resource is free when it has no active grant, no pending waiter, and
+//!   no grant identical to this one (its duplicate-work key) active or
+//!   finished within the dedupe window, an expired one aside (fenced work);
 //! - a grant on a free resource is written as it ends: `released` with the
 //!   trade's answer as its result, its resource row never `active`;
 //! - a resource granted once in the group is busy for the rest of it.
@@ -26,14 +26,12 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use infra::entities::{transaction_lock as lock, transaction_lock_resource as lock_resource};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend};
 
 use super::events::{EventKind, LockEvent};
 use super::store::{ended_own, granted_at_once};
 use super::{LockSpec, LockView, Release};
-use crate::clock::now_ms;
 use crate::error::{DomainError, DomainResult};
-use crate::sql::{Part, insert_json, json_rows, statement};
+use crate::sql::{Part, Read, insert_json, json_rows};
 
 /// What a planned write takes of the locks: one resource, for fenced work,
 /// and the duplicate-work key of its request.
@@ -55,6 +53,14 @@ impl LockSpec {
             _ => None,
         }
     }
+}
+
+/// The resources of `needs`, sorted, each once.
+fn resources(needs: &[&LockNeed]) -> Vec<String> {
+    let mut resources: Vec<String> = needs.iter().map(|n| n.resource.clone()).collect();
+    resources.sort_unstable();
+    resources.dedup();
+    resources
 }
 
 /// A resource as the group found it.
@@ -79,77 +85,80 @@ pub struct GroupLocks {
 }
 
 impl GroupLocks {
-    /// Locks the fencing rows of `needs`' resources and reads which are
-    /// free (see the module): two statements, none when there are no needs.
-    pub async fn read(
-        txn: &DatabaseTransaction,
-        needs: &[&LockNeed],
-        dedupe_ms: i64,
-    ) -> DomainResult<Self> {
-        let mut locks = Self::default();
+    /// The lock on the fencing rows of `needs`' resources, sorted as every
+    /// transaction takes them, each token moved one up: a part of the
+    /// group's first statement (its keys' claim), so that they are locked
+    /// before the wallets are. `None` when there are no needs.
+    pub fn fencing(needs: &[&LockNeed]) -> Option<Part> {
         if needs.is_empty() {
-            return Ok(locks);
+            return None;
         }
-        if txn.get_database_backend() != DbBackend::Postgres {
-            return Err(DomainError::unexpected(
-                "locks are granted in groups on PostgreSQL only",
-            ));
+        Some(Part {
+            sql: "INSERT INTO lock_fencing (resource_id, fencing_token) \
+                  SELECT r, 1 FROM unnest((SELECT ?::text[])) AS s(r) ORDER BY r \
+                  ON CONFLICT (resource_id) DO UPDATE \
+                  SET fencing_token = lock_fencing.fencing_token + 1 RETURNING 1",
+            values: vec![resources(needs).into()],
+        })
+    }
+
+    /// The read, once their fencing rows are locked (`fencing`, in an
+    /// earlier statement, so that this one reads what their earlier holders
+    /// committed), of which of `needs`' resources are free and their tokens
+    /// (see the module), at `now`: for the group's one read statement
+    /// (`sql::read_together`); none when there are no needs.
+    pub fn reads(needs: &[&LockNeed], dedupe_ms: i64, now: i64) -> Vec<Read> {
+        if needs.is_empty() {
+            return Vec::new();
         }
-        let mut resources: Vec<String> = needs.iter().map(|n| n.resource.clone()).collect();
-        resources.sort_unstable();
-        resources.dedup();
-        let pg = |sql: &str, values| statement(DbBackend::Postgres, sql, values);
-        // Sorted, as every transaction locks them.
-        let taken = txn
-            .query_all_raw(pg(
-                "INSERT INTO lock_fencing (resource_id, fencing_token) \
-                 SELECT r, 1 FROM unnest((SELECT ?::text[])) AS s(r) ORDER BY r \
-                 ON CONFLICT (resource_id) DO UPDATE \
-                 SET fencing_token = lock_fencing.fencing_token + 1 \
-                 RETURNING resource_id, fencing_token",
-                vec![resources.clone().into()],
-            ))
-            .await?;
-        for row in taken {
-            let token: i64 = row.try_get("", "fencing_token")?;
-            let resource = Resource { token, busy: false };
-            locks
-                .resources
-                .insert(row.try_get("", "resource_id")?, resource);
-        }
-        locks.now = now_ms();
         let keys: Vec<String> = needs.iter().map(|n| n.key.clone()).collect();
-        let busy = txn
-            .query_all_raw(pg(
-                "SELECT 'resource' AS kind, s.r AS name, \
-                 EXISTS (SELECT 1 FROM transaction_lock_resources lr \
-                 WHERE lr.status = 'active' AND lr.resource_id = s.r) \
-                 OR EXISTS (SELECT 1 FROM transaction_queue_resources qr \
-                 JOIN transaction_queue q ON q.id = qr.queue_id \
-                 WHERE qr.resource_id = s.r AND q.status = 'pending') AS busy \
-                 FROM unnest((SELECT ?::text[])) AS s(r) \
-                 UNION ALL SELECT DISTINCT 'key', l.idempotency_key, true FROM transaction_locks l \
-                 JOIN unnest((SELECT ?::text[])) AS k(key) ON l.idempotency_key = k.key \
-                 WHERE (l.status = 'active' OR l.released_at_ms >= ?) AND l.status <> 'expired'",
-                vec![
-                    resources.into(),
-                    keys.into(),
-                    locks.now.saturating_sub(dedupe_ms).into(),
-                ],
-            ))
-            .await?;
-        for row in busy {
-            let (kind, name): (String, String) =
-                (row.try_get("", "kind")?, row.try_get("", "name")?);
-            let busy: bool = row.try_get("", "busy")?;
-            match (kind.as_str(), locks.resources.get_mut(&name)) {
-                ("resource", Some(resource)) => resource.busy = busy,
-                ("key", _) => locks.done.push(name),
-                _ => {
-                    return Err(DomainError::unexpected(
-                        "a lock read of an unknown resource",
-                    ));
+        vec![Read {
+            sql: "SELECT json_agg(json_build_array(x.kind, x.name, x.token, x.busy)) FROM ( \
+                  SELECT 'resource' AS kind, s.r AS name, f.fencing_token AS token, \
+                  EXISTS (SELECT 1 FROM transaction_lock_resources lr \
+                  WHERE lr.status = 'active' AND lr.resource_id = s.r) \
+                  OR EXISTS (SELECT 1 FROM transaction_queue_resources qr \
+                  JOIN transaction_queue q ON q.id = qr.queue_id \
+                  WHERE qr.resource_id = s.r AND q.status = 'pending') AS busy \
+                  FROM unnest((SELECT ?::text[])) AS s(r) \
+                  JOIN lock_fencing f ON f.resource_id = s.r \
+                  UNION ALL SELECT DISTINCT 'key', l.idempotency_key, 0, true \
+                  FROM transaction_locks l \
+                  JOIN unnest((SELECT ?::text[])) AS k(key) ON l.idempotency_key = k.key \
+                  WHERE (l.status = 'active' OR l.released_at_ms >= ?) \
+                  AND l.status <> 'expired') AS x",
+            values: vec![
+                resources(needs).into(),
+                keys.into(),
+                now.saturating_sub(dedupe_ms).into(),
+            ],
+        }]
+    }
+
+    /// The locks of `needs` at `now`, from the document `reads` asked for
+    /// (none when it asked for none).
+    pub fn from_reads(
+        needs: &[&LockNeed],
+        now: i64,
+        docs: Vec<Option<serde_json::Value>>,
+    ) -> DomainResult<Self> {
+        let mut locks = Self {
+            now,
+            ..Self::default()
+        };
+        let rows: Vec<(String, String, i64, bool)> = match <[_; 1]>::try_from(docs) {
+            Ok([doc]) => serde_json::from_value::<Option<_>>(doc.unwrap_or_default())
+                .map_err(DomainError::unexpected)?
+                .unwrap_or_default(),
+            Err(docs) if docs.is_empty() => Vec::new(),
+            Err(_) => return Err(DomainError::unexpected("the locks' read: one document")),
+        };
+        for (kind, name, token, busy) in rows {
+            match kind.as_str() {
+                "resource" => {
+                    locks.resources.insert(name, Resource { token, busy });
                 }
+                _ => locks.done.push(name),
             }
         }
         if needs
@@ -338,6 +347,22 @@ mod tests {
             ..spec("item:a", "s")
         };
         assert!(two.need().is_none());
+    }
+
+    #[test]
+    fn the_fencing_rows_are_locked_sorted_each_once() {
+        assert!(GroupLocks::fencing(&[]).is_none());
+        let (b, a) = (spec("trade:7:B:buy:s", "s"), spec("trade:7:A:buy:s", "s"));
+        let (b, a) = (b.need().unwrap(), a.need().unwrap());
+        let part = GroupLocks::fencing(&[&b, &a, &b]).unwrap();
+        assert_eq!(
+            part.values,
+            [sea_orm::Value::from(vec![
+                "trade:7:A:buy:s".to_owned(),
+                "trade:7:B:buy:s".to_owned()
+            ])]
+        );
+        assert!(part.sql.ends_with("RETURNING 1"), "a part: {}", part.sql);
     }
 
     #[test]

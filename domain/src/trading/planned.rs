@@ -18,11 +18,11 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, LazyLock};
 
 use infra::entities::{order, referral_commission as commission};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Value};
+use sea_orm::{DatabaseTransaction, Value};
 
 use crate::error::{DomainError, DomainResult};
 use crate::locks::planned::LockNeed;
-use crate::sql::{Part, insert_json, json_rows, statement};
+use crate::sql::{Part, Read, insert_json, json_rows};
 use crate::trading::referrals::Uplines;
 
 /// What one planned write reads besides its wallets.
@@ -62,62 +62,75 @@ pub struct GroupOrders {
 }
 
 impl GroupOrders {
-    /// Reads what the writes need, in this transaction: the prices, the new
-    /// ids and the orders to close in one statement, the uplines from
-    /// `uplines` (read once per user and kept).
-    pub async fn read(
-        txn: &DatabaseTransaction,
-        uplines: &Uplines,
-        needs: &[&Needs],
-    ) -> DomainResult<Self> {
-        let mut read = Self::default();
-        if needs.iter().all(|n| n.is_empty()) {
-            return Ok(read);
-        }
-        if txn.get_database_backend() != DbBackend::Postgres {
-            return Err(DomainError::unexpected(
-                "orders are planned on PostgreSQL only",
-            ));
+    /// The reads of what the writes need, for the group's one read
+    /// statement (`sql::read_together`), each a JSON document: the ids
+    /// drawn, the prices by symbol, the orders to close. None when no write
+    /// reads any of them.
+    pub fn reads(needs: &[&Needs]) -> DomainResult<Vec<Read>> {
+        let orders = |n: &&&Needs| n.price.is_some() || n.orders > 0 || n.close.is_some();
+        if !needs.iter().any(|n| orders(&n)) {
+            return Ok(Vec::new());
         }
         let symbols: BTreeSet<&str> = needs.iter().filter_map(|n| n.price.as_deref()).collect();
         let symbols: Vec<String> = symbols.into_iter().map(str::to_owned).collect();
         let count: usize = needs.iter().map(|n| n.orders).sum();
         let count = i32::try_from(count).map_err(DomainError::unexpected)?;
         let to_close: Vec<i64> = needs.iter().filter_map(|n| n.close).collect();
-        // One round trip, each a JSON document (`null` when empty): the ids
-        // drawn, the prices by symbol, the orders to close.
-        let sql = "SELECT (SELECT json_agg(nextval(pg_get_serial_sequence('orders', 'id'))) \
-                   FROM generate_series(1, ?::int))::text AS ids, \
-                   (SELECT json_object_agg(p.symbol, p.price) \
-                   FROM unnest((SELECT ?::text[])) AS s(symbol) \
-                   JOIN prices p ON p.symbol = s.symbol)::text AS prices, \
-                   (SELECT json_agg(o) FROM unnest((SELECT ?::bigint[])) AS c(id) \
-                   JOIN orders o ON o.id = c.id)::text AS to_close";
-        let row = txn
-            .query_one_raw(statement(
-                DbBackend::Postgres,
-                sql,
-                vec![count.into(), symbols.into(), to_close.into()],
-            ))
-            .await?
-            .ok_or_else(|| DomainError::unexpected("the orders' reads read no row"))?;
-        let json = |column: &str| -> DomainResult<Option<serde_json::Value>> {
-            let text: Option<String> = row.try_get("", column)?;
-            text.map(|t| serde_json::from_str(&t))
-                .transpose()
-                .map_err(|e| DomainError::unexpected(format!("the orders' {column}: {e}")))
-        };
-        if let Some(ids) = json("ids")? {
-            read.ids = serde_json::from_value(ids).map_err(DomainError::unexpected)?;
-            read.ids.sort_unstable_by(|a, b| b.cmp(a));
-        }
-        if let Some(prices) = json("prices")? {
-            read.prices = serde_json::from_value(prices).map_err(DomainError::unexpected)?;
-        }
-        if let Some(rows) = json("to_close")? {
-            let rows: Vec<order::Model> =
-                serde_json::from_value(rows).map_err(DomainError::unexpected)?;
-            read.to_close = rows.into_iter().map(|o| (o.id, o)).collect();
+        Ok(vec![
+            Read {
+                sql: "SELECT json_agg(nextval(pg_get_serial_sequence('orders', 'id'))) \
+                      FROM generate_series(1, ?::int)",
+                values: vec![count.into()],
+            },
+            Read {
+                sql: "SELECT json_object_agg(p.symbol, p.price) \
+                      FROM unnest((SELECT ?::text[])) AS s(symbol) \
+                      JOIN prices p ON p.symbol = s.symbol",
+                values: vec![symbols.into()],
+            },
+            Read {
+                sql: "SELECT json_agg(o) FROM unnest((SELECT ?::bigint[])) AS c(id) \
+                     JOIN orders o ON o.id = c.id",
+                values: vec![to_close.into()],
+            },
+        ])
+    }
+
+    /// What the writes need, from the documents `reads` asked for (in its
+    /// order; none when it asked for none), and the uplines from `uplines`
+    /// (read once per user and kept), in this transaction.
+    pub async fn from_reads(
+        txn: &DatabaseTransaction,
+        uplines: &Uplines,
+        needs: &[&Needs],
+        docs: Vec<Option<serde_json::Value>>,
+    ) -> DomainResult<Self> {
+        let mut read = Self::default();
+        let value = |doc: Option<serde_json::Value>| doc.unwrap_or(serde_json::Value::Null);
+        match <[_; 3]>::try_from(docs) {
+            Ok([ids, prices, to_close]) => {
+                let (ids, prices, to_close) = (value(ids), value(prices), value(to_close));
+                let parse = DomainError::unexpected;
+                let ids: Option<Vec<i64>> = serde_json::from_value(ids).map_err(parse)?;
+                read.ids = ids.unwrap_or_default();
+                read.ids.sort_unstable_by(|a, b| b.cmp(a));
+                let prices: Option<HashMap<String, i64>> =
+                    serde_json::from_value(prices).map_err(parse)?;
+                read.prices = prices.unwrap_or_default();
+                let rows: Option<Vec<order::Model>> =
+                    serde_json::from_value(to_close).map_err(parse)?;
+                read.to_close = rows
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|o| (o.id, o))
+                    .collect();
+            }
+            Err(docs) if docs.is_empty() => {}
+            Err(_) => {
+                return Err(DomainError::unexpected(
+                    "the orders' reads: three documents",
+                ));
+            }
         }
         for user_id in needs.iter().filter_map(|n| n.upline) {
             if let Entry::Vacant(entry) = read.uplines.entry(user_id) {
