@@ -20,11 +20,12 @@
 //!    (`ledger::books`), once what its orders need is read (their prices,
 //!    new ids, the orders to close, and whether the locks of its trades on
 //!    signals are free, whose fencing rows the claims' statement locked: in
-//!    one statement, `trading::planned`, `locks::planned`); then one `UPDATE` for all the wallets, one
-//!    journal `INSERT` for all the entries, one `INSERT` storing every
-//!    answer, refusals included, and one each for the orders opened, the
-//!    orders closed, their commissions and the locks granted and released
-//!    — on PostgreSQL all in one statement (`sql::run_together`).
+//!    one statement, `trading::planned`, `locks::planned`); then one
+//!    `UPDATE` for all the wallets, one journal `INSERT` for all the
+//!    entries, one `INSERT` storing every answer, refusals included, and
+//!    one each for the orders opened, the orders closed, their commissions
+//!    and the locks granted and released — on PostgreSQL all in one
+//!    statement (`sql::run_together`).
 //!    Should one of those keys have been stored elsewhere meanwhile, that
 //!    attempt is rolled back and the group runs as below. A planned write
 //!    alone goes this way too;

@@ -426,29 +426,12 @@ async fn orders_opened_and_closed_together_are_written_together() {
         let (app, user, key, order) = (&app, &user, key.clone(), order.clone());
         async move { app.post("/api/v1/orders", user, Some(&key), order).await }
     };
-    let first = send(&keys[0]);
-    let rest = async {
-        // the first order is in its transaction, waiting for the lock
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        released_after(blocker, 300, join_all(keys[1..].iter().map(send))).await
-    };
-    let (first, rest) = tokio::join!(first, rest);
-    first.expect(201);
-    let replies: Vec<Reply> = std::iter::once(first).chain(rest).collect();
-    // free margin for exactly 10 orders
-    let (opened, ids) = orders_won(&replies, 201, (422, "insufficient_margin"));
+    let sent = keys.iter().map(send).collect();
+    let replies = queued_behind_the_wallet(blocker, sent).await;
+    let ids = opened_together(&app, &user, (u, rid), &replies, together_before).await;
     let mut distinct = ids.clone();
     distinct.dedup();
     assert_eq!(distinct.len(), 10, "each order its own id");
-    let at = read_as_answered(&app, &user, &opened, "opened_at").await;
-    assert!(at <= 2, "the queued orders were not written together");
-    assert!(
-        together("committed") > together_before,
-        "no group of orders was written together"
-    );
-    // level 1 earns 20 % of each 0.1 fee
-    let opens = [("margin_hold", 10), ("order_open_fee", 10)];
-    assert_booked(&app, (u, rid), ["100", "100", "0"], opens, "0.2").await;
     for (key, first) in keys.iter().zip(&replies).take(12) {
         let again = send(key).await;
         assert_eq!((again.status, &again.text), (first.status, &first.text));
@@ -527,24 +510,13 @@ async fn trades_on_signals_are_written_together() {
         let (app, user, key, body) = (&app, &user, key.to_owned(), order(i));
         async move { app.post("/api/v1/orders", user, Some(&key), body).await }
     };
-    let first = send(0, &keys[0]);
-    let rest = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let sent = keys.iter().enumerate().skip(1).map(|(i, key)| send(i, key));
-        released_after(blocker, 300, join_all(sent)).await
-    };
-    let (first, rest) = tokio::join!(first, rest);
-    first.expect(201);
-    let replies: Vec<Reply> = std::iter::once(first).chain(rest).collect();
-    let (opened, _) = orders_won(&replies, 201, (422, "insufficient_margin"));
-    let at = read_as_answered(&app, &user, &opened, "opened_at").await;
-    assert!(at <= 2, "the queued trades were not written together");
-    assert!(
-        together("committed") > together_before,
-        "no group of trades was written together"
-    );
-    let opens = [("margin_hold", 10), ("order_open_fee", 10)];
-    assert_booked(&app, (u, rid), ["100", "100", "0"], opens, "0.2").await;
+    let sent = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| send(i, key))
+        .collect();
+    let replies = queued_behind_the_wallet(blocker, sent).await;
+    opened_together(&app, &user, (u, rid), &replies, together_before).await;
     let admin = app.admin();
     for (i, r) in replies.iter().enumerate() {
         let resource = format!("trade:{u}:BTCUSD:buy:g-{i}");
@@ -580,6 +552,50 @@ async fn trades_on_signals_are_written_together() {
     );
     outside.close().await.unwrap();
     app.assert_books_balance_and_stop().await;
+}
+
+/// Sends the first of `sent` and, once it waits on the wallet's row lock
+/// that `blocker` holds, the others, then lets the lock go 300 ms later:
+/// every answer, in order. The first must open its order.
+async fn queued_behind_the_wallet<F: Future<Output = Reply>>(
+    blocker: sea_orm::DatabaseTransaction,
+    sent: Vec<F>,
+) -> Vec<Reply> {
+    let mut sent = sent.into_iter();
+    let first = sent.next().unwrap();
+    let rest = async {
+        // the first order is in its transaction, waiting for the lock
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        released_after(blocker, 300, join_all(sent)).await
+    };
+    let (first, rest) = tokio::join!(first, rest);
+    first.expect(201);
+    std::iter::once(first).chain(rest).collect()
+}
+
+/// Of `replies`, queued behind the wallet of user `u` (who has free margin
+/// for exactly 10 orders: see `referred_trader`), 10 opened orders, each
+/// reading as answered, written together (at one instant, in a group
+/// counted since `together_before`) and booked (10 margin holds and 10
+/// fees; referrer `rid`'s level 1 earns 20 % of each 0.1 fee), the others
+/// refused `insufficient_margin`: the orders' ids, sorted.
+async fn opened_together(
+    app: &TestApp,
+    user: &str,
+    (u, rid): (i64, i64),
+    replies: &[Reply],
+    together_before: u64,
+) -> Vec<i64> {
+    let (opened, ids) = orders_won(replies, 201, (422, "insufficient_margin"));
+    let at = read_as_answered(app, user, &opened, "opened_at").await;
+    assert!(at <= 2, "the queued orders were not written together");
+    assert!(
+        together("committed") > together_before,
+        "no group of orders was written together"
+    );
+    let opens = [("margin_hold", 10), ("order_open_fee", 10)];
+    assert_booked(app, (u, rid), ["100", "100", "0"], opens, "0.2").await;
+    ids
 }
 
 /// The 10 answers `ok` of `replies` and the order ids they name, sorted,
