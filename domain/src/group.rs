@@ -185,6 +185,17 @@ impl GroupCommit {
 /// Runs one group and answers each of its writes.
 async fn run_group(ledger: &Ledger, group: Vec<Write>) {
     metrics().group_size.observe(group.len() as f64);
+    let (group, repeated) = repeated_trades_apart(group);
+    run_kept(ledger, group).await;
+    // Only now, the group committed (or not): their steps then find the
+    // trade it made on their signal, if any.
+    for write in repeated {
+        let _ = write.reply.send(Err(DomainError::NotInGroup));
+    }
+}
+
+/// Runs a group and answers each of its writes.
+async fn run_kept(ledger: &Ledger, group: Vec<Write>) {
     let planned = planned(&group);
     if group.len() == 1 && !planned {
         // Alone: no savepoints needed, the plain one-write transaction. (A
@@ -263,6 +274,30 @@ async fn run_group(ledger: &Ledger, group: Vec<Write>) {
             }
         }
     }
+}
+
+/// The group, and apart from it its trades on signals that repeat a key of
+/// a write before them (two bots on one signal at once: the signal's key;
+/// or a client's key sent twice). Left in, they would send the whole group
+/// down the savepoint path (see `planned`); apart, each is answered
+/// `NotInGroup` once the group has run, and takes the steps one by one,
+/// which answer it as a trade on a signal already traded (or busy).
+fn repeated_trades_apart(group: Vec<Write>) -> (Vec<Write>, Vec<Write>) {
+    let mut seen: HashSet<String> = HashSet::new();
+    let (mut kept, mut repeated) = (Vec::with_capacity(group.len()), Vec::new());
+    for write in group {
+        let keys: Vec<&str> = std::iter::once(&write.req)
+            .chain(write.req.also.as_deref())
+            .map(|req| req.key.as_str())
+            .collect();
+        if lock_need(&write).is_some() && keys.iter().any(|k| seen.contains(*k)) {
+            repeated.push(write);
+            continue;
+        }
+        seen.extend(keys.into_iter().map(str::to_owned));
+        kept.push(write);
+    }
+    (kept, repeated)
 }
 
 /// Every write of the group is planned, each under keys of its own (two
@@ -542,5 +577,78 @@ async fn run_one(
                 e => Ok(Ended::Refused(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(key: &str) -> IdempotentRequest {
+        IdempotentRequest {
+            key: key.to_owned(),
+            principal: "user:1".into(),
+            route: "POST /api/v1/orders".into(),
+            request_hash: "h".into(),
+            also: None,
+        }
+    }
+
+    /// A planned write under `key` (and `also`), a trade on a signal when
+    /// `trade`; it is never run here.
+    fn write(key: &str, also: Option<&str>, trade: bool) -> Write {
+        let lock = trade.then(|| LockNeed {
+            resource: format!("trade:1:A:buy:{key}"),
+            key: format!("lock-{key}"),
+        });
+        let plan: PlanOp = Arc::new(|_| Err(DomainError::unexpected("not run")));
+        let op: WriteOp = Arc::new(|_| Box::pin(async { Err(DomainError::unexpected("not run")) }));
+        Write {
+            name: "open_order",
+            req: IdempotentRequest {
+                also: also.map(|a| Box::new(req(a))),
+                ..req(key)
+            },
+            wallets: vec![(1, WalletKind::Live)],
+            op,
+            plan: Some((
+                plan,
+                Needs {
+                    lock,
+                    ..Needs::default()
+                },
+            )),
+            refuse: Arc::new(|_| StoredResponse {
+                status: 422,
+                body: String::new(),
+            }),
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn keys(writes: &[Write]) -> Vec<&str> {
+        writes.iter().map(|w| w.req.key.as_str()).collect()
+    }
+
+    #[test]
+    fn a_trade_repeating_a_key_of_its_group_waits_apart_and_the_rest_stays_planned() {
+        let group = vec![
+            write("signal-1", Some("client-1"), true),
+            // a second bot on signal 1
+            write("signal-1", Some("client-2"), true),
+            write("deposit-1", None, false),
+            // the first bot's key again, on another signal
+            write("signal-2", Some("client-1"), true),
+            write("signal-3", Some("client-3"), true),
+        ];
+        assert!(!planned(&group), "two answers to one key in one statement");
+        let (kept, repeated) = repeated_trades_apart(group);
+        assert_eq!(keys(&kept), ["signal-1", "deposit-1", "signal-3"]);
+        assert_eq!(keys(&repeated), ["signal-1", "signal-2"]);
+        assert!(planned(&kept));
+        // a write that is not a trade stays, repeated or not (it replays)
+        let (kept, repeated) =
+            repeated_trades_apart(vec![write("k", None, false), write("k", None, false)]);
+        assert_eq!((kept.len(), repeated.len()), (2, 0));
     }
 }

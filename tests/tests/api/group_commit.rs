@@ -491,7 +491,9 @@ async fn referred_trader(app: &TestApp, name: &str) -> (i64, i64) {
 /// problem), and nothing is left held or waiting; each winning signal asked
 /// again under another key answers its order (200, `deduplicated`); each
 /// key replays its answer; the referrer's commissions and the books are
-/// exact. PostgreSQL only (`Ledger::plans`).
+/// exact. A second bot on one of the signals, in the same group, leaves it
+/// (the others are still written together) and is answered that signal's
+/// one trade. PostgreSQL only (`Ledger::plans`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn trades_on_signals_are_written_together() {
     let app = TestApp::spawn_with(Engine::Postgres, |c| c.group_commit.groups = 1).await;
@@ -506,17 +508,43 @@ async fn trades_on_signals_are_written_together() {
         })
     };
     let keys: Vec<String> = (0..30).map(|_| fresh_key()).collect();
-    let send = |i: usize, key: &str| {
+    let sent_after = |i: usize, key: &str, ms: u64| {
         let (app, user, key, body) = (&app, &user, key.to_owned(), order(i));
-        async move { app.post("/api/v1/orders", user, Some(&key), body).await }
+        async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            app.post("/api/v1/orders", user, Some(&key), body).await
+        }
     };
+    let send = |i: usize, key: &str| sent_after(i, key, 0);
+    // a second bot on signal 1, queued with the others (another key), after
+    // the first: the same group, behind it
+    let twin_key = fresh_key();
     let sent = keys
         .iter()
         .enumerate()
         .map(|(i, key)| send(i, key))
+        .chain(std::iter::once(sent_after(1, &twin_key, 100)))
         .collect();
-    let replies = queued_behind_the_wallet(blocker, sent).await;
+    let mut replies = queued_behind_the_wallet(blocker, sent).await;
+    let mut twin = replies.pop().unwrap();
+    // one trade on signal 1, made by one of the two bots (the first, unless
+    // the second reached the group before it), answered to the other (the
+    // order, deduplicated, or the same refusal)
+    let (mut keys, mut twin_key) = (keys, twin_key);
+    if twin.status == 201 {
+        std::mem::swap(&mut replies[1], &mut twin);
+        std::mem::swap(&mut keys[1], &mut twin_key);
+    }
     opened_together(&app, &user, (u, rid), &replies, together_before).await;
+    if replies[1].status == 201 {
+        twin.expect(200);
+        assert_eq!(twin.body["deduplicated"], true, "{}", twin.text);
+        assert_eq!(twin.body["id"], replies[1].body["id"]);
+    } else {
+        twin.problem(422, "insufficient_margin");
+    }
+    let again = send(1, &twin_key).await;
+    assert_eq!((again.status, &again.text), (twin.status, &twin.text));
     let admin = app.admin();
     for (i, r) in replies.iter().enumerate() {
         let resource = format!("trade:{u}:BTCUSD:buy:g-{i}");
